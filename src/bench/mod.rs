@@ -1,0 +1,5 @@
+//! The experiment harness: workloads, the endpoint-security task set, scoring and reports.
+
+pub async fn run(_args: crate::cli::BenchArgs) -> anyhow::Result<std::process::ExitCode> {
+    anyhow::bail!("`bench` is being built (issue 5)")
+}

@@ -1,0 +1,135 @@
+//! The command line: `run` (the default), `setup`, `profiles`, `limit` and `bench`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sentinel-supervisor",
+    version,
+    about = "Keeps a local llama.cpp server running in the background with a predictable CPU \
+             footprint, behind an OpenAI-compatible endpoint.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Options of `run`, accepted without the subcommand name.
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the supervisor (the default): set up if needed, launch llama-server, serve the API.
+    Run(RunArgs),
+    /// Fetch and build llama-server and the default model into the cache, then exit.
+    Setup(SetupArgs),
+    /// Print every profile's values as resolved against this host, and why.
+    Profiles(ConfigArgs),
+    /// Hold any process to a CPU budget, like cpulimit but smooth.
+    Limit(LimitArgs),
+    /// Measure profiles: CPU, memory, latency and correctness on endpoint-security tasks.
+    Bench(BenchArgs),
+}
+
+/// Where the configuration comes from.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConfigArgs {
+    /// A TOML file overriding the built-in defaults (otherwise
+    /// `$XDG_CONFIG_HOME/sentinel-supervisor/config.toml` when it exists).
+    #[arg(long, global = true, env = "SENTINEL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// What `setup` may be told.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SetupArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Use this GGUF model instead of the default one.
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Use this llama-server binary instead of building the pinned one.
+    #[arg(long, value_name = "PATH")]
+    pub backend_bin: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub setup: SetupArgs,
+    /// The profile to run (see `sentinel-supervisor profiles`).
+    #[arg(long, short = 'p', value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Address of the OpenAI-compatible endpoint (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct LogArgs {
+    /// More logging (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less logging (-q warnings only, -qq errors only).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub quiet: u8,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `limit`: hold a process (and its process group) to a CPU budget.
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// The budget in cores, like Docker's --cpus (cpulimit -l L is L/100 cores).
+    #[arg(long, value_name = "CORES")]
+    pub cpus: f64,
+    /// An existing process to limit.
+    #[arg(long, value_name = "PID", conflicts_with = "command")]
+    pub pid: Option<i32>,
+    /// Duty-cycle period.
+    #[arg(long, value_name = "DURATION", default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub period: std::time::Duration,
+    /// A command to start and limit (after `--`).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// `bench`: measure one or more profiles.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub setup: SetupArgs,
+    /// Profiles to measure, in order (repeat the flag).
+    #[arg(long = "profile", short = 'p', value_name = "NAME")]
+    pub profiles: Vec<String>,
+    /// Measure an already running supervisor instead of starting one per profile.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// A JSONL task file (defaults to the shipped endpoint-security task set).
+    #[arg(long, value_name = "FILE")]
+    pub tasks: Option<PathBuf>,
+    /// Run only the first N tasks.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Where to write report.json, report.md and the CPU chart.
+    #[arg(long, value_name = "DIR", default_value = "bench-out")]
+    pub out: PathBuf,
+    /// Idle window measured before the tasks.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub idle: std::time::Duration,
+}

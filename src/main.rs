@@ -1,0 +1,15 @@
+//! Entry point: parse the command line, run the library, map the result to an exit code.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = sentinel_supervisor::cli::Cli::parse();
+    sentinel_supervisor::logging::init(&cli.log);
+    match sentinel_supervisor::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
