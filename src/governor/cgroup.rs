@@ -213,19 +213,20 @@ mod tests {
         let v1 = dir.path().join("v1");
         std::fs::create_dir_all(&v2).unwrap();
         std::fs::create_dir_all(&v1).unwrap();
-        assert_eq!(detect_in(&[v2.clone()], &[v1.clone()]), None);
+        let (v2s, v1s) = (vec![v2.clone()], vec![v1.clone()]);
+        assert_eq!(detect_in(&v2s, &v1s), None);
         std::fs::write(v1.join("cpu.cfs_quota_us"), "-1").unwrap();
         assert_eq!(
-            detect_in(&[v2.clone()], &[v1.clone()]).map(|s| s.version),
+            detect_in(&v2s, &v1s).map(|s| s.version),
             Some(CgroupVersion::V1)
         );
         std::fs::write(v2.join("cgroup.subtree_control"), "memory pids").unwrap();
         assert_eq!(
-            detect_in(&[v2.clone()], &[v1.clone()]).map(|s| s.version),
+            detect_in(&v2s, &v1s).map(|s| s.version),
             Some(CgroupVersion::V1)
         );
         std::fs::write(v2.join("cgroup.subtree_control"), "cpu memory").unwrap();
-        let found = detect_in(&[v2.clone()], &[v1]).unwrap();
+        let found = detect_in(&v2s, &v1s).unwrap();
         assert_eq!(found.version, CgroupVersion::V2);
         assert_eq!(found.parent, v2);
     }

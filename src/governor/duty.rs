@@ -128,6 +128,13 @@ impl DutyController {
     /// Feeds one measurement: `cpu` used by the child during `wall` of throttling. Returns the
     /// measured cores when a feedback window closed.
     pub fn observe(&mut self, wall: Duration, cpu: Duration) -> Option<f64> {
+        self.observe_on(wall, cpu, false)
+    }
+
+    /// Like [`Self::observe`], telling whether the machine was saturated during the window: then
+    /// a shortfall is other processes' doing, not the model's, and the correction is not raised
+    /// (no wind-up that would overshoot once they stop).
+    pub fn observe_on(&mut self, wall: Duration, cpu: Duration, saturated: bool) -> Option<f64> {
         self.window_allowed += self.fraction() * wall.as_secs_f64();
         self.window_wall += wall;
         self.window_cpu += cpu;
@@ -140,6 +147,7 @@ impl DutyController {
         let compute_bound = measured >= DEMAND_THRESHOLD * allowed_cores.min(self.cpus);
         if self.cpus > 0.0 && compute_bound {
             let error = (self.cpus - measured) / self.cpus;
+            let error = if saturated { error.min(0.0) } else { error };
             let max = self.feedback.max_correction.abs();
             self.correction = (self.correction + self.feedback.gain * error).clamp(-max, max);
         }
@@ -240,6 +248,18 @@ mod tests {
             c.observe(Duration::from_secs(1), Duration::from_millis(20));
         }
         assert_eq!(c.correction(), before);
+    }
+
+    #[test]
+    fn saturated_machine_does_not_raise_the_correction() {
+        let mut c = controller(0.5, 1);
+        let before = c.correction();
+        for _ in 0..10 {
+            c.observe_on(Duration::from_secs(1), Duration::from_millis(400), true);
+        }
+        assert_eq!(c.correction(), before);
+        c.observe_on(Duration::from_secs(1), Duration::from_millis(700), true);
+        assert!(c.correction() < before);
     }
 
     #[test]

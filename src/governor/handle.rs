@@ -7,13 +7,13 @@
 //! supervisor) and the duty cycle is the fallback. The two are never stacked: each alone holds
 //! the budget, and stacking would cut the child to the product of both.
 
+use super::adaptive::AdaptiveParams;
 use super::cgroup::{self, CgroupError, CgroupVersion, CpuCgroup};
 use super::priority::Priority;
 use super::settings::{GovernorConfig, GovernorSettings, Method};
 use super::signals::{allowed_cpus, LimiterParams, SignalLimiter};
 use super::target::{Target, TargetError};
 use super::Activity;
-use super::adaptive::AdaptiveParams;
 use serde::Serialize;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 pub enum GovernorError {
     #[error("invalid CPU budget {cpus} (use a number of cores above 0, e.g. 0.5)")]
     InvalidBudget { cpus: f64 },
-    #[error("invalid adaptive target {target} (use a share of the machine between 0 and 1, e.g. 0.6)")]
+    #[error(
+        "invalid adaptive target {target} (use a share of the machine between 0 and 1, e.g. 0.6)"
+    )]
     InvalidAdaptive { target: f64 },
     #[error("invalid [governor] configuration: {0}")]
     Config(String),
@@ -144,7 +146,8 @@ impl Governor {
             }),
         };
         let group = target.is_group();
-        let limiter = SignalLimiter::start(target, params, &activity).map_err(GovernorError::Thread)?;
+        let limiter =
+            SignalLimiter::start(target, params, &activity).map_err(GovernorError::Thread)?;
         tracing::info!(
             pid = child_pid,
             method = "signals",
@@ -162,7 +165,12 @@ impl Governor {
 
 fn start_cgroup(pid: i32, config: &GovernorConfig, cpus: f64) -> Result<CpuCgroup, GovernorError> {
     let support = cgroup::detect().ok_or(CgroupError::Unavailable)?;
-    Ok(CpuCgroup::create(&support, pid, cpus, config.cgroup_period)?)
+    Ok(CpuCgroup::create(
+        &support,
+        pid,
+        cpus,
+        config.cgroup_period,
+    )?)
 }
 
 impl GovernorHandle {
@@ -282,7 +290,8 @@ mod tests {
     fn rejects_bad_budgets_before_touching_the_child() {
         let cfg = GovernorConfig::default();
         for cpus in [0.0, -1.0, f64::NAN] {
-            let err = Governor::start(1234, &cfg, settings(Some(cpus)), Activity::new()).unwrap_err();
+            let err =
+                Governor::start(1234, &cfg, settings(Some(cpus)), Activity::new()).unwrap_err();
             assert!(matches!(err, GovernorError::InvalidBudget { .. }), "{err}");
         }
         let mut s = settings(Some(0.5));
@@ -329,8 +338,8 @@ mod tests {
             method: Method::Signals,
             ..GovernorConfig::default()
         };
-        let err = Governor::start(i32::MAX - 1, &cfg, settings(Some(0.5)), Activity::new())
-            .unwrap_err();
+        let err =
+            Governor::start(i32::MAX - 1, &cfg, settings(Some(0.5)), Activity::new()).unwrap_err();
         assert!(err.to_string().contains("no process"), "{err}");
     }
 }

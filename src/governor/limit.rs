@@ -106,12 +106,19 @@ pub async fn run(args: LimitArgs) -> anyhow::Result<ExitCode> {
         _ = sigterm.recv() => libc::SIGTERM,
     };
     handle.stop();
-    tracing::info!(pid, signal = forwarded, "passing the signal on to the command");
+    tracing::info!(
+        pid,
+        signal = forwarded,
+        "passing the signal on to the command"
+    );
     kill_group(pid, forwarded);
     let status = match tokio::time::timeout(GRACE, &mut exited).await {
         Ok(status) => status,
         Err(_) => {
-            tracing::warn!(pid, "command did not exit within 5s of the signal; killing it");
+            tracing::warn!(
+                pid,
+                "command did not exit within 5s of the signal; killing it"
+            );
             kill_group(pid, libc::SIGKILL);
             exited.await
         }

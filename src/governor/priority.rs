@@ -80,8 +80,7 @@ mod imp {
             return Ok(());
         }
         // SAFETY: setpriority on the calling process; no memory is passed.
-        let rc =
-            unsafe { libc::setpriority(libc::PRIO_DARWIN_PROCESS, 0, libc::PRIO_DARWIN_BG) };
+        let rc = unsafe { libc::setpriority(libc::PRIO_DARWIN_PROCESS, 0, libc::PRIO_DARWIN_BG) };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -111,7 +110,10 @@ mod tests {
     fn serde_names_are_lowercase() {
         let p: Priority = serde_json::from_str("\"idle\"").unwrap();
         assert_eq!(p, Priority::Idle);
-        assert_eq!(serde_json::to_string(&Priority::Background).unwrap(), "\"background\"");
+        assert_eq!(
+            serde_json::to_string(&Priority::Background).unwrap(),
+            "\"background\""
+        );
         assert!(serde_json::from_str::<Priority>("\"Idle\"").is_err());
     }
 

@@ -94,13 +94,19 @@ impl GovernorConfig {
             return Err("governor.period must be between 1ms and 1s (20ms is a good value)".into());
         }
         if !(1.0..=1000.0).contains(&ms(self.cgroup_period)) {
-            return Err("governor.cgroup_period must be between 1ms and 1s (10ms is a good value)".into());
+            return Err(
+                "governor.cgroup_period must be between 1ms and 1s (10ms is a good value)".into(),
+            );
         }
         if self.feedback_window < self.period * 5 {
-            return Err("governor.feedback_window must be at least 5 periods (1s is a good value)".into());
+            return Err(
+                "governor.feedback_window must be at least 5 periods (1s is a good value)".into(),
+            );
         }
         if !(0.0..=2.0).contains(&self.feedback_gain) {
-            return Err("governor.feedback_gain must be between 0 and 2 (0.5 is a good value)".into());
+            return Err(
+                "governor.feedback_gain must be between 0 and 2 (0.5 is a good value)".into(),
+            );
         }
         if !(0.0..=0.9).contains(&self.max_correction)
             || self.initial_correction.abs() > self.max_correction
@@ -112,7 +118,8 @@ impl GovernorConfig {
         }
         if !(0.0..=1.0).contains(&self.adaptive_floor) || self.adaptive_recover_per_sec <= 0.0 {
             return Err(
-                "governor.adaptive_floor must be in 0..1 and adaptive_recover_per_sec above 0".into(),
+                "governor.adaptive_floor must be in 0..1 and adaptive_recover_per_sec above 0"
+                    .into(),
             );
         }
         Ok(())

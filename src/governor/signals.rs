@@ -115,7 +115,9 @@ impl SignalLimiter {
                         target: &target,
                         ctl: DutyController::new(
                             params.cpus,
-                            params.usable.unwrap_or_else(|| follow_threads(target.pid())),
+                            params
+                                .usable
+                                .unwrap_or_else(|| follow_threads(target.pid())),
                             params.period,
                             params.feedback,
                         ),
@@ -159,7 +161,10 @@ impl SignalLimiter {
         self.stop_tx.send_replace(true);
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
-                tracing::error!(pid = self.target.pid(), "duty-cycle limiter thread panicked");
+                tracing::error!(
+                    pid = self.target.pid(),
+                    "duty-cycle limiter thread panicked"
+                );
             }
         }
         // The thread resumed on its way out; once more in case it never ran.
@@ -272,15 +277,17 @@ impl Loop<'_> {
             let cpu = crate::meter::process_cpu_time(pid).ok_or_else(gone)?;
             let used = cpu.saturating_sub(cpu_start);
             let measured = used.as_secs_f64() / wall.as_secs_f64();
-            self.ctl.observe(wall, used);
-            if let Some(adaptive) = &mut self.adaptive {
-                let sys = crate::meter::system_times().ok();
-                if let (Some(now_sys), Some(before)) = (sys, sys_start) {
-                    let busy = now_sys.busy_fraction_since(&before);
-                    let budget = adaptive.update(busy, measured, allowed_cpus(), wall);
-                    self.ctl.set_cpus(budget);
-                }
-                sys_start = sys;
+            let sys = crate::meter::system_times().ok();
+            let busy = match (sys, sys_start) {
+                (Some(now_sys), Some(before)) => Some(now_sys.busy_fraction_since(&before)),
+                _ => None,
+            };
+            sys_start = sys;
+            self.ctl
+                .observe_on(wall, used, busy.is_some_and(|b| b >= SATURATED));
+            if let (Some(adaptive), Some(busy)) = (&mut self.adaptive, busy) {
+                let budget = adaptive.update(busy, measured, allowed_cpus(), wall);
+                self.ctl.set_cpus(budget);
             }
             if self.follow_threads {
                 self.ctl.set_usable(follow_threads(pid));
@@ -302,6 +309,10 @@ impl Loop<'_> {
         Ok(())
     }
 }
+
+/// System busy share at which the machine counts as saturated (see
+/// [`DutyController::observe_on`]).
+const SATURATED: f64 = 0.95;
 
 /// Sleeps until an absolute instant (no-op when it has passed).
 fn sleep_until(deadline: Instant) {

@@ -80,7 +80,9 @@ impl Target {
 
     /// Sends `sig` to the pinned process, then to its group when it leads one.
     pub fn signal(&self, sig: i32) -> io::Result<()> {
-        self.signal_leader(sig)?;
+        // For a group, the pidfd only proves the leader is alive (signal 0): the group kill
+        // reaches the leader too, and signalling it twice would double the kernel's work.
+        self.signal_leader(if self.group { 0 } else { sig })?;
         if self.group {
             // SAFETY: plain kill(2) on the group the live leader still owns.
             if unsafe { libc::kill(-self.pid, sig) } != 0 {
