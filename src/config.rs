@@ -241,6 +241,9 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if let Err(message) = self.governor.validate() {
+            return Err(bad("governor".into(), message));
+        }
         if self.proxy.max_body_bytes == 0 {
             return Err(bad(
                 "proxy.max_body_bytes".into(),

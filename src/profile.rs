@@ -4,6 +4,7 @@
 use crate::cli::ConfigArgs;
 use crate::config::{Config, ProfileConfig};
 use crate::governor::priority::Priority;
+use crate::governor::threads_for_budget;
 use serde::Serialize;
 use std::process::ExitCode;
 
@@ -78,15 +79,6 @@ pub struct Resolved {
     pub extra_args: Vec<String>,
     /// One line per value that was derived or adjusted, saying why.
     pub notes: Vec<String>,
-}
-
-/// Threads that a CPU budget can keep busy: 1.0 core -> 1 thread, 1.5 -> 2, never more than
-/// the CPUs allowed. More threads than the budget only spin at ggml's barriers while throttled.
-pub fn threads_for_budget(cpus: Option<f64>, allowed: usize) -> usize {
-    match cpus {
-        Some(c) => (c.ceil() as usize).clamp(1, allowed.max(1)),
-        None => allowed.max(1),
-    }
 }
 
 /// Resolves a named profile of `config` against `host`.
@@ -283,15 +275,6 @@ mod tests {
             affinity_cpus: affinity,
             quota_cpus: quota,
         }
-    }
-
-    #[test]
-    fn threads_follow_the_budget() {
-        assert_eq!(threads_for_budget(Some(0.5), 4), 1);
-        assert_eq!(threads_for_budget(Some(1.0), 4), 1);
-        assert_eq!(threads_for_budget(Some(1.5), 4), 2);
-        assert_eq!(threads_for_budget(Some(3.0), 2), 2);
-        assert_eq!(threads_for_budget(None, 2), 2);
     }
 
     #[test]

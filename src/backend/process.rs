@@ -88,7 +88,8 @@ impl BackendProcess {
                         libc::_exit(1);
                     }
                 }
-                crate::governor::priority::apply_to_current_process(priority);
+                // A refused priority change must not stop the model from starting.
+                let _ = crate::governor::priority::apply_to_current_process(priority);
                 Ok(())
             });
         }

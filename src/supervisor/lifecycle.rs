@@ -7,7 +7,8 @@ use super::state::{BackendInfo, State, Status};
 use crate::backend::launch::LaunchSpec;
 use crate::backend::process::BackendProcess;
 use crate::config::SupervisorConfig;
-use crate::governor::{Activity, GovernorLaunch};
+use crate::governor::{Activity, Governor, GovernorConfig, GovernorHandle, GovernorSettings};
+use std::sync::{Arc, Mutex};
 use std::process::ExitStatus;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -21,7 +22,10 @@ pub struct Lifecycle {
     pub config: SupervisorConfig,
     pub make_spec: SpecFactory,
     pub activity: Activity,
-    pub governor: GovernorLaunch,
+    pub governor_config: GovernorConfig,
+    pub governor_settings: GovernorSettings,
+    /// The running launch's governor, shared with `/status`.
+    pub governor: Arc<Mutex<Option<GovernorHandle>>>,
     pub status: watch::Sender<Status>,
     pub cancel: CancellationToken,
 }
@@ -124,7 +128,7 @@ impl Lifecycle {
             api_key: spec.api_key.clone(),
             generation: u64::from(attempt),
         };
-        let governor = self.governor.start(child.pid(), &self.activity);
+        self.start_governor(child.pid());
         self.publish(State::Starting { attempt }, Some(info.clone()), restarts);
 
         // Loading the model counts as activity, so the governor throttles it too.
@@ -142,7 +146,10 @@ impl Lifecycle {
             outcome = Some(o);
         }
         let outcome = outcome.unwrap_or(Outcome::Cancelled);
-        drop(governor);
+        // Stopping the governor continues the child before it is signalled to stop.
+        if let Some(mut g) = self.governor.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            g.stop();
+        }
         if matches!(outcome, Outcome::Cancelled) {
             self.publish(State::Stopping, Some(info.clone()), restarts);
         }
@@ -222,6 +229,22 @@ impl Lifecycle {
                 }
             }
         }
+    }
+
+    fn start_governor(&self, pid: i32) {
+        let handle = match Governor::start(
+            pid,
+            &self.governor_config,
+            self.governor_settings,
+            self.activity.clone(),
+        ) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::error!(pid, error = %e, "cannot start the CPU governor; the backend runs unthrottled");
+                None
+            }
+        };
+        *self.governor.lock().unwrap_or_else(|e| e.into_inner()) = handle;
     }
 
     fn publish(&self, state: State, backend: Option<BackendInfo>, restarts: u32) {

@@ -8,7 +8,7 @@ pub mod state;
 use crate::backend::{launch, setup};
 use crate::cli::RunArgs;
 use crate::config::Config;
-use crate::governor::{Activity, GovernorLaunch};
+use crate::governor::{Activity, GovernorSettings};
 use crate::profile::{self, Host};
 use crate::proxy;
 use anyhow::Context;
@@ -68,18 +68,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let cancel = CancellationToken::new();
     let activity = Activity::new();
     let (status_tx, status_rx) = tokio::sync::watch::channel(state::Status::initial());
-    let governor = GovernorLaunch {
-        config: config.governor.clone(),
+    let governor_settings = GovernorSettings {
         cpus: profile.cpus,
-        threads: profile.threads.max(profile.threads_batch),
+        threads: Some(profile.threads.max(profile.threads_batch)),
+        priority: profile.priority,
         adaptive: profile.adaptive,
     };
+    let governor = Arc::new(std::sync::Mutex::new(None));
     let spec_inputs = (installed.clone(), profile.clone(), config.clone());
     let lifecycle = lifecycle::Lifecycle {
         config: config.supervisor.clone(),
         make_spec: Box::new(move || launch::spec(&spec_inputs.0, &spec_inputs.1, &spec_inputs.2)),
         activity: activity.clone(),
-        governor: governor.clone(),
+        governor_config: config.governor.clone(),
+        governor_settings,
+        governor: Arc::clone(&governor),
         status: status_tx,
         cancel: cancel.clone(),
     };
@@ -97,7 +100,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             model: installed.model.display().to_string(),
             profile: profile.clone(),
         },
-        governor_status: Box::new(|| serde_json::Value::Null),
+        governor_status: Box::new(move || {
+            let g = governor.lock().unwrap_or_else(|e| e.into_inner());
+            g.as_ref()
+                .map(|h| serde_json::to_value(h.status()).unwrap_or_default())
+                .unwrap_or(serde_json::Value::Null)
+        }),
         started: std::time::Instant::now(),
     });
     let app = proxy::router(shared);
