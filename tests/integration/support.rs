@@ -261,3 +261,10 @@ pub fn real_backend() -> &'static Real {
         }
     })
 }
+
+/// Serialises tests that measure CPU or run the real model, so they do not disturb each other
+/// on a 2-core machine.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
