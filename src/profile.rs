@@ -51,7 +51,10 @@ impl Host {
     pub fn limit_reason(&self) -> String {
         match self.quota_cpus {
             Some(q) if q.ceil() < self.affinity_cpus as f64 => {
-                format!("this host allows {} CPUs (cgroup quota {q:.2} cores)", self.allowed_cpus())
+                format!(
+                    "this host allows {} CPUs (cgroup quota {q:.2} cores)",
+                    self.allowed_cpus()
+                )
             }
             _ if self.affinity_cpus < self.online_cpus => format!(
                 "this host allows {} CPUs (affinity mask, {} online)",

@@ -167,7 +167,11 @@ impl BackendProcess {
         let status = match tokio::time::timeout(grace, self.wait()).await {
             Ok(s) => s,
             Err(_) => {
-                tracing::warn!(pid = self.pid, ?grace, "backend ignored SIGTERM; killing it");
+                tracing::warn!(
+                    pid = self.pid,
+                    ?grace,
+                    "backend ignored SIGTERM; killing it"
+                );
                 self.signal_group(Signal::SIGKILL);
                 self.wait().await
             }
@@ -198,7 +202,12 @@ impl Drop for BackendProcess {
     }
 }
 
-async fn forward(stream: impl AsyncRead + Unpin, pid: i32, stream_name: &'static str, logs: LogTail) {
+async fn forward(
+    stream: impl AsyncRead + Unpin,
+    pid: i32,
+    stream_name: &'static str,
+    logs: LogTail,
+) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         tracing::info!(target: "backend", pid, stream = stream_name, "{line}");

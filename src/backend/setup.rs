@@ -39,7 +39,11 @@ pub fn ensure(config: &Config, args: &SetupArgs) -> Result<Installed, SetupError
         }
         None => model::ensure_default(&cache, &ModelPin::builtin())?,
     };
-    let server = match args.backend_bin.clone().or_else(|| config.backend.bin.clone()) {
+    let server = match args
+        .backend_bin
+        .clone()
+        .or_else(|| config.backend.bin.clone())
+    {
         Some(path) => {
             check_executable(&path)?;
             path

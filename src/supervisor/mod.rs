@@ -124,11 +124,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     cancel.cancel();
     // The lifecycle task stops the backend (SIGCONT, SIGTERM, grace, SIGKILL, reap).
     let stop_deadline = config.supervisor.stop_grace + Duration::from_secs(5);
-    if tokio::time::timeout(stop_deadline, lifecycle_task).await.is_err() {
+    if tokio::time::timeout(stop_deadline, lifecycle_task)
+        .await
+        .is_err()
+    {
         tracing::error!("the backend did not stop in time");
     }
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, server).await.is_err() {
-        tracing::warn!("open connections did not finish within {SHUTDOWN_DEADLINE:?}; closing them");
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, server)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "open connections did not finish within {SHUTDOWN_DEADLINE:?}; closing them"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

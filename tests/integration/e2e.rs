@@ -30,9 +30,14 @@ fn real_backend_serves_recovers_and_leaves_nothing_behind() {
 
     let (code, body) = chat(&s);
     assert_eq!(code, 200, "{body}");
-    let content = body["choices"][0]["message"]["content"].as_str().unwrap_or("");
+    let content = body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or("");
     assert!(!content.trim().is_empty(), "empty completion: {body}");
-    assert!(body["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0, "{body}");
+    assert!(
+        body["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0,
+        "{body}"
+    );
 
     // kill -9 the llama-server: 503 while it restarts, then 200, and the next request works.
     let first = s.backend_pid();
@@ -51,7 +56,10 @@ fn real_backend_serves_recovers_and_leaves_nothing_behind() {
     s.signal(libc::SIGTERM);
     let status = s.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{status}");
-    assert!(!alive(second), "llama-server {second} left behind after SIGTERM");
+    assert!(
+        !alive(second),
+        "llama-server {second} left behind after SIGTERM"
+    );
 
     // SIGKILL: the kernel's death signal takes llama-server down within 1 s.
     let mut s = Supervisor::start(Options {

@@ -41,7 +41,10 @@ fn serves_through_the_proxy_with_the_secret_key() {
     // The fake backend demands the per-launch key, which only the supervisor knows.
     let (code, body) = chat(&s, "hello there");
     assert_eq!(code, 200, "{body}");
-    assert_eq!(body["choices"][0]["message"]["content"], "fake: hello there");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "fake: hello there"
+    );
     let (_, status) = s.get("/status");
     assert_eq!(status["profile"], "balanced");
     assert_eq!(status["state"], "ready");
@@ -89,7 +92,11 @@ fn a_hung_backend_is_detected_and_replaced() {
         if status["restarts"].as_u64().unwrap_or(0) >= 1 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "never restarted\n{}", s.logs());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never restarted\n{}",
+            s.logs()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     wait_gone(first, Duration::from_secs(5));
@@ -117,7 +124,10 @@ crash_loop_window = "1m"
     // Requests get 503 with the reason, in the OpenAI error shape.
     let (code, body) = chat(&s, "anyone?");
     assert_eq!(code, 503);
-    assert!(body["error"]["message"].as_str().unwrap().contains("crash loop"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("crash loop"));
     assert_eq!(body["error"]["type"], "server_error");
 }
 
@@ -142,7 +152,11 @@ fn a_backend_that_ignores_sigterm_is_killed_after_the_grace_period() {
     s.wait_exit(Duration::from_secs(10));
     assert!(!alive(backend), "backend {backend} left behind");
     // stop_grace is 1 s.
-    assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -172,11 +186,20 @@ fn bad_input_is_a_clear_error_before_anything_starts() {
         String::from_utf8_lossy(&out.stderr).to_string()
     };
     let e = run(&["run", "--profile", "turbo"], "");
-    assert!(e.contains("unknown profile `turbo`") && e.contains("balanced"), "{e}");
+    assert!(
+        e.contains("unknown profile `turbo`") && e.contains("balanced"),
+        "{e}"
+    );
     let e = run(&["run", "--listen", "0.0.0.0:0"], "");
-    assert!(e.contains("without an API key") && e.contains("SENTINEL_API_KEY"), "{e}");
+    assert!(
+        e.contains("without an API key") && e.contains("SENTINEL_API_KEY"),
+        "{e}"
+    );
     let e = run(&["run", "--model", "/nonexistent/m.gguf"], "");
-    assert!(e.contains("model file not found: /nonexistent/m.gguf"), "{e}");
+    assert!(
+        e.contains("model file not found: /nonexistent/m.gguf"),
+        "{e}"
+    );
     let e = run(&["run"], "[profiles.balanced]\nthreds = 2\n");
     assert!(e.contains("c.toml") && e.contains("threds"), "{e}");
     let e = run(&["profiles"], "[profiles.balanced]\ncpus = -1\n");

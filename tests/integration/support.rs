@@ -137,7 +137,10 @@ impl Supervisor {
                 return body;
             }
             if Instant::now() > deadline {
-                panic!("/health never answered {code} (last {c} {body})\n{}", self.logs());
+                panic!(
+                    "/health never answered {code} (last {c} {body})\n{}",
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -152,7 +155,10 @@ impl Supervisor {
                 return body;
             }
             if Instant::now() > deadline {
-                panic!("/health never reached {state} (last {body})\n{}", self.logs());
+                panic!(
+                    "/health never reached {state} (last {body})\n{}",
+                    self.logs()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -212,7 +218,10 @@ impl Drop for Supervisor {
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
-            let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
             state != Some("Z") && state != Some("X")
         }
         Err(_) => false,
