@@ -5,4 +5,5 @@ mod support;
 
 mod e2e;
 mod proxy;
+mod setup;
 mod supervisor;
