@@ -216,3 +216,49 @@ fn a_request_right_after_the_backend_dies_is_served_by_the_next_one() {
     assert_eq!(code, 200, "{body}");
     assert_ne!(s.backend_pid(), pid);
 }
+
+/// CPU seconds used so far by a process.
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = rest[11].parse::<f64>().unwrap() + rest[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[test]
+fn a_client_that_disconnects_cancels_the_upstream_request() {
+    let _cpu = crate::support::exclusive();
+    // The fake backend spins a core for as long as it is answering a request.
+    let s = start("burn,stream-chunks=400,stream-delay=50ms", "", vec![]);
+    let backend = s.backend_pid();
+    let mut resp = s
+        .client()
+        .post(format!("{}/v1/chat/completions", s.url))
+        .json(&chat_body(true))
+        .send()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    assert!(resp.read(&mut buf).unwrap() > 0);
+    let before = cpu_seconds(backend);
+    std::thread::sleep(Duration::from_secs(1));
+    let busy = cpu_seconds(backend) - before;
+    assert!(
+        busy > 0.3,
+        "the fake backend should be busy while streaming: {busy}"
+    );
+    drop(resp);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_seconds(backend);
+    std::thread::sleep(Duration::from_secs(1));
+    let after_drop = cpu_seconds(backend) - before;
+    assert!(
+        after_drop < 0.1,
+        "the upstream request kept running after the client left: {after_drop} s of CPU"
+    );
+    assert_eq!(s.get("/status").1["in_flight"], 0);
+}
