@@ -92,11 +92,10 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
         .map(|p| p.as_str())
         .unwrap_or("/");
     let mut retried = false;
+    let client = state.upstream();
     let upstream = loop {
         let request = upstream_request(&parts, path, &backend, body.clone())?;
-        match tokio::time::timeout(state.config.upstream_timeout, state.client.request(request))
-            .await
-        {
+        match tokio::time::timeout(state.config.upstream_timeout, client.request(request)).await {
             Err(_) => {
                 return Err(ApiError::gateway_timeout(format!(
                     "the model did not answer within {:?} (proxy.upstream_timeout)",
