@@ -137,11 +137,19 @@ async fn once(client: &reqwest::Client, target: &Target) -> anyhow::Result<f64> 
     if !target.key.is_empty() {
         request = request.bearer_auth(&target.key);
     }
-    let start = Instant::now();
-    let mut response = request
-        .send()
-        .await
-        .with_context(|| format!("POST {} failed", target.url))?;
+    let retry = request.try_clone();
+    let mut start = Instant::now();
+    let mut sent = request.send().await;
+    // A keep-alive connection the server closed just as we reused it fails before any answer:
+    // retry once on a fresh connection, timing only the retry.
+    if let (Err(e), Some(retry)) = (&sent, retry) {
+        if e.is_request() || e.is_connect() {
+            eprintln!("bench_proxy: retrying once after: {e}");
+            start = Instant::now();
+            sent = retry.send().await;
+        }
+    }
+    let mut response = sent.with_context(|| format!("POST {} failed", target.url))?;
     if !response.status().is_success() {
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
@@ -236,6 +244,8 @@ fn verdict(added_p50: f64, added_p99: f64, ratio: f64, limits: [Option<f64>; 3])
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .tcp_nodelay(true)
+        // llama-server (cpp-httplib) closes connections idle for 5 s; never reuse one that old.
+        .pool_idle_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(600))
         .build()
         .context("could not build the HTTP client")?;
