@@ -23,7 +23,7 @@
 #[path = "fake_backend/routes.rs"]
 mod routes;
 
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -321,6 +321,8 @@ async fn serve(args: Args, mode: Mode) {
         .route("/props", get(routes::props))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "File Not Found", "not_found_error") })
         .layer(middleware::from_fn_with_state(backend.clone(), gate))
+        // llama-server takes any body size; a 413 must come from the proxy, not from here.
+        .layer(DefaultBodyLimit::disable())
         .with_state(backend);
     if let Err(e) = axum::serve(listener, app).await {
         say(&format!("fake-backend: server error: {e}"));
