@@ -19,11 +19,13 @@ pub type Upstream = hyper_util::client::legacy::Client<
     Full<Bytes>,
 >;
 
+/// llama-server (cpp-httplib) closes idle keep-alive connections after 5 s; the pool lets go of
+/// them sooner (3 s), and a request that meets a connection closed under it is sent again.
 pub fn upstream_client() -> Upstream {
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_nodelay(true);
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .pool_idle_timeout(std::time::Duration::from_secs(3))
         .build(connector)
 }
 
@@ -110,6 +112,13 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
                 tracing::info!(generation = backend.generation, error = %e, "backend unreachable; retrying once on the next backend");
                 backend = wait_for_backend(state, deadline, Some(backend.generation)).await?;
             }
+            // A kept-alive connection the backend closed as we reused it: nothing was answered,
+            // send it again on a fresh connection, once.
+            Ok(Err(e)) if closed_under_us(&e) && !retried => {
+                retried = true;
+                tracing::debug!(error = %e, "kept-alive connection closed by the backend; retrying once");
+                backend = wait_for_backend(state, deadline, None).await?;
+            }
             Ok(Err(e)) => {
                 return Err(ApiError::bad_gateway(format!(
                     "the model backend failed: {e}"
@@ -150,6 +159,14 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
         },
     );
     Ok(Response::from_parts(head, Body::from_stream(stream)))
+}
+
+/// Whether the request failed because the backend closed a kept-alive connection before
+/// answering (no response byte was received).
+fn closed_under_us(e: &hyper_util::client::legacy::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<hyper::Error>())
+        .is_some_and(|h| h.is_incomplete_message() || h.is_canceled())
 }
 
 /// The final event a streaming client gets when the backend dies mid-stream.
