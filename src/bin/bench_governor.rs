@@ -78,6 +78,7 @@ struct Row {
     p50: f64,
     p95: f64,
     limiter_cpu: Option<f64>,
+    idle_cpu: f64,
     note: String,
 }
 
@@ -344,7 +345,17 @@ async fn run_scenario(args: &Args, s: &Scenario, http: &reqwest::Client) -> anyh
         .await
         .context("warm-up request")?;
     let sampler = Sampler::start();
+    let idle0 = (
+        Instant::now(),
+        meter::process_cpu_time(pid).unwrap_or_default(),
+    );
     tokio::time::sleep(args.idle).await;
+    let idle_cpu = meter::process_cpu_time(pid)
+        .unwrap_or_default()
+        .saturating_sub(idle0.1)
+        .as_secs_f64()
+        / idle0.0.elapsed().as_secs_f64()
+        * 100.0;
     let t_idle_req = Instant::now();
     complete(http, backend.port, 2000, args.max_tokens).await?;
     let after_idle = sampler
@@ -396,6 +407,7 @@ async fn run_scenario(args: &Args, s: &Scenario, http: &reqwest::Client) -> anyh
             (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64() / wall * 100.0),
             _ => None,
         },
+        idle_cpu,
         note: String::new(),
     })
 }
@@ -403,20 +415,20 @@ async fn run_scenario(args: &Args, s: &Scenario, http: &reqwest::Client) -> anyh
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
         "| scenario | threads | mean % | p99 % (100ms) | max % (100ms) | max % (20ms) | \
-         after-idle max % | tokens/s | p50 s | p95 s | limiter % of a core |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+         after-idle max % | tokens/s | p50 s | p95 s | limiter % of a core | backend idle % of a core |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         if !r.note.is_empty() {
             out.push_str(&format!(
-                "| {} | {} | {} |||||||||\n",
+                "| {} | {} | {} ||||||||||\n",
                 r.name, r.threads, r.note
             ));
             continue;
         }
         let lim = r.limiter_cpu.map_or("-".into(), |c| format!("{c:.2}"));
         out.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} |\n",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {:.2} |\n",
             r.name,
             r.threads,
             r.mean,
@@ -427,7 +439,8 @@ fn table(rows: &[Row]) -> String {
             r.tokens_per_s,
             r.p50,
             r.p95,
-            lim
+            lim,
+            r.idle_cpu
         ));
     }
     out
@@ -451,6 +464,12 @@ async fn main() -> anyhow::Result<()> {
             threads: 1,
             limiter: Limiter::None,
             no_spin: false,
+        },
+        Scenario {
+            name: "threads-1-nospin",
+            threads: 1,
+            limiter: Limiter::None,
+            no_spin: true,
         },
         Scenario {
             name: "cpulimit-l100",
