@@ -79,6 +79,7 @@ struct Row {
     p95: f64,
     limiter_cpu: Option<f64>,
     idle_cpu: f64,
+    backend_cpu: f64,
     note: String,
 }
 
@@ -364,6 +365,7 @@ async fn run_scenario(args: &Args, s: &Scenario, http: &reqwest::Client) -> anyh
         .fold(0.0, f64::max);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let lim0 = limiter_pid.and_then(meter::process_cpu_time);
+    let backend0 = meter::process_cpu_time(pid).unwrap_or_default();
     let t0 = Instant::now();
     let mut latencies = Vec::new();
     let mut tokens = 0;
@@ -375,6 +377,12 @@ async fn run_scenario(args: &Args, s: &Scenario, http: &reqwest::Client) -> anyh
     let t1 = Instant::now();
     let wall = (t1 - t0).as_secs_f64();
     let lim1 = limiter_pid.and_then(meter::process_cpu_time);
+    let backend_cpu = meter::process_cpu_time(pid)
+        .unwrap_or_default()
+        .saturating_sub(backend0)
+        .as_secs_f64()
+        / wall
+        * 100.0;
     let w100 = sampler.windows(t0, t1, 5);
     let w20 = sampler.windows(t0, t1, 1);
     let mean = {
@@ -408,6 +416,7 @@ async fn run_scenario(args: &Args, s: &Scenario, http: &reqwest::Client) -> anyh
             _ => None,
         },
         idle_cpu,
+        backend_cpu,
         note: String::new(),
     })
 }
@@ -415,20 +424,20 @@ async fn run_scenario(args: &Args, s: &Scenario, http: &reqwest::Client) -> anyh
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
         "| scenario | threads | mean % | p99 % (100ms) | max % (100ms) | max % (20ms) | \
-         after-idle max % | tokens/s | p50 s | p95 s | limiter % of a core | backend idle % of a core |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         after-idle max % | tokens/s | p50 s | p95 s | limiter % of a core | backend idle % of a core | backend % of a core |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         if !r.note.is_empty() {
             out.push_str(&format!(
-                "| {} | {} | {} ||||||||||\n",
+                "| {} | {} | {} |||||||||||\n",
                 r.name, r.threads, r.note
             ));
             continue;
         }
         let lim = r.limiter_cpu.map_or("-".into(), |c| format!("{c:.2}"));
         out.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {:.2} |\n",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {:.2} | {:.1} |\n",
             r.name,
             r.threads,
             r.mean,
@@ -440,7 +449,8 @@ fn table(rows: &[Row]) -> String {
             r.p50,
             r.p95,
             lim,
-            r.idle_cpu
+            r.idle_cpu,
+            r.backend_cpu
         ));
     }
     out
