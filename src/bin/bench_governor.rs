@@ -80,6 +80,8 @@ struct Row {
     limiter_cpu: Option<f64>,
     idle_cpu: f64,
     backend_cpu: f64,
+    /// System CPU not explained by the backend and the limiter (other processes), % of machine.
+    others: f64,
     note: String,
 }
 
@@ -191,6 +193,26 @@ struct Backend {
     port: u16,
 }
 
+/// SIGKILL the children if the bench dies (the main thread spawns them and lives as long).
+trait DieWithParent {
+    fn die_with_parent(&mut self) -> &mut Self;
+}
+
+impl DieWithParent for Command {
+    fn die_with_parent(&mut self) -> &mut Self {
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            self.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self
+    }
+}
+
 fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
@@ -229,7 +251,8 @@ async fn start_backend(
     }
     cmd.stdout(Stdio::null())
         .stderr(Stdio::null())
-        .process_group(0);
+        .process_group(0)
+        .die_with_parent();
     let group = Group(
         cmd.spawn()
             .with_context(|| format!("start {}", args.backend_bin.display()))?,
@@ -299,6 +322,7 @@ fn attach(args: &Args, s: &Scenario, pid: i32) -> anyhow::Result<Attached> {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .process_group(0)
+                .die_with_parent()
                 .spawn()
                 .context("start cpulimit (apt-get install cpulimit)")?,
         )),
@@ -314,6 +338,7 @@ fn attach(args: &Args, s: &Scenario, pid: i32) -> anyhow::Result<Attached> {
                 ])
                 .args(["--threads", &s.threads.to_string()])
                 .process_group(0)
+                .die_with_parent()
                 .spawn()
                 .with_context(|| format!("start {}", supervisor.display()))?,
         )),
@@ -398,6 +423,11 @@ async fn run_scenario(args: &Args, s: &Scenario, http: &reqwest::Client) -> anyh
             _ => 0.0,
         }
     };
+    let limiter_cpu = match (lim0, lim1) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64() / wall * 100.0),
+        _ => None,
+    };
+    let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     drop(attached);
     drop(backend);
     Ok(Row {
@@ -411,12 +441,10 @@ async fn run_scenario(args: &Args, s: &Scenario, http: &reqwest::Client) -> anyh
         tokens_per_s: tokens as f64 / wall,
         p50: percentile(&latencies, 0.5),
         p95: percentile(&latencies, 0.95),
-        limiter_cpu: match (lim0, lim1) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64() / wall * 100.0),
-            _ => None,
-        },
+        limiter_cpu,
         idle_cpu,
         backend_cpu,
+        others: (mean - (backend_cpu + limiter_cpu.unwrap_or(0.0)) / ncpus as f64).max(0.0),
         note: String::new(),
     })
 }
@@ -424,20 +452,20 @@ async fn run_scenario(args: &Args, s: &Scenario, http: &reqwest::Client) -> anyh
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
         "| scenario | threads | mean % | p99 % (100ms) | max % (100ms) | max % (20ms) | \
-         after-idle max % | tokens/s | p50 s | p95 s | limiter % of a core | backend idle % of a core | backend % of a core |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         after-idle max % | tokens/s | p50 s | p95 s | limiter % of a core | backend idle % of a core | backend % of a core | others % |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         if !r.note.is_empty() {
             out.push_str(&format!(
-                "| {} | {} | {} |||||||||||\n",
+                "| {} | {} | {} ||||||||||||\n",
                 r.name, r.threads, r.note
             ));
             continue;
         }
         let lim = r.limiter_cpu.map_or("-".into(), |c| format!("{c:.2}"));
         out.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {:.2} | {:.1} |\n",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {:.2} | {:.1} | {:.1} |\n",
             r.name,
             r.threads,
             r.mean,
@@ -450,7 +478,8 @@ fn table(rows: &[Row]) -> String {
             r.p95,
             lim,
             r.idle_cpu,
-            r.backend_cpu
+            r.backend_cpu,
+            r.others
         ));
     }
     out
