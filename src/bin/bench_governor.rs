@@ -82,6 +82,12 @@ struct Row {
     backend_cpu: f64,
     /// System CPU not explained by the backend and the limiter (other processes), % of machine.
     others: f64,
+    /// The backend's own CPU in % of the machine: p99 / max of 100 ms windows, max of 20 ms,
+    /// max 100 ms window in the first second after idle (immune to other processes' load).
+    b_p99: f64,
+    b_max100: f64,
+    b_max20: f64,
+    b_after_idle: f64,
     note: String,
 }
 
@@ -101,14 +107,17 @@ impl Drop for Group {
 }
 
 /// System CPU samples every 20 ms on a dedicated thread.
+/// (when, machine counters, backend run time).
+type Sample = (Instant, SystemTimes, Duration);
+
 struct Sampler {
-    samples: Arc<Mutex<Vec<(Instant, SystemTimes)>>>,
+    samples: Arc<Mutex<Vec<Sample>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Sampler {
-    fn start() -> Sampler {
+    fn start(backend: i32) -> Sampler {
         let samples = Arc::new(Mutex::new(Vec::with_capacity(10_000)));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -116,9 +125,10 @@ impl Sampler {
             std::thread::spawn(move || {
                 let mut next = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
+                    let run = meter::process_run_time(backend).unwrap_or_default();
                     if let Ok(t) = meter::system_times() {
                         if let Ok(mut s) = samples.lock() {
-                            s.push((Instant::now(), t));
+                            s.push((Instant::now(), t, run));
                         }
                     }
                     next += Duration::from_millis(20);
@@ -144,7 +154,7 @@ impl Sampler {
         let samples = self.samples.lock().map(|s| s.clone()).unwrap_or_default();
         let inside: Vec<_> = samples
             .into_iter()
-            .filter(|(t, _)| *t >= from && *t <= to)
+            .filter(|(t, _, _)| *t >= from && *t <= to)
             .collect();
         inside
             .windows(k + 1)
@@ -152,6 +162,28 @@ impl Sampler {
             .map(|w| w[k].1.busy_fraction_since(&w[0].1) * 100.0)
             .collect()
     }
+
+    /// The backend's own CPU in % of the machine, over the same windows as [`Self::windows`].
+    fn backend_windows(&self, from: Instant, to: Instant, k: usize) -> Vec<f64> {
+        let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let samples = self.samples.lock().map(|s| s.clone()).unwrap_or_default();
+        let inside: Vec<_> = samples
+            .into_iter()
+            .filter(|(t, _, _)| *t >= from && *t <= to)
+            .collect();
+        inside
+            .windows(k + 1)
+            .step_by(k)
+            .map(|w| {
+                let wall = (w[k].0 - w[0].0).as_secs_f64().max(1e-6);
+                w[k].2.saturating_sub(w[0].2).as_secs_f64() / wall / ncpus * 100.0
+            })
+            .collect()
+    }
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
 }
 
 impl Drop for Sampler {
@@ -370,7 +402,7 @@ async fn run_scenario(args: &Args, s: &Scenario, http: &reqwest::Client) -> anyh
     complete(http, backend.port, 1000, 8)
         .await
         .context("warm-up request")?;
-    let sampler = Sampler::start();
+    let sampler = Sampler::start(pid);
     let idle0 = (
         Instant::now(),
         meter::process_cpu_time(pid).unwrap_or_default(),
@@ -384,10 +416,9 @@ async fn run_scenario(args: &Args, s: &Scenario, http: &reqwest::Client) -> anyh
         * 100.0;
     let t_idle_req = Instant::now();
     complete(http, backend.port, 2000, args.max_tokens).await?;
-    let after_idle = sampler
-        .windows(t_idle_req, t_idle_req + Duration::from_secs(1), 5)
-        .into_iter()
-        .fold(0.0, f64::max);
+    let first_second = t_idle_req + Duration::from_secs(1);
+    let after_idle = max(&sampler.windows(t_idle_req, first_second, 5));
+    let b_after_idle = max(&sampler.backend_windows(t_idle_req, first_second, 5));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let lim0 = limiter_pid.and_then(meter::process_cpu_time);
     let backend0 = meter::process_cpu_time(pid).unwrap_or_default();
@@ -410,14 +441,16 @@ async fn run_scenario(args: &Args, s: &Scenario, http: &reqwest::Client) -> anyh
         * 100.0;
     let w100 = sampler.windows(t0, t1, 5);
     let w20 = sampler.windows(t0, t1, 1);
+    let b100 = sampler.backend_windows(t0, t1, 5);
+    let b20 = sampler.backend_windows(t0, t1, 1);
     let mean = {
         let samples = sampler
             .samples
             .lock()
             .map(|s| s.clone())
             .unwrap_or_default();
-        let first = samples.iter().find(|(t, _)| *t >= t0);
-        let last = samples.iter().rev().find(|(t, _)| *t <= t1);
+        let first = samples.iter().find(|(t, _, _)| *t >= t0);
+        let last = samples.iter().rev().find(|(t, _, _)| *t <= t1);
         match (first, last) {
             (Some(a), Some(b)) => b.1.busy_fraction_since(&a.1) * 100.0,
             _ => 0.0,
@@ -445,6 +478,10 @@ async fn run_scenario(args: &Args, s: &Scenario, http: &reqwest::Client) -> anyh
         idle_cpu,
         backend_cpu,
         others: (mean - (backend_cpu + limiter_cpu.unwrap_or(0.0)) / ncpus as f64).max(0.0),
+        b_p99: percentile(&b100, 0.99),
+        b_max100: max(&b100),
+        b_max20: max(&b20),
+        b_after_idle,
         note: String::new(),
     })
 }
@@ -452,20 +489,21 @@ async fn run_scenario(args: &Args, s: &Scenario, http: &reqwest::Client) -> anyh
 fn table(rows: &[Row]) -> String {
     let mut out = String::from(
         "| scenario | threads | mean % | p99 % (100ms) | max % (100ms) | max % (20ms) | \
-         after-idle max % | tokens/s | p50 s | p95 s | limiter % of a core | backend idle % of a core | backend % of a core | others % |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         after-idle max % | tokens/s | p50 s | p95 s | limiter % of a core | backend idle % of a core | backend % of a core | others % | backend p99 % (100ms) | backend max % (100ms) | \
+         backend max % (20ms) | backend after-idle max % |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         if !r.note.is_empty() {
             out.push_str(&format!(
-                "| {} | {} | {} ||||||||||||\n",
+                "| {} | {} | {} ||||||||||||||||\n",
                 r.name, r.threads, r.note
             ));
             continue;
         }
         let lim = r.limiter_cpu.map_or("-".into(), |c| format!("{c:.2}"));
         out.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {:.2} | {:.1} | {:.1} |\n",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
             r.name,
             r.threads,
             r.mean,
@@ -479,7 +517,11 @@ fn table(rows: &[Row]) -> String {
             lim,
             r.idle_cpu,
             r.backend_cpu,
-            r.others
+            r.others,
+            r.b_p99,
+            r.b_max100,
+            r.b_max20,
+            r.b_after_idle
         ));
     }
     out
