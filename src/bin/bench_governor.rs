@@ -125,10 +125,15 @@ impl Sampler {
             std::thread::spawn(move || {
                 let mut next = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
+                    // Read both counters back to back and stamp the pair with the time between
+                    // them, so a preempted sampler does not skew windows.
+                    let before = Instant::now();
                     let run = meter::process_run_time(backend).unwrap_or_default();
-                    if let Ok(t) = meter::system_times() {
+                    let sys = meter::system_times();
+                    let after = Instant::now();
+                    if let Ok(t) = sys {
                         if let Ok(mut s) = samples.lock() {
-                            s.push((Instant::now(), t, run));
+                            s.push((before + (after - before) / 2, t, run));
                         }
                     }
                     next += Duration::from_millis(20);
