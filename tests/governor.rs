@@ -142,11 +142,14 @@ fn pid_mode_holds_half_a_core_and_sigterm_leaves_the_target_running() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let (cores, _) = measure(pid, Duration::from_millis(500));
-    assert!(
-        cores > 0.6,
-        "burner not running freely after the limiter left: {cores:.2}"
-    );
+    let (cores, others) = measure(pid, Duration::from_millis(500));
+    let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    if others <= ncpus - 1.0 {
+        assert!(
+            cores > 0.6,
+            "burner not running freely after the limiter left: {cores:.2}"
+        );
+    }
 }
 
 #[test]

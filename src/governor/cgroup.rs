@@ -107,6 +107,7 @@ impl CpuCgroup {
         cpus: f64,
         period: Duration,
     ) -> Result<Self, CgroupError> {
+        sweep_stale(support);
         let path = support.parent.join(format!("sentinel-supervisor-{pid}"));
         match std::fs::create_dir(&path) {
             Ok(()) => {}
@@ -183,6 +184,32 @@ impl Drop for CpuCgroup {
                 error = %err,
                 "could not remove the cgroup; remove it with rmdir once its processes exit"
             );
+        }
+    }
+}
+
+/// Removes empty `sentinel-supervisor-<pid>` groups whose process is gone: what a supervisor
+/// killed with SIGKILL (no chance to run its drop) leaves behind.
+pub fn sweep_stale(support: &CgroupSupport) {
+    let Ok(entries) = std::fs::read_dir(&support.parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("sentinel-supervisor-"))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks existence.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        let empty = std::fs::read_to_string(entry.path().join("cgroup.procs"))
+            .is_ok_and(|p| p.trim().is_empty());
+        if !alive && empty && std::fs::remove_dir(entry.path()).is_ok() {
+            tracing::info!(path = %entry.path().display(), "removed a stale cgroup");
         }
     }
 }

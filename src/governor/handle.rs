@@ -46,7 +46,7 @@ pub struct GovernorStatus {
     pub cgroup: Option<CgroupVersion>,
     /// The budget in force, in cores (`null` = unlimited).
     pub budget_cpus: Option<f64>,
-    /// Share of each period the child may run (duty cycle), or quota / period.
+    /// Share of each period the child may run (duty cycle; `null` under a kernel cap).
     pub duty: Option<f64>,
     /// `throttling`, `resting` (nothing in flight), `capped` (kernel cap), `off` or `stopped`.
     pub state: &'static str,
@@ -215,7 +215,6 @@ impl GovernorHandle {
             Mechanism::Cgroup(group) => {
                 status.method = Method::Cgroup;
                 status.cgroup = Some(group.version());
-                status.duty = self.settings.cpus;
                 status.state = "capped";
                 status.measured_cpus = self.measure_since_last_call();
             }

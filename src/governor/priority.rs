@@ -91,10 +91,11 @@ mod imp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::process::CommandExt;
-    use std::process::Command;
 
+    #[cfg(target_os = "linux")]
     fn child_nice_and_policy(p: Priority) -> String {
+        use std::os::unix::process::CommandExt;
+        use std::process::Command;
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "nice; chrt -p $$ 2>/dev/null | head -1 || true"]);
         // SAFETY: apply_to_current_process is async-signal-safe.

@@ -1,0 +1,634 @@
+//! Benchmark of CPU limiting methods on llama-server, side by side on one model and workload:
+//! unlimited, plain `--threads 1`, cpulimit, a kernel cgroup quota and the governor (the
+//! `sentinel-supervisor limit --pid` process), at budgets of 1.0 and 0.5 cores.
+//!
+//! For each method: start llama-server, warm up, idle, send one request after the idle period
+//! (the "after idle" spike), then a fixed sequential workload, sampling system CPU every 20 ms
+//! (100 ms windows are five consecutive samples). Prints a table and writes it as Markdown.
+//!
+//! `bench_governor --backend-bin PATH --model PATH [--out FILE] [--only NAME,...]`
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use sentinel_supervisor::governor::{self, cgroup};
+use sentinel_supervisor::meter::{self, SystemTimes};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(about = "Compare CPU limiters on llama-server (system CPU, spikes, speed, latency)")]
+struct Args {
+    /// The llama-server binary.
+    #[arg(long)]
+    backend_bin: PathBuf,
+    /// The GGUF model.
+    #[arg(long)]
+    model: PathBuf,
+    /// The sentinel-supervisor binary (default: next to this one).
+    #[arg(long)]
+    supervisor: Option<PathBuf>,
+    /// Write the table as Markdown here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Requests in the workload.
+    #[arg(long, default_value_t = 12)]
+    requests: usize,
+    /// Tokens generated per request.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: u32,
+    /// Idle time before the single "after idle" request.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    idle: Duration,
+    /// Run only these scenarios (comma-separated names from the table).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+/// How a scenario limits llama-server.
+#[derive(Clone, Copy, Debug)]
+enum Limiter {
+    None,
+    Cpulimit(u32),
+    Cgroup(f64),
+    Governor(f64),
+}
+
+struct Scenario {
+    name: &'static str,
+    threads: usize,
+    limiter: Limiter,
+    /// `--poll 0 --poll-batch 0` and the no-spin environment (the product's child setup).
+    no_spin: bool,
+}
+
+#[derive(Default, Debug)]
+struct Row {
+    name: String,
+    threads: usize,
+    mean: f64,
+    p99: f64,
+    max100: f64,
+    max20: f64,
+    after_idle: f64,
+    tokens_per_s: f64,
+    p50: f64,
+    p95: f64,
+    limiter_cpu: Option<f64>,
+    idle_cpu: f64,
+    backend_cpu: f64,
+    /// System CPU not explained by the backend and the limiter (other processes), % of machine.
+    others: f64,
+    /// The backend's own CPU in % of the machine: p99 / max of 100 ms windows, max of 20 ms,
+    /// max 100 ms window in the first second after idle (immune to other processes' load).
+    b_p99: f64,
+    b_max100: f64,
+    b_max20: f64,
+    b_after_idle: f64,
+    note: String,
+}
+
+/// Kills the process group on drop (after SIGCONT, a stopped process ignores SIGTERM).
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let pid = self.0.id() as i32;
+        // SAFETY: plain kill(2) on a process group we created.
+        unsafe {
+            libc::kill(-pid, libc::SIGCONT);
+            libc::kill(-pid, libc::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// System CPU samples every 20 ms on a dedicated thread.
+/// (when, machine counters, backend run time).
+type Sample = (Instant, SystemTimes, Duration);
+
+struct Sampler {
+    samples: Arc<Mutex<Vec<Sample>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start(backend: i32) -> Sampler {
+        let samples = Arc::new(Mutex::new(Vec::with_capacity(10_000)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (samples, stop) = (Arc::clone(&samples), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut next = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    // Read both counters back to back and stamp the pair with the time between
+                    // them, so a preempted sampler does not skew windows.
+                    let before = Instant::now();
+                    let run = meter::process_run_time(backend).unwrap_or_default();
+                    let sys = meter::system_times();
+                    let after = Instant::now();
+                    if let Ok(t) = sys {
+                        if let Ok(mut s) = samples.lock() {
+                            s.push((before + (after - before) / 2, t, run));
+                        }
+                    }
+                    next += Duration::from_millis(20);
+                    let now = Instant::now();
+                    if next > now {
+                        std::thread::sleep(next - now);
+                    } else {
+                        next = now;
+                    }
+                }
+            })
+        };
+        Sampler {
+            samples,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Busy percentages of consecutive windows of `k` samples (k=1: 20 ms, k=5: 100 ms) between
+    /// two instants.
+    fn windows(&self, from: Instant, to: Instant, k: usize) -> Vec<f64> {
+        let samples = self.samples.lock().map(|s| s.clone()).unwrap_or_default();
+        let inside: Vec<_> = samples
+            .into_iter()
+            .filter(|(t, _, _)| *t >= from && *t <= to)
+            .collect();
+        inside
+            .windows(k + 1)
+            .step_by(k)
+            .map(|w| w[k].1.busy_fraction_since(&w[0].1) * 100.0)
+            .collect()
+    }
+
+    /// The backend's own CPU in % of the machine, over the same windows as [`Self::windows`].
+    fn backend_windows(&self, from: Instant, to: Instant, k: usize) -> Vec<f64> {
+        let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let samples = self.samples.lock().map(|s| s.clone()).unwrap_or_default();
+        let inside: Vec<_> = samples
+            .into_iter()
+            .filter(|(t, _, _)| *t >= from && *t <= to)
+            .collect();
+        inside
+            .windows(k + 1)
+            .step_by(k)
+            .map(|w| {
+                let wall = (w[k].0 - w[0].0).as_secs_f64().max(1e-6);
+                w[k].2.saturating_sub(w[0].2).as_secs_f64() / wall / ncpus * 100.0
+            })
+            .collect()
+    }
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return 0.0;
+    }
+    let idx = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    v[idx]
+}
+
+fn prompt(i: usize) -> String {
+    format!(
+        "Case {i}. Review this endpoint telemetry from host ws-{i:03} and say whether it is \
+         malicious. At 02:14 the user account svc_backup{i} started powershell.exe with an \
+         encoded command line, which spawned rundll32.exe loading a DLL from the user's temp \
+         directory. Ten seconds later the same process opened a handle to lsass.exe with read \
+         access, wrote a file named dump{i}.bin to C:\\ProgramData, and made an outbound HTTPS \
+         connection to 185.220.{i}.17 on port 443 that transferred 48 megabytes. The scheduled \
+         task 'UpdaterCheck{i}' was created to run the same DLL at every logon, and the Windows \
+         event log was cleared shortly after. Antivirus reported no detection. List the \
+         techniques you recognise with their MITRE ATT&CK identifiers, rate the severity from \
+         one to five, and recommend the first three containment steps for the security team."
+    )
+}
+
+struct Backend {
+    group: Group,
+    port: u16,
+}
+
+/// SIGKILL the children if the bench dies (the main thread spawns them and lives as long).
+trait DieWithParent {
+    fn die_with_parent(&mut self) -> &mut Self;
+}
+
+impl DieWithParent for Command {
+    fn die_with_parent(&mut self) -> &mut Self {
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            self.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+async fn start_backend(
+    args: &Args,
+    s: &Scenario,
+    http: &reqwest::Client,
+) -> anyhow::Result<Backend> {
+    let port = free_port()?;
+    let mut cmd = Command::new(&args.backend_bin);
+    let t = s.threads.to_string();
+    cmd.arg("-m").arg(&args.model);
+    cmd.args([
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "-ngl",
+        "0",
+    ]);
+    cmd.args([
+        "--threads",
+        &t,
+        "--threads-batch",
+        &t,
+        "-c",
+        "2048",
+        "-np",
+        "1",
+    ]);
+    if s.no_spin {
+        cmd.args(governor::child_args());
+        cmd.envs(governor::child_env());
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .die_with_parent();
+    let group = Group(
+        cmd.spawn()
+            .with_context(|| format!("start {}", args.backend_bin.display()))?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let url = format!("http://127.0.0.1:{port}/health");
+        if let Ok(r) = http.get(&url).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("llama-server did not become ready in 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(Backend { group, port })
+}
+
+/// One chat completion; returns (latency, completion tokens).
+async fn complete(
+    http: &reqwest::Client,
+    port: u16,
+    i: usize,
+    max_tokens: u32,
+) -> anyhow::Result<(f64, u64)> {
+    let body = serde_json::json!({
+        "messages": [
+            {"role": "system", "content": "You are a concise endpoint-security analyst."},
+            {"role": "user", "content": prompt(i)}
+        ],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": true
+    });
+    let t0 = Instant::now();
+    let resp: serde_json::Value = http
+        .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let tokens = resp["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+    Ok((t0.elapsed().as_secs_f64(), tokens))
+}
+
+/// The external limiter process of a scenario, if any.
+enum Attached {
+    Nothing,
+    Process(Group),
+    Cgroup(cgroup::CpuCgroup),
+}
+
+fn attach(args: &Args, s: &Scenario, pid: i32) -> anyhow::Result<Attached> {
+    let supervisor = match &args.supervisor {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("sentinel-supervisor"),
+    };
+    Ok(match s.limiter {
+        Limiter::None => Attached::Nothing,
+        Limiter::Cpulimit(l) => Attached::Process(Group(
+            Command::new("cpulimit")
+                .args(["-l", &l.to_string(), "-p", &pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .die_with_parent()
+                .spawn()
+                .context("start cpulimit (apt-get install cpulimit)")?,
+        )),
+        Limiter::Governor(cpus) => Attached::Process(Group(
+            Command::new(&supervisor)
+                .args([
+                    "limit",
+                    "-q",
+                    "--cpus",
+                    &cpus.to_string(),
+                    "--pid",
+                    &pid.to_string(),
+                ])
+                .args(["--threads", &s.threads.to_string()])
+                .process_group(0)
+                .die_with_parent()
+                .spawn()
+                .with_context(|| format!("start {}", supervisor.display()))?,
+        )),
+        Limiter::Cgroup(cpus) => {
+            let support = cgroup::detect().context("no writable cgroup")?;
+            Attached::Cgroup(cgroup::CpuCgroup::create(
+                &support,
+                pid,
+                cpus,
+                Duration::from_millis(10),
+            )?)
+        }
+    })
+}
+
+async fn run_scenario(args: &Args, s: &Scenario, http: &reqwest::Client) -> anyhow::Result<Row> {
+    let backend = start_backend(args, s, http).await?;
+    let pid = backend.group.0.id() as i32;
+    let attached = attach(args, s, pid)?;
+    let limiter_pid = match &attached {
+        Attached::Process(g) => Some(g.0.id() as i32),
+        Attached::Cgroup(g) => {
+            eprintln!("  capped in {}", g.path().display());
+            None
+        }
+        Attached::Nothing => None,
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    complete(http, backend.port, 1000, 8)
+        .await
+        .context("warm-up request")?;
+    let sampler = Sampler::start(pid);
+    let idle0 = (
+        Instant::now(),
+        meter::process_cpu_time(pid).unwrap_or_default(),
+    );
+    tokio::time::sleep(args.idle).await;
+    let idle_cpu = meter::process_cpu_time(pid)
+        .unwrap_or_default()
+        .saturating_sub(idle0.1)
+        .as_secs_f64()
+        / idle0.0.elapsed().as_secs_f64()
+        * 100.0;
+    let t_idle_req = Instant::now();
+    complete(http, backend.port, 2000, args.max_tokens).await?;
+    let first_second = t_idle_req + Duration::from_secs(1);
+    let after_idle = max(&sampler.windows(t_idle_req, first_second, 5));
+    let b_after_idle = max(&sampler.backend_windows(t_idle_req, first_second, 5));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lim0 = limiter_pid.and_then(meter::process_cpu_time);
+    let backend0 = meter::process_cpu_time(pid).unwrap_or_default();
+    let t0 = Instant::now();
+    let mut latencies = Vec::new();
+    let mut tokens = 0;
+    for i in 0..args.requests {
+        let (lat, n) = complete(http, backend.port, i, args.max_tokens).await?;
+        latencies.push(lat);
+        tokens += n;
+    }
+    let t1 = Instant::now();
+    let wall = (t1 - t0).as_secs_f64();
+    let lim1 = limiter_pid.and_then(meter::process_cpu_time);
+    let backend_cpu = meter::process_cpu_time(pid)
+        .unwrap_or_default()
+        .saturating_sub(backend0)
+        .as_secs_f64()
+        / wall
+        * 100.0;
+    let w100 = sampler.windows(t0, t1, 5);
+    let w20 = sampler.windows(t0, t1, 1);
+    let b100 = sampler.backend_windows(t0, t1, 5);
+    let b20 = sampler.backend_windows(t0, t1, 1);
+    let mean = {
+        let samples = sampler
+            .samples
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        let first = samples.iter().find(|(t, _, _)| *t >= t0);
+        let last = samples.iter().rev().find(|(t, _, _)| *t <= t1);
+        match (first, last) {
+            (Some(a), Some(b)) => b.1.busy_fraction_since(&a.1) * 100.0,
+            _ => 0.0,
+        }
+    };
+    let limiter_cpu = match (lim0, lim1) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64() / wall * 100.0),
+        _ => None,
+    };
+    let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    drop(attached);
+    drop(backend);
+    Ok(Row {
+        name: s.name.to_string(),
+        threads: s.threads,
+        mean,
+        p99: percentile(&w100, 0.99),
+        max100: w100.iter().copied().fold(0.0, f64::max),
+        max20: w20.iter().copied().fold(0.0, f64::max),
+        after_idle,
+        tokens_per_s: tokens as f64 / wall,
+        p50: percentile(&latencies, 0.5),
+        p95: percentile(&latencies, 0.95),
+        limiter_cpu,
+        idle_cpu,
+        backend_cpu,
+        others: (mean - (backend_cpu + limiter_cpu.unwrap_or(0.0)) / ncpus as f64).max(0.0),
+        b_p99: percentile(&b100, 0.99),
+        b_max100: max(&b100),
+        b_max20: max(&b20),
+        b_after_idle,
+        note: String::new(),
+    })
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| scenario | threads | mean % | p99 % (100ms) | max % (100ms) | max % (20ms) | \
+         after-idle max % | tokens/s | p50 s | p95 s | limiter % of a core | backend idle % of a core | backend % of a core | others % | backend p99 % (100ms) | backend max % (100ms) | \
+         backend max % (20ms) | backend after-idle max % |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        if !r.note.is_empty() {
+            out.push_str(&format!(
+                "| {} | {} | {} ||||||||||||||||\n",
+                r.name, r.threads, r.note
+            ));
+            continue;
+        }
+        let lim = r.limiter_cpu.map_or("-".into(), |c| format!("{c:.2}"));
+        out.push_str(&format!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+            r.name,
+            r.threads,
+            r.mean,
+            r.p99,
+            r.max100,
+            r.max20,
+            r.after_idle,
+            r.tokens_per_s,
+            r.p50,
+            r.p95,
+            lim,
+            r.idle_cpu,
+            r.backend_cpu,
+            r.others,
+            r.b_p99,
+            r.b_max100,
+            r.b_max20,
+            r.b_after_idle
+        ));
+    }
+    out
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let t1 = governor::threads_for_budget(Some(1.0), ncpus);
+    let t05 = governor::threads_for_budget(Some(0.5), ncpus);
+    let scenarios = [
+        Scenario {
+            name: "unlimited",
+            threads: ncpus,
+            limiter: Limiter::None,
+            no_spin: false,
+        },
+        Scenario {
+            name: "threads-1",
+            threads: 1,
+            limiter: Limiter::None,
+            no_spin: false,
+        },
+        Scenario {
+            name: "threads-1-nospin",
+            threads: 1,
+            limiter: Limiter::None,
+            no_spin: true,
+        },
+        Scenario {
+            name: "cpulimit-l100",
+            threads: ncpus,
+            limiter: Limiter::Cpulimit(100),
+            no_spin: false,
+        },
+        Scenario {
+            name: "cpulimit-l50",
+            threads: 1,
+            limiter: Limiter::Cpulimit(50),
+            no_spin: false,
+        },
+        Scenario {
+            name: "cgroup-1.0",
+            threads: t1,
+            limiter: Limiter::Cgroup(1.0),
+            no_spin: true,
+        },
+        Scenario {
+            name: "cgroup-0.5",
+            threads: t05,
+            limiter: Limiter::Cgroup(0.5),
+            no_spin: true,
+        },
+        Scenario {
+            name: "governor-1.0",
+            threads: t1,
+            limiter: Limiter::Governor(1.0),
+            no_spin: true,
+        },
+        Scenario {
+            name: "governor-0.5",
+            threads: t05,
+            limiter: Limiter::Governor(0.5),
+            no_spin: true,
+        },
+        Scenario {
+            name: "governor-0.5-2t",
+            threads: ncpus,
+            limiter: Limiter::Governor(0.5),
+            no_spin: true,
+        },
+    ];
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()?;
+    let mut rows = Vec::new();
+    for s in scenarios
+        .iter()
+        .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.name))
+    {
+        eprintln!("bench-governor: {} ...", s.name);
+        let row = match run_scenario(&args, s, &http).await {
+            Ok(row) => row,
+            Err(err) => Row {
+                name: s.name.to_string(),
+                threads: s.threads,
+                note: format!("not measured: {err:#}"),
+                ..Row::default()
+            },
+        };
+        eprintln!("{row:?}");
+        rows.push(row);
+    }
+    let md = table(&rows);
+    println!(
+        "System CPU in % of the whole machine ({ncpus} CPUs); {} requests of ~200 prompt tokens, \
+         {} generated tokens each, sequential.\n\n{md}",
+        args.requests, args.max_tokens
+    );
+    if let Some(out) = &args.out {
+        std::fs::write(out, &md).with_context(|| format!("write {}", out.display()))?;
+    }
+    Ok(())
+}
