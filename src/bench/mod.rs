@@ -1,11 +1,420 @@
-//! The experiment harness: workloads, the endpoint-security task set, scoring and reports.
+//! The experiment harness: for each profile, start (or attach to) the supervisor stack, measure
+//! idle CPU, run the endpoint-security task set through the OpenAI endpoint while sampling CPU
+//! and memory, and write `report.json`, `report.md` and `cpu.svg`.
+//!
+//! Files: `task` (the task set), `score` (scorers), `stack` (the supervisor under test),
+//! `sampler` (CPU over time), `workload` (one streamed request), `stats`, `target`, `settings`
+//! (`[bench]` config), `report` and `chart`.
 
+pub mod chart;
+pub mod report;
+pub mod sampler;
 pub mod score;
 pub mod settings;
+pub mod stack;
 pub mod stats;
 pub mod target;
 pub mod task;
+pub mod workload;
 
-pub async fn run(_args: crate::cli::BenchArgs) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("`bench` is being built (issue 5)")
+use crate::cli::BenchArgs;
+use anyhow::Context;
+use report::{Phase, ProfileReport, Report, RunReport, TaskResult};
+use sampler::Sampler;
+use settings::BenchConfig;
+use stack::{Launch, Stack, StatusInfo};
+use stats::Summary;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use task::Task;
+
+/// Whether tasks are sent with `response_format: json_schema`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SchemaMode {
+    Off,
+    On,
+    #[default]
+    Both,
+}
+
+impl SchemaMode {
+    fn runs(self) -> &'static [bool] {
+        match self {
+            SchemaMode::Off => &[false],
+            SchemaMode::On => &[true],
+            SchemaMode::Both => &[false, true],
+        }
+    }
+}
+
+/// File names written into `--out`.
+pub const REPORT_JSON: &str = "report.json";
+pub const REPORT_MD: &str = "report.md";
+pub const CHART_SVG: &str = "cpu.svg";
+
+/// Runs `bench`. Exit code 0 when every measurement completed (whatever the verdict), 1 when
+/// some requests failed (the report is still written); errors stop the run.
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let config_file = args.setup.config.config.clone();
+    let settings = settings::load(config_file.as_deref())?;
+    let mut tasks = task::load(args.tasks.as_deref())?;
+    if let Some(n) = args.limit {
+        anyhow::ensure!(n > 0, "--limit 0 leaves no task to run (use N >= 1)");
+        tasks.truncate(n);
+    }
+    let profiles: Vec<Option<String>> = match (&args.url, args.profiles.as_slice()) {
+        (None, []) => anyhow::bail!("nothing to measure: pass --profile NAME (repeatable) or --url URL"),
+        (Some(_), [_, _, ..]) => anyhow::bail!(
+            "--url measures the one running supervisor; pass at most one --profile with it (its name in the report)"
+        ),
+        (Some(_), p) => vec![p.first().cloned()],
+        (None, p) => p.iter().cloned().map(Some).collect(),
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create the output directory {}", args.out.display()))?;
+    let client = reqwest::Client::builder()
+        .build()
+        .context("cannot build the HTTP client")?;
+    let max_tokens = args.max_tokens.unwrap_or(settings.max_tokens);
+
+    let mut reports = Vec::new();
+    for profile in &profiles {
+        let report = measure_profile(
+            &args,
+            &settings,
+            &client,
+            profile.as_deref(),
+            &tasks,
+            max_tokens,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "measuring profile `{}`",
+                profile.as_deref().unwrap_or("(running)")
+            )
+        })?;
+        reports.push(report);
+    }
+
+    let report = Report {
+        format_version: report::FORMAT_VERSION,
+        generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        host: report::Host { cpus: host_cpus() },
+        tasks: report::TaskSource {
+            source: args
+                .tasks
+                .as_ref()
+                .map_or("built-in".to_string(), |p| p.display().to_string()),
+            count: tasks.len(),
+        },
+        targets: settings.targets.clone(),
+        verdict: Report::verdict_of(&reports),
+        profiles: reports,
+    };
+    write_outputs(&args.out, &report, &settings)?;
+    println!("{}", report.summary_table());
+    println!(
+        "Verdict: {:?}. Reports in {}",
+        report.verdict,
+        args.out.display()
+    );
+    let errors: usize = report
+        .profiles
+        .iter()
+        .flat_map(|p| &p.runs)
+        .map(|r| r.errors)
+        .sum();
+    if errors > 0 {
+        eprintln!("bench: {errors} request(s) failed; see `error` in {REPORT_JSON}");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn host_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn write_outputs(
+    out: &std::path::Path,
+    report: &Report,
+    settings: &BenchConfig,
+) -> anyhow::Result<()> {
+    let write = |name: &str, text: String| {
+        let path = out.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    };
+    write(REPORT_JSON, serde_json::to_string_pretty(report)?)?;
+    write(REPORT_MD, report.to_markdown(Some(CHART_SVG)))?;
+    let t = &settings.targets;
+    write(
+        CHART_SVG,
+        chart::render(
+            report,
+            t.active_cpu_mean_max_percent,
+            t.active_cpu_p99_max_percent,
+        ),
+    )?;
+    Ok(())
+}
+
+/// Starts (or attaches to) the stack for one profile, measures it, and stops it.
+async fn measure_profile(
+    args: &BenchArgs,
+    settings: &BenchConfig,
+    client: &reqwest::Client,
+    profile: Option<&str>,
+    tasks: &[Task],
+    max_tokens: u32,
+) -> anyhow::Result<ProfileReport> {
+    let stack = match &args.url {
+        Some(url) => Stack::attach(url, args.api_key.clone()),
+        None => {
+            let name = profile.unwrap_or_default();
+            eprintln!("bench: starting the supervisor with profile `{name}`");
+            let launch = Launch {
+                exe: std::env::current_exe().context("cannot locate this executable")?,
+                profile: name.to_string(),
+                model: args.setup.model.clone(),
+                backend_bin: args.setup.backend_bin.clone(),
+                config: args.setup.config.config.clone(),
+                log: args.out.join(format!("supervisor-{name}.log")),
+                listen_timeout: settings.ready_timeout,
+            };
+            Stack::start(&launch, args.api_key.clone()).await?
+        }
+    };
+    let mut backend_pid = None;
+    let result = async {
+        stack.wait_ready(client, settings.ready_timeout).await?;
+        let status = stack.status(client).await?;
+        backend_pid = status.backend_pid;
+        measure_ready(
+            args, settings, client, &stack, profile, status, tasks, max_tokens,
+        )
+        .await
+    }
+    .await;
+    stack.stop(backend_pid).await;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn measure_ready(
+    args: &BenchArgs,
+    settings: &BenchConfig,
+    client: &reqwest::Client,
+    stack: &Stack,
+    profile: Option<&str>,
+    status: StatusInfo,
+    tasks: &[Task],
+    max_tokens: u32,
+) -> anyhow::Result<ProfileReport> {
+    let name = profile
+        .map(str::to_string)
+        .or(status.profile.clone())
+        .unwrap_or_else(|| "running".to_string());
+    let pid = status.backend_pid;
+    if pid.is_none() {
+        tracing::warn!(profile = %name, "/status reports no backend pid; backend CPU and RSS will be n/a");
+    }
+    let sampler =
+        Sampler::start(settings.sample_interval, pid).context("cannot read system CPU counters")?;
+    eprintln!(
+        "bench: {name}: measuring idle for {}",
+        humantime::format_duration(args.idle)
+    );
+    tokio::time::sleep(args.idle).await;
+    let idle_end = sampler.now_s();
+    sampler.set_phase(Phase::Active);
+
+    let mut runs = Vec::new();
+    for &schema_mode in args.schema_mode.runs() {
+        runs.push(
+            run_tasks(
+                settings,
+                client,
+                stack,
+                &sampler,
+                &name,
+                pid,
+                tasks,
+                schema_mode,
+                max_tokens,
+            )
+            .await,
+        );
+    }
+    let (timeline, max_tree_rss) = sampler.finish();
+    let idle_cpu = Summary::of(&sampler::window(&timeline, 0.0, idle_end));
+    let peak_rss = pid
+        .and_then(crate::meter::peak_rss_bytes)
+        .max((max_tree_rss > 0).then_some(max_tree_rss));
+    let runs = runs
+        .into_iter()
+        .map(|r| r.finish(&timeline, &idle_cpu, peak_rss, &settings.targets))
+        .collect();
+    Ok(ProfileReport {
+        profile: name,
+        model: status
+            .model
+            .clone()
+            .or_else(|| args.setup.model.as_ref().map(|m| m.display().to_string())),
+        backend: report::BackendInfo {
+            pid,
+            threads: status.threads,
+            threads_batch: status.threads_batch,
+        },
+        limit_cpus: status.limit_cpus,
+        governor: status.governor,
+        idle: report::IdlePhase {
+            duration_s: idle_end,
+            system_cpu: idle_cpu,
+        },
+        cpu_timeline: timeline,
+        runs,
+    })
+}
+
+/// One pass over the tasks, before the CPU timeline is known.
+struct PendingRun {
+    schema_mode: bool,
+    start_s: f64,
+    end_s: f64,
+    backend_cpu: Option<Duration>,
+    results: Vec<TaskResult>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_tasks(
+    settings: &BenchConfig,
+    client: &reqwest::Client,
+    stack: &Stack,
+    sampler: &Sampler,
+    name: &str,
+    pid: Option<i32>,
+    tasks: &[Task],
+    schema_mode: bool,
+    max_tokens: u32,
+) -> PendingRun {
+    let label = if schema_mode {
+        format!("{name} (schema)")
+    } else {
+        name.to_string()
+    };
+    let cpu_before = pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time);
+    let start_s = sampler.now_s();
+    let started = Instant::now();
+    let mut results = Vec::with_capacity(tasks.len());
+    for (i, task) in tasks.iter().enumerate() {
+        let asked = Instant::now();
+        let outcome = workload::ask(
+            client,
+            stack,
+            task,
+            schema_mode,
+            max_tokens,
+            settings.request_timeout,
+        )
+        .await;
+        let result = match outcome {
+            Ok(o) => TaskResult {
+                id: task.id.clone(),
+                category: task.category.clone(),
+                score: task.scorer.score(&o.answer),
+                latency_s: o.latency.as_secs_f64(),
+                ttft_s: o.ttft.map(|t| t.as_secs_f64()),
+                completion_tokens: o.completion_tokens,
+                answer: o.answer,
+                error: None,
+            },
+            Err(e) => {
+                tracing::warn!(task = %task.id, error = %e, "task request failed");
+                TaskResult {
+                    id: task.id.clone(),
+                    category: task.category.clone(),
+                    score: 0.0,
+                    latency_s: asked.elapsed().as_secs_f64(),
+                    ttft_s: None,
+                    completion_tokens: None,
+                    answer: String::new(),
+                    error: Some(e.to_string()),
+                }
+            }
+        };
+        results.push(result);
+        eprintln!(
+            "bench: {label}: {}/{} tasks done, {:.1} s elapsed, CPU {}",
+            i + 1,
+            tasks.len(),
+            started.elapsed().as_secs_f64(),
+            sampler
+                .current_percent()
+                .map_or("n/a".to_string(), |c| format!("{c:.0} %"))
+        );
+    }
+    let cpu_after = pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time);
+    PendingRun {
+        schema_mode,
+        start_s,
+        end_s: sampler.now_s(),
+        backend_cpu: cpu_before.zip(cpu_after).map(|(b, a)| a.saturating_sub(b)),
+        results,
+    }
+}
+
+impl PendingRun {
+    fn finish(
+        self,
+        timeline: &[report::CpuPoint],
+        idle_cpu: &Summary,
+        peak_rss: Option<u64>,
+        targets: &target::Targets,
+    ) -> RunReport {
+        let duration_s = self.end_s - self.start_s;
+        let system_cpu = Summary::of(&sampler::window(timeline, self.start_s, self.end_s));
+        let ok: Vec<&TaskResult> = self.results.iter().filter(|r| r.error.is_none()).collect();
+        let latency_s = Summary::of(&ok.iter().map(|r| r.latency_s).collect::<Vec<_>>());
+        let ttft_s = Summary::of(&ok.iter().filter_map(|r| r.ttft_s).collect::<Vec<_>>());
+        let completion_tokens: u64 = ok.iter().filter_map(|r| r.completion_tokens).sum();
+        let busy: f64 = ok.iter().map(|r| r.latency_s).sum();
+        let (correctness, categories) = report::correctness(&self.results);
+        let backend_cpu_percent = self
+            .backend_cpu
+            .filter(|_| duration_s > 0.0)
+            .map(|c| c.as_secs_f64() / (duration_s * host_cpus() as f64) * 100.0);
+        let checks = targets.evaluate(&target::Measured {
+            idle_cpu_mean: (idle_cpu.count > 0).then_some(idle_cpu.mean),
+            active_cpu_mean: system_cpu.mean,
+            active_cpu_p99: system_cpu.p99,
+            peak_rss_bytes: peak_rss,
+            latency_p95: Duration::from_secs_f64(latency_s.p95.max(0.0)),
+            latency_p99_over_p50: latency_s.p99_over_p50(),
+            correctness,
+        });
+        RunReport {
+            schema_mode: self.schema_mode,
+            tasks: self.results.len(),
+            errors: self.results.len() - ok.len(),
+            correctness,
+            categories,
+            latency_s,
+            latency_p99_over_p50: latency_s.p99_over_p50(),
+            ttft_s,
+            completion_tokens,
+            tokens_per_s: if busy > 0.0 {
+                completion_tokens as f64 / busy
+            } else {
+                0.0
+            },
+            duration_s,
+            system_cpu,
+            backend_cpu_percent,
+            peak_rss_bytes: peak_rss,
+            pass: checks.iter().all(|c| c.pass),
+            checks,
+            results: self.results,
+        }
+    }
 }

@@ -75,10 +75,12 @@ pub fn load(user_file: Option<&Path>) -> Result<BenchConfig, SettingsError> {
 }
 
 fn bench_table(text: &str, origin: &str) -> Result<toml::Table, SettingsError> {
-    let mut doc: toml::Table = text.parse().map_err(|e: toml::de::Error| SettingsError::Syntax {
-        origin: origin.to_string(),
-        message: e.to_string().trim().to_string(),
-    })?;
+    let mut doc: toml::Table =
+        text.parse()
+            .map_err(|e: toml::de::Error| SettingsError::Syntax {
+                origin: origin.to_string(),
+                message: e.to_string().trim().to_string(),
+            })?;
     match doc.remove("bench") {
         Some(toml::Value::Table(t)) => Ok(t),
         Some(_) => Err(SettingsError::Invalid {
@@ -136,14 +138,20 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "[bench.targets]\ncorectness_min = 0.5\n").unwrap();
         let msg = load(Some(&path)).unwrap_err().to_string();
-        assert!(msg.contains("corectness_min") && msg.contains("c.toml"), "{msg}");
+        assert!(
+            msg.contains("corectness_min") && msg.contains("c.toml"),
+            "{msg}"
+        );
 
         std::fs::write(&path, "[bench]\nready_timeout = \"soon\"\n").unwrap();
         let msg = load(Some(&path)).unwrap_err().to_string();
         assert!(msg.contains("[bench]"), "{msg}");
 
         std::fs::write(&path, "[bench\n").unwrap();
-        assert!(load(Some(&path)).unwrap_err().to_string().contains("not valid TOML"));
+        assert!(load(Some(&path))
+            .unwrap_err()
+            .to_string()
+            .contains("not valid TOML"));
         assert!(load(Some(&dir.path().join("missing.toml"))).is_err());
     }
 }

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Targets a profile must meet to be "invisible enough and correct enough".
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Targets {
     /// Mean system CPU while idle, in percent of the whole machine.
@@ -78,11 +78,35 @@ impl Targets {
         let gb = m.peak_rss_bytes.map(|b| b as f64 / 1e9);
         let ratio = m.latency_p99_over_p50;
         vec![
-            at_most("idle_cpu_mean", m.idle_cpu_mean, self.idle_cpu_max_percent, " %", 1),
-            at_most("active_cpu_mean", Some(m.active_cpu_mean), self.active_cpu_mean_max_percent, " %", 1),
-            at_most("active_cpu_p99", Some(m.active_cpu_p99), self.active_cpu_p99_max_percent, " %", 1),
+            at_most(
+                "idle_cpu_mean",
+                m.idle_cpu_mean,
+                self.idle_cpu_max_percent,
+                " %",
+                1,
+            ),
+            at_most(
+                "active_cpu_mean",
+                Some(m.active_cpu_mean),
+                self.active_cpu_mean_max_percent,
+                " %",
+                1,
+            ),
+            at_most(
+                "active_cpu_p99",
+                Some(m.active_cpu_p99),
+                self.active_cpu_p99_max_percent,
+                " %",
+                1,
+            ),
             at_most("peak_rss", gb, self.peak_rss_max_gb, " GB", 2),
-            at_most("latency_p95", Some(m.latency_p95.as_secs_f64()), self.latency_p95_max.as_secs_f64(), " s", 2),
+            at_most(
+                "latency_p95",
+                Some(m.latency_p95.as_secs_f64()),
+                self.latency_p95_max.as_secs_f64(),
+                " s",
+                2,
+            ),
             Check {
                 name: "latency_p99_over_p50",
                 criterion: format!("< {:.2}", self.latency_p99_over_p50_below),
@@ -127,17 +151,70 @@ mod tests {
         assert_eq!(checks[3].shown, "1.00 GB");
 
         let misses: Vec<(&str, Measured)> = vec![
-            ("idle_cpu_mean", Measured { idle_cpu_mean: Some(2.1), ..good() }),
-            ("idle_cpu_mean", Measured { idle_cpu_mean: None, ..good() }),
-            ("active_cpu_mean", Measured { active_cpu_mean: 35.5, ..good() }),
-            ("active_cpu_p99", Measured { active_cpu_p99: 50.1, ..good() }),
-            ("peak_rss", Measured { peak_rss_bytes: Some(6_000_000_001), ..good() }),
-            ("latency_p95", Measured { latency_p95: Duration::from_millis(2501), ..good() }),
-            ("latency_p99_over_p50", Measured { latency_p99_over_p50: Some(2.0), ..good() }),
-            ("correctness", Measured { correctness: 0.79, ..good() }),
+            (
+                "idle_cpu_mean",
+                Measured {
+                    idle_cpu_mean: Some(2.1),
+                    ..good()
+                },
+            ),
+            (
+                "idle_cpu_mean",
+                Measured {
+                    idle_cpu_mean: None,
+                    ..good()
+                },
+            ),
+            (
+                "active_cpu_mean",
+                Measured {
+                    active_cpu_mean: 35.5,
+                    ..good()
+                },
+            ),
+            (
+                "active_cpu_p99",
+                Measured {
+                    active_cpu_p99: 50.1,
+                    ..good()
+                },
+            ),
+            (
+                "peak_rss",
+                Measured {
+                    peak_rss_bytes: Some(6_000_000_001),
+                    ..good()
+                },
+            ),
+            (
+                "latency_p95",
+                Measured {
+                    latency_p95: Duration::from_millis(2501),
+                    ..good()
+                },
+            ),
+            (
+                "latency_p99_over_p50",
+                Measured {
+                    latency_p99_over_p50: Some(2.0),
+                    ..good()
+                },
+            ),
+            (
+                "correctness",
+                Measured {
+                    correctness: 0.79,
+                    ..good()
+                },
+            ),
         ];
         for (name, m) in misses {
-            let failed: Vec<&str> = t.evaluate(&m).iter().filter(|c| !c.pass).map(|c| c.name).collect();
+            let failed: Vec<&str> = t
+                .evaluate(&m)
+                .iter()
+                .filter(|c| !c.pass)
+                .map(|c| c.name)
+                .collect();
             assert_eq!(failed, vec![name]);
         }
     }

@@ -97,7 +97,9 @@ pub fn parse(text: &str, origin: &Path) -> Result<Vec<Task>, TaskError> {
         if task.prompt.trim().is_empty() {
             return Err(err("field `prompt` is empty".into()));
         }
-        task.scorer.validate().map_err(|p| err(format!("field `scorer`: {p}")))?;
+        task.scorer
+            .validate()
+            .map_err(|p| err(format!("field `scorer`: {p}")))?;
         if let Some(schema) = &task.schema {
             if !schema.is_object() {
                 return Err(err("field `schema` must be a JSON object".into()));
@@ -144,12 +146,7 @@ mod tests {
         // Every task's own reference answer must be accepted by its scorer.
         for t in load(None).unwrap() {
             let reference = t.scorer.reference_answer();
-            assert_eq!(
-                t.scorer.score(&reference),
-                1.0,
-                "{}: {reference:?}",
-                t.id
-            );
+            assert_eq!(t.scorer.score(&reference), 1.0, "{}: {reference:?}", t.id);
         }
     }
 
@@ -163,14 +160,18 @@ mod tests {
 
     #[test]
     fn malformed_lines_name_file_line_and_field() {
-        let missing = r#"{"id":"b","category":"c","scorer":{"kind":"label","answer":"x","labels":["x"]}}"#;
+        let missing =
+            r#"{"id":"b","category":"c","scorer":{"kind":"label","answer":"x","labels":["x"]}}"#;
         let msg = parse_err(&format!("{GOOD}\n\n{missing}\n"));
         assert!(msg.starts_with("my-tasks.jsonl, line 3:"), "{msg}");
         assert!(msg.contains("missing field `prompt`"), "{msg}");
 
         let bad_kind = r#"{"id":"b","category":"c","prompt":"p","scorer":{"kind":"vibes"}}"#;
         let msg = parse_err(&format!("{GOOD}\n{bad_kind}"));
-        assert!(msg.contains("line 2") && msg.contains("field `scorer.kind`"), "{msg}");
+        assert!(
+            msg.contains("line 2") && msg.contains("field `scorer.kind`"),
+            "{msg}"
+        );
         assert!(msg.contains("vibes"), "{msg}");
 
         let not_json = "{\"id\": ";
@@ -184,7 +185,10 @@ mod tests {
         assert!(msg.contains("line 1") && msg.contains("`z`"), "{msg}");
 
         let dup = parse_err(&format!("{GOOD}\n{GOOD}"));
-        assert!(dup.contains("line 2") && dup.contains("line 1") && dup.contains("`a`"), "{dup}");
+        assert!(
+            dup.contains("line 2") && dup.contains("line 1") && dup.contains("`a`"),
+            "{dup}"
+        );
 
         assert!(parse_err("\n  \n").contains("no tasks"));
     }

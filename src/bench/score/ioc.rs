@@ -109,7 +109,9 @@ fn ipv4(token: &str) -> Option<String> {
     let parts: Vec<&str> = token.split('.').collect();
     let valid = parts.len() == 4
         && parts.iter().all(|p| {
-            !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit())
+            !p.is_empty()
+                && p.len() <= 3
+                && p.bytes().all(|b| b.is_ascii_digit())
                 && p.parse::<u16>().is_ok_and(|n| n <= 255)
         });
     valid.then(|| {
@@ -122,8 +124,8 @@ fn ipv4(token: &str) -> Option<String> {
 }
 
 fn hash(token: &str) -> Option<String> {
-    let is_hash = matches!(token.len(), 32 | 40 | 64 | 128)
-        && token.bytes().all(|b| b.is_ascii_hexdigit());
+    let is_hash =
+        matches!(token.len(), 32 | 40 | 64 | 128) && token.bytes().all(|b| b.is_ascii_hexdigit());
     is_hash.then(|| token.to_ascii_lowercase())
 }
 
@@ -195,8 +197,14 @@ mod tests {
             classify("C:\\\\ProgramData\\\\svc\\\\update.ps1"),
             vec!["c:\\programdata\\svc\\update.ps1"]
         );
-        assert_eq!(classify("c:/programdata/svc/update.ps1"), vec!["c:\\programdata\\svc\\update.ps1"]);
-        assert_eq!(classify("\\\\fs01\\share$\\a.exe"), vec!["\\\\fs01\\share$\\a.exe"]);
+        assert_eq!(
+            classify("c:/programdata/svc/update.ps1"),
+            vec!["c:\\programdata\\svc\\update.ps1"]
+        );
+        assert_eq!(
+            classify("\\\\fs01\\share$\\a.exe"),
+            vec!["\\\\fs01\\share$\\a.exe"]
+        );
         assert_eq!(classify("%APPDATA%\\x.exe"), vec!["%appdata%\\x.exe"]);
     }
 }

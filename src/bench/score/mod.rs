@@ -160,15 +160,22 @@ impl Scorer {
                 }
                 for a in answers {
                     let hay = words(a);
-                    if let Some(r) = reject.iter().find(|r| !find_phrase(&hay, &words(r)).is_empty()) {
-                        return Err(format!("accepted answer `{a}` contains rejected phrase `{r}`"));
+                    if let Some(r) = reject
+                        .iter()
+                        .find(|r| !find_phrase(&hay, &words(r)).is_empty())
+                    {
+                        return Err(format!(
+                            "accepted answer `{a}` contains rejected phrase `{r}`"
+                        ));
                     }
                 }
                 Ok(())
             }
             Scorer::Technique { answer } => match technique_ids(answer).as_slice() {
                 [one] if one == &answer.to_ascii_uppercase() => Ok(()),
-                _ => Err(format!("`answer` `{answer}` is not an ATT&CK ID like T1059 or T1059.001")),
+                _ => Err(format!(
+                    "`answer` `{answer}` is not an ATT&CK ID like T1059 or T1059.001"
+                )),
             },
             Scorer::SetF1 { items } => {
                 if items.is_empty() {
@@ -187,7 +194,10 @@ impl Scorer {
                 if fields.is_empty() {
                     return Err("`fields` must hold at least one field rule".into());
                 }
-                match fields.iter().find(|(_, r)| matches!(r, FieldRule::OneOf(v) if v.is_empty())) {
+                match fields
+                    .iter()
+                    .find(|(_, r)| matches!(r, FieldRule::OneOf(v) if v.is_empty()))
+                {
                     Some((name, _)) => Err(format!("field `{name}`: `one_of` is empty")),
                     None => Ok(()),
                 }
@@ -327,15 +337,17 @@ fn score_json_fields(answer: &str, fields: &BTreeMap<String, FieldRule>) -> f64 
     for (name, rule) in fields {
         let actual = obj.get(name);
         match rule {
-            FieldRule::Equals(e) => values_right += usize::from(actual.is_some_and(|a| values_match(a, e))),
+            FieldRule::Equals(e) => {
+                values_right += usize::from(actual.is_some_and(|a| values_match(a, e)))
+            }
             FieldRule::OneOf(es) => {
                 values_right +=
                     usize::from(actual.is_some_and(|a| es.iter().any(|e| values_match(a, e))))
             }
             FieldRule::OneLine(single) => {
-                let ok = actual.and_then(Value::as_str).is_some_and(|s| {
-                    !s.trim().is_empty() && (!single || !s.trim().contains('\n'))
-                });
+                let ok = actual
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| !s.trim().is_empty() && (!single || !s.trim().contains('\n')));
                 text_right += usize::from(ok);
             }
         }

@@ -17,7 +17,10 @@ fn check(id: &str, cases: &[(&str, f64)]) {
     let s = scorer(id);
     for (answer, want) in cases {
         let got = s.score(answer);
-        assert!((got - want).abs() < 1e-9, "{id}: {answer:?} scored {got}, want {want}");
+        assert!(
+            (got - want).abs() < 1e-9,
+            "{id}: {answer:?} scored {got}, want {want}"
+        );
     }
 }
 
@@ -55,7 +58,10 @@ fn attack_technique_ids() {
         &[
             ("T1003.001", 1.0),
             ("t1003.001", 1.0),
-            ("This is OS Credential Dumping: LSASS Memory (T1003.001).", 1.0),
+            (
+                "This is OS Credential Dumping: LSASS Memory (T1003.001).",
+                1.0,
+            ),
             ("T1003.001 (a sub-technique of T1003)", 1.0),
             ("{\"technique\": \"T1003.001\"}", 1.0),
             ("T1003", 0.5),
@@ -69,7 +75,15 @@ fn attack_technique_ids() {
         ],
     );
     // attack-05: a technique without sub-techniques.
-    check("attack-05", &[("T1490", 1.0), ("t1490.", 1.0), ("T1490.001", 0.5), ("T1486", 0.0)]);
+    check(
+        "attack-05",
+        &[
+            ("T1490", 1.0),
+            ("t1490.", 1.0),
+            ("T1490.001", 0.5),
+            ("T1486", 0.0),
+        ],
+    );
 }
 
 #[test]
@@ -105,7 +119,13 @@ fn ioc_extraction_set_f1() {
     );
     // Adversarial: echoing every token of the log line. ioc-01 expects two IPs; the echo also
     // yields nothing else recognisable, so it keeps full marks only because it adds no noise.
-    check("ioc-01", &[("2024-05-01T10:22:13Z fw DROP src=10.0.0.15 dst=185.220.101.4 dport=443 proto=TCP", 1.0)]);
+    check(
+        "ioc-01",
+        &[(
+            "2024-05-01T10:22:13Z fw DROP src=10.0.0.15 dst=185.220.101.4 dport=443 proto=TCP",
+            1.0,
+        )],
+    );
     // ioc-09 echoed with an extra invented domain and IP: P = 3/5, R = 1, F1 = 0.75.
     check(
         "ioc-09",
@@ -127,8 +147,14 @@ fn windows_event_ids() {
             ("EVENT 4625 RECORDS A LOGON FAILURE (bad password).", 1.0),
             ("{\"meaning\": \"an account failed to log on\"}", 1.0),
             ("A successful logon", 0.0),
-            ("It records either a successful logon or a failed logon.", 0.0),
-            ("failed logon, successful logon, logoff, process creation", 0.0),
+            (
+                "It records either a successful logon or a failed logon.",
+                0.0,
+            ),
+            (
+                "failed logon, successful logon, logoff, process creation",
+                0.0,
+            ),
             ("a logon", 0.0),
             ("", 0.0),
         ],
@@ -156,7 +182,10 @@ fn persistence_mechanisms() {
             ("{\"answer\": \"launch agent\"}", 1.0),
             ("launch daemon", 0.0),
             ("launch agent or launch daemon", 0.0),
-            ("launch agent, launch daemon, login item, cron job, shell profile", 0.0),
+            (
+                "launch agent, launch daemon, login item, cron job, shell profile",
+                0.0,
+            ),
             ("", 0.0),
         ],
     );
@@ -168,10 +197,20 @@ fn persistence_mechanisms() {
             ("wmi event subscription", 1.0),
             ("WMI", 1.0),
             ("scheduled task", 0.0),
-            ("run key, scheduled task, windows service, startup folder, wmi subscription", 0.0),
+            (
+                "run key, scheduled task, windows service, startup folder, wmi subscription",
+                0.0,
+            ),
         ],
     );
-    check("persistence-01", &[("crontab entry", 1.0), ("Cron job in /etc/cron.d", 1.0), ("systemd", 0.0)]);
+    check(
+        "persistence-01",
+        &[
+            ("crontab entry", 1.0),
+            ("Cron job in /etc/cron.d", 1.0),
+            ("systemd", 0.0),
+        ],
+    );
 }
 
 #[test]
@@ -197,9 +236,18 @@ fn severity_triage_json_fields() {
     check(
         "triage-06",
         &[
-            ("{\"severity\": \"high\", \"reason\": \"C2 beaconing\"}", 1.0),
-            ("{\"severity\": \"critical\", \"reason\": \"C2 beaconing\"}", 1.0),
-            ("{\"severity\": \"medium\", \"reason\": \"C2 beaconing\"}", 0.0),
+            (
+                "{\"severity\": \"high\", \"reason\": \"C2 beaconing\"}",
+                1.0,
+            ),
+            (
+                "{\"severity\": \"critical\", \"reason\": \"C2 beaconing\"}",
+                1.0,
+            ),
+            (
+                "{\"severity\": \"medium\", \"reason\": \"C2 beaconing\"}",
+                0.0,
+            ),
         ],
     );
 }
@@ -208,10 +256,17 @@ fn severity_triage_json_fields() {
 fn scorer_parameters_are_validated() {
     let bad: Vec<(Scorer, &str)> = vec![
         (
-            Scorer::Technique { answer: "1059".into() },
+            Scorer::Technique {
+                answer: "1059".into(),
+            },
             "not an ATT&CK ID",
         ),
-        (Scorer::SetF1 { items: vec!["hello".into()] }, "`hello`"),
+        (
+            Scorer::SetF1 {
+                items: vec!["hello".into()],
+            },
+            "`hello`",
+        ),
         (
             Scorer::Accepted {
                 answers: vec!["failed logon".into()],
@@ -230,5 +285,11 @@ fn scorer_parameters_are_validated() {
         let err = s.validate().expect_err("should be rejected");
         assert!(err.contains(want), "{err}");
     }
-    assert_eq!(Scorer::Technique { answer: "T1".into() }.kind(), "technique");
+    assert_eq!(
+        Scorer::Technique {
+            answer: "T1".into()
+        }
+        .kind(),
+        "technique"
+    );
 }

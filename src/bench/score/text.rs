@@ -60,10 +60,11 @@ pub fn find_phrase(hay: &[String], phrase: &[String]) -> Vec<Span> {
 
 /// The first JSON object embedded in `text` (models often wrap it in prose or code fences).
 pub fn first_json_object(text: &str) -> Option<serde_json::Map<String, Value>> {
-    text.match_indices('{').find_map(|(i, _)| match parse_prefix(&text[i..]) {
-        Some(Value::Object(map)) => Some(map),
-        _ => None,
-    })
+    text.match_indices('{')
+        .find_map(|(i, _)| match parse_prefix(&text[i..]) {
+            Some(Value::Object(map)) => Some(map),
+            _ => None,
+        })
 }
 
 /// The first JSON object or array embedded in `text`.
@@ -126,7 +127,10 @@ mod tests {
             Some(serde_json::json!(["a", "b"]))
         );
         let mut all = Vec::new();
-        strings_in(&serde_json::json!({"a": ["x", {"b": "y"}], "n": 3}), &mut all);
+        strings_in(
+            &serde_json::json!({"a": ["x", {"b": "y"}], "n": 3}),
+            &mut all,
+        );
         all.sort();
         assert_eq!(all, vec!["x", "y"]);
     }
