@@ -95,15 +95,27 @@ pub enum LogFormat {
 /// `limit`: hold a process (and its process group) to a CPU budget.
 #[derive(Args, Debug, Clone)]
 pub struct LimitArgs {
-    /// The budget in cores, like Docker's --cpus (cpulimit -l L is L/100 cores).
+    /// The budget in cores, like Docker's --cpus (cpulimit -l L is L/100 cores; P % of the
+    /// whole machine is P/100 * ncpus cores).
     #[arg(long, value_name = "CORES")]
     pub cpus: f64,
-    /// An existing process to limit.
+    /// An existing process to limit (its whole process group when it leads one).
     #[arg(long, value_name = "PID", conflicts_with = "command")]
     pub pid: Option<i32>,
     /// Duty-cycle period.
     #[arg(long, value_name = "DURATION", default_value = "20ms", value_parser = humantime::parse_duration)]
     pub period: std::time::Duration,
+    /// Threads the target keeps busy (default: follow its thread count).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// How to enforce the budget: `signals` works on any process; `cgroup` moves it into a
+    /// kernel-capped cgroup (root or a delegated cgroup v2 subtree); `auto` picks.
+    #[arg(long, value_enum, default_value_t = crate::governor::Method::Signals)]
+    pub method: crate::governor::Method,
+    /// Yield to the user: shrink the budget while total system CPU is above this share of the
+    /// machine (0-1), recovering slowly when it falls.
+    #[arg(long, value_name = "SHARE")]
+    pub adaptive: Option<f64>,
     /// A command to start and limit (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

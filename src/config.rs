@@ -1,1 +1,480 @@
-//! Configuration.
+//! The configuration: the TOML schema, the built-in defaults (`config.toml`, compiled in), the
+//! user's overrides, and validation with errors that name the key and the file.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::governor::priority::Priority;
+
+/// The shipped defaults, compiled in so the binary works from any directory.
+pub const BUILTIN: &str = include_str!("../config.toml");
+/// How the built-in file is named in error messages.
+pub const BUILTIN_NAME: &str = "built-in config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source} (check the path given with --config)")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: invalid TOML: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: key `{key}`: {message}")]
+    Key {
+        file: String,
+        key: String,
+        message: String,
+    },
+    #[error(
+        "unknown profile `{name}` (known profiles: {known}); pick one of those or add \
+         [profiles.{name}] to your config file"
+    )]
+    UnknownProfile { name: String, known: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub default_profile: String,
+    #[serde(default, deserialize_with = "empty_path_is_none")]
+    pub model: Option<PathBuf>,
+    #[serde(default)]
+    pub model_alias: String,
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    pub backend: BackendConfig,
+    pub supervisor: SupervisorConfig,
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub governor: crate::governor::GovernorConfig,
+    #[serde(default)]
+    pub bench: toml::Table,
+    pub profiles: BTreeMap<String, ProfileConfig>,
+    /// Which file the user's overrides came from (not a TOML key).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    #[serde(default, deserialize_with = "empty_path_is_none")]
+    pub bin: Option<PathBuf>,
+    #[serde(default, deserialize_with = "empty_path_is_none")]
+    pub cache_dir: Option<PathBuf>,
+    pub ctx_size: u32,
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorConfig {
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub ready_poll_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+    pub liveness_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_reset_after: Duration,
+    pub crash_loop_restarts: u32,
+    #[serde(with = "humantime_serde")]
+    pub crash_loop_window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub stop_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    pub max_body_bytes: u64,
+    pub queue_len: usize,
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub upstream_timeout: Duration,
+}
+
+/// One `[profiles.NAME]` table, as written (see `profile` for the resolved values).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    #[serde(default)]
+    pub description: String,
+    pub cpus: Option<f64>,
+    pub threads: Option<usize>,
+    pub threads_batch: Option<usize>,
+    #[serde(default)]
+    pub priority: Priority,
+    pub slots: Option<usize>,
+    pub ctx_size: Option<u32>,
+    #[serde(default)]
+    pub embeddings: bool,
+    pub adaptive: Option<f64>,
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
+fn empty_path_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok((!s.trim().is_empty()).then(|| PathBuf::from(s)))
+}
+
+impl Config {
+    /// The built-in defaults alone.
+    pub fn builtin() -> Result<Config, ConfigError> {
+        Self::from_layers(None)
+    }
+
+    /// Loads the defaults and, over them, the user's file: the one given, else the usual
+    /// location when it exists.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => default_user_path().filter(|p| p.is_file()),
+        };
+        let Some(path) = path else {
+            return Self::builtin();
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::from_layers(Some((&path, &text)))
+    }
+
+    /// Parses the built-in defaults with an optional user layer on top.
+    pub fn from_layers(user: Option<(&Path, &str)>) -> Result<Config, ConfigError> {
+        let mut merged = parse_table(BUILTIN, BUILTIN_NAME)?;
+        let user_table = match user {
+            Some((path, text)) => {
+                let table = parse_table(text, &path.display().to_string())?;
+                deep_merge(&mut merged, table.clone());
+                Some((path, table))
+            }
+            None => None,
+        };
+        let file_of = |key: &str| -> String {
+            match &user_table {
+                Some((path, table)) if has_key(table, key) => path.display().to_string(),
+                Some((path, _)) if key.is_empty() => path.display().to_string(),
+                _ => BUILTIN_NAME.to_string(),
+            }
+        };
+        let mut config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|err| {
+                let key = err.path().to_string();
+                let key = if key == "." { String::new() } else { key };
+                ConfigError::Key {
+                    file: file_of(&key),
+                    key: if key.is_empty() { "(top level)".into() } else { key },
+                    message: err.into_inner().to_string(),
+                }
+            })?;
+        config.validate(&file_of)?;
+        config.source = user_table.map(|(p, _)| p.to_path_buf());
+        Ok(config)
+    }
+
+    fn validate(&self, file_of: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        let bad = |key: String, message: String| ConfigError::Key {
+            file: file_of(&key),
+            key,
+            message,
+        };
+        if !self.profiles.contains_key(&self.default_profile) {
+            return Err(bad(
+                "default_profile".into(),
+                format!(
+                    "no profile named `{}` (known: {})",
+                    self.default_profile,
+                    self.profile_names()
+                ),
+            ));
+        }
+        if self.backend.ctx_size < 64 {
+            return Err(bad(
+                "backend.ctx_size".into(),
+                format!("{} is too small; use at least 64 tokens", self.backend.ctx_size),
+            ));
+        }
+        if self.api_keys.iter().any(|k| k.trim().is_empty()) {
+            return Err(bad(
+                "api_keys".into(),
+                "an API key is empty; remove it or give it a value".into(),
+            ));
+        }
+        let s = &self.supervisor;
+        for (key, d) in [
+            ("supervisor.startup_timeout", s.startup_timeout),
+            ("supervisor.ready_poll_interval", s.ready_poll_interval),
+            ("supervisor.probe_interval", s.probe_interval),
+            ("supervisor.probe_timeout", s.probe_timeout),
+            ("supervisor.backoff_initial", s.backoff_initial),
+        ] {
+            if d.is_zero() {
+                return Err(bad(key.into(), "must be longer than zero".into()));
+            }
+        }
+        if s.backoff_max < s.backoff_initial {
+            return Err(bad(
+                "supervisor.backoff_max".into(),
+                "must be at least supervisor.backoff_initial".into(),
+            ));
+        }
+        if s.liveness_failures == 0 {
+            return Err(bad(
+                "supervisor.liveness_failures".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if let Err(message) = self.governor.validate() {
+            return Err(bad("governor".into(), message));
+        }
+        if self.proxy.max_body_bytes == 0 {
+            return Err(bad(
+                "proxy.max_body_bytes".into(),
+                "must be more than 0".into(),
+            ));
+        }
+        for (name, p) in &self.profiles {
+            let key = |k: &str| format!("profiles.{name}.{k}");
+            if let Some(cpus) = p.cpus {
+                if !(cpus.is_finite() && cpus > 0.0) {
+                    return Err(bad(
+                        key("cpus"),
+                        format!("{cpus} is not a CPU budget; use a number of cores above 0 such as 0.5 or 1.0, or remove the key for no limit"),
+                    ));
+                }
+            }
+            for (k, v) in [
+                ("threads", p.threads),
+                ("threads_batch", p.threads_batch),
+                ("slots", p.slots),
+            ] {
+                if v == Some(0) {
+                    return Err(bad(key(k), "must be at least 1".into()));
+                }
+            }
+            if let Some(ctx) = p.ctx_size {
+                if ctx < 64 {
+                    return Err(bad(
+                        key("ctx_size"),
+                        format!("{ctx} is too small; use at least 64 tokens"),
+                    ));
+                }
+            }
+            if let Some(a) = p.adaptive {
+                if !(a > 0.0 && a <= 1.0) {
+                    return Err(bad(
+                        key("adaptive"),
+                        format!("{a} is not a share of the machine; use a value in (0, 1], e.g. 0.6"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn profile_names(&self) -> String {
+        self.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+
+    /// The named profile's table, or a clear error listing the known ones.
+    pub fn profile(&self, name: &str) -> Result<&ProfileConfig, ConfigError> {
+        self.profiles
+            .get(name)
+            .ok_or_else(|| ConfigError::UnknownProfile {
+                name: name.to_string(),
+                known: self.profile_names(),
+            })
+    }
+
+    /// Where setup keeps builds and models.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.backend.cache_dir.clone().unwrap_or_else(default_cache_dir)
+    }
+
+    /// API keys from the config and the `SENTINEL_API_KEY` variable.
+    pub fn effective_api_keys(&self) -> Vec<String> {
+        let mut keys = self.api_keys.clone();
+        if let Ok(k) = std::env::var("SENTINEL_API_KEY") {
+            if !k.trim().is_empty() {
+                keys.push(k.trim().to_string());
+            }
+        }
+        keys
+    }
+}
+
+/// `$XDG_CONFIG_HOME/sentinel-supervisor/config.toml`.
+pub fn default_user_path() -> Option<PathBuf> {
+    dirs::config_dir().map(|d| d.join("sentinel-supervisor").join("config.toml"))
+}
+
+/// `$XDG_CACHE_HOME/sentinel-supervisor` (or `~/.cache/sentinel-supervisor`).
+pub fn default_cache_dir() -> PathBuf {
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("sentinel-supervisor")
+}
+
+fn parse_table(text: &str, file: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigError::Syntax {
+            file: file.to_string(),
+            message: e.to_string(),
+        })
+}
+
+/// Overlays `top` onto `base`: tables merge key by key, anything else is replaced.
+fn deep_merge(base: &mut toml::Table, top: toml::Table) {
+    for (key, value) in top {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => deep_merge(b, t),
+            (_, v) => {
+                base.insert(key, v);
+            }
+        }
+    }
+}
+
+/// Whether a dotted key path (`profiles.balanced.cpus`) is present in `table`.
+fn has_key(table: &toml::Table, dotted: &str) -> bool {
+    let mut current = table;
+    let parts: Vec<&str> = dotted.split('.').filter(|p| !p.is_empty()).collect();
+    for (i, part) in parts.iter().enumerate() {
+        match current.get(*part) {
+            Some(toml::Value::Table(t)) if i + 1 < parts.len() => current = t,
+            Some(_) => return true,
+            None => return false,
+        }
+    }
+    !parts.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(text: &str) -> Result<Config, ConfigError> {
+        Config::from_layers(Some((Path::new("/etc/my.toml"), text)))
+    }
+
+    #[test]
+    fn builtin_parses_with_three_profiles() {
+        let c = Config::builtin().unwrap();
+        assert_eq!(c.default_profile, "balanced");
+        for p in ["invisible", "balanced", "fast"] {
+            assert!(c.profiles.contains_key(p), "missing profile {p}");
+        }
+        assert_eq!(c.supervisor.backoff_initial, Duration::from_millis(500));
+        assert_eq!(c.proxy.max_body_bytes, 8 * 1024 * 1024);
+        assert!(c.model.is_none());
+        assert!(c.backend.bin.is_none());
+    }
+
+    #[test]
+    fn user_file_overrides_keys_and_adds_profiles() {
+        let c = user(
+            "listen = \"127.0.0.1:9000\"\n[profiles.balanced]\ncpus = 0.75\n[profiles.mine]\nthreads = 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.profiles["balanced"].cpus, Some(0.75));
+        // Keys not overridden keep their defaults.
+        assert_eq!(c.profiles["balanced"].slots, Some(1));
+        assert_eq!(c.profiles["mine"].threads, Some(2));
+        assert_eq!(c.source.as_deref(), Some(Path::new("/etc/my.toml")));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_user_file() {
+        let err = user("[profiles.balanced]\nthreds = 2\n").unwrap_err().to_string();
+        assert!(err.contains("/etc/my.toml"), "{err}");
+        assert!(err.contains("profiles.balanced"), "{err}");
+        assert!(err.contains("threds"), "{err}");
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_an_error() {
+        let err = user("modle = \"/x.gguf\"\n").unwrap_err().to_string();
+        assert!(err.contains("modle"), "{err}");
+        assert!(err.contains("/etc/my.toml"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = user("[profiles.fast]\nslots = \"two\"\n").unwrap_err().to_string();
+        assert!(err.contains("profiles.fast.slots"), "{err}");
+        assert!(err.contains("/etc/my.toml"), "{err}");
+    }
+
+    #[test]
+    fn impossible_values_are_errors() {
+        let cases = [
+            ("[profiles.balanced]\ncpus = 0.0\n", "profiles.balanced.cpus"),
+            ("[profiles.balanced]\ncpus = -1.0\n", "profiles.balanced.cpus"),
+            ("[profiles.balanced]\nthreads = 0\n", "profiles.balanced.threads"),
+            ("[profiles.fast]\nslots = 0\n", "profiles.fast.slots"),
+            ("[profiles.fast]\nadaptive = 1.5\n", "profiles.fast.adaptive"),
+            ("[supervisor]\nbackoff_max = \"100ms\"\n", "supervisor.backoff_max"),
+            ("[supervisor]\nliveness_failures = 0\n", "supervisor.liveness_failures"),
+            ("default_profile = \"nope\"\n", "default_profile"),
+            ("[backend]\nctx_size = 8\n", "backend.ctx_size"),
+        ];
+        for (text, key) in cases {
+            let err = user(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?} -> {err}");
+            assert!(err.contains("/etc/my.toml"), "{text:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn bad_duration_and_syntax_are_reported() {
+        let err = user("[supervisor]\nstop_grace = \"soon\"\n").unwrap_err().to_string();
+        assert!(err.contains("supervisor.stop_grace"), "{err}");
+        let err = user("[profiles.fast\n").unwrap_err().to_string();
+        assert!(err.contains("invalid TOML"), "{err}");
+        assert!(err.contains("/etc/my.toml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_profile_lists_known_ones() {
+        let c = Config::builtin().unwrap();
+        let err = c.profile("turbo").unwrap_err().to_string();
+        assert!(err.contains("turbo"), "{err}");
+        assert!(err.contains("balanced"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_says_what_to_check() {
+        let err = Config::load(Some(Path::new("/nonexistent/x.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/x.toml"), "{err}");
+        assert!(err.contains("--config"), "{err}");
+    }
+
+    #[test]
+    fn key_lookup() {
+        let t: toml::Table = "a = 1\n[b]\nc = 2\n".parse().unwrap();
+        assert!(has_key(&t, "a"));
+        assert!(has_key(&t, "b.c"));
+        assert!(!has_key(&t, "b.d"));
+        assert!(!has_key(&t, "z"));
+    }
+}

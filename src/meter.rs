@@ -183,6 +183,19 @@ pub fn process_state(pid: i32) -> Option<char> {
     read_pid_stat(pid).map(|s| s.state)
 }
 
+/// Number of threads of a process (`Threads:` of `/proc/<pid>/status`).
+#[cfg(target_os = "linux")]
+pub fn thread_count(pid: i32) -> Option<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_kib(&status, "Threads:").map(|n| n as usize)
+}
+
+/// Number of threads of a process (not known on this platform).
+#[cfg(not(target_os = "linux"))]
+pub fn thread_count(_pid: i32) -> Option<usize> {
+    None
+}
+
 /// Peak resident set size of one process (`VmHWM`), in bytes.
 #[cfg(target_os = "linux")]
 pub fn peak_rss_bytes(pid: i32) -> Option<u64> {

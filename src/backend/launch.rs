@@ -1,0 +1,136 @@
+//! The llama-server command line and environment for one launch: CPU only, pinned thread
+//! counts from the profile, loopback on a free port, and a secret per-launch API key.
+
+use super::setup::Installed;
+use crate::config::Config;
+use crate::governor::priority::Priority;
+use crate::profile::Resolved;
+use rand::distr::{Alphanumeric, SampleString};
+use std::path::PathBuf;
+
+/// Everything needed to start one llama-server.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub priority: Priority,
+    pub port: u16,
+    /// Known only to the supervisor; the proxy adds it to every forwarded request.
+    pub api_key: String,
+}
+
+impl LaunchSpec {
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A free ephemeral port on loopback (bound, read, released).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The model id clients see: `model_alias`, else the file name without `.gguf`.
+pub fn model_id(config: &Config, model: &std::path::Path) -> String {
+    if !config.model_alias.trim().is_empty() {
+        return config.model_alias.trim().to_string();
+    }
+    model
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| n.trim_end_matches(".gguf").to_string())
+        .unwrap_or_else(|| "model".to_string())
+}
+
+/// Builds the launch for `profile` on a fresh port with a fresh key.
+pub fn spec(
+    installed: &Installed,
+    profile: &Resolved,
+    config: &Config,
+) -> std::io::Result<LaunchSpec> {
+    let port = free_port()?;
+    let api_key = Alphanumeric.sample_string(&mut rand::rng(), 40);
+    let mut args: Vec<String> = vec![
+        "--model".into(),
+        installed.model.display().to_string(),
+        "--alias".into(),
+        model_id(config, &installed.model),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string(),
+        "--api-key".into(),
+        api_key.clone(),
+        "-ngl".into(),
+        "0".into(),
+        "--threads".into(),
+        profile.threads.to_string(),
+        "--threads-batch".into(),
+        profile.threads_batch.to_string(),
+        "--ctx-size".into(),
+        profile.ctx_size.to_string(),
+        "--parallel".into(),
+        profile.slots.to_string(),
+    ];
+    args.extend(crate::governor::child_args().iter().map(|s| s.to_string()));
+    if profile.embeddings {
+        args.push("--embeddings".into());
+    }
+    args.extend(config.backend.extra_args.iter().cloned());
+    args.extend(profile.extra_args.iter().cloned());
+    let mut env: Vec<(String, String)> = vec![("GGML_METAL_DISABLE".into(), "1".into())];
+    env.extend(
+        crate::governor::child_env()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    Ok(LaunchSpec {
+        program: installed.server.clone(),
+        args,
+        env,
+        priority: profile.priority,
+        port,
+        api_key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::{resolve, Host};
+
+    #[test]
+    fn command_line_pins_threads_and_stays_on_loopback() {
+        let config = Config::builtin().unwrap();
+        let host = Host {
+            online_cpus: 2,
+            affinity_cpus: 2,
+            quota_cpus: None,
+        };
+        let profile = resolve(&config, "fast", &host).unwrap();
+        let installed = Installed {
+            server: "/opt/llama-server".into(),
+            model: "/m/gemma-3-270m-q4_k_m.gguf".into(),
+        };
+        let s = spec(&installed, &profile, &config).unwrap();
+        let joined = s.args.join(" ");
+        for want in [
+            "--host 127.0.0.1",
+            "-ngl 0",
+            "--threads 2",
+            "--threads-batch 2",
+            "--parallel 2",
+            "--alias gemma-3-270m-q4_k_m",
+            "--poll 0",
+        ] {
+            assert!(joined.contains(want), "{want} missing from {joined}");
+        }
+        assert!(joined.contains(&format!("--port {}", s.port)));
+        assert!(s.api_key.len() >= 32);
+        assert!(s.env.contains(&("GGML_METAL_DISABLE".into(), "1".into())));
+        let other = spec(&installed, &profile, &config).unwrap();
+        assert_ne!(s.api_key, other.api_key, "the key must be fresh per launch");
+    }
+}

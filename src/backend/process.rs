@@ -1,0 +1,226 @@
+//! The llama-server child process: spawned in its own process group with a death signal,
+//! its output forwarded to the log (target `backend`) and kept as a short tail for error
+//! reports, signalled as a group, stopped gracefully, and never left behind.
+
+use super::launch::LaunchSpec;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::collections::VecDeque;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+/// How many of the child's last output lines are kept for error reports.
+const TAIL_LINES: usize = 40;
+
+/// The last lines the child printed.
+#[derive(Clone, Default, Debug)]
+pub struct LogTail(Arc<Mutex<VecDeque<String>>>);
+
+impl LogTail {
+    fn push(&self, line: String) {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() == TAIL_LINES {
+            q.pop_front();
+        }
+        q.push_back(line);
+    }
+
+    /// The last `n` lines, oldest first.
+    pub fn last(&self, n: usize) -> Vec<String> {
+        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        q.iter().skip(q.len().saturating_sub(n)).cloned().collect()
+    }
+
+    /// The last lines that look like errors, or else the last lines.
+    pub fn errors(&self, n: usize) -> Vec<String> {
+        let all = self.last(TAIL_LINES);
+        let errs: Vec<String> = all
+            .iter()
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                l.contains("error") || l.contains("fail") || l.contains("abort")
+            })
+            .cloned()
+            .collect();
+        let pick = if errs.is_empty() { all } else { errs };
+        pick[pick.len().saturating_sub(n)..].to_vec()
+    }
+}
+
+/// A running llama-server.
+pub struct BackendProcess {
+    child: tokio::process::Child,
+    pid: i32,
+    exited: Option<ExitStatus>,
+    pub logs: LogTail,
+}
+
+impl BackendProcess {
+    /// Spawns the child in its own process group. On Linux it also gets
+    /// `PR_SET_PDEATHSIG(SIGKILL)`, so it dies with the supervisor even on SIGKILL. The death
+    /// signal follows the spawning *thread*: call this from a runtime worker thread (they
+    /// live as long as the runtime), never from `spawn_blocking`.
+    pub fn spawn(spec: &LaunchSpec) -> std::io::Result<BackendProcess> {
+        let mut cmd = tokio::process::Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        let priority = spec.priority;
+        #[cfg(target_os = "linux")]
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+        // system calls (prctl, getppid, setpriority, sched_setscheduler, _exit).
+        unsafe {
+            cmd.pre_exec(move || {
+                #[cfg(target_os = "linux")]
+                {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // The parent may have died before prctl took effect.
+                    if libc::getppid() != parent {
+                        libc::_exit(1);
+                    }
+                }
+                // A refused priority change must not stop the model from starting.
+                let _ = crate::governor::priority::apply_to_current_process(priority);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        let pid = child.id().map(|p| p as i32).unwrap_or(-1);
+        let logs = LogTail::default();
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(forward(out, pid, "stdout", logs.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(forward(err, pid, "stderr", logs.clone()));
+        }
+        tracing::info!(pid, program = %spec.program.display(), port = spec.port, "backend started");
+        Ok(BackendProcess {
+            child,
+            pid,
+            exited: None,
+            logs,
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Sends a signal to the whole process group. A stopped group is continued first so that
+    /// SIGTERM can be acted upon.
+    pub fn signal_group(&self, signal: Signal) {
+        if self.exited.is_some() || self.pid <= 0 {
+            return;
+        }
+        let pgid = Pid::from_raw(self.pid);
+        if matches!(signal, Signal::SIGTERM | Signal::SIGKILL | Signal::SIGINT) {
+            let _ = killpg(pgid, Signal::SIGCONT);
+        }
+        if let Err(e) = killpg(pgid, signal) {
+            tracing::debug!(pid = self.pid, ?signal, error = %e, "signal to backend group failed");
+        }
+    }
+
+    /// Waits for the child to exit (cancel-safe).
+    pub async fn wait(&mut self) -> ExitStatus {
+        if let Some(s) = self.exited {
+            return s;
+        }
+        let status = match self.child.wait().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(pid = self.pid, error = %e, "waiting for the backend failed");
+                std::os::unix::process::ExitStatusExt::from_raw(-1)
+            }
+        };
+        self.exited = Some(status);
+        status
+    }
+
+    /// Has it exited already? Reaps it if so.
+    pub fn try_exited(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                self.exited = Some(s);
+            }
+        }
+        self.exited
+    }
+
+    /// Graceful stop: SIGCONT + SIGTERM to the group, wait up to `grace`, then SIGKILL the
+    /// group and reap. Leftover group members are killed too.
+    pub async fn stop(&mut self, grace: Duration) -> ExitStatus {
+        if let Some(s) = self.try_exited() {
+            self.kill_leftovers();
+            return s;
+        }
+        self.signal_group(Signal::SIGTERM);
+        let status = match tokio::time::timeout(grace, self.wait()).await {
+            Ok(s) => s,
+            Err(_) => {
+                tracing::warn!(pid = self.pid, ?grace, "backend ignored SIGTERM; killing it");
+                self.signal_group(Signal::SIGKILL);
+                self.wait().await
+            }
+        };
+        self.kill_leftovers();
+        status
+    }
+
+    /// Kills whatever is left in the group after the leader is gone (grandchildren).
+    fn kill_leftovers(&self) {
+        if self.pid > 0 {
+            let pgid = Pid::from_raw(self.pid);
+            let _ = killpg(pgid, Signal::SIGCONT);
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for BackendProcess {
+    fn drop(&mut self) {
+        // Never leave a child behind, even on an early return or a panic.
+        if self.try_exited().is_none() {
+            tracing::warn!(pid = self.pid, "backend dropped while running; killing it");
+            self.signal_group(Signal::SIGKILL);
+            let _ = self.child.start_kill();
+        }
+        self.kill_leftovers();
+    }
+}
+
+async fn forward(stream: impl AsyncRead + Unpin, pid: i32, stream_name: &'static str, logs: LogTail) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(target: "backend", pid, stream = stream_name, "{line}");
+        logs.push(line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_last_lines_and_prefers_errors() {
+        let t = LogTail::default();
+        for i in 0..50 {
+            t.push(format!("line {i}"));
+        }
+        assert_eq!(t.last(2), vec!["line 48", "line 49"]);
+        assert_eq!(t.last(100).len(), TAIL_LINES);
+        assert_eq!(t.errors(1), vec!["line 49"]);
+        t.push("error: failed to load model".into());
+        t.push("main: exiting".into());
+        assert_eq!(t.errors(3), vec!["error: failed to load model"]);
+    }
+}

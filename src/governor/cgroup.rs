@@ -1,0 +1,256 @@
+//! Kernel CPU caps: a cgroup per launch with a short CFS period, so the kernel itself holds the
+//! child to its budget (no userspace wakeups, and the cap survives a crash of the supervisor).
+//!
+//! cgroup v2: `cpu.max = "<quota> <period>"` in a child of a subtree that has the `cpu`
+//! controller enabled in `cgroup.subtree_control`. cgroup v1: `cpu.cfs_quota_us` and
+//! `cpu.cfs_period_us` under the `cpu` hierarchy. The group is named
+//! `sentinel-supervisor-<pid of the child>` and removed on drop, after moving any process still
+//! in it back to the parent group. [`detect`] only looks (stat and access), it never writes.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Which cgroup interface is in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupVersion {
+    V1,
+    V2,
+}
+
+/// A writable place where per-launch cgroups can be created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupSupport {
+    pub version: CgroupVersion,
+    /// The parent directory of the cgroups we create.
+    pub parent: PathBuf,
+}
+
+/// Why a cgroup could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error(
+        "no writable cgroup with the cpu controller (need root, or a delegated cgroup v2 subtree \
+         with `cpu` in cgroup.subtree_control; or set governor.method = \"signals\")"
+    )]
+    Unavailable,
+    #[error("could not write {path}: {source} (check permissions, or set governor.method = \"signals\")")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("could not create cgroup {path}: {source} (check permissions, or set governor.method = \"signals\")")]
+    Create { path: PathBuf, source: io::Error },
+}
+
+const V2_ROOTS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
+const V1_ROOTS: [&str; 2] = ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"];
+
+/// Finds a writable cgroup hierarchy with CPU bandwidth control, without side effects.
+pub fn detect() -> Option<CgroupSupport> {
+    detect_in(&V2_ROOTS.map(PathBuf::from), &V1_ROOTS.map(PathBuf::from))
+}
+
+fn detect_in(v2_roots: &[PathBuf], v1_roots: &[PathBuf]) -> Option<CgroupSupport> {
+    let v2 = v2_roots.iter().find(|root| {
+        std::fs::read_to_string(root.join("cgroup.subtree_control"))
+            .is_ok_and(|c| c.split_whitespace().any(|w| w == "cpu"))
+            && writable(root)
+    });
+    if let Some(root) = v2 {
+        return Some(CgroupSupport {
+            version: CgroupVersion::V2,
+            parent: root.clone(),
+        });
+    }
+    v1_roots
+        .iter()
+        .find(|root| root.join("cpu.cfs_quota_us").exists() && writable(root))
+        .map(|root| CgroupSupport {
+            version: CgroupVersion::V1,
+            parent: root.clone(),
+        })
+}
+
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated path; access only checks permissions.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// The CFS quota for `cpus` cores over `period`, both in microseconds, respecting the kernel's
+/// 1 ms minimum quota (the period grows instead when the budget is tiny).
+pub fn quota_for(cpus: f64, period: Duration) -> (u64, u64) {
+    let mut period_us = (period.as_micros() as u64).clamp(1_000, 1_000_000);
+    let mut quota_us = (cpus * period_us as f64).round() as u64;
+    if quota_us < 1_000 {
+        period_us = ((1_000.0 / cpus.max(0.001)).round() as u64).min(1_000_000);
+        quota_us = 1_000;
+    }
+    (quota_us, period_us)
+}
+
+/// A per-launch cgroup holding the child; removed on drop.
+#[derive(Debug)]
+pub struct CpuCgroup {
+    path: PathBuf,
+    support: CgroupSupport,
+    removed: bool,
+}
+
+impl CpuCgroup {
+    /// Creates `sentinel-supervisor-<pid>` with a `cpus` cap and moves `pid` into it.
+    pub fn create(
+        support: &CgroupSupport,
+        pid: i32,
+        cpus: f64,
+        period: Duration,
+    ) -> Result<Self, CgroupError> {
+        let path = support.parent.join(format!("sentinel-supervisor-{pid}"));
+        match std::fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(CgroupError::Create { path, source }),
+        }
+        let mut group = Self {
+            path,
+            support: support.clone(),
+            removed: false,
+        };
+        group.set_budget(cpus, period)?;
+        write(&group.path.join("cgroup.procs"), &pid.to_string())?;
+        tracing::debug!(path = %group.path.display(), pid, cpus, "child moved into its cgroup");
+        Ok(group)
+    }
+
+    /// The cgroup directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The interface in use.
+    pub fn version(&self) -> CgroupVersion {
+        self.support.version
+    }
+
+    /// Sets the cap to `cpus` cores per `period`.
+    pub fn set_budget(&mut self, cpus: f64, period: Duration) -> Result<(), CgroupError> {
+        let (quota, period_us) = quota_for(cpus, period);
+        match self.support.version {
+            CgroupVersion::V2 => write(&self.path.join("cpu.max"), &format!("{quota} {period_us}")),
+            CgroupVersion::V1 => {
+                // The quota must fit the period at every step: lift the quota first.
+                write(&self.path.join("cpu.cfs_quota_us"), "-1")?;
+                write(&self.path.join("cpu.cfs_period_us"), &period_us.to_string())?;
+                write(&self.path.join("cpu.cfs_quota_us"), &quota.to_string())
+            }
+        }
+    }
+
+    /// Moves every process back to the parent group and deletes the cgroup. Idempotent.
+    pub fn remove(&mut self) -> io::Result<()> {
+        if self.removed {
+            return Ok(());
+        }
+        let procs = self.path.join("cgroup.procs");
+        let parent_procs = self.support.parent.join("cgroup.procs");
+        for _ in 0..3 {
+            let leftovers = std::fs::read_to_string(&procs).unwrap_or_default();
+            if leftovers.trim().is_empty() {
+                break;
+            }
+            for pid in leftovers.split_whitespace() {
+                // A pid that exited meanwhile fails with ESRCH: nothing to move.
+                let _ = std::fs::write(&parent_procs, pid);
+            }
+        }
+        match std::fs::remove_dir(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.removed = true;
+        Ok(())
+    }
+}
+
+impl Drop for CpuCgroup {
+    fn drop(&mut self) {
+        if let Err(err) = self.remove() {
+            tracing::warn!(
+                path = %self.path.display(),
+                error = %err,
+                "could not remove the cgroup; remove it with rmdir once its processes exit"
+            );
+        }
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(|source| CgroupError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_follows_budget_and_respects_minimum() {
+        assert_eq!(quota_for(0.5, Duration::from_millis(10)), (5_000, 10_000));
+        assert_eq!(quota_for(1.0, Duration::from_millis(10)), (10_000, 10_000));
+        assert_eq!(quota_for(0.05, Duration::from_millis(10)), (1_000, 20_000));
+        assert_eq!(quota_for(2.0, Duration::from_micros(100)), (2_000, 1_000));
+    }
+
+    #[test]
+    fn detects_v2_then_v1_from_fake_trees() {
+        let dir = tempfile::tempdir().unwrap();
+        let v2 = dir.path().join("v2");
+        let v1 = dir.path().join("v1");
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::create_dir_all(&v1).unwrap();
+        let (v2s, v1s) = (vec![v2.clone()], vec![v1.clone()]);
+        assert_eq!(detect_in(&v2s, &v1s), None);
+        std::fs::write(v1.join("cpu.cfs_quota_us"), "-1").unwrap();
+        assert_eq!(
+            detect_in(&v2s, &v1s).map(|s| s.version),
+            Some(CgroupVersion::V1)
+        );
+        std::fs::write(v2.join("cgroup.subtree_control"), "memory pids").unwrap();
+        assert_eq!(
+            detect_in(&v2s, &v1s).map(|s| s.version),
+            Some(CgroupVersion::V1)
+        );
+        std::fs::write(v2.join("cgroup.subtree_control"), "cpu memory").unwrap();
+        let found = detect_in(&v2s, &v1s).unwrap();
+        assert_eq!(found.version, CgroupVersion::V2);
+        assert_eq!(found.parent, v2);
+    }
+
+    /// Runs only where a real writable cgroup exists (root on this CI machine).
+    #[test]
+    fn caps_a_real_child_and_cleans_up() {
+        let Some(support) = detect() else {
+            eprintln!("no writable cgroup here; skipping");
+            return;
+        };
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let mut group = CpuCgroup::create(&support, pid, 0.5, Duration::from_millis(10)).unwrap();
+        let procs = std::fs::read_to_string(group.path().join("cgroup.procs")).unwrap();
+        assert!(procs.split_whitespace().any(|p| p == pid.to_string()));
+        let path = group.path().to_owned();
+        group.remove().unwrap();
+        assert!(!path.exists());
+        group.remove().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

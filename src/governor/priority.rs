@@ -1,0 +1,135 @@
+//! Scheduling priority of the backend: background profiles run in the lowest class so the user's
+//! own work always wins the CPU.
+//!
+//! Linux: `background` = nice 19; `idle` = `SCHED_IDLE` (runs only when a CPU would otherwise
+//! idle) plus nice 19 as a fallback where `SCHED_IDLE` is refused. macOS: both map to
+//! `PRIO_DARWIN_BG` (background QoS: low CPU priority, throttled I/O).
+
+use serde::{Deserialize, Serialize};
+use std::io;
+
+/// The scheduling class of a profile.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Leave the scheduler alone.
+    #[default]
+    Normal,
+    /// Lowest normal priority (nice 19 / Darwin background).
+    Background,
+    /// Only spare cycles (`SCHED_IDLE` / Darwin background).
+    Idle,
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Priority::Normal => "normal",
+            Priority::Background => "background",
+            Priority::Idle => "idle",
+        })
+    }
+}
+
+/// Applies `priority` to the calling process.
+///
+/// Async-signal-safe (plain syscalls, no allocation, no locks): meant for `pre_exec` of the
+/// child spawn, where the forked process is single-threaded, so the per-thread Linux calls
+/// cover the whole future program.
+pub fn apply_to_current_process(priority: Priority) -> io::Result<()> {
+    imp::apply(priority)
+}
+
+#[cfg(target_os = "linux")]
+mod imp {
+    use super::Priority;
+    use std::io;
+
+    pub fn apply(priority: Priority) -> io::Result<()> {
+        match priority {
+            Priority::Normal => Ok(()),
+            Priority::Background => nice_19(),
+            Priority::Idle => {
+                nice_19()?;
+                let param = libc::sched_param { sched_priority: 0 };
+                // SAFETY: pid 0 = the calling thread; a valid sched_param for SCHED_IDLE.
+                if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn nice_19() -> io::Result<()> {
+        // SAFETY: setpriority on the calling process; no memory is passed.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(target_os = "macos")]
+mod imp {
+    use super::Priority;
+    use std::io;
+
+    pub fn apply(priority: Priority) -> io::Result<()> {
+        if priority == Priority::Normal {
+            return Ok(());
+        }
+        // SAFETY: setpriority on the calling process; no memory is passed.
+        let rc = unsafe { libc::setpriority(libc::PRIO_DARWIN_PROCESS, 0, libc::PRIO_DARWIN_BG) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+
+    fn child_nice_and_policy(p: Priority) -> String {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "nice; chrt -p $$ 2>/dev/null | head -1 || true"]);
+        // SAFETY: apply_to_current_process is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || apply_to_current_process(p));
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn serde_names_are_lowercase() {
+        let p: Priority = serde_json::from_str("\"idle\"").unwrap();
+        assert_eq!(p, Priority::Idle);
+        assert_eq!(
+            serde_json::to_string(&Priority::Background).unwrap(),
+            "\"background\""
+        );
+        assert!(serde_json::from_str::<Priority>("\"Idle\"").is_err());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn applies_in_pre_exec() {
+        let normal = child_nice_and_policy(Priority::Normal);
+        // SAFETY: getpriority has no preconditions.
+        let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        assert!(normal.starts_with(&own.to_string()), "{normal}");
+        let bg = child_nice_and_policy(Priority::Background);
+        assert!(bg.starts_with("19"), "{bg}");
+        let idle = child_nice_and_policy(Priority::Idle);
+        assert!(idle.starts_with("19"), "{idle}");
+        if !idle.trim_start_matches("19").trim().is_empty() {
+            assert!(idle.contains("SCHED_IDLE"), "{idle}");
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! What the governor is told: the `[governor]` config section (how to limit) and the per-launch
+//! settings resolved from a profile (how much).
+
+use super::duty::Feedback;
+use super::priority::Priority;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// How the CPU budget is enforced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// A kernel cgroup cap when a writable cgroup exists, the duty cycle otherwise (and the duty
+    /// cycle whenever the adaptive mode is on, since it changes the budget every second).
+    #[default]
+    Auto,
+    /// SIGSTOP/SIGCONT duty cycle (every platform; throttles only while requests are in flight).
+    Signals,
+    /// Kernel cap (cgroup v2 `cpu.max` or v1 CFS quota); fails when no writable cgroup exists.
+    Cgroup,
+    /// No limiting (thread sizing and priority still apply).
+    Off,
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::Auto => "auto",
+            Method::Signals => "signals",
+            Method::Cgroup => "cgroup",
+            Method::Off => "off",
+        })
+    }
+}
+
+/// The `[governor]` section of `config.toml`. Defaults here match the shipped file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GovernorConfig {
+    pub method: Method,
+    /// Duty-cycle period of the signal limiter (10-20 ms).
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
+    /// CFS period of the cgroup cap.
+    #[serde(with = "humantime_serde")]
+    pub cgroup_period: Duration,
+    /// Wall time over which measured CPU is averaged for one feedback step.
+    #[serde(with = "humantime_serde")]
+    pub feedback_window: Duration,
+    /// Integral gain of the feedback (per window, per unit of relative error).
+    pub feedback_gain: f64,
+    /// Bound of the feedback correction, as a share of the feed-forward (0.3 = +-30 %).
+    pub max_correction: f64,
+    /// Correction at start; negative starts below the budget.
+    pub initial_correction: f64,
+    /// Adaptive mode: lowest budget, as a share of the profile's budget.
+    pub adaptive_floor: f64,
+    /// Adaptive mode: how fast the budget grows back once the machine is quiet, in cores/s.
+    pub adaptive_recover_per_sec: f64,
+}
+
+impl Default for GovernorConfig {
+    fn default() -> Self {
+        let feedback = Feedback::default();
+        Self {
+            method: Method::Auto,
+            period: Duration::from_millis(20),
+            cgroup_period: Duration::from_millis(10),
+            feedback_window: feedback.window,
+            feedback_gain: feedback.gain,
+            max_correction: feedback.max_correction,
+            initial_correction: feedback.initial_correction,
+            adaptive_floor: 0.25,
+            adaptive_recover_per_sec: 0.05,
+        }
+    }
+}
+
+impl GovernorConfig {
+    /// The feedback tuning of the duty controller.
+    pub fn feedback(&self) -> Feedback {
+        Feedback {
+            window: self.feedback_window,
+            gain: self.feedback_gain,
+            max_correction: self.max_correction,
+            initial_correction: self.initial_correction,
+        }
+    }
+
+    /// Checks ranges; the message names the key to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        if !(1.0..=1000.0).contains(&ms(self.period)) {
+            return Err("governor.period must be between 1ms and 1s (20ms is a good value)".into());
+        }
+        if !(1.0..=1000.0).contains(&ms(self.cgroup_period)) {
+            return Err(
+                "governor.cgroup_period must be between 1ms and 1s (10ms is a good value)".into(),
+            );
+        }
+        if self.feedback_window < self.period * 5 {
+            return Err(
+                "governor.feedback_window must be at least 5 periods (1s is a good value)".into(),
+            );
+        }
+        if !(0.0..=2.0).contains(&self.feedback_gain) {
+            return Err(
+                "governor.feedback_gain must be between 0 and 2 (0.5 is a good value)".into(),
+            );
+        }
+        if !(0.0..=0.9).contains(&self.max_correction)
+            || self.initial_correction.abs() > self.max_correction
+        {
+            return Err(
+                "governor.max_correction must be in 0..0.9 and |initial_correction| <= max_correction"
+                    .into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.adaptive_floor) || self.adaptive_recover_per_sec <= 0.0 {
+            return Err(
+                "governor.adaptive_floor must be in 0..1 and adaptive_recover_per_sec above 0"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What one launch of the backend asks of the governor (resolved from the profile).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GovernorSettings {
+    /// The budget in cores; `None` = unlimited.
+    pub cpus: Option<f64>,
+    /// Threads the child keeps busy (llama-server's `--threads`); `None` follows the child's
+    /// thread count (for `limit` on a program we know nothing about).
+    pub threads: Option<usize>,
+    /// The scheduling class set at spawn (reported in `/status`; applied by the spawner through
+    /// [`super::priority::apply_to_current_process`]).
+    pub priority: Priority,
+    /// Adaptive mode: keep total system CPU under this share of the machine (0.0..=1.0).
+    pub adaptive: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_section_matches_default() {
+        let text = include_str!("../../config.toml");
+        let doc: toml::Table = toml::from_str(text).unwrap();
+        let section = doc["governor"].clone();
+        let parsed: GovernorConfig = section.try_into().unwrap();
+        assert_eq!(parsed, GovernorConfig::default());
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn partial_section_uses_defaults() {
+        let c: GovernorConfig = toml::from_str("method = \"signals\"\nperiod = \"10ms\"").unwrap();
+        assert_eq!(c.method, Method::Signals);
+        assert_eq!(c.period, Duration::from_millis(10));
+        assert_eq!(c.cgroup_period, Duration::from_millis(10));
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values() {
+        let err = toml::from_str::<GovernorConfig>("perod = \"10ms\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let err = toml::from_str::<GovernorConfig>("method = \"fast\"").unwrap_err();
+        assert!(err.to_string().contains("unknown variant"), "{err}");
+        let c: GovernorConfig = toml::from_str("period = \"5s\"").unwrap();
+        assert!(c.validate().unwrap_err().contains("governor.period"));
+        let c: GovernorConfig = toml::from_str("max_correction = 0.05").unwrap();
+        assert!(c.validate().unwrap_err().contains("max_correction"));
+    }
+}

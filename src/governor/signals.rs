@@ -1,0 +1,431 @@
+//! The duty-cycle limiter: SIGSTOP/SIGCONT on a fixed period, the run time per period from the
+//! [`DutyController`].
+//!
+//! One dedicated thread does the work. Deadlines are absolute (`start + k * period`), so sleep
+//! overshoot never accumulates; after a long stall (a suspended laptop) the schedule re-anchors
+//! instead of catching up. CPU is read once per feedback window, so the thread wakes only twice
+//! per period and costs a fraction of a percent of one core.
+//!
+//! It throttles only while [`Activity::in_flight`] is above zero. Otherwise it rests: the child is
+//! continued and the thread blocks on the activity channel (no wakeups at all). Whatever ends the
+//! thread - [`SignalLimiter::stop`], drop, an error, a panic - the child is continued last.
+
+use super::adaptive::{AdaptiveBudget, AdaptiveParams};
+use super::duty::{DutyController, Feedback};
+use super::target::{is_gone, Target};
+use super::Activity;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// What the limiter needs to know.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LimiterParams {
+    /// Budget in cores.
+    pub cpus: f64,
+    /// CPUs the child can keep busy: `min(threads, allowed cpus)`; `None` follows the child's
+    /// thread count, re-read every feedback window (for `limit` on an unknown program).
+    pub usable: Option<usize>,
+    /// The duty-cycle period (10-20 ms).
+    pub period: Duration,
+    pub feedback: Feedback,
+    /// Shrink the budget while other processes load the machine.
+    pub adaptive: Option<AdaptiveParams>,
+}
+
+/// Live readings published by the limiter thread for `/status`.
+#[derive(Debug, Default)]
+pub struct LimiterReadings {
+    budget: AtomicU64,
+    fraction: AtomicU64,
+    measured: AtomicU64,
+    throttling: AtomicBool,
+    finished: AtomicBool,
+}
+
+/// A copy of the readings at one moment.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LimiterSnapshot {
+    /// The budget in force (lower than the profile's in adaptive mode), in cores.
+    pub budget: f64,
+    /// Share of each period the child runs.
+    pub fraction: f64,
+    /// The child's CPU over the last feedback window, in cores (`None` before the first one).
+    pub measured: Option<f64>,
+    /// True while requests are in flight and the child is being duty-cycled.
+    pub throttling: bool,
+    /// True once the thread has ended (child gone, stopped, or an error).
+    pub finished: bool,
+}
+
+fn store(a: &AtomicU64, v: f64) {
+    a.store(v.to_bits(), Ordering::Relaxed);
+}
+
+fn load(a: &AtomicU64) -> f64 {
+    f64::from_bits(a.load(Ordering::Relaxed))
+}
+
+impl LimiterReadings {
+    fn snapshot(&self) -> LimiterSnapshot {
+        let measured = load(&self.measured);
+        LimiterSnapshot {
+            budget: load(&self.budget),
+            fraction: load(&self.fraction),
+            measured: (measured >= 0.0).then_some(measured),
+            throttling: self.throttling.load(Ordering::Relaxed),
+            finished: self.finished.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A running duty-cycle limiter; stopping or dropping it continues the child.
+#[derive(Debug)]
+pub struct SignalLimiter {
+    stop_tx: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+    target: Arc<Target>,
+    readings: Arc<LimiterReadings>,
+}
+
+impl SignalLimiter {
+    /// Starts the limiter thread on `target`.
+    pub fn start(
+        target: Target,
+        params: LimiterParams,
+        activity: &Activity,
+    ) -> io::Result<SignalLimiter> {
+        let target = Arc::new(target);
+        let readings = Arc::new(LimiterReadings::default());
+        store(&readings.budget, params.cpus);
+        store(&readings.measured, -1.0);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let activity_rx = activity.subscribe();
+        let thread = {
+            let target = Arc::clone(&target);
+            let readings = Arc::clone(&readings);
+            std::thread::Builder::new()
+                .name("governor-signals".into())
+                .spawn(move || {
+                    let _resume = ResumeOnDrop(&target);
+                    let mut lp = Loop {
+                        target: &target,
+                        ctl: DutyController::new(
+                            params.cpus,
+                            params
+                                .usable
+                                .unwrap_or_else(|| follow_threads(target.pid())),
+                            params.period,
+                            params.feedback,
+                        ),
+                        adaptive: params.adaptive.map(AdaptiveBudget::new),
+                        follow_threads: params.usable.is_none(),
+                        window: params.feedback.window,
+                        activity: activity_rx,
+                        stop: stop_rx,
+                        readings: &readings,
+                    };
+                    match lp.run() {
+                        Ok(()) => tracing::debug!(pid = target.pid(), "duty-cycle limiter ended"),
+                        Err(err) if is_gone(&err) => {
+                            tracing::info!(pid = target.pid(), "limited process is gone")
+                        }
+                        Err(err) => tracing::warn!(
+                            pid = target.pid(),
+                            error = %err,
+                            "duty-cycle limiter failed; the process runs unthrottled"
+                        ),
+                    }
+                    readings.throttling.store(false, Ordering::Relaxed);
+                    readings.finished.store(true, Ordering::Relaxed);
+                })?
+        };
+        Ok(SignalLimiter {
+            stop_tx,
+            thread: Some(thread),
+            target,
+            readings,
+        })
+    }
+
+    /// The current readings.
+    pub fn snapshot(&self) -> LimiterSnapshot {
+        self.readings.snapshot()
+    }
+
+    /// Ends the thread and continues the child. Idempotent.
+    pub fn stop(&mut self) {
+        self.stop_tx.send_replace(true);
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!(
+                    pid = self.target.pid(),
+                    "duty-cycle limiter thread panicked"
+                );
+            }
+        }
+        // The thread resumed on its way out; once more in case it never ran.
+        if let Err(err) = self.target.resume() {
+            if !is_gone(&err) {
+                tracing::warn!(pid = self.target.pid(), error = %err, "could not continue the process");
+            }
+        }
+    }
+}
+
+impl Drop for SignalLimiter {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Continues the child when the thread ends, by return or by panic.
+struct ResumeOnDrop<'a>(&'a Target);
+
+impl Drop for ResumeOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.resume();
+    }
+}
+
+struct Loop<'a> {
+    target: &'a Target,
+    ctl: DutyController,
+    adaptive: Option<AdaptiveBudget>,
+    follow_threads: bool,
+    window: Duration,
+    activity: watch::Receiver<usize>,
+    stop: watch::Receiver<bool>,
+    readings: &'a LimiterReadings,
+}
+
+impl Loop<'_> {
+    fn run(&mut self) -> io::Result<()> {
+        // A runtime without I/O, only to block on the watch channels while resting.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()?;
+        store(&self.readings.fraction, self.ctl.fraction());
+        loop {
+            if *self.stop.borrow() {
+                return Ok(());
+            }
+            if *self.activity.borrow_and_update() == 0 {
+                self.target.resume()?;
+                self.readings.throttling.store(false, Ordering::Relaxed);
+                tracing::trace!(pid = self.target.pid(), "governor resting");
+                let (activity, stop) = (&mut self.activity, &mut self.stop);
+                let closed = rt.block_on(async {
+                    tokio::select! {
+                        r = activity.wait_for(|n| *n > 0) => r.is_err(),
+                        _ = stop.wait_for(|s| *s) => false,
+                    }
+                });
+                if closed {
+                    // Every Activity handle dropped: nothing will ever be in flight again.
+                    let _ = rt.block_on(stop.wait_for(|s| *s));
+                    return Ok(());
+                }
+                continue;
+            }
+            self.readings.throttling.store(true, Ordering::Relaxed);
+            tracing::trace!(pid = self.target.pid(), "governor throttling");
+            self.throttle(&rt)?;
+        }
+    }
+
+    /// Duty-cycles the child until nothing is in flight or the limiter is stopped.
+    fn throttle(&mut self, rt: &tokio::runtime::Runtime) -> io::Result<()> {
+        let pid = self.target.pid();
+        let gone = || io::Error::from_raw_os_error(libc::ESRCH);
+        let mut next = Instant::now();
+        let mut window_start = next;
+        let mut cpu_start = crate::meter::process_cpu_time(pid).ok_or_else(gone)?;
+        let mut sys_start = crate::meter::system_times().ok();
+        self.ctl.reset_window();
+        while !*self.stop.borrow() && *self.activity.borrow() > 0 {
+            if self.ctl.unthrottled() {
+                let (activity, stop, window) = (&mut self.activity, &mut self.stop, self.window);
+                rt.block_on(async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(window) => {}
+                        _ = activity.changed() => {}
+                        _ = stop.changed() => {}
+                    }
+                });
+                next = Instant::now();
+            } else {
+                let period = self.ctl.period();
+                sleep_until(next + self.ctl.run_time());
+                self.target.stop()?;
+                sleep_until(next + period);
+                self.target.resume()?;
+                next += period;
+                let now = Instant::now();
+                if now > next + period {
+                    next = now;
+                }
+            }
+            let now = Instant::now();
+            let wall = now.duration_since(window_start);
+            if wall < self.window {
+                continue;
+            }
+            let cpu = crate::meter::process_cpu_time(pid).ok_or_else(gone)?;
+            let used = cpu.saturating_sub(cpu_start);
+            let measured = used.as_secs_f64() / wall.as_secs_f64();
+            let sys = crate::meter::system_times().ok();
+            let busy = match (sys, sys_start) {
+                (Some(now_sys), Some(before)) => Some(now_sys.busy_fraction_since(&before)),
+                _ => None,
+            };
+            sys_start = sys;
+            self.ctl
+                .observe_on(wall, used, busy.is_some_and(|b| b >= SATURATED));
+            if let (Some(adaptive), Some(busy)) = (&mut self.adaptive, busy) {
+                let budget = adaptive.update(busy, measured, allowed_cpus(), wall);
+                self.ctl.set_cpus(budget);
+            }
+            if self.follow_threads {
+                self.ctl.set_usable(follow_threads(pid));
+            }
+            store(&self.readings.measured, measured);
+            store(&self.readings.budget, self.ctl.cpus());
+            store(&self.readings.fraction, self.ctl.fraction());
+            tracing::trace!(
+                pid,
+                measured,
+                budget = self.ctl.cpus(),
+                fraction = self.ctl.fraction(),
+                correction = self.ctl.correction(),
+                "governor window"
+            );
+            window_start = now;
+            cpu_start = cpu;
+        }
+        Ok(())
+    }
+}
+
+/// System busy share at which the machine counts as saturated (see
+/// [`DutyController::observe_on`]).
+const SATURATED: f64 = 0.95;
+
+/// Sleeps until an absolute instant (no-op when it has passed).
+fn sleep_until(deadline: Instant) {
+    let now = Instant::now();
+    if deadline > now {
+        std::thread::sleep(deadline - now);
+    }
+}
+
+/// CPUs a child with an unknown thread count can keep busy: its threads, at most the CPUs.
+fn follow_threads(pid: i32) -> usize {
+    crate::meter::thread_count(pid)
+        .unwrap_or(usize::MAX)
+        .min(allowed_cpus())
+}
+
+/// CPUs this process may run on.
+pub fn allowed_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Child, Command};
+
+    fn spawn_sleep() -> (Child, Target) {
+        let child = Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let target = Target::open(child.id() as i32).unwrap();
+        (child, target)
+    }
+
+    fn params(cpus: f64) -> LimiterParams {
+        LimiterParams {
+            cpus,
+            usable: Some(1),
+            period: Duration::from_millis(20),
+            feedback: Feedback::default(),
+            adaptive: None,
+        }
+    }
+
+    fn wait_state(pid: i32, pred: impl Fn(Option<char>) -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if pred(crate::meter::process_state(pid)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    #[test]
+    fn rests_when_idle_and_throttles_when_active() {
+        let (mut child, target) = spawn_sleep();
+        let pid = child.id() as i32;
+        let activity = Activity::new();
+        // A tiny budget: the child is stopped ~98 % of each period while active.
+        let mut limiter = SignalLimiter::start(target, params(0.02), &activity).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!limiter.snapshot().throttling);
+        assert!(wait_state(pid, |s| s == Some('S')));
+        let guard = activity.begin();
+        assert!(wait_state(pid, |s| s == Some('T')), "never stopped");
+        assert!(limiter.snapshot().throttling);
+        drop(guard);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!limiter.snapshot().throttling);
+        for _ in 0..20 {
+            assert_eq!(crate::meter::process_state(pid), Some('S'));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _busy = activity.begin();
+        assert!(wait_state(pid, |s| s == Some('T')));
+        limiter.stop();
+        limiter.stop();
+        assert_eq!(crate::meter::process_state(pid), Some('S'));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn drop_continues_the_child() {
+        let (mut child, target) = spawn_sleep();
+        let pid = child.id() as i32;
+        let activity = Activity::new();
+        let _busy = activity.begin();
+        let limiter = SignalLimiter::start(target, params(0.02), &activity).unwrap();
+        assert!(wait_state(pid, |s| s == Some('T')));
+        drop(limiter);
+        assert_eq!(crate::meter::process_state(pid), Some('S'));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn ends_when_the_child_is_gone() {
+        let (mut child, target) = spawn_sleep();
+        let activity = Activity::new();
+        let _busy = activity.begin();
+        let limiter = SignalLimiter::start(target, params(0.5), &activity).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !limiter.snapshot().finished {
+            assert!(Instant::now() < deadline, "limiter kept running");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

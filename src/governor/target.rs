@@ -1,0 +1,203 @@
+//! The limited process: a pid pinned against reuse, signalled as a whole process group when it
+//! leads one (llama-server and `limit -- CMD` children do) or alone otherwise (an arbitrary
+//! `limit --pid`, so a shell's job group is never stopped by mistake).
+//!
+//! Linux pins the pid with a pidfd: every signal first goes through `pidfd_send_signal`, which
+//! fails with `ESRCH` once the process is gone instead of hitting a recycled pid; only then is the
+//! rest of the group signalled. macOS has no pidfd: a `kill(pid, 0)` liveness check comes first.
+
+use std::io;
+
+/// A process (group) the governor may stop and continue.
+#[derive(Debug)]
+pub struct Target {
+    pid: i32,
+    group: bool,
+    #[cfg(target_os = "linux")]
+    pidfd: Option<std::os::fd::OwnedFd>,
+}
+
+/// Why a process cannot be limited.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("no process with pid {pid} (check the pid with `ps -p {pid}`)")]
+    NoSuchProcess { pid: i32 },
+    #[error("not allowed to signal pid {pid} (run as the process owner or as root)")]
+    NotPermitted { pid: i32 },
+    #[error("pid {pid} is not a valid process id (use a positive pid)")]
+    InvalidPid { pid: i32 },
+    #[error("could not open pid {pid}: {source}")]
+    Open { pid: i32, source: io::Error },
+}
+
+impl Target {
+    /// Pins `pid`. Fails when it does not exist or may not be signalled.
+    pub fn open(pid: i32) -> Result<Self, TargetError> {
+        if pid <= 1 {
+            return Err(TargetError::InvalidPid { pid });
+        }
+        // SAFETY: kill with signal 0 only checks existence and permission.
+        if unsafe { libc::kill(pid, 0) } != 0 {
+            let err = io::Error::last_os_error();
+            return Err(match err.raw_os_error() {
+                Some(libc::ESRCH) => TargetError::NoSuchProcess { pid },
+                Some(libc::EPERM) => TargetError::NotPermitted { pid },
+                _ => TargetError::Open { pid, source: err },
+            });
+        }
+        // SAFETY: getpgid has no preconditions.
+        let group = unsafe { libc::getpgid(pid) } == pid;
+        Ok(Self {
+            pid,
+            group,
+            #[cfg(target_os = "linux")]
+            pidfd: linux::pidfd_open(pid).map_err(|source| match source.raw_os_error() {
+                Some(libc::ESRCH) => TargetError::NoSuchProcess { pid },
+                _ => TargetError::Open { pid, source },
+            })?,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// True when the whole process group is signalled.
+    pub fn is_group(&self) -> bool {
+        self.group
+    }
+
+    /// Stops the process (group). `ESRCH` means it is gone.
+    pub fn stop(&self) -> io::Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// Continues the process (group).
+    pub fn resume(&self) -> io::Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    /// Sends `sig` to the pinned process, then to its group when it leads one.
+    pub fn signal(&self, sig: i32) -> io::Result<()> {
+        // For a group, the pidfd only proves the leader is alive (signal 0): the group kill
+        // reaches the leader too, and signalling it twice would double the kernel's work.
+        self.signal_leader(if self.group { 0 } else { sig })?;
+        if self.group {
+            // SAFETY: plain kill(2) on the group the live leader still owns.
+            if unsafe { libc::kill(-self.pid, sig) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(target_os = "linux")]
+    fn signal_leader(&self, sig: i32) -> io::Result<()> {
+        match &self.pidfd {
+            Some(fd) => linux::pidfd_send_signal(fd, sig),
+            None => kill_checked(self.pid, sig),
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn signal_leader(&self, sig: i32) -> io::Result<()> {
+        kill_checked(self.pid, sig)
+    }
+}
+
+/// `kill` after a liveness check (the fallback where no pidfd exists).
+fn kill_checked(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: kill with signal 0 only checks existence; then a plain kill(2).
+    unsafe {
+        if libc::kill(pid, 0) != 0 || libc::kill(pid, sig) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// True when an error means the process no longer exists.
+pub fn is_gone(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::ESRCH)
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    //! The raw pidfd syscalls (libc exposes the numbers, not wrappers).
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    /// Opens a pidfd; `Ok(None)` on kernels without pidfd support (before 5.3).
+    pub fn pidfd_open(pid: i32) -> io::Result<Option<OwnedFd>> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::ENOSYS) => Ok(None),
+                _ => Err(err),
+            };
+        }
+        // SAFETY: the kernel just handed us this fd and nobody else owns it.
+        Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    pub fn pidfd_send_signal(fd: &OwnedFd, sig: i32) -> io::Result<()> {
+        // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn rejects_missing_and_invalid_pids() {
+        assert!(matches!(
+            Target::open(0),
+            Err(TargetError::InvalidPid { pid: 0 })
+        ));
+        // pid_max is at most 2^22 on Linux, so this pid cannot exist.
+        let err = Target::open(i32::MAX - 1).unwrap_err();
+        assert!(matches!(err, TargetError::NoSuchProcess { .. }), "{err}");
+        assert!(err.to_string().contains("ps -p"));
+    }
+
+    #[test]
+    fn stops_and_continues_a_child_and_sees_it_gone() {
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let target = Target::open(pid).unwrap();
+        assert!(target.is_group());
+        target.stop().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(crate::meter::process_state(pid), Some('T'));
+        target.resume().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_ne!(crate::meter::process_state(pid), Some('T'));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let err = target.stop().unwrap_err();
+        assert!(is_gone(&err), "{err}");
+    }
+}

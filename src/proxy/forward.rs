@@ -1,0 +1,259 @@
+//! Forwarding one request to llama-server: body limit, admission, waiting for a ready backend,
+//! the secret key, hop-by-hop headers, streaming responses event by event, a final SSE error
+//! event when the backend dies mid-stream, and one retry when the request never reached a
+//! backend that died.
+
+use super::error::ApiError;
+use super::AppState;
+use crate::supervisor::state::{BackendInfo, State};
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full, Limited};
+use tokio::time::Instant;
+
+/// The upstream HTTP client: keep-alive pool, no Nagle delay.
+pub type Upstream = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+pub fn upstream_client() -> Upstream {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .build(connector)
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including any named by `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Forwards `req` (already authenticated) to the backend.
+pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let limit = state.config.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::too_large(limit));
+    }
+    let body = Limited::new(body, limit as usize)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                ApiError::too_large(limit)
+            } else {
+                ApiError::bad_request(format!("could not read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+
+    let deadline = Instant::now() + state.config.queue_timeout;
+    let permit = state.admission.admit(deadline).await?;
+    let activity = state.activity.begin();
+    let mut backend = wait_for_backend(state, deadline, None).await?;
+
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut retried = false;
+    let upstream = loop {
+        let request = upstream_request(&parts, path, &backend, body.clone())?;
+        match tokio::time::timeout(state.config.upstream_timeout, state.client.request(request)).await {
+            Err(_) => {
+                return Err(ApiError::gateway_timeout(format!(
+                    "the model did not answer within {:?} (proxy.upstream_timeout)",
+                    state.config.upstream_timeout
+                )))
+            }
+            Ok(Ok(resp)) => break resp,
+            // Never reached the backend: it died between readiness and this request. Wait for
+            // the fresh one and send it again, once.
+            Ok(Err(e)) if e.is_connect() && !retried => {
+                retried = true;
+                tracing::info!(generation = backend.generation, error = %e, "backend unreachable; retrying once on the next backend");
+                backend = wait_for_backend(state, deadline, Some(backend.generation)).await?;
+            }
+            Ok(Err(e)) => {
+                return Err(ApiError::bad_gateway(format!("the model backend failed: {e}")));
+            }
+        }
+    };
+
+    let (mut head, incoming) = upstream.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    let sse = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if sse {
+        head.headers.remove(header::CONTENT_LENGTH);
+        head.headers
+            .insert("x-accel-buffering", HeaderValue::from_static("no"));
+        head.headers
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    // The slot and the activity mark last as long as the body streams.
+    let guards = (permit, activity);
+    let stream = futures_util::stream::unfold(
+        (incoming.into_data_stream(), Some(guards)),
+        move |(mut inner, guards)| async move {
+            guards.as_ref()?;
+            match inner.next().await {
+                Some(Ok(bytes)) => Some((Ok(bytes), (inner, guards))),
+                Some(Err(e)) if sse => {
+                    tracing::warn!(error = %e, "backend failed mid-stream; sending an error event");
+                    Some((Ok(sse_error_event(&e.to_string())), (inner, None)))
+                }
+                Some(Err(e)) => Some((Err(e), (inner, None))),
+                None => None,
+            }
+        },
+    );
+    Ok(Response::from_parts(head, Body::from_stream(stream)))
+}
+
+/// The final event a streaming client gets when the backend dies mid-stream.
+fn sse_error_event(detail: &str) -> Bytes {
+    let body = serde_json::json!({"error": {
+        "message": format!("the model backend failed mid-stream: {detail}"),
+        "type": "server_error",
+        "code": "backend_error",
+    }});
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
+fn upstream_request(
+    parts: &axum::http::request::Parts,
+    path: &str,
+    backend: &BackendInfo,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, ApiError> {
+    let uri = format!("{}{}", backend.base_url, path);
+    let mut req = Request::builder()
+        .method(parts.method.clone())
+        .uri(uri)
+        .body(Full::new(body))
+        .map_err(|e| ApiError::bad_request(format!("cannot forward this request: {e}")))?;
+    let headers = req.headers_mut();
+    for (name, value) in &parts.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    strip_hop_by_hop(headers);
+    for name in [
+        header::HOST,
+        header::AUTHORIZATION,
+        header::CONTENT_LENGTH,
+        HeaderName::from_static("x-api-key"),
+    ] {
+        headers.remove(name);
+    }
+    let auth = HeaderValue::try_from(format!("Bearer {}", backend.api_key))
+        .map_err(|_| ApiError::bad_gateway("the backend key is not a valid header value"))?;
+    headers.insert(header::AUTHORIZATION, auth);
+    Ok(req)
+}
+
+/// Waits until a backend serves (and, with `not_generation`, a different one than that),
+/// up to `deadline`: requests survive restarts instead of failing.
+async fn wait_for_backend(
+    state: &AppState,
+    deadline: Instant,
+    not_generation: Option<u64>,
+) -> Result<BackendInfo, ApiError> {
+    let mut rx = state.status.clone();
+    loop {
+        {
+            let status = rx.borrow_and_update();
+            match (&status.state, &status.backend) {
+                (s, Some(b)) if s.serving() && Some(b.generation) != not_generation => {
+                    return Ok(b.clone())
+                }
+                (State::Failed { reason, .. }, _) => {
+                    return Err(ApiError::unavailable(format!("the model backend has failed: {reason}")))
+                }
+                (s, _) if !s.will_serve() => {
+                    return Err(ApiError::unavailable(format!(
+                        "the model backend is {}",
+                        s.name()
+                    )))
+                }
+                _ => {}
+            }
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(ApiError::unavailable("the supervisor is shutting down")),
+            Err(_) => {
+                let state = rx.borrow().state.name();
+                return Err(ApiError::unavailable(format!(
+                    "the model backend is not ready (state: {state}); retry shortly"
+                ))
+                .retry_after(5));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-custom"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-custom", HeaderValue::from_static("1"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn error_event_is_one_sse_event_with_openai_shape() {
+        let e = sse_error_event("connection reset");
+        let s = std::str::from_utf8(&e).unwrap();
+        assert!(s.starts_with("data: {"));
+        assert!(s.ends_with("\n\n"));
+        let v: serde_json::Value = serde_json::from_str(s.trim_start_matches("data: ").trim()).unwrap();
+        assert_eq!(v["error"]["type"], "server_error");
+        assert!(v["error"]["message"].as_str().unwrap().contains("connection reset"));
+    }
+}

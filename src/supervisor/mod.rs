@@ -1,0 +1,144 @@
+//! The supervisor: wires config, setup, the backend lifecycle, the governor and the proxy
+//! together, and shuts them all down on SIGTERM/SIGINT without leaving a child behind.
+
+pub mod lifecycle;
+pub mod policy;
+pub mod state;
+
+use crate::backend::{launch, setup};
+use crate::cli::RunArgs;
+use crate::config::Config;
+use crate::governor::{Activity, GovernorSettings};
+use crate::profile::{self, Host};
+use crate::proxy;
+use anyhow::Context;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("refusing to listen on {addr} without an API key: anyone on the network could use the model. Set `api_keys = [\"...\"]` in the config file or the SENTINEL_API_KEY environment variable, or listen on 127.0.0.1")]
+    OpenListener { addr: std::net::SocketAddr },
+    #[error("cannot listen on {addr}: {source} (pick another address with --listen or `listen` in config)")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// How long open connections may take to finish once shutdown starts.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// `sentinel-supervisor run`.
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(args.setup.config.config.as_deref())?;
+    let profile_name = args
+        .profile
+        .clone()
+        .unwrap_or_else(|| config.default_profile.clone());
+    let host = Host::detect();
+    let profile = profile::resolve(&config, &profile_name, &host)?;
+    let listen = args.listen.unwrap_or(config.listen);
+    let keys = config.effective_api_keys();
+    if !listen.ip().is_loopback() && keys.is_empty() {
+        return Err(StartError::OpenListener { addr: listen }.into());
+    }
+    tracing::info!(profile = %profile.summary(), "profile resolved");
+    for note in &profile.notes {
+        tracing::info!(profile = %profile.name, "{note}");
+    }
+
+    let installed = {
+        let (config, setup_args) = (config.clone(), args.setup.clone());
+        tokio::task::spawn_blocking(move || setup::ensure(&config, &setup_args))
+            .await
+            .context("setup panicked")??
+    };
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let local = listener.local_addr()?;
+
+    let cancel = CancellationToken::new();
+    let activity = Activity::new();
+    let (status_tx, status_rx) = tokio::sync::watch::channel(state::Status::initial());
+    let governor_settings = GovernorSettings {
+        cpus: profile.cpus,
+        threads: Some(profile.threads.max(profile.threads_batch)),
+        priority: profile.priority,
+        adaptive: profile.adaptive,
+    };
+    let governor = Arc::new(std::sync::Mutex::new(None));
+    let spec_inputs = (installed.clone(), profile.clone(), config.clone());
+    let lifecycle = lifecycle::Lifecycle {
+        config: config.supervisor.clone(),
+        make_spec: Box::new(move || launch::spec(&spec_inputs.0, &spec_inputs.1, &spec_inputs.2)),
+        activity: activity.clone(),
+        governor_config: config.governor.clone(),
+        governor_settings,
+        governor: Arc::clone(&governor),
+        status: status_tx,
+        cancel: cancel.clone(),
+    };
+    let lifecycle_task = tokio::spawn(lifecycle.run());
+
+    let shared = Arc::new(proxy::Shared {
+        admission: proxy::admission::Admission::new(profile.slots, config.proxy.queue_len),
+        config: config.proxy.clone(),
+        status: status_rx,
+        activity,
+        keys: proxy::auth::Keys::new(keys),
+        client: proxy::forward::upstream_client(),
+        info: proxy::Info {
+            model_id: launch::model_id(&config, &installed.model),
+            model: installed.model.display().to_string(),
+            profile: profile.clone(),
+        },
+        governor_status: Box::new(move || {
+            let g = governor.lock().unwrap_or_else(|e| e.into_inner());
+            g.as_ref()
+                .map(|h| serde_json::to_value(h.status()).unwrap_or_default())
+                .unwrap_or(serde_json::Value::Null)
+        }),
+        started: std::time::Instant::now(),
+    });
+    let app = proxy::router(shared);
+    println!("sentinel-supervisor listening on http://{local}");
+    tracing::info!(addr = %local, profile = %profile.name, model = %installed.model.display(), "listening");
+
+    let server_cancel = cancel.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { server_cancel.cancelled().await })
+            .await
+    });
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    cancel.cancel();
+    // The lifecycle task stops the backend (SIGCONT, SIGTERM, grace, SIGKILL, reap).
+    let stop_deadline = config.supervisor.stop_grace + Duration::from_secs(5);
+    if tokio::time::timeout(stop_deadline, lifecycle_task).await.is_err() {
+        tracing::error!("the backend did not stop in time");
+    }
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, server).await.is_err() {
+        tracing::warn!("open connections did not finish within {SHUTDOWN_DEADLINE:?}; closing them");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,199 @@
+//! The `limit` subcommand against a real CPU burner: the budget holds, the target is left
+//! running after SIGTERM, a spawned target dies with a SIGKILLed limiter, errors are clear.
+
+use sentinel_supervisor::meter;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const SUPERVISOR: &str = env!("CARGO_BIN_EXE_sentinel-supervisor");
+const BURNER: &str = env!("CARGO_BIN_EXE_cpu-burner");
+
+/// Kills the process (group) on drop, so a failed assertion leaves nothing spinning.
+struct Killed(Child, bool);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let pid = self.0.id() as i32;
+        // SAFETY: plain kill(2) on a child we spawned (and its group when it leads one).
+        unsafe {
+            if self.1 {
+                libc::kill(-pid, libc::SIGCONT);
+                libc::kill(-pid, libc::SIGKILL);
+            }
+            libc::kill(pid, libc::SIGCONT);
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn burner(threads: u32) -> Killed {
+    let child = Command::new(BURNER)
+        .args(["--threads", &threads.to_string(), "--seconds", "60"])
+        .process_group(0)
+        .spawn()
+        .expect("start cpu-burner");
+    Killed(child, true)
+}
+
+fn limiter(args: &[&str]) -> Killed {
+    let child = Command::new(SUPERVISOR)
+        .args(["limit", "-q"])
+        .args(args)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start sentinel-supervisor limit");
+    Killed(child, false)
+}
+
+/// The pid of `parent`'s child, waiting up to 5 s for it to appear.
+fn child_of(parent: u32) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = Command::new("pgrep")
+            .args(["-P", &parent.to_string()])
+            .output()
+            .expect("run pgrep");
+        if let Some(pid) = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+        {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "limit never started its command");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Measures `pid`'s CPU in cores over `window`, and what the rest of the machine used.
+fn measure(pid: i32, window: Duration) -> (f64, f64) {
+    let cpu0 = meter::process_cpu_time(pid).expect("target alive");
+    let sys0 = meter::system_times().expect("system times");
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    let cpu1 = meter::process_cpu_time(pid).expect("target alive");
+    let sys1 = meter::system_times().expect("system times");
+    let wall = t0.elapsed().as_secs_f64();
+    let cores = (cpu1 - cpu0).as_secs_f64() / wall;
+    let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let others = (sys1.busy_fraction_since(&sys0) * ncpus - cores).max(0.0);
+    (cores, others)
+}
+
+/// The budget holds: never above 0.55 cores; at least 0.45 unless other processes left the
+/// burner no room to reach it (a saturated CI machine), which is reported, not hidden.
+fn assert_half_core(pid: i32) {
+    std::thread::sleep(Duration::from_secs(1));
+    let (cores, others) = measure(pid, Duration::from_secs(3));
+    let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    eprintln!("burner used {cores:.3} cores; other processes {others:.2} cores");
+    assert!(
+        cores <= 0.55,
+        "burner used {cores:.3} cores under a 0.5 budget"
+    );
+    if others <= ncpus - 0.6 {
+        assert!(
+            cores >= 0.45,
+            "burner used only {cores:.3} cores of a 0.5 budget"
+        );
+    } else {
+        eprintln!("machine saturated by other processes: lower bound not checked");
+    }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit in {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn command_mode_holds_half_a_core() {
+    let limiter = limiter(&["--cpus", "0.5", "--", BURNER, "--threads", "2"]);
+    let pid = child_of(limiter.0.id());
+    assert_half_core(pid);
+}
+
+#[test]
+fn pid_mode_holds_half_a_core_and_sigterm_leaves_the_target_running() {
+    let burner = burner(2);
+    let pid = burner.0.id() as i32;
+    let mut limiter = limiter(&["--cpus", "0.5", "--pid", &pid.to_string()]);
+    assert_half_core(pid);
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(limiter.0.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut limiter.0, Duration::from_secs(5));
+    assert!(status.success(), "limit exited with {status}");
+    for _ in 0..20 {
+        let state = meter::process_state(pid);
+        assert!(
+            matches!(state, Some('R' | 'S')),
+            "burner state {state:?} after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (cores, _) = measure(pid, Duration::from_millis(500));
+    assert!(
+        cores > 0.6,
+        "burner not running freely after the limiter left: {cores:.2}"
+    );
+}
+
+#[test]
+fn sigkill_of_the_limiter_kills_the_command_it_started() {
+    let mut limiter = limiter(&["--cpus", "0.2", "--", BURNER, "--threads", "2"]);
+    let pid = child_of(limiter.0.id());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while meter::process_state(pid) != Some('T') {
+        assert!(Instant::now() < deadline, "the command was never throttled");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    limiter.0.kill().expect("SIGKILL the limiter");
+    limiter.0.wait().expect("reap the limiter");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !matches!(meter::process_state(pid), None | Some('Z')) {
+        assert!(
+            Instant::now() < deadline,
+            "the throttled command outlived its limiter"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn command_exit_code_is_passed_through() {
+    let out = run_limit(&["--cpus", "0.5", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+}
+
+fn run_limit(args: &[&str]) -> Output {
+    Command::new(SUPERVISOR)
+        .arg("limit")
+        .args(args)
+        .output()
+        .expect("run sentinel-supervisor limit")
+}
+
+#[test]
+fn bad_invocations_say_what_to_do() {
+    let stderr = |args: &[&str]| {
+        let out = run_limit(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(stderr(&["--cpus", "0", "--pid", "1"]).contains("out of range"));
+    assert!(stderr(&["--cpus", "999", "--pid", "1"]).contains("at most"));
+    assert!(stderr(&["--cpus", "0.5"]).contains("nothing to limit"));
+    assert!(stderr(&["--cpus", "0.5", "--pid", "2147483000"]).contains("no process"));
+    assert!(stderr(&["--cpus", "0.5", "--", "/nonexistent/cmd"]).contains("could not start"));
+}
