@@ -51,7 +51,8 @@ fn nothing_to_measure_is_an_error() {
 }
 
 fn number(v: &serde_json::Value, what: &str) -> f64 {
-    v.as_f64().unwrap_or_else(|| panic!("{what} is not a number: {v}"))
+    v.as_f64()
+        .unwrap_or_else(|| panic!("{what} is not a number: {v}"))
 }
 
 #[test]
@@ -63,7 +64,15 @@ fn end_to_end_two_profiles_on_the_default_model() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("out");
     let mut args: Vec<String> = [
-        "--profile", "invisible", "--profile", "balanced", "--limit", "3", "--idle", "2s", "--out",
+        "--profile",
+        "invisible",
+        "--profile",
+        "balanced",
+        "--limit",
+        "3",
+        "--idle",
+        "2s",
+        "--out",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -82,18 +91,26 @@ fn end_to_end_two_profiles_on_the_default_model() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed: {stderr}");
     for f in ["report.json", "report.md", "cpu.svg"] {
-        assert!(Path::new(&out_dir.join(f)).is_file(), "{f} missing; stderr: {stderr}");
+        assert!(
+            Path::new(&out_dir.join(f)).is_file(),
+            "{f} missing; stderr: {stderr}"
+        );
     }
 
     let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
+            .unwrap();
     assert_eq!(report["format_version"], 1);
     assert_eq!(report["tasks"]["count"], 3);
     let profiles = report["profiles"].as_array().unwrap();
     assert_eq!(profiles.len(), 2);
     for (p, name) in profiles.iter().zip(["invisible", "balanced"]) {
         assert_eq!(p["profile"], name);
-        assert!(p["backend"]["pid"].as_i64().is_some_and(|pid| pid > 0), "{}", p["backend"]);
+        assert!(
+            p["backend"]["pid"].as_i64().is_some_and(|pid| pid > 0),
+            "{}",
+            p["backend"]
+        );
         let idle = number(&p["idle"]["system_cpu"]["mean"], "idle CPU");
         assert!((0.0..=100.0).contains(&idle));
         let runs = p["runs"].as_array().unwrap();
