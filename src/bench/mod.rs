@@ -132,6 +132,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// CPU time used over `wall_s` seconds, as a percentage of the whole machine.
+fn share_of_machine(cpu: Duration, wall_s: f64) -> f64 {
+    if wall_s <= 0.0 {
+        return 0.0;
+    }
+    cpu.as_secs_f64() / (wall_s * host_cpus() as f64) * 100.0
+}
+
 fn host_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -225,8 +233,12 @@ async fn measure_ready(
         "bench: {name}: measuring idle for {}",
         humantime::format_duration(args.idle)
     );
+    let idle_cpu_before = pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time);
     tokio::time::sleep(args.idle).await;
     let idle_end = sampler.now_s();
+    let idle_backend = idle_cpu_before
+        .zip(pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time))
+        .map(|(b, a)| share_of_machine(a.saturating_sub(b), idle_end));
     sampler.set_phase(Phase::Active);
 
     let mut runs = Vec::new();
@@ -271,6 +283,7 @@ async fn measure_ready(
         idle: report::IdlePhase {
             duration_s: idle_end,
             system_cpu: idle_cpu,
+            backend_cpu_percent: idle_backend,
         },
         cpu_timeline: timeline,
         runs,
@@ -383,7 +396,7 @@ impl PendingRun {
         let backend_cpu_percent = self
             .backend_cpu
             .filter(|_| duration_s > 0.0)
-            .map(|c| c.as_secs_f64() / (duration_s * host_cpus() as f64) * 100.0);
+            .map(|c| share_of_machine(c, duration_s));
         let checks = targets.evaluate(&target::Measured {
             idle_cpu_mean: (idle_cpu.count > 0).then_some(idle_cpu.mean),
             active_cpu_mean: system_cpu.mean,

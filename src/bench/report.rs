@@ -6,7 +6,7 @@
 //! { format_version, generated_at, host: {cpus}, tasks: {source, count}, targets: {...},
 //!   verdict: "pass" | "fail",
 //!   profiles: [ { profile, model, backend: {pid, threads, threads_batch}, limit_cpus,
-//!                 governor, idle: {duration_s, system_cpu: Summary},
+//!                 governor, idle: {duration_s, system_cpu: Summary, backend_cpu_percent},
 //!                 cpu_timeline: [ {t_s, percent, phase: "idle"|"active"} ],
 //!                 runs: [ { schema_mode, tasks, errors, correctness,
 //!                           categories: {NAME: {tasks, correctness}},
@@ -86,6 +86,8 @@ pub struct BackendInfo {
 pub struct IdlePhase {
     pub duration_s: f64,
     pub system_cpu: Summary,
+    /// The backend process tree's own CPU while idle, percent of the machine.
+    pub backend_cpu_percent: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -294,7 +296,8 @@ fn run_details(p: &ProfileReport, r: &RunReport) -> String {
     let _ = writeln!(
         md,
         "{} tasks, {} request errors, {:.1} s. Latency mean {:.2} s, p50 {:.2} s, p99 {:.2} s; \
-         time to first token p50 {:.2} s; {} completion tokens, {:.1} tokens/s. Backend CPU {}.\n",
+         time to first token p50 {:.2} s; {} completion tokens, {:.1} tokens/s. Backend CPU {} \
+         (idle: {}; system idle p99 {:.1} %).\n",
         r.tasks,
         r.errors,
         r.duration_s,
@@ -306,6 +309,10 @@ fn run_details(p: &ProfileReport, r: &RunReport) -> String {
         r.tokens_per_s,
         r.backend_cpu_percent
             .map_or("n/a".to_string(), |c| format!("{c:.1} %")),
+        p.idle
+            .backend_cpu_percent
+            .map_or("n/a".to_string(), |c| format!("{c:.2} %")),
+        p.idle.system_cpu.p99,
     );
     md.push_str("| Target | Criterion | Measured | Result |\n|---|---|---|---|\n");
     for c in &r.checks {
@@ -398,6 +405,7 @@ pub(crate) mod tests {
             idle: IdlePhase {
                 duration_s: 2.0,
                 system_cpu: Summary::of(&[0.2, 0.6]),
+                backend_cpu_percent: Some(0.1),
             },
             cpu_timeline: vec![
                 CpuPoint {
