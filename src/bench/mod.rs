@@ -132,6 +132,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// This very binary, to start `run` from. On Linux `/proc/self/exe` still works when the file
+/// was replaced or deleted since this process started (a rebuild during a long bench).
+fn own_executable() -> anyhow::Result<std::path::PathBuf> {
+    #[cfg(target_os = "linux")]
+    {
+        let proc_exe = std::path::PathBuf::from("/proc/self/exe");
+        if proc_exe.exists() {
+            return Ok(proc_exe);
+        }
+    }
+    std::env::current_exe().context("cannot locate this executable to start `run`")
+}
+
 /// CPU time used over `wall_s` seconds, as a percentage of the whole machine.
 fn share_of_machine(cpu: Duration, wall_s: f64) -> f64 {
     if wall_s <= 0.0 {
@@ -182,7 +195,7 @@ async fn measure_profile(
             let name = profile.unwrap_or_default();
             eprintln!("bench: starting the supervisor with profile `{name}`");
             let launch = Launch {
-                exe: std::env::current_exe().context("cannot locate this executable")?,
+                exe: own_executable()?,
                 profile: name.to_string(),
                 model: args.setup.model.clone(),
                 backend_bin: args.setup.backend_bin.clone(),

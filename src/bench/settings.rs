@@ -45,10 +45,10 @@ impl Default for BenchConfig {
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    #[error("cannot read config file {path}: {source} (check --config / SENTINEL_CONFIG)")]
+    #[error("cannot read config file {path}: {error} (check --config / SENTINEL_CONFIG)")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{origin} is not valid TOML: {message} (fix the syntax at the position shown)")]
     Syntax { origin: String, message: String },
@@ -61,9 +61,9 @@ pub fn load(user_file: Option<&Path>) -> Result<BenchConfig, SettingsError> {
     let mut table = bench_table(BUILTIN_CONFIG, "built-in config.toml")?;
     let mut origin = "built-in config.toml".to_string();
     if let Some(path) = user_file {
-        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| SettingsError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         origin = path.display().to_string();
         merge(&mut table, bench_table(&text, &origin)?);

@@ -14,11 +14,11 @@ const STOP_DEADLINE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StackError {
-    #[error("cannot start `{exe} run --profile {profile}`: {source}")]
+    #[error("cannot start `{exe} run --profile {profile}`: {error}")]
     Spawn {
         exe: PathBuf,
         profile: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("the supervisor for profile `{profile}` exited before listening ({status}); its log is in {log}")]
     EarlyExit {
@@ -111,10 +111,10 @@ impl Stack {
 
     /// Starts `exe run --profile P --listen 127.0.0.1:0 ...` and waits for its listening line.
     pub async fn start(launch: &Launch, api_key: Option<String>) -> Result<Stack, StackError> {
-        let spawn_err = |source| StackError::Spawn {
+        let spawn_err = |error| StackError::Spawn {
             exe: launch.exe.clone(),
             profile: launch.profile.clone(),
-            source,
+            error,
         };
         let log = std::fs::File::create(&launch.log).map_err(spawn_err)?;
         let mut cmd = tokio::process::Command::new(&launch.exe);

@@ -31,10 +31,10 @@ pub struct Task {
 /// Why a task file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
-    #[error("cannot read task file {path}: {source} (check the path given to --tasks)")]
+    #[error("cannot read task file {path}: {error} (check the path given to --tasks)")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}, line {line}: {problem} (each line must be one JSON task: id, category, prompt, scorer, optional system and schema)")]
     Line {
@@ -58,9 +58,9 @@ pub fn load(file: Option<&Path>) -> Result<Vec<Task>, TaskError> {
     match file {
         None => parse(BUILTIN_TASKS, Path::new("<built-in tasks.jsonl>")),
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| TaskError::Read {
+            let text = std::fs::read_to_string(path).map_err(|error| TaskError::Read {
                 path: path.to_path_buf(),
-                source,
+                error,
             })?;
             parse(&text, path)
         }
