@@ -55,8 +55,13 @@ pub const CHART_SVG: &str = "cpu.svg";
 /// Runs `bench`. Exit code 0 when every measurement completed (whatever the verdict), 1 when
 /// some requests failed (the report is still written); errors stop the run.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let config_file = args.setup.config.config.clone();
-    let settings = settings::load(config_file.as_deref())?;
+    let config = crate::config::Config::load(args.setup.config.config.as_deref())?;
+    let settings = settings::from_config(&config)?;
+    // The key of a supervisor started here comes from the same configuration.
+    let api_key = args
+        .api_key
+        .clone()
+        .or_else(|| config.effective_api_keys().into_iter().next());
     let mut tasks = task::load(args.tasks.as_deref())?;
     if let Some(n) = args.limit {
         anyhow::ensure!(n > 0, "--limit 0 leaves no task to run (use N >= 1)");
@@ -77,23 +82,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .context("cannot build the HTTP client")?;
     let max_tokens = args.max_tokens.unwrap_or(settings.max_tokens);
 
+    let session = Session {
+        args: &args,
+        settings: &settings,
+        client,
+        api_key,
+        tasks: &tasks,
+        max_tokens,
+    };
     let mut reports = Vec::new();
     for profile in &profiles {
-        let report = measure_profile(
-            &args,
-            &settings,
-            &client,
-            profile.as_deref(),
-            &tasks,
-            max_tokens,
-        )
-        .await
-        .with_context(|| {
-            format!(
-                "measuring profile `{}`",
-                profile.as_deref().unwrap_or("(running)")
-            )
-        })?;
+        let report = session
+            .measure_profile(profile.as_deref())
+            .await
+            .with_context(|| {
+                format!(
+                    "measuring profile `{}`",
+                    profile.as_deref().unwrap_or("(running)")
+                )
+            })?;
         reports.push(report);
     }
 
@@ -180,129 +187,6 @@ fn write_outputs(
     Ok(())
 }
 
-/// Starts (or attaches to) the stack for one profile, measures it, and stops it.
-async fn measure_profile(
-    args: &BenchArgs,
-    settings: &BenchConfig,
-    client: &reqwest::Client,
-    profile: Option<&str>,
-    tasks: &[Task],
-    max_tokens: u32,
-) -> anyhow::Result<ProfileReport> {
-    let stack = match &args.url {
-        Some(url) => Stack::attach(url, args.api_key.clone()),
-        None => {
-            let name = profile.unwrap_or_default();
-            eprintln!("bench: starting the supervisor with profile `{name}`");
-            let launch = Launch {
-                exe: own_executable()?,
-                profile: name.to_string(),
-                model: args.setup.model.clone(),
-                backend_bin: args.setup.backend_bin.clone(),
-                config: args.setup.config.config.clone(),
-                log: args.out.join(format!("supervisor-{name}.log")),
-                listen_timeout: settings.ready_timeout,
-            };
-            Stack::start(&launch, args.api_key.clone()).await?
-        }
-    };
-    let mut backend_pid = None;
-    let result = async {
-        stack.wait_ready(client, settings.ready_timeout).await?;
-        let status = stack.status(client).await?;
-        backend_pid = status.backend_pid;
-        measure_ready(
-            args, settings, client, &stack, profile, status, tasks, max_tokens,
-        )
-        .await
-    }
-    .await;
-    stack.stop(backend_pid).await;
-    result
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn measure_ready(
-    args: &BenchArgs,
-    settings: &BenchConfig,
-    client: &reqwest::Client,
-    stack: &Stack,
-    profile: Option<&str>,
-    status: StatusInfo,
-    tasks: &[Task],
-    max_tokens: u32,
-) -> anyhow::Result<ProfileReport> {
-    let name = profile
-        .map(str::to_string)
-        .or(status.profile.clone())
-        .unwrap_or_else(|| "running".to_string());
-    let pid = status.backend_pid;
-    if pid.is_none() {
-        tracing::warn!(profile = %name, "/status reports no backend pid; backend CPU and RSS will be n/a");
-    }
-    let sampler =
-        Sampler::start(settings.sample_interval, pid).context("cannot read system CPU counters")?;
-    eprintln!(
-        "bench: {name}: measuring idle for {}",
-        humantime::format_duration(args.idle)
-    );
-    let idle_cpu_before = pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time);
-    tokio::time::sleep(args.idle).await;
-    let idle_end = sampler.now_s();
-    let idle_backend = idle_cpu_before
-        .zip(pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time))
-        .map(|(b, a)| share_of_machine(a.saturating_sub(b), idle_end));
-    sampler.set_phase(Phase::Active);
-
-    let mut runs = Vec::new();
-    for &schema_mode in args.schema_mode.runs() {
-        runs.push(
-            run_tasks(
-                settings,
-                client,
-                stack,
-                &sampler,
-                &name,
-                pid,
-                tasks,
-                schema_mode,
-                max_tokens,
-            )
-            .await,
-        );
-    }
-    let (timeline, max_tree_rss) = sampler.finish();
-    let idle_cpu = Summary::of(&sampler::window(&timeline, 0.0, idle_end));
-    let peak_rss = pid
-        .and_then(crate::meter::peak_rss_bytes)
-        .max((max_tree_rss > 0).then_some(max_tree_rss));
-    let runs = runs
-        .into_iter()
-        .map(|r| r.finish(&timeline, &idle_cpu, peak_rss, &settings.targets))
-        .collect();
-    Ok(ProfileReport {
-        profile: name,
-        model: status
-            .model
-            .clone()
-            .or_else(|| args.setup.model.as_ref().map(|m| m.display().to_string())),
-        backend: report::BackendInfo {
-            pid,
-            threads: status.threads,
-            threads_batch: status.threads_batch,
-        },
-        limit_cpus: status.limit_cpus,
-        governor: status.governor,
-        idle: report::IdlePhase {
-            duration_s: idle_end,
-            system_cpu: idle_cpu,
-            backend_cpu_percent: idle_backend,
-        },
-        cpu_timeline: timeline,
-        runs,
-    })
-}
-
 /// One pass over the tasks, before the CPU timeline is known.
 struct PendingRun {
     schema_mode: bool,
@@ -312,81 +196,192 @@ struct PendingRun {
     results: Vec<TaskResult>,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_tasks(
-    settings: &BenchConfig,
-    client: &reqwest::Client,
-    stack: &Stack,
-    sampler: &Sampler,
-    name: &str,
-    pid: Option<i32>,
-    tasks: &[Task],
-    schema_mode: bool,
+/// What every profile's measurement shares.
+struct Session<'a> {
+    args: &'a BenchArgs,
+    settings: &'a BenchConfig,
+    client: reqwest::Client,
+    api_key: Option<String>,
+    tasks: &'a [Task],
     max_tokens: u32,
-) -> PendingRun {
-    let label = if schema_mode {
-        format!("{name} (schema)")
-    } else {
-        name.to_string()
-    };
-    let cpu_before = pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time);
-    let start_s = sampler.now_s();
-    let started = Instant::now();
-    let mut results = Vec::with_capacity(tasks.len());
-    for (i, task) in tasks.iter().enumerate() {
-        let asked = Instant::now();
-        let outcome = workload::ask(
-            client,
-            stack,
-            task,
-            schema_mode,
-            max_tokens,
-            settings.request_timeout,
-        )
-        .await;
-        let result = match outcome {
-            Ok(o) => TaskResult {
-                id: task.id.clone(),
-                category: task.category.clone(),
-                score: task.scorer.score(&o.answer),
-                latency_s: o.latency.as_secs_f64(),
-                ttft_s: o.ttft.map(|t| t.as_secs_f64()),
-                completion_tokens: o.completion_tokens,
-                answer: o.answer,
-                error: None,
-            },
-            Err(e) => {
-                tracing::warn!(task = %task.id, error = %e, "task request failed");
-                TaskResult {
-                    id: task.id.clone(),
-                    category: task.category.clone(),
-                    score: 0.0,
-                    latency_s: asked.elapsed().as_secs_f64(),
-                    ttft_s: None,
-                    completion_tokens: None,
-                    answer: String::new(),
-                    error: Some(e.to_string()),
-                }
+}
+
+impl Session<'_> {
+    /// Starts (or attaches to) the stack for one profile, measures it, and stops it.
+    async fn measure_profile(&self, profile: Option<&str>) -> anyhow::Result<ProfileReport> {
+        let (args, settings, client) = (self.args, self.settings, &self.client);
+        let api_key = self.api_key.clone();
+        let stack = match &args.url {
+            Some(url) => Stack::attach(url, api_key),
+            None => {
+                let name = profile.unwrap_or_default();
+                eprintln!("bench: starting the supervisor with profile `{name}`");
+                let launch = Launch {
+                    exe: own_executable()?,
+                    profile: name.to_string(),
+                    model: args.setup.model.clone(),
+                    backend_bin: args.setup.backend_bin.clone(),
+                    config: args.setup.config.config.clone(),
+                    log: args.out.join(format!("supervisor-{name}.log")),
+                    listen_timeout: settings.ready_timeout,
+                };
+                Stack::start(&launch, api_key).await?
             }
         };
-        results.push(result);
-        eprintln!(
-            "bench: {label}: {}/{} tasks done, {:.1} s elapsed, CPU {}",
-            i + 1,
-            tasks.len(),
-            started.elapsed().as_secs_f64(),
-            sampler
-                .current_percent()
-                .map_or("n/a".to_string(), |c| format!("{c:.0} %"))
-        );
+        let mut backend_pid = None;
+        let result = async {
+            stack.wait_ready(client, settings.ready_timeout).await?;
+            let status = stack.status(client).await?;
+            backend_pid = status.backend_pid;
+            self.measure_ready(&stack, profile, status).await
+        }
+        .await;
+        stack.stop(backend_pid).await;
+        result
     }
-    let cpu_after = pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time);
-    PendingRun {
-        schema_mode,
-        start_s,
-        end_s: sampler.now_s(),
-        backend_cpu: cpu_before.zip(cpu_after).map(|(b, a)| a.saturating_sub(b)),
-        results,
+
+    async fn measure_ready(
+        &self,
+        stack: &Stack,
+        profile: Option<&str>,
+        status: StatusInfo,
+    ) -> anyhow::Result<ProfileReport> {
+        let (args, settings) = (self.args, self.settings);
+        let name = profile
+            .map(str::to_string)
+            .or(status.profile.clone())
+            .unwrap_or_else(|| "running".to_string());
+        let pid = status.backend_pid;
+        if pid.is_none() {
+            tracing::warn!(profile = %name, "/status reports no backend pid; backend CPU and RSS will be n/a");
+        }
+        let sampler = Sampler::start(settings.sample_interval, pid)
+            .context("cannot read system CPU counters")?;
+        eprintln!(
+            "bench: {name}: measuring idle for {}",
+            humantime::format_duration(args.idle)
+        );
+        let idle_cpu_before = pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time);
+        tokio::time::sleep(args.idle).await;
+        let idle_end = sampler.now_s();
+        let idle_backend = idle_cpu_before
+            .zip(pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time))
+            .map(|(b, a)| share_of_machine(a.saturating_sub(b), idle_end));
+        sampler.set_phase(Phase::Active);
+
+        let mut runs = Vec::new();
+        for &schema_mode in args.schema_mode.runs() {
+            runs.push(
+                self.run_tasks(stack, &sampler, &name, pid, schema_mode)
+                    .await,
+            );
+        }
+        let (timeline, max_tree_rss) = sampler.finish();
+        let idle_cpu = Summary::of(&sampler::window(&timeline, 0.0, idle_end));
+        let peak_rss = pid
+            .and_then(crate::meter::peak_rss_bytes)
+            .max((max_tree_rss > 0).then_some(max_tree_rss));
+        let runs = runs
+            .into_iter()
+            .map(|r| r.finish(&timeline, &idle_cpu, peak_rss, &settings.targets))
+            .collect();
+        Ok(ProfileReport {
+            profile: name,
+            model: status
+                .model
+                .clone()
+                .or_else(|| args.setup.model.as_ref().map(|m| m.display().to_string())),
+            backend: report::BackendInfo {
+                pid,
+                threads: status.threads,
+                threads_batch: status.threads_batch,
+            },
+            limit_cpus: status.limit_cpus,
+            governor: status.governor,
+            idle: report::IdlePhase {
+                duration_s: idle_end,
+                system_cpu: idle_cpu,
+                backend_cpu_percent: idle_backend,
+            },
+            cpu_timeline: timeline,
+            runs,
+        })
+    }
+
+    async fn run_tasks(
+        &self,
+        stack: &Stack,
+        sampler: &Sampler,
+        name: &str,
+        pid: Option<i32>,
+        schema_mode: bool,
+    ) -> PendingRun {
+        let (settings, client, tasks, max_tokens) =
+            (self.settings, &self.client, self.tasks, self.max_tokens);
+        let label = if schema_mode {
+            format!("{name} (schema)")
+        } else {
+            name.to_string()
+        };
+        let cpu_before = pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time);
+        let start_s = sampler.now_s();
+        let started = Instant::now();
+        let mut results = Vec::with_capacity(tasks.len());
+        for (i, task) in tasks.iter().enumerate() {
+            let asked = Instant::now();
+            let outcome = workload::ask(
+                client,
+                stack,
+                task,
+                schema_mode,
+                max_tokens,
+                settings.request_timeout,
+            )
+            .await;
+            let result = match outcome {
+                Ok(o) => TaskResult {
+                    id: task.id.clone(),
+                    category: task.category.clone(),
+                    score: task.scorer.score(&o.answer),
+                    latency_s: o.latency.as_secs_f64(),
+                    ttft_s: o.ttft.map(|t| t.as_secs_f64()),
+                    completion_tokens: o.completion_tokens,
+                    answer: o.answer,
+                    error: None,
+                },
+                Err(e) => {
+                    tracing::warn!(task = %task.id, error = %e, "task request failed");
+                    TaskResult {
+                        id: task.id.clone(),
+                        category: task.category.clone(),
+                        score: 0.0,
+                        latency_s: asked.elapsed().as_secs_f64(),
+                        ttft_s: None,
+                        completion_tokens: None,
+                        answer: String::new(),
+                        error: Some(e.to_string()),
+                    }
+                }
+            };
+            results.push(result);
+            eprintln!(
+                "bench: {label}: {}/{} tasks done, {:.1} s elapsed, CPU {}",
+                i + 1,
+                tasks.len(),
+                started.elapsed().as_secs_f64(),
+                sampler
+                    .current_percent()
+                    .map_or("n/a".to_string(), |c| format!("{c:.0} %"))
+            );
+        }
+        let cpu_after = pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time);
+        PendingRun {
+            schema_mode,
+            start_s,
+            end_s: sampler.now_s(),
+            backend_cpu: cpu_before.zip(cpu_after).map(|(b, a)| a.saturating_sub(b)),
+            results,
+        }
     }
 }
 
@@ -442,5 +437,74 @@ impl PendingRun {
             checks,
             results: self.results,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use report::CpuPoint;
+
+    fn result(category: &str, score: f64, latency_s: f64, tokens: u64, error: bool) -> TaskResult {
+        TaskResult {
+            id: format!("{category}-{score}"),
+            category: category.into(),
+            score,
+            latency_s,
+            ttft_s: (!error).then_some(latency_s / 4.0),
+            completion_tokens: (!error).then_some(tokens),
+            answer: String::new(),
+            error: error.then(|| "HTTP 503".to_string()),
+        }
+    }
+
+    #[test]
+    fn a_run_is_summarised_from_its_own_window() {
+        let point = |t_s, percent| CpuPoint {
+            t_s,
+            percent,
+            phase: Phase::Active,
+        };
+        // Idle before 1.0 s, this run from 1.0 to 2.0 s, another run after.
+        let timeline = [
+            point(0.5, 90.0),
+            point(1.0, 20.0),
+            point(1.5, 40.0),
+            point(2.0, 30.0),
+            point(2.5, 99.0),
+        ];
+        let pending = PendingRun {
+            schema_mode: true,
+            start_s: 1.0,
+            end_s: 2.0,
+            backend_cpu: Some(Duration::from_millis(500)),
+            results: vec![
+                result("a", 1.0, 1.0, 10, false),
+                result("a", 0.0, 3.0, 20, false),
+                result("b", 0.0, 9.0, 0, true),
+            ],
+        };
+        let idle = Summary::of(&[1.0]);
+        let run = pending.finish(
+            &timeline,
+            &idle,
+            Some(2_000_000_000),
+            &target::Targets::default(),
+        );
+        assert_eq!(run.system_cpu.count, 3);
+        assert!((run.system_cpu.mean - 30.0).abs() < 1e-9);
+        assert_eq!(run.system_cpu.max, 40.0);
+        assert_eq!((run.tasks, run.errors), (3, 1));
+        // The failed request scores 0 but does not enter the latency figures.
+        assert!((run.correctness - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(run.latency_s.count, 2);
+        assert_eq!(run.latency_s.max, 3.0);
+        assert_eq!(run.completion_tokens, 30);
+        assert!((run.tokens_per_s - 7.5).abs() < 1e-9);
+        let expected_backend = 0.5 / host_cpus() as f64 * 100.0;
+        assert!((run.backend_cpu_percent.unwrap() - expected_backend).abs() < 1e-9);
+        assert_eq!(run.categories["b"].correctness, 0.0);
+        assert!(!run.pass);
+        assert_eq!(SchemaMode::Both.runs(), &[false, true]);
     }
 }
