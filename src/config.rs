@@ -174,13 +174,17 @@ impl Config {
                 _ => BUILTIN_NAME.to_string(),
             }
         };
-        let mut config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|err| {
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged))
+            .map_err(|err| {
                 let key = err.path().to_string();
                 let key = if key == "." { String::new() } else { key };
                 ConfigError::Key {
                     file: file_of(&key),
-                    key: if key.is_empty() { "(top level)".into() } else { key },
+                    key: if key.is_empty() {
+                        "(top level)".into()
+                    } else {
+                        key
+                    },
                     message: err.into_inner().to_string(),
                 }
             })?;
@@ -208,7 +212,10 @@ impl Config {
         if self.backend.ctx_size < 64 {
             return Err(bad(
                 "backend.ctx_size".into(),
-                format!("{} is too small; use at least 64 tokens", self.backend.ctx_size),
+                format!(
+                    "{} is too small; use at least 64 tokens",
+                    self.backend.ctx_size
+                ),
             ));
         }
         if self.api_keys.iter().any(|k| k.trim().is_empty()) {
@@ -281,7 +288,9 @@ impl Config {
                 if !(a > 0.0 && a <= 1.0) {
                     return Err(bad(
                         key("adaptive"),
-                        format!("{a} is not a share of the machine; use a value in (0, 1], e.g. 0.6"),
+                        format!(
+                            "{a} is not a share of the machine; use a value in (0, 1], e.g. 0.6"
+                        ),
                     ));
                 }
             }
@@ -305,7 +314,10 @@ impl Config {
 
     /// Where setup keeps builds and models.
     pub fn cache_dir(&self) -> PathBuf {
-        self.backend.cache_dir.clone().unwrap_or_else(default_cache_dir)
+        self.backend
+            .cache_dir
+            .clone()
+            .unwrap_or_else(default_cache_dir)
     }
 
     /// API keys from the config and the `SENTINEL_API_KEY` variable.
@@ -403,7 +415,9 @@ mod tests {
 
     #[test]
     fn unknown_key_names_key_and_user_file() {
-        let err = user("[profiles.balanced]\nthreds = 2\n").unwrap_err().to_string();
+        let err = user("[profiles.balanced]\nthreds = 2\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/etc/my.toml"), "{err}");
         assert!(err.contains("profiles.balanced"), "{err}");
         assert!(err.contains("threds"), "{err}");
@@ -418,7 +432,9 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_key() {
-        let err = user("[profiles.fast]\nslots = \"two\"\n").unwrap_err().to_string();
+        let err = user("[profiles.fast]\nslots = \"two\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("profiles.fast.slots"), "{err}");
         assert!(err.contains("/etc/my.toml"), "{err}");
     }
@@ -426,13 +442,31 @@ mod tests {
     #[test]
     fn impossible_values_are_errors() {
         let cases = [
-            ("[profiles.balanced]\ncpus = 0.0\n", "profiles.balanced.cpus"),
-            ("[profiles.balanced]\ncpus = -1.0\n", "profiles.balanced.cpus"),
-            ("[profiles.balanced]\nthreads = 0\n", "profiles.balanced.threads"),
+            (
+                "[profiles.balanced]\ncpus = 0.0\n",
+                "profiles.balanced.cpus",
+            ),
+            (
+                "[profiles.balanced]\ncpus = -1.0\n",
+                "profiles.balanced.cpus",
+            ),
+            (
+                "[profiles.balanced]\nthreads = 0\n",
+                "profiles.balanced.threads",
+            ),
             ("[profiles.fast]\nslots = 0\n", "profiles.fast.slots"),
-            ("[profiles.fast]\nadaptive = 1.5\n", "profiles.fast.adaptive"),
-            ("[supervisor]\nbackoff_max = \"100ms\"\n", "supervisor.backoff_max"),
-            ("[supervisor]\nliveness_failures = 0\n", "supervisor.liveness_failures"),
+            (
+                "[profiles.fast]\nadaptive = 1.5\n",
+                "profiles.fast.adaptive",
+            ),
+            (
+                "[supervisor]\nbackoff_max = \"100ms\"\n",
+                "supervisor.backoff_max",
+            ),
+            (
+                "[supervisor]\nliveness_failures = 0\n",
+                "supervisor.liveness_failures",
+            ),
             ("default_profile = \"nope\"\n", "default_profile"),
             ("[backend]\nctx_size = 8\n", "backend.ctx_size"),
         ];
@@ -445,7 +479,9 @@ mod tests {
 
     #[test]
     fn bad_duration_and_syntax_are_reported() {
-        let err = user("[supervisor]\nstop_grace = \"soon\"\n").unwrap_err().to_string();
+        let err = user("[supervisor]\nstop_grace = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("supervisor.stop_grace"), "{err}");
         let err = user("[profiles.fast\n").unwrap_err().to_string();
         assert!(err.contains("invalid TOML"), "{err}");

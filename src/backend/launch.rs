@@ -29,7 +29,9 @@ impl LaunchSpec {
 
 /// A free ephemeral port on loopback (bound, read, released).
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// The model id clients see: `model_alias`, else the file name without `.gguf`.

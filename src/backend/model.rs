@@ -130,7 +130,10 @@ pub fn ensure_default(cache: &Path, pin: &ModelPin) -> Result<PathBuf, ModelErro
     }
     std::fs::rename(&partial, &path).map_err(io_err(&path))?;
     std::fs::write(&stamp, &pin.sha256).map_err(io_err(&stamp))?;
-    eprintln!("setup: default model ready (sha256 verified): {}", path.display());
+    eprintln!(
+        "setup: default model ready (sha256 verified): {}",
+        path.display()
+    );
     Ok(path)
 }
 
@@ -191,7 +194,13 @@ mod tests {
 
         let short = dir.path().join("s.gguf");
         std::fs::write(&short, b"GG").unwrap();
-        assert!(matches!(check_gguf(&short), Err(ModelError::NotGguf { .. })));
-        assert!(matches!(check_gguf(dir.path()), Err(ModelError::NotGguf { .. })));
+        assert!(matches!(
+            check_gguf(&short),
+            Err(ModelError::NotGguf { .. })
+        ));
+        assert!(matches!(
+            check_gguf(dir.path()),
+            Err(ModelError::NotGguf { .. })
+        ));
     }
 }

@@ -37,7 +37,13 @@ impl SourcePin {
     /// `<version>-<hash>`: changes whenever anything that affects the build changes.
     pub fn cache_key(&self) -> String {
         let mut h = Sha256::new();
-        for part in [&self.package, &self.version, &self.sha256, &self.subdirectory, &self.target] {
+        for part in [
+            &self.package,
+            &self.version,
+            &self.sha256,
+            &self.subdirectory,
+            &self.target,
+        ] {
             h.update(part.as_bytes());
             h.update([0]);
         }
@@ -76,7 +82,10 @@ mod tests {
         assert_eq!(s.sha256.len(), 64);
         assert!(s.cmake_flags.iter().any(|f| f == "-DGGML_METAL=OFF"));
         assert!(s.cache_key().starts_with(&format!("{}-", s.version)));
-        assert_eq!(s.sdist_name(), format!("llama_cpp_python-{}.tar.gz", s.version));
+        assert_eq!(
+            s.sdist_name(),
+            format!("llama_cpp_python-{}.tar.gz", s.version)
+        );
         let m = ModelPin::builtin();
         assert_eq!(m.packages.len(), m.parts.len());
         assert_eq!(m.sha256.len(), 64);

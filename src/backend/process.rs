@@ -55,6 +55,7 @@ pub struct BackendProcess {
     pid: i32,
     exited: Option<ExitStatus>,
     pub logs: LogTail,
+    forwarders: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl BackendProcess {
@@ -96,11 +97,12 @@ impl BackendProcess {
         let mut child = cmd.spawn()?;
         let pid = child.id().map(|p| p as i32).unwrap_or(-1);
         let logs = LogTail::default();
+        let mut forwarders = Vec::new();
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(forward(out, pid, "stdout", logs.clone()));
+            forwarders.push(tokio::spawn(forward(out, pid, "stdout", logs.clone())));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(forward(err, pid, "stderr", logs.clone()));
+            forwarders.push(tokio::spawn(forward(err, pid, "stderr", logs.clone())));
         }
         tracing::info!(pid, program = %spec.program.display(), port = spec.port, "backend started");
         Ok(BackendProcess {
@@ -108,6 +110,7 @@ impl BackendProcess {
             pid,
             exited: None,
             logs,
+            forwarders,
         })
     }
 
@@ -161,19 +164,33 @@ impl BackendProcess {
     pub async fn stop(&mut self, grace: Duration) -> ExitStatus {
         if let Some(s) = self.try_exited() {
             self.kill_leftovers();
+            self.drain_output().await;
             return s;
         }
         self.signal_group(Signal::SIGTERM);
         let status = match tokio::time::timeout(grace, self.wait()).await {
             Ok(s) => s,
             Err(_) => {
-                tracing::warn!(pid = self.pid, ?grace, "backend ignored SIGTERM; killing it");
+                tracing::warn!(
+                    pid = self.pid,
+                    ?grace,
+                    "backend ignored SIGTERM; killing it"
+                );
                 self.signal_group(Signal::SIGKILL);
                 self.wait().await
             }
         };
         self.kill_leftovers();
+        self.drain_output().await;
         status
+    }
+
+    /// Lets the log forwarders read what the child wrote before it died (its last error
+    /// lines matter most), within a short deadline.
+    async fn drain_output(&mut self) {
+        for f in self.forwarders.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_millis(500), f).await;
+        }
     }
 
     /// Kills whatever is left in the group after the leader is gone (grandchildren).
@@ -198,7 +215,12 @@ impl Drop for BackendProcess {
     }
 }
 
-async fn forward(stream: impl AsyncRead + Unpin, pid: i32, stream_name: &'static str, logs: LogTail) {
+async fn forward(
+    stream: impl AsyncRead + Unpin,
+    pid: i32,
+    stream_name: &'static str,
+    logs: LogTail,
+) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         tracing::info!(target: "backend", pid, stream = stream_name, "{line}");

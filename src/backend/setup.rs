@@ -32,19 +32,26 @@ pub struct Installed {
 /// Blocking (it may build for minutes): call from a blocking context.
 pub fn ensure(config: &Config, args: &SetupArgs) -> Result<Installed, SetupError> {
     let cache = config.cache_dir();
-    let model = match args.model.clone().or_else(|| config.model.clone()) {
-        Some(path) => {
-            model::check_gguf(&path)?;
-            path
-        }
-        None => model::ensure_default(&cache, &ModelPin::builtin())?,
-    };
-    let server = match args.backend_bin.clone().or_else(|| config.backend.bin.clone()) {
+    // Cheap checks of what the user gave come first, then the build (so a missing build tool
+    // is reported before a long model download), then the default model.
+    let explicit_model = args.model.clone().or_else(|| config.model.clone());
+    if let Some(path) = &explicit_model {
+        model::check_gguf(path)?;
+    }
+    let server = match args
+        .backend_bin
+        .clone()
+        .or_else(|| config.backend.bin.clone())
+    {
         Some(path) => {
             check_executable(&path)?;
             path
         }
         None => build::ensure_server(&cache, &SourcePin::builtin())?,
+    };
+    let model = match explicit_model {
+        Some(path) => path,
+        None => model::ensure_default(&cache, &ModelPin::builtin())?,
     };
     Ok(Installed { server, model })
 }

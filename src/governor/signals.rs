@@ -388,14 +388,22 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         assert!(!limiter.snapshot().throttling);
         for _ in 0..20 {
-            assert_eq!(crate::meter::process_state(pid), Some('S'));
+            assert_ne!(
+                crate::meter::process_state(pid),
+                Some('T'),
+                "the child must be continued"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         let _busy = activity.begin();
         assert!(wait_state(pid, |s| s == Some('T')));
         limiter.stop();
         limiter.stop();
-        assert_eq!(crate::meter::process_state(pid), Some('S'));
+        assert_ne!(
+            crate::meter::process_state(pid),
+            Some('T'),
+            "the child must be continued"
+        );
         child.kill().unwrap();
         child.wait().unwrap();
     }
@@ -409,7 +417,11 @@ mod tests {
         let limiter = SignalLimiter::start(target, params(0.02), &activity).unwrap();
         assert!(wait_state(pid, |s| s == Some('T')));
         drop(limiter);
-        assert_eq!(crate::meter::process_state(pid), Some('S'));
+        assert_ne!(
+            crate::meter::process_state(pid),
+            Some('T'),
+            "the child must be continued"
+        );
         child.kill().unwrap();
         child.wait().unwrap();
     }

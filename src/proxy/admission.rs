@@ -89,7 +89,10 @@ mod tests {
     async fn waiting_times_out_with_429() {
         let a = Admission::new(1, 10);
         let _held = a.admit(deadline_in(Duration::from_secs(1))).await.unwrap();
-        let err = a.admit(deadline_in(Duration::from_secs(2))).await.unwrap_err();
+        let err = a
+            .admit(deadline_in(Duration::from_secs(2)))
+            .await
+            .unwrap_err();
         assert_eq!(err.code, "queue_timeout");
         assert!(err.retry_after.is_some());
         assert_eq!(a.waiting(), 0);

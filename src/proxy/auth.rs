@@ -37,10 +37,9 @@ impl Keys {
 
     fn matches(&self, given: &[u8]) -> bool {
         // Check every key so timing does not reveal which one was close.
-        self.0
-            .iter()
-            .fold(0u8, |acc, k| acc | u8::from(bool::from(k.as_slice().ct_eq(given))))
-            == 1
+        self.0.iter().fold(0u8, |acc, k| {
+            acc | u8::from(bool::from(k.as_slice().ct_eq(given)))
+        }) == 1
     }
 }
 

@@ -14,7 +14,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         ApiError {
             status,
             kind,
@@ -28,7 +33,12 @@ impl ApiError {
         self
     }
     pub fn not_found(what: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", "not_found", what)
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "not_found",
+            what,
+        )
     }
     pub fn unauthorized() -> Self {
         Self::new(
@@ -43,11 +53,18 @@ impl ApiError {
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request_error",
             "request_too_large",
-            format!("Request body is larger than the limit of {limit} bytes (proxy.max_body_bytes)."),
+            format!(
+                "Request body is larger than the limit of {limit} bytes (proxy.max_body_bytes)."
+            ),
         )
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", "bad_request", message)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "bad_request",
+            message,
+        )
     }
     pub fn queue_full() -> Self {
         Self::new(
@@ -68,13 +85,28 @@ impl ApiError {
         .retry_after(2)
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "backend_unavailable", message)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "backend_unavailable",
+            message,
+        )
     }
     pub fn bad_gateway(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_GATEWAY, "server_error", "backend_error", message)
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            "backend_error",
+            message,
+        )
     }
     pub fn gateway_timeout(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::GATEWAY_TIMEOUT, "server_error", "backend_timeout", message)
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            "backend_timeout",
+            message,
+        )
     }
 
     /// The JSON body.

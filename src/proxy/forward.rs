@@ -71,7 +71,9 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
         .collect()
         .await
         .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 ApiError::too_large(limit)
             } else {
                 ApiError::bad_request(format!("could not read the request body: {e}"))
@@ -90,9 +92,10 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
         .map(|p| p.as_str())
         .unwrap_or("/");
     let mut retried = false;
+    let client = state.upstream();
     let upstream = loop {
         let request = upstream_request(&parts, path, &backend, body.clone())?;
-        match tokio::time::timeout(state.config.upstream_timeout, state.client.request(request)).await {
+        match tokio::time::timeout(state.config.upstream_timeout, client.request(request)).await {
             Err(_) => {
                 return Err(ApiError::gateway_timeout(format!(
                     "the model did not answer within {:?} (proxy.upstream_timeout)",
@@ -108,7 +111,9 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
                 backend = wait_for_backend(state, deadline, Some(backend.generation)).await?;
             }
             Ok(Err(e)) => {
-                return Err(ApiError::bad_gateway(format!("the model backend failed: {e}")));
+                return Err(ApiError::bad_gateway(format!(
+                    "the model backend failed: {e}"
+                )));
             }
         }
     };
@@ -204,7 +209,9 @@ async fn wait_for_backend(
                     return Ok(b.clone())
                 }
                 (State::Failed { reason, .. }, _) => {
-                    return Err(ApiError::unavailable(format!("the model backend has failed: {reason}")))
+                    return Err(ApiError::unavailable(format!(
+                        "the model backend has failed: {reason}"
+                    )))
                 }
                 (s, _) if !s.will_serve() => {
                     return Err(ApiError::unavailable(format!(
@@ -236,11 +243,20 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-custom"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-custom"),
+        );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-custom", HeaderValue::from_static("1"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key(header::CONTENT_TYPE));
@@ -252,8 +268,12 @@ mod tests {
         let s = std::str::from_utf8(&e).unwrap();
         assert!(s.starts_with("data: {"));
         assert!(s.ends_with("\n\n"));
-        let v: serde_json::Value = serde_json::from_str(s.trim_start_matches("data: ").trim()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(s.trim_start_matches("data: ").trim()).unwrap();
         assert_eq!(v["error"]["type"], "server_error");
-        assert!(v["error"]["message"].as_str().unwrap().contains("connection reset"));
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("connection reset"));
     }
 }

@@ -36,7 +36,9 @@ pub struct Shared {
     pub activity: Activity,
     pub admission: Admission,
     pub keys: auth::Keys,
-    pub client: forward::Upstream,
+    /// The upstream client and its keep-alive pool; replaced (closing idle connections) before
+    /// the backend is stopped, so llama-server does not wait for them to time out.
+    pub client: std::sync::Mutex<forward::Upstream>,
     pub info: Info,
     /// The governor's live status, as JSON (null when none runs).
     pub governor_status: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
@@ -44,6 +46,21 @@ pub struct Shared {
 }
 
 pub type AppState = Arc<Shared>;
+
+impl Shared {
+    /// A handle on the upstream client (cheap: shares the pool).
+    pub fn upstream(&self) -> forward::Upstream {
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Drops the idle keep-alive connections to the backend.
+    pub fn close_idle_upstream(&self) {
+        *self.client.lock().unwrap_or_else(|e| e.into_inner()) = forward::upstream_client();
+    }
+}
 
 /// The router with every route.
 pub fn router(state: AppState) -> Router {

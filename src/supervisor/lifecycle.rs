@@ -8,8 +8,8 @@ use crate::backend::launch::LaunchSpec;
 use crate::backend::process::BackendProcess;
 use crate::config::SupervisorConfig;
 use crate::governor::{Activity, Governor, GovernorConfig, GovernorHandle, GovernorSettings};
-use std::sync::{Arc, Mutex};
 use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -109,7 +109,11 @@ impl Lifecycle {
         client: &reqwest::Client,
         attempt: u32,
         restarts: u32,
-    ) -> (Outcome, Option<Duration>, Option<crate::backend::process::LogTail>) {
+    ) -> (
+        Outcome,
+        Option<Duration>,
+        Option<crate::backend::process::LogTail>,
+    ) {
         let spec = match (self.make_spec)() {
             Ok(s) => s,
             Err(e) => return (Outcome::SpawnFailed(e.to_string()), None, None),
@@ -147,7 +151,12 @@ impl Lifecycle {
         }
         let outcome = outcome.unwrap_or(Outcome::Cancelled);
         // Stopping the governor continues the child before it is signalled to stop.
-        if let Some(mut g) = self.governor.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(mut g) = self
+            .governor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             g.stop();
         }
         if matches!(outcome, Outcome::Cancelled) {
@@ -223,9 +232,17 @@ impl Lifecycle {
                     failed += 1;
                     tracing::warn!(pid = info.pid, failed, %why, "liveness probe failed");
                     if failed >= self.config.liveness_failures {
-                        return Outcome::Hung { failed_probes: failed };
+                        return Outcome::Hung {
+                            failed_probes: failed,
+                        };
                     }
-                    self.publish(State::Unhealthy { failed_probes: failed }, Some(info.clone()), restarts);
+                    self.publish(
+                        State::Unhealthy {
+                            failed_probes: failed,
+                        },
+                        Some(info.clone()),
+                        restarts,
+                    );
                 }
             }
         }

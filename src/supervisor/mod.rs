@@ -94,7 +94,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         status: status_rx,
         activity,
         keys: proxy::auth::Keys::new(keys),
-        client: proxy::forward::upstream_client(),
+        client: std::sync::Mutex::new(proxy::forward::upstream_client()),
         info: proxy::Info {
             model_id: launch::model_id(&config, &installed.model),
             model: installed.model.display().to_string(),
@@ -108,7 +108,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }),
         started: std::time::Instant::now(),
     });
-    let app = proxy::router(shared);
+    let app = proxy::router(Arc::clone(&shared));
     println!("sentinel-supervisor listening on http://{local}");
     tracing::info!(addr = %local, profile = %profile.name, model = %installed.model.display(), "listening");
 
@@ -121,14 +121,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     wait_for_signal().await;
     tracing::info!("shutting down");
+    // Idle keep-alive connections would make llama-server wait for them before exiting.
+    shared.close_idle_upstream();
     cancel.cancel();
     // The lifecycle task stops the backend (SIGCONT, SIGTERM, grace, SIGKILL, reap).
     let stop_deadline = config.supervisor.stop_grace + Duration::from_secs(5);
-    if tokio::time::timeout(stop_deadline, lifecycle_task).await.is_err() {
+    if tokio::time::timeout(stop_deadline, lifecycle_task)
+        .await
+        .is_err()
+    {
         tracing::error!("the backend did not stop in time");
     }
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, server).await.is_err() {
-        tracing::warn!("open connections did not finish within {SHUTDOWN_DEADLINE:?}; closing them");
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, server)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "open connections did not finish within {SHUTDOWN_DEADLINE:?}; closing them"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

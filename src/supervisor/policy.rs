@@ -120,7 +120,10 @@ mod tests {
     async fn crash_loop_gives_up_within_the_window_only() {
         let mut p = policy(3);
         for _ in 0..3 {
-            assert!(matches!(p.on_failure(Instant::now(), None), Decision::Restart(_)));
+            assert!(matches!(
+                p.on_failure(Instant::now(), None),
+                Decision::Restart(_)
+            ));
             tokio::time::advance(Duration::from_secs(10)).await;
         }
         assert_eq!(
@@ -134,7 +137,10 @@ mod tests {
         // Failures spread wider than the window never trip the breaker.
         let mut p = policy(3);
         for _ in 0..10 {
-            assert!(matches!(p.on_failure(Instant::now(), None), Decision::Restart(_)));
+            assert!(matches!(
+                p.on_failure(Instant::now(), None),
+                Decision::Restart(_)
+            ));
             tokio::time::advance(Duration::from_secs(120)).await;
         }
     }

@@ -8,15 +8,25 @@ use serde::Serialize;
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum State {
     /// Launched, loading the model; not serving yet.
-    Starting { attempt: u32 },
+    Starting {
+        attempt: u32,
+    },
     /// Serving.
     Ready,
     /// Serving, but the last liveness probes failed.
-    Unhealthy { failed_probes: u32 },
+    Unhealthy {
+        failed_probes: u32,
+    },
     /// Waiting before the next launch.
-    Backoff { delay_ms: u64, reason: String },
+    Backoff {
+        delay_ms: u64,
+        reason: String,
+    },
     /// Crash loop: no more restarts.
-    Failed { reason: String, last_lines: Vec<String> },
+    Failed {
+        reason: String,
+        last_lines: Vec<String>,
+    },
     /// Shutting down.
     Stopping,
     Stopped,

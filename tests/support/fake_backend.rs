@@ -1,1 +1,368 @@
-fn main(){}
+//! `fake-backend`: a stand-in for llama.cpp's `llama-server`, for fault injection and benchmarks.
+//!
+//! It takes llama-server's command line (only `--host`, `--port`, `--api-key` and `-m/--model`
+//! matter, everything else is ignored), serves the same routes in the same JSON shapes, and
+//! misbehaves on demand. `FAKE_BACKEND_MODE` holds comma-separated directives:
+//!
+//! | directive            | effect                                                              |
+//! |----------------------|---------------------------------------------------------------------|
+//! | `load=DUR`           | `/health` answers 503 "Loading model" for DUR after start            |
+//! | `exit-at-start=CODE` | print an error and exit with CODE at once                           |
+//! | `crash-after=DUR`    | exit(1) DUR after start                                             |
+//! | `hang-after=DUR`     | after DUR, accept every request (and stream) but never answer       |
+//! | `ignore-sigterm`     | ignore SIGTERM (needs SIGKILL)                                      |
+//! | `stream-chunks=N`    | content chunks per streamed answer (default 5)                      |
+//! | `stream-delay=DUR`   | pause between streamed chunks (default 0)                           |
+//! | `response-delay=DUR` | pause before a non-streamed answer or the first chunk               |
+//! | `die-mid-stream=N`   | exit(1) after sending N chunks of a stream                          |
+//! | `burn`               | spin one core while any request is being answered                   |
+//! | `starts-file=PATH`   | append this process's pid to PATH at every start                    |
+//!
+//! Durations are humantime strings (`250ms`, `2s`). A bad directive exits with status 2.
+
+#[path = "fake_backend/routes.rs"]
+mod routes;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The misbehaviours asked for in `FAKE_BACKEND_MODE`.
+#[derive(Debug, Clone)]
+struct Mode {
+    load: Duration,
+    exit_at_start: Option<i32>,
+    crash_after: Option<Duration>,
+    hang_after: Option<Duration>,
+    ignore_sigterm: bool,
+    stream_chunks: usize,
+    stream_delay: Duration,
+    response_delay: Duration,
+    die_mid_stream: Option<usize>,
+    burn: bool,
+    starts_file: Option<PathBuf>,
+}
+
+const DIRECTIVES: &str = "load=DUR, exit-at-start=CODE, crash-after=DUR, hang-after=DUR, \
+    ignore-sigterm, stream-chunks=N, stream-delay=DUR, response-delay=DUR, die-mid-stream=N, \
+    burn, starts-file=PATH";
+
+impl Mode {
+    fn parse(spec: &str) -> Result<Mode, String> {
+        let mut mode = Mode {
+            load: Duration::ZERO,
+            exit_at_start: None,
+            crash_after: None,
+            hang_after: None,
+            ignore_sigterm: false,
+            stream_chunks: 5,
+            stream_delay: Duration::ZERO,
+            response_delay: Duration::ZERO,
+            die_mid_stream: None,
+            burn: false,
+            starts_file: None,
+        };
+        for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            let (key, value) = match directive.split_once('=') {
+                Some((key, value)) => (key.trim(), Some(value.trim())),
+                None => (directive, None),
+            };
+            let dur = |v: &str| {
+                humantime::parse_duration(v).map_err(|e| {
+                    format!("`{key}={v}`: not a duration ({e}); write e.g. 250ms or 2s")
+                })
+            };
+            let num = |v: &str| {
+                v.parse::<usize>()
+                    .map_err(|e| format!("`{key}={v}`: not a whole number ({e})"))
+            };
+            match (key, value) {
+                ("load", Some(v)) => mode.load = dur(v)?,
+                ("exit-at-start", Some(v)) => {
+                    let code = v
+                        .parse()
+                        .map_err(|e| format!("`{key}={v}`: not an exit code ({e})"))?;
+                    mode.exit_at_start = Some(code);
+                }
+                ("crash-after", Some(v)) => mode.crash_after = Some(dur(v)?),
+                ("hang-after", Some(v)) => mode.hang_after = Some(dur(v)?),
+                ("ignore-sigterm", None) => mode.ignore_sigterm = true,
+                ("stream-chunks", Some(v)) => mode.stream_chunks = num(v)?,
+                ("stream-delay", Some(v)) => mode.stream_delay = dur(v)?,
+                ("response-delay", Some(v)) => mode.response_delay = dur(v)?,
+                ("die-mid-stream", Some(v)) => mode.die_mid_stream = Some(num(v)?),
+                ("burn", None) => mode.burn = true,
+                ("starts-file", Some(v)) => mode.starts_file = Some(PathBuf::from(v)),
+                _ => {
+                    return Err(format!(
+                        "unknown directive `{directive}` (known: {DIRECTIVES})"
+                    ))
+                }
+            }
+        }
+        Ok(mode)
+    }
+}
+
+/// The llama-server arguments this fake honours.
+#[derive(Debug, Clone)]
+struct Args {
+    host: String,
+    port: u16,
+    api_key: Option<String>,
+    model: String,
+}
+
+impl Args {
+    fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
+        let mut args = Args {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            api_key: None,
+            model: "fake-model".into(),
+        };
+        while let Some(arg) = argv.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) if flag.starts_with("--") => {
+                    (flag.to_string(), Some(value.to_string()))
+                }
+                _ => (arg, None),
+            };
+            if !matches!(
+                flag.as_str(),
+                "--host" | "--port" | "--api-key" | "-m" | "--model"
+            ) {
+                continue;
+            }
+            let value = inline
+                .or_else(|| argv.next())
+                .ok_or_else(|| format!("`{flag}` needs a value"))?;
+            match flag.as_str() {
+                "--host" => args.host = value,
+                "--port" => {
+                    args.port = value
+                        .parse()
+                        .map_err(|e| format!("`--port {value}`: {e}"))?
+                }
+                "--api-key" => args.api_key = Some(value),
+                _ => args.model = value,
+            }
+        }
+        Ok(args)
+    }
+}
+
+/// Shared state of the running fake.
+struct Backend {
+    args: Args,
+    mode: Mode,
+    started: Instant,
+    busy: Arc<AtomicUsize>,
+    burner: Option<std::thread::Thread>,
+    ids: AtomicU64,
+}
+
+type Shared = Arc<Backend>;
+
+impl Backend {
+    fn hung(&self) -> bool {
+        self.mode
+            .hang_after
+            .is_some_and(|after| self.started.elapsed() >= after)
+    }
+
+    /// Marks a request as being answered until the guard drops (drives `burn`).
+    fn busy(&self) -> Busy {
+        if self.busy.fetch_add(1, Ordering::SeqCst) == 0 {
+            if let Some(burner) = &self.burner {
+                burner.unpark();
+            }
+        }
+        Busy(self.busy.clone())
+    }
+}
+
+struct Busy(Arc<AtomicUsize>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Writes one line to stderr, ignoring a closed pipe (the supervisor may be gone).
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn main() {
+    let mode = std::env::var("FAKE_BACKEND_MODE").unwrap_or_default();
+    let (mode, args) = match (Mode::parse(&mode), Args::parse(std::env::args().skip(1))) {
+        (Ok(mode), Ok(args)) => (mode, args),
+        (Err(e), _) => fail(&format!("FAKE_BACKEND_MODE: {e}")),
+        (_, Err(e)) => fail(&e),
+    };
+    if let Some(path) = &mode.starts_file {
+        let line = format!("{}\n", std::process::id());
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path);
+        if let Err(e) = written.and_then(|mut f| f.write_all(line.as_bytes())) {
+            fail(&format!(
+                "cannot append to starts-file {}: {e}",
+                path.display()
+            ));
+        }
+    }
+    if let Some(code) = mode.exit_at_start {
+        say("error: fake failure at start");
+        say(&format!(
+            "main: exiting due to model loading error (FAKE_BACKEND_MODE exit-at-start={code})"
+        ));
+        std::process::exit(code);
+    }
+    if mode.ignore_sigterm {
+        // SAFETY: installing SIG_IGN before any thread exists has no handler to race with.
+        if let Err(e) = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::SIGTERM,
+                nix::sys::signal::SigHandler::SigIgn,
+            )
+        } {
+            fail(&format!("cannot ignore SIGTERM: {e}"));
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(serve(args, mode)),
+        Err(e) => fail(&format!("cannot start the tokio runtime: {e}")),
+    }
+}
+
+fn fail(message: &str) -> ! {
+    say(&format!("fake-backend: {message}"));
+    std::process::exit(2);
+}
+
+async fn serve(args: Args, mode: Mode) {
+    let busy = Arc::new(AtomicUsize::new(0));
+    let burner = mode.burn.then(|| {
+        let busy = busy.clone();
+        std::thread::spawn(move || loop {
+            while busy.load(Ordering::SeqCst) > 0 {
+                let slice = Instant::now();
+                while slice.elapsed() < Duration::from_millis(1) {
+                    std::hint::spin_loop();
+                }
+            }
+            std::thread::park();
+        })
+        .thread()
+        .clone()
+    });
+    let listener = match tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            say(&format!(
+                "main: couldn't bind HTTP server socket, hostname: {}, port: {}: {e}",
+                args.host, args.port
+            ));
+            std::process::exit(1);
+        }
+    };
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(args.port);
+    say(&format!(
+        "main: HTTP server is listening, hostname: {}, port: {port}",
+        args.host
+    ));
+    say(&format!(
+        "main: server is listening on http://{}:{port} - starting the main loop",
+        args.host
+    ));
+    if let Some(after) = mode.crash_after {
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            say(&format!(
+                "error: fake crash after {}",
+                humantime::format_duration(after)
+            ));
+            std::process::exit(1);
+        });
+    }
+    let backend = Arc::new(Backend {
+        args,
+        mode,
+        started: Instant::now(),
+        busy,
+        burner,
+        ids: AtomicU64::new(0),
+    });
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/v1/health", get(health))
+        .route("/v1/models", get(routes::models))
+        .route("/v1/chat/completions", post(routes::chat))
+        .route("/v1/completions", post(routes::completions))
+        .route("/v1/embeddings", post(routes::embeddings))
+        .route("/tokenize", post(routes::tokenize))
+        .route("/detokenize", post(routes::detokenize))
+        .route("/props", get(routes::props))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "File Not Found", "not_found_error") })
+        .layer(middleware::from_fn_with_state(backend.clone(), gate))
+        .with_state(backend);
+    if let Err(e) = axum::serve(listener, app).await {
+        say(&format!("fake-backend: server error: {e}"));
+        std::process::exit(1);
+    }
+}
+
+/// `{"error":{"code","message","type"}}`, the shape llama-server and OpenAI use.
+fn error(status: StatusCode, message: &str, kind: &str) -> Response {
+    let body = json!({"error": {"code": status.as_u16(), "message": message, "type": kind}});
+    (status, Json(body)).into_response()
+}
+
+/// Hangs once `hang-after` has passed, and checks the API key on every route but the health probes.
+async fn gate(State(b): State<Shared>, request: Request, next: Next) -> Response {
+    if b.hung() {
+        std::future::pending::<()>().await;
+    }
+    let public = matches!(request.uri().path(), "/health" | "/v1/health");
+    if let (Some(key), false) = (&b.args.api_key, public) {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if given.and_then(|v| v.strip_prefix("Bearer ")) != Some(key.as_str()) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "Invalid API Key",
+                "authentication_error",
+            );
+        }
+    }
+    next.run(request).await
+}
+
+async fn health(State(b): State<Shared>) -> Response {
+    if b.started.elapsed() < b.mode.load {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Loading model",
+            "unavailable_error",
+        );
+    }
+    Json(json!({"status": "ok"})).into_response()
+}

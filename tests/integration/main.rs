@@ -1,0 +1,9 @@
+//! The integration tests: the real binary, started on port 0, against a fake backend for
+//! fault injection and against the real llama-server with the default model.
+
+mod support;
+
+mod e2e;
+mod proxy;
+mod setup;
+mod supervisor;

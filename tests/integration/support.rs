@@ -1,0 +1,279 @@
+//! The harness: runs the real `sentinel-supervisor` binary on port 0 in a temp dir, waits for
+//! readiness with deadlines, prints the child's output when a test fails, kills in `Drop`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sentinel-supervisor");
+pub const FAKE: &str = env!("CARGO_BIN_EXE_fake-backend");
+
+/// A running supervisor.
+pub struct Supervisor {
+    pub child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// How to start one.
+#[derive(Default, Clone)]
+pub struct Options<'a> {
+    pub args: Vec<&'a str>,
+    pub env: Vec<(&'a str, String)>,
+    /// Extra TOML written to a config file passed with --config.
+    pub config: &'a str,
+    /// Use the fake backend (true) or the real llama-server and default model (false).
+    pub fake: bool,
+}
+
+impl Supervisor {
+    pub fn start(opts: Options) -> Supervisor {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, opts.config).expect("write config");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--config")
+            .arg(&config)
+            .args(&opts.args)
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info,backend=debug")
+            .env_remove("SENTINEL_API_KEY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if opts.fake {
+            let model = dir.path().join("fake.gguf");
+            std::fs::write(&model, b"GGUF fake model for tests").expect("write model");
+            cmd.arg("--backend-bin").arg(FAKE).arg("--model").arg(model);
+        } else {
+            let real = real_backend();
+            cmd.arg("--backend-bin")
+                .arg(&real.server)
+                .arg("--model")
+                .arg(&real.model);
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn sentinel-supervisor");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("sentinel-supervisor listening on ") {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+        });
+        let mut s = Supervisor {
+            child,
+            url: String::new(),
+            _dir: dir,
+            logs,
+        };
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => s.url = url,
+            Err(_) => panic!("no `listening on` line within 60 s\n{}", s.logs()),
+        }
+        s
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn client(&self) -> reqwest::blocking::Client {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap()
+    }
+
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        match self.client().get(format!("{}{path}", self.url)).send() {
+            Ok(r) => {
+                let code = r.status().as_u16();
+                (code, r.json().unwrap_or(serde_json::Value::Null))
+            }
+            Err(_) => (0, serde_json::Value::Null),
+        }
+    }
+
+    pub fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self
+            .client()
+            .post(format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .unwrap_or_else(|e| panic!("POST {path}: {e}\n{}", self.logs()));
+        let code = r.status().as_u16();
+        (code, r.json().unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Waits until `/health` answers `code`, returning its body.
+    pub fn wait_health(&self, code: u16, within: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (c, body) = self.get("/health");
+            if c == code {
+                return body;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "/health never answered {code} (last {c} {body})\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until `/health` reports `state`.
+    pub fn wait_state(&self, state: &str, within: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (_, body) = self.get("/health");
+            if body["state"] == state {
+                return body;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "/health never reached {state} (last {body})\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The backend's pid from `/status`.
+    pub fn backend_pid(&self) -> i32 {
+        let (_, s) = self.get("/status");
+        s["backend"]["pid"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no backend pid in {s}\n{}", self.logs())) as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits for the supervisor to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!("supervisor did not exit within {within:?}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- supervisor log ----\n{}\n---- end ----", self.logs());
+        }
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            state != Some("Z") && state != Some("X")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pid` is gone; returns how long it took.
+pub fn wait_gone(pid: i32, within: Duration) -> Duration {
+    let start = Instant::now();
+    while alive(pid) {
+        if start.elapsed() > within {
+            panic!("process {pid} still alive after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
+
+/// The real llama-server and default model, from `sentinel-supervisor setup` (which builds
+/// and fetches them into the cache the first time, and reuses them after).
+pub struct Real {
+    pub server: PathBuf,
+    pub model: PathBuf,
+}
+
+pub fn real_backend() -> &'static Real {
+    static REAL: OnceLock<Real> = OnceLock::new();
+    REAL.get_or_init(|| {
+        let out = Command::new(BIN)
+            .arg("setup")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run sentinel-supervisor setup");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "setup failed: {stdout}");
+        let find = |key: &str| -> PathBuf {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|p| Path::new(p.trim()).to_path_buf())
+                .unwrap_or_else(|| panic!("setup printed no `{key}` line: {stdout}"))
+        };
+        Real {
+            server: find("llama-server:"),
+            model: find("model:"),
+        }
+    })
+}
+
+/// Serialises tests that measure CPU or run the real model, so they do not disturb each other
+/// on a 2-core machine.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
