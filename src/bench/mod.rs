@@ -90,6 +90,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         tasks: &tasks,
         max_tokens,
     };
+    let source = args
+        .tasks
+        .as_ref()
+        .map_or("built-in".to_string(), |p| p.display().to_string());
+    let assemble = |profiles: Vec<ProfileReport>| Report {
+        format_version: report::FORMAT_VERSION,
+        generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        host: report::Host { cpus: host_cpus() },
+        tasks: report::TaskSource {
+            source: source.clone(),
+            count: tasks.len(),
+        },
+        targets: settings.targets.clone(),
+        verdict: Report::verdict_of(&profiles),
+        profiles,
+    };
     let mut reports = Vec::new();
     for profile in &profiles {
         let report = session
@@ -102,23 +118,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 )
             })?;
         reports.push(report);
+        // Written after every profile, so a long run never loses the profiles it finished.
+        write_outputs(&args.out, &assemble(reports.clone()), &settings)?;
     }
-
-    let report = Report {
-        format_version: report::FORMAT_VERSION,
-        generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        host: report::Host { cpus: host_cpus() },
-        tasks: report::TaskSource {
-            source: args
-                .tasks
-                .as_ref()
-                .map_or("built-in".to_string(), |p| p.display().to_string()),
-            count: tasks.len(),
-        },
-        targets: settings.targets.clone(),
-        verdict: Report::verdict_of(&reports),
-        profiles: reports,
-    };
+    let report = assemble(reports);
     write_outputs(&args.out, &report, &settings)?;
     println!("{}", report.summary_table());
     println!(
