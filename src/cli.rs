@@ -144,4 +144,18 @@ pub struct BenchArgs {
     /// Idle window measured before the tasks.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub idle: std::time::Duration,
+    /// Send tasks' JSON schemas as `response_format` (off, on, or both: every task twice).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = crate::bench::SchemaMode::Both)]
+    pub schema_mode: crate::bench::SchemaMode,
+    /// Upper bound on generated tokens per task (default: [bench] max_tokens).
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<u32>,
+    /// API key for the supervisor, sent as `Authorization: Bearer KEY`.
+    #[arg(
+        long,
+        env = "SENTINEL_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
 }

@@ -1,5 +1,513 @@
-//! The experiment harness: workloads, the endpoint-security task set, scoring and reports.
+//! The experiment harness: for each profile, start (or attach to) the supervisor stack, measure
+//! idle CPU, run the endpoint-security task set through the OpenAI endpoint while sampling CPU
+//! and memory, and write `report.json`, `report.md` and `cpu.svg`.
+//!
+//! Files: `task` (the task set), `score` (scorers), `stack` (the supervisor under test),
+//! `sampler` (CPU over time), `workload` (one streamed request), `stats`, `target`, `settings`
+//! (`[bench]` config), `report` and `chart`.
 
-pub async fn run(_args: crate::cli::BenchArgs) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("`bench` is being built (issue 5)")
+pub mod chart;
+pub mod report;
+pub mod sampler;
+pub mod score;
+pub mod settings;
+pub mod stack;
+pub mod stats;
+pub mod target;
+pub mod task;
+pub mod workload;
+
+use crate::cli::BenchArgs;
+use anyhow::Context;
+use report::{Phase, ProfileReport, Report, RunReport, TaskResult};
+use sampler::Sampler;
+use settings::BenchConfig;
+use stack::{Launch, Stack, StatusInfo};
+use stats::Summary;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use task::Task;
+
+/// Whether tasks are sent with `response_format: json_schema`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SchemaMode {
+    Off,
+    On,
+    #[default]
+    Both,
+}
+
+impl SchemaMode {
+    fn runs(self) -> &'static [bool] {
+        match self {
+            SchemaMode::Off => &[false],
+            SchemaMode::On => &[true],
+            SchemaMode::Both => &[false, true],
+        }
+    }
+}
+
+/// File names written into `--out`.
+pub const REPORT_JSON: &str = "report.json";
+pub const REPORT_MD: &str = "report.md";
+pub const CHART_SVG: &str = "cpu.svg";
+
+/// Runs `bench`. Exit code 0 when every measurement completed (whatever the verdict), 1 when
+/// some requests failed (the report is still written); errors stop the run.
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let config = crate::config::Config::load(args.setup.config.config.as_deref())?;
+    let settings = settings::from_config(&config)?;
+    // The key of a supervisor started here comes from the same configuration.
+    let api_key = args
+        .api_key
+        .clone()
+        .or_else(|| config.effective_api_keys().into_iter().next());
+    let mut tasks = task::load(args.tasks.as_deref())?;
+    if let Some(n) = args.limit {
+        anyhow::ensure!(n > 0, "--limit 0 leaves no task to run (use N >= 1)");
+        tasks.truncate(n);
+    }
+    let profiles: Vec<Option<String>> = match (&args.url, args.profiles.as_slice()) {
+        (None, []) => anyhow::bail!("nothing to measure: pass --profile NAME (repeatable) or --url URL"),
+        (Some(_), [_, _, ..]) => anyhow::bail!(
+            "--url measures the one running supervisor; pass at most one --profile with it (its name in the report)"
+        ),
+        (Some(_), p) => vec![p.first().cloned()],
+        (None, p) => p.iter().cloned().map(Some).collect(),
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create the output directory {}", args.out.display()))?;
+    let client = reqwest::Client::builder()
+        .build()
+        .context("cannot build the HTTP client")?;
+    let max_tokens = args.max_tokens.unwrap_or(settings.max_tokens);
+
+    let session = Session {
+        args: &args,
+        settings: &settings,
+        client,
+        api_key,
+        tasks: &tasks,
+        max_tokens,
+    };
+    let source = args
+        .tasks
+        .as_ref()
+        .map_or("built-in".to_string(), |p| p.display().to_string());
+    let assemble = |profiles: Vec<ProfileReport>| Report {
+        format_version: report::FORMAT_VERSION,
+        generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        host: report::Host { cpus: host_cpus() },
+        tasks: report::TaskSource {
+            source: source.clone(),
+            count: tasks.len(),
+        },
+        targets: settings.targets.clone(),
+        verdict: Report::verdict_of(&profiles),
+        profiles,
+    };
+    let mut reports = Vec::new();
+    for profile in &profiles {
+        let report = session
+            .measure_profile(profile.as_deref())
+            .await
+            .with_context(|| {
+                format!(
+                    "measuring profile `{}`",
+                    profile.as_deref().unwrap_or("(running)")
+                )
+            })?;
+        reports.push(report);
+        // Written after every profile, so a long run never loses the profiles it finished.
+        write_outputs(&args.out, &assemble(reports.clone()), &settings)?;
+    }
+    let report = assemble(reports);
+    write_outputs(&args.out, &report, &settings)?;
+    println!("{}", report.summary_table());
+    println!(
+        "Verdict: {:?}. Reports in {}",
+        report.verdict,
+        args.out.display()
+    );
+    let errors: usize = report
+        .profiles
+        .iter()
+        .flat_map(|p| &p.runs)
+        .map(|r| r.errors)
+        .sum();
+    if errors > 0 {
+        eprintln!("bench: {errors} request(s) failed; see `error` in {REPORT_JSON}");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// This very binary, to start `run` from. On Linux `/proc/self/exe` still works when the file
+/// was replaced or deleted since this process started (a rebuild during a long bench).
+fn own_executable() -> anyhow::Result<std::path::PathBuf> {
+    #[cfg(target_os = "linux")]
+    {
+        let proc_exe = std::path::PathBuf::from("/proc/self/exe");
+        if proc_exe.exists() {
+            return Ok(proc_exe);
+        }
+    }
+    std::env::current_exe().context("cannot locate this executable to start `run`")
+}
+
+/// CPU time used over `wall_s` seconds, as a percentage of the whole machine.
+fn share_of_machine(cpu: Duration, wall_s: f64) -> f64 {
+    if wall_s <= 0.0 {
+        return 0.0;
+    }
+    cpu.as_secs_f64() / (wall_s * host_cpus() as f64) * 100.0
+}
+
+fn host_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn write_outputs(
+    out: &std::path::Path,
+    report: &Report,
+    settings: &BenchConfig,
+) -> anyhow::Result<()> {
+    let write = |name: &str, text: String| {
+        let path = out.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    };
+    write(REPORT_JSON, serde_json::to_string_pretty(report)?)?;
+    write(REPORT_MD, report.to_markdown(Some(CHART_SVG)))?;
+    let t = &settings.targets;
+    write(
+        CHART_SVG,
+        chart::render(
+            report,
+            t.active_cpu_mean_max_percent,
+            t.active_cpu_p99_max_percent,
+        ),
+    )?;
+    Ok(())
+}
+
+/// One pass over the tasks, before the CPU timeline is known.
+struct PendingRun {
+    schema_mode: bool,
+    start_s: f64,
+    end_s: f64,
+    backend_cpu: Option<Duration>,
+    results: Vec<TaskResult>,
+}
+
+/// What every profile's measurement shares.
+struct Session<'a> {
+    args: &'a BenchArgs,
+    settings: &'a BenchConfig,
+    client: reqwest::Client,
+    api_key: Option<String>,
+    tasks: &'a [Task],
+    max_tokens: u32,
+}
+
+impl Session<'_> {
+    /// Starts (or attaches to) the stack for one profile, measures it, and stops it.
+    async fn measure_profile(&self, profile: Option<&str>) -> anyhow::Result<ProfileReport> {
+        let (args, settings, client) = (self.args, self.settings, &self.client);
+        let api_key = self.api_key.clone();
+        let stack = match &args.url {
+            Some(url) => Stack::attach(url, api_key),
+            None => {
+                let name = profile.unwrap_or_default();
+                eprintln!("bench: starting the supervisor with profile `{name}`");
+                let launch = Launch {
+                    exe: own_executable()?,
+                    profile: name.to_string(),
+                    model: args.setup.model.clone(),
+                    backend_bin: args.setup.backend_bin.clone(),
+                    config: args.setup.config.config.clone(),
+                    log: args.out.join(format!("supervisor-{name}.log")),
+                    listen_timeout: settings.ready_timeout,
+                };
+                Stack::start(&launch, api_key).await?
+            }
+        };
+        let mut backend_pid = None;
+        let result = async {
+            stack.wait_ready(client, settings.ready_timeout).await?;
+            let status = stack.status(client).await?;
+            backend_pid = status.backend_pid;
+            self.measure_ready(&stack, profile, status).await
+        }
+        .await;
+        stack.stop(backend_pid).await;
+        result
+    }
+
+    async fn measure_ready(
+        &self,
+        stack: &Stack,
+        profile: Option<&str>,
+        status: StatusInfo,
+    ) -> anyhow::Result<ProfileReport> {
+        let (args, settings) = (self.args, self.settings);
+        let name = profile
+            .map(str::to_string)
+            .or(status.profile.clone())
+            .unwrap_or_else(|| "running".to_string());
+        let pid = status.backend_pid;
+        if pid.is_none() {
+            tracing::warn!(profile = %name, "/status reports no backend pid; backend CPU and RSS will be n/a");
+        }
+        let sampler = Sampler::start(settings.sample_interval, pid)
+            .context("cannot read system CPU counters")?;
+        eprintln!(
+            "bench: {name}: measuring idle for {}",
+            humantime::format_duration(args.idle)
+        );
+        let idle_cpu_before = pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time);
+        tokio::time::sleep(args.idle).await;
+        let idle_end = sampler.now_s();
+        let idle_backend = idle_cpu_before
+            .zip(pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time))
+            .map(|(b, a)| share_of_machine(a.saturating_sub(b), idle_end));
+        sampler.set_phase(Phase::Active);
+
+        let mut runs = Vec::new();
+        for &schema_mode in args.schema_mode.runs() {
+            runs.push(
+                self.run_tasks(stack, &sampler, &name, pid, schema_mode)
+                    .await,
+            );
+        }
+        let (timeline, max_tree_rss) = sampler.finish();
+        let idle_cpu = Summary::of(&sampler::window(&timeline, 0.0, idle_end));
+        let peak_rss = pid
+            .and_then(crate::meter::peak_rss_bytes)
+            .max((max_tree_rss > 0).then_some(max_tree_rss));
+        let runs = runs
+            .into_iter()
+            .map(|r| r.finish(&timeline, &idle_cpu, peak_rss, &settings.targets))
+            .collect();
+        Ok(ProfileReport {
+            profile: name,
+            model: status
+                .model
+                .clone()
+                .or_else(|| args.setup.model.as_ref().map(|m| m.display().to_string())),
+            backend: report::BackendInfo {
+                pid,
+                threads: status.threads,
+                threads_batch: status.threads_batch,
+            },
+            limit_cpus: status.limit_cpus,
+            governor: status.governor,
+            idle: report::IdlePhase {
+                duration_s: idle_end,
+                system_cpu: idle_cpu,
+                backend_cpu_percent: idle_backend,
+            },
+            cpu_timeline: timeline,
+            runs,
+        })
+    }
+
+    async fn run_tasks(
+        &self,
+        stack: &Stack,
+        sampler: &Sampler,
+        name: &str,
+        pid: Option<i32>,
+        schema_mode: bool,
+    ) -> PendingRun {
+        let (settings, client, tasks, max_tokens) =
+            (self.settings, &self.client, self.tasks, self.max_tokens);
+        let label = if schema_mode {
+            format!("{name} (schema)")
+        } else {
+            name.to_string()
+        };
+        let cpu_before = pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time);
+        let start_s = sampler.now_s();
+        let started = Instant::now();
+        let mut results = Vec::with_capacity(tasks.len());
+        for (i, task) in tasks.iter().enumerate() {
+            let asked = Instant::now();
+            let outcome = workload::ask(
+                client,
+                stack,
+                task,
+                schema_mode,
+                max_tokens,
+                settings.request_timeout,
+            )
+            .await;
+            let result = match outcome {
+                Ok(o) => TaskResult {
+                    id: task.id.clone(),
+                    category: task.category.clone(),
+                    score: task.scorer.score(&o.answer),
+                    latency_s: o.latency.as_secs_f64(),
+                    ttft_s: o.ttft.map(|t| t.as_secs_f64()),
+                    completion_tokens: o.completion_tokens,
+                    answer: o.answer,
+                    error: None,
+                },
+                Err(e) => {
+                    tracing::warn!(task = %task.id, error = %e, "task request failed");
+                    TaskResult {
+                        id: task.id.clone(),
+                        category: task.category.clone(),
+                        score: 0.0,
+                        latency_s: asked.elapsed().as_secs_f64(),
+                        ttft_s: None,
+                        completion_tokens: None,
+                        answer: String::new(),
+                        error: Some(e.to_string()),
+                    }
+                }
+            };
+            results.push(result);
+            eprintln!(
+                "bench: {label}: {}/{} tasks done, {:.1} s elapsed, CPU {}",
+                i + 1,
+                tasks.len(),
+                started.elapsed().as_secs_f64(),
+                sampler
+                    .current_percent()
+                    .map_or("n/a".to_string(), |c| format!("{c:.0} %"))
+            );
+        }
+        let cpu_after = pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time);
+        PendingRun {
+            schema_mode,
+            start_s,
+            end_s: sampler.now_s(),
+            backend_cpu: cpu_before.zip(cpu_after).map(|(b, a)| a.saturating_sub(b)),
+            results,
+        }
+    }
+}
+
+impl PendingRun {
+    fn finish(
+        self,
+        timeline: &[report::CpuPoint],
+        idle_cpu: &Summary,
+        peak_rss: Option<u64>,
+        targets: &target::Targets,
+    ) -> RunReport {
+        let duration_s = self.end_s - self.start_s;
+        let system_cpu = Summary::of(&sampler::window(timeline, self.start_s, self.end_s));
+        let ok: Vec<&TaskResult> = self.results.iter().filter(|r| r.error.is_none()).collect();
+        let latency_s = Summary::of(&ok.iter().map(|r| r.latency_s).collect::<Vec<_>>());
+        let ttft_s = Summary::of(&ok.iter().filter_map(|r| r.ttft_s).collect::<Vec<_>>());
+        let completion_tokens: u64 = ok.iter().filter_map(|r| r.completion_tokens).sum();
+        let busy: f64 = ok.iter().map(|r| r.latency_s).sum();
+        let (correctness, categories) = report::correctness(&self.results);
+        let backend_cpu_percent = self
+            .backend_cpu
+            .filter(|_| duration_s > 0.0)
+            .map(|c| share_of_machine(c, duration_s));
+        let checks = targets.evaluate(&target::Measured {
+            idle_cpu_mean: (idle_cpu.count > 0).then_some(idle_cpu.mean),
+            active_cpu_mean: system_cpu.mean,
+            active_cpu_p99: system_cpu.p99,
+            peak_rss_bytes: peak_rss,
+            latency_p95: Duration::from_secs_f64(latency_s.p95.max(0.0)),
+            latency_p99_over_p50: latency_s.p99_over_p50(),
+            correctness,
+        });
+        RunReport {
+            schema_mode: self.schema_mode,
+            tasks: self.results.len(),
+            errors: self.results.len() - ok.len(),
+            correctness,
+            categories,
+            latency_s,
+            latency_p99_over_p50: latency_s.p99_over_p50(),
+            ttft_s,
+            completion_tokens,
+            tokens_per_s: if busy > 0.0 {
+                completion_tokens as f64 / busy
+            } else {
+                0.0
+            },
+            duration_s,
+            system_cpu,
+            backend_cpu_percent,
+            peak_rss_bytes: peak_rss,
+            pass: checks.iter().all(|c| c.pass),
+            checks,
+            results: self.results,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use report::CpuPoint;
+
+    fn result(category: &str, score: f64, latency_s: f64, tokens: u64, error: bool) -> TaskResult {
+        TaskResult {
+            id: format!("{category}-{score}"),
+            category: category.into(),
+            score,
+            latency_s,
+            ttft_s: (!error).then_some(latency_s / 4.0),
+            completion_tokens: (!error).then_some(tokens),
+            answer: String::new(),
+            error: error.then(|| "HTTP 503".to_string()),
+        }
+    }
+
+    #[test]
+    fn a_run_is_summarised_from_its_own_window() {
+        let point = |t_s, percent| CpuPoint {
+            t_s,
+            percent,
+            phase: Phase::Active,
+        };
+        // Idle before 1.0 s, this run from 1.0 to 2.0 s, another run after.
+        let timeline = [
+            point(0.5, 90.0),
+            point(1.0, 20.0),
+            point(1.5, 40.0),
+            point(2.0, 30.0),
+            point(2.5, 99.0),
+        ];
+        let pending = PendingRun {
+            schema_mode: true,
+            start_s: 1.0,
+            end_s: 2.0,
+            backend_cpu: Some(Duration::from_millis(500)),
+            results: vec![
+                result("a", 1.0, 1.0, 10, false),
+                result("a", 0.0, 3.0, 20, false),
+                result("b", 0.0, 9.0, 0, true),
+            ],
+        };
+        let idle = Summary::of(&[1.0]);
+        let run = pending.finish(
+            &timeline,
+            &idle,
+            Some(2_000_000_000),
+            &target::Targets::default(),
+        );
+        assert_eq!(run.system_cpu.count, 3);
+        assert!((run.system_cpu.mean - 30.0).abs() < 1e-9);
+        assert_eq!(run.system_cpu.max, 40.0);
+        assert_eq!((run.tasks, run.errors), (3, 1));
+        // The failed request scores 0 but does not enter the latency figures.
+        assert!((run.correctness - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(run.latency_s.count, 2);
+        assert_eq!(run.latency_s.max, 3.0);
+        assert_eq!(run.completion_tokens, 30);
+        assert!((run.tokens_per_s - 7.5).abs() < 1e-9);
+        let expected_backend = 0.5 / host_cpus() as f64 * 100.0;
+        assert!((run.backend_cpu_percent.unwrap() - expected_backend).abs() < 1e-9);
+        assert_eq!(run.categories["b"].correctness, 0.0);
+        assert!(!run.pass);
+        assert_eq!(SchemaMode::Both.runs(), &[false, true]);
+    }
 }
