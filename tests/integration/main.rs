@@ -3,7 +3,10 @@
 
 mod support;
 
+mod bench;
 mod e2e;
+mod fake_backend;
+mod governor;
 mod proxy;
 mod setup;
 mod supervisor;

@@ -1,8 +1,6 @@
 //! Integration tests of `sentinel-supervisor bench` against the real binary.
 //!
-//! The end-to-end test needs the real llama-server and the default model, so it runs only with
-//! `SENTINEL_E2E=1`. `SENTINEL_E2E_MODEL` and `SENTINEL_E2E_BACKEND_BIN` point it at a model
-//! and a llama-server binary; without them the supervisor's own setup cache is used.
+//! The end-to-end test uses the real llama-server and the default model from `setup`.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -57,10 +55,8 @@ fn number(v: &serde_json::Value, what: &str) -> f64 {
 
 #[test]
 fn end_to_end_two_profiles_on_the_default_model() {
-    if std::env::var("SENTINEL_E2E").as_deref() != Ok("1") {
-        eprintln!("skipped: set SENTINEL_E2E=1 to run the end-to-end bench (needs llama-server and the model)");
-        return;
-    }
+    let _cpu = crate::support::exclusive();
+    let real = crate::support::real_backend();
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("out");
     let mut args: Vec<String> = [
@@ -78,14 +74,11 @@ fn end_to_end_two_profiles_on_the_default_model() {
     .map(|s| s.to_string())
     .collect();
     args.push(out_dir.display().to_string());
-    for (var, flag) in [
-        ("SENTINEL_E2E_MODEL", "--model"),
-        ("SENTINEL_E2E_BACKEND_BIN", "--backend-bin"),
-    ] {
-        if let Ok(v) = std::env::var(var) {
-            args.extend([flag.to_string(), v]);
-        }
-    }
+    args.extend(["--model".to_string(), real.model.display().to_string()]);
+    args.extend([
+        "--backend-bin".to_string(),
+        real.server.display().to_string(),
+    ]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = bench(&refs);
     let stderr = String::from_utf8_lossy(&out.stderr);

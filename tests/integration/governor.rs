@@ -119,6 +119,7 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
 
 #[test]
 fn command_mode_holds_half_a_core() {
+    let _cpu = crate::support::exclusive();
     let limiter = limiter(&["--cpus", "0.5", "--", BURNER, "--threads", "2"]);
     let pid = child_of(limiter.0.id());
     assert_half_core(pid);
@@ -126,6 +127,7 @@ fn command_mode_holds_half_a_core() {
 
 #[test]
 fn pid_mode_holds_half_a_core_and_sigterm_leaves_the_target_running() {
+    let _cpu = crate::support::exclusive();
     let burner = burner(2);
     let pid = burner.0.id() as i32;
     let mut limiter = limiter(&["--cpus", "0.5", "--pid", &pid.to_string()]);
@@ -154,6 +156,7 @@ fn pid_mode_holds_half_a_core_and_sigterm_leaves_the_target_running() {
 
 #[test]
 fn sigkill_of_the_limiter_kills_the_command_it_started() {
+    let _cpu = crate::support::exclusive();
     let mut limiter = limiter(&["--cpus", "0.2", "--", BURNER, "--threads", "2"]);
     let pid = child_of(limiter.0.id());
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -175,6 +178,7 @@ fn sigkill_of_the_limiter_kills_the_command_it_started() {
 
 #[test]
 fn command_exit_code_is_passed_through() {
+    let _cpu = crate::support::exclusive();
     let out = run_limit(&["--cpus", "0.5", "--", "sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7));
 }
@@ -189,6 +193,7 @@ fn run_limit(args: &[&str]) -> Output {
 
 #[test]
 fn bad_invocations_say_what_to_do() {
+    let _cpu = crate::support::exclusive();
     let stderr = |args: &[&str]| {
         let out = run_limit(args);
         assert!(!out.status.success(), "{args:?} succeeded");
