@@ -87,6 +87,11 @@ impl DutyController {
     }
 
     /// Changes the number of CPUs the child can keep busy (its thread count changed).
+    /// CPUs the child can keep busy, as the controller counts them.
+    pub fn usable(&self) -> f64 {
+        self.usable
+    }
+
     pub fn set_usable(&mut self, usable: usize) {
         self.usable = usable.max(1) as f64;
     }

@@ -93,6 +93,13 @@ pub async fn run(args: LimitArgs) -> anyhow::Result<ExitCode> {
     let mut handle = match Governor::start(pid, &config, settings, activity.clone()) {
         Ok(handle) => handle,
         Err(err) => {
+            // A command that finished at once is gone before it could be governed: that is
+            // its exit, not an error.
+            if let Ok(status) =
+                tokio::time::timeout(std::time::Duration::from_millis(200), &mut exited).await
+            {
+                return Ok(exit_code(status));
+            }
             kill_group(pid, libc::SIGKILL);
             return Err(err.into());
         }

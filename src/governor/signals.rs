@@ -111,6 +111,7 @@ impl SignalLimiter {
                 .name("governor-signals".into())
                 .spawn(move || {
                     let _resume = ResumeOnDrop(&target);
+                    raise_own_priority();
                     let mut lp = Loop {
                         target: &target,
                         ctl: DutyController::new(
@@ -246,6 +247,7 @@ impl Loop<'_> {
         let mut cpu_start = crate::meter::process_cpu_time(pid).ok_or_else(gone)?;
         let mut sys_start = crate::meter::system_times().ok();
         self.ctl.reset_window();
+        let mut periods: u64 = 0;
         while !*self.stop.borrow() && *self.activity.borrow() > 0 {
             if self.ctl.unthrottled() {
                 let (activity, stop, window) = (&mut self.activity, &mut self.stop, self.window);
@@ -267,6 +269,20 @@ impl Loop<'_> {
                 let now = Instant::now();
                 if now > next + period {
                     next = now;
+                }
+                // A program we know nothing about may start threads at any time (a freshly
+                // started one usually has one thread yet): follow its count every few periods,
+                // and start a fresh feedback window when it changes.
+                periods += 1;
+                if self.follow_threads && periods % THREAD_CHECK_PERIODS == 0 {
+                    let usable = follow_threads(pid);
+                    if usable as f64 != self.ctl.usable() {
+                        self.ctl.set_usable(usable);
+                        self.ctl.reset_window();
+                        window_start = now;
+                        cpu_start = crate::meter::process_cpu_time(pid).ok_or_else(gone)?;
+                        sys_start = crate::meter::system_times().ok();
+                    }
                 }
             }
             let now = Instant::now();
@@ -323,6 +339,36 @@ fn sleep_until(deadline: Instant) {
 }
 
 /// CPUs a child with an unknown thread count can keep busy: its threads, at most the CPUs.
+/// Gives the limiter thread a real-time priority where allowed (else the highest nice it may
+/// take). Its stop deadlines fall while the child keeps every CPU busy; at normal priority the
+/// scheduler may wake it milliseconds late (wakeup granularity), and the child runs on for that
+/// long, so the budget overshoots. The thread sleeps between deadlines, so this costs nothing.
+fn raise_own_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread.
+    unsafe {
+        let param = libc::sched_param { sched_priority: 10 };
+        if libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 {
+            tracing::debug!("governor thread runs SCHED_FIFO");
+            return;
+        }
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, -10) != 0 {
+            tracing::debug!(
+                "governor thread keeps its normal priority (no permission to raise it)"
+            );
+        }
+    }
+    #[cfg(target_os = "macos")]
+    // SAFETY: plain system call on the calling thread.
+    unsafe {
+        libc::pthread_set_qos_class_self_np(libc::qos_class_t::QOS_CLASS_USER_INTERACTIVE, 0);
+    }
+}
+
+/// How often (in periods) the thread count of an unknown program is read again.
+const THREAD_CHECK_PERIODS: u64 = 5;
+
 fn follow_threads(pid: i32) -> usize {
     crate::meter::thread_count(pid)
         .unwrap_or(usize::MAX)
