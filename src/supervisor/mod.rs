@@ -114,6 +114,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let server_cancel = cancel.clone();
     let server = tokio::spawn(async move {
+        use axum::serve::ListenerExt;
+        // Small SSE events must leave at once, not wait for Nagle's algorithm.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { server_cancel.cancelled().await })
             .await
