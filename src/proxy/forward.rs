@@ -5,12 +5,16 @@
 
 use super::error::ApiError;
 use super::AppState;
+use crate::governor::ActivityGuard;
 use crate::supervisor::state::{BackendInfo, State};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
 use bytes::Bytes;
-use futures_util::StreamExt;
+use http_body::Frame;
 use http_body_util::{BodyExt, Full, Limited};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 /// The upstream HTTP client: keep-alive pool, no Nagle delay.
@@ -142,23 +146,63 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
     // The slot and the activity mark last as long as the body streams.
-    let guards = (permit, activity);
-    let stream = futures_util::stream::unfold(
-        (incoming.into_data_stream(), Some(guards)),
-        move |(mut inner, guards)| async move {
-            guards.as_ref()?;
-            match inner.next().await {
-                Some(Ok(bytes)) => Some((Ok(bytes), (inner, guards))),
-                Some(Err(e)) if sse => {
-                    tracing::warn!(error = %e, "backend failed mid-stream; sending an error event");
-                    Some((Ok(sse_error_event(&e.to_string())), (inner, None)))
-                }
-                Some(Err(e)) => Some((Err(e), (inner, None))),
-                None => None,
+    Ok(Response::from_parts(
+        head,
+        Body::new(Relay {
+            inner: incoming,
+            sse,
+            guards: Some((permit, activity)),
+        }),
+    ))
+}
+
+/// The backend's response body on its way to the client: frames pass through as they arrive;
+/// it holds the admission slot and the activity mark until it ends; a backend failure in the
+/// middle of an SSE stream becomes a final error event and a clean end.
+struct Relay {
+    inner: hyper::body::Incoming,
+    sse: bool,
+    guards: Option<(OwnedSemaphorePermit, ActivityGuard)>,
+}
+
+impl http_body::Body for Relay {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if this.guards.is_none() {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(None) => {
+                this.guards = None;
+                Poll::Ready(None)
             }
-        },
-    );
-    Ok(Response::from_parts(head, Body::from_stream(stream)))
+            Poll::Ready(Some(Err(e))) => {
+                this.guards = None;
+                if this.sse {
+                    tracing::warn!(error = %e, "backend failed mid-stream; sending an error event");
+                    Poll::Ready(Some(Ok(Frame::data(sse_error_event(&e.to_string())))))
+                } else {
+                    Poll::Ready(Some(Err(e)))
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.guards.is_none() || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Whether the request failed because the backend closed a kept-alive connection before
