@@ -146,7 +146,6 @@ pub struct TreeUsage {
 #[cfg(target_os = "linux")]
 pub fn tree_usage(root: i32) -> Option<TreeUsage> {
     let root_stat = read_pid_stat(root)?;
-    // Fast path: the common case is a single process with no children (llama-server).
     let procs = all_processes();
     let pids = tree_pids_from(root, &procs);
     let page = page_size();
@@ -157,6 +156,7 @@ pub fn tree_usage(root: i32) -> Option<TreeUsage> {
         ticks += p.cpu_ticks;
         rss += p.rss_pages * page;
     }
+    // The root may have exited between the two reads of /proc: count what was read first.
     if pids.is_empty() {
         ticks = root_stat.cpu_ticks;
         rss = root_stat.rss_pages * page;

@@ -4,7 +4,6 @@
 use super::error::ApiError;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -57,14 +56,14 @@ impl Admission {
     }
 }
 
-/// A deadline `d` from now.
-pub fn deadline_in(d: Duration) -> Instant {
-    Instant::now() + d
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    fn deadline_in(d: Duration) -> Instant {
+        Instant::now() + d
+    }
 
     #[tokio::test(start_paused = true)]
     async fn slots_queue_and_overflow() {
