@@ -75,6 +75,8 @@ pub fn spec(
         profile.ctx_size.to_string(),
         "--parallel".into(),
         profile.slots.to_string(),
+        "--threads-http".into(),
+        crate::governor::http_threads(profile.slots).to_string(),
     ];
     args.extend(crate::governor::child_args().iter().map(|s| s.to_string()));
     if profile.embeddings {
@@ -124,6 +126,7 @@ mod tests {
             "--threads 2",
             "--threads-batch 2",
             "--parallel 2",
+            "--threads-http 3",
             "--alias gemma-3-270m-q4_k_m",
             "--poll 0",
         ] {

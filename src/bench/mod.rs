@@ -97,7 +97,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let assemble = |profiles: Vec<ProfileReport>| Report {
         format_version: report::FORMAT_VERSION,
         generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        host: report::Host { cpus: host_cpus() },
+        host: report::Host {
+            cpus: host_cpus(),
+            cpu_source: crate::meter::system_source().describe().to_string(),
+        },
         tasks: report::TaskSource {
             source: source.clone(),
             count: tasks.len(),

@@ -44,6 +44,8 @@ pub struct Report {
 pub struct Host {
     /// Logical CPUs of the machine (CPU percentages are of all of them).
     pub cpus: usize,
+    /// Where system CPU was read from (`meter::SystemSource::describe`).
+    pub cpu_source: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -195,11 +197,12 @@ impl Report {
         let _ = writeln!(
             md,
             "Generated {} on a {}-CPU host; {} tasks ({}). CPU figures are system-wide, percent of \
-             the whole machine, sampled every 100 ms. Overall verdict: **{}**.\n",
+             the whole machine, sampled every 100 ms from {}. Overall verdict: **{}**.\n",
             self.generated_at,
             self.host.cpus,
             self.tasks.count,
             self.tasks.source,
+            self.host.cpu_source,
             match self.verdict {
                 Verdict::Pass => "PASS",
                 Verdict::Fail => "FAIL",
@@ -424,7 +427,10 @@ pub(crate) mod tests {
         Report {
             format_version: FORMAT_VERSION,
             generated_at: "2026-01-01T00:00:00Z".into(),
-            host: Host { cpus: 2 },
+            host: Host {
+                cpus: 2,
+                cpu_source: "cpuacct.usage (exact run time)".into(),
+            },
             tasks: TaskSource {
                 source: "built-in".into(),
                 count: 2,

@@ -11,7 +11,7 @@
 use anyhow::{bail, Context};
 use clap::Parser;
 use sentinel_supervisor::governor::{self, cgroup};
-use sentinel_supervisor::meter::{self, SystemTimes};
+use sentinel_supervisor::meter::{self, SystemSource, SystemTimes};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -46,6 +46,10 @@ struct Args {
     /// Run only these scenarios (comma-separated names from the table).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Go through the scenarios this many times in turn and pool the runs (latency differences
+    /// of a few percent need several rounds on a noisy machine).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
 }
 
 /// How a scenario limits llama-server.
@@ -61,7 +65,8 @@ struct Scenario {
     name: &'static str,
     threads: usize,
     limiter: Limiter,
-    /// `--poll 0 --poll-batch 0` and the no-spin environment (the product's child setup).
+    /// `--poll 0 --poll-batch 0`, the no-spin environment and `--threads-http 2` (the product's
+    /// child setup).
     no_spin: bool,
 }
 
@@ -69,14 +74,20 @@ struct Scenario {
 struct Row {
     name: String,
     threads: usize,
+    /// How many runs (rounds) the row pools.
+    runs: usize,
     mean: f64,
     p99: f64,
     max100: f64,
     max20: f64,
     after_idle: f64,
     tokens_per_s: f64,
+    /// Tokens per CPU second of the backend: how well the CPU it was given turned into work.
+    tokens_per_core_s: f64,
     p50: f64,
     p95: f64,
+    /// The p50 of each run, " / "-separated.
+    p50_runs: String,
     limiter_cpu: Option<f64>,
     idle_cpu: f64,
     backend_cpu: f64,
@@ -88,6 +99,11 @@ struct Row {
     b_max100: f64,
     b_max20: f64,
     b_after_idle: f64,
+    /// The same system figures read from `/proc/stat` (tick samples): p99 / max of 100 ms windows
+    /// and the after-idle max.
+    t_p99: f64,
+    t_max100: f64,
+    t_after_idle: f64,
     note: String,
 }
 
@@ -107,8 +123,8 @@ impl Drop for Group {
 }
 
 /// System CPU samples every 20 ms on a dedicated thread.
-/// (when, machine counters, backend run time).
-type Sample = (Instant, SystemTimes, Duration);
+/// (when, machine counters from the precise source, from `/proc/stat`, backend run time).
+type Sample = (Instant, SystemTimes, SystemTimes, Duration);
 
 struct Sampler {
     samples: Arc<Mutex<Vec<Sample>>>,
@@ -130,10 +146,11 @@ impl Sampler {
                     let before = Instant::now();
                     let run = meter::process_run_time(backend).unwrap_or_default();
                     let sys = meter::system_times();
+                    let ticks = meter::system_times_from(SystemSource::ProcStat);
                     let after = Instant::now();
-                    if let Ok(t) = sys {
+                    if let (Ok(t), Ok(ticks)) = (sys, ticks) {
                         if let Ok(mut s) = samples.lock() {
-                            s.push((before + (after - before) / 2, t, run));
+                            s.push((before + (after - before) / 2, t, ticks, run));
                         }
                     }
                     next += Duration::from_millis(20);
@@ -156,32 +173,39 @@ impl Sampler {
     /// Busy percentages of consecutive windows of `k` samples (k=1: 20 ms, k=5: 100 ms) between
     /// two instants.
     fn windows(&self, from: Instant, to: Instant, k: usize) -> Vec<f64> {
-        let samples = self.samples.lock().map(|s| s.clone()).unwrap_or_default();
-        let inside: Vec<_> = samples
-            .into_iter()
-            .filter(|(t, _, _)| *t >= from && *t <= to)
-            .collect();
-        inside
+        self.inside(from, to)
             .windows(k + 1)
             .step_by(k)
             .map(|w| w[k].1.busy_fraction_since(&w[0].1) * 100.0)
             .collect()
     }
 
+    /// [`Self::windows`] read from `/proc/stat`'s tick samples instead.
+    fn tick_windows(&self, from: Instant, to: Instant, k: usize) -> Vec<f64> {
+        self.inside(from, to)
+            .windows(k + 1)
+            .step_by(k)
+            .map(|w| w[k].2.busy_fraction_since(&w[0].2) * 100.0)
+            .collect()
+    }
+
+    fn inside(&self, from: Instant, to: Instant) -> Vec<Sample> {
+        let samples = self.samples.lock().map(|s| s.clone()).unwrap_or_default();
+        samples
+            .into_iter()
+            .filter(|(t, ..)| *t >= from && *t <= to)
+            .collect()
+    }
+
     /// The backend's own CPU in % of the machine, over the same windows as [`Self::windows`].
     fn backend_windows(&self, from: Instant, to: Instant, k: usize) -> Vec<f64> {
         let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let samples = self.samples.lock().map(|s| s.clone()).unwrap_or_default();
-        let inside: Vec<_> = samples
-            .into_iter()
-            .filter(|(t, _, _)| *t >= from && *t <= to)
-            .collect();
-        inside
+        self.inside(from, to)
             .windows(k + 1)
             .step_by(k)
             .map(|w| {
                 let wall = (w[k].0 - w[0].0).as_secs_f64().max(1e-6);
-                w[k].2.saturating_sub(w[0].2).as_secs_f64() / wall / ncpus * 100.0
+                w[k].3.saturating_sub(w[0].3).as_secs_f64() / wall / ncpus * 100.0
             })
             .collect()
     }
@@ -283,8 +307,10 @@ async fn start_backend(
         "1",
     ]);
     if s.no_spin {
+        // The product's child setup: no polling, no OpenMP spinning, few HTTP threads.
         cmd.args(governor::child_args());
         cmd.envs(governor::child_env());
+        cmd.args(["--threads-http", &governor::http_threads(1).to_string()]);
     }
     cmd.stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -391,7 +417,11 @@ fn attach(args: &Args, s: &Scenario, pid: i32) -> anyhow::Result<Attached> {
     })
 }
 
-async fn run_scenario(args: &Args, s: &Scenario, http: &reqwest::Client) -> anyhow::Result<Row> {
+async fn run_scenario(
+    args: &Args,
+    s: &Scenario,
+    http: &reqwest::Client,
+) -> anyhow::Result<Measurement> {
     let backend = start_backend(args, s, http).await?;
     let pid = backend.group.0.id() as i32;
     let attached = attach(args, s, pid)?;
@@ -424,6 +454,7 @@ async fn run_scenario(args: &Args, s: &Scenario, http: &reqwest::Client) -> anyh
     let first_second = t_idle_req + Duration::from_secs(1);
     let after_idle = max(&sampler.windows(t_idle_req, first_second, 5));
     let b_after_idle = max(&sampler.backend_windows(t_idle_req, first_second, 5));
+    let t_after_idle = max(&sampler.tick_windows(t_idle_req, first_second, 5));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let lim0 = limiter_pid.and_then(meter::process_cpu_time);
     let backend0 = meter::process_cpu_time(pid).unwrap_or_default();
@@ -438,96 +469,193 @@ async fn run_scenario(args: &Args, s: &Scenario, http: &reqwest::Client) -> anyh
     let t1 = Instant::now();
     let wall = (t1 - t0).as_secs_f64();
     let lim1 = limiter_pid.and_then(meter::process_cpu_time);
-    let backend_cpu = meter::process_cpu_time(pid)
-        .unwrap_or_default()
-        .saturating_sub(backend0)
-        .as_secs_f64()
-        / wall
-        * 100.0;
-    let w100 = sampler.windows(t0, t1, 5);
-    let w20 = sampler.windows(t0, t1, 1);
-    let b100 = sampler.backend_windows(t0, t1, 5);
-    let b20 = sampler.backend_windows(t0, t1, 1);
-    let mean = {
-        let samples = sampler
-            .samples
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default();
-        let first = samples.iter().find(|(t, _, _)| *t >= t0);
-        let last = samples.iter().rev().find(|(t, _, _)| *t <= t1);
-        match (first, last) {
-            (Some(a), Some(b)) => b.1.busy_fraction_since(&a.1) * 100.0,
-            _ => 0.0,
-        }
+    let backend1 = meter::process_cpu_time(pid).unwrap_or_default();
+    let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let measured = Measurement {
+        w100: sampler.windows(t0, t1, 5),
+        w20: sampler.windows(t0, t1, 1),
+        b100: sampler.backend_windows(t0, t1, 5),
+        b20: sampler.backend_windows(t0, t1, 1),
+        t100: sampler.tick_windows(t0, t1, 5),
+        after_idle,
+        b_after_idle,
+        t_after_idle,
+        system_cpu_s: {
+            let samples = sampler.inside(t0, t1);
+            match (samples.first(), samples.last()) {
+                (Some(a), Some(b)) => {
+                    b.1.busy_fraction_since(&a.1) * (b.0 - a.0).as_secs_f64() * ncpus
+                }
+                _ => 0.0,
+            }
+        },
+        latencies,
+        tokens,
+        wall,
+        backend_cpu_s: backend1.saturating_sub(backend0).as_secs_f64(),
+        limiter_cpu_s: match (lim0, lim1) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
+            _ => None,
+        },
+        idle_cpu,
     };
-    let limiter_cpu = match (lim0, lim1) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64() / wall * 100.0),
-        _ => None,
-    };
-    let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     drop(attached);
     drop(backend);
-    Ok(Row {
+    Ok(measured)
+}
+
+/// What one run of a scenario recorded.
+#[derive(Debug, Clone, Default)]
+struct Measurement {
+    /// System CPU % of consecutive 100 ms and 20 ms windows, the backend's own, and the system's
+    /// from `/proc/stat`.
+    w100: Vec<f64>,
+    w20: Vec<f64>,
+    b100: Vec<f64>,
+    b20: Vec<f64>,
+    t100: Vec<f64>,
+    after_idle: f64,
+    b_after_idle: f64,
+    t_after_idle: f64,
+    /// CPU seconds of the whole machine during the workload.
+    system_cpu_s: f64,
+    latencies: Vec<f64>,
+    tokens: u64,
+    wall: f64,
+    backend_cpu_s: f64,
+    limiter_cpu_s: Option<f64>,
+    /// The backend's CPU while idle, % of a core.
+    idle_cpu: f64,
+}
+
+/// One table row from every run of a scenario: windows and latencies pooled, spikes the worst
+/// of any run, rates over the summed time.
+fn summarize(s: &Scenario, runs: &[Measurement]) -> Row {
+    let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let pool = |f: fn(&Measurement) -> &Vec<f64>| -> Vec<f64> {
+        runs.iter().flat_map(|m| f(m).iter().copied()).collect()
+    };
+    let worst = |f: fn(&Measurement) -> f64| runs.iter().map(f).fold(0.0, f64::max);
+    let (w100, w20, b100, b20, t100) = (
+        pool(|m| &m.w100),
+        pool(|m| &m.w20),
+        pool(|m| &m.b100),
+        pool(|m| &m.b20),
+        pool(|m| &m.t100),
+    );
+    let latencies = pool(|m| &m.latencies);
+    let wall: f64 = runs.iter().map(|m| m.wall).sum();
+    let tokens: u64 = runs.iter().map(|m| m.tokens).sum();
+    let backend_s: f64 = runs.iter().map(|m| m.backend_cpu_s).sum();
+    let system_s: f64 = runs.iter().map(|m| m.system_cpu_s).sum();
+    let limiter_s: Option<f64> = runs.iter().map(|m| m.limiter_cpu_s).sum();
+    let mean = system_s / (wall * ncpus) * 100.0;
+    let backend_cpu = backend_s / wall * 100.0;
+    let limiter_cpu = limiter_s.map(|l| l / wall * 100.0);
+    Row {
         name: s.name.to_string(),
         threads: s.threads,
+        runs: runs.len(),
         mean,
         p99: percentile(&w100, 0.99),
-        max100: w100.iter().copied().fold(0.0, f64::max),
-        max20: w20.iter().copied().fold(0.0, f64::max),
-        after_idle,
+        max100: max(&w100),
+        max20: max(&w20),
+        after_idle: worst(|m| m.after_idle),
         tokens_per_s: tokens as f64 / wall,
+        tokens_per_core_s: tokens as f64 / backend_s.max(1e-9),
         p50: percentile(&latencies, 0.5),
         p95: percentile(&latencies, 0.95),
+        p50_runs: runs
+            .iter()
+            .map(|m| format!("{:.2}", percentile(&m.latencies, 0.5)))
+            .collect::<Vec<_>>()
+            .join(" / "),
         limiter_cpu,
-        idle_cpu,
+        idle_cpu: runs.iter().map(|m| m.idle_cpu).sum::<f64>() / runs.len().max(1) as f64,
         backend_cpu,
-        others: (mean - (backend_cpu + limiter_cpu.unwrap_or(0.0)) / ncpus as f64).max(0.0),
+        others: (mean - (backend_cpu + limiter_cpu.unwrap_or(0.0)) / ncpus).max(0.0),
         b_p99: percentile(&b100, 0.99),
         b_max100: max(&b100),
         b_max20: max(&b20),
-        b_after_idle,
+        b_after_idle: worst(|m| m.b_after_idle),
+        t_p99: percentile(&t100, 0.99),
+        t_max100: max(&t100),
+        t_after_idle: worst(|m| m.t_after_idle),
         note: String::new(),
-    })
+    }
 }
 
 fn table(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "| scenario | threads | mean % | p99 % (100ms) | max % (100ms) | max % (20ms) | \
-         after-idle max % | tokens/s | p50 s | p95 s | limiter % of a core | backend idle % of a core | backend % of a core | others % | backend p99 % (100ms) | backend max % (100ms) | \
-         backend max % (20ms) | backend after-idle max % |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    const HEADER: [&str; 24] = [
+        "scenario",
+        "threads",
+        "runs",
+        "mean %",
+        "p99 % (100ms)",
+        "max % (100ms)",
+        "max % (20ms)",
+        "after-idle max %",
+        "tokens/s",
+        "tokens per backend core-s",
+        "p50 s",
+        "p95 s",
+        "p50 s per run",
+        "limiter % of a core",
+        "backend idle % of a core",
+        "backend % of a core",
+        "others %",
+        "backend p99 % (100ms)",
+        "backend max % (100ms)",
+        "backend max % (20ms)",
+        "backend after-idle max %",
+        "/proc/stat p99 %",
+        "/proc/stat max %",
+        "/proc/stat after-idle max %",
+    ];
+    let mut out = format!(
+        "| {} |\n|{}\n",
+        HEADER.join(" | "),
+        "---|".repeat(HEADER.len())
     );
     for r in rows {
         if !r.note.is_empty() {
             out.push_str(&format!(
-                "| {} | {} | {} ||||||||||||||||\n",
-                r.name, r.threads, r.note
+                "| {} | {} | {} |{}\n",
+                r.name,
+                r.threads,
+                r.note,
+                "|".repeat(HEADER.len() - 3)
             ));
             continue;
         }
         let lim = r.limiter_cpu.map_or("-".into(), |c| format!("{c:.2}"));
-        out.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
-            r.name,
-            r.threads,
-            r.mean,
-            r.p99,
-            r.max100,
-            r.max20,
-            r.after_idle,
-            r.tokens_per_s,
-            r.p50,
-            r.p95,
+        let cells = [
+            r.name.clone(),
+            r.threads.to_string(),
+            r.runs.to_string(),
+            format!("{:.1}", r.mean),
+            format!("{:.1}", r.p99),
+            format!("{:.1}", r.max100),
+            format!("{:.1}", r.max20),
+            format!("{:.1}", r.after_idle),
+            format!("{:.1}", r.tokens_per_s),
+            format!("{:.1}", r.tokens_per_core_s),
+            format!("{:.2}", r.p50),
+            format!("{:.2}", r.p95),
+            r.p50_runs.clone(),
             lim,
-            r.idle_cpu,
-            r.backend_cpu,
-            r.others,
-            r.b_p99,
-            r.b_max100,
-            r.b_max20,
-            r.b_after_idle
-        ));
+            format!("{:.2}", r.idle_cpu),
+            format!("{:.1}", r.backend_cpu),
+            format!("{:.1}", r.others),
+            format!("{:.1}", r.b_p99),
+            format!("{:.1}", r.b_max100),
+            format!("{:.1}", r.b_max20),
+            format!("{:.1}", r.b_after_idle),
+            format!("{:.1}", r.t_p99),
+            format!("{:.1}", r.t_max100),
+            format!("{:.1}", r.t_after_idle),
+        ];
+        out.push_str(&format!("| {} |\n", cells.join(" | ")));
     }
     out
 }
@@ -603,32 +731,74 @@ async fn main() -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(300))
         .build()?;
-    let mut rows = Vec::new();
-    for s in scenarios
+    let selected: Vec<&Scenario> = scenarios
         .iter()
         .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.name))
+        .collect();
+    if let Some(unknown) = args
+        .only
+        .iter()
+        .find(|o| !scenarios.iter().any(|s| s.name == o.as_str()))
     {
-        eprintln!("bench-governor: {} ...", s.name);
-        let row = match run_scenario(&args, s, &http).await {
-            Ok(row) => row,
-            Err(err) => Row {
+        let names: Vec<&str> = scenarios.iter().map(|s| s.name).collect();
+        bail!(
+            "--only: no scenario named `{unknown}` (the scenarios are: {})",
+            names.join(", ")
+        );
+    }
+    // Rounds go through every scenario in turn, so slow drift on the machine hits all alike.
+    let mut runs: Vec<Vec<Measurement>> = vec![Vec::new(); selected.len()];
+    let mut failures: Vec<Option<String>> = vec![None; selected.len()];
+    for round in 1..=args.rounds {
+        for (i, s) in selected.iter().enumerate() {
+            if failures[i].is_some() {
+                continue;
+            }
+            eprintln!(
+                "bench-governor: {} (round {round}/{}) ...",
+                s.name, args.rounds
+            );
+            match run_scenario(&args, s, &http).await {
+                Ok(m) => {
+                    eprintln!(
+                        "  p50 {:.2} s, backend {:.1} % of a core, system p99 {:.1} %",
+                        percentile(&m.latencies, 0.5),
+                        m.backend_cpu_s / m.wall * 100.0,
+                        percentile(&m.w100, 0.99)
+                    );
+                    runs[i].push(m);
+                }
+                Err(err) => failures[i] = Some(format!("not measured: {err:#}")),
+            }
+        }
+    }
+    let rows: Vec<Row> = selected
+        .iter()
+        .zip(runs.iter().zip(failures))
+        .map(|(s, (runs, failure))| match failure {
+            Some(note) => Row {
                 name: s.name.to_string(),
                 threads: s.threads,
-                note: format!("not measured: {err:#}"),
+                note,
                 ..Row::default()
             },
-        };
-        eprintln!("{row:?}");
-        rows.push(row);
-    }
-    let md = table(&rows);
-    println!(
-        "System CPU in % of the whole machine ({ncpus} CPUs); {} requests of ~200 prompt tokens, \
-         {} generated tokens each, sequential.\n\n{md}",
-        args.requests, args.max_tokens
+            None => summarize(s, runs),
+        })
+        .collect();
+    let text = format!(
+        "System CPU in % of the whole machine ({ncpus} CPUs) read from {}, in 100 ms and 20 ms \
+         windows; {} requests of ~200 prompt tokens, {} generated tokens each, sequential; {} \
+         round(s) through the scenarios in turn (windows and latencies pooled, spikes the worst \
+         of any round).\n\n{}",
+        meter::system_source().describe(),
+        args.requests,
+        args.max_tokens,
+        args.rounds,
+        table(&rows)
     );
+    println!("{text}");
     if let Some(out) = &args.out {
-        std::fs::write(out, &md).with_context(|| format!("write {}", out.display()))?;
+        std::fs::write(out, &text).with_context(|| format!("write {}", out.display()))?;
     }
     Ok(())
 }

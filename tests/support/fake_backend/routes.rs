@@ -180,11 +180,20 @@ impl Reply {
     }
 }
 
+/// Waits `delay`, and not at all when it is zero: `tokio::time::sleep(ZERO)` still waits for the
+/// timer's next millisecond tick, which would make the "trivial" upstream of the proxy benchmark
+/// answer on a 1 ms grid instead of at once.
+async fn pause(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+}
+
 /// Answers a completion request, whole or as an SSE stream of one word per chunk: the words of
 /// the reply repeat until `stream-chunks` chunks are sent, then a final chunk (with usage when
 /// `stream_options.include_usage` is set) and `data: [DONE]`.
 async fn answer(b: Shared, busy: Busy, reply: Reply, request: &Value) -> Response {
-    tokio::time::sleep(b.mode.response_delay).await;
+    pause(b.mode.response_delay).await;
     if request["stream"] != json!(true) {
         return Json(reply.whole()).into_response();
     }
@@ -197,7 +206,7 @@ async fn answer(b: Shared, busy: Busy, reply: Reply, request: &Value) -> Respons
                 return None;
             }
             if i > 0 && i <= chunks {
-                tokio::time::sleep(b.mode.stream_delay).await;
+                pause(b.mode.stream_delay).await;
             }
             if b.mode.die_mid_stream == Some(i) {
                 tokio::time::sleep(Duration::from_millis(20)).await; // let sent chunks leave
@@ -257,7 +266,7 @@ pub async fn embeddings(State(b): State<Shared>, body: Bytes) -> Response {
         Value::Null => return bad_request("'input' is required"),
         other => vec![text_of(other)],
     };
-    tokio::time::sleep(b.mode.response_delay).await;
+    pause(b.mode.response_delay).await;
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
