@@ -58,7 +58,8 @@ enum Limiter {
     None,
     Cpulimit(u32),
     Cgroup(f64),
-    Governor(f64),
+    /// `sentinel-supervisor limit`: budget in cores and duty-cycle period in ms.
+    Governor(f64, u64),
 }
 
 struct Scenario {
@@ -389,7 +390,7 @@ fn attach(args: &Args, s: &Scenario, pid: i32) -> anyhow::Result<Attached> {
                 .spawn()
                 .context("start cpulimit (apt-get install cpulimit)")?,
         )),
-        Limiter::Governor(cpus) => Attached::Process(Group(
+        Limiter::Governor(cpus, period_ms) => Attached::Process(Group(
             Command::new(&supervisor)
                 .args([
                     "limit",
@@ -400,6 +401,7 @@ fn attach(args: &Args, s: &Scenario, pid: i32) -> anyhow::Result<Attached> {
                     &pid.to_string(),
                 ])
                 .args(["--threads", &s.threads.to_string()])
+                .args(["--period", &format!("{period_ms}ms")])
                 .process_group(0)
                 .die_with_parent()
                 .spawn()
@@ -712,19 +714,26 @@ async fn main() -> anyhow::Result<()> {
         Scenario {
             name: "governor-1.0",
             threads: t1,
-            limiter: Limiter::Governor(1.0),
+            limiter: Limiter::Governor(1.0, 20),
             no_spin: true,
         },
         Scenario {
             name: "governor-0.5",
             threads: t05,
-            limiter: Limiter::Governor(0.5),
+            limiter: Limiter::Governor(0.5, 20),
+            no_spin: true,
+        },
+        // Outside the default 10-20 ms range: longer run slices, fewer stops (see README).
+        Scenario {
+            name: "governor-0.5-50ms",
+            threads: t05,
+            limiter: Limiter::Governor(0.5, 50),
             no_spin: true,
         },
         Scenario {
             name: "governor-0.5-2t",
             threads: ncpus,
-            limiter: Limiter::Governor(0.5),
+            limiter: Limiter::Governor(0.5, 20),
             no_spin: true,
         },
     ];
