@@ -148,12 +148,18 @@ mod linux {
             std::io::Error::other(format!("unexpected contents in {}", file.display()))
         })?;
         let elapsed = epoch.elapsed().as_nanos() as u64;
-        // SAFETY: sysconf has no preconditions.
-        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as u64;
         Ok(SystemTimes {
             busy,
-            total: elapsed * online,
+            total: elapsed * online_cpus() as u64,
         })
+    }
+
+    /// Online CPUs, read once: glibc answers `sysconf(_SC_NPROCESSORS_ONLN)` by reading a sysfs
+    /// file, which the samplers would otherwise do on every reading.
+    pub fn online_cpus() -> usize {
+        static ONLINE: OnceLock<usize> = OnceLock::new();
+        // SAFETY: sysconf has no preconditions.
+        *ONLINE.get_or_init(|| unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize)
     }
 }
 
@@ -494,12 +500,6 @@ mod tests {
     }
 
     #[cfg(target_os = "linux")]
-    fn num_cpus_online() -> i64 {
-        // SAFETY: sysconf has no preconditions.
-        unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1)
-    }
-
-    #[cfg(target_os = "linux")]
     #[test]
     fn every_source_reads_the_machine() {
         for source in [system_source(), SystemSource::ProcStat] {
@@ -513,11 +513,11 @@ mod tests {
             assert!(b.total > a.total, "{source:?}: time moves on");
             let f = b.busy_fraction_since(&a);
             // This thread kept one CPU busy the whole time.
-            let one_cpu = 1.0 / num_cpus_online() as f64;
+            let online = linux::online_cpus();
+            let one_cpu = 1.0 / online as f64;
             assert!(
                 (one_cpu * 0.6..=1.0).contains(&f),
-                "{source:?}: {f} with one of {} CPUs busy",
-                num_cpus_online()
+                "{source:?}: {f} with one of {online} CPUs busy"
             );
         }
     }

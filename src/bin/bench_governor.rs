@@ -174,19 +174,25 @@ impl Sampler {
     /// Busy percentages of consecutive windows of `k` samples (k=1: 20 ms, k=5: 100 ms) between
     /// two instants.
     fn windows(&self, from: Instant, to: Instant, k: usize) -> Vec<f64> {
-        self.inside(from, to)
-            .windows(k + 1)
-            .step_by(k)
-            .map(|w| w[k].1.busy_fraction_since(&w[0].1) * 100.0)
-            .collect()
+        self.busy_windows(from, to, k, |s| &s.1)
     }
 
     /// [`Self::windows`] read from `/proc/stat`'s tick samples instead.
     fn tick_windows(&self, from: Instant, to: Instant, k: usize) -> Vec<f64> {
+        self.busy_windows(from, to, k, |s| &s.2)
+    }
+
+    fn busy_windows(
+        &self,
+        from: Instant,
+        to: Instant,
+        k: usize,
+        counters: fn(&Sample) -> &SystemTimes,
+    ) -> Vec<f64> {
         self.inside(from, to)
             .windows(k + 1)
             .step_by(k)
-            .map(|w| w[k].2.busy_fraction_since(&w[0].2) * 100.0)
+            .map(|w| counters(&w[k]).busy_fraction_since(counters(&w[0])) * 100.0)
             .collect()
     }
 
@@ -472,7 +478,6 @@ async fn run_scenario(
     let wall = (t1 - t0).as_secs_f64();
     let lim1 = limiter_pid.and_then(meter::process_cpu_time);
     let backend1 = meter::process_cpu_time(pid).unwrap_or_default();
-    let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let measured = Measurement {
         w100: sampler.windows(t0, t1, 5),
         w20: sampler.windows(t0, t1, 1),
@@ -482,13 +487,14 @@ async fn run_scenario(
         after_idle,
         b_after_idle,
         t_after_idle,
-        system_cpu_s: {
+        system: {
             let samples = sampler.inside(t0, t1);
             match (samples.first(), samples.last()) {
-                (Some(a), Some(b)) => {
-                    b.1.busy_fraction_since(&a.1) * (b.0 - a.0).as_secs_f64() * ncpus
-                }
-                _ => 0.0,
+                (Some(a), Some(b)) => SystemTimes {
+                    busy: b.1.busy.saturating_sub(a.1.busy),
+                    total: b.1.total.saturating_sub(a.1.total),
+                },
+                _ => SystemTimes::default(),
             }
         },
         latencies,
@@ -519,8 +525,8 @@ struct Measurement {
     after_idle: f64,
     b_after_idle: f64,
     t_after_idle: f64,
-    /// CPU seconds of the whole machine during the workload.
-    system_cpu_s: f64,
+    /// The machine's busy and total CPU time during the workload.
+    system: SystemTimes,
     latencies: Vec<f64>,
     tokens: u64,
     wall: f64,
@@ -549,9 +555,14 @@ fn summarize(s: &Scenario, runs: &[Measurement]) -> Row {
     let wall: f64 = runs.iter().map(|m| m.wall).sum();
     let tokens: u64 = runs.iter().map(|m| m.tokens).sum();
     let backend_s: f64 = runs.iter().map(|m| m.backend_cpu_s).sum();
-    let system_s: f64 = runs.iter().map(|m| m.system_cpu_s).sum();
+    let system = runs
+        .iter()
+        .fold(SystemTimes::default(), |sum, m| SystemTimes {
+            busy: sum.busy + m.system.busy,
+            total: sum.total + m.system.total,
+        });
     let limiter_s: Option<f64> = runs.iter().map(|m| m.limiter_cpu_s).sum();
-    let mean = system_s / (wall * ncpus) * 100.0;
+    let mean = system.busy_fraction_since(&SystemTimes::default()) * 100.0;
     let backend_cpu = backend_s / wall * 100.0;
     let limiter_cpu = limiter_s.map(|l| l / wall * 100.0);
     Row {

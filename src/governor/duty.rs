@@ -86,12 +86,12 @@ impl DutyController {
         self.cpus = cpus.max(0.0);
     }
 
-    /// Changes the number of CPUs the child can keep busy (its thread count changed).
     /// CPUs the child can keep busy, as the controller counts them.
     pub fn usable(&self) -> f64 {
         self.usable
     }
 
+    /// Changes the number of CPUs the child can keep busy (its thread count changed).
     pub fn set_usable(&mut self, usable: usize) {
         self.usable = usable.max(1) as f64;
     }

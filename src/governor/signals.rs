@@ -338,7 +338,6 @@ fn sleep_until(deadline: Instant) {
     }
 }
 
-/// CPUs a child with an unknown thread count can keep busy: its threads, at most the CPUs.
 /// Gives the limiter thread a real-time priority where allowed (else the highest nice it may
 /// take). Its stop deadlines fall while the child keeps every CPU busy; at normal priority the
 /// scheduler may wake it milliseconds late (wakeup granularity), and the child runs on for that
@@ -369,6 +368,7 @@ fn raise_own_priority() {
 /// How often (in periods) the thread count of an unknown program is read again.
 const THREAD_CHECK_PERIODS: u64 = 5;
 
+/// CPUs a child with an unknown thread count can keep busy: its threads, at most the CPUs.
 fn follow_threads(pid: i32) -> usize {
     crate::meter::thread_count(pid)
         .unwrap_or(usize::MAX)
