@@ -52,8 +52,9 @@ pub struct Config {
     pub proxy: ProxyConfig,
     #[serde(default)]
     pub governor: crate::governor::GovernorConfig,
+    /// `bench` settings, checked with the rest of the file (a typo fails `run` too).
     #[serde(default)]
-    pub bench: toml::Table,
+    pub bench: crate::bench::settings::BenchConfig,
     pub profiles: BTreeMap<String, ProfileConfig>,
     /// Which file the user's overrides came from (not a TOML key).
     #[serde(skip)]

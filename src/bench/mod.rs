@@ -56,7 +56,7 @@ pub const CHART_SVG: &str = "cpu.svg";
 /// some requests failed (the report is still written); errors stop the run.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let config = crate::config::Config::load(args.setup.config.config.as_deref())?;
-    let settings = settings::from_config(&config)?;
+    let settings = config.bench.clone();
     // The key of a supervisor started here comes from the same configuration.
     let api_key = args
         .api_key

@@ -1,10 +1,10 @@
 //! The `[bench]` section of the configuration: request bounds, timeouts and the targets.
 //!
-//! The section comes from [`crate::config::Config`] (built-in `config.toml` with the user's file
-//! merged over it, key by key); this module gives it its typed, strictly checked shape.
+//! It is a field of [`crate::config::Config`] (built-in `config.toml` with the user's file merged
+//! over it, key by key), so it is checked, strictly, whenever the configuration loads: a typo in
+//! `[bench]` is reported with its file and key by `run` as well as by `bench`.
 
 use super::target::Targets;
-use crate::config::{Config, ConfigError, BUILTIN_NAME};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -39,45 +39,23 @@ impl Default for BenchConfig {
     }
 }
 
-/// Why the `[bench]` settings could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum SettingsError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("{origin}: [bench] {message} (see the [bench] section of the shipped config.toml)")]
-    Invalid { origin: String, message: String },
-}
-
-/// The typed `[bench]` section of a loaded configuration.
-pub fn from_config(config: &Config) -> Result<BenchConfig, SettingsError> {
-    let origin = config
-        .source
-        .as_ref()
-        .map_or(BUILTIN_NAME.to_string(), |p| p.display().to_string());
-    BenchConfig::deserialize(toml::Value::Table(config.bench.clone())).map_err(|e| {
-        SettingsError::Invalid {
-            origin,
-            message: e.to_string().trim().to_string(),
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, ConfigError, BUILTIN};
     use std::path::Path;
 
-    fn with_user(text: &str) -> Result<BenchConfig, SettingsError> {
-        let config = Config::from_layers(Some((Path::new("mine.toml"), text)))?;
-        from_config(&config)
+    fn with_user(text: &str) -> Result<BenchConfig, ConfigError> {
+        Ok(Config::from_layers(Some((Path::new("mine.toml"), text)))?.bench)
     }
 
     #[test]
     fn shipped_config_equals_default() {
         let builtin = Config::builtin().unwrap();
-        assert_eq!(from_config(&builtin).unwrap(), BenchConfig::default());
+        assert_eq!(builtin.bench, BenchConfig::default());
         // The shipped section spells out every target (no silent defaults).
-        let targets = builtin.bench["targets"].as_table().unwrap();
+        let shipped: toml::Table = toml::from_str(BUILTIN).unwrap();
+        let targets = shipped["bench"]["targets"].as_table().unwrap();
         assert_eq!(targets.len(), 7);
     }
 
@@ -93,14 +71,9 @@ mod tests {
 
     #[test]
     fn bad_sections_say_what_is_wrong() {
-        let config = Config::from_layers(Some((
-            Path::new("mine.toml"),
-            "[bench.targets]\ncorectness_min = 0.5\n",
-        )))
-        .unwrap();
-        let mut config = config;
-        config.source = Some("mine.toml".into());
-        let msg = from_config(&config).unwrap_err().to_string();
+        let msg = with_user("[bench.targets]\ncorectness_min = 0.5\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             msg.contains("corectness_min") && msg.contains("mine.toml"),
             "{msg}"
@@ -110,7 +83,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            msg.contains("[bench]") && msg.contains("ready_timeout"),
+            msg.contains("bench.ready_timeout") && msg.contains("mine.toml"),
             "{msg}"
         );
     }
