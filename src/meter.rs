@@ -296,6 +296,33 @@ pub fn process_cpu_time(pid: i32) -> Option<Duration> {
     ))
 }
 
+/// CPU time of a whole process (every thread, live and exited) with nanosecond precision, in one
+/// system call: its POSIX CPU-time clock (`clock_getcpuclockid`). For polling a process often.
+#[cfg(target_os = "linux")]
+pub fn process_cpu_clock(pid: i32) -> Option<Duration> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: clock_getcpuclockid writes one clockid_t into the variable we pass.
+    if unsafe { libc::clock_getcpuclockid(pid, &mut clock) } != 0 {
+        return None;
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the variable we pass.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+/// CPU time of a whole process; macOS has no CPU clock for other processes, so this is
+/// [`process_cpu_time`] (millisecond precision).
+#[cfg(target_os = "macos")]
+pub fn process_cpu_clock(pid: i32) -> Option<Duration> {
+    process_cpu_time(pid)
+}
+
 /// The state letter of a process (`T` = stopped), if it exists.
 #[cfg(target_os = "linux")]
 pub fn process_state(pid: i32) -> Option<char> {
@@ -326,6 +353,30 @@ pub fn process_run_time(pid: i32) -> Option<Duration> {
 pub fn thread_count(pid: i32) -> Option<usize> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     parse_status_kib(&status, "Threads:").map(|n| n as usize)
+}
+
+/// Run time of each thread of a process, `(thread id, run time)`, with nanosecond precision
+/// (`/proc/<pid>/task/*/schedstat`); `None` when the process is gone or the kernel keeps no
+/// per-thread scheduler statistics.
+#[cfg(target_os = "linux")]
+pub fn thread_run_times(pid: i32) -> Option<Vec<(i32, Duration)>> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let times: Vec<(i32, Duration)> = tasks
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let tid = t.file_name().to_str()?.parse::<i32>().ok()?;
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+            let ns = stat.split_whitespace().next()?.parse::<u64>().ok()?;
+            Some((tid, Duration::from_nanos(ns)))
+        })
+        .collect();
+    (!times.is_empty()).then_some(times)
+}
+
+/// Run time of each thread of a process (not known on this platform).
+#[cfg(not(target_os = "linux"))]
+pub fn thread_run_times(_pid: i32) -> Option<Vec<(i32, Duration)>> {
+    None
 }
 
 /// Number of threads of a process (not known on this platform).
@@ -558,6 +609,32 @@ mod tests {
     }
 
     #[cfg(target_os = "linux")]
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn cpu_clock_follows_the_tick_count_with_finer_steps() {
+        let pid = std::process::id() as i32;
+        let clock0 = process_cpu_clock(pid).unwrap();
+        let ticks0 = process_cpu_time(pid).unwrap();
+        let until = std::time::Instant::now() + Duration::from_millis(60);
+        let mut x = 0u64;
+        while std::time::Instant::now() < until {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+        }
+        let clock = process_cpu_clock(pid).unwrap() - clock0;
+        let ticks = process_cpu_time(pid).unwrap() - ticks0;
+        assert!(clock >= Duration::from_millis(50), "{clock:?}");
+        let gap = clock.abs_diff(ticks);
+        assert!(
+            gap <= Duration::from_millis(25),
+            "clock {clock:?} ticks {ticks:?}"
+        );
+        // A process that has exited and been reaped has no clock.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id() as i32;
+        child.wait().unwrap();
+        assert!(process_cpu_clock(gone).is_none());
+    }
+
     #[test]
     fn reads_own_process() {
         let me = std::process::id() as i32;

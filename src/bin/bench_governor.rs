@@ -92,6 +92,9 @@ struct Row {
     limiter_cpu: Option<f64>,
     idle_cpu: f64,
     backend_cpu: f64,
+    /// CPU of the backend's threads other than the one that computes (HTTP, logging, ...), % of
+    /// a core: mostly what each stop and continue costs them (every one wakes every thread).
+    helpers_cpu: f64,
     /// System CPU not explained by the backend and the limiter (other processes), % of machine.
     others: f64,
     /// The backend's own CPU in % of the machine: p99 / max of 100 ms windows, max of 20 ms,
@@ -466,6 +469,7 @@ async fn run_scenario(
     tokio::time::sleep(Duration::from_millis(200)).await;
     let lim0 = limiter_pid.and_then(meter::process_cpu_time);
     let backend0 = meter::process_cpu_time(pid).unwrap_or_default();
+    let helpers0 = helpers_run_time(pid);
     let t0 = Instant::now();
     let mut latencies = Vec::new();
     let mut tokens = 0;
@@ -478,6 +482,7 @@ async fn run_scenario(
     let wall = (t1 - t0).as_secs_f64();
     let lim1 = limiter_pid.and_then(meter::process_cpu_time);
     let backend1 = meter::process_cpu_time(pid).unwrap_or_default();
+    let helpers1 = helpers_run_time(pid);
     let measured = Measurement {
         w100: sampler.windows(t0, t1, 5),
         w20: sampler.windows(t0, t1, 1),
@@ -501,6 +506,7 @@ async fn run_scenario(
         tokens,
         wall,
         backend_cpu_s: backend1.saturating_sub(backend0).as_secs_f64(),
+        helpers_cpu_s: helpers1.saturating_sub(helpers0).as_secs_f64(),
         limiter_cpu_s: match (lim0, lim1) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
             _ => None,
@@ -510,6 +516,21 @@ async fn run_scenario(
     drop(attached);
     drop(backend);
     Ok(measured)
+}
+
+/// Scheduler run time of a process's threads other than its main one (llama-server computes on
+/// its main thread with one thread; the others serve HTTP, logging and queues and mostly sleep).
+fn helpers_run_time(pid: i32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let ns: u64 = tasks
+        .filter_map(Result::ok)
+        .filter(|t| t.file_name().to_str() != Some(pid.to_string().as_str()))
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
 }
 
 /// What one run of a scenario recorded.
@@ -531,6 +552,8 @@ struct Measurement {
     tokens: u64,
     wall: f64,
     backend_cpu_s: f64,
+    /// Run time of the backend's threads other than the main (computing) one.
+    helpers_cpu_s: f64,
     limiter_cpu_s: Option<f64>,
     /// The backend's CPU while idle, % of a core.
     idle_cpu: f64,
@@ -555,6 +578,7 @@ fn summarize(s: &Scenario, runs: &[Measurement]) -> Row {
     let wall: f64 = runs.iter().map(|m| m.wall).sum();
     let tokens: u64 = runs.iter().map(|m| m.tokens).sum();
     let backend_s: f64 = runs.iter().map(|m| m.backend_cpu_s).sum();
+    let helpers_s: f64 = runs.iter().map(|m| m.helpers_cpu_s).sum();
     let system = runs
         .iter()
         .fold(SystemTimes::default(), |sum, m| SystemTimes {
@@ -586,6 +610,7 @@ fn summarize(s: &Scenario, runs: &[Measurement]) -> Row {
         limiter_cpu,
         idle_cpu: runs.iter().map(|m| m.idle_cpu).sum::<f64>() / runs.len().max(1) as f64,
         backend_cpu,
+        helpers_cpu: helpers_s / wall * 100.0,
         others: (mean - (backend_cpu + limiter_cpu.unwrap_or(0.0)) / ncpus).max(0.0),
         b_p99: percentile(&b100, 0.99),
         b_max100: max(&b100),
@@ -599,7 +624,7 @@ fn summarize(s: &Scenario, runs: &[Measurement]) -> Row {
 }
 
 fn table(rows: &[Row]) -> String {
-    const HEADER: [&str; 24] = [
+    const HEADER: [&str; 25] = [
         "scenario",
         "threads",
         "runs",
@@ -616,6 +641,7 @@ fn table(rows: &[Row]) -> String {
         "limiter % of a core",
         "backend idle % of a core",
         "backend % of a core",
+        "backend's other threads % of a core",
         "others %",
         "backend p99 % (100ms)",
         "backend max % (100ms)",
@@ -659,6 +685,7 @@ fn table(rows: &[Row]) -> String {
             lim,
             format!("{:.2}", r.idle_cpu),
             format!("{:.1}", r.backend_cpu),
+            format!("{:.2}", r.helpers_cpu),
             format!("{:.1}", r.others),
             format!("{:.1}", r.b_p99),
             format!("{:.1}", r.b_max100),

@@ -5,7 +5,10 @@
 //! `limit --cpus 0.5 -- CMD ARGS...` starts CMD in its own process group (with a death signal,
 //! so it dies with the limiter), limits it, and exits with its exit code. SIGINT/SIGTERM continue
 //! it and pass the signal on to its group, then wait for it (SIGKILL after 5 s).
-//! Always active: no activity gating, the budget holds from the first period.
+//! The budget holds from the first period. Without a proxy to say when the target works, its own
+//! CPU use does ([`super::usage`]): once it has been idle for a second the limiter rests (no
+//! stops, which would wake every thread of an idle program), and it throttles again within one
+//! period of new work. (With `--method cgroup` the kernel caps the target and nothing rests.)
 
 use super::signals::allowed_cpus;
 use super::{Activity, Governor, GovernorConfig, GovernorSettings, Priority};
@@ -64,9 +67,9 @@ pub async fn run(args: LimitArgs) -> anyhow::Result<ExitCode> {
     let mut sigint = signal(SignalKind::interrupt()).map_err(LimitError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(LimitError::Signals)?;
     let activity = Activity::new();
-    let _always = activity.begin();
 
     if let Some(pid) = args.pid {
+        let _usage = follow_usage(pid, &args, &activity);
         let mut handle = Governor::start(pid, &config, settings, activity.clone())?;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
@@ -90,6 +93,7 @@ pub async fn run(args: LimitArgs) -> anyhow::Result<ExitCode> {
         return Err(LimitError::NoTarget.into());
     }
     let (pid, mut exited) = spawn_command(&args.command)?;
+    let _usage = follow_usage(pid, &args, &activity);
     let mut handle = match Governor::start(pid, &config, settings, activity.clone()) {
         Ok(handle) => handle,
         Err(err) => {
@@ -131,6 +135,27 @@ pub async fn run(args: LimitArgs) -> anyhow::Result<ExitCode> {
         }
     };
     Ok(exit_code(status))
+}
+
+/// Starts following the target's CPU use (the activity signal of `limit`); the task ends with
+/// the target or when the returned guard drops.
+fn follow_usage(pid: i32, args: &LimitArgs, activity: &Activity) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(super::usage::follow(
+        pid,
+        args.cpus,
+        args.period,
+        activity.clone(),
+        activity.begin(),
+    )))
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn kill_group(pid: i32, sig: i32) {

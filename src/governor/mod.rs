@@ -25,6 +25,7 @@ pub mod priority;
 pub mod settings;
 pub mod signals;
 pub mod target;
+pub mod usage;
 
 pub use activity::{Activity, ActivityGuard};
 pub use handle::{Governor, GovernorError, GovernorHandle, GovernorStatus};

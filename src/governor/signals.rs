@@ -248,6 +248,14 @@ impl Loop<'_> {
         let mut sys_start = crate::meter::system_times().ok();
         self.ctl.reset_window();
         let mut periods: u64 = 0;
+        // A program we know nothing about: size the run time for all its threads at first (it
+        // cannot exceed the budget), then for those that turn out to compute.
+        let mut cap = 0;
+        let mut computing = ComputingThreads::start(pid);
+        if self.follow_threads {
+            cap = follow_threads(pid);
+            self.ctl.set_usable(cap);
+        }
         while !*self.stop.borrow() && *self.activity.borrow() > 0 {
             if self.ctl.unthrottled() {
                 let (activity, stop, window) = (&mut self.activity, &mut self.stop, self.window);
@@ -275,13 +283,22 @@ impl Loop<'_> {
                 // and start a fresh feedback window when it changes.
                 periods += 1;
                 if self.follow_threads && periods % THREAD_CHECK_PERIODS == 0 {
-                    let usable = follow_threads(pid);
-                    if usable as f64 != self.ctl.usable() {
+                    let threads = follow_threads(pid);
+                    if threads != cap {
+                        // More threads: any may compute, assume they all do until measured.
+                        // Fewer: at most that many compute.
+                        let usable = if threads > cap {
+                            threads
+                        } else {
+                            threads.min(self.ctl.usable() as usize)
+                        };
+                        cap = threads;
                         self.ctl.set_usable(usable);
                         self.ctl.reset_window();
                         window_start = now;
                         cpu_start = crate::meter::process_cpu_time(pid).ok_or_else(gone)?;
                         sys_start = crate::meter::system_times().ok();
+                        computing = ComputingThreads::start(pid);
                     }
                 }
             }
@@ -306,7 +323,10 @@ impl Loop<'_> {
                 self.ctl.set_cpus(budget);
             }
             if self.follow_threads {
-                self.ctl.set_usable(follow_threads(pid));
+                let fraction = self.ctl.fraction();
+                if let Some(n) = computing.count(pid, wall.mul_f64(fraction)) {
+                    self.ctl.set_usable(n.clamp(1, cap.max(1)));
+                }
             }
             store(&self.readings.measured, measured);
             store(&self.readings.budget, self.ctl.cpus());
@@ -375,6 +395,52 @@ fn follow_threads(pid: i32) -> usize {
         .min(allowed_cpus())
 }
 
+/// Which threads of a program compute: those that used at least half of the run time they were
+/// allowed since the last count. llama-server, for one, has seven threads and computes on one or
+/// two; sizing the run time for all of them would hold it to a fraction of its budget.
+struct ComputingThreads {
+    last: Option<Vec<(i32, Duration)>>,
+}
+
+impl ComputingThreads {
+    fn start(pid: i32) -> Self {
+        Self {
+            last: crate::meter::thread_run_times(pid),
+        }
+    }
+
+    /// Counts the threads that ran at least half of `allowed` since the last call (`None` when
+    /// per-thread times are not available), and starts the next interval.
+    fn count(&mut self, pid: i32, allowed: Duration) -> Option<usize> {
+        let now = crate::meter::thread_run_times(pid);
+        let counted = match (&self.last, &now) {
+            (Some(before), Some(now)) => Some(count_computing(before, now, allowed)),
+            _ => None,
+        };
+        self.last = now;
+        counted
+    }
+}
+
+/// Threads of `now` whose run time grew by at least half of `allowed` since `before` (a thread
+/// born in between counts from zero).
+fn count_computing(
+    before: &[(i32, Duration)],
+    now: &[(i32, Duration)],
+    allowed: Duration,
+) -> usize {
+    let half = allowed / 2;
+    now.iter()
+        .filter(|(tid, run)| {
+            let was = before
+                .iter()
+                .find(|(t, _)| t == tid)
+                .map_or(Duration::ZERO, |(_, r)| *r);
+            run.saturating_sub(was) >= half && !half.is_zero()
+        })
+        .count()
+}
+
 /// CPUs this process may run on.
 pub fn allowed_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -385,6 +451,19 @@ mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
     use std::process::{Child, Command};
+
+    #[test]
+    fn computing_threads_are_those_that_used_their_run_time() {
+        let ms = Duration::from_millis;
+        let before = [(1, ms(1000)), (2, ms(5)), (3, ms(0))];
+        // Allowed 250 ms each: thread 1 ran 260 ms (computing), 2 ran 2 ms (an HTTP thread),
+        // 3 ran 130 ms (computing), 4 was born and ran 200 ms (computing). Allowed 500 ms: only
+        // thread 1 ran half of it.
+        let now = [(1, ms(1260)), (2, ms(7)), (3, ms(130)), (4, ms(200))];
+        assert_eq!(count_computing(&before, &now, ms(250)), 3);
+        assert_eq!(count_computing(&before, &now, ms(500)), 1);
+        assert_eq!(count_computing(&before, &now, Duration::ZERO), 0);
+    }
 
     fn spawn_sleep() -> (Child, Target) {
         let child = Command::new("sleep")

@@ -126,6 +126,26 @@ fn command_mode_holds_half_a_core() {
 }
 
 #[test]
+fn command_mode_gives_the_budget_to_one_computing_thread_among_idle_ones() {
+    let _cpu = crate::support::exclusive();
+    // Five threads, one computing (llama-server's shape): sized for all of them the limiter
+    // would hold it to 0.25 cores; it learns which one computes within a feedback window.
+    let limiter = limiter(&[
+        "--cpus",
+        "0.5",
+        "--",
+        BURNER,
+        "--threads",
+        "1",
+        "--idle-threads",
+        "4",
+    ]);
+    let pid = child_of(limiter.0.id());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_half_core(pid);
+}
+
+#[test]
 fn pid_mode_holds_half_a_core_and_sigterm_leaves_the_target_running() {
     let _cpu = crate::support::exclusive();
     let burner = burner(2);
@@ -152,6 +172,55 @@ fn pid_mode_holds_half_a_core_and_sigterm_leaves_the_target_running() {
             "burner not running freely after the limiter left: {cores:.2}"
         );
     }
+}
+
+/// Context switches of a single-threaded process so far (every stop and continue adds some).
+fn switches(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("target alive");
+    status
+        .lines()
+        .filter(|l| l.contains("ctxt_switches:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn limit_rests_on_an_idle_target_and_throttles_it_again_when_it_works() {
+    let _cpu = crate::support::exclusive();
+    // Idle for 3 s (a shell waiting for `sleep`), then the same pid becomes a busy burner.
+    let script = format!("sleep 3; exec {BURNER} --threads 1 --seconds 30");
+    let limiter = limiter(&["--cpus", "0.5", "--", "sh", "-c", &script]);
+    let pid = child_of(limiter.0.id());
+    // Throttling from the start: the idle shell is stopped and continued every period.
+    let s0 = switches(pid);
+    std::thread::sleep(Duration::from_millis(300));
+    let early = switches(pid) - s0;
+    // After a second of idleness the limiter rests: no more stops, so no more switches.
+    std::thread::sleep(Duration::from_millis(1500));
+    let s1 = switches(pid);
+    std::thread::sleep(Duration::from_millis(700));
+    let resting = switches(pid) - s1;
+    eprintln!(
+        "switches of the idle target: {early} in the first 300 ms, {resting} in 700 ms of rest"
+    );
+    assert!(
+        early >= 5,
+        "the idle target was not throttled at first ({early} switches)"
+    );
+    assert!(
+        resting <= 2,
+        "the limiter kept stopping an idle target ({resting} switches in 700 ms)"
+    );
+    // Work again: throttled within a period, and the budget holds.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while meter::process_state(pid) != Some('T') {
+        assert!(
+            Instant::now() < deadline,
+            "the working target was never throttled again"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_half_core(pid);
 }
 
 #[test]

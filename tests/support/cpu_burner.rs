@@ -1,6 +1,7 @@
-//! A CPU-burning test program: `cpu-burner [--threads N] [--seconds S]` keeps N threads busy
-//! (the main thread is one of them, so the process has exactly N threads) for S seconds
-//! (forever without `--seconds`). Used by the governor's tests and benchmark.
+//! A CPU-burning test program: `cpu-burner [--threads N] [--idle-threads M] [--seconds S]` keeps
+//! N threads busy (the main thread is one of them) for S seconds (forever without `--seconds`),
+//! next to M threads that only sleep (like a server's HTTP and logging threads), so the process
+//! has exactly N + M threads. Used by the governor's tests and benchmark.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -8,19 +9,26 @@ use std::time::{Duration, Instant};
 fn main() {
     let mut threads = 1usize;
     let mut seconds: Option<f64> = None;
+    let mut idle = 0usize;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next();
         match (arg.as_str(), value.as_deref().map(str::parse::<f64>)) {
             ("--threads", Some(Ok(n))) if n >= 1.0 => threads = n as usize,
             ("--seconds", Some(Ok(s))) if s >= 0.0 => seconds = Some(s),
+            ("--idle-threads", Some(Ok(n))) if n >= 0.0 => idle = n as usize,
             _ => {
-                eprintln!("usage: cpu-burner [--threads N] [--seconds S]");
+                eprintln!("usage: cpu-burner [--threads N] [--idle-threads M] [--seconds S]");
                 std::process::exit(2);
             }
         }
     }
     let deadline = seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    for _ in 0..idle {
+        std::thread::spawn(|| loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        });
+    }
     let workers: Vec<_> = (1..threads)
         .map(|_| std::thread::spawn(move || burn(deadline)))
         .collect();
