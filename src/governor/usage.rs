@@ -6,7 +6,8 @@
 //! 100 times a second. The [`UsageGate`] keeps the limiter throttling while the target works and
 //! lets it rest (target continued, no signals) once the target has used almost nothing for
 //! [`IDLE_WINDOW`]; while resting, one cheap reading per period notices new work, so an idle
-//! program that starts working runs free for at most one period before the duty cycle is back.
+//! program that starts working runs free for at most one period (20 ms at most) before the duty
+//! cycle is back.
 
 use super::{Activity, ActivityGuard};
 use std::time::{Duration, Instant};
@@ -19,13 +20,18 @@ const IDLE_SHARE: f64 = 0.05;
 /// ... and less than this part of the budget, so a program held to a tiny budget still counts
 /// as working.
 const IDLE_BUDGET_PART: f64 = 0.25;
-/// While resting, a period in which the target used this share of a core counts as work.
+/// While resting, a poll interval in which the target used this share of a core counts as work.
 const WAKE_SHARE: f64 = 0.05;
+/// The longest poll interval while resting, whatever the period: new work runs free until the
+/// next poll, and 20 ms of a full core in a 100 ms window is as much as the after-idle target
+/// (budget + 10 points) allows at half a core. Each poll costs a wake-up (about 0.1 ms of CPU on
+/// a VM), so resting costs the limiter about 0.5 % of a core.
+const MAX_POLL: Duration = Duration::from_millis(20);
 
 /// Whether the limiter should throttle, from the target's cumulative CPU time.
 #[derive(Debug)]
 pub struct UsageGate {
-    period: Duration,
+    poll: Duration,
     idle_max: Duration,
     active: bool,
     /// Start of the current observation: (when, the target's CPU time then).
@@ -33,12 +39,13 @@ pub struct UsageGate {
 }
 
 impl UsageGate {
-    /// A gate for a budget of `cpus` cores and the limiter's `period`; it starts active (the
-    /// budget holds from the first period) with the target's CPU time `cpu` at `now`.
+    /// A gate for a budget of `cpus` cores and the limiter's `period` (it polls once per period
+    /// while resting, at most [`MAX_POLL`] apart); it starts active (the budget holds from the
+    /// first period) with the target's CPU time `cpu` at `now`.
     pub fn new(cpus: f64, period: Duration, now: Instant, cpu: Duration) -> Self {
         let idle_share = IDLE_SHARE.min(cpus * IDLE_BUDGET_PART);
         Self {
-            period,
+            poll: period.min(MAX_POLL),
             idle_max: IDLE_WINDOW.mul_f64(idle_share),
             active: true,
             since: (now, cpu),
@@ -50,13 +57,13 @@ impl UsageGate {
         self.active
     }
 
-    /// How long to wait before the next [`observe`](Self::observe): one period while resting
-    /// (to notice work quickly), the idle window while throttling.
+    /// How long to wait before the next [`observe`](Self::observe): one poll interval while
+    /// resting (to notice work quickly), the idle window while throttling.
     pub fn next_check(&self) -> Duration {
         if self.active {
             IDLE_WINDOW
         } else {
-            self.period
+            self.poll
         }
     }
 
@@ -82,7 +89,7 @@ impl UsageGate {
             None
         } else {
             self.since = (now, cpu);
-            if used.as_secs_f64() >= wall.max(self.period).as_secs_f64() * WAKE_SHARE {
+            if used.as_secs_f64() >= wall.max(self.poll).as_secs_f64() * WAKE_SHARE {
                 self.active = true;
                 return Some(true);
             }
@@ -189,6 +196,14 @@ mod tests {
         assert_eq!(g.observe(t0 + IDLE_WINDOW, ms(0)), Some(false));
         // 2 ms over a second (a stalled reading): 0.2 % of a core, not work.
         assert_eq!(g.observe(t0 + IDLE_WINDOW * 2, ms(2)), None);
+    }
+
+    #[test]
+    fn long_periods_still_poll_every_20_ms_while_resting() {
+        let t0 = Instant::now();
+        let mut g = UsageGate::new(0.5, Duration::from_millis(50), t0, ms(0));
+        assert_eq!(g.observe(t0 + IDLE_WINDOW, ms(0)), Some(false));
+        assert_eq!(g.next_check(), MAX_POLL);
     }
 
     #[test]
