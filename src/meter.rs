@@ -329,25 +329,6 @@ pub fn process_state(pid: i32) -> Option<char> {
     read_pid_stat(pid).map(|s| s.state)
 }
 
-/// CPU time of a process with nanosecond precision: the sum of its threads' scheduler run
-/// time (`/proc/<pid>/task/*/schedstat`). Costlier than [`process_cpu_time`] (one read per
-/// thread); for benchmarks that look at 20-100 ms windows, where 10 ms ticks are too coarse.
-#[cfg(target_os = "linux")]
-pub fn process_run_time(pid: i32) -> Option<Duration> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let ns: u64 = tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    Some(Duration::from_nanos(ns))
-}
-
-/// CPU time of a process (tick precision on this platform).
-#[cfg(not(target_os = "linux"))]
-pub fn process_run_time(pid: i32) -> Option<Duration> {
-    process_cpu_time(pid)
-}
-
 /// Number of threads of a process (`Threads:` of `/proc/<pid>/status`).
 #[cfg(target_os = "linux")]
 pub fn thread_count(pid: i32) -> Option<usize> {

@@ -148,7 +148,7 @@ impl Sampler {
                     // Read both counters back to back and stamp the pair with the time between
                     // them, so a preempted sampler does not skew windows.
                     let before = Instant::now();
-                    let run = meter::process_run_time(backend).unwrap_or_default();
+                    let run = meter::process_cpu_clock(backend).unwrap_or_default();
                     let sys = meter::system_times();
                     let ticks = meter::system_times_from(SystemSource::ProcStat);
                     let after = Instant::now();
@@ -521,16 +521,12 @@ async fn run_scenario(
 /// Scheduler run time of a process's threads other than its main one (llama-server computes on
 /// its main thread with one thread; the others serve HTTP, logging and queues and mostly sleep).
 fn helpers_run_time(pid: i32) -> Duration {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Duration::ZERO;
-    };
-    let ns: u64 = tasks
-        .filter_map(Result::ok)
-        .filter(|t| t.file_name().to_str() != Some(pid.to_string().as_str()))
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    Duration::from_nanos(ns)
+    meter::thread_run_times(pid)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(tid, _)| *tid != pid)
+        .map(|(_, run)| run)
+        .sum()
 }
 
 /// What one run of a scenario recorded.

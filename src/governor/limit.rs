@@ -18,6 +18,7 @@ use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
+use tokio_util::task::AbortOnDropHandle;
 
 /// Why `limit` could not start.
 #[derive(Debug, thiserror::Error)]
@@ -139,23 +140,14 @@ pub async fn run(args: LimitArgs) -> anyhow::Result<ExitCode> {
 
 /// Starts following the target's CPU use (the activity signal of `limit`); the task ends with
 /// the target or when the returned guard drops.
-fn follow_usage(pid: i32, args: &LimitArgs, activity: &Activity) -> AbortOnDrop {
-    AbortOnDrop(tokio::spawn(super::usage::follow(
+fn follow_usage(pid: i32, args: &LimitArgs, activity: &Activity) -> AbortOnDropHandle<()> {
+    AbortOnDropHandle::new(tokio::spawn(super::usage::follow(
         pid,
         args.cpus,
         args.period,
         activity.clone(),
         activity.begin(),
     )))
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 fn kill_group(pid: i32, sig: i32) {

@@ -251,10 +251,11 @@ impl Loop<'_> {
         // A program we know nothing about: size the run time for all its threads at first (it
         // cannot exceed the budget), then for those that turn out to compute.
         let mut cap = 0;
-        let mut computing = ComputingThreads::start(pid);
+        let mut computing = None;
         if self.follow_threads {
             cap = follow_threads(pid);
             self.ctl.set_usable(cap);
+            computing = Some(ComputingThreads::start(pid));
         }
         while !*self.stop.borrow() && *self.activity.borrow() > 0 {
             if self.ctl.unthrottled() {
@@ -298,7 +299,7 @@ impl Loop<'_> {
                         window_start = now;
                         cpu_start = crate::meter::process_cpu_time(pid).ok_or_else(gone)?;
                         sys_start = crate::meter::system_times().ok();
-                        computing = ComputingThreads::start(pid);
+                        computing = Some(ComputingThreads::start(pid));
                     }
                 }
             }
@@ -322,9 +323,9 @@ impl Loop<'_> {
                 let budget = adaptive.update(busy, measured, allowed_cpus(), wall);
                 self.ctl.set_cpus(budget);
             }
-            if self.follow_threads {
-                let fraction = self.ctl.fraction();
-                if let Some(n) = computing.count(pid, wall.mul_f64(fraction)) {
+            if let Some(computing) = &mut computing {
+                let allowed = wall.mul_f64(self.ctl.fraction());
+                if let Some(n) = computing.count(pid, allowed) {
                     self.ctl.set_usable(n.clamp(1, cap.max(1)));
                 }
             }

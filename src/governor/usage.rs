@@ -143,6 +143,15 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// A gate for half a core whose target stayed idle for the first window: resting, and the
+    /// instant it started to.
+    fn resting(period: Duration) -> (UsageGate, Instant) {
+        let t0 = Instant::now();
+        let mut g = UsageGate::new(0.5, period, t0, ms(0));
+        assert_eq!(g.observe(t0 + IDLE_WINDOW, ms(0)), Some(false));
+        (g, t0 + IDLE_WINDOW)
+    }
+
     #[test]
     fn busy_target_stays_throttled() {
         let t0 = Instant::now();
@@ -177,10 +186,7 @@ mod tests {
 
     #[test]
     fn resting_target_wakes_on_work_not_on_crumbs() {
-        let t0 = Instant::now();
-        let mut g = UsageGate::new(0.5, P, t0, ms(0));
-        assert_eq!(g.observe(t0 + IDLE_WINDOW, ms(0)), Some(false));
-        let t = t0 + IDLE_WINDOW;
+        let (mut g, t) = resting(P);
         // A health probe's worth (0.3 ms in a period): still resting.
         assert_eq!(g.observe(t + P, Duration::from_micros(300)), None);
         // A full period of work: throttle at once.
@@ -191,18 +197,14 @@ mod tests {
 
     #[test]
     fn a_late_reading_while_resting_is_judged_over_its_real_span() {
-        let t0 = Instant::now();
-        let mut g = UsageGate::new(0.5, P, t0, ms(0));
-        assert_eq!(g.observe(t0 + IDLE_WINDOW, ms(0)), Some(false));
+        let (mut g, t) = resting(P);
         // 2 ms over a second (a stalled reading): 0.2 % of a core, not work.
-        assert_eq!(g.observe(t0 + IDLE_WINDOW * 2, ms(2)), None);
+        assert_eq!(g.observe(t + IDLE_WINDOW, ms(2)), None);
     }
 
     #[test]
     fn long_periods_still_poll_every_20_ms_while_resting() {
-        let t0 = Instant::now();
-        let mut g = UsageGate::new(0.5, Duration::from_millis(50), t0, ms(0));
-        assert_eq!(g.observe(t0 + IDLE_WINDOW, ms(0)), Some(false));
+        let (g, _) = resting(ms(50));
         assert_eq!(g.next_check(), MAX_POLL);
     }
 
