@@ -250,24 +250,31 @@ impl Loop<'_> {
         let mut periods: u64 = 0;
         // A program we know nothing about: size the run time for all its threads at first (it
         // cannot exceed the budget), then for those that turn out to compute.
-        let mut cap = 0;
-        let mut computing = None;
-        if self.follow_threads {
-            cap = follow_threads(pid);
-            self.ctl.set_usable(cap);
-            computing = Some(ComputingThreads::start(pid));
+        let mut follow = self.follow_threads.then(|| FollowThreads::start(pid));
+        if let Some(f) = &follow {
+            self.ctl.set_usable(f.cap);
         }
         while !*self.stop.borrow() && *self.activity.borrow() > 0 {
+            let check: bool;
             if self.ctl.unthrottled() {
-                let (activity, stop, window) = (&mut self.activity, &mut self.stop, self.window);
+                // Unknown programs are checked as often while unthrottled as while throttled: a
+                // thread that starts computing must not run free until the window ends.
+                let nap = if follow.is_some() {
+                    self.window
+                        .min(self.ctl.period() * THREAD_CHECK_PERIODS as u32)
+                } else {
+                    self.window
+                };
+                let (activity, stop) = (&mut self.activity, &mut self.stop);
                 rt.block_on(async {
                     tokio::select! {
-                        _ = tokio::time::sleep(window) => {}
+                        _ = tokio::time::sleep(nap) => {}
                         _ = activity.changed() => {}
                         _ = stop.changed() => {}
                     }
                 });
                 next = Instant::now();
+                check = true;
             } else {
                 let period = self.ctl.period();
                 sleep_until(next + self.ctl.run_time());
@@ -279,31 +286,22 @@ impl Loop<'_> {
                 if now > next + period {
                     next = now;
                 }
-                // A program we know nothing about may start threads at any time (a freshly
-                // started one usually has one thread yet): follow its count every few periods,
-                // and start a fresh feedback window when it changes.
                 periods += 1;
-                if self.follow_threads && periods % THREAD_CHECK_PERIODS == 0 {
-                    let threads = follow_threads(pid);
-                    if threads != cap {
-                        // More threads: any may compute, assume they all do until measured.
-                        // Fewer: at most that many compute.
-                        let usable = if threads > cap {
-                            threads
-                        } else {
-                            threads.min(self.ctl.usable() as usize)
-                        };
-                        cap = threads;
-                        self.ctl.set_usable(usable);
-                        self.ctl.reset_window();
-                        window_start = now;
-                        cpu_start = crate::meter::process_cpu_time(pid).ok_or_else(gone)?;
-                        sys_start = crate::meter::system_times().ok();
-                        computing = Some(ComputingThreads::start(pid));
-                    }
-                }
+                check = periods % THREAD_CHECK_PERIODS == 0;
             }
             let now = Instant::now();
+            // A program we know nothing about may start threads, or set idle ones computing, at
+            // any time: follow it every few periods, and start a fresh feedback window when the
+            // CPUs it can keep busy change.
+            if let (true, Some(f)) = (check, &mut follow) {
+                if let Some(usable) = f.check(pid, now, &self.ctl) {
+                    self.ctl.set_usable(usable);
+                    self.ctl.reset_window();
+                    window_start = now;
+                    cpu_start = crate::meter::process_cpu_time(pid).ok_or_else(gone)?;
+                    sys_start = crate::meter::system_times().ok();
+                }
+            }
             let wall = now.duration_since(window_start);
             if wall < self.window {
                 continue;
@@ -323,10 +321,10 @@ impl Loop<'_> {
                 let budget = adaptive.update(busy, measured, allowed_cpus(), wall);
                 self.ctl.set_cpus(budget);
             }
-            if let Some(computing) = &mut computing {
+            if let Some(f) = &mut follow {
                 let allowed = wall.mul_f64(self.ctl.fraction());
-                if let Some(n) = computing.count(pid, allowed) {
-                    self.ctl.set_usable(n.clamp(1, cap.max(1)));
+                if let Some(n) = f.computing.count(pid, allowed) {
+                    self.ctl.set_usable(n.clamp(1, f.cap.max(1)));
                 }
             }
             store(&self.readings.measured, measured);
@@ -396,6 +394,67 @@ fn follow_threads(pid: i32) -> usize {
         .min(allowed_cpus())
 }
 
+/// How far above its budget an unknown program may run over a few periods before the limiter
+/// sizes the run time for all its threads again (the count of computing threads was too low).
+const OVERSHOOT: f64 = 1.25;
+
+/// What the limiter follows of a program it knows nothing about: its threads (at most the
+/// CPUs), which of them compute, and its CPU clock at the last check.
+struct FollowThreads {
+    cap: usize,
+    computing: ComputingThreads,
+    last: Option<(Instant, Duration)>,
+}
+
+impl FollowThreads {
+    fn start(pid: i32) -> Self {
+        Self {
+            cap: follow_threads(pid),
+            computing: ComputingThreads::start(pid),
+            last: crate::meter::process_cpu_clock(pid).map(|cpu| (Instant::now(), cpu)),
+        }
+    }
+
+    /// Reads the thread count and the CPU clock; returns the CPUs to size the run time for when
+    /// that must change: all threads when there are more of them, or when the program ran
+    /// above its budget since the last check (a thread counted as idle started computing);
+    /// at most the thread count when there are fewer.
+    fn check(&mut self, pid: i32, now: Instant, ctl: &DutyController) -> Option<usize> {
+        let threads = follow_threads(pid);
+        let cpu = crate::meter::process_cpu_clock(pid);
+        let over = match (self.last, cpu) {
+            (Some((then, before)), Some(cpu)) => overshoots(
+                cpu.saturating_sub(before),
+                now.saturating_duration_since(then),
+                ctl.cpus(),
+            ),
+            _ => false,
+        };
+        self.last = cpu.map(|cpu| (now, cpu));
+        let usable = ctl.usable() as usize;
+        let raise = threads > self.cap || (over && usable < threads);
+        if threads == self.cap && !raise {
+            return None;
+        }
+        if raise && over {
+            tracing::debug!(
+                pid,
+                threads,
+                sized_for = usable,
+                "above budget: sizing for every thread again"
+            );
+        }
+        self.cap = threads;
+        self.computing = ComputingThreads::start(pid);
+        Some(if raise { threads } else { threads.min(usable) })
+    }
+}
+
+/// Whether `used` CPU over `elapsed` is clearly above a budget of `cpus` cores.
+fn overshoots(used: Duration, elapsed: Duration, cpus: f64) -> bool {
+    !elapsed.is_zero() && used.as_secs_f64() > elapsed.as_secs_f64() * cpus * OVERSHOOT
+}
+
 /// Which threads of a program compute: those that used at least half of the run time they were
 /// allowed since the last count. llama-server, for one, has seven threads and computes on one or
 /// two; sizing the run time for all of them would hold it to a fraction of its budget.
@@ -452,6 +511,16 @@ mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
     use std::process::{Child, Command};
+
+    #[test]
+    fn overshoot_is_a_quarter_above_the_budget() {
+        let ms = Duration::from_millis;
+        assert!(!overshoots(ms(50), ms(100), 0.5));
+        assert!(!overshoots(ms(62), ms(100), 0.5));
+        assert!(overshoots(ms(63), ms(100), 0.5));
+        assert!(overshoots(ms(200), ms(100), 1.0));
+        assert!(!overshoots(ms(200), Duration::ZERO, 1.0));
+    }
 
     #[test]
     fn computing_threads_are_those_that_used_their_run_time() {

@@ -86,13 +86,8 @@ fn measure(pid: i32, window: Duration) -> (f64, f64) {
 /// burner no room to reach it (a saturated CI machine), which is reported, not hidden.
 fn assert_half_core(pid: i32) {
     std::thread::sleep(Duration::from_secs(1));
-    let (cores, others) = measure(pid, Duration::from_secs(3));
+    let (cores, others) = assert_at_most_half_core(pid, Duration::from_secs(3));
     let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    eprintln!("burner used {cores:.3} cores; other processes {others:.2} cores");
-    assert!(
-        cores <= 0.55,
-        "burner used {cores:.3} cores under a 0.5 budget"
-    );
     if others <= ncpus - 0.6 {
         assert!(
             cores >= 0.45,
@@ -101,6 +96,18 @@ fn assert_half_core(pid: i32) {
     } else {
         eprintln!("machine saturated by other processes: lower bound not checked");
     }
+}
+
+/// The upper half of [`assert_half_core`], over a window starting now; returns the burner's
+/// cores and the other processes'.
+fn assert_at_most_half_core(pid: i32, window: Duration) -> (f64, f64) {
+    let (cores, others) = measure(pid, window);
+    eprintln!("burner used {cores:.3} cores; other processes {others:.2} cores");
+    assert!(
+        cores <= 0.55,
+        "burner used {cores:.3} cores under a 0.5 budget"
+    );
+    (cores, others)
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
@@ -142,6 +149,37 @@ fn command_mode_gives_the_budget_to_one_computing_thread_among_idle_ones() {
     ]);
     let pid = child_of(limiter.0.id());
     std::thread::sleep(Duration::from_secs(2));
+    assert_half_core(pid);
+}
+
+#[test]
+fn command_mode_holds_the_budget_when_an_idle_thread_starts_computing() {
+    let _cpu = crate::support::exclusive();
+    // One thread computes, one sleeps: the limiter learns to size the run time for one (after
+    // its first 1 s feedback window). At 2.9 s the sleeping thread computes too, just before a
+    // window ends, so the next count comes a whole window later: without watching the CPU
+    // clock between counts the program would run at twice the budget until then.
+    let limiter = limiter(&[
+        "--cpus",
+        "0.5",
+        "--",
+        BURNER,
+        "--threads",
+        "1",
+        "--idle-threads",
+        "1",
+        "--wake-after",
+        "2.9",
+        "--seconds",
+        "30",
+    ]);
+    let pid = child_of(limiter.0.id());
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(2900 + 300).saturating_sub(started.elapsed()));
+    assert_eq!(meter::thread_count(pid), Some(2));
+    // Right after the wake-up: no second at twice the budget.
+    assert_at_most_half_core(pid, Duration::from_secs(2));
+    // Then the feedback settles on the budget again, now for two computing threads.
     assert_half_core(pid);
 }
 

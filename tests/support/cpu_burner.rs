@@ -1,7 +1,9 @@
-//! A CPU-burning test program: `cpu-burner [--threads N] [--idle-threads M] [--seconds S]` keeps
-//! N threads busy (the main thread is one of them) for S seconds (forever without `--seconds`),
-//! next to M threads that only sleep (like a server's HTTP and logging threads), so the process
-//! has exactly N + M threads. Used by the governor's tests and benchmark.
+//! A CPU-burning test program: `cpu-burner [--threads N] [--idle-threads M] [--wake-after W]
+//! [--seconds S]` keeps N threads busy (the main thread is one of them) for S seconds (forever
+//! without `--seconds`), next to M threads that only sleep (like a server's HTTP and logging
+//! threads), so the process has exactly N + M threads. With `--wake-after W` the M sleeping
+//! threads start computing too after W seconds (a program whose idle thread joins the work).
+//! Used by the governor's tests and benchmark.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -10,6 +12,7 @@ fn main() {
     let mut threads = 1usize;
     let mut seconds: Option<f64> = None;
     let mut idle = 0usize;
+    let mut wake: Option<f64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next();
@@ -17,16 +20,25 @@ fn main() {
             ("--threads", Some(Ok(n))) if n >= 1.0 => threads = n as usize,
             ("--seconds", Some(Ok(s))) if s >= 0.0 => seconds = Some(s),
             ("--idle-threads", Some(Ok(n))) if n >= 0.0 => idle = n as usize,
+            ("--wake-after", Some(Ok(w))) if w >= 0.0 => wake = Some(w),
             _ => {
-                eprintln!("usage: cpu-burner [--threads N] [--idle-threads M] [--seconds S]");
+                eprintln!(
+                    "usage: cpu-burner [--threads N] [--idle-threads M] [--wake-after W] [--seconds S]"
+                );
                 std::process::exit(2);
             }
         }
     }
     let deadline = seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
     for _ in 0..idle {
-        std::thread::spawn(|| loop {
-            std::thread::sleep(Duration::from_secs(3600));
+        std::thread::spawn(move || match wake {
+            Some(w) => {
+                std::thread::sleep(Duration::from_secs_f64(w));
+                burn(deadline);
+            }
+            None => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
         });
     }
     let workers: Vec<_> = (1..threads)
