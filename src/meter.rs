@@ -163,6 +163,15 @@ mod linux {
     }
 }
 
+/// The machine's CPUs (online), the denominator of every "% of the machine" figure: system CPU
+/// readings are shares of all of them, whatever this process's own affinity.
+pub fn machine_cpus() -> usize {
+    #[cfg(target_os = "linux")]
+    return linux::online_cpus();
+    #[cfg(not(target_os = "linux"))]
+    return std::thread::available_parallelism().map_or(1, |n| n.get());
+}
+
 #[cfg(target_os = "macos")]
 pub fn system_times() -> std::io::Result<SystemTimes> {
     macos::system_times()

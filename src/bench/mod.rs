@@ -167,7 +167,7 @@ fn share_of_machine(cpu: Duration, wall_s: f64) -> f64 {
 }
 
 fn host_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    crate::meter::machine_cpus()
 }
 
 fn write_outputs(

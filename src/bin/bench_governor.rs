@@ -209,7 +209,7 @@ impl Sampler {
 
     /// The backend's own CPU in % of the machine, over the same windows as [`Self::windows`].
     fn backend_windows(&self, from: Instant, to: Instant, k: usize) -> Vec<f64> {
-        let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let ncpus = meter::machine_cpus() as f64;
         self.inside(from, to)
             .windows(k + 1)
             .step_by(k)
@@ -558,7 +558,7 @@ struct Measurement {
 /// One table row from every run of a scenario: windows and latencies pooled, spikes the worst
 /// of any run, rates over the summed time.
 fn summarize(s: &Scenario, runs: &[Measurement]) -> Row {
-    let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let ncpus = meter::machine_cpus() as f64;
     let pool = |f: fn(&Measurement) -> &Vec<f64>| -> Vec<f64> {
         runs.iter().flat_map(|m| f(m).iter().copied()).collect()
     };
@@ -699,13 +699,14 @@ fn table(rows: &[Row]) -> String {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let t1 = governor::threads_for_budget(Some(1.0), ncpus);
-    let t05 = governor::threads_for_budget(Some(0.5), ncpus);
+    // Threads: the CPUs this process (and the backends it starts) may run on.
+    let allowed = governor::signals::allowed_cpus();
+    let t1 = governor::threads_for_budget(Some(1.0), allowed);
+    let t05 = governor::threads_for_budget(Some(0.5), allowed);
     let scenarios = [
         Scenario {
             name: "unlimited",
-            threads: ncpus,
+            threads: allowed,
             limiter: Limiter::None,
             no_spin: false,
         },
@@ -723,7 +724,7 @@ async fn main() -> anyhow::Result<()> {
         },
         Scenario {
             name: "cpulimit-l100",
-            threads: ncpus,
+            threads: allowed,
             limiter: Limiter::Cpulimit(100),
             no_spin: false,
         },
@@ -766,7 +767,7 @@ async fn main() -> anyhow::Result<()> {
         },
         Scenario {
             name: "governor-0.5-2t",
-            threads: ncpus,
+            threads: allowed,
             limiter: Limiter::Governor(0.5, 20),
             no_spin: true,
         },
@@ -829,10 +830,11 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
     let text = format!(
-        "System CPU in % of the whole machine ({ncpus} CPUs) read from {}, in 100 ms and 20 ms \
+        "System CPU in % of the whole machine ({} CPUs) read from {}, in 100 ms and 20 ms \
          windows; {} requests of ~200 prompt tokens, {} generated tokens each, sequential; {} \
          round(s) through the scenarios in turn (windows and latencies pooled, spikes the worst \
          of any round).\n\n{}",
+        meter::machine_cpus(),
         meter::system_source().describe(),
         args.requests,
         args.max_tokens,
