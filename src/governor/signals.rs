@@ -422,15 +422,24 @@ impl FollowThreads {
     fn check(&mut self, pid: i32, now: Instant, ctl: &DutyController) -> Option<usize> {
         let threads = follow_threads(pid);
         let cpu = crate::meter::process_cpu_clock(pid);
+        // Judged over at least a period (an activity change can end a nap after a moment).
         let over = match (self.last, cpu) {
-            (Some((then, before)), Some(cpu)) => overshoots(
-                cpu.saturating_sub(before),
-                now.saturating_duration_since(then),
-                ctl.cpus(),
-            ),
-            _ => false,
+            (Some((then, _)), Some(_)) if now.saturating_duration_since(then) < ctl.period() => {
+                false
+            }
+            (Some((then, before)), Some(cpu)) => {
+                self.last = Some((now, cpu));
+                overshoots(
+                    cpu.saturating_sub(before),
+                    now.saturating_duration_since(then),
+                    ctl.cpus(),
+                )
+            }
+            _ => {
+                self.last = cpu.map(|cpu| (now, cpu));
+                false
+            }
         };
-        self.last = cpu.map(|cpu| (now, cpu));
         let usable = ctl.usable() as usize;
         let raise = threads > self.cap || (over && usable < threads);
         if threads == self.cap && !raise {
