@@ -47,6 +47,13 @@ fn limiter(args: &[&str]) -> Killed {
     Killed(child, false)
 }
 
+/// `limit --cpus 0.5 -- cpu-burner ARGS`.
+fn burner_at_half_core(burner_args: &[&str]) -> Killed {
+    let mut args = vec!["--cpus", "0.5", "--", BURNER];
+    args.extend_from_slice(burner_args);
+    limiter(&args)
+}
+
 /// The pid of `parent`'s child, waiting up to 5 s for it to appear.
 fn child_of(parent: u32) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -127,7 +134,7 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
 #[test]
 fn command_mode_holds_half_a_core() {
     let _cpu = crate::support::exclusive();
-    let limiter = limiter(&["--cpus", "0.5", "--", BURNER, "--threads", "2"]);
+    let limiter = burner_at_half_core(&["--threads", "2"]);
     let pid = child_of(limiter.0.id());
     assert_half_core(pid);
 }
@@ -137,16 +144,7 @@ fn command_mode_gives_the_budget_to_one_computing_thread_among_idle_ones() {
     let _cpu = crate::support::exclusive();
     // Five threads, one computing (llama-server's shape): sized for all of them the limiter
     // would hold it to 0.25 cores; it learns which one computes within a feedback window.
-    let limiter = limiter(&[
-        "--cpus",
-        "0.5",
-        "--",
-        BURNER,
-        "--threads",
-        "1",
-        "--idle-threads",
-        "4",
-    ]);
+    let limiter = burner_at_half_core(&["--threads", "1", "--idle-threads", "4"]);
     let pid = child_of(limiter.0.id());
     std::thread::sleep(Duration::from_secs(2));
     assert_half_core(pid);
@@ -159,11 +157,7 @@ fn command_mode_holds_the_budget_when_an_idle_thread_starts_computing() {
     // its first 1 s feedback window). At 2.9 s the sleeping thread computes too, just before a
     // window ends, so the next count comes a whole window later: without watching the CPU
     // clock between counts the program would run at twice the budget until then.
-    let limiter = limiter(&[
-        "--cpus",
-        "0.5",
-        "--",
-        BURNER,
+    let limiter = burner_at_half_core(&[
         "--threads",
         "1",
         "--idle-threads",
