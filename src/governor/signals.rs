@@ -315,8 +315,8 @@ impl Loop<'_> {
                 _ => None,
             };
             sys_start = sys;
-            self.ctl
-                .observe_on(wall, used, busy.is_some_and(|b| b >= SATURATED));
+            let saturated = busy.is_some_and(|b| b >= SATURATED);
+            self.ctl.observe_on(wall, used, saturated);
             if let (Some(adaptive), Some(busy)) = (&mut self.adaptive, busy) {
                 let budget = adaptive.update(busy, measured, allowed_cpus(), wall);
                 self.ctl.set_cpus(budget);
@@ -324,7 +324,12 @@ impl Loop<'_> {
             if let Some(f) = &mut follow {
                 let allowed = wall.mul_f64(self.ctl.fraction());
                 if let Some(n) = f.computing.count(pid, allowed) {
-                    self.ctl.set_usable(n.clamp(1, f.cap.max(1)));
+                    // On a saturated machine computing threads fall short of their time for
+                    // other processes' sake, not because they stopped: count up, never down.
+                    let n = n.clamp(1, f.cap.max(1));
+                    if !saturated || n as f64 > self.ctl.usable() {
+                        self.ctl.set_usable(n);
+                    }
                 }
             }
             store(&self.readings.measured, measured);
@@ -465,7 +470,7 @@ fn overshoots(used: Duration, elapsed: Duration, cpus: f64) -> bool {
 }
 
 /// Which threads of a program compute: those that used at least half of the run time they were
-/// allowed since the last count. llama-server, for one, has seven threads and computes on one or
+/// allowed since the last count (or half of the busiest thread's, see [`count_computing`]). llama-server, for one, has seven threads and computes on one or
 /// two; sizing the run time for all of them would hold it to a fraction of its budget.
 struct ComputingThreads {
     last: Option<Vec<(i32, Duration)>>,
@@ -491,23 +496,31 @@ impl ComputingThreads {
     }
 }
 
-/// Threads of `now` whose run time grew by at least half of `allowed` since `before` (a thread
-/// born in between counts from zero).
+/// Threads of `now` whose run time grew since `before` by at least half of `allowed`, or by at
+/// least half of what the busiest thread ran (a thread born in between counts from zero). The
+/// second rule keeps computing threads counted when other processes leave them less than their
+/// allowed time, and unevenly: counted as idle, they would flap between sizings.
 fn count_computing(
     before: &[(i32, Duration)],
     now: &[(i32, Duration)],
     allowed: Duration,
 ) -> usize {
-    let half = allowed / 2;
-    now.iter()
-        .filter(|(tid, run)| {
+    let ran: Vec<Duration> = now
+        .iter()
+        .map(|(tid, run)| {
             let was = before
                 .iter()
                 .find(|(t, _)| t == tid)
                 .map_or(Duration::ZERO, |(_, r)| *r);
-            run.saturating_sub(was) >= half && !half.is_zero()
+            run.saturating_sub(was)
         })
-        .count()
+        .collect();
+    let busiest = ran.iter().copied().max().unwrap_or_default();
+    let half = allowed.min(busiest) / 2;
+    if half.is_zero() {
+        return 0;
+    }
+    ran.iter().filter(|r| **r >= half).count()
 }
 
 /// CPUs this process may run on.
@@ -536,12 +549,16 @@ mod tests {
         let ms = Duration::from_millis;
         let before = [(1, ms(1000)), (2, ms(5)), (3, ms(0))];
         // Allowed 250 ms each: thread 1 ran 260 ms (computing), 2 ran 2 ms (an HTTP thread),
-        // 3 ran 130 ms (computing), 4 was born and ran 200 ms (computing). Allowed 500 ms: only
-        // thread 1 ran half of it.
+        // 3 ran 130 ms (computing), 4 was born and ran 200 ms (computing).
         let now = [(1, ms(1260)), (2, ms(7)), (3, ms(130)), (4, ms(200))];
         assert_eq!(count_computing(&before, &now, ms(250)), 3);
-        assert_eq!(count_computing(&before, &now, ms(500)), 1);
+        // Allowed 500 ms: the machine was busy, none got it all; those that ran at least half
+        // of what the busiest did compute all the same.
+        assert_eq!(count_computing(&before, &now, ms(500)), 3);
+        let uneven = [(1, ms(1200)), (2, ms(7)), (3, ms(110)), (4, ms(20))];
+        assert_eq!(count_computing(&before, &uneven, ms(500)), 2);
         assert_eq!(count_computing(&before, &now, Duration::ZERO), 0);
+        assert_eq!(count_computing(&before, &before, ms(500)), 0);
     }
 
     fn spawn_sleep() -> (Child, Target) {
