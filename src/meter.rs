@@ -599,7 +599,6 @@ mod tests {
     }
 
     #[cfg(target_os = "linux")]
-    #[cfg(target_os = "linux")]
     #[test]
     fn cpu_clock_follows_the_tick_count_with_finer_steps() {
         let pid = std::process::id() as i32;
@@ -625,6 +624,7 @@ mod tests {
         assert!(process_cpu_clock(gone).is_none());
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn reads_own_process() {
         let me = std::process::id() as i32;

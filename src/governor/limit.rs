@@ -8,7 +8,8 @@
 //! The budget holds from the first period. Without a proxy to say when the target works, its own
 //! CPU use does ([`super::usage`]): once it has been idle for a second the limiter rests (no
 //! stops, which would wake every thread of an idle program), and it throttles again within one
-//! period (at most 20 ms) of new work. (With `--method cgroup` the kernel caps the target and nothing rests.)
+//! period (at most 20 ms) of new work. (With `--method cgroup` the kernel caps the target and
+//! nothing rests.)
 
 use super::signals::allowed_cpus;
 use super::{Activity, Governor, GovernorConfig, GovernorSettings, Priority};

@@ -116,9 +116,7 @@ impl SignalLimiter {
                         target: &target,
                         ctl: DutyController::new(
                             params.cpus,
-                            params
-                                .usable
-                                .unwrap_or_else(|| follow_threads(target.pid())),
+                            params.usable.unwrap_or_else(|| thread_cap(target.pid())),
                             params.period,
                             params.feedback,
                         ),
@@ -393,7 +391,7 @@ fn raise_own_priority() {
 const THREAD_CHECK_PERIODS: u64 = 5;
 
 /// CPUs a child with an unknown thread count can keep busy: its threads, at most the CPUs.
-fn follow_threads(pid: i32) -> usize {
+fn thread_cap(pid: i32) -> usize {
     crate::meter::thread_count(pid)
         .unwrap_or(usize::MAX)
         .min(allowed_cpus())
@@ -414,7 +412,7 @@ struct FollowThreads {
 impl FollowThreads {
     fn start(pid: i32) -> Self {
         Self {
-            cap: follow_threads(pid),
+            cap: thread_cap(pid),
             computing: ComputingThreads::start(pid),
             last: crate::meter::process_cpu_clock(pid).map(|cpu| (Instant::now(), cpu)),
         }
@@ -425,26 +423,19 @@ impl FollowThreads {
     /// above its budget since the last check (a thread counted as idle started computing);
     /// at most the thread count when there are fewer.
     fn check(&mut self, pid: i32, now: Instant, ctl: &DutyController) -> Option<usize> {
-        let threads = follow_threads(pid);
+        let threads = thread_cap(pid);
         let cpu = crate::meter::process_cpu_clock(pid);
+        let elapsed = self
+            .last
+            .map(|(then, _)| now.saturating_duration_since(then));
         // Judged over at least a period (an activity change can end a nap after a moment).
-        let over = match (self.last, cpu) {
-            (Some((then, _)), Some(_)) if now.saturating_duration_since(then) < ctl.period() => {
-                false
+        let mut over = false;
+        if !elapsed.is_some_and(|e| e < ctl.period()) {
+            if let (Some((_, before)), Some(cpu), Some(elapsed)) = (self.last, cpu, elapsed) {
+                over = overshoots(cpu.saturating_sub(before), elapsed, ctl.cpus());
             }
-            (Some((then, before)), Some(cpu)) => {
-                self.last = Some((now, cpu));
-                overshoots(
-                    cpu.saturating_sub(before),
-                    now.saturating_duration_since(then),
-                    ctl.cpus(),
-                )
-            }
-            _ => {
-                self.last = cpu.map(|cpu| (now, cpu));
-                false
-            }
-        };
+            self.last = cpu.map(|cpu| (now, cpu));
+        }
         let usable = ctl.usable() as usize;
         let raise = threads > self.cap || (over && usable < threads);
         if threads == self.cap && !raise {
@@ -469,9 +460,9 @@ fn overshoots(used: Duration, elapsed: Duration, cpus: f64) -> bool {
     !elapsed.is_zero() && used.as_secs_f64() > elapsed.as_secs_f64() * cpus * OVERSHOOT
 }
 
-/// Which threads of a program compute: those that used at least half of the run time they were
-/// allowed since the last count (or half of the busiest thread's, see [`count_computing`]). llama-server, for one, has seven threads and computes on one or
-/// two; sizing the run time for all of them would hold it to a fraction of its budget.
+/// Which threads of a program compute (see [`count_computing`]). llama-server, for one, has
+/// seven threads and computes on one or two; sizing the run time for all of them would hold it
+/// to a fraction of its budget.
 struct ComputingThreads {
     last: Option<Vec<(i32, Duration)>>,
 }
@@ -483,8 +474,9 @@ impl ComputingThreads {
         }
     }
 
-    /// Counts the threads that ran at least half of `allowed` since the last call (`None` when
-    /// per-thread times are not available), and starts the next interval.
+    /// Counts the threads that computed since the last call, `allowed` being the run time each
+    /// was allowed ([`count_computing`]; `None` when per-thread times are not available), and
+    /// starts the next interval.
     fn count(&mut self, pid: i32, allowed: Duration) -> Option<usize> {
         let now = crate::meter::thread_run_times(pid);
         let counted = match (&self.last, &now) {
