@@ -1,5 +1,9 @@
 //! The command line: `run` (the default), `setup`, `profiles`, `limit` and `bench`.
+//!
+//! Only clap types live here, with their own value enums; [`crate::commands`] turns them into the
+//! domain's options (merging them over the configuration), so no domain module sees clap.
 
+use crate::units::{Cores, Share};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -98,7 +102,7 @@ pub struct LimitArgs {
     /// The budget in cores, like Docker's --cpus (cpulimit -l L is L/100 cores; P % of the
     /// whole machine is P/100 * ncpus cores).
     #[arg(long, value_name = "CORES")]
-    pub cpus: f64,
+    pub cpus: Cores,
     /// An existing process to limit (its whole process group when it leads one).
     #[arg(long, value_name = "PID", conflicts_with = "command")]
     pub pid: Option<i32>,
@@ -110,15 +114,29 @@ pub struct LimitArgs {
     pub threads: Option<usize>,
     /// How to enforce the budget: `signals` works on any process; `cgroup` moves it into a
     /// kernel-capped cgroup (root or a delegated cgroup v2 subtree); `auto` picks.
-    #[arg(long, value_enum, default_value_t = crate::governor::Method::Signals)]
-    pub method: crate::governor::Method,
+    #[arg(long, value_enum, default_value_t = Method::Signals)]
+    pub method: Method,
     /// Yield to the user: shrink the budget while total system CPU is above this share of the
     /// machine (0-1), recovering slowly when it falls.
     #[arg(long, value_name = "SHARE")]
-    pub adaptive: Option<f64>,
+    pub adaptive: Option<Share>,
     /// A command to start and limit (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// `--method` of `limit` (the governor's `Method`).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// A kernel cgroup cap when a writable cgroup exists, the duty cycle otherwise (and the duty
+    /// cycle whenever the adaptive mode is on, since it changes the budget every second).
+    Auto,
+    /// SIGSTOP/SIGCONT duty cycle (every platform; throttles only while requests are in flight).
+    Signals,
+    /// Kernel cap (cgroup v2 `cpu.max` or v1 CFS quota); fails when no writable cgroup exists.
+    Cgroup,
+    /// No limiting (thread sizing and priority still apply).
+    Off,
 }
 
 /// `bench`: measure one or more profiles.
@@ -145,8 +163,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub idle: std::time::Duration,
     /// Send tasks' JSON schemas as `response_format` (off, on, or both: every task twice).
-    #[arg(long, value_enum, value_name = "MODE", default_value_t = crate::bench::SchemaMode::Both)]
-    pub schema_mode: crate::bench::SchemaMode,
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = SchemaMode::Both)]
+    pub schema_mode: SchemaMode,
     /// Upper bound on generated tokens per task (default: [bench] max_tokens).
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<u32>,
@@ -158,4 +176,12 @@ pub struct BenchArgs {
         hide_env_values = true
     )]
     pub api_key: Option<String>,
+}
+
+/// `--schema-mode` of `bench` (the bench's `SchemaMode`).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaMode {
+    Off,
+    On,
+    Both,
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::governor::priority::Priority;
+use crate::units::{Cores, Share};
 
 /// The shipped defaults, compiled in so the binary works from any directory.
 pub const BUILTIN: &str = include_str!("../config.toml");
@@ -50,10 +51,8 @@ pub struct Config {
     pub backend: BackendConfig,
     pub supervisor: SupervisorConfig,
     pub proxy: ProxyConfig,
-    #[serde(default)]
     pub governor: crate::governor::GovernorConfig,
     /// `bench` settings, checked with the rest of the file (a typo fails `run` too).
-    #[serde(default)]
     pub bench: crate::bench::settings::BenchConfig,
     pub profiles: BTreeMap<String, ProfileConfig>,
     /// Which file the user's overrides came from (not a TOML key).
@@ -115,7 +114,8 @@ pub struct ProxyConfig {
 pub struct ProfileConfig {
     #[serde(default)]
     pub description: String,
-    pub cpus: Option<f64>,
+    /// The budget in cores (above 0); `None` = unlimited.
+    pub cpus: Option<Cores>,
     pub threads: Option<usize>,
     pub threads_batch: Option<usize>,
     #[serde(default)]
@@ -124,7 +124,8 @@ pub struct ProfileConfig {
     pub ctx_size: Option<u32>,
     #[serde(default)]
     pub embeddings: bool,
-    pub adaptive: Option<f64>,
+    /// Adaptive mode: keep total system CPU under this share of the machine.
+    pub adaptive: Option<Share>,
     #[serde(default)]
     pub extra_args: Vec<String>,
 }
@@ -260,14 +261,6 @@ impl Config {
         }
         for (name, p) in &self.profiles {
             let key = |k: &str| format!("profiles.{name}.{k}");
-            if let Some(cpus) = p.cpus {
-                if !(cpus.is_finite() && cpus > 0.0) {
-                    return Err(bad(
-                        key("cpus"),
-                        format!("{cpus} is not a CPU budget; use a number of cores above 0 such as 0.5 or 1.0, or remove the key for no limit"),
-                    ));
-                }
-            }
             for (k, v) in [
                 ("threads", p.threads),
                 ("threads_batch", p.threads_batch),
@@ -282,16 +275,6 @@ impl Config {
                     return Err(bad(
                         key("ctx_size"),
                         format!("{ctx} is too small; use at least 64 tokens"),
-                    ));
-                }
-            }
-            if let Some(a) = p.adaptive {
-                if !(a > 0.0 && a <= 1.0) {
-                    return Err(bad(
-                        key("adaptive"),
-                        format!(
-                            "{a} is not a share of the machine; use a value in (0, 1], e.g. 0.6"
-                        ),
                     ));
                 }
             }
@@ -407,7 +390,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listen.port(), 9000);
-        assert_eq!(c.profiles["balanced"].cpus, Some(0.75));
+        assert_eq!(c.profiles["balanced"].cpus.map(Cores::get), Some(0.75));
         // Keys not overridden keep their defaults.
         assert_eq!(c.profiles["balanced"].slots, Some(1));
         assert_eq!(c.profiles["mine"].threads, Some(2));
@@ -475,6 +458,51 @@ mod tests {
             let err = user(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text:?} -> {err}");
             assert!(err.contains("/etc/my.toml"), "{text:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn a_cpu_budget_not_above_zero_says_how_to_write_one() {
+        for (text, shown) in [
+            (
+                "[profiles.balanced]\ncpus = 0\n",
+                "CPU budget 0 is out of range",
+            ),
+            (
+                "[profiles.balanced]\ncpus = -1.5\n",
+                "CPU budget -1.5 is out of range",
+            ),
+            (
+                "[profiles.balanced]\ncpus = nan\n",
+                "CPU budget NaN is out of range",
+            ),
+        ] {
+            let err = user(text).unwrap_err().to_string();
+            assert!(
+                err.starts_with("/etc/my.toml: key `profiles.balanced.cpus`: "),
+                "{text:?} -> {err}"
+            );
+            assert!(err.contains(shown), "{text:?} -> {err}");
+            assert!(err.contains("number of cores above 0"), "{text:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn an_adaptive_share_outside_zero_to_one_says_the_range() {
+        for (text, shown) in [
+            (
+                "[profiles.fast]\nadaptive = 1.5\n",
+                "share 1.5 is out of range",
+            ),
+            ("[profiles.fast]\nadaptive = 0\n", "share 0 is out of range"),
+        ] {
+            let err = user(text).unwrap_err().to_string();
+            assert!(
+                err.starts_with("/etc/my.toml: key `profiles.fast.adaptive`: "),
+                "{text:?} -> {err}"
+            );
+            assert!(err.contains(shown), "{text:?} -> {err}");
+            assert!(err.contains("above 0 and at most 1"), "{text:?} -> {err}");
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod bench;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod governor;
 pub mod logging;
@@ -13,6 +14,7 @@ pub mod meter;
 pub mod profile;
 pub mod proxy;
 pub mod supervisor;
+pub mod units;
 
 use anyhow::Context;
 use cli::{Cli, Command};
@@ -26,13 +28,5 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .build()
         .context("could not start the async runtime")?;
     let command = cli.command.unwrap_or(Command::Run(cli.run));
-    runtime.block_on(async move {
-        match command {
-            Command::Run(args) => supervisor::run(args).await,
-            Command::Setup(args) => backend::setup::run(args).await,
-            Command::Profiles(args) => profile::print_profiles(&args),
-            Command::Limit(args) => governor::limit::run(args).await,
-            Command::Bench(args) => bench::run(args).await,
-        }
-    })
+    runtime.block_on(commands::dispatch(command))
 }

@@ -4,7 +4,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = sentinel_supervisor::cli::Cli::parse();
-    sentinel_supervisor::logging::init(&cli.log);
+    sentinel_supervisor::commands::init_logging(&cli.log);
     match sentinel_supervisor::run(cli) {
         Ok(code) => code,
         Err(err) => {

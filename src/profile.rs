@@ -1,10 +1,10 @@
 //! Profiles resolved against this host: concrete thread counts, CPU budget, priority and slots,
 //! never asking for more CPUs than this process may use (affinity mask, cgroup quota).
 
-use crate::cli::ConfigArgs;
 use crate::config::{Config, ProfileConfig};
 use crate::governor::priority::Priority;
 use crate::governor::threads_for_budget;
+use crate::units::{Cores, Share};
 use serde::Serialize;
 use std::process::ExitCode;
 
@@ -73,12 +73,12 @@ pub struct Resolved {
     pub threads: usize,
     pub threads_batch: usize,
     /// CPU budget in cores; `None` = unlimited.
-    pub cpus: Option<f64>,
+    pub cpus: Option<Cores>,
     pub priority: Priority,
     pub slots: usize,
     pub ctx_size: u32,
     pub embeddings: bool,
-    pub adaptive: Option<f64>,
+    pub adaptive: Option<Share>,
     pub extra_args: Vec<String>,
     /// One line per value that was derived or adjusted, saying why.
     pub notes: Vec<String>,
@@ -99,13 +99,14 @@ fn resolve_one(name: &str, p: &ProfileConfig, default_ctx: u32, host: &Host) -> 
     let mut notes = Vec::new();
 
     let cpus = match p.cpus {
-        Some(c) if c > host.allowed_cores() => {
+        Some(c) if c.get() > host.allowed_cores() => {
             notes.push(format!(
                 "cpus {c} -> {:.2}, {}",
                 host.allowed_cores(),
                 host.limit_reason()
             ));
-            Some(host.allowed_cores())
+            // The host's figure is above 0 (at least one CPU, a quota above 0).
+            Some(Cores::new(host.allowed_cores()).unwrap_or(c))
         }
         other => other,
     };
@@ -123,7 +124,7 @@ fn resolve_one(name: &str, p: &ProfileConfig, default_ctx: u32, host: &Host) -> 
             }
         }
     };
-    let budget_threads = threads_for_budget(cpus, allowed);
+    let budget_threads = threads_for_budget(cpus.map(Cores::get), allowed);
     let why = match cpus {
         Some(c) => format!("follows the budget of {c:.2} cores"),
         None => format!("no budget: {}", host.limit_reason()),
@@ -162,16 +163,17 @@ impl Resolved {
             self.priority,
             self.slots,
             self.ctx_size,
-            self.adaptive
-                .map_or(String::new(), |a| format!(", adaptive {:.0} %", a * 100.0)),
+            self.adaptive.map_or(String::new(), |a| format!(
+                ", adaptive {:.0} %",
+                a.get() * 100.0
+            )),
         )
         .to_lowercase()
     }
 }
 
-/// `sentinel-supervisor profiles`.
-pub fn print_profiles(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(args.config.as_deref())?;
+/// `sentinel-supervisor profiles`: every profile of `config` resolved against this host.
+pub fn print_profiles(config: &Config) -> anyhow::Result<ExitCode> {
     let host = Host::detect();
     println!(
         "host: {} online CPUs, {} in affinity mask, cgroup quota {}",
@@ -181,7 +183,7 @@ pub fn print_profiles(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
             .map_or("none".to_string(), |q| format!("{q:.2} cores"))
     );
     for name in config.profiles.keys() {
-        let r = resolve(&config, name, &host)?;
+        let r = resolve(config, name, &host)?;
         let default = if *name == config.default_profile {
             " (default)"
         } else {
@@ -287,10 +289,10 @@ mod tests {
         let inv = resolve(&config, "invisible", &h).unwrap();
         assert_eq!((inv.threads, inv.threads_batch), (1, 1));
         assert_eq!(inv.priority, Priority::Idle);
-        assert_eq!(inv.cpus, Some(0.5));
+        assert_eq!(inv.cpus.map(Cores::get), Some(0.5));
         let bal = resolve(&config, "balanced", &h).unwrap();
         assert_eq!((bal.threads, bal.threads_batch), (1, 1));
-        assert_eq!(bal.cpus, Some(1.0));
+        assert_eq!(bal.cpus.map(Cores::get), Some(1.0));
         let fast = resolve(&config, "fast", &h).unwrap();
         assert_eq!((fast.threads, fast.threads_batch), (2, 2));
         assert_eq!(fast.cpus, None);
@@ -318,11 +320,11 @@ mod tests {
     #[test]
     fn cgroup_quota_limits_threads_and_budget() {
         let p = ProfileConfig {
-            cpus: Some(4.0),
+            cpus: Some(Cores::new(4.0).unwrap()),
             ..Default::default()
         };
         let r = resolve_one("fast", &p, 4096, &host(8, Some(1.5)));
-        assert_eq!(r.cpus, Some(1.5));
+        assert_eq!(r.cpus.map(Cores::get), Some(1.5));
         assert_eq!(r.threads, 2);
         assert!(r.notes[0].contains("cgroup quota 1.50"), "{:?}", r.notes);
     }

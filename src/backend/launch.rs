@@ -1,5 +1,7 @@
 //! The llama-server command line and environment for one launch: CPU only, pinned thread
-//! counts from the profile, loopback on a free port, and a secret per-launch API key.
+//! counts from the profile, loopback on a free port, a secret per-launch API key, and the flags
+//! and variables that keep its threads from spinning while idle. The one place that knows
+//! llama-server's flags.
 
 use super::setup::Installed;
 use crate::config::Config;
@@ -76,9 +78,9 @@ pub fn spec(
         "--parallel".into(),
         profile.slots.to_string(),
         "--threads-http".into(),
-        crate::governor::http_threads(profile.slots).to_string(),
+        http_threads(profile.slots).to_string(),
     ];
-    args.extend(crate::governor::child_args().iter().map(|s| s.to_string()));
+    args.extend(child_args().iter().map(|s| s.to_string()));
     if profile.embeddings {
         args.push("--embeddings".into());
     }
@@ -86,7 +88,7 @@ pub fn spec(
     args.extend(profile.extra_args.iter().cloned());
     let mut env: Vec<(String, String)> = vec![("GGML_METAL_DISABLE".into(), "1".into())];
     env.extend(
-        crate::governor::child_env()
+        child_env()
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string())),
     );
@@ -98,6 +100,32 @@ pub fn spec(
         port,
         api_key,
     })
+}
+
+/// Environment for the child so its worker threads sleep instead of spinning when idle:
+/// GNU OpenMP (`GOMP_SPINCOUNT`), LLVM/Intel OpenMP (`KMP_BLOCKTIME`) and the OpenMP standard
+/// (`OMP_WAIT_POLICY`). Harmless for builds without OpenMP.
+pub fn child_env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("OMP_WAIT_POLICY", "passive"),
+        ("GOMP_SPINCOUNT", "0"),
+        ("KMP_BLOCKTIME", "0"),
+    ]
+}
+
+/// llama-server flags that turn off busy-polling of its thread pool between work items
+/// (`--poll` and `--poll-batch` are 0-100 levels; 0 = no polling).
+pub fn child_args() -> [&'static str; 4] {
+    ["--poll", "0", "--poll-batch", "0"]
+}
+
+/// HTTP worker threads for a llama-server with `slots` slots: one per slot plus one for the
+/// supervisor's probes (the proxy never lets more than `slots` requests through at once).
+/// llama-server's default is several more; every thread costs CPU under the duty cycle, since
+/// each SIGSTOP and SIGCONT wakes all of them (measured here: an idle llama-server under
+/// `limit --cpus 0.5` used 1.8 % of a core with 10 threads, 1.2 % with 7).
+pub fn http_threads(slots: usize) -> usize {
+    slots.max(1) + 1
 }
 
 #[cfg(test)]
@@ -137,5 +165,20 @@ mod tests {
         assert!(s.env.contains(&("GGML_METAL_DISABLE".into(), "1".into())));
         let other = spec(&installed, &profile, &config).unwrap();
         assert_ne!(s.api_key, other.api_key, "the key must be fresh per launch");
+    }
+
+    #[test]
+    fn one_http_thread_per_slot_and_one_for_probes() {
+        assert_eq!(http_threads(1), 2);
+        assert_eq!(http_threads(4), 5);
+        assert_eq!(http_threads(0), 2);
+    }
+
+    #[test]
+    fn child_flags_disable_polling() {
+        assert_eq!(child_args(), ["--poll", "0", "--poll-batch", "0"]);
+        let env = child_env();
+        assert!(env.contains(&("GOMP_SPINCOUNT", "0")));
+        assert!(env.contains(&("OMP_WAIT_POLICY", "passive")));
     }
 }

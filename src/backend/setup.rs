@@ -4,10 +4,7 @@
 use super::build::{self, BuildError};
 use super::model::{self, ModelError};
 use super::pin::{ModelPin, SourcePin};
-use crate::cli::SetupArgs;
-use crate::config::Config;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -28,30 +25,36 @@ pub struct Installed {
     pub model: PathBuf,
 }
 
-/// Resolves the backend binary and the model: CLI flags over config over the pinned defaults.
+/// Where the backend comes from: the command line merged over the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetupOptions {
+    /// Where builds and the default model are kept.
+    pub cache_dir: PathBuf,
+    /// A GGUF model (`--model` or `model`); `None` = the pinned default model.
+    pub model: Option<PathBuf>,
+    /// A llama-server binary (`--backend-bin` or `backend.bin`); `None` = build the pinned one.
+    pub backend_bin: Option<PathBuf>,
+}
+
+/// Resolves the backend binary and the model: the ones given, else the pinned defaults.
 /// Blocking (it may build for minutes): call from a blocking context.
-pub fn ensure(config: &Config, args: &SetupArgs) -> Result<Installed, SetupError> {
-    let cache = config.cache_dir();
+pub fn ensure(options: &SetupOptions) -> Result<Installed, SetupError> {
+    let cache = &options.cache_dir;
     // Cheap checks of what the user gave come first, then the build (so a missing build tool
     // is reported before a long model download), then the default model.
-    let explicit_model = args.model.clone().or_else(|| config.model.clone());
-    if let Some(path) = &explicit_model {
+    if let Some(path) = &options.model {
         model::check_gguf(path)?;
     }
-    let server = match args
-        .backend_bin
-        .clone()
-        .or_else(|| config.backend.bin.clone())
-    {
+    let server = match &options.backend_bin {
         Some(path) => {
-            check_executable(&path)?;
-            path
+            check_executable(path)?;
+            path.clone()
         }
-        None => build::ensure_server(&cache, &SourcePin::builtin())?,
+        None => build::ensure_server(cache, &SourcePin::builtin())?,
     };
-    let model = match explicit_model {
-        Some(path) => path,
-        None => model::ensure_default(&cache, &ModelPin::builtin())?,
+    let model = match &options.model {
+        Some(path) => path.clone(),
+        None => model::ensure_default(cache, &ModelPin::builtin())?,
     };
     Ok(Installed { server, model })
 }
@@ -68,17 +71,6 @@ fn check_executable(path: &Path) -> Result<(), SetupError> {
     Ok(())
 }
 
-/// `sentinel-supervisor setup`: prints where the binary and the model are.
-pub async fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(args.config.config.as_deref())?;
-    let started = std::time::Instant::now();
-    let installed = tokio::task::spawn_blocking(move || ensure(&config, &args)).await??;
-    println!("llama-server: {}", installed.server.display());
-    println!("model: {}", installed.model.display());
-    eprintln!("setup: done in {:.1?}", started.elapsed());
-    Ok(ExitCode::SUCCESS)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,31 +78,30 @@ mod tests {
     #[test]
     fn bad_backend_bin_and_model_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config::builtin().unwrap();
         let model = dir.path().join("m.gguf");
         std::fs::write(&model, b"GGUF....").unwrap();
-        let args = SetupArgs {
-            model: Some(model.clone()),
-            backend_bin: Some(dir.path().join("missing-server")),
-            ..Default::default()
+        let options = |model, backend_bin| SetupOptions {
+            cache_dir: dir.path().join("cache"),
+            model,
+            backend_bin,
         };
-        let e = ensure(&config, &args).unwrap_err().to_string();
+        let e = ensure(&options(
+            Some(model.clone()),
+            Some(dir.path().join("missing-server")),
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("llama-server binary not found"), "{e}");
         assert!(e.contains("--backend-bin"), "{e}");
 
-        let args = SetupArgs {
-            model: Some(model),
-            backend_bin: Some(dir.path().to_path_buf()),
-            ..Default::default()
-        };
-        let e = ensure(&config, &args).unwrap_err().to_string();
+        let e = ensure(&options(Some(model), Some(dir.path().to_path_buf())))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not an executable"), "{e}");
 
-        let args = SetupArgs {
-            model: Some(dir.path().join("absent.gguf")),
-            ..Default::default()
-        };
-        let e = ensure(&config, &args).unwrap_err().to_string();
+        let e = ensure(&options(Some(dir.path().join("absent.gguf")), None))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("model file not found"), "{e}");
     }
 }

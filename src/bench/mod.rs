@@ -17,24 +17,68 @@ pub mod target;
 pub mod task;
 pub mod workload;
 
-use crate::cli::BenchArgs;
 use anyhow::Context;
 use report::{Phase, ProfileReport, Report, RunReport, TaskResult};
 use sampler::Sampler;
 use settings::BenchConfig;
 use stack::{Launch, Stack, StatusInfo};
 use stats::Summary;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use task::Task;
 
 /// Whether tasks are sent with `response_format: json_schema`.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchemaMode {
     Off,
     On,
-    #[default]
+    /// Every task twice, without then with the schema.
     Both,
+}
+
+/// What `bench` measures and how: the command line merged over `[bench]`.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The `[bench]` section.
+    pub settings: BenchConfig,
+    pub subject: Subject,
+    /// Flags given to every supervisor started here; `model` also names the model in the report
+    /// when `/status` does not.
+    pub launch: LaunchFlags,
+    /// A JSONL task file; `None` = the shipped task set.
+    pub tasks: Option<PathBuf>,
+    /// Run only the first N tasks (N >= 1).
+    pub task_limit: Option<usize>,
+    /// Where the reports go.
+    pub out: PathBuf,
+    /// Idle window measured before the tasks.
+    pub idle: Duration,
+    pub schema_mode: SchemaMode,
+    /// Upper bound on generated tokens per task.
+    pub max_tokens: u32,
+    /// Sent as `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+}
+
+/// Which supervisors are measured.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Subject {
+    /// One already running; `profile` is its name in the report (else `/status` says).
+    Running {
+        url: String,
+        profile: Option<String>,
+    },
+    /// One started per profile, in order.
+    Start { profiles: Vec<String> },
+}
+
+/// What a started supervisor is told on its command line.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LaunchFlags {
+    pub config: Option<PathBuf>,
+    pub model: Option<PathBuf>,
+    pub backend_bin: Option<PathBuf>,
 }
 
 impl SchemaMode {
@@ -54,43 +98,31 @@ pub const CHART_SVG: &str = "cpu.svg";
 
 /// Runs `bench`. Exit code 0 when every measurement completed (whatever the verdict), 1 when
 /// some requests failed (the report is still written); errors stop the run.
-pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let config = crate::config::Config::load(args.setup.config.config.as_deref())?;
-    let settings = config.bench.clone();
-    // The key of a supervisor started here comes from the same configuration.
-    let api_key = args
-        .api_key
-        .clone()
-        .or_else(|| config.effective_api_keys().into_iter().next());
-    let mut tasks = task::load(args.tasks.as_deref())?;
-    if let Some(n) = args.limit {
-        anyhow::ensure!(n > 0, "--limit 0 leaves no task to run (use N >= 1)");
+pub async fn run(options: BenchOptions) -> anyhow::Result<ExitCode> {
+    let settings = &options.settings;
+    let mut tasks = task::load(options.tasks.as_deref())?;
+    if let Some(n) = options.task_limit {
         tasks.truncate(n);
     }
-    let profiles: Vec<Option<String>> = match (&args.url, args.profiles.as_slice()) {
-        (None, []) => anyhow::bail!("nothing to measure: pass --profile NAME (repeatable) or --url URL"),
-        (Some(_), [_, _, ..]) => anyhow::bail!(
-            "--url measures the one running supervisor; pass at most one --profile with it (its name in the report)"
-        ),
-        (Some(_), p) => vec![p.first().cloned()],
-        (None, p) => p.iter().cloned().map(Some).collect(),
+    let profiles: Vec<Option<String>> = match &options.subject {
+        Subject::Running { profile, .. } => vec![profile.clone()],
+        Subject::Start { profiles } => profiles.iter().cloned().map(Some).collect(),
     };
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create the output directory {}", args.out.display()))?;
+    std::fs::create_dir_all(&options.out).with_context(|| {
+        format!(
+            "cannot create the output directory {}",
+            options.out.display()
+        )
+    })?;
     let client = reqwest::Client::builder()
         .build()
         .context("cannot build the HTTP client")?;
-    let max_tokens = args.max_tokens.unwrap_or(settings.max_tokens);
-
     let session = Session {
-        args: &args,
-        settings: &settings,
+        options: &options,
         client,
-        api_key,
         tasks: &tasks,
-        max_tokens,
     };
-    let source = args
+    let source = options
         .tasks
         .as_ref()
         .map_or("built-in".to_string(), |p| p.display().to_string());
@@ -122,15 +154,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             })?;
         reports.push(report);
         // Written after every profile, so a long run never loses the profiles it finished.
-        write_outputs(&args.out, &assemble(reports.clone()), &settings)?;
+        write_outputs(&options.out, &assemble(reports.clone()), settings)?;
     }
     let report = assemble(reports);
-    write_outputs(&args.out, &report, &settings)?;
+    write_outputs(&options.out, &report, settings)?;
     println!("{}", report.summary_table());
     println!(
         "Verdict: {:?}. Reports in {}",
         report.verdict,
-        args.out.display()
+        options.out.display()
     );
     let errors: usize = report
         .profiles
@@ -204,31 +236,29 @@ struct PendingRun {
 
 /// What every profile's measurement shares.
 struct Session<'a> {
-    args: &'a BenchArgs,
-    settings: &'a BenchConfig,
+    options: &'a BenchOptions,
     client: reqwest::Client,
-    api_key: Option<String>,
     tasks: &'a [Task],
-    max_tokens: u32,
 }
 
 impl Session<'_> {
     /// Starts (or attaches to) the stack for one profile, measures it, and stops it.
     async fn measure_profile(&self, profile: Option<&str>) -> anyhow::Result<ProfileReport> {
-        let (args, settings, client) = (self.args, self.settings, &self.client);
-        let api_key = self.api_key.clone();
-        let stack = match &args.url {
-            Some(url) => Stack::attach(url, api_key),
-            None => {
+        let (options, client) = (self.options, &self.client);
+        let settings = &options.settings;
+        let api_key = options.api_key.clone();
+        let stack = match &options.subject {
+            Subject::Running { url, .. } => Stack::attach(url, api_key),
+            Subject::Start { .. } => {
                 let name = profile.unwrap_or_default();
                 eprintln!("bench: starting the supervisor with profile `{name}`");
                 let launch = Launch {
                     exe: own_executable()?,
                     profile: name.to_string(),
-                    model: args.setup.model.clone(),
-                    backend_bin: args.setup.backend_bin.clone(),
-                    config: args.setup.config.config.clone(),
-                    log: args.out.join(format!("supervisor-{name}.log")),
+                    model: options.launch.model.clone(),
+                    backend_bin: options.launch.backend_bin.clone(),
+                    config: options.launch.config.clone(),
+                    log: options.out.join(format!("supervisor-{name}.log")),
                     listen_timeout: settings.ready_timeout,
                 };
                 Stack::start(&launch, api_key).await?
@@ -252,7 +282,8 @@ impl Session<'_> {
         profile: Option<&str>,
         status: StatusInfo,
     ) -> anyhow::Result<ProfileReport> {
-        let (args, settings) = (self.args, self.settings);
+        let options = self.options;
+        let settings = &options.settings;
         let name = profile
             .map(str::to_string)
             .or(status.profile.clone())
@@ -265,10 +296,10 @@ impl Session<'_> {
             .context("cannot read system CPU counters")?;
         eprintln!(
             "bench: {name}: measuring idle for {}",
-            humantime::format_duration(args.idle)
+            humantime::format_duration(options.idle)
         );
         let idle_cpu_before = pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time);
-        tokio::time::sleep(args.idle).await;
+        tokio::time::sleep(options.idle).await;
         let idle_end = sampler.now_s();
         let idle_backend = idle_cpu_before
             .zip(pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time))
@@ -276,7 +307,7 @@ impl Session<'_> {
         sampler.set_phase(Phase::Active);
 
         let mut runs = Vec::new();
-        for &schema_mode in args.schema_mode.runs() {
+        for &schema_mode in options.schema_mode.runs() {
             runs.push(
                 self.run_tasks(stack, &sampler, &name, pid, schema_mode)
                     .await,
@@ -293,10 +324,13 @@ impl Session<'_> {
             .collect();
         Ok(ProfileReport {
             profile: name,
-            model: status
-                .model
-                .clone()
-                .or_else(|| args.setup.model.as_ref().map(|m| m.display().to_string())),
+            model: status.model.clone().or_else(|| {
+                options
+                    .launch
+                    .model
+                    .as_ref()
+                    .map(|m| m.display().to_string())
+            }),
             backend: report::BackendInfo {
                 pid,
                 threads: status.threads,
@@ -322,8 +356,12 @@ impl Session<'_> {
         pid: Option<i32>,
         schema_mode: bool,
     ) -> PendingRun {
-        let (settings, client, tasks, max_tokens) =
-            (self.settings, &self.client, self.tasks, self.max_tokens);
+        let (settings, client, tasks, max_tokens) = (
+            &self.options.settings,
+            &self.client,
+            self.tasks,
+            self.options.max_tokens,
+        );
         let label = if schema_mode {
             format!("{name} (schema)")
         } else {
@@ -495,7 +533,7 @@ mod tests {
             &timeline,
             &idle,
             Some(2_000_000_000),
-            &target::Targets::default(),
+            &crate::config::Config::builtin().unwrap().bench.targets,
         );
         assert_eq!(run.system_cpu.count, 3);
         assert!((run.system_cpu.mean - 30.0).abs() < 1e-9);

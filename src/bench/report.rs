@@ -366,7 +366,7 @@ pub(crate) mod tests {
         ];
         let (correctness, categories) = correctness(&results);
         let latency = Summary::of(&[1.0, 3.0]);
-        let targets = Targets::default();
+        let targets = crate::config::Config::builtin().unwrap().bench.targets;
         let checks = targets.evaluate(&Measured {
             idle_cpu_mean: Some(0.4),
             active_cpu_mean: 30.0,

@@ -4,8 +4,9 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Targets a profile must meet to be "invisible enough and correct enough".
+/// The defaults are the shipped config.toml's `[bench.targets]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct Targets {
     /// Mean system CPU while idle, in percent of the whole machine.
     pub idle_cpu_max_percent: f64,
@@ -22,21 +23,6 @@ pub struct Targets {
     pub latency_p99_over_p50_below: f64,
     /// Mean task score, 0..=1.
     pub correctness_min: f64,
-}
-
-impl Default for Targets {
-    /// The values shipped in config.toml (a test keeps the two equal).
-    fn default() -> Self {
-        Targets {
-            idle_cpu_max_percent: 2.0,
-            active_cpu_mean_max_percent: 35.0,
-            active_cpu_p99_max_percent: 50.0,
-            peak_rss_max_gb: 6.0,
-            latency_p95_max: Duration::from_millis(2500),
-            latency_p99_over_p50_below: 2.0,
-            correctness_min: 0.80,
-        }
-    }
 }
 
 /// The figures of one run that the targets judge.
@@ -143,7 +129,7 @@ mod tests {
 
     #[test]
     fn boundaries_pass_and_each_miss_fails_alone() {
-        let t = Targets::default();
+        let t = crate::config::Config::builtin().unwrap().bench.targets;
         let checks = t.evaluate(&good());
         assert_eq!(checks.len(), 7);
         assert!(checks.iter().all(|c| c.pass), "{checks:?}");

@@ -10,6 +10,7 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use sentinel_supervisor::backend::launch;
 use sentinel_supervisor::governor::{self, cgroup};
 use sentinel_supervisor::meter::{self, SystemSource, SystemTimes};
 use std::os::unix::process::CommandExt;
@@ -318,9 +319,9 @@ async fn start_backend(
     ]);
     if s.no_spin {
         // The product's child setup: no polling, no OpenMP spinning, few HTTP threads.
-        cmd.args(governor::child_args());
-        cmd.envs(governor::child_env());
-        cmd.args(["--threads-http", &governor::http_threads(1).to_string()]);
+        cmd.args(launch::child_args());
+        cmd.envs(launch::child_env());
+        cmd.args(["--threads-http", &launch::http_threads(1).to_string()]);
     }
     cmd.stdout(Stdio::null())
         .stderr(Stdio::null())

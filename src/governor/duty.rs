@@ -12,6 +12,15 @@
 
 use std::time::Duration;
 
+/// How busy the whole machine was during a feedback window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Machine {
+    /// Other processes left room: a shortfall of the child is the model's error.
+    HasRoom,
+    /// Every CPU was busy: a shortfall is other processes' doing, not the model's.
+    Saturated,
+}
+
 /// Tuning of the feedback loop (from the `[governor]` config section).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Feedback {
@@ -23,17 +32,6 @@ pub struct Feedback {
     pub max_correction: f64,
     /// Correction at start (negative = conservative).
     pub initial_correction: f64,
-}
-
-impl Default for Feedback {
-    fn default() -> Self {
-        Self {
-            window: Duration::from_secs(1),
-            gain: 0.5,
-            max_correction: 0.3,
-            initial_correction: -0.1,
-        }
-    }
 }
 
 /// The smallest run time per period we ever hand out, as a fraction of the period; below this
@@ -133,13 +131,13 @@ impl DutyController {
     /// Feeds one measurement: `cpu` used by the child during `wall` of throttling. Returns the
     /// measured cores when a feedback window closed.
     pub fn observe(&mut self, wall: Duration, cpu: Duration) -> Option<f64> {
-        self.observe_on(wall, cpu, false)
+        self.observe_on(wall, cpu, Machine::HasRoom)
     }
 
-    /// Like [`Self::observe`], telling whether the machine was saturated during the window: then
-    /// a shortfall is other processes' doing, not the model's, and the correction is not raised
-    /// (no wind-up that would overshoot once they stop).
-    pub fn observe_on(&mut self, wall: Duration, cpu: Duration, saturated: bool) -> Option<f64> {
+    /// Like [`Self::observe`], telling how busy the machine was during the window: when it was
+    /// [`Machine::Saturated`] a shortfall is other processes' doing, not the model's, and the
+    /// correction is not raised (no wind-up that would overshoot once they stop).
+    pub fn observe_on(&mut self, wall: Duration, cpu: Duration, machine: Machine) -> Option<f64> {
         self.window_allowed += self.fraction() * wall.as_secs_f64();
         self.window_wall += wall;
         self.window_cpu += cpu;
@@ -152,7 +150,10 @@ impl DutyController {
         let compute_bound = measured >= DEMAND_THRESHOLD * allowed_cores.min(self.cpus);
         if self.cpus > 0.0 && compute_bound {
             let error = (self.cpus - measured) / self.cpus;
-            let error = if saturated { error.min(0.0) } else { error };
+            let error = match machine {
+                Machine::Saturated => error.min(0.0),
+                Machine::HasRoom => error,
+            };
             let max = self.feedback.max_correction.abs();
             self.correction = (self.correction + self.feedback.gain * error).clamp(-max, max);
         }
@@ -175,7 +176,15 @@ mod tests {
     const PERIOD: Duration = Duration::from_millis(20);
 
     fn controller(cpus: f64, usable: usize) -> DutyController {
-        DutyController::new(cpus, usable, PERIOD, Feedback::default())
+        DutyController::new(cpus, usable, PERIOD, shipped_feedback())
+    }
+
+    /// The feedback tuning of the shipped config.toml.
+    fn shipped_feedback() -> Feedback {
+        crate::config::Config::builtin()
+            .unwrap()
+            .governor
+            .feedback()
     }
 
     /// A simulated child: `threads` busy threads, each run slot costs `overrun` extra run time
@@ -260,10 +269,18 @@ mod tests {
         let mut c = controller(0.5, 1);
         let before = c.correction();
         for _ in 0..10 {
-            c.observe_on(Duration::from_secs(1), Duration::from_millis(400), true);
+            c.observe_on(
+                Duration::from_secs(1),
+                Duration::from_millis(400),
+                Machine::Saturated,
+            );
         }
         assert_eq!(c.correction(), before);
-        c.observe_on(Duration::from_secs(1), Duration::from_millis(700), true);
+        c.observe_on(
+            Duration::from_secs(1),
+            Duration::from_millis(700),
+            Machine::Saturated,
+        );
         assert!(c.correction() < before);
     }
 

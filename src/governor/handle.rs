@@ -14,6 +14,7 @@ use super::settings::{GovernorConfig, GovernorSettings, Method};
 use super::signals::{allowed_cpus, LimiterParams, SignalLimiter};
 use super::target::{Target, TargetError};
 use super::Activity;
+use crate::units::Cores;
 use serde::Serialize;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -21,12 +22,6 @@ use std::time::{Duration, Instant};
 /// Why the governor could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum GovernorError {
-    #[error("invalid CPU budget {cpus} (use a number of cores above 0, e.g. 0.5)")]
-    InvalidBudget { cpus: f64 },
-    #[error(
-        "invalid adaptive target {target} (use a share of the machine between 0 and 1, e.g. 0.6)"
-    )]
-    InvalidAdaptive { target: f64 },
     #[error("invalid [governor] configuration: {0}")]
     Config(String),
     #[error(transparent)]
@@ -84,16 +79,6 @@ impl Governor {
         activity: Activity,
     ) -> Result<GovernorHandle, GovernorError> {
         config.validate().map_err(GovernorError::Config)?;
-        if let Some(cpus) = settings.cpus {
-            if !(cpus.is_finite() && cpus > 0.0) {
-                return Err(GovernorError::InvalidBudget { cpus });
-            }
-        }
-        if let Some(target) = settings.adaptive {
-            if !(target > 0.0 && target <= 1.0) {
-                return Err(GovernorError::InvalidAdaptive { target });
-            }
-        }
         let handle = |mechanism| GovernorHandle {
             pid: child_pid,
             settings,
@@ -101,7 +86,11 @@ impl Governor {
             stopped: false,
             last_reading: Mutex::new(None),
         };
-        let Some(cpus) = settings.cpus.filter(|_| config.method != Method::Off) else {
+        let Some(cpus) = settings
+            .cpus
+            .map(Cores::get)
+            .filter(|_| config.method != Method::Off)
+        else {
             tracing::info!(pid = child_pid, method = "off", "CPU governor off");
             return Ok(handle(Mechanism::Off));
         };
@@ -140,7 +129,7 @@ impl Governor {
             feedback: config.feedback(),
             adaptive: settings.adaptive.map(|target| AdaptiveParams {
                 base: cpus,
-                target,
+                target: target.get(),
                 floor: cpus * config.adaptive_floor,
                 recover_per_sec: config.adaptive_recover_per_sec,
             }),
@@ -192,7 +181,7 @@ impl GovernorHandle {
         let mut status = GovernorStatus {
             method: Method::Off,
             cgroup: None,
-            budget_cpus: self.settings.cpus,
+            budget_cpus: self.settings.cpus.map(Cores::get),
             duty: None,
             state: "off",
             measured_cpus: None,
@@ -276,27 +265,17 @@ mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
 
+    fn shipped() -> GovernorConfig {
+        crate::config::Config::builtin().unwrap().governor
+    }
+
     fn settings(cpus: Option<f64>) -> GovernorSettings {
         GovernorSettings {
-            cpus,
+            cpus: cpus.map(|c| Cores::new(c).unwrap()),
             threads: Some(1),
             priority: Priority::Background,
             adaptive: None,
         }
-    }
-
-    #[test]
-    fn rejects_bad_budgets_before_touching_the_child() {
-        let cfg = GovernorConfig::default();
-        for cpus in [0.0, -1.0, f64::NAN] {
-            let err =
-                Governor::start(1234, &cfg, settings(Some(cpus)), Activity::new()).unwrap_err();
-            assert!(matches!(err, GovernorError::InvalidBudget { .. }), "{err}");
-        }
-        let mut s = settings(Some(0.5));
-        s.adaptive = Some(1.5);
-        let err = Governor::start(1234, &cfg, s, Activity::new()).unwrap_err();
-        assert!(err.to_string().contains("adaptive"), "{err}");
     }
 
     #[test]
@@ -307,13 +286,13 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        let cfg = GovernorConfig::default();
+        let cfg = shipped();
         let off = Governor::start(pid, &cfg, settings(None), Activity::new()).unwrap();
         assert_eq!(off.status().method, Method::Off);
         assert_eq!(off.status().state, "off");
         let cfg = GovernorConfig {
             method: Method::Signals,
-            ..GovernorConfig::default()
+            ..shipped()
         };
         let mut handle = Governor::start(pid, &cfg, settings(Some(0.5)), Activity::new()).unwrap();
         std::thread::sleep(Duration::from_millis(50));
@@ -335,7 +314,7 @@ mod tests {
     fn missing_child_is_a_clear_error() {
         let cfg = GovernorConfig {
             method: Method::Signals,
-            ..GovernorConfig::default()
+            ..shipped()
         };
         let err =
             Governor::start(i32::MAX - 1, &cfg, settings(Some(0.5)), Activity::new()).unwrap_err();

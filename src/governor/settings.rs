@@ -3,16 +3,16 @@
 
 use super::duty::Feedback;
 use super::priority::Priority;
+use crate::units::{Cores, Share};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// How the CPU budget is enforced.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// A kernel cgroup cap when a writable cgroup exists, the duty cycle otherwise (and the duty
     /// cycle whenever the adaptive mode is on, since it changes the budget every second).
-    #[default]
     Auto,
     /// SIGSTOP/SIGCONT duty cycle (every platform; throttles only while requests are in flight).
     Signals,
@@ -33,9 +33,10 @@ impl std::fmt::Display for Method {
     }
 }
 
-/// The `[governor]` section of `config.toml`. Defaults here match the shipped file.
+/// The `[governor]` section of `config.toml`. Its defaults are the shipped file's (the user's
+/// file is merged over it key by key), so every field is always present.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct GovernorConfig {
     pub method: Method,
     /// Duty-cycle period of the signal limiter (10-20 ms).
@@ -57,23 +58,6 @@ pub struct GovernorConfig {
     pub adaptive_floor: f64,
     /// Adaptive mode: how fast the budget grows back once the machine is quiet, in cores/s.
     pub adaptive_recover_per_sec: f64,
-}
-
-impl Default for GovernorConfig {
-    fn default() -> Self {
-        let feedback = Feedback::default();
-        Self {
-            method: Method::Auto,
-            period: Duration::from_millis(20),
-            cgroup_period: Duration::from_millis(10),
-            feedback_window: feedback.window,
-            feedback_gain: feedback.gain,
-            max_correction: feedback.max_correction,
-            initial_correction: feedback.initial_correction,
-            adaptive_floor: 0.25,
-            adaptive_recover_per_sec: 0.05,
-        }
-    }
 }
 
 impl GovernorConfig {
@@ -130,48 +114,69 @@ impl GovernorConfig {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GovernorSettings {
     /// The budget in cores; `None` = unlimited.
-    pub cpus: Option<f64>,
+    pub cpus: Option<Cores>,
     /// Threads the child keeps busy (llama-server's `--threads`); `None` follows the child's
     /// thread count (for `limit` on a program we know nothing about).
     pub threads: Option<usize>,
     /// The scheduling class set at spawn (reported in `/status`; applied by the spawner through
     /// [`super::priority::apply_to_current_process`]).
     pub priority: Priority,
-    /// Adaptive mode: keep total system CPU under this share of the machine (0.0..=1.0).
-    pub adaptive: Option<f64>,
+    /// Adaptive mode: keep total system CPU under this share of the machine.
+    pub adaptive: Option<Share>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, ConfigError};
+    use std::path::Path;
 
-    #[test]
-    fn shipped_section_matches_default() {
-        let text = include_str!("../../config.toml");
-        let doc: toml::Table = toml::from_str(text).unwrap();
-        let section = doc["governor"].clone();
-        let parsed: GovernorConfig = section.try_into().unwrap();
-        assert_eq!(parsed, GovernorConfig::default());
-        parsed.validate().unwrap();
+    fn with_user(text: &str) -> Result<GovernorConfig, ConfigError> {
+        Ok(Config::from_layers(Some((Path::new("mine.toml"), text)))?.governor)
     }
 
     #[test]
-    fn partial_section_uses_defaults() {
-        let c: GovernorConfig = toml::from_str("method = \"signals\"\nperiod = \"10ms\"").unwrap();
+    fn shipped_section_is_valid() {
+        let shipped = Config::builtin().unwrap().governor;
+        shipped.validate().unwrap();
+        assert_eq!(shipped.method, Method::Auto);
+        assert_eq!(shipped.feedback().window, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn partial_section_keeps_the_shipped_values() {
+        let c = with_user("[governor]\nmethod = \"signals\"\nperiod = \"10ms\"").unwrap();
         assert_eq!(c.method, Method::Signals);
         assert_eq!(c.period, Duration::from_millis(10));
-        assert_eq!(c.cgroup_period, Duration::from_millis(10));
+        assert_eq!(
+            c.cgroup_period,
+            Config::builtin().unwrap().governor.cgroup_period
+        );
     }
 
     #[test]
     fn rejects_unknown_keys_and_bad_values() {
-        let err = toml::from_str::<GovernorConfig>("perod = \"10ms\"").unwrap_err();
-        assert!(err.to_string().contains("unknown field"), "{err}");
-        let err = toml::from_str::<GovernorConfig>("method = \"fast\"").unwrap_err();
-        assert!(err.to_string().contains("unknown variant"), "{err}");
-        let c: GovernorConfig = toml::from_str("period = \"5s\"").unwrap();
-        assert!(c.validate().unwrap_err().contains("governor.period"));
-        let c: GovernorConfig = toml::from_str("max_correction = 0.05").unwrap();
-        assert!(c.validate().unwrap_err().contains("max_correction"));
+        let err = with_user("[governor]\nperod = \"10ms\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown field") && err.contains("mine.toml"),
+            "{err}"
+        );
+        let err = with_user("[governor]\nmethod = \"fast\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown variant") && err.contains("governor.method"),
+            "{err}"
+        );
+        let err = with_user("[governor]\nperiod = \"5s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("governor.period"), "{err}");
+        let err = with_user("[governor]\nmax_correction = 0.05")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_correction"), "{err}");
     }
 }

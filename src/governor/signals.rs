@@ -11,7 +11,7 @@
 //! thread - [`SignalLimiter::stop`], drop, an error, a panic - the child is continued last.
 
 use super::adaptive::{AdaptiveBudget, AdaptiveParams};
-use super::duty::{DutyController, Feedback};
+use super::duty::{DutyController, Feedback, Machine};
 use super::target::{is_gone, Target};
 use super::Activity;
 use std::io;
@@ -313,8 +313,12 @@ impl Loop<'_> {
                 _ => None,
             };
             sys_start = sys;
-            let saturated = busy.is_some_and(|b| b >= SATURATED);
-            self.ctl.observe_on(wall, used, saturated);
+            let machine = if busy.is_some_and(|b| b >= SATURATED) {
+                Machine::Saturated
+            } else {
+                Machine::HasRoom
+            };
+            self.ctl.observe_on(wall, used, machine);
             if let (Some(adaptive), Some(busy)) = (&mut self.adaptive, busy) {
                 let budget = adaptive.update(busy, measured, allowed_cpus(), wall);
                 self.ctl.set_cpus(budget);
@@ -325,7 +329,7 @@ impl Loop<'_> {
                     // On a saturated machine computing threads fall short of their time for
                     // other processes' sake, not because they stopped: count up, never down.
                     let n = n.clamp(1, f.cap.max(1));
-                    if !saturated || n as f64 > self.ctl.usable() {
+                    if machine == Machine::HasRoom || n as f64 > self.ctl.usable() {
                         self.ctl.set_usable(n);
                     }
                 }
@@ -568,7 +572,10 @@ mod tests {
             cpus,
             usable: Some(1),
             period: Duration::from_millis(20),
-            feedback: Feedback::default(),
+            feedback: crate::config::Config::builtin()
+                .unwrap()
+                .governor
+                .feedback(),
             adaptive: None,
         }
     }

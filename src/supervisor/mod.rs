@@ -6,10 +6,9 @@ pub mod policy;
 pub mod state;
 
 use crate::backend::{launch, setup};
-use crate::cli::RunArgs;
 use crate::config::Config;
 use crate::governor::{Activity, GovernorSettings};
-use crate::profile::{self, Host};
+use crate::profile;
 use crate::proxy;
 use anyhow::Context;
 use std::process::ExitCode;
@@ -31,17 +30,29 @@ pub enum StartError {
 /// How long open connections may take to finish once shutdown starts.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
-/// `sentinel-supervisor run`.
-pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let config = Config::load(args.setup.config.config.as_deref())?;
-    let profile_name = args
-        .profile
-        .clone()
-        .unwrap_or_else(|| config.default_profile.clone());
-    let host = Host::detect();
-    let profile = profile::resolve(&config, &profile_name, &host)?;
-    let listen = args.listen.unwrap_or(config.listen);
-    let keys = config.effective_api_keys();
+/// What `run` runs: the command line merged over the configuration, the profile resolved.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub config: Config,
+    /// The profile (`--profile` or `default_profile`) resolved against this host.
+    pub profile: profile::Resolved,
+    /// The endpoint's address (`--listen` or `listen`).
+    pub listen: std::net::SocketAddr,
+    /// Keys clients must send (`api_keys` and `SENTINEL_API_KEY`); empty = none needed.
+    pub api_keys: Vec<String>,
+    /// Where llama-server and the model come from.
+    pub setup: setup::SetupOptions,
+}
+
+/// `sentinel-supervisor run`: serves until SIGTERM/SIGINT.
+pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
+    let RunOptions {
+        config,
+        profile,
+        listen,
+        api_keys: keys,
+        setup: setup_options,
+    } = options;
     if !listen.ip().is_loopback() && keys.is_empty() {
         return Err(StartError::OpenListener { addr: listen }.into());
     }
@@ -50,12 +61,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(profile = %profile.name, "{note}");
     }
 
-    let installed = {
-        let (config, setup_args) = (config.clone(), args.setup.clone());
-        tokio::task::spawn_blocking(move || setup::ensure(&config, &setup_args))
-            .await
-            .context("setup panicked")??
-    };
+    let installed = tokio::task::spawn_blocking(move || setup::ensure(&setup_options))
+        .await
+        .context("setup panicked")??;
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await

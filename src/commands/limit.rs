@@ -6,14 +6,18 @@
 //! so it dies with the limiter), limits it, and exits with its exit code. SIGINT/SIGTERM continue
 //! it and pass the signal on to its group, then wait for it (SIGKILL after 5 s).
 //! The budget holds from the first period. Without a proxy to say when the target works, its own
-//! CPU use does ([`super::usage`]): once it has been idle for a second the limiter rests (no
+//! CPU use does ([`crate::governor::usage`]): once it has been idle for a second the limiter rests (no
 //! stops, which would wake every thread of an idle program), and it throttles again within one
 //! period (at most 20 ms) of new work. (With `--method cgroup` the kernel caps the target and
 //! nothing rests.)
 
-use super::signals::allowed_cpus;
-use super::{Activity, Governor, GovernorConfig, GovernorSettings, Priority};
 use crate::cli::LimitArgs;
+use crate::config::Config;
+use crate::governor::signals::allowed_cpus;
+use crate::governor::{
+    usage, Activity, Governor, GovernorConfig, GovernorSettings, Method, Priority,
+};
+use crate::units::{Cores, Share};
 use std::io;
 use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
@@ -25,10 +29,10 @@ use tokio_util::task::AbortOnDropHandle;
 #[derive(Debug, thiserror::Error)]
 pub enum LimitError {
     #[error(
-        "--cpus {cpus} is out of range: use a number of cores above 0 and at most {available} \
+        "--cpus {cpus} is out of range: use a number of cores at most {available} \
          (the CPUs this process may use)"
     )]
-    Budget { cpus: f64, available: usize },
+    Budget { cpus: Cores, available: usize },
     #[error(
         "nothing to limit: pass --pid PID or a command after `--` \
          (e.g. `sentinel-supervisor limit --cpus 0.5 -- make -j2`)"
@@ -43,59 +47,115 @@ pub enum LimitError {
 /// How long the command gets to exit after a forwarded SIGINT/SIGTERM.
 const GRACE: Duration = Duration::from_secs(5);
 
-pub async fn run(args: LimitArgs) -> anyhow::Result<ExitCode> {
-    let available = allowed_cpus();
-    if !(args.cpus.is_finite() && args.cpus > 0.0 && args.cpus <= available as f64) {
-        return Err(LimitError::Budget {
-            cpus: args.cpus,
-            available,
+/// What to limit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LimitTarget {
+    /// A running process (its whole group when it leads one).
+    Pid(i32),
+    /// A command to start in its own group: the program, then its arguments.
+    Command(Vec<String>),
+}
+
+/// `limit`'s arguments, checked and completed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitOptions {
+    pub cpus: Cores,
+    pub target: LimitTarget,
+    /// Duty-cycle period.
+    pub period: Duration,
+    /// Threads the target keeps busy; `None` follows its thread count.
+    pub threads: Option<usize>,
+    pub method: Method,
+    pub adaptive: Option<Share>,
+}
+
+impl LimitOptions {
+    /// Checks the budget against the CPUs this process may use (`available`) and that there is
+    /// something to limit.
+    pub fn from_args(args: LimitArgs, available: usize) -> Result<LimitOptions, LimitError> {
+        if args.cpus.get() > available as f64 {
+            return Err(LimitError::Budget {
+                cpus: args.cpus,
+                available,
+            });
         }
-        .into());
+        let target = match args.pid {
+            Some(pid) => LimitTarget::Pid(pid),
+            None if args.command.is_empty() => return Err(LimitError::NoTarget),
+            None => LimitTarget::Command(args.command),
+        };
+        Ok(LimitOptions {
+            cpus: args.cpus,
+            target,
+            period: args.period,
+            threads: args.threads,
+            method: args.method.into(),
+            adaptive: args.adaptive,
+        })
     }
-    let config = GovernorConfig {
-        method: args.method,
-        period: args.period,
-        feedback_window: GovernorConfig::default()
-            .feedback_window
-            .max(args.period * 5),
-        ..GovernorConfig::default()
-    };
-    let settings = GovernorSettings {
-        cpus: Some(args.cpus),
-        threads: args.threads,
-        priority: Priority::Normal,
-        adaptive: args.adaptive,
-    };
+
+    /// The shipped `[governor]` section with this method and period (the feedback window kept
+    /// at least five periods long).
+    fn governor_config(&self, shipped: GovernorConfig) -> GovernorConfig {
+        GovernorConfig {
+            method: self.method,
+            period: self.period,
+            feedback_window: shipped.feedback_window.max(self.period * 5),
+            ..shipped
+        }
+    }
+
+    fn governor_settings(&self) -> GovernorSettings {
+        GovernorSettings {
+            cpus: Some(self.cpus),
+            threads: self.threads,
+            priority: Priority::Normal,
+            adaptive: self.adaptive,
+        }
+    }
+}
+
+/// `sentinel-supervisor limit`.
+pub async fn run(args: LimitArgs) -> anyhow::Result<ExitCode> {
+    let options = LimitOptions::from_args(args, allowed_cpus())?;
+    limit(&options).await
+}
+
+/// Limits the target until it exits (or, for a running process, until SIGINT/SIGTERM).
+pub async fn limit(options: &LimitOptions) -> anyhow::Result<ExitCode> {
+    let config = options.governor_config(Config::builtin()?.governor);
+    let settings = options.governor_settings();
     let mut sigint = signal(SignalKind::interrupt()).map_err(LimitError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(LimitError::Signals)?;
     let activity = Activity::new();
 
-    if let Some(pid) = args.pid {
-        let _usage = follow_usage(pid, &args, &activity);
-        let mut handle = Governor::start(pid, &config, settings, activity.clone())?;
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tokio::select! {
-                _ = sigint.recv() => break,
-                _ = sigterm.recv() => break,
-                _ = tick.tick() => {
-                    let gone = matches!(crate::meter::process_state(pid), None | Some('Z'));
-                    if gone || handle.is_finished() {
-                        tracing::info!(pid, "limited process exited");
-                        break;
+    let command = match &options.target {
+        LimitTarget::Pid(pid) => {
+            let pid = *pid;
+            let _usage = follow_usage(pid, options, &activity);
+            let mut handle = Governor::start(pid, &config, settings, activity.clone())?;
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    _ = sigint.recv() => break,
+                    _ = sigterm.recv() => break,
+                    _ = tick.tick() => {
+                        let gone = matches!(crate::meter::process_state(pid), None | Some('Z'));
+                        if gone || handle.is_finished() {
+                            tracing::info!(pid, "limited process exited");
+                            break;
+                        }
                     }
                 }
             }
+            handle.stop();
+            return Ok(ExitCode::SUCCESS);
         }
-        handle.stop();
-        return Ok(ExitCode::SUCCESS);
-    }
+        LimitTarget::Command(command) => command,
+    };
 
-    if args.command.is_empty() {
-        return Err(LimitError::NoTarget.into());
-    }
-    let (pid, mut exited) = spawn_command(&args.command)?;
-    let _usage = follow_usage(pid, &args, &activity);
+    let (pid, mut exited) = spawn_command(command)?;
+    let _usage = follow_usage(pid, options, &activity);
     let mut handle = match Governor::start(pid, &config, settings, activity.clone()) {
         Ok(handle) => handle,
         Err(err) => {
@@ -141,11 +201,11 @@ pub async fn run(args: LimitArgs) -> anyhow::Result<ExitCode> {
 
 /// Starts following the target's CPU use (the activity signal of `limit`); the task ends with
 /// the target or when the returned guard drops.
-fn follow_usage(pid: i32, args: &LimitArgs, activity: &Activity) -> AbortOnDropHandle<()> {
-    AbortOnDropHandle::new(tokio::spawn(super::usage::follow(
+fn follow_usage(pid: i32, options: &LimitOptions, activity: &Activity) -> AbortOnDropHandle<()> {
+    AbortOnDropHandle::new(tokio::spawn(usage::follow(
         pid,
-        args.cpus,
-        args.period,
+        options.cpus.get(),
+        options.period,
         activity.clone(),
         activity.begin(),
     )))

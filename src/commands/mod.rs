@@ -1,0 +1,99 @@
+//! The commands: each turns its clap arguments ([`crate::cli`]) into the domain's options once,
+//! merging the command line over the configuration, then calls the library. This is the only
+//! module that sees clap types; the domain modules take the options below.
+//!
+//! - `run` -> [`crate::supervisor::RunOptions`] -> [`crate::supervisor::run`]
+//! - `setup` -> [`crate::backend::setup::SetupOptions`] -> [`crate::backend::setup::ensure`]
+//! - `profiles` -> the loaded [`Config`] -> [`crate::profile::print_profiles`]
+//! - `limit` -> [`limit::LimitOptions`] -> [`limit::limit`]
+//! - `bench` -> [`crate::bench::BenchOptions`] -> [`crate::bench::run`]
+
+pub mod bench;
+pub mod limit;
+pub mod profiles;
+pub mod run;
+pub mod setup;
+
+use crate::cli::{self, Command, ConfigArgs, LogArgs};
+use crate::config::{Config, ConfigError};
+use crate::logging::{LogFormat, LogOptions};
+use std::process::ExitCode;
+
+/// Runs one command to its exit code.
+pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => run::run(args).await,
+        Command::Setup(args) => setup::run(args).await,
+        Command::Profiles(args) => profiles::run(&args),
+        Command::Limit(args) => limit::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+/// Sets up logging from `-v`, `-q` and `--log-format`.
+pub fn init_logging(args: &LogArgs) {
+    crate::logging::init(&log_options(args));
+}
+
+fn log_options(args: &LogArgs) -> LogOptions {
+    LogOptions {
+        verbosity: i16::from(args.verbose) - i16::from(args.quiet),
+        format: match args.log_format {
+            cli::LogFormat::Text => LogFormat::Text,
+            cli::LogFormat::Json => LogFormat::Json,
+        },
+    }
+}
+
+/// The built-in defaults with the user's file (`--config`, or the usual place) over them.
+fn load_config(args: &ConfigArgs) -> Result<Config, ConfigError> {
+    Config::load(args.config.as_deref())
+}
+
+impl From<cli::Method> for crate::governor::Method {
+    fn from(method: cli::Method) -> Self {
+        match method {
+            cli::Method::Auto => Self::Auto,
+            cli::Method::Signals => Self::Signals,
+            cli::Method::Cgroup => Self::Cgroup,
+            cli::Method::Off => Self::Off,
+        }
+    }
+}
+
+impl From<cli::SchemaMode> for crate::bench::SchemaMode {
+    fn from(mode: cli::SchemaMode) -> Self {
+        match mode {
+            cli::SchemaMode::Off => Self::Off,
+            cli::SchemaMode::On => Self::On,
+            cli::SchemaMode::Both => Self::Both,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn verbosity_is_verbose_minus_quiet() {
+        let cli = cli::Cli::try_parse_from(["s", "-vv", "-q", "--log-format", "json"]).unwrap();
+        assert_eq!(
+            log_options(&cli.log),
+            LogOptions {
+                verbosity: 1,
+                format: LogFormat::Json
+            }
+        );
+    }
+
+    #[test]
+    fn every_cli_method_maps_to_the_governor_method_of_the_same_name() {
+        use clap::ValueEnum;
+        for method in cli::Method::value_variants() {
+            let name = method.to_possible_value().unwrap().get_name().to_string();
+            assert_eq!(crate::governor::Method::from(*method).to_string(), name);
+        }
+    }
+}
