@@ -6,10 +6,13 @@
 //! so it dies with the limiter), limits it, and exits with its exit code. SIGINT/SIGTERM continue
 //! it and pass the signal on to its group, then wait for it (SIGKILL after 5 s).
 //! The budget holds from the first period. Without a proxy to say when the target works, its own
-//! CPU use does ([`crate::governor::usage`]): once it has been idle for a second the limiter rests (no
-//! stops, which would wake every thread of an idle program), and it throttles again within one
-//! period (at most 20 ms) of new work. (With `--method cgroup` the kernel caps the target and
-//! nothing rests.)
+//! CPU use does ([`crate::governor::usage`]): once it has been idle for a second the limiter
+//! rests (no stops, which would wake every thread of an idle program), and it throttles again
+//! within one period (at most 20 ms) of new work. (With `--method cgroup` the kernel caps the
+//! target and nothing rests.)
+//!
+//! [`LimitOptions::from_args`] checks the arguments once; [`limit`] runs on the options and the
+//! governor ([`crate::governor::Governor`]) does the limiting.
 
 use crate::cli::LimitArgs;
 use crate::config::Config;

@@ -300,7 +300,12 @@ fn bad_invocations_say_what_to_do() {
         assert!(!out.status.success(), "{args:?} succeeded");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    assert!(stderr(&["--cpus", "0", "--pid", "1"]).contains("out of range"));
+    // The same words as `cpus = 0` in a config file (see `supervisor::bad_input_is_a_clear_error_before_anything_starts`).
+    assert!(stderr(&["--cpus", "0", "--pid", "1"]).contains("CPU budget 0 is out of range"));
+    assert!(
+        stderr(&["--cpus", "0.5", "--adaptive", "1.5", "--pid", "1"])
+            .contains("share 1.5 is out of range")
+    );
     assert!(stderr(&["--cpus", "999", "--pid", "1"]).contains("at most"));
     assert!(stderr(&["--cpus", "0.5"]).contains("nothing to limit"));
     assert!(stderr(&["--cpus", "0.5", "--pid", "2147483000"]).contains("no process"));

@@ -204,4 +204,10 @@ fn bad_input_is_a_clear_error_before_anything_starts() {
     assert!(e.contains("c.toml") && e.contains("threds"), "{e}");
     let e = run(&["profiles"], "[profiles.balanced]\ncpus = -1\n");
     assert!(e.contains("profiles.balanced.cpus"), "{e}");
+    // The same words as `limit --cpus 0` (see `governor::bad_invocations_say_what_to_do`).
+    let e = run(&["run"], "[profiles.balanced]\ncpus = 0\n");
+    assert!(
+        e.contains("c.toml: key `profiles.balanced.cpus`: CPU budget 0 is out of range"),
+        "{e}"
+    );
 }
