@@ -251,19 +251,14 @@ mod tests {
 
     #[test]
     fn measures_a_burning_child_over_its_own_window() {
-        // This test process burns one thread; the publisher measures it over 100 ms windows.
-        let burning = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let burner = {
-            let burning = Arc::clone(&burning);
-            std::thread::spawn(move || {
-                while burning.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::hint::black_box(0u64);
-                }
-            })
-        };
+        // A child that burns one core; the publisher measures it over 100 ms windows.
+        let mut burner = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap();
         let (tx, mut rx) = watch::channel(None);
         let mut publisher = Publisher::start(
-            std::process::id() as i32,
+            burner.id() as i32,
             Duration::from_millis(100),
             Source::Off,
             settings(),
@@ -287,12 +282,12 @@ mod tests {
             .await
             .expect("no measured snapshot within 5 s")
         });
-        // One busy thread: close to a core, more than a fraction of one even on a loaded host.
+        // One busy process: close to a core, more than a fraction of one even on a loaded host.
         assert!(measured > 0.2, "measured {measured}");
         publisher.stop();
         let last = rx.borrow().clone().unwrap();
         assert_eq!(last.state, GovernorState::Stopped);
-        burning.store(false, std::sync::atomic::Ordering::Relaxed);
-        burner.join().unwrap();
+        burner.kill().unwrap();
+        burner.wait().unwrap();
     }
 }
