@@ -13,6 +13,7 @@ pub mod logging;
 pub mod meter;
 pub mod profile;
 pub mod proxy;
+pub mod status;
 pub mod supervisor;
 pub mod units;
 

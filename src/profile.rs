@@ -66,7 +66,7 @@ impl Host {
 }
 
 /// A profile with every value decided for this host.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Resolved {
     pub name: String,
     pub description: String,

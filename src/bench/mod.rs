@@ -17,11 +17,12 @@ pub mod target;
 pub mod task;
 pub mod workload;
 
+use crate::status::StatusReport;
 use anyhow::Context;
 use report::{Phase, ProfileReport, Report, RunReport, TaskResult};
 use sampler::Sampler;
 use settings::BenchConfig;
-use stack::{Launch, Stack, StatusInfo};
+use stack::{Launch, Stack};
 use stats::Summary;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -268,7 +269,7 @@ impl Session<'_> {
         let result = async {
             stack.wait_ready(client, settings.ready_timeout).await?;
             let status = stack.status(client).await?;
-            backend_pid = status.backend_pid;
+            backend_pid = status.backend.as_ref().map(|b| b.pid);
             self.measure_ready(&stack, profile, status).await
         }
         .await;
@@ -280,15 +281,14 @@ impl Session<'_> {
         &self,
         stack: &Stack,
         profile: Option<&str>,
-        status: StatusInfo,
+        status: StatusReport,
     ) -> anyhow::Result<ProfileReport> {
         let options = self.options;
         let settings = &options.settings;
         let name = profile
             .map(str::to_string)
-            .or(status.profile.clone())
-            .unwrap_or_else(|| "running".to_string());
-        let pid = status.backend_pid;
+            .unwrap_or_else(|| status.profile.clone());
+        let pid = status.backend.as_ref().map(|b| b.pid);
         if pid.is_none() {
             tracing::warn!(profile = %name, "/status reports no backend pid; backend CPU and RSS will be n/a");
         }
@@ -324,19 +324,13 @@ impl Session<'_> {
             .collect();
         Ok(ProfileReport {
             profile: name,
-            model: status.model.clone().or_else(|| {
-                options
-                    .launch
-                    .model
-                    .as_ref()
-                    .map(|m| m.display().to_string())
-            }),
+            model: Some(status.model.clone()),
             backend: report::BackendInfo {
                 pid,
-                threads: status.threads,
-                threads_batch: status.threads_batch,
+                threads: status.backend.as_ref().map(|b| b.threads as u64),
+                threads_batch: status.backend.as_ref().map(|b| b.threads_batch as u64),
             },
-            limit_cpus: status.limit_cpus,
+            limit_cpus: status.governor.as_ref().and_then(|g| g.budget_cpus),
             governor: status.governor,
             idle: report::IdlePhase {
                 duration_s: idle_end,

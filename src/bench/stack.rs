@@ -1,14 +1,12 @@
 //! The supervisor stack under test: a `sentinel-supervisor run` child started for one profile
 //! (or an already running one given with `--url`), its readiness, its `/status`, and its stop.
 
-use serde_json::Value;
+use crate::status::{HealthReport, StatusReport, LISTENING_PREFIX};
+use crate::supervisor::state::StateName;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-/// The line the supervisor prints on stdout once it listens.
-const LISTENING_PREFIX: &str = "sentinel-supervisor listening on ";
 /// How long a stopping supervisor may take before it is killed.
 const STOP_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -54,40 +52,6 @@ pub struct Launch {
     /// Where the child's stderr (its logs) goes.
     pub log: PathBuf,
     pub listen_timeout: Duration,
-}
-
-/// What `/status` says about the stack.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct StatusInfo {
-    pub state: String,
-    pub profile: Option<String>,
-    pub model: Option<String>,
-    pub backend_pid: Option<i32>,
-    pub threads: Option<u64>,
-    pub threads_batch: Option<u64>,
-    pub governor: Value,
-    pub limit_cpus: Option<f64>,
-}
-
-impl StatusInfo {
-    /// Reads the `/status` JSON of the contract; unknown or missing fields stay `None`.
-    pub fn from_json(v: &Value) -> StatusInfo {
-        let backend = &v["backend"];
-        let governor = v.get("governor").cloned().unwrap_or(Value::Null);
-        let limit_cpus = ["budget_cpus", "cpus", "budget", "limit_cpus"]
-            .iter()
-            .find_map(|k| governor.get(k).and_then(Value::as_f64));
-        StatusInfo {
-            state: v["state"].as_str().unwrap_or("unknown").to_string(),
-            profile: v["profile"].as_str().map(str::to_string),
-            model: v["model"].as_str().map(str::to_string),
-            backend_pid: backend["pid"].as_i64().and_then(|p| i32::try_from(p).ok()),
-            threads: backend["threads"].as_u64(),
-            threads_batch: backend["threads_batch"].as_u64(),
-            governor,
-            limit_cpus,
-        }
-    }
 }
 
 /// A supervisor the bench talks to, started by it or not.
@@ -228,12 +192,16 @@ impl Stack {
                 Ok(r) if r.status().is_success() => return Ok(()),
                 Ok(r) => {
                     let code = r.status();
-                    let body: Value = r.json().await.unwrap_or(Value::Null);
-                    last_state = body["state"]
-                        .as_str()
-                        .map_or(format!("HTTP {code}"), str::to_string);
-                    if last_state == "failed" {
-                        break;
+                    match r.json::<HealthReport>().await {
+                        Ok(health) if health.state == StateName::Failed => {
+                            last_state = format!(
+                                "failed: {}",
+                                health.reason.as_deref().unwrap_or("no reason given")
+                            );
+                            break;
+                        }
+                        Ok(health) => last_state = health.state.to_string(),
+                        Err(_) => last_state = format!("HTTP {code}"),
                     }
                 }
                 Err(e) => last_state = format!("no answer ({e})"),
@@ -261,7 +229,7 @@ impl Stack {
     }
 
     /// Reads `/status`.
-    pub async fn status(&self, client: &reqwest::Client) -> Result<StatusInfo, StackError> {
+    pub async fn status(&self, client: &reqwest::Client) -> Result<StatusReport, StackError> {
         let url = format!("{}/status", self.base_url);
         let err = |message: String| StackError::Status {
             url: url.clone(),
@@ -276,8 +244,9 @@ impl Stack {
         if !resp.status().is_success() {
             return Err(err(format!("HTTP {}", resp.status())));
         }
-        let v: Value = resp.json().await.map_err(|e| err(e.to_string()))?;
-        Ok(StatusInfo::from_json(&v))
+        resp.json::<StatusReport>()
+            .await
+            .map_err(|e| err(format!("not the /status of this version: {e}")))
     }
 
     /// Stops a supervisor this bench started: SIGTERM, wait, then SIGKILL it and the backend.
@@ -321,24 +290,70 @@ fn signal(pid: i32, sig: nix::sys::signal::Signal) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn reads_the_status_contract() {
-        let v = serde_json::json!({
-            "state": "ready", "profile": "balanced", "model": "/m.gguf",
-            "backend": {"pid": 1234, "port": 5, "threads": 1, "threads_batch": 2, "restarts": 0},
-            "governor": {"budget_cpus": 0.5, "mode": "duty"}, "in_flight": 0
-        });
-        let s = StatusInfo::from_json(&v);
-        assert_eq!(s.state, "ready");
-        assert_eq!(s.profile.as_deref(), Some("balanced"));
-        assert_eq!(s.backend_pid, Some(1234));
-        assert_eq!((s.threads, s.threads_batch), (Some(1), Some(2)));
-        assert_eq!(s.limit_cpus, Some(0.5));
-        let starting = StatusInfo::from_json(
-            &serde_json::json!({"state": "starting", "backend": {"pid": null}}),
-        );
-        assert_eq!(starting.backend_pid, None);
-        assert_eq!(starting.limit_cpus, None);
+    /// Serves `report` as `/status` (behind `key`) and `health` as `/health` on a free port.
+    async fn serve(report: StatusReport, key: &'static str) -> String {
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::response::IntoResponse;
+        let health = report.health();
+        let app = axum::Router::new()
+            .route(
+                "/status",
+                axum::routing::get(move |headers: HeaderMap| async move {
+                    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+                    if auth == Some(&format!("Bearer {key}")) {
+                        axum::Json(report).into_response()
+                    } else {
+                        StatusCode::UNAUTHORIZED.into_response()
+                    }
+                }),
+            )
+            .route(
+                "/health",
+                axum::routing::get(move || async move {
+                    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(health))
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn reads_the_status_the_server_sends() {
+        let report = crate::status::example();
+        let url = serve(report.clone(), "k").await;
+        let client = reqwest::Client::new();
+        let read = Stack::attach(&url, Some("k".into()))
+            .status(&client)
+            .await
+            .unwrap();
+        assert_eq!(read, report);
+        let err = Stack::attach(&url, Some("wrong".into()))
+            .status(&client)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("401"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_backend_ends_the_wait_with_its_reason() {
+        let failed = StatusReport {
+            state: crate::supervisor::state::State::Failed {
+                reason: "crash loop: bad model".into(),
+                last_lines: vec![],
+            },
+            ..crate::status::example()
+        };
+        let url = serve(failed, "k").await;
+        let started = Instant::now();
+        let err = Stack::attach(&url, None)
+            .wait_ready(&reqwest::Client::new(), Duration::from_secs(30))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("crash loop: bad model"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10), "kept waiting");
     }
 
     #[tokio::test]

@@ -136,7 +136,7 @@ pub async fn limit(options: &LimitOptions) -> anyhow::Result<ExitCode> {
         LimitTarget::Pid(pid) => {
             let pid = *pid;
             let _usage = follow_usage(pid, options, &activity);
-            let mut handle = Governor::start(pid, &config, settings, activity.clone())?;
+            let mut handle = Governor::start(pid, &config, settings, activity.clone(), unread())?;
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tokio::select! {
@@ -159,7 +159,7 @@ pub async fn limit(options: &LimitOptions) -> anyhow::Result<ExitCode> {
 
     let (pid, mut exited) = spawn_command(command)?;
     let _usage = follow_usage(pid, options, &activity);
-    let mut handle = match Governor::start(pid, &config, settings, activity.clone()) {
+    let mut handle = match Governor::start(pid, &config, settings, activity.clone(), unread()) {
         Ok(handle) => handle,
         Err(err) => {
             // A command that finished at once is gone before it could be governed: that is
@@ -204,6 +204,11 @@ pub async fn limit(options: &LimitOptions) -> anyhow::Result<ExitCode> {
 
 /// Starts following the target's CPU use (the activity signal of `limit`); the task ends with
 /// the target or when the returned guard drops.
+/// `limit` serves no `/status`: the governor's snapshots go nowhere.
+fn unread() -> crate::governor::SnapshotSender {
+    tokio::sync::watch::Sender::new(None)
+}
+
 fn follow_usage(pid: i32, options: &LimitOptions, activity: &Activity) -> AbortOnDropHandle<()> {
     AbortOnDropHandle::new(tokio::spawn(usage::follow(
         pid,

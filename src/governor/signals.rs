@@ -36,12 +36,12 @@ pub struct LimiterParams {
     pub adaptive: Option<AdaptiveParams>,
 }
 
-/// Live readings published by the limiter thread for `/status`.
+/// Live readings published by the limiter thread (for the governor's snapshot, see
+/// [`super::snapshot`]).
 #[derive(Debug, Default)]
 pub struct LimiterReadings {
     budget: AtomicU64,
     fraction: AtomicU64,
-    measured: AtomicU64,
     throttling: AtomicBool,
     finished: AtomicBool,
 }
@@ -53,8 +53,6 @@ pub struct LimiterSnapshot {
     pub budget: f64,
     /// Share of each period the child runs.
     pub fraction: f64,
-    /// The child's CPU over the last feedback window, in cores (`None` before the first one).
-    pub measured: Option<f64>,
     /// True while requests are in flight and the child is being duty-cycled.
     pub throttling: bool,
     /// True once the thread has ended (child gone, stopped, or an error).
@@ -70,12 +68,11 @@ fn load(a: &AtomicU64) -> f64 {
 }
 
 impl LimiterReadings {
-    fn snapshot(&self) -> LimiterSnapshot {
-        let measured = load(&self.measured);
+    /// A copy of the readings now.
+    pub fn snapshot(&self) -> LimiterSnapshot {
         LimiterSnapshot {
             budget: load(&self.budget),
             fraction: load(&self.fraction),
-            measured: (measured >= 0.0).then_some(measured),
             throttling: self.throttling.load(Ordering::Relaxed),
             finished: self.finished.load(Ordering::Relaxed),
         }
@@ -101,7 +98,6 @@ impl SignalLimiter {
         let target = Arc::new(target);
         let readings = Arc::new(LimiterReadings::default());
         store(&readings.budget, params.cpus);
-        store(&readings.measured, -1.0);
         let (stop_tx, stop_rx) = watch::channel(false);
         let activity_rx = activity.subscribe();
         let thread = {
@@ -153,6 +149,11 @@ impl SignalLimiter {
     /// The current readings.
     pub fn snapshot(&self) -> LimiterSnapshot {
         self.readings.snapshot()
+    }
+
+    /// The live readings, shared with the thread that updates them.
+    pub fn readings(&self) -> Arc<LimiterReadings> {
+        Arc::clone(&self.readings)
     }
 
     /// Ends the thread and continues the child. Idempotent.
@@ -334,7 +335,6 @@ impl Loop<'_> {
                     }
                 }
             }
-            store(&self.readings.measured, measured);
             store(&self.readings.budget, self.ctl.cpus());
             store(&self.readings.fraction, self.ctl.fraction());
             tracing::trace!(

@@ -82,7 +82,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         priority: profile.priority,
         adaptive: profile.adaptive,
     };
-    let governor = Arc::new(std::sync::Mutex::new(None));
+    let (governor_tx, governor_rx) = tokio::sync::watch::channel(None);
     let spec_inputs = (installed.clone(), profile.clone(), config.clone());
     let lifecycle = lifecycle::Lifecycle {
         config: config.supervisor.clone(),
@@ -90,7 +90,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         activity: activity.clone(),
         governor_config: config.governor.clone(),
         governor_settings,
-        governor: Arc::clone(&governor),
+        governor: governor_tx,
         status: status_tx,
         cancel: cancel.clone(),
     };
@@ -108,16 +108,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
             model: installed.model.display().to_string(),
             profile: profile.clone(),
         },
-        governor_status: Box::new(move || {
-            let g = governor.lock().unwrap_or_else(|e| e.into_inner());
-            g.as_ref()
-                .map(|h| serde_json::to_value(h.status()).unwrap_or_default())
-                .unwrap_or(serde_json::Value::Null)
-        }),
+        governor: governor_rx,
         started: std::time::Instant::now(),
     });
     let app = proxy::router(Arc::clone(&shared));
-    println!("sentinel-supervisor listening on http://{local}");
+    println!("{}http://{local}", crate::status::LISTENING_PREFIX);
     tracing::info!(addr = %local, profile = %profile.name, model = %installed.model.display(), "listening");
 
     let server_cancel = cancel.clone();

@@ -121,8 +121,21 @@ fn api_keys_are_required_when_configured() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
-    // /health stays open for monitors.
+    // /health stays open for monitors, unknown routes are 404 without a key, and every other
+    // route of the supervisor needs one.
     assert_eq!(s.get("/health").0, 200);
+    assert_eq!(s.get("/v1/nope").0, 404);
+    for path in ["/status", "/v1/models", "/props"] {
+        let (code, body) = s.get(path);
+        assert_eq!(code, 401, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_api_key", "{path}");
+        let r = c
+            .get(format!("{}{path}", s.url))
+            .bearer_auth("sk-test-123")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
 }
 
 #[test]
@@ -260,5 +273,5 @@ fn a_client_that_disconnects_cancels_the_upstream_request() {
         after_drop < 0.1,
         "the upstream request kept running after the client left: {after_drop} s of CPU"
     );
-    assert_eq!(s.get("/status").1["in_flight"], 0);
+    assert_eq!(s.status().in_flight, 0);
 }
