@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod governor;
+pub mod host;
 pub mod logging;
 pub mod meter;
 pub mod profile;

@@ -11,9 +11,9 @@
 //! period (at most 20 ms) of new work. (With `--method cgroup` the kernel caps the target and
 //! nothing rests.)
 
-use super::signals::allowed_cpus;
 use super::{Activity, Governor, GovernorConfig, GovernorSettings, Priority};
 use crate::cli::LimitArgs;
+use crate::host::Host;
 use std::io;
 use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
@@ -44,7 +44,8 @@ pub enum LimitError {
 const GRACE: Duration = Duration::from_secs(5);
 
 pub async fn run(args: LimitArgs) -> anyhow::Result<ExitCode> {
-    let available = allowed_cpus();
+    let host = Host::detect();
+    let available = host.allowed_cpus();
     if !(args.cpus.is_finite() && args.cpus > 0.0 && args.cpus <= available as f64) {
         return Err(LimitError::Budget {
             cpus: args.cpus,
@@ -65,6 +66,7 @@ pub async fn run(args: LimitArgs) -> anyhow::Result<ExitCode> {
         threads: args.threads,
         priority: Priority::Normal,
         adaptive: args.adaptive,
+        host,
     };
     let mut sigint = signal(SignalKind::interrupt()).map_err(LimitError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(LimitError::Signals)?;

@@ -139,6 +139,8 @@ pub struct GovernorSettings {
     pub priority: Priority,
     /// Adaptive mode: keep total system CPU under this share of the machine (0.0..=1.0).
     pub adaptive: Option<f64>,
+    /// The host the profile was resolved against (detected once by the command).
+    pub host: crate::host::Host,
 }
 
 #[cfg(test)]

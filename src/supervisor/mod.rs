@@ -9,7 +9,8 @@ use crate::backend::{launch, setup};
 use crate::cli::RunArgs;
 use crate::config::Config;
 use crate::governor::{Activity, GovernorSettings};
-use crate::profile::{self, Host};
+use crate::host::Host;
+use crate::profile;
 use crate::proxy;
 use anyhow::Context;
 use std::process::ExitCode;
@@ -73,6 +74,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         threads: Some(profile.threads.max(profile.threads_batch)),
         priority: profile.priority,
         adaptive: profile.adaptive,
+        host,
     };
     let governor = Arc::new(std::sync::Mutex::new(None));
     let spec_inputs = (installed.clone(), profile.clone(), config.clone());
