@@ -229,7 +229,7 @@ impl GovernorHandle {
     }
 
     fn measure_since_last_call(&self) -> Option<f64> {
-        let now = (Instant::now(), crate::meter::process_cpu_time(self.pid)?);
+        let now = (Instant::now(), crate::meter::process_cpu(self.pid)?);
         let mut last = self.last_reading.lock().unwrap_or_else(|e| e.into_inner());
         let previous = last.replace(now)?;
         let wall = now.0.duration_since(previous.0).as_secs_f64();

@@ -249,7 +249,7 @@ impl Loop<'_> {
         let gone = || io::Error::from_raw_os_error(libc::ESRCH);
         let mut next = Instant::now();
         let mut window_start = next;
-        let mut cpu_start = crate::meter::process_cpu_time(pid).ok_or_else(gone)?;
+        let mut cpu_start = crate::meter::process_cpu(pid).ok_or_else(gone)?;
         let mut sys_start = crate::meter::system_times().ok();
         self.ctl.reset_window();
         let mut periods: u64 = 0;
@@ -303,7 +303,7 @@ impl Loop<'_> {
                     self.ctl.set_usable(usable);
                     self.ctl.reset_window();
                     window_start = now;
-                    cpu_start = crate::meter::process_cpu_time(pid).ok_or_else(gone)?;
+                    cpu_start = crate::meter::process_cpu(pid).ok_or_else(gone)?;
                     sys_start = crate::meter::system_times().ok();
                 }
             }
@@ -311,7 +311,7 @@ impl Loop<'_> {
             if wall < self.window {
                 continue;
             }
-            let cpu = crate::meter::process_cpu_time(pid).ok_or_else(gone)?;
+            let cpu = crate::meter::process_cpu(pid).ok_or_else(gone)?;
             let used = cpu.saturating_sub(cpu_start);
             let measured = used.as_secs_f64() / wall.as_secs_f64();
             let sys = crate::meter::system_times().ok();
@@ -442,7 +442,7 @@ impl FollowThreads {
         Self {
             cap: thread_cap(pid, host),
             computing: ComputingThreads::start(pid),
-            last: crate::meter::process_cpu_clock(pid).map(|cpu| (Instant::now(), cpu)),
+            last: crate::meter::process_cpu(pid).map(|cpu| (Instant::now(), cpu)),
         }
     }
 
@@ -458,7 +458,7 @@ impl FollowThreads {
         host: &Host,
     ) -> Option<usize> {
         let threads = thread_cap(pid, host);
-        let cpu = crate::meter::process_cpu_clock(pid);
+        let cpu = crate::meter::process_cpu(pid);
         let elapsed = self
             .last
             .map(|(then, _)| now.saturating_duration_since(then));
