@@ -259,7 +259,9 @@ mod tests {
         };
         assert_eq!(capped.allowed_cpus(), 2);
         assert_eq!(capped.allowed_cores(), 1.5);
-        assert!(capped.limit_reason().contains("cgroup quota 1.50 cores, cgroup v2 cpu.max"));
+        assert!(capped
+            .limit_reason()
+            .contains("cgroup quota 1.50 cores, cgroup v2 cpu.max"));
         // A quota above the affinity mask does not raise it.
         let both = Host {
             online_cpus: 8,

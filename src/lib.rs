@@ -11,6 +11,7 @@ pub mod governor;
 pub mod host;
 pub mod logging;
 pub mod meter;
+pub mod process_group;
 pub mod profile;
 pub mod proxy;
 pub mod supervisor;

@@ -17,8 +17,8 @@ pub mod target;
 pub mod task;
 pub mod workload;
 
-use crate::host::Host;
 use crate::cli::BenchArgs;
+use crate::host::Host;
 use anyhow::Context;
 use report::{Phase, ProfileReport, Report, RunReport, TaskResult};
 use sampler::Sampler;
@@ -289,7 +289,15 @@ impl Session<'_> {
             .max((max_tree_rss > 0).then_some(max_tree_rss));
         let runs = runs
             .into_iter()
-            .map(|r| r.finish(&timeline, &idle_cpu, peak_rss, &settings.targets, &self.host))
+            .map(|r| {
+                r.finish(
+                    &timeline,
+                    &idle_cpu,
+                    peak_rss,
+                    &settings.targets,
+                    &self.host,
+                )
+            })
             .collect();
         Ok(ProfileReport {
             profile: name,

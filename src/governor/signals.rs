@@ -255,7 +255,9 @@ impl Loop<'_> {
         let mut periods: u64 = 0;
         // A program we know nothing about: size the run time for all its threads at first (it
         // cannot exceed the budget), then for those that turn out to compute.
-        let mut follow = self.follow_threads.then(|| FollowThreads::start(pid, &self.host));
+        let mut follow = self
+            .follow_threads
+            .then(|| FollowThreads::start(pid, &self.host));
         if let Some(f) = &follow {
             self.ctl.set_usable(f.cap);
         }
@@ -593,7 +595,13 @@ mod tests {
         };
         for host in [pinned, quota] {
             let mut budget = AdaptiveBudget::new(params);
-            let now = adapt(&mut budget, &host, machine_busy, 0.5, Duration::from_secs(1));
+            let now = adapt(
+                &mut budget,
+                &host,
+                machine_busy,
+                0.5,
+                Duration::from_secs(1),
+            );
             assert!((now - 0.5).abs() < 1e-9, "{host:?}: budget {now}");
         }
         // An unrestricted machine: the same readings mean the same thing as before.

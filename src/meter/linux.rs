@@ -53,8 +53,8 @@ fn read_u64(path: &std::path::Path) -> Option<u64> {
 fn cpuacct_times() -> std::io::Result<SystemTimes> {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
-    let file =
-        cpuacct_root().ok_or_else(|| std::io::Error::other("no readable cgroup v1 cpuacct root"))?;
+    let file = cpuacct_root()
+        .ok_or_else(|| std::io::Error::other("no readable cgroup v1 cpuacct root"))?;
     let busy = read_u64(file).ok_or_else(|| {
         std::io::Error::other(format!("unexpected contents in {}", file.display()))
     })?;

@@ -300,7 +300,10 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let mut x = 0u64;
         while process_cpu(pid).unwrap() - clock0 < Duration::from_millis(50) {
-            assert!(std::time::Instant::now() < deadline, "the clock does not advance");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the clock does not advance"
+            );
             for _ in 0..10_000 {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
             }
