@@ -17,6 +17,7 @@ pub mod target;
 pub mod task;
 pub mod workload;
 
+use crate::host::Host;
 use crate::status::StatusReport;
 use anyhow::Context;
 use report::{Phase, ProfileReport, Report, RunReport, TaskResult};
@@ -60,6 +61,8 @@ pub struct BenchOptions {
     pub max_tokens: u32,
     /// Sent as `Authorization: Bearer KEY`.
     pub api_key: Option<String>,
+    /// The machine whose share the CPU figures are (detected once by the command).
+    pub host: Host,
 }
 
 /// Which supervisors are measured.
@@ -122,6 +125,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<ExitCode> {
         options: &options,
         client,
         tasks: &tasks,
+        host: options.host,
     };
     let source = options
         .tasks
@@ -131,7 +135,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<ExitCode> {
         format_version: report::FORMAT_VERSION,
         generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         host: report::Host {
-            cpus: host_cpus(),
+            cpus: session.host.online_cpus,
             cpu_source: crate::meter::system_source().describe().to_string(),
         },
         tasks: report::TaskSource {
@@ -192,15 +196,11 @@ fn own_executable() -> anyhow::Result<std::path::PathBuf> {
 }
 
 /// CPU time used over `wall_s` seconds, as a percentage of the whole machine.
-fn share_of_machine(cpu: Duration, wall_s: f64) -> f64 {
+fn share_of_machine(cpu: Duration, wall_s: f64, host: &Host) -> f64 {
     if wall_s <= 0.0 {
         return 0.0;
     }
-    cpu.as_secs_f64() / (wall_s * host_cpus() as f64) * 100.0
-}
-
-fn host_cpus() -> usize {
-    crate::meter::machine_cpus()
+    cpu.as_secs_f64() / (wall_s * host.online_cpus as f64) * 100.0
 }
 
 fn write_outputs(
@@ -240,6 +240,8 @@ struct Session<'a> {
     options: &'a BenchOptions,
     client: reqwest::Client,
     tasks: &'a [Task],
+    /// The machine whose share the CPU figures are (detected once by the command).
+    host: Host,
 }
 
 impl Session<'_> {
@@ -303,7 +305,7 @@ impl Session<'_> {
         let idle_end = sampler.now_s();
         let idle_backend = idle_cpu_before
             .zip(pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time))
-            .map(|(b, a)| share_of_machine(a.saturating_sub(b), idle_end));
+            .map(|(b, a)| share_of_machine(a.saturating_sub(b), idle_end, &self.host));
         sampler.set_phase(Phase::Active);
 
         let mut runs = Vec::new();
@@ -320,7 +322,15 @@ impl Session<'_> {
             .max((max_tree_rss > 0).then_some(max_tree_rss));
         let runs = runs
             .into_iter()
-            .map(|r| r.finish(&timeline, &idle_cpu, peak_rss, &settings.targets))
+            .map(|r| {
+                r.finish(
+                    &timeline,
+                    &idle_cpu,
+                    peak_rss,
+                    &settings.targets,
+                    &self.host,
+                )
+            })
             .collect();
         Ok(ProfileReport {
             profile: name,
@@ -430,6 +440,7 @@ impl PendingRun {
         idle_cpu: &Summary,
         peak_rss: Option<u64>,
         targets: &target::Targets,
+        host: &Host,
     ) -> RunReport {
         let duration_s = self.end_s - self.start_s;
         let system_cpu = Summary::of(&sampler::window(timeline, self.start_s, self.end_s));
@@ -442,7 +453,7 @@ impl PendingRun {
         let backend_cpu_percent = self
             .backend_cpu
             .filter(|_| duration_s > 0.0)
-            .map(|c| share_of_machine(c, duration_s));
+            .map(|c| share_of_machine(c, duration_s, host));
         let checks = targets.evaluate(&target::Measured {
             idle_cpu_mean: (idle_cpu.count > 0).then_some(idle_cpu.mean),
             active_cpu_mean: system_cpu.mean,
@@ -528,6 +539,7 @@ mod tests {
             &idle,
             Some(2_000_000_000),
             &crate::config::Config::builtin().unwrap().bench.targets,
+            &Host::unrestricted(4),
         );
         assert_eq!(run.system_cpu.count, 3);
         assert!((run.system_cpu.mean - 30.0).abs() < 1e-9);
@@ -539,7 +551,7 @@ mod tests {
         assert_eq!(run.latency_s.max, 3.0);
         assert_eq!(run.completion_tokens, 30);
         assert!((run.tokens_per_s - 7.5).abs() < 1e-9);
-        let expected_backend = 0.5 / host_cpus() as f64 * 100.0;
+        let expected_backend = 0.5 / 4.0 * 100.0;
         assert!((run.backend_cpu_percent.unwrap() - expected_backend).abs() < 1e-9);
         assert_eq!(run.categories["b"].correctness, 0.0);
         assert!(!run.pass);

@@ -1,8 +1,10 @@
 //! The supervisor stack under test: a `sentinel-supervisor run` child started for one profile
 //! (or an already running one given with `--url`), its readiness, its `/status`, and its stop.
 
+use crate::process_group::{signal_group, spawn_in_group_async};
 use crate::status::{HealthReport, StatusReport, LISTENING_PREFIX};
 use crate::supervisor::state::StateName;
+use nix::sys::signal::Signal;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -102,17 +104,9 @@ impl Stack {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
-        #[cfg(target_os = "linux")]
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(spawn_err)?;
+        // SIGTERM as the death signal: a supervisor whose bench died shuts down gracefully and
+        // stops its own backend (which has its own SIGKILL death signal).
+        let mut child = spawn_in_group_async(cmd, Signal::SIGTERM).map_err(spawn_err)?;
         tracing::info!(profile = %launch.profile, pid = child.id(), "started supervisor");
         let Some(stdout) = child.stdout.take() else {
             return Err(spawn_err(std::io::Error::other("no stdout pipe")));
@@ -256,7 +250,7 @@ impl Stack {
             return;
         };
         if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-            signal(pid, nix::sys::signal::Signal::SIGTERM);
+            signal(pid, Signal::SIGTERM);
         }
         match tokio::time::timeout(STOP_DEADLINE, child.wait()).await {
             Ok(Ok(status)) if status.success() => tracing::info!(%status, "supervisor stopped"),
@@ -273,15 +267,15 @@ impl Stack {
         if let Some(pid) = backend_pid {
             if crate::meter::process_state(pid).is_some_and(|s| s != 'Z') {
                 tracing::warn!(pid, "backend outlived its supervisor; killing it");
-                signal(pid, nix::sys::signal::Signal::SIGCONT);
-                signal(pid, nix::sys::signal::Signal::SIGKILL);
+                signal(pid, Signal::SIGKILL);
             }
         }
     }
 }
 
-fn signal(pid: i32, sig: nix::sys::signal::Signal) {
-    if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig) {
+/// Signals the group `pid` leads (the supervisor and the backend each lead their own).
+fn signal(pid: i32, sig: Signal) {
+    if let Err(e) = signal_group(pid, sig) {
         tracing::debug!(pid, ?sig, error = %e, "signal not delivered");
     }
 }

@@ -149,7 +149,7 @@ impl Sampler {
                     // Read both counters back to back and stamp the pair with the time between
                     // them, so a preempted sampler does not skew windows.
                     let before = Instant::now();
-                    let run = meter::process_cpu_clock(backend).unwrap_or_default();
+                    let run = meter::process_cpu(backend).unwrap_or_default();
                     let sys = meter::system_times();
                     let ticks = meter::system_times_from(SystemSource::ProcStat);
                     let after = Instant::now();
@@ -210,7 +210,7 @@ impl Sampler {
 
     /// The backend's own CPU in % of the machine, over the same windows as [`Self::windows`].
     fn backend_windows(&self, from: Instant, to: Instant, k: usize) -> Vec<f64> {
-        let ncpus = meter::machine_cpus() as f64;
+        let ncpus = sentinel_supervisor::host::online_cpus() as f64;
         self.inside(from, to)
             .windows(k + 1)
             .step_by(k)
@@ -450,12 +450,9 @@ async fn run_scenario(
         .await
         .context("warm-up request")?;
     let sampler = Sampler::start(pid);
-    let idle0 = (
-        Instant::now(),
-        meter::process_cpu_time(pid).unwrap_or_default(),
-    );
+    let idle0 = (Instant::now(), meter::process_cpu(pid).unwrap_or_default());
     tokio::time::sleep(args.idle).await;
-    let idle_cpu = meter::process_cpu_time(pid)
+    let idle_cpu = meter::process_cpu(pid)
         .unwrap_or_default()
         .saturating_sub(idle0.1)
         .as_secs_f64()
@@ -468,8 +465,8 @@ async fn run_scenario(
     let b_after_idle = max(&sampler.backend_windows(t_idle_req, first_second, 5));
     let t_after_idle = max(&sampler.tick_windows(t_idle_req, first_second, 5));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let lim0 = limiter_pid.and_then(meter::process_cpu_time);
-    let backend0 = meter::process_cpu_time(pid).unwrap_or_default();
+    let lim0 = limiter_pid.and_then(meter::process_cpu);
+    let backend0 = meter::process_cpu(pid).unwrap_or_default();
     let helpers0 = helpers_run_time(pid);
     let t0 = Instant::now();
     let mut latencies = Vec::new();
@@ -481,8 +478,8 @@ async fn run_scenario(
     }
     let t1 = Instant::now();
     let wall = (t1 - t0).as_secs_f64();
-    let lim1 = limiter_pid.and_then(meter::process_cpu_time);
-    let backend1 = meter::process_cpu_time(pid).unwrap_or_default();
+    let lim1 = limiter_pid.and_then(meter::process_cpu);
+    let backend1 = meter::process_cpu(pid).unwrap_or_default();
     let helpers1 = helpers_run_time(pid);
     let measured = Measurement {
         w100: sampler.windows(t0, t1, 5),
@@ -559,7 +556,7 @@ struct Measurement {
 /// One table row from every run of a scenario: windows and latencies pooled, spikes the worst
 /// of any run, rates over the summed time.
 fn summarize(s: &Scenario, runs: &[Measurement]) -> Row {
-    let ncpus = meter::machine_cpus() as f64;
+    let ncpus = sentinel_supervisor::host::online_cpus() as f64;
     let pool = |f: fn(&Measurement) -> &Vec<f64>| -> Vec<f64> {
         runs.iter().flat_map(|m| f(m).iter().copied()).collect()
     };
@@ -701,7 +698,7 @@ fn table(rows: &[Row]) -> String {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Threads: the CPUs this process (and the backends it starts) may run on.
-    let allowed = governor::signals::allowed_cpus();
+    let allowed = sentinel_supervisor::host::Host::detect().allowed_cpus();
     let t1 = governor::threads_for_budget(Some(1.0), allowed);
     let t05 = governor::threads_for_budget(Some(0.5), allowed);
     let scenarios = [
@@ -835,7 +832,7 @@ async fn main() -> anyhow::Result<()> {
          windows; {} requests of ~200 prompt tokens, {} generated tokens each, sequential; {} \
          round(s) through the scenarios in turn (windows and latencies pooled, spikes the worst \
          of any round).\n\n{}",
-        meter::machine_cpus(),
+        sentinel_supervisor::host::online_cpus(),
         meter::system_source().describe(),
         args.requests,
         args.max_tokens,

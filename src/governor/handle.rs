@@ -11,7 +11,7 @@
 use super::adaptive::AdaptiveParams;
 use super::cgroup::{self, CgroupError, CpuCgroup};
 use super::settings::{GovernorConfig, GovernorSettings, Method};
-use super::signals::{allowed_cpus, LimiterParams, SignalLimiter};
+use super::signals::{LimiterParams, SignalLimiter};
 use super::snapshot::{GovernorSnapshot, Publisher, SnapshotSender, Source};
 use super::target::{Target, TargetError};
 use super::Activity;
@@ -115,7 +115,9 @@ impl Governor {
         let target = Target::open(child_pid)?;
         let params = LimiterParams {
             cpus,
-            usable: settings.threads.map(|t| t.clamp(1, allowed_cpus())),
+            usable: settings
+                .threads
+                .map(|t| t.clamp(1, settings.host.allowed_cpus())),
             period: config.period,
             feedback: config.feedback(),
             adaptive: settings.adaptive.map(|target| AdaptiveParams {
@@ -124,6 +126,7 @@ impl Governor {
                 floor: cpus * config.adaptive_floor,
                 recover_per_sec: config.adaptive_recover_per_sec,
             }),
+            host: settings.host,
         };
         let group = target.is_group();
         let limiter =
@@ -234,6 +237,7 @@ mod tests {
             threads: Some(1),
             priority: Priority::Background,
             adaptive: None,
+            host: crate::host::Host::detect(),
         }
     }
 

@@ -191,14 +191,14 @@ impl WindowMeter {
     fn new(pid: i32) -> WindowMeter {
         WindowMeter {
             pid,
-            last: crate::meter::process_cpu_clock(pid).map(|cpu| (Instant::now(), cpu)),
+            last: crate::meter::process_cpu(pid).map(|cpu| (Instant::now(), cpu)),
         }
     }
 
     /// Cores used since the previous reading (`None` when the child cannot be read, or on the
     /// first reading after it could not be).
     fn next(&mut self, now: Instant) -> Option<f64> {
-        let reading = crate::meter::process_cpu_clock(self.pid).map(|cpu| (now, cpu));
+        let reading = crate::meter::process_cpu(self.pid).map(|cpu| (now, cpu));
         let previous = std::mem::replace(&mut self.last, reading);
         cores_between(previous?, reading?)
     }
@@ -220,6 +220,7 @@ mod tests {
             threads: Some(1),
             priority: Priority::Background,
             adaptive: None,
+            host: crate::host::Host::unrestricted(2),
         }
     }
 

@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub config: Config,
     /// The profile (`--profile` or `default_profile`) resolved against this host.
     pub profile: profile::Resolved,
+    /// The host the profile was resolved against (detected once by the command).
+    pub host: crate::host::Host,
     /// The endpoint's address (`--listen` or `listen`).
     pub listen: std::net::SocketAddr,
     /// Keys clients must send (`api_keys` and `SENTINEL_API_KEY`); empty = none needed.
@@ -51,6 +53,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         profile,
         listen,
         api_keys: keys,
+        host,
         setup: setup_options,
     } = options;
     if !listen.ip().is_loopback() && keys.is_empty() {
@@ -81,6 +84,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         threads: Some(profile.threads.max(profile.threads_batch)),
         priority: profile.priority,
         adaptive: profile.adaptive,
+        host,
     };
     let (governor_tx, governor_rx) = tokio::sync::watch::channel(None);
     let spec_inputs = (installed.clone(), profile.clone(), config.clone());

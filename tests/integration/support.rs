@@ -226,16 +226,10 @@ impl Drop for Supervisor {
 
 /// Whether a process exists (and is not a zombie).
 pub fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next());
-            state != Some("Z") && state != Some("X")
-        }
-        Err(_) => false,
-    }
+    matches!(
+        sentinel_supervisor::meter::process_state(pid),
+        Some(state) if state != 'Z' && state != 'X'
+    )
 }
 
 /// Waits until `pid` is gone; returns how long it took.
