@@ -122,10 +122,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             })?;
         reports.push(report);
         // Written after every profile, so a long run never loses the profiles it finished.
-        write_outputs(&args.out, &assemble(reports.clone()), &settings)?;
+        write_outputs(&args.out, &assemble(reports.clone()))?;
     }
     let report = assemble(reports);
-    write_outputs(&args.out, &report, &settings)?;
+    write_outputs(&args.out, &report)?;
     println!("{}", report.summary_table());
     println!(
         "Verdict: {:?}. Reports in {}",
@@ -170,26 +170,14 @@ fn host_cpus() -> usize {
     crate::meter::machine_cpus()
 }
 
-fn write_outputs(
-    out: &std::path::Path,
-    report: &Report,
-    settings: &BenchConfig,
-) -> anyhow::Result<()> {
+fn write_outputs(out: &std::path::Path, report: &Report) -> anyhow::Result<()> {
     let write = |name: &str, text: String| {
         let path = out.join(name);
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
     };
     write(REPORT_JSON, serde_json::to_string_pretty(report)?)?;
     write(REPORT_MD, report.to_markdown(Some(CHART_SVG)))?;
-    let t = &settings.targets;
-    write(
-        CHART_SVG,
-        chart::render(
-            report,
-            t.active_cpu_mean_max_percent,
-            t.active_cpu_p99_max_percent,
-        ),
-    )?;
+    write(CHART_SVG, chart::render(report))?;
     Ok(())
 }
 
