@@ -4,9 +4,12 @@
 //!
 //! Files: `task` (the task set), `score` (scorers), `stack` (the supervisor under test),
 //! `sampler` (CPU over time), `workload` (one streamed request), `stats`, `target`, `settings`
-//! (`[bench]` config), `report` and `chart`.
+//! (`[bench]` config), `report` and `chart`; `limiters` and `limiter_report` are the limiter
+//! comparison of the `bench_governor` driver (`benches/`).
 
 pub mod chart;
+pub mod limiter_report;
+pub mod limiters;
 pub mod report;
 pub mod sampler;
 pub mod score;
@@ -45,6 +48,24 @@ impl SchemaMode {
             SchemaMode::Both => &[false, true],
         }
     }
+}
+
+/// True, after saying so on stderr, when a benchmark driver (`benches/`) was started by a bare
+/// `cargo bench`: its only argument is then cargo's `--bench`. The drivers need a llama-server
+/// and a model, which a bare `cargo bench` does not give; their `script` does.
+pub fn bare_cargo_bench(driver: &str, script: &str) -> bool {
+    let bare = only_cargo_bench_flag(std::env::args().skip(1));
+    if bare {
+        eprintln!(
+            "{driver}: not run by a bare `cargo bench` (it needs a llama-server and a model); \
+             run {script} (see its --help)"
+        );
+    }
+    bare
+}
+
+fn only_cargo_bench_flag(mut args: impl Iterator<Item = String>) -> bool {
+    args.next().is_some_and(|a| a == "--bench") && args.next().is_none()
 }
 
 /// File names written into `--out`.
@@ -438,6 +459,24 @@ impl PendingRun {
 mod tests {
     use super::*;
     use report::CpuPoint;
+
+    #[test]
+    fn a_bare_cargo_bench_is_only_its_bench_flag() {
+        let args = |a: &[&str]| {
+            a.iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        assert!(only_cargo_bench_flag(args(&["--bench"])));
+        assert!(!only_cargo_bench_flag(args(&[])));
+        assert!(!only_cargo_bench_flag(args(&[
+            "--backend-bin",
+            "x",
+            "--bench"
+        ])));
+        assert!(!only_cargo_bench_flag(args(&["--help"])));
+    }
 
     fn result(category: &str, score: f64, latency_s: f64, tokens: u64, error: bool) -> TaskResult {
         TaskResult {

@@ -1,6 +1,8 @@
 //! The supervisor stack under test: a `sentinel-supervisor run` child started for one profile
 //! (or an already running one given with `--url`), its readiness, its `/status`, and its stop.
+//! Also the one way the bench drivers start any child ([`spawn_in_own_group`], [`GroupChild`]).
 
+use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -138,17 +140,8 @@ impl Stack {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
-        #[cfg(target_os = "linux")]
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(spawn_err)?;
+        // SIGTERM: a supervisor left behind stops its backend gracefully.
+        let mut child = spawn_in_own_group(&mut cmd, Signal::SIGTERM).map_err(spawn_err)?;
         tracing::info!(profile = %launch.profile, pid = child.id(), "started supervisor");
         let Some(stdout) = child.stdout.take() else {
             return Err(spawn_err(std::io::Error::other("no stdout pipe")));
@@ -311,6 +304,79 @@ impl Stack {
     }
 }
 
+/// Spawns `cmd` in its own process group; on Linux the child gets `death_signal` when the
+/// spawning thread ends (the bench drivers spawn from their main thread, which lives as long as
+/// they do). Every child the bench starts goes through here.
+pub fn spawn_in_own_group(
+    cmd: &mut tokio::process::Command,
+    death_signal: Signal,
+) -> std::io::Result<tokio::process::Child> {
+    cmd.process_group(0);
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_int) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// A child in its own process group (from [`spawn_in_own_group`], death signal SIGKILL) that
+/// takes its whole group with it: [`GroupChild::kill`] kills and reaps it, dropping it kills it.
+pub struct GroupChild {
+    child: tokio::process::Child,
+    pid: i32,
+}
+
+impl GroupChild {
+    /// Starts `cmd` (stdio as the caller set it up).
+    pub fn spawn(cmd: &mut tokio::process::Command) -> std::io::Result<GroupChild> {
+        let child = spawn_in_own_group(cmd, Signal::SIGKILL)?;
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| std::io::Error::other("the child exited before its pid was read"))?;
+        Ok(GroupChild { child, pid })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Has the leader exited? (Reaps it if so.)
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Kills the group (continued first: a stopped process ignores signals until then) and waits
+    /// for the leader, so the next measurement does not overlap its exit.
+    pub async fn kill(mut self) {
+        kill_group(self.pid);
+        if let Err(e) = self.child.wait().await {
+            tracing::debug!(pid = self.pid, error = %e, "could not reap the child");
+        }
+    }
+}
+
+impl Drop for GroupChild {
+    fn drop(&mut self) {
+        kill_group(self.pid);
+    }
+}
+
+fn kill_group(pid: i32) {
+    let group = nix::unistd::Pid::from_raw(pid);
+    for sig in [Signal::SIGCONT, Signal::SIGKILL] {
+        if let Err(e) = nix::sys::signal::killpg(group, sig) {
+            tracing::debug!(pid, ?sig, error = %e, "signal to the group not delivered");
+        }
+    }
+}
+
 fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig) {
         tracing::debug!(pid, ?sig, error = %e, "signal not delivered");
@@ -362,5 +428,34 @@ mod tests {
             err.contains("exited before listening") && err.contains("p.log"),
             "{err}"
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_group_child_takes_its_group_with_it() {
+        // A shell leader with a grandchild in its group.
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(Stdio::piped());
+        let mut child = GroupChild::spawn(&mut cmd).unwrap();
+        let stdout = child.child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let grandchild: i32 = lines.next_line().await.unwrap().unwrap().parse().unwrap();
+        assert_eq!(
+            nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(grandchild)))
+                .unwrap()
+                .as_raw(),
+            child.pid()
+        );
+        assert!(child.exited().is_none());
+        child.kill().await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while crate::meter::process_state(grandchild).is_some_and(|s| s != 'Z') {
+            assert!(
+                Instant::now() < deadline,
+                "the grandchild outlived the group kill"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
