@@ -414,7 +414,7 @@ mod tests {
         assert!(lines[3].starts_with("| cgroup-0.5 | 1 | not measured: no writable cgroup |"));
         let speed = speed_table(&rows);
         assert!(
-            speed.contains("| governor-0.5 | 1 | 6.4 | 12.8 | 5.00 | 5.00 | 5.00 |"),
+            speed.contains("| governor-0.5 | 1 | 6.4 | 12.8 | 4.00 | 5.00 | 4.00 |"),
             "{speed}"
         );
         let process = process_table(&rows);
