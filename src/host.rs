@@ -294,4 +294,39 @@ mod tests {
         let std_view = std::thread::available_parallelism().unwrap().get();
         assert_eq!(h.allowed_cpus(), std_view, "{h:?}");
     }
+
+    /// The CPUs of a kernel CPU list such as `0-3,6,8-9`.
+    #[cfg(target_os = "linux")]
+    fn cpu_list(list: &str) -> std::collections::BTreeSet<usize> {
+        list.trim()
+            .split(',')
+            .filter(|r| !r.is_empty())
+            .flat_map(|range| {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()
+            })
+            .collect()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn host_detection_agrees_with_the_kernels_lists() {
+        assert_eq!(cpu_list("0-3,6,8-9").len(), 7);
+        let h = Host::detect();
+        // Second sources: the online list in sysfs and this process's allowed list in /proc
+        // (sched_getaffinity reports the allowed CPUs that are online).
+        let online = cpu_list(&std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap());
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let allowed = cpu_list(
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap(),
+        );
+        assert_eq!(h.online_cpus, online.len());
+        assert_eq!(h.affinity_cpus, allowed.intersection(&online).count());
+        assert!(h.affinity_cpus <= h.online_cpus);
+        assert!((1..=h.affinity_cpus).contains(&h.allowed_cpus()));
+        assert!(h.allowed_cores() <= h.affinity_cpus as f64);
+    }
 }

@@ -4,9 +4,12 @@
 //!
 //! Files: `task` (the task set), `score` (scorers), `stack` (the supervisor under test),
 //! `sampler` (CPU over time), `workload` (one streamed request), `stats`, `target`, `settings`
-//! (`[bench]` config), `report` and `chart`.
+//! (`[bench]` config), `report` and `chart`; `limiters` and `limiter_report` are the limiter
+//! comparison of the `bench_governor` driver (`benches/`).
 
 pub mod chart;
+pub mod limiter_report;
+pub mod limiters;
 pub mod report;
 pub mod sampler;
 pub mod score;
@@ -95,6 +98,24 @@ impl SchemaMode {
     }
 }
 
+/// True, after saying so on stderr, when a benchmark driver (`benches/`) was started by a bare
+/// `cargo bench`: its only argument is then cargo's `--bench`. The drivers need a llama-server
+/// and a model, which a bare `cargo bench` does not give; their `script` does.
+pub fn bare_cargo_bench(driver: &str, script: &str) -> bool {
+    let bare = only_cargo_bench_flag(std::env::args().skip(1));
+    if bare {
+        eprintln!(
+            "{driver}: not run by a bare `cargo bench` (it needs a llama-server and a model); \
+             run {script} (see its --help)"
+        );
+    }
+    bare
+}
+
+fn only_cargo_bench_flag(mut args: impl Iterator<Item = String>) -> bool {
+    args.next().is_some_and(|a| a == "--bench") && args.next().is_none()
+}
+
 /// File names written into `--out`.
 pub const REPORT_JSON: &str = "report.json";
 pub const REPORT_MD: &str = "report.md";
@@ -159,10 +180,10 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<ExitCode> {
             })?;
         reports.push(report);
         // Written after every profile, so a long run never loses the profiles it finished.
-        write_outputs(&options.out, &assemble(reports.clone()), settings)?;
+        write_outputs(&options.out, &assemble(reports.clone()))?;
     }
     let report = assemble(reports);
-    write_outputs(&options.out, &report, settings)?;
+    write_outputs(&options.out, &report)?;
     println!("{}", report.summary_table());
     println!(
         "Verdict: {:?}. Reports in {}",
@@ -203,26 +224,14 @@ fn share_of_machine(cpu: Duration, wall_s: f64, host: &Host) -> f64 {
     cpu.as_secs_f64() / (wall_s * host.online_cpus as f64) * 100.0
 }
 
-fn write_outputs(
-    out: &std::path::Path,
-    report: &Report,
-    settings: &BenchConfig,
-) -> anyhow::Result<()> {
+fn write_outputs(out: &std::path::Path, report: &Report) -> anyhow::Result<()> {
     let write = |name: &str, text: String| {
         let path = out.join(name);
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
     };
     write(REPORT_JSON, serde_json::to_string_pretty(report)?)?;
     write(REPORT_MD, report.to_markdown(Some(CHART_SVG)))?;
-    let t = &settings.targets;
-    write(
-        CHART_SVG,
-        chart::render(
-            report,
-            t.active_cpu_mean_max_percent,
-            t.active_cpu_p99_max_percent,
-        ),
-    )?;
+    write(CHART_SVG, chart::render(report))?;
     Ok(())
 }
 
@@ -493,6 +502,24 @@ impl PendingRun {
 mod tests {
     use super::*;
     use report::CpuPoint;
+
+    #[test]
+    fn a_bare_cargo_bench_is_only_its_bench_flag() {
+        let args = |a: &[&str]| {
+            a.iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        assert!(only_cargo_bench_flag(args(&["--bench"])));
+        assert!(!only_cargo_bench_flag(args(&[])));
+        assert!(!only_cargo_bench_flag(args(&[
+            "--backend-bin",
+            "x",
+            "--bench"
+        ])));
+        assert!(!only_cargo_bench_flag(args(&["--help"])));
+    }
 
     fn result(category: &str, score: f64, latency_s: f64, tokens: u64, error: bool) -> TaskResult {
         TaskResult {

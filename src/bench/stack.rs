@@ -1,5 +1,7 @@
 //! The supervisor stack under test: a `sentinel-supervisor run` child started for one profile
 //! (or an already running one given with `--url`), its readiness, its `/status`, and its stop.
+//! Also [`GroupChild`], how the bench drivers hold any child they start (through
+//! [`crate::process_group`]).
 
 use crate::process_group::{signal_group, spawn_in_group_async};
 use crate::status::{HealthReport, StatusReport, LISTENING_PREFIX};
@@ -273,6 +275,55 @@ impl Stack {
     }
 }
 
+/// A child in its own process group (from [`spawn_in_group_async`], death signal SIGKILL) that
+/// takes its whole group with it: [`GroupChild::kill`] kills and reaps it, dropping it kills it.
+pub struct GroupChild {
+    child: tokio::process::Child,
+    pid: i32,
+}
+
+impl GroupChild {
+    /// Starts `cmd` (stdio as the caller set it up).
+    pub fn spawn(cmd: tokio::process::Command) -> std::io::Result<GroupChild> {
+        let child = spawn_in_group_async(cmd, Signal::SIGKILL)?;
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| std::io::Error::other("the child exited before its pid was read"))?;
+        Ok(GroupChild { child, pid })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Has the leader exited? (Reaps it if so.)
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Kills the group (continued first: a stopped process ignores signals until then) and waits
+    /// for the leader, so the next measurement does not overlap its exit.
+    pub async fn kill(mut self) {
+        kill_group(self.pid);
+        if let Err(e) = self.child.wait().await {
+            tracing::debug!(pid = self.pid, error = %e, "could not reap the child");
+        }
+    }
+}
+
+impl Drop for GroupChild {
+    fn drop(&mut self) {
+        kill_group(self.pid);
+    }
+}
+
+fn kill_group(pid: i32) {
+    if let Err(e) = signal_group(pid, Signal::SIGKILL) {
+        tracing::debug!(pid, error = %e, "SIGKILL to the group not delivered");
+    }
+}
+
 /// Signals the group `pid` leads (the supervisor and the backend each lead their own).
 fn signal(pid: i32, sig: Signal) {
     if let Err(e) = signal_group(pid, sig) {
@@ -371,5 +422,34 @@ mod tests {
             err.contains("exited before listening") && err.contains("p.log"),
             "{err}"
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_group_child_takes_its_group_with_it() {
+        // A shell leader with a grandchild in its group.
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(Stdio::piped());
+        let mut child = GroupChild::spawn(cmd).unwrap();
+        let stdout = child.child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let grandchild: i32 = lines.next_line().await.unwrap().unwrap().parse().unwrap();
+        assert_eq!(
+            nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(grandchild)))
+                .unwrap()
+                .as_raw(),
+            child.pid()
+        );
+        assert!(child.exited().is_none());
+        child.kill().await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while crate::meter::process_state(grandchild).is_some_and(|s| s != 'Z') {
+            assert!(
+                Instant::now() < deadline,
+                "the grandchild outlived the group kill"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

@@ -17,6 +17,8 @@
 //! | `die-mid-stream=N`   | exit(1) after sending N chunks of a stream                          |
 //! | `burn`               | spin one core while any request is being answered                   |
 //! | `starts-file=PATH`   | append this process's pid to PATH at every start                    |
+//! | `drop-request=N`     | close the connection of the Nth request (health probes not counted) |
+//! |                      | without answering, as a kept-alive connection closed under a client |
 //!
 //! Durations are humantime strings (`250ms`, `2s`). A bad directive exits with status 2.
 
@@ -50,11 +52,12 @@ struct Mode {
     die_mid_stream: Option<usize>,
     burn: bool,
     starts_file: Option<PathBuf>,
+    drop_request: Option<u64>,
 }
 
 const DIRECTIVES: &str = "load=DUR, exit-at-start=CODE, crash-after=DUR, hang-after=DUR, \
     ignore-sigterm, stream-chunks=N, stream-delay=DUR, response-delay=DUR, die-mid-stream=N, \
-    burn, starts-file=PATH";
+    burn, starts-file=PATH, drop-request=N";
 
 impl Mode {
     fn parse(spec: &str) -> Result<Mode, String> {
@@ -70,6 +73,7 @@ impl Mode {
             die_mid_stream: None,
             burn: false,
             starts_file: None,
+            drop_request: None,
         };
         for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
             let (key, value) = match directive.split_once('=') {
@@ -102,6 +106,7 @@ impl Mode {
                 ("die-mid-stream", Some(v)) => mode.die_mid_stream = Some(num(v)?),
                 ("burn", None) => mode.burn = true,
                 ("starts-file", Some(v)) => mode.starts_file = Some(PathBuf::from(v)),
+                ("drop-request", Some(v)) => mode.drop_request = Some(num(v)? as u64),
                 _ => {
                     return Err(format!(
                         "unknown directive `{directive}` (known: {DIRECTIVES})"
@@ -169,6 +174,8 @@ struct Backend {
     busy: Arc<AtomicUsize>,
     burner: Option<std::thread::Thread>,
     ids: AtomicU64,
+    /// Requests received, health probes aside (drives `drop-request`).
+    requests: AtomicU64,
 }
 
 type Shared = Arc<Backend>;
@@ -308,6 +315,7 @@ async fn serve(args: Args, mode: Mode) {
         busy,
         burner,
         ids: AtomicU64::new(0),
+        requests: AtomicU64::new(0),
     });
     let app = Router::new()
         .route("/health", get(health))
@@ -342,6 +350,17 @@ async fn gate(State(b): State<Shared>, request: Request, next: Next) -> Response
         std::future::pending::<()>().await;
     }
     let public = matches!(request.uri().path(), "/health" | "/v1/health");
+    if !public {
+        let n = b.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        if b.mode.drop_request == Some(n) {
+            say(&format!(
+                "fake-backend: closing the connection of request {n} unanswered (drop-request)"
+            ));
+            // Unwinding ends the connection's task, which closes the socket with no response
+            // byte sent; `resume_unwind` skips the panic hook, and the server goes on.
+            std::panic::resume_unwind(Box::new("drop-request"));
+        }
+    }
     if let (Some(key), false) = (&b.args.api_key, public) {
         let given = request
             .headers()
