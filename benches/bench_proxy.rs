@@ -95,7 +95,7 @@ struct Load {
 }
 
 /// One side of a measurement: where to send and what.
-struct Target {
+struct Endpoint {
     url: String,
     key: String,
     body: Bytes,
@@ -112,7 +112,7 @@ fn body_for(body: &str, stream: bool) -> anyhow::Result<Bytes> {
 }
 
 /// Sends one request; returns the time to the whole answer, or to the first SSE event.
-async fn once(client: &reqwest::Client, target: &Target) -> anyhow::Result<f64> {
+async fn once(client: &reqwest::Client, target: &Endpoint) -> anyhow::Result<f64> {
     let mut request = client
         .post(&target.url)
         .header("content-type", "application/json")
@@ -170,7 +170,7 @@ fn ms(d: Duration) -> f64 {
 
 async fn latency(
     client: &reqwest::Client,
-    target: &Target,
+    target: &Endpoint,
     load: &Load,
 ) -> anyhow::Result<Summary> {
     for _ in 0..load.warmup {
@@ -186,8 +186,8 @@ async fn latency(
 /// Direct and proxy latencies of the same request, alternating which side goes first.
 async fn compare(
     client: &reqwest::Client,
-    direct: &Target,
-    proxy: &Target,
+    direct: &Endpoint,
+    proxy: &Endpoint,
     load: &Load,
 ) -> anyhow::Result<(Summary, Summary)> {
     for _ in 0..load.warmup {
@@ -246,7 +246,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let body = body_for(&load.body, stream)?;
             let stats = latency(
                 &client,
-                &Target {
+                &Endpoint {
                     url,
                     key,
                     body,
@@ -284,7 +284,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             for stream in [false, true] {
                 let body = body_for(&load.body, stream)?;
-                let side = |base: &str, key: &str| Target {
+                let side = |base: &str, key: &str| Endpoint {
                     url: format!("{base}{path}"),
                     key: key.to_string(),
                     body: body.clone(),

@@ -59,7 +59,7 @@ pub fn render(report: &Report) -> String {
         "<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">System CPU over time \
          (percent of {} CPUs, 100 ms samples)</text>",
         LEFT + plot_w / 2.0,
-        report.host.cpus
+        report.host.host.online_cpus
     );
     // Grid and y axis labels.
     for pct in (0..=100).step_by(10) {

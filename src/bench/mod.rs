@@ -155,8 +155,8 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<ExitCode> {
     let assemble = |profiles: Vec<ProfileReport>| Report {
         format_version: report::FORMAT_VERSION,
         generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        host: report::Host {
-            cpus: session.host.online_cpus,
+        host: report::Machine {
+            host: session.host,
             cpu_source: crate::meter::system_source().describe().to_string(),
         },
         tasks: report::TaskSource {
@@ -344,11 +344,7 @@ impl Session<'_> {
         Ok(ProfileReport {
             profile: name,
             model: Some(status.model.clone()),
-            backend: report::BackendInfo {
-                pid,
-                threads: status.backend.as_ref().map(|b| b.threads as u64),
-                threads_batch: status.backend.as_ref().map(|b| b.threads_batch as u64),
-            },
+            backend: status.backend.clone(),
             limit_cpus: status.governor.as_ref().and_then(|g| g.budget_cpus),
             governor: status.governor,
             idle: report::IdlePhase {

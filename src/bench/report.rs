@@ -3,7 +3,7 @@
 //!
 //! `report.json` (`format_version` 1):
 //! ```text
-//! { format_version, generated_at, host: {cpus}, tasks: {source, count}, targets: {...},
+//! { format_version, generated_at, host: {online_cpus, affinity_cpus, quota, cpu_source}, tasks: {source, count}, targets: {...},
 //!   verdict: "pass" | "fail",
 //!   profiles: [ { profile, model, backend: {pid, threads, threads_batch}, limit_cpus,
 //!                 governor, idle: {duration_s, system_cpu: Summary, backend_cpu_percent},
@@ -33,17 +33,19 @@ pub const FORMAT_VERSION: u32 = 1;
 pub struct Report {
     pub format_version: u32,
     pub generated_at: String,
-    pub host: Host,
+    pub host: Machine,
     pub tasks: TaskSource,
     pub targets: Targets,
     pub verdict: Verdict,
     pub profiles: Vec<ProfileReport>,
 }
 
+/// The machine a report was taken on: the [`crate::host::Host`] the run detected and where
+/// system CPU was read from.
 #[derive(Debug, Clone, Serialize)]
-pub struct Host {
-    /// Logical CPUs of the machine (CPU percentages are of all of them).
-    pub cpus: usize,
+pub struct Machine {
+    #[serde(flatten)]
+    pub host: crate::host::Host,
     /// Where system CPU was read from (`meter::SystemSource::describe`).
     pub cpu_source: String,
 }
@@ -67,7 +69,8 @@ pub enum Verdict {
 pub struct ProfileReport {
     pub profile: String,
     pub model: Option<String>,
-    pub backend: BackendInfo,
+    /// The backend `/status` reported (`None` when it reported none).
+    pub backend: Option<crate::status::BackendReport>,
     /// The governor's CPU budget in cores, when the profile has one.
     pub limit_cpus: Option<f64>,
     /// The `governor` object of `/status`, as reported (`null` when none ran).
@@ -75,13 +78,6 @@ pub struct ProfileReport {
     pub idle: IdlePhase,
     pub cpu_timeline: Vec<CpuPoint>,
     pub runs: Vec<RunReport>,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct BackendInfo {
-    pub pid: Option<i32>,
-    pub threads: Option<u64>,
-    pub threads_batch: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -199,7 +195,7 @@ impl Report {
             "Generated {} on a {}-CPU host; {} tasks ({}). CPU figures are system-wide, percent of \
              the whole machine, sampled every 100 ms from {}. Overall verdict: **{}**.\n",
             self.generated_at,
-            self.host.cpus,
+            self.host.host.online_cpus,
             self.tasks.count,
             self.tasks.source,
             self.host.cpu_source,
@@ -280,12 +276,11 @@ fn model_name(path: Option<&str>) -> String {
     })
 }
 
-fn threads(b: &BackendInfo) -> String {
-    match (b.threads, b.threads_batch) {
-        (Some(t), Some(tb)) if t == tb => t.to_string(),
-        (Some(t), Some(tb)) => format!("{t}/{tb}"),
-        (Some(t), None) => t.to_string(),
-        _ => "?".to_string(),
+fn threads(b: &Option<crate::status::BackendReport>) -> String {
+    match b {
+        Some(b) if b.threads == b.threads_batch => b.threads.to_string(),
+        Some(b) => format!("{}/{}", b.threads, b.threads_batch),
+        None => "?".to_string(),
     }
 }
 
@@ -398,11 +393,14 @@ pub(crate) mod tests {
         let profiles = vec![ProfileReport {
             profile: "balanced".into(),
             model: Some("/tmp/gemma-3-270m-q4_k_m.gguf".into()),
-            backend: BackendInfo {
-                pid: Some(42),
-                threads: Some(1),
-                threads_batch: Some(2),
-            },
+            backend: Some(crate::status::BackendReport {
+                pid: 42,
+                port: 40123,
+                generation: 1,
+                threads: 1,
+                threads_batch: 2,
+                restarts: 0,
+            }),
             limit_cpus: Some(1.0),
             governor: None,
             idle: IdlePhase {
@@ -427,8 +425,8 @@ pub(crate) mod tests {
         Report {
             format_version: FORMAT_VERSION,
             generated_at: "2026-01-01T00:00:00Z".into(),
-            host: Host {
-                cpus: 2,
+            host: Machine {
+                host: crate::host::Host::unrestricted(2),
                 cpu_source: "cpuacct.usage (exact run time)".into(),
             },
             tasks: TaskSource {

@@ -10,10 +10,10 @@
 
 use super::adaptive::AdaptiveParams;
 use super::cgroup::{self, CgroupError, CpuCgroup};
+use super::duty_cycle::{LimiterParams, SignalLimiter};
+use super::pinned::{PinnedPid, PinnedPidError};
 use super::settings::{GovernorConfig, GovernorSettings, Method};
-use super::signals::{LimiterParams, SignalLimiter};
 use super::snapshot::{GovernorSnapshot, Publisher, SnapshotSender, Source};
-use super::target::{Target, TargetError};
 use super::Activity;
 use crate::units::Cores;
 
@@ -23,7 +23,7 @@ pub enum GovernorError {
     #[error("invalid [governor] configuration: {0}")]
     Config(String),
     #[error(transparent)]
-    Target(#[from] TargetError),
+    PinnedPid(#[from] PinnedPidError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     #[error("could not start a governor thread: {0} (the system may be out of threads)")]
@@ -112,7 +112,7 @@ impl Governor {
                 Err(err) => return Err(err),
             }
         }
-        let target = Target::open(child_pid)?;
+        let target = PinnedPid::open(child_pid)?;
         let params = LimiterParams {
             cpus,
             usable: settings

@@ -19,13 +19,14 @@
 pub mod activity;
 pub mod adaptive;
 pub mod cgroup;
-pub mod duty;
+pub mod controller;
+pub mod duty_cycle;
 pub mod handle;
+pub mod pinned;
 pub mod priority;
 pub mod settings;
-pub mod signals;
 pub mod snapshot;
-pub mod target;
+pub mod threads;
 pub mod usage;
 
 pub use activity::{Activity, ActivityGuard};

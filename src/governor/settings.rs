@@ -1,7 +1,7 @@
 //! What the governor is told: the `[governor]` config section (how to limit) and the per-launch
 //! settings resolved from a profile (how much).
 
-use super::duty::Feedback;
+use super::controller::Feedback;
 use super::priority::Priority;
 use crate::units::{Cores, Share};
 use serde::{Deserialize, Serialize};

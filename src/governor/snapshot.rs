@@ -5,9 +5,9 @@
 //! the governor's last window", never "since whoever asked last".
 
 use super::cgroup::CgroupVersion;
+use super::duty_cycle::LimiterReadings;
 use super::priority::Priority;
 use super::settings::{GovernorSettings, Method};
-use super::signals::LimiterReadings;
 use serde::{Deserialize, Serialize};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;

@@ -7,6 +7,9 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+use sentinel_supervisor::process_group::signal_group;
+
 const SUPERVISOR: &str = env!("CARGO_BIN_EXE_sentinel-supervisor");
 const BURNER: &str = env!("CARGO_BIN_EXE_cpu-burner");
 
@@ -16,14 +19,11 @@ struct Killed(Child, bool);
 impl Drop for Killed {
     fn drop(&mut self) {
         let pid = self.0.id() as i32;
-        // SAFETY: plain kill(2) on a child we spawned (and its group when it leads one).
-        unsafe {
-            if self.1 {
-                libc::kill(-pid, libc::SIGCONT);
-                libc::kill(-pid, libc::SIGKILL);
-            }
-            libc::kill(pid, libc::SIGCONT);
+        if self.1 {
+            // Continued first, then killed: the whole group, stopped or not.
+            let _ = signal_group(pid, Signal::SIGKILL);
         }
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGCONT);
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

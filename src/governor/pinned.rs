@@ -10,7 +10,7 @@ use std::io;
 
 /// A process (group) the governor may stop and continue.
 #[derive(Debug)]
-pub struct Target {
+pub struct PinnedPid {
     pid: i32,
     group: bool,
     #[cfg(target_os = "linux")]
@@ -19,7 +19,7 @@ pub struct Target {
 
 /// Why a process cannot be limited.
 #[derive(Debug, thiserror::Error)]
-pub enum TargetError {
+pub enum PinnedPidError {
     #[error("no process with pid {pid} (check the pid with `ps -p {pid}`)")]
     NoSuchProcess { pid: i32 },
     #[error("not allowed to signal pid {pid} (run as the process owner or as root)")]
@@ -30,19 +30,19 @@ pub enum TargetError {
     Open { pid: i32, source: io::Error },
 }
 
-impl Target {
+impl PinnedPid {
     /// Pins `pid`. Fails when it does not exist or may not be signalled.
-    pub fn open(pid: i32) -> Result<Self, TargetError> {
+    pub fn open(pid: i32) -> Result<Self, PinnedPidError> {
         if pid <= 1 {
-            return Err(TargetError::InvalidPid { pid });
+            return Err(PinnedPidError::InvalidPid { pid });
         }
         // SAFETY: kill with signal 0 only checks existence and permission.
         if unsafe { libc::kill(pid, 0) } != 0 {
             let err = io::Error::last_os_error();
             return Err(match err.raw_os_error() {
-                Some(libc::ESRCH) => TargetError::NoSuchProcess { pid },
-                Some(libc::EPERM) => TargetError::NotPermitted { pid },
-                _ => TargetError::Open { pid, source: err },
+                Some(libc::ESRCH) => PinnedPidError::NoSuchProcess { pid },
+                Some(libc::EPERM) => PinnedPidError::NotPermitted { pid },
+                _ => PinnedPidError::Open { pid, source: err },
             });
         }
         // SAFETY: getpgid has no preconditions.
@@ -52,8 +52,8 @@ impl Target {
             group,
             #[cfg(target_os = "linux")]
             pidfd: linux::pidfd_open(pid).map_err(|source| match source.raw_os_error() {
-                Some(libc::ESRCH) => TargetError::NoSuchProcess { pid },
-                _ => TargetError::Open { pid, source },
+                Some(libc::ESRCH) => PinnedPidError::NoSuchProcess { pid },
+                _ => PinnedPidError::Open { pid, source },
             })?,
         })
     }
@@ -168,12 +168,12 @@ mod tests {
     #[test]
     fn rejects_missing_and_invalid_pids() {
         assert!(matches!(
-            Target::open(0),
-            Err(TargetError::InvalidPid { pid: 0 })
+            PinnedPid::open(0),
+            Err(PinnedPidError::InvalidPid { pid: 0 })
         ));
         // pid_max is at most 2^22 on Linux, so this pid cannot exist.
-        let err = Target::open(i32::MAX - 1).unwrap_err();
-        assert!(matches!(err, TargetError::NoSuchProcess { .. }), "{err}");
+        let err = PinnedPid::open(i32::MAX - 1).unwrap_err();
+        assert!(matches!(err, PinnedPidError::NoSuchProcess { .. }), "{err}");
         assert!(err.to_string().contains("ps -p"));
     }
 
@@ -186,7 +186,7 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        let target = Target::open(pid).unwrap();
+        let target = PinnedPid::open(pid).unwrap();
         assert!(target.is_group());
         target.stop().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
