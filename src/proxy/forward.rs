@@ -248,7 +248,7 @@ fn upstream_request(
     ] {
         headers.remove(name);
     }
-    let auth = HeaderValue::try_from(format!("Bearer {}", backend.api_key))
+    let auth = HeaderValue::try_from(format!("Bearer {}", backend.api_key.expose()))
         .map_err(|_| ApiError::bad_gateway("the backend key is not a valid header value"))?;
     headers.insert(header::AUTHORIZATION, auth);
     Ok(req)

@@ -68,7 +68,7 @@ pub struct BackendInfo {
     #[serde(skip)]
     pub base_url: String,
     #[serde(skip)]
-    pub api_key: String,
+    pub api_key: crate::backend::launch::BackendKey,
     /// Distinguishes launches, so a retry can tell a fresh backend from the one that failed.
     pub generation: u64,
 }
