@@ -1,10 +1,11 @@
-//! Forwarding one request to llama-server: body limit, admission, waiting for a ready backend,
+//! Forwarding one request to llama-server: body limit and read timeout, the body check
+//! (`validate`), admission, waiting for a ready backend,
 //! the secret key, hop-by-hop headers, streaming responses event by event, a final SSE error
 //! event when the backend dies mid-stream, and one retry when the request never reached a
 //! backend that died.
 
 use super::error::ApiError;
-use super::AppState;
+use super::{validate, AppState};
 use crate::governor::ActivityGuard;
 use crate::supervisor::state::{BackendInfo, State};
 use axum::body::Body;
@@ -73,9 +74,12 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::too_large(limit));
     }
-    let body = Limited::new(body, limit as usize)
-        .collect()
+    // The whole body is read (within its timeout) and checked before the request takes a
+    // queue or backend slot: a slow or malformed client holds neither.
+    let read_timeout = state.config.body_read_timeout;
+    let body = tokio::time::timeout(read_timeout, Limited::new(body, limit as usize).collect())
         .await
+        .map_err(|_| ApiError::body_timeout(read_timeout))?
         .map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
@@ -86,6 +90,16 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
             }
         })?
         .to_bytes();
+    let body = match validate::Route::of(parts.uri.path()) {
+        Some(route) => {
+            let cap = validate::TokenCap {
+                max_tokens: state.info.profile.max_tokens,
+                profile: &state.info.profile.name,
+            };
+            validate::check(route, &body, cap)?.unwrap_or(body)
+        }
+        None => body,
+    };
 
     let deadline = Instant::now() + state.config.queue_timeout;
     let permit = state.admission.admit(deadline).await?;

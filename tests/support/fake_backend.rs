@@ -132,7 +132,9 @@ impl Args {
             host: "127.0.0.1".into(),
             port: 8080,
             // Like llama-server: `--api-key` on the command line, else `LLAMA_API_KEY`.
-            api_key: std::env::var("LLAMA_API_KEY").ok().filter(|k| !k.is_empty()),
+            api_key: std::env::var("LLAMA_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty()),
             model: "fake-model".into(),
         };
         while let Some(arg) = argv.next() {
@@ -363,7 +365,13 @@ async fn gate(State(b): State<Shared>, request: Request, next: Next) -> Response
     if b.mode.echo && request.method() == axum::http::Method::POST {
         let body = match axum::body::to_bytes(request.into_body(), usize::MAX).await {
             Ok(body) => body,
-            Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string(), "invalid_request_error"),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &e.to_string(),
+                    "invalid_request_error",
+                )
+            }
         };
         let received: serde_json::Value =
             serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
