@@ -10,3 +10,4 @@ mod governor;
 mod proxy;
 mod setup;
 mod supervisor;
+mod trust;
