@@ -56,7 +56,8 @@ pub fn request_body(task: &Task, schema_mode: bool, max_tokens: u32) -> Value {
 /// Accumulates a server-sent-event stream of chat completion chunks.
 #[derive(Debug, Default)]
 pub struct StreamState {
-    buffer: String,
+    /// Bytes of the line not yet complete (a chunk may end inside a UTF-8 character).
+    buffer: Vec<u8>,
     pub answer: String,
     pub first_content: Option<Instant>,
     pub content_chunks: u64,
@@ -67,10 +68,10 @@ pub struct StreamState {
 impl StreamState {
     /// Feeds raw bytes; complete `data:` lines are parsed as they arrive.
     pub fn feed(&mut self, bytes: &[u8], now: Instant) -> Result<(), RequestError> {
-        self.buffer.push_str(&String::from_utf8_lossy(bytes));
-        while let Some(end) = self.buffer.find('\n') {
-            let line: String = self.buffer.drain(..=end).collect();
-            self.line(line.trim(), now)?;
+        self.buffer.extend_from_slice(bytes);
+        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buffer.drain(..=end).collect();
+            self.line(String::from_utf8_lossy(&line).trim(), now)?;
         }
         Ok(())
     }
@@ -78,7 +79,7 @@ impl StreamState {
     /// Handles whatever is left when the stream ends without a final newline.
     pub fn finish(&mut self, now: Instant) -> Result<(), RequestError> {
         let rest = std::mem::take(&mut self.buffer);
-        self.line(rest.trim(), now)
+        self.line(String::from_utf8_lossy(&rest).trim(), now)
     }
 
     fn line(&mut self, line: &str, now: Instant) -> Result<(), RequestError> {
@@ -236,5 +237,40 @@ mod tests {
             .feed(b"data: {\"error\":{\"message\":\"boom\"}}\n", t0)
             .unwrap_err();
         assert!(err.to_string().contains("boom"));
+    }
+
+    proptest::proptest! {
+        /// However the stream is cut into chunks (even inside a UTF-8 character), the same
+        /// answer, chunk count and usage come out.
+        #[test]
+        fn any_chunking_of_a_stream_gives_the_same_events(
+            pieces in proptest::collection::vec("[a-z é€🙂\\\"]{0,6}", 1..8),
+            cuts in proptest::collection::vec(0usize..400, 0..12),
+        ) {
+            let mut stream = Vec::new();
+            for p in &pieces {
+                let chunk = serde_json::json!({"choices": [{"delta": {"content": p}}]});
+                stream.extend_from_slice(format!("data: {chunk}\n\n").as_bytes());
+            }
+            stream.extend_from_slice(b"data: {\"choices\":[],\"usage\":{\"completion_tokens\":7}}\n\ndata: [DONE]\n\n");
+            let now = Instant::now();
+            let mut whole = StreamState::default();
+            whole.feed(&stream, now).unwrap();
+            whole.finish(now).unwrap();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut split = StreamState::default();
+            let mut at = 0;
+            for c in cuts.into_iter().chain(std::iter::once(stream.len())) {
+                split.feed(&stream[at..c], now).unwrap();
+                at = c;
+            }
+            split.finish(now).unwrap();
+            proptest::prop_assert_eq!(&split.answer, &pieces.concat());
+            proptest::prop_assert_eq!(&split.answer, &whole.answer);
+            proptest::prop_assert_eq!(split.content_chunks, whole.content_chunks);
+            proptest::prop_assert_eq!(split.usage_tokens, Some(7));
+            proptest::prop_assert!(split.done);
+        }
     }
 }

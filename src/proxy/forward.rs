@@ -173,13 +173,16 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
 /// The backend's response body on its way to the client: frames pass through as they arrive;
 /// it holds the admission slot and the activity mark until it ends; a backend failure in the
 /// middle of an SSE stream becomes a final error event and a clean end.
-struct Relay {
-    inner: hyper::body::Incoming,
+struct Relay<B = hyper::body::Incoming> {
+    inner: B,
     sse: bool,
     guards: Option<(OwnedSemaphorePermit, ActivityGuard)>,
 }
 
-impl http_body::Body for Relay {
+impl<B> http_body::Body for Relay<B>
+where
+    B: http_body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -350,5 +353,41 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("connection reset"));
+    }
+
+    proptest::proptest! {
+        /// However the backend's stream is cut into frames, the client gets the same bytes in
+        /// the same order, and the slot is let go at the end.
+        #[test]
+        fn relay_passes_any_chunking_through_unchanged(
+            events in proptest::collection::vec("[ -~é🙂]{0,20}", 0..10),
+            cuts in proptest::collection::vec(0usize..600, 0..16),
+        ) {
+            let stream: Vec<u8> = events
+                .iter()
+                .flat_map(|e| format!("data: {e}\n\n").into_bytes())
+                .collect();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut frames = Vec::new();
+            let mut at = 0;
+            for c in cuts.into_iter().chain(std::iter::once(stream.len())) {
+                frames.push(Ok::<_, hyper::Error>(Frame::data(Bytes::copy_from_slice(&stream[at..c]))));
+                at = c;
+            }
+            let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+            let permit = std::sync::Arc::clone(&slots).try_acquire_owned().unwrap();
+            let activity = crate::governor::Activity::new();
+            let relay = Relay {
+                inner: http_body_util::StreamBody::new(futures_util::stream::iter(frames)),
+                sse: true,
+                guards: Some((permit, activity.begin())),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let out = rt.block_on(relay.collect()).unwrap().to_bytes();
+            proptest::prop_assert_eq!(&out[..], &stream[..]);
+            proptest::prop_assert_eq!(slots.available_permits(), 1);
+            proptest::prop_assert_eq!(activity.in_flight(), 0);
+        }
     }
 }
