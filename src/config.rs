@@ -106,6 +106,21 @@ pub struct ProxyConfig {
     pub queue_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub upstream_timeout: Duration,
+    /// Cap on generated tokens per request for profiles without their own `max_tokens`.
+    pub max_tokens: u32,
+    /// From when a connection waits for a request until its head is complete (also the idle
+    /// keep-alive limit: hyper starts this clock when it waits for the next request).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// From the request head until the whole body has arrived.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Largest request head (request line and headers), bytes; more gets 431.
+    pub max_header_bytes: usize,
+    /// Most headers in one request; more gets 431.
+    pub max_headers: usize,
+    /// Most open client connections; more are answered 503 and closed.
+    pub max_connections: usize,
 }
 
 /// One `[profiles.NAME]` table, as written (see `profile` for the resolved values).
@@ -126,6 +141,8 @@ pub struct ProfileConfig {
     pub embeddings: bool,
     /// Adaptive mode: keep total system CPU under this share of the machine.
     pub adaptive: Option<Share>,
+    /// Cap on generated tokens per request (omit: `proxy.max_tokens`).
+    pub max_tokens: Option<u32>,
     #[serde(default)]
     pub extra_args: Vec<String>,
 }
@@ -259,12 +276,35 @@ impl Config {
                 "must be more than 0".into(),
             ));
         }
+        let p = &self.proxy;
+        for (key, d) in [
+            ("proxy.header_read_timeout", p.header_read_timeout),
+            ("proxy.body_read_timeout", p.body_read_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(bad(key.into(), "must be longer than zero".into()));
+            }
+        }
+        for (key, n, min) in [
+            ("proxy.max_tokens", p.max_tokens as usize, 1),
+            ("proxy.max_header_bytes", p.max_header_bytes, 1024),
+            ("proxy.max_headers", p.max_headers, 8),
+            ("proxy.max_connections", p.max_connections, 1),
+        ] {
+            if n < min {
+                return Err(bad(
+                    key.into(),
+                    format!("{n} is too small; use at least {min}"),
+                ));
+            }
+        }
         for (name, p) in &self.profiles {
             let key = |k: &str| format!("profiles.{name}.{k}");
             for (k, v) in [
                 ("threads", p.threads),
                 ("threads_batch", p.threads_batch),
                 ("slots", p.slots),
+                ("max_tokens", p.max_tokens.map(|n| n as usize)),
             ] {
                 if v == Some(0) {
                     return Err(bad(key(k), "must be at least 1".into()));

@@ -23,6 +23,8 @@ pub struct Resolved {
     pub ctx_size: u32,
     pub embeddings: bool,
     pub adaptive: Option<Share>,
+    /// Cap on generated tokens per request (`max_tokens`, else `proxy.max_tokens`).
+    pub max_tokens: u32,
     pub extra_args: Vec<String>,
     /// One line per value that was derived or adjusted, saying why.
     pub notes: Vec<String>,
@@ -35,10 +37,13 @@ pub fn resolve(
     host: &Host,
 ) -> Result<Resolved, crate::config::ConfigError> {
     let p = config.profile(name)?;
-    Ok(resolve_one(name, p, config.backend.ctx_size, host))
+    let defaults = (config.backend.ctx_size, config.proxy.max_tokens);
+    Ok(resolve_one(name, p, defaults, host))
 }
 
-fn resolve_one(name: &str, p: &ProfileConfig, default_ctx: u32, host: &Host) -> Resolved {
+/// `defaults`: `backend.ctx_size` and `proxy.max_tokens`, for a profile without its own.
+fn resolve_one(name: &str, p: &ProfileConfig, defaults: (u32, u32), host: &Host) -> Resolved {
+    let (default_ctx, default_max_tokens) = defaults;
     let allowed = host.allowed_cpus();
     let mut notes = Vec::new();
 
@@ -87,6 +92,7 @@ fn resolve_one(name: &str, p: &ProfileConfig, default_ctx: u32, host: &Host) -> 
         ctx_size: p.ctx_size.unwrap_or(default_ctx),
         embeddings: p.embeddings,
         adaptive: p.adaptive,
+        max_tokens: p.max_tokens.unwrap_or(default_max_tokens),
         extra_args: p.extra_args.clone(),
         notes,
     }
@@ -169,6 +175,31 @@ mod tests {
         assert_eq!((fast.threads, fast.threads_batch), (2, 2));
         assert_eq!(fast.cpus, None);
         assert_eq!(fast.slots, 2);
+        assert_eq!(
+            fast.max_tokens, 1024,
+            "proxy.max_tokens is every profile's default"
+        );
+    }
+
+    #[test]
+    fn max_tokens_per_profile_overrides_the_proxy_default() {
+        let config = Config::from_layers(Some((
+            std::path::Path::new("user.toml"),
+            "[proxy]\nmax_tokens = 300\n[profiles.fast]\nmax_tokens = 50\n",
+        )))
+        .unwrap();
+        let h = host(2, None);
+        assert_eq!(resolve(&config, "fast", &h).unwrap().max_tokens, 50);
+        assert_eq!(resolve(&config, "balanced", &h).unwrap().max_tokens, 300);
+        let err = Config::from_layers(Some((
+            std::path::Path::new("user.toml"),
+            "[profiles.fast]\nmax_tokens = 0\n",
+        )))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("profiles.fast.max_tokens"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -177,7 +208,7 @@ mod tests {
             threads: Some(3),
             ..Default::default()
         };
-        let r = resolve_one("balanced", &p, 4096, &host(2, None));
+        let r = resolve_one("balanced", &p, (4096, 1024), &host(2, None));
         assert_eq!(r.threads, 2);
         assert_eq!(r.threads_batch, 2);
         assert!(
@@ -195,7 +226,7 @@ mod tests {
             cpus: Some(Cores::new(4.0).unwrap()),
             ..Default::default()
         };
-        let r = resolve_one("fast", &p, 4096, &host(8, Some(1.5)));
+        let r = resolve_one("fast", &p, (4096, 1024), &host(8, Some(1.5)));
         assert_eq!(r.cpus.map(Cores::get), Some(1.5));
         assert_eq!(r.threads, 2);
         assert!(r.notes[0].contains("cgroup quota 1.50"), "{:?}", r.notes);

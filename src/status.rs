@@ -113,6 +113,7 @@ pub(crate) fn example() -> StatusReport {
             ctx_size: 4096,
             embeddings: false,
             adaptive: None,
+            max_tokens: 1024,
             extra_args: vec!["--no-mmap".into()],
             notes: vec!["threads from the budget".into()],
         },

@@ -1,7 +1,8 @@
 //! The llama-server command line and environment for one launch: CPU only, pinned thread
-//! counts from the profile, loopback on a free port, a secret per-launch API key, and the flags
-//! and variables that keep its threads from spinning while idle. The one place that knows
-//! llama-server's flags.
+//! counts from the profile, loopback on a free port, a secret per-launch API key passed in the
+//! environment (`LLAMA_API_KEY`), never on the command line where `ps` shows it to every local
+//! user, and the flags and variables that keep its threads from spinning while idle. The one
+//! place that knows llama-server's flags.
 
 use super::setup::Installed;
 use crate::config::Config;
@@ -10,22 +11,64 @@ use crate::profile::Resolved;
 use rand::distr::{Alphanumeric, SampleString};
 use std::path::PathBuf;
 
+/// The environment variable llama-server reads its API key from (`--api-key`'s `set_env`
+/// in llama.cpp's `common/arg.cpp`).
+pub const KEY_ENV: &str = "LLAMA_API_KEY";
+
+/// The backend's per-launch secret. Its `Debug` and `Display` print `<redacted>`, so no log
+/// line, `/status` or error message can carry it; only [`BackendKey::expose`] reads it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BackendKey(String);
+
+impl BackendKey {
+    /// A fresh random key (40 alphanumeric characters).
+    pub fn generate() -> BackendKey {
+        BackendKey(Alphanumeric.sample_string(&mut rand::rng(), 40))
+    }
+
+    /// The key itself, for the child's environment and the forwarded `Authorization` header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for BackendKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::fmt::Display for BackendKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// Everything needed to start one llama-server.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
     pub program: PathBuf,
     pub args: Vec<String>,
+    /// The child's extra environment, without the key (see [`LaunchSpec::environment`]).
     pub env: Vec<(String, String)>,
     pub priority: Priority,
     pub port: u16,
     /// Known only to the supervisor; the proxy adds it to every forwarded request.
-    pub api_key: String,
+    pub api_key: BackendKey,
 }
 
 impl LaunchSpec {
     /// `http://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The child's extra environment including `LLAMA_API_KEY` (only for the spawn: never log it).
+    pub fn environment(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(std::iter::once((KEY_ENV, self.api_key.expose())))
     }
 }
 
@@ -55,7 +98,7 @@ pub fn spec(
     config: &Config,
 ) -> std::io::Result<LaunchSpec> {
     let port = free_port()?;
-    let api_key = Alphanumeric.sample_string(&mut rand::rng(), 40);
+    let api_key = BackendKey::generate();
     let mut args: Vec<String> = vec![
         "--model".into(),
         installed.model.display().to_string(),
@@ -65,8 +108,6 @@ pub fn spec(
         "127.0.0.1".into(),
         "--port".into(),
         port.to_string(),
-        "--api-key".into(),
-        api_key.clone(),
         "-ngl".into(),
         "0".into(),
         "--threads".into(),
@@ -158,7 +199,7 @@ mod tests {
             assert!(joined.contains(want), "{want} missing from {joined}");
         }
         assert!(joined.contains(&format!("--port {}", s.port)));
-        assert!(s.api_key.len() >= 32);
+        assert!(s.api_key.expose().len() >= 32);
         assert!(s.env.contains(&("GGML_METAL_DISABLE".into(), "1".into())));
         let other = spec(&installed, &profile, &config).unwrap();
         assert_ne!(s.api_key, other.api_key, "the key must be fresh per launch");
@@ -177,5 +218,26 @@ mod tests {
         let env = child_env();
         assert!(env.contains(&("GOMP_SPINCOUNT", "0")));
         assert!(env.contains(&("OMP_WAIT_POLICY", "passive")));
+    }
+
+    #[test]
+    fn the_key_is_in_the_environment_only_and_never_printed() {
+        let config = Config::builtin().unwrap();
+        let host = Host::unrestricted(2);
+        let profile = resolve(&config, "balanced", &host).unwrap();
+        let installed = Installed {
+            server: "/opt/llama-server".into(),
+            model: "/m/model.gguf".into(),
+        };
+        let s = spec(&installed, &profile, &config).unwrap();
+        let key = s.api_key.expose().to_string();
+        assert!(!s.args.iter().any(|a| a.contains(&key) || a == "--api-key"));
+        assert!(s
+            .environment()
+            .any(|(k, v)| k == KEY_ENV && v == key.as_str()));
+        for printed in [format!("{s:?}"), format!("{}", s.api_key)] {
+            assert!(!printed.contains(&key), "key leaked into {printed}");
+        }
+        assert!(format!("{s:?}").contains("<redacted>"));
     }
 }

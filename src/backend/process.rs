@@ -65,7 +65,7 @@ impl BackendProcess {
     pub fn spawn(spec: &LaunchSpec) -> std::io::Result<BackendProcess> {
         let mut cmd = tokio::process::Command::new(&spec.program);
         cmd.args(&spec.args)
-            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .envs(spec.environment())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -261,4 +261,39 @@ mod tests {
         unended.finish(t0).unwrap();
         assert_eq!(unended.answer, "é → ✓");
     }
+
+    proptest::proptest! {
+        /// However the stream is cut into chunks (even inside a UTF-8 character), the same
+        /// answer, chunk count and usage come out.
+        #[test]
+        fn any_chunking_of_a_stream_gives_the_same_events(
+            pieces in proptest::collection::vec("[a-z é€🙂\\\"]{0,6}", 1..8),
+            cuts in proptest::collection::vec(0usize..400, 0..12),
+        ) {
+            let mut stream = Vec::new();
+            for p in &pieces {
+                let chunk = serde_json::json!({"choices": [{"delta": {"content": p}}]});
+                stream.extend_from_slice(format!("data: {chunk}\n\n").as_bytes());
+            }
+            stream.extend_from_slice(b"data: {\"choices\":[],\"usage\":{\"completion_tokens\":7}}\n\ndata: [DONE]\n\n");
+            let now = Instant::now();
+            let mut whole = StreamState::default();
+            whole.feed(&stream, now).unwrap();
+            whole.finish(now).unwrap();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut split = StreamState::default();
+            let mut at = 0;
+            for c in cuts.into_iter().chain(std::iter::once(stream.len())) {
+                split.feed(&stream[at..c], now).unwrap();
+                at = c;
+            }
+            split.finish(now).unwrap();
+            proptest::prop_assert_eq!(&split.answer, &pieces.concat());
+            proptest::prop_assert_eq!(&split.answer, &whole.answer);
+            proptest::prop_assert_eq!(split.content_chunks, whole.content_chunks);
+            proptest::prop_assert_eq!(split.usage_tokens, Some(7));
+            proptest::prop_assert!(split.done);
+        }
+    }
 }

@@ -1,8 +1,11 @@
 //! OpenAI-style error responses: `{"error": {"message", "type", "code"}}` with the right
-//! status, and `Retry-After` where waiting helps.
+//! status, and `Retry-After` where waiting helps (always on a 429 or 503).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+
+/// `Retry-After` (seconds) of a 429 or 503 whose cause gives no better figure.
+pub const DEFAULT_RETRY_AFTER: u64 = 5;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -58,6 +61,49 @@ impl ApiError {
             ),
         )
     }
+    /// A 400 for a body the proxy refused (see `validate`), with a specific `code`.
+    pub fn invalid_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            code,
+            message,
+        )
+    }
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            format!("{method} is not allowed on {path} (the OpenAI routes take POST; /v1/models, /props, /health and /status take GET)."),
+        )
+    }
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "request_timeout",
+            format!("The request body did not arrive within {limit:?} (proxy.body_read_timeout)."),
+        )
+    }
+    pub fn headers_too_large(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "invalid_request_error",
+            "headers_too_large",
+            message,
+        )
+    }
+    /// The answer to a connection beyond `proxy.max_connections`.
+    pub fn too_many_connections(limit: usize) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "too_many_connections",
+            format!("This server already has {limit} open connections (proxy.max_connections); retry shortly."),
+        )
+        .retry_after(1)
+    }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
@@ -84,6 +130,7 @@ impl ApiError {
         )
         .retry_after(2)
     }
+    /// A 503; `Retry-After` is 5 s unless the caller knows better.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -91,6 +138,7 @@ impl ApiError {
             "backend_unavailable",
             message,
         )
+        .retry_after(DEFAULT_RETRY_AFTER)
     }
     pub fn bad_gateway(message: impl Into<String>) -> Self {
         Self::new(
@@ -120,10 +168,74 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, axum::Json(self.body())).into_response();
-        if let Some(secs) = self.retry_after {
+        let must_wait = matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        );
+        if let Some(secs) = self
+            .retry_after
+            .or(must_wait.then_some(DEFAULT_RETRY_AFTER))
+        {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn shape(e: ApiError) -> (StatusCode, Option<String>, serde_json::Value) {
+        let resp = e.into_response();
+        let status = resp.status();
+        let retry = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, retry, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn every_error_has_the_openai_shape_and_429_503_carry_retry_after() {
+        let all = [
+            ApiError::bad_request("x"),
+            ApiError::invalid_request("invalid_json", "x"),
+            ApiError::unauthorized(),
+            ApiError::not_found("x"),
+            ApiError::method_not_allowed("GET", "/v1/chat/completions"),
+            ApiError::body_timeout(std::time::Duration::from_secs(1)),
+            ApiError::too_large(10),
+            ApiError::queue_full(),
+            ApiError::queue_timeout(std::time::Duration::from_secs(1)),
+            ApiError::headers_too_large("x"),
+            ApiError::bad_gateway("x"),
+            ApiError::unavailable("x"),
+            ApiError::too_many_connections(3),
+            ApiError::gateway_timeout("x"),
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "x",
+                "no retry given",
+            ),
+        ];
+        let mut seen = Vec::new();
+        for e in all {
+            let (status, retry, body) = shape(e).await;
+            seen.push(status.as_u16());
+            for k in ["message", "type", "code"] {
+                assert!(body["error"][k].is_string(), "{status}: {body}");
+            }
+            let must = matches!(status.as_u16(), 429 | 503);
+            assert_eq!(retry.is_some(), must, "{status}: Retry-After {retry:?}");
+        }
+        for code in [400, 401, 404, 405, 408, 413, 429, 431, 502, 503, 504] {
+            assert!(seen.contains(&code), "no constructor for {code}");
+        }
     }
 }

@@ -1,10 +1,11 @@
-//! Forwarding one request to llama-server: body limit, admission, waiting for a ready backend,
+//! Forwarding one request to llama-server: body limit and read timeout, the body check
+//! (`validate`), admission, waiting for a ready backend,
 //! the secret key, hop-by-hop headers, streaming responses event by event, a final SSE error
 //! event when the backend dies mid-stream, and one retry when the request never reached a
 //! backend that died.
 
 use super::error::ApiError;
-use super::AppState;
+use super::{validate, AppState};
 use crate::governor::ActivityGuard;
 use crate::supervisor::state::{BackendInfo, State};
 use axum::body::Body;
@@ -73,9 +74,12 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::too_large(limit));
     }
-    let body = Limited::new(body, limit as usize)
-        .collect()
+    // The whole body is read (within its timeout) and checked before the request takes a
+    // queue or backend slot: a slow or malformed client holds neither.
+    let read_timeout = state.config.body_read_timeout;
+    let body = tokio::time::timeout(read_timeout, Limited::new(body, limit as usize).collect())
         .await
+        .map_err(|_| ApiError::body_timeout(read_timeout))?
         .map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
@@ -86,6 +90,16 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
             }
         })?
         .to_bytes();
+    let body = match validate::Route::of(parts.uri.path()) {
+        Some(route) => {
+            let cap = validate::TokenCap {
+                max_tokens: state.info.profile.max_tokens,
+                profile: &state.info.profile.name,
+            };
+            validate::check(route, &body, cap)?.unwrap_or(body)
+        }
+        None => body,
+    };
 
     let deadline = Instant::now() + state.config.queue_timeout;
     let permit = state.admission.admit(deadline).await?;
@@ -159,13 +173,16 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
 /// The backend's response body on its way to the client: frames pass through as they arrive;
 /// it holds the admission slot and the activity mark until it ends; a backend failure in the
 /// middle of an SSE stream becomes a final error event and a clean end.
-struct Relay {
-    inner: hyper::body::Incoming,
+struct Relay<B = hyper::body::Incoming> {
+    inner: B,
     sse: bool,
     guards: Option<(OwnedSemaphorePermit, ActivityGuard)>,
 }
 
-impl http_body::Body for Relay {
+impl<B> http_body::Body for Relay<B>
+where
+    B: http_body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -248,7 +265,7 @@ fn upstream_request(
     ] {
         headers.remove(name);
     }
-    let auth = HeaderValue::try_from(format!("Bearer {}", backend.api_key))
+    let auth = HeaderValue::try_from(format!("Bearer {}", backend.api_key.expose()))
         .map_err(|_| ApiError::bad_gateway("the backend key is not a valid header value"))?;
     headers.insert(header::AUTHORIZATION, auth);
     Ok(req)
@@ -336,5 +353,41 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("connection reset"));
+    }
+
+    proptest::proptest! {
+        /// However the backend's stream is cut into frames, the client gets the same bytes in
+        /// the same order, and the slot is let go at the end.
+        #[test]
+        fn relay_passes_any_chunking_through_unchanged(
+            events in proptest::collection::vec("[ -~é🙂]{0,20}", 0..10),
+            cuts in proptest::collection::vec(0usize..600, 0..16),
+        ) {
+            let stream: Vec<u8> = events
+                .iter()
+                .flat_map(|e| format!("data: {e}\n\n").into_bytes())
+                .collect();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut frames = Vec::new();
+            let mut at = 0;
+            for c in cuts.into_iter().chain(std::iter::once(stream.len())) {
+                frames.push(Ok::<_, hyper::Error>(Frame::data(Bytes::copy_from_slice(&stream[at..c]))));
+                at = c;
+            }
+            let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+            let permit = std::sync::Arc::clone(&slots).try_acquire_owned().unwrap();
+            let activity = crate::governor::Activity::new();
+            let relay = Relay {
+                inner: http_body_util::StreamBody::new(futures_util::stream::iter(frames)),
+                sse: true,
+                guards: Some((permit, activity.begin())),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let out = rt.block_on(relay.collect()).unwrap().to_bytes();
+            proptest::prop_assert_eq!(&out[..], &stream[..]);
+            proptest::prop_assert_eq!(slots.available_permits(), 1);
+            proptest::prop_assert_eq!(activity.in_flight(), 0);
+        }
     }
 }

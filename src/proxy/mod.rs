@@ -5,6 +5,8 @@ pub mod admission;
 pub mod auth;
 pub mod error;
 pub mod forward;
+pub mod server;
+pub mod validate;
 
 use crate::config::ProxyConfig;
 use crate::governor::{Activity, GovernorSnapshot};

@@ -119,19 +119,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     println!("{}http://{local}", crate::status::LISTENING_PREFIX);
     tracing::info!(addr = %local, profile = %profile.name, model = %installed.model.display(), "listening");
 
-    let server_cancel = cancel.clone();
-    let server = tokio::spawn(async move {
-        use axum::serve::ListenerExt;
-        // Small SSE events must leave at once, not wait for Nagle's algorithm.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { server_cancel.cancelled().await })
-            .await
-    });
+    let server = tokio::spawn(proxy::server::serve(
+        listener,
+        app,
+        config.proxy.clone(),
+        cancel.clone(),
+    ));
 
     wait_for_signal().await;
     tracing::info!("shutting down");

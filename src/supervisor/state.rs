@@ -100,7 +100,7 @@ pub struct BackendInfo {
     pub pid: i32,
     pub port: u16,
     pub base_url: String,
-    pub api_key: String,
+    pub api_key: crate::backend::launch::BackendKey,
     /// Distinguishes launches, so a retry can tell a fresh backend from the one that failed.
     pub generation: u64,
 }

@@ -7,6 +7,8 @@ mod bench;
 mod e2e;
 mod fake_backend;
 mod governor;
+mod properties;
 mod proxy;
 mod setup;
 mod supervisor;
+mod trust;

@@ -19,6 +19,7 @@
 //! | `starts-file=PATH`   | append this process's pid to PATH at every start                    |
 //! | `drop-request=N`     | close the connection of the Nth request (health probes not counted) |
 //! |                      | without answering, as a kept-alive connection closed under a client |
+//! | `echo`               | answer every POST with `{"received": BODY}`, the JSON it was sent   |
 //!
 //! Durations are humantime strings (`250ms`, `2s`). A bad directive exits with status 2.
 
@@ -53,11 +54,12 @@ struct Mode {
     burn: bool,
     starts_file: Option<PathBuf>,
     drop_request: Option<u64>,
+    echo: bool,
 }
 
 const DIRECTIVES: &str = "load=DUR, exit-at-start=CODE, crash-after=DUR, hang-after=DUR, \
     ignore-sigterm, stream-chunks=N, stream-delay=DUR, response-delay=DUR, die-mid-stream=N, \
-    burn, starts-file=PATH, drop-request=N";
+    burn, starts-file=PATH, drop-request=N, echo";
 
 impl Mode {
     fn parse(spec: &str) -> Result<Mode, String> {
@@ -74,6 +76,7 @@ impl Mode {
             burn: false,
             starts_file: None,
             drop_request: None,
+            echo: false,
         };
         for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
             let (key, value) = match directive.split_once('=') {
@@ -105,6 +108,7 @@ impl Mode {
                 ("response-delay", Some(v)) => mode.response_delay = dur(v)?,
                 ("die-mid-stream", Some(v)) => mode.die_mid_stream = Some(num(v)?),
                 ("burn", None) => mode.burn = true,
+                ("echo", None) => mode.echo = true,
                 ("starts-file", Some(v)) => mode.starts_file = Some(PathBuf::from(v)),
                 ("drop-request", Some(v)) => mode.drop_request = Some(num(v)? as u64),
                 _ => {
@@ -132,7 +136,10 @@ impl Args {
         let mut args = Args {
             host: "127.0.0.1".into(),
             port: 8080,
-            api_key: None,
+            // Like llama-server: `--api-key` on the command line, else `LLAMA_API_KEY`.
+            api_key: std::env::var("LLAMA_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty()),
             model: "fake-model".into(),
         };
         while let Some(arg) = argv.next() {
@@ -373,6 +380,21 @@ async fn gate(State(b): State<Shared>, request: Request, next: Next) -> Response
                 "authentication_error",
             );
         }
+    }
+    if b.mode.echo && request.method() == axum::http::Method::POST {
+        let body = match axum::body::to_bytes(request.into_body(), usize::MAX).await {
+            Ok(body) => body,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &e.to_string(),
+                    "invalid_request_error",
+                )
+            }
+        };
+        let received: serde_json::Value =
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        return Json(json!({"received": received})).into_response();
     }
     next.run(request).await
 }
