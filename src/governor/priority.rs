@@ -53,8 +53,9 @@ mod imp {
     use std::io;
 
     pub fn apply_to_threads(pid: i32, priority: Priority) -> io::Result<()> {
-        let threads = crate::meter::thread_run_times(pid)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("process {pid} is gone")))?;
+        let threads = crate::meter::thread_run_times(pid).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("process {pid} is gone"))
+        })?;
         let (nice, policy) = match priority {
             Priority::Normal => (0, libc::SCHED_OTHER),
             Priority::Background => (19, libc::SCHED_OTHER),
@@ -106,7 +107,11 @@ mod imp {
     use std::io;
 
     pub fn apply_to_threads(pid: i32, priority: Priority) -> io::Result<()> {
-        let value = if priority == Priority::Normal { 0 } else { libc::PRIO_DARWIN_BG };
+        let value = if priority == Priority::Normal {
+            0
+        } else {
+            libc::PRIO_DARWIN_BG
+        };
         // SAFETY: setpriority on a pid; no memory is passed.
         if unsafe { libc::setpriority(libc::PRIO_DARWIN_PROCESS, pid as libc::id_t, value) } != 0 {
             return Err(io::Error::last_os_error());

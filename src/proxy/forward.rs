@@ -300,11 +300,10 @@ async fn wait_for_backend(
                     .retry_after(failed.retry_after_s()));
                 }
                 (s, _) if !s.will_serve() => {
-                    return Err(ApiError::unavailable(format!(
-                        "the model backend is {}",
-                        s.name()
-                    ))
-                    .retry_after(s.retry_after_s()))
+                    return Err(
+                        ApiError::unavailable(format!("the model backend is {}", s.name()))
+                            .retry_after(s.retry_after_s()),
+                    )
                 }
                 _ => {}
             }

@@ -134,9 +134,9 @@ pub fn router(state: AppState) -> Router {
         keyed = keyed.route("/admin/reload", post(reload));
     }
     let keyed = keyed.route_layer(middleware::from_fn_with_state(
-            Arc::clone(&state),
-            require_key,
-        ));
+        Arc::clone(&state),
+        require_key,
+    ));
     Router::new()
         .route("/health", get(health))
         .merge(keyed)

@@ -78,7 +78,9 @@ impl std::fmt::Debug for Reload {
 pub enum Command {
     Reload(Reload),
     /// Try a failed backend again now (the model file changed).
-    Retry { why: String },
+    Retry {
+        why: String,
+    },
 }
 
 /// How the lifecycle task ended.
@@ -105,7 +107,9 @@ pub struct Lifecycle {
 enum Outcome {
     Exited(ExitStatus),
     StartTimeout,
-    Hung { failed_probes: u32 },
+    Hung {
+        failed_probes: u32,
+    },
     SpawnFailed(String),
     Cancelled,
     /// A reload arrived while starting: start again with it.
@@ -520,7 +524,9 @@ impl Lifecycle {
         if priority != old_priority {
             match crate::governor::priority::apply_to_process_threads(pid, priority) {
                 Ok(()) => tracing::info!(pid, %priority, "backend priority changed"),
-                Err(e) => tracing::warn!(pid, %priority, error = %e, "cannot change the running backend's priority (raising it needs privileges); the next backend starts with it"),
+                Err(e) => {
+                    tracing::warn!(pid, %priority, error = %e, "cannot change the running backend's priority (raising it needs privileges); the next backend starts with it")
+                }
             }
         }
     }
@@ -559,7 +565,9 @@ impl Lifecycle {
                 let why = describe(&outcome);
                 let last_lines = logs.map(|l| l.errors(8)).unwrap_or_default();
                 if matches!(outcome, Outcome::Cancelled) {
-                    let _ = reload.done.send(Err("the supervisor is shutting down".into()));
+                    let _ = reload
+                        .done
+                        .send(Err("the supervisor is shutting down".into()));
                     return Err(Outcome::Cancelled);
                 }
                 tracing::error!(%why, last_lines = ?last_lines, generation = running.info.generation, "reload refused: the new backend did not start; the old one keeps serving with the old configuration");
@@ -625,7 +633,12 @@ impl Lifecycle {
         logs
     }
 
-    fn start_governor(&self, plan: &Plan, pid: i32, report: SnapshotSender) -> Option<GovernorHandle> {
+    fn start_governor(
+        &self,
+        plan: &Plan,
+        pid: i32,
+        report: SnapshotSender,
+    ) -> Option<GovernorHandle> {
         match Governor::start(
             pid,
             &plan.governor_config,

@@ -178,7 +178,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     shutdown.cancel();
     if ended.is_none() {
         let drain = config.supervisor.drain_timeout;
-        tracing::info!(?drain, in_flight = shared.inflight.total(), "shutting down: new requests get 503, those in flight may finish");
+        tracing::info!(
+            ?drain,
+            in_flight = shared.inflight.total(),
+            "shutting down: new requests get 503, those in flight may finish"
+        );
         // Idle keep-alive connections would make llama-server wait for them before exiting.
         shared.close_idle_upstream();
         // The lifecycle task drains, then stops the backend (SIGCONT, SIGTERM, grace, SIGKILL).

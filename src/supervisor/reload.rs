@@ -83,15 +83,30 @@ pub fn classify(old: &Active, new: &Active) -> (Change, Vec<String>) {
         launch::model_id(&n.config, &new.installed.model),
         &mut backend,
     );
-    diff("threads", op.threads.to_string(), np.threads.to_string(), &mut backend);
+    diff(
+        "threads",
+        op.threads.to_string(),
+        np.threads.to_string(),
+        &mut backend,
+    );
     diff(
         "threads_batch",
         op.threads_batch.to_string(),
         np.threads_batch.to_string(),
         &mut backend,
     );
-    diff("ctx_size", op.ctx_size.to_string(), np.ctx_size.to_string(), &mut backend);
-    diff("slots", op.slots.to_string(), np.slots.to_string(), &mut backend);
+    diff(
+        "ctx_size",
+        op.ctx_size.to_string(),
+        np.ctx_size.to_string(),
+        &mut backend,
+    );
+    diff(
+        "slots",
+        op.slots.to_string(),
+        np.slots.to_string(),
+        &mut backend,
+    );
     diff(
         "embeddings",
         op.embeddings.to_string(),
@@ -181,8 +196,15 @@ impl Reloads {
         notify_reloading();
         let result = self.reload_inner(trigger).await;
         match &result {
-            Ok(applied) => tracing::info!(trigger, ?applied, generation = self.shared.live().generation, "reload done"),
-            Err(e) => tracing::error!(trigger, error = %e, "reload refused; the old configuration stays"),
+            Ok(applied) => tracing::info!(
+                trigger,
+                ?applied,
+                generation = self.shared.live().generation,
+                "reload done"
+            ),
+            Err(e) => {
+                tracing::error!(trigger, error = %e, "reload refused; the old configuration stays")
+            }
         }
         notify_ready();
         result
@@ -199,7 +221,11 @@ impl Reloads {
         .await
         .map_err(|e| ReloadError::Invalid(format!("reading the configuration panicked: {e}")))?
         .map_err(ReloadError::Invalid)?;
-        let old = self.active.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let old = self
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         if active.options.listen != old.options.listen {
             tracing::warn!(old = %old.options.listen, new = %active.options.listen, "`listen` changes only with a restart; keeping the old address");
         }
@@ -289,8 +315,14 @@ mod tests {
         );
         let (change, changes) = classify(&base, &new);
         assert_eq!(change, Change::Live, "{changes:?}");
-        assert!(changes.iter().any(|c| c.starts_with("governor")), "{changes:?}");
-        assert!(changes.iter().any(|c| c.starts_with("proxy")), "{changes:?}");
+        assert!(
+            changes.iter().any(|c| c.starts_with("governor")),
+            "{changes:?}"
+        );
+        assert!(
+            changes.iter().any(|c| c.starts_with("proxy")),
+            "{changes:?}"
+        );
         assert_eq!(classify(&base, &active("")).1, Vec::<String>::new());
     }
 
@@ -306,7 +338,10 @@ mod tests {
         ] {
             let (change, changes) = classify(&base, &active(user));
             assert_eq!(change, Change::Backend, "{user}: {changes:?}");
-            assert!(changes.iter().any(|c| c.starts_with(what)), "{user}: {changes:?}");
+            assert!(
+                changes.iter().any(|c| c.starts_with(what)),
+                "{user}: {changes:?}"
+            );
         }
         let mut moved = active("");
         moved.installed.model = "/m/other.gguf".into();

@@ -206,10 +206,22 @@ mod tests {
             next_retry_in_s: None,
         };
         state.refresh_retry_in(at - std::time::Duration::from_secs(90));
-        assert!(matches!(state, State::Failed { next_retry_in_s: Some(90), .. }));
+        assert!(matches!(
+            state,
+            State::Failed {
+                next_retry_in_s: Some(90),
+                ..
+            }
+        ));
         assert_eq!(state.retry_after_s(), 90);
         state.refresh_retry_in(at + std::time::Duration::from_secs(5));
-        assert!(matches!(state, State::Failed { next_retry_in_s: Some(0), .. }));
+        assert!(matches!(
+            state,
+            State::Failed {
+                next_retry_in_s: Some(0),
+                ..
+            }
+        ));
         assert_eq!(state.retry_after_s(), 1);
         assert_eq!(State::Starting { attempt: 1 }.retry_after_s(), 5);
     }
