@@ -76,7 +76,7 @@ impl std::fmt::Debug for Reload {
 /// Messages to the lifecycle task.
 #[derive(Debug)]
 pub enum Command {
-    Reload(Reload),
+    Reload(Box<Reload>),
     /// Try a failed backend again now (the model file changed).
     Retry {
         why: String,
@@ -113,7 +113,7 @@ enum Outcome {
     SpawnFailed(String),
     Cancelled,
     /// A reload arrived while starting: start again with it.
-    Reloaded(Reload),
+    Reloaded(Box<Reload>),
     /// Stopped for a `stop-start` reload whose plan is already taken.
     Replaced,
 }
@@ -149,10 +149,10 @@ impl Current {
 
     /// Takes the reload's plan (a fresh restart policy too: a reload is a human's fix),
     /// makes it visible and answers.
-    fn adopt(&mut self, reload: Reload, applied: Applied) {
+    fn adopt(&mut self, reload: Box<Reload>, applied: Applied) {
         let Reload {
             plan, apply, done, ..
-        } = reload;
+        } = *reload;
         *self = Current::new(plan);
         apply();
         tracing::info!(?applied, "configuration reloaded");
@@ -512,7 +512,7 @@ impl Lifecycle {
 
     /// Applies a reload that needs no new backend: the governor restarts on the same child
     /// with the new settings, the priority is set on its threads.
-    fn reload_live(&self, cur: &mut Current, running: &mut Running, reload: Reload) {
+    fn reload_live(&self, cur: &mut Current, running: &mut Running, reload: Box<Reload>) {
         let pid = running.child.pid();
         let old_priority = cur.plan.governor_settings.priority;
         if let Some(mut g) = running.governor.take() {
@@ -540,7 +540,7 @@ impl Lifecycle {
         running: &mut Running,
         attempt: u32,
         restarts: u32,
-        reload: Reload,
+        reload: Box<Reload>,
         drains: &mut JoinSet<()>,
     ) -> Result<(), Outcome> {
         tracing::info!(

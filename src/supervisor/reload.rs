@@ -248,12 +248,12 @@ impl Reloads {
             *slot.lock().unwrap_or_else(|e| e.into_inner()) = active;
         });
         self.lifecycle
-            .send(Command::Reload(Reload {
+            .send(Command::Reload(Box::new(Reload {
                 plan,
                 change,
                 apply,
                 done,
-            }))
+            })))
             .await
             .map_err(|_| ReloadError::ShuttingDown)?;
         match answer.await {
