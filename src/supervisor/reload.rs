@@ -245,6 +245,8 @@ impl Reloads {
                 .resize(profile.slots, active.options.config.proxy.queue_len);
             let generation = shared.live().generation + 1;
             shared.set_live(live(&active, generation));
+            // Idle keep-alive connections to an old backend would delay its exit.
+            shared.close_idle_upstream();
             *slot.lock().unwrap_or_else(|e| e.into_inner()) = active;
         });
         self.lifecycle
