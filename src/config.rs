@@ -95,6 +95,43 @@ pub struct SupervisorConfig {
     pub crash_loop_window: Duration,
     #[serde(with = "humantime_serde")]
     pub stop_grace: Duration,
+    /// What to do once the crash-loop breaker trips.
+    pub on_crash_loop: OnCrashLoop,
+    /// With `on_crash_loop = "retry"`: how long to wait between tries while failed.
+    #[serde(with = "humantime_serde")]
+    pub failed_retry_interval: Duration,
+    /// How often the model and config files are checked for a change while failed.
+    #[serde(with = "humantime_serde")]
+    pub file_poll_interval: Duration,
+    /// How long requests in flight may take to finish on shutdown or on an old backend after
+    /// a reload, before they are cut.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// How a reload that needs a new backend replaces the running one.
+    pub reload_strategy: ReloadStrategy,
+}
+
+/// `supervisor.on_crash_loop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnCrashLoop {
+    /// Stay up, report `failed`, and try again every `failed_retry_interval` and as soon as
+    /// the model or config file changes.
+    Retry,
+    /// Exit non-zero, so the service manager's restart policy takes over.
+    Exit,
+}
+
+/// `supervisor.reload_strategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReloadStrategy {
+    /// Start the new backend beside the old one, switch once it is ready, drain the old one:
+    /// no request waits, but both models are in memory for a while.
+    BlueGreen,
+    /// Drain and stop the old backend first, then start the new one: one model in memory;
+    /// requests wait in the queue (up to `proxy.queue_timeout`) while it loads.
+    StopStart,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -250,6 +287,8 @@ impl Config {
             ("supervisor.probe_interval", s.probe_interval),
             ("supervisor.probe_timeout", s.probe_timeout),
             ("supervisor.backoff_initial", s.backoff_initial),
+            ("supervisor.failed_retry_interval", s.failed_retry_interval),
+            ("supervisor.file_poll_interval", s.file_poll_interval),
         ] {
             if d.is_zero() {
                 return Err(bad(key.into(), "must be longer than zero".into()));

@@ -40,6 +40,9 @@ pub struct StatusReport {
     pub queued: usize,
     /// Seconds since the supervisor started, rounded.
     pub uptime_s: f64,
+    /// How many configurations have been applied: 1 at start, +1 for each successful reload
+    /// (SIGHUP or `POST /admin/reload`).
+    pub config_generation: u64,
 }
 
 /// The running backend in `/status`.
@@ -141,6 +144,7 @@ pub(crate) fn example() -> StatusReport {
         in_flight: 1,
         queued: 0,
         uptime_s: 12.0,
+        config_generation: 2,
     }
 }
 
@@ -164,6 +168,8 @@ mod tests {
             state: State::Failed {
                 reason: "crash loop".into(),
                 last_lines: vec!["error: bad model".into()],
+                next_retry_at: None,
+                next_retry_in_s: None,
             },
             backend: None,
             governor: None,
@@ -185,6 +191,8 @@ mod tests {
             state: State::Failed {
                 reason: "crash loop".into(),
                 last_lines: vec![],
+                next_retry_at: None,
+                next_retry_in_s: None,
             },
             ..example()
         }

@@ -387,6 +387,8 @@ mod tests {
             state: crate::supervisor::state::State::Failed {
                 reason: "crash loop: bad model".into(),
                 last_lines: vec![],
+                next_retry_at: None,
+                next_retry_in_s: None,
             },
             ..crate::status::example()
         };

@@ -6,8 +6,10 @@ use crate::cli::RunArgs;
 use crate::config::{Config, ConfigError};
 use crate::host::Host;
 use crate::profile;
+use crate::supervisor::reload::Reloader;
 use crate::supervisor::{self, RunOptions};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// The command line over `config`, with the profile resolved against `host`.
 pub fn options(config: Config, args: &RunArgs, host: &Host) -> Result<RunOptions, ConfigError> {
@@ -19,14 +21,27 @@ pub fn options(config: Config, args: &RunArgs, host: &Host) -> Result<RunOptions
         setup: super::setup::options(&config, &args.setup),
         profile,
         host: *host,
+        config_path: args
+            .setup
+            .config
+            .config
+            .clone()
+            .or_else(crate::config::default_user_path),
         config,
+        reloader: None,
     })
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = super::load_config(&args.setup.config)?;
-    let options = options(config, &args, &Host::detect())?;
-    supervisor::run(options).await
+    let host = Host::detect();
+    let mut run_options = options(config, &args, &host)?;
+    // A reload reads the file again and merges the same command line over it.
+    run_options.reloader = Some(Reloader(Arc::new(move || {
+        let config = super::load_config(&args.setup.config).map_err(|e| e.to_string())?;
+        options(config, &args, &host).map_err(|e| e.to_string())
+    })));
+    supervisor::run(run_options).await
 }
 
 #[cfg(test)]

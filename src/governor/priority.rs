@@ -40,10 +40,41 @@ pub fn apply_to_current_process(priority: Priority) -> io::Result<()> {
     imp::apply(priority)
 }
 
+/// Applies `priority` to every thread of the running process `pid` (a reload's priority
+/// change). Lowering works unprivileged; raising (e.g. `background` -> `normal`) needs
+/// `CAP_SYS_NICE` and fails with `EPERM` otherwise.
+pub fn apply_to_process_threads(pid: i32, priority: Priority) -> io::Result<()> {
+    imp::apply_to_threads(pid, priority)
+}
+
 #[cfg(target_os = "linux")]
 mod imp {
     use super::Priority;
     use std::io;
+
+    pub fn apply_to_threads(pid: i32, priority: Priority) -> io::Result<()> {
+        let threads = crate::meter::thread_run_times(pid).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("process {pid} is gone"))
+        })?;
+        let (nice, policy) = match priority {
+            Priority::Normal => (0, libc::SCHED_OTHER),
+            Priority::Background => (19, libc::SCHED_OTHER),
+            Priority::Idle => (19, libc::SCHED_IDLE),
+        };
+        for (tid, _) in threads {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: plain system calls on a thread id; a valid sched_param for the policy.
+            unsafe {
+                if libc::sched_setscheduler(tid, policy, &param) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    }
 
     pub fn apply(priority: Priority) -> io::Result<()> {
         match priority {
@@ -74,6 +105,19 @@ mod imp {
 mod imp {
     use super::Priority;
     use std::io;
+
+    pub fn apply_to_threads(pid: i32, priority: Priority) -> io::Result<()> {
+        let value = if priority == Priority::Normal {
+            0
+        } else {
+            libc::PRIO_DARWIN_BG
+        };
+        // SAFETY: setpriority on a pid; no memory is passed.
+        if unsafe { libc::setpriority(libc::PRIO_DARWIN_PROCESS, pid as libc::id_t, value) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 
     pub fn apply(priority: Priority) -> io::Result<()> {
         if priority == Priority::Normal {

@@ -1,5 +1,5 @@
 //! Admission: at most `slots` requests in flight to the backend, a bounded FIFO queue behind
-//! them with a wait timeout, and 429 beyond that.
+//! them with a wait timeout, and 429 beyond that. A reload resizes both while requests run.
 
 use super::error::ApiError;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,8 +10,10 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub struct Admission {
     slots: Arc<Semaphore>,
+    /// How many permits the semaphore is meant to hold (held ones included).
+    size: std::sync::Mutex<usize>,
     waiting: AtomicUsize,
-    queue_len: usize,
+    queue_len: AtomicUsize,
 }
 
 /// Decrements the waiting count however the wait ends.
@@ -26,9 +28,34 @@ impl Admission {
     pub fn new(slots: usize, queue_len: usize) -> Admission {
         Admission {
             slots: Arc::new(Semaphore::new(slots.max(1))),
+            size: std::sync::Mutex::new(slots.max(1)),
             waiting: AtomicUsize::new(0),
-            queue_len,
+            queue_len: AtomicUsize::new(queue_len),
         }
+    }
+
+    /// Changes the number of slots and the queue's length. Fewer slots take effect as the
+    /// requests holding the extra ones finish (none is cut). Call it within the runtime.
+    pub fn resize(&self, slots: usize, queue_len: usize) {
+        self.queue_len.store(queue_len, Ordering::Relaxed);
+        let slots = slots.max(1);
+        let mut size = self.size.lock().unwrap_or_else(|e| e.into_inner());
+        if slots > *size {
+            self.slots.add_permits(slots - *size);
+        } else if slots < *size {
+            let excess = *size - slots;
+            let left = excess - self.slots.forget_permits(excess);
+            if left > 0 {
+                // Held by requests now: retire them as they come back.
+                let semaphore = Arc::clone(&self.slots);
+                tokio::spawn(async move {
+                    if let Ok(permits) = semaphore.acquire_many_owned(left as u32).await {
+                        permits.forget();
+                    }
+                });
+            }
+        }
+        *size = slots;
     }
 
     /// Requests waiting for a slot now.
@@ -42,7 +69,7 @@ impl Admission {
         if let Ok(p) = Arc::clone(&self.slots).try_acquire_owned() {
             return Ok(p);
         }
-        if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.queue_len {
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.queue_len.load(Ordering::Relaxed) {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(ApiError::queue_full());
         }
@@ -50,7 +77,9 @@ impl Admission {
         let started = Instant::now();
         match tokio::time::timeout_at(deadline, Arc::clone(&self.slots).acquire_owned()).await {
             Ok(Ok(p)) => Ok(p),
-            Ok(Err(_closed)) => Err(ApiError::unavailable("the proxy is shutting down")),
+            Ok(Err(_closed)) => {
+                Err(ApiError::unavailable("the proxy is shutting down").retry_after(5))
+            }
             Err(_) => Err(ApiError::queue_timeout(started.elapsed())),
         }
     }
@@ -82,6 +111,30 @@ mod tests {
         drop(first);
         queued.await.unwrap().unwrap();
         assert_eq!(a.waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resizing_adds_slots_at_once_and_removes_them_as_they_free_up() {
+        let a = Admission::new(1, 0);
+        let far = deadline_in(Duration::from_secs(60));
+        let first = a.admit(far).await.unwrap();
+        a.resize(2, 0);
+        let second = a.admit(far).await.unwrap();
+        assert_eq!(a.admit(far).await.unwrap_err().code, "queue_full");
+        // Back to one slot while both are held: nothing is cut, and once both are back only
+        // one can be taken.
+        a.resize(1, 0);
+        drop(first);
+        drop(second);
+        tokio::task::yield_now().await;
+        let only = a.admit(far).await.unwrap();
+        assert_eq!(a.admit(far).await.unwrap_err().code, "queue_full");
+        drop(only);
+        // A longer queue lets a request wait.
+        a.resize(1, 1);
+        let _held = a.admit(far).await.unwrap();
+        let short = deadline_in(Duration::from_millis(100));
+        assert_eq!(a.admit(short).await.unwrap_err().code, "queue_timeout");
     }
 
     #[tokio::test(start_paused = true)]

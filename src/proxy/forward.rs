@@ -7,6 +7,7 @@
 use super::error::ApiError;
 use super::{validate, AppState};
 use crate::governor::ActivityGuard;
+use crate::supervisor::inflight::InFlightGuard;
 use crate::supervisor::state::{BackendInfo, State};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
@@ -64,8 +65,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Forwards `req` (already authenticated) to the backend.
 pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Body>, ApiError> {
+    refuse_while_stopping(state)?;
+    let live = state.live();
+    let config = &live.config;
     let (parts, body) = req.into_parts();
-    let limit = state.config.max_body_bytes;
+    let limit = config.max_body_bytes;
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -76,7 +80,7 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
     }
     // The whole body is read (within its timeout) and checked before the request takes a
     // queue or backend slot: a slow or malformed client holds neither.
-    let read_timeout = state.config.body_read_timeout;
+    let read_timeout = config.body_read_timeout;
     let body = tokio::time::timeout(read_timeout, Limited::new(body, limit as usize).collect())
         .await
         .map_err(|_| ApiError::body_timeout(read_timeout))?
@@ -93,18 +97,18 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
     let body = match validate::Route::of(parts.uri.path()) {
         Some(route) => {
             let cap = validate::TokenCap {
-                max_tokens: state.info.profile.max_tokens,
-                profile: &state.info.profile.name,
+                max_tokens: live.info.profile.max_tokens,
+                profile: &live.info.profile.name,
             };
             validate::check(route, &body, cap)?.unwrap_or(body)
         }
         None => body,
     };
 
-    let deadline = Instant::now() + state.config.queue_timeout;
+    let deadline = Instant::now() + config.queue_timeout;
     let permit = state.admission.admit(deadline).await?;
     let activity = state.activity.begin();
-    let mut backend = wait_for_backend(state, deadline, None).await?;
+    let (mut backend, mut on_backend) = wait_for_backend(state, deadline, None).await?;
 
     let path = parts
         .uri
@@ -115,11 +119,11 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
     let client = state.upstream();
     let upstream = loop {
         let request = upstream_request(&parts, path, &backend, body.clone())?;
-        match tokio::time::timeout(state.config.upstream_timeout, client.request(request)).await {
+        match tokio::time::timeout(config.upstream_timeout, client.request(request)).await {
             Err(_) => {
                 return Err(ApiError::gateway_timeout(format!(
                     "the model did not answer within {:?} (proxy.upstream_timeout)",
-                    state.config.upstream_timeout
+                    config.upstream_timeout
                 )))
             }
             Ok(Ok(resp)) => break resp,
@@ -128,14 +132,15 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
             Ok(Err(e)) if e.is_connect() && !retried => {
                 retried = true;
                 tracing::info!(generation = backend.generation, error = %e, "backend unreachable; retrying once on the next backend");
-                backend = wait_for_backend(state, deadline, Some(backend.generation)).await?;
+                (backend, on_backend) =
+                    wait_for_backend(state, deadline, Some(backend.generation)).await?;
             }
             // A kept-alive connection the backend closed as we reused it: nothing was answered,
             // send it again on a fresh connection, once.
             Ok(Err(e)) if closed_under_us(&e) && !retried => {
                 retried = true;
                 tracing::debug!(error = %e, "kept-alive connection closed by the backend; retrying once");
-                backend = wait_for_backend(state, deadline, None).await?;
+                (backend, on_backend) = wait_for_backend(state, deadline, None).await?;
             }
             Ok(Err(e)) => {
                 return Err(ApiError::bad_gateway(format!(
@@ -165,18 +170,19 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
         Body::new(Relay {
             inner: incoming,
             sse,
-            guards: Some((permit, activity)),
+            guards: Some((permit, activity, on_backend)),
         }),
     ))
 }
 
 /// The backend's response body on its way to the client: frames pass through as they arrive;
-/// it holds the admission slot and the activity mark until it ends; a backend failure in the
+/// it holds the admission slot, the activity mark and the count on its backend's generation
+/// (which keeps that backend alive through a drain) until it ends; a backend failure in the
 /// middle of an SSE stream becomes a final error event and a clean end.
 struct Relay<B = hyper::body::Incoming> {
     inner: B,
     sse: bool,
-    guards: Option<(OwnedSemaphorePermit, ActivityGuard)>,
+    guards: Option<(OwnedSemaphorePermit, ActivityGuard, InFlightGuard)>,
 }
 
 impl<B> http_body::Body for Relay<B>
@@ -271,38 +277,59 @@ fn upstream_request(
     Ok(req)
 }
 
+/// 503 at once, before a request takes a slot or waits, while the supervisor shuts down:
+/// the requests in flight drain, new ones go elsewhere.
+fn refuse_while_stopping(state: &AppState) -> Result<(), ApiError> {
+    let status = state.status.borrow();
+    match status.state {
+        State::Stopping | State::Stopped => Err(ApiError::unavailable(
+            "the supervisor is shutting down; retry shortly (another instance may take over)",
+        )
+        .retry_after(status.state.retry_after_s())),
+        _ => Ok(()),
+    }
+}
+
 /// Waits until a backend serves (and, with `not_generation`, a different one than that),
-/// up to `deadline`: requests survive restarts instead of failing.
+/// up to `deadline`: requests survive restarts instead of failing. The request is counted on
+/// the backend's generation while the published status is read, so a drain that starts
+/// after a switch sees it.
 async fn wait_for_backend(
     state: &AppState,
     deadline: Instant,
     not_generation: Option<u64>,
-) -> Result<BackendInfo, ApiError> {
+) -> Result<(BackendInfo, InFlightGuard), ApiError> {
     let mut rx = state.status.clone();
     loop {
         {
             let status = rx.borrow_and_update();
             match (&status.state, &status.backend) {
                 (s, Some(b)) if s.serving() && Some(b.generation) != not_generation => {
-                    return Ok(b.clone())
+                    let guard = state.inflight.enter(b.generation);
+                    return Ok((b.clone(), guard));
                 }
                 (State::Failed { reason, .. }, _) => {
+                    let mut failed = status.state.clone();
+                    failed.refresh_retry_in(std::time::SystemTime::now());
                     return Err(ApiError::unavailable(format!(
                         "the model backend has failed: {reason}"
-                    )))
+                    ))
+                    .retry_after(failed.retry_after_s()));
                 }
                 (s, _) if !s.will_serve() => {
-                    return Err(ApiError::unavailable(format!(
-                        "the model backend is {}",
-                        s.name()
-                    )))
+                    return Err(
+                        ApiError::unavailable(format!("the model backend is {}", s.name()))
+                            .retry_after(s.retry_after_s()),
+                    )
                 }
                 _ => {}
             }
         }
         match tokio::time::timeout_at(deadline, rx.changed()).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(ApiError::unavailable("the supervisor is shutting down")),
+            Ok(Err(_)) => {
+                return Err(ApiError::unavailable("the supervisor is shutting down").retry_after(5))
+            }
             Err(_) => {
                 let state = rx.borrow().state.name();
                 return Err(ApiError::unavailable(format!(
@@ -378,10 +405,11 @@ mod tests {
             let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
             let permit = std::sync::Arc::clone(&slots).try_acquire_owned().unwrap();
             let activity = crate::governor::Activity::new();
+            let inflight = crate::supervisor::inflight::InFlight::new();
             let relay = Relay {
                 inner: http_body_util::StreamBody::new(futures_util::stream::iter(frames)),
                 sse: true,
-                guards: Some((permit, activity.begin())),
+                guards: Some((permit, activity.begin(), inflight.enter(1))),
             };
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let out = rt.block_on(relay.collect()).unwrap().to_bytes();

@@ -33,17 +33,30 @@ pub struct Info {
     pub model_id: String,
 }
 
+/// What a reload can change while the proxy serves: its limits and the facts `/status` shows.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// 1 at start, +1 for each reload applied (`config_generation` in `/status`).
+    pub generation: u64,
+    pub config: ProxyConfig,
+    pub info: Info,
+}
+
 /// Shared by every request.
 pub struct Shared {
-    pub config: ProxyConfig,
+    /// The configuration in force (replaced by a reload).
+    pub live: watch::Sender<Arc<Live>>,
     pub status: watch::Receiver<Status>,
+    /// Requests in flight per backend generation, for draining.
+    pub inflight: crate::supervisor::inflight::InFlight,
+    /// Asks the supervisor for a reload (`POST /admin/reload`); `None`: the route is off.
+    pub reload: Option<tokio::sync::mpsc::Sender<crate::supervisor::reload::ReloadRequest>>,
     pub activity: Activity,
     pub admission: Admission,
     pub keys: auth::Keys,
     /// The upstream client and its keep-alive pool; replaced (closing idle connections) before
     /// the backend is stopped, so llama-server does not wait for them to time out.
     pub client: std::sync::Mutex<forward::Upstream>,
-    pub info: Info,
     /// The running governor's last snapshot (`None` when none runs).
     pub governor: watch::Receiver<Option<GovernorSnapshot>>,
     pub started: std::time::Instant,
@@ -52,6 +65,16 @@ pub struct Shared {
 pub type AppState = Arc<Shared>;
 
 impl Shared {
+    /// The configuration in force now.
+    pub fn live(&self) -> Arc<Live> {
+        Arc::clone(&self.live.borrow())
+    }
+
+    /// Puts a reloaded configuration in force.
+    pub fn set_live(&self, live: Live) {
+        self.live.send_replace(Arc::new(live));
+    }
+
     /// A handle on the upstream client (cheap: shares the pool).
     pub fn upstream(&self) -> forward::Upstream {
         self.client
@@ -67,8 +90,10 @@ impl Shared {
 
     /// The supervisor's status now, from the lifecycle's and the governor's last publications.
     pub fn report(&self) -> StatusReport {
-        let status = self.status.borrow().clone();
-        let profile = &self.info.profile;
+        let mut status = self.status.borrow().clone();
+        status.state.refresh_retry_in(std::time::SystemTime::now());
+        let live = self.live();
+        let profile = &live.info.profile;
         StatusReport {
             backend: status.backend.as_ref().map(|b| BackendReport {
                 pid: b.pid,
@@ -81,14 +106,15 @@ impl Shared {
             state: status.state,
             profile: profile.name.clone(),
             resolved_profile: profile.clone(),
-            model: self.info.model.clone(),
-            model_id: self.info.model_id.clone(),
+            model: live.info.model.clone(),
+            model_id: live.info.model_id.clone(),
             restarts: status.restarts,
             last_exit: status.last_exit,
             governor: self.governor.borrow().clone(),
             in_flight: self.activity.in_flight(),
             queued: self.admission.waiting(),
             uptime_s: self.started.elapsed().as_secs_f64().round(),
+            config_generation: live.generation,
         }
     }
 }
@@ -96,7 +122,7 @@ impl Shared {
 /// The router with every route. `/health` and unknown routes are open; every other route
 /// needs an API key when keys are configured.
 pub fn router(state: AppState) -> Router {
-    let keyed = Router::new()
+    let mut keyed = Router::new()
         .route("/status", get(status))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(proxied))
@@ -104,11 +130,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/tokenize", post(proxied))
         .route("/detokenize", post(proxied))
-        .route("/props", get(proxied))
-        .route_layer(middleware::from_fn_with_state(
-            Arc::clone(&state),
-            require_key,
-        ));
+        .route("/props", get(proxied));
+    // Only with API keys: on an open (loopback) endpoint any local user could reload.
+    if state.reload.is_some() && state.keys.required() {
+        keyed = keyed.route("/admin/reload", post(reload));
+    }
+    let keyed = keyed.route_layer(middleware::from_fn_with_state(
+        Arc::clone(&state),
+        require_key,
+    ));
     Router::new()
         .route("/health", get(health))
         .merge(keyed)
@@ -137,11 +167,53 @@ async fn status(State(s): State<AppState>) -> Response {
     Json(s.report()).into_response()
 }
 
+/// `POST /admin/reload`: 200 with the outcome, 400 for an invalid configuration, 500 when
+/// the new backend did not start, 503 while shutting down. The old configuration stays on
+/// every error.
+async fn reload(State(s): State<AppState>) -> Response {
+    use crate::supervisor::lifecycle::Applied;
+    use crate::supervisor::reload::ReloadError;
+    let Some(requests) = &s.reload else {
+        return ApiError::not_found("reload is off").into_response();
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let request = crate::supervisor::reload::ReloadRequest {
+        trigger: "POST /admin/reload",
+        reply: Some(tx),
+    };
+    let answer = match requests.send(request).await {
+        Ok(()) => rx.await.unwrap_or(Err(ReloadError::ShuttingDown)),
+        Err(_) => Err(ReloadError::ShuttingDown),
+    };
+    match answer {
+        Ok(applied) => {
+            let (how, generation) = match applied {
+                Applied::Live => ("live", None),
+                Applied::Switched { generation } => ("new_backend", Some(generation)),
+                Applied::NextLaunch => ("next_launch", None),
+            };
+            Json(json!({
+                "reloaded": true,
+                "applied": how,
+                "backend_generation": generation,
+                "config_generation": s.live().generation,
+            }))
+            .into_response()
+        }
+        Err(e @ ReloadError::Invalid(_)) => ApiError::bad_request(e.to_string()).into_response(),
+        Err(e @ ReloadError::ShuttingDown) => ApiError::unavailable(e.to_string())
+            .retry_after(5)
+            .into_response(),
+        Err(e) => ApiError::internal(e.to_string()).into_response(),
+    }
+}
+
 async fn models(State(s): State<AppState>) -> Response {
+    let live = s.live();
     Json(json!({
         "object": "list",
         "data": [{
-            "id": s.info.model_id,
+            "id": live.info.model_id,
             "object": "model",
             "created": 0,
             "owned_by": "sentinel-supervisor",
@@ -151,10 +223,11 @@ async fn models(State(s): State<AppState>) -> Response {
 }
 
 async fn embeddings(State(s): State<AppState>, req: Request<Body>) -> Response {
-    if !s.info.profile.embeddings {
+    let live = s.live();
+    if !live.info.profile.embeddings {
         return ApiError::not_found(format!(
             "embeddings are not enabled in profile `{}`; set `embeddings = true` in its [profiles.{}] table",
-            s.info.profile.name, s.info.profile.name
+            live.info.profile.name, live.info.profile.name
         ))
         .into_response();
     }

@@ -1,34 +1,104 @@
 //! The lifecycle task: the one owner of the backend process and its state. It launches,
-//! waits for readiness, probes liveness, restarts with backoff, trips the crash-loop breaker,
-//! and stops gracefully; every change is published on a `watch` channel. It owns each launch's
-//! governor too, whose snapshots reach `/status` on a `watch` of their own.
+//! waits for readiness, probes liveness, restarts with backoff, trips the crash-loop breaker
+//! (then retries slowly, or at once on a file change, or ends the run), applies reloads (live,
+//! or with a new backend started beside the old one, blue/green), drains requests in flight
+//! before it stops a backend, and stops gracefully; every change is published on a `watch`
+//! channel. It owns each launch's governor too, whose snapshots reach `/status` on a `watch`
+//! of their own. Other tasks talk to it with [`Command`]s over an `mpsc` channel.
 
+use super::inflight::InFlight;
 use super::policy::{Decision, RestartPolicy};
 use super::state::{BackendInfo, State, Status};
 use crate::backend::launch::LaunchSpec;
-use crate::backend::process::BackendProcess;
-use crate::config::SupervisorConfig;
+use crate::backend::process::{BackendProcess, LogTail};
+use crate::config::{OnCrashLoop, ReloadStrategy, SupervisorConfig};
 use crate::governor::{
     Activity, Governor, GovernorConfig, GovernorHandle, GovernorSettings, SnapshotSender,
 };
+use std::future::Future;
 use std::process::ExitStatus;
-use std::time::Duration;
-use tokio::sync::watch;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Builds the launch spec for each attempt (fresh port and key every time).
 pub type SpecFactory = Box<dyn Fn() -> std::io::Result<LaunchSpec> + Send + Sync>;
 
-pub struct Lifecycle {
+/// What each launch is made of; a reload replaces it.
+pub struct Plan {
     pub config: SupervisorConfig,
     pub make_spec: SpecFactory,
-    pub activity: Activity,
     pub governor_config: GovernorConfig,
     pub governor_settings: GovernorSettings,
-    /// Where the running launch's governor publishes its snapshots (`None` between launches).
+}
+
+/// What a reload changes, decided by [`super::reload::classify`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Governor, priority and supervisor settings: applied to the running backend.
+    Live,
+    /// Model, threads, context, slots, embeddings or arguments: needs a new backend.
+    Backend,
+}
+
+/// How an accepted reload took effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Applied to the running backend.
+    Live,
+    /// A new backend (this generation) serves; the old one drains.
+    Switched { generation: u64 },
+    /// Taken for the next launch (no backend was serving, or `stop-start`).
+    NextLaunch,
+}
+
+/// A new configuration for the lifecycle.
+pub struct Reload {
+    pub plan: Plan,
+    pub change: Change,
+    /// Makes the rest of the new configuration visible (proxy limits, `/status`); called
+    /// once it takes effect, before a new backend is published.
+    pub apply: Box<dyn FnOnce() + Send>,
+    /// The answer: how it took effect, or why the old configuration stays.
+    pub done: oneshot::Sender<Result<Applied, String>>,
+}
+
+impl std::fmt::Debug for Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reload")
+            .field("change", &self.change)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Messages to the lifecycle task.
+#[derive(Debug)]
+pub enum Command {
+    Reload(Box<Reload>),
+    /// Try a failed backend again now (the model file changed).
+    Retry {
+        why: String,
+    },
+}
+
+/// How the lifecycle task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// Cancelled; no backend left.
+    Stopped,
+    /// The crash-loop breaker tripped with `supervisor.on_crash_loop = "exit"`.
+    CrashLoop { reason: String },
+}
+
+pub struct Lifecycle {
+    pub activity: Activity,
+    /// Where the serving launch's governor publishes its snapshots (`None` between launches).
     pub governor: SnapshotSender,
     pub status: watch::Sender<Status>,
+    /// Requests in flight per backend generation (the proxy counts them).
+    pub inflight: InFlight,
     pub cancel: CancellationToken,
 }
 
@@ -37,9 +107,15 @@ pub struct Lifecycle {
 enum Outcome {
     Exited(ExitStatus),
     StartTimeout,
-    Hung { failed_probes: u32 },
+    Hung {
+        failed_probes: u32,
+    },
     SpawnFailed(String),
     Cancelled,
+    /// A reload arrived while starting: start again with it.
+    Reloaded(Box<Reload>),
+    /// Stopped for a `stop-start` reload whose plan is already taken.
+    Replaced,
 }
 
 enum Probe {
@@ -48,33 +124,116 @@ enum Probe {
     Down(String),
 }
 
+/// A launched backend with its governor.
+struct Running {
+    child: BackendProcess,
+    info: BackendInfo,
+    governor: Option<GovernorHandle>,
+}
+
+/// The plan in force, with what is derived from it.
+struct Current {
+    plan: Plan,
+    probe: reqwest::Client,
+    policy: RestartPolicy,
+}
+
+impl Current {
+    fn new(plan: Plan) -> Current {
+        Current {
+            probe: probe_client(&plan.config),
+            policy: RestartPolicy::new(&plan.config),
+            plan,
+        }
+    }
+
+    /// Takes the reload's plan (a fresh restart policy too: a reload is a human's fix),
+    /// makes it visible and answers.
+    fn adopt(&mut self, reload: Box<Reload>, applied: Applied) {
+        let Reload {
+            plan, apply, done, ..
+        } = *reload;
+        *self = Current::new(plan);
+        apply();
+        tracing::info!(?applied, "configuration reloaded");
+        let _ = done.send(Ok(applied));
+    }
+}
+
+fn probe_client(config: &SupervisorConfig) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(config.probe_timeout)
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("a reqwest client with only a timeout always builds")
+}
+
+/// The next command; never resolves once every sender is gone.
+async fn next_command(commands: &mut mpsc::Receiver<Command>) -> Command {
+    match commands.recv().await {
+        Some(c) => c,
+        None => std::future::pending().await,
+    }
+}
+
 impl Lifecycle {
-    /// Runs until cancelled; always leaves no backend behind.
-    pub async fn run(self) {
-        let mut policy = RestartPolicy::new(&self.config);
-        let client = reqwest::Client::builder()
-            .timeout(self.config.probe_timeout)
-            .pool_max_idle_per_host(0)
-            .build()
-            .expect("a reqwest client with only a timeout always builds");
+    /// Runs until cancelled (or, with `on_crash_loop = "exit"`, until the breaker trips);
+    /// always leaves no backend behind.
+    pub async fn run(self, plan: Plan, mut commands: mpsc::Receiver<Command>) -> End {
+        let mut cur = Current::new(plan);
         let mut attempt = 0u32;
         let mut restarts = 0u32;
-        loop {
+        let mut drains = JoinSet::new();
+        let end = 'outer: loop {
             attempt += 1;
             self.publish(State::Starting { attempt }, None, restarts);
-            let (outcome, healthy_for, logs) = self.launch_once(&client, attempt, restarts).await;
-            if matches!(outcome, Outcome::Cancelled) {
-                self.publish(State::Stopped, None, restarts);
-                return;
+            let interrupt = async {
+                loop {
+                    if let Command::Reload(r) = next_command(&mut commands).await {
+                        return Outcome::Reloaded(r);
+                    }
+                }
+            };
+            let started = self
+                .start(
+                    &cur.probe,
+                    &cur.plan,
+                    attempt,
+                    self.governor.clone(),
+                    Some(restarts),
+                    interrupt,
+                )
+                .await;
+            let (outcome, healthy_for, logs) = match started {
+                Ok(running) => {
+                    self.serve(
+                        &mut cur,
+                        running,
+                        &mut attempt,
+                        restarts,
+                        &mut commands,
+                        &mut drains,
+                    )
+                    .await
+                }
+                Err((outcome, logs)) => (outcome, None, logs),
+            };
+            match outcome {
+                Outcome::Cancelled => break End::Stopped,
+                Outcome::Reloaded(reload) => {
+                    cur.adopt(reload, Applied::NextLaunch);
+                    continue;
+                }
+                Outcome::Replaced => continue,
+                _ => {}
             }
             let reason = describe(&outcome);
             self.status
                 .send_modify(|s| s.last_exit = Some(reason.clone()));
             let last_lines = logs.map(|l| l.errors(8)).unwrap_or_default();
             tracing::warn!(%reason, attempt, ?healthy_for, last_lines = ?last_lines, "backend failed");
-            match policy.on_failure(Instant::now(), healthy_for) {
+            let (deadline, failed) = match cur.policy.on_failure(Instant::now(), healthy_for) {
                 Decision::Restart(delay) => {
-                    restarts += 1;
                     self.publish(
                         State::Backoff {
                             delay_ms: delay.as_millis() as u64,
@@ -84,51 +243,97 @@ impl Lifecycle {
                         restarts,
                     );
                     tracing::info!(?delay, restarts, "restarting the backend after backoff");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.cancel.cancelled() => {
-                            self.publish(State::Stopped, None, restarts);
-                            return;
-                        }
-                    }
+                    (Instant::now() + delay, false)
                 }
                 Decision::GiveUp { failures, window } => {
+                    if cur.plan.config.on_crash_loop == OnCrashLoop::Exit {
+                        let reason = format!(
+                            "crash loop: the backend failed {failures} times within {window:?}; last failure: {reason}. Exiting (supervisor.on_crash_loop = \"exit\") so the service manager takes over"
+                        );
+                        tracing::error!(%reason, last_lines = ?last_lines, "giving up on the backend");
+                        self.publish(
+                            State::Failed {
+                                reason: reason.clone(),
+                                last_lines,
+                                next_retry_at: None,
+                                next_retry_in_s: None,
+                            },
+                            None,
+                            restarts,
+                        );
+                        break 'outer End::CrashLoop { reason };
+                    }
+                    let interval = cur.plan.config.failed_retry_interval;
                     let reason = format!(
-                        "crash loop: the backend failed {failures} times within {window:?}; last failure: {reason}. Fix the cause (see last_lines and the log) and restart the supervisor"
+                        "crash loop: the backend failed {failures} times within {window:?}; last failure: {reason}. Fix the cause (see last_lines and the log): the supervisor tries again every {} (supervisor.failed_retry_interval), and at once when the model file or the config file changes",
+                        humantime::format_duration(interval)
                     );
-                    tracing::error!(%reason, last_lines = ?last_lines, "giving up on the backend");
-                    self.publish(State::Failed { reason, last_lines }, None, restarts);
-                    self.cancel.cancelled().await;
-                    self.publish(State::Stopped, None, restarts);
-                    return;
+                    tracing::error!(%reason, last_lines = ?last_lines, next_retry_in = ?interval, "giving up on the backend until the next try");
+                    let at = humantime::format_rfc3339_seconds(SystemTime::now() + interval);
+                    self.publish(
+                        State::Failed {
+                            reason,
+                            last_lines,
+                            next_retry_at: Some(at.to_string()),
+                            next_retry_in_s: Some(interval.as_secs()),
+                        },
+                        None,
+                        restarts,
+                    );
+                    (Instant::now() + interval, true)
+                }
+            };
+            // Wait for the next try: a reload, or (when failed) a changed model file, starts
+            // it at once.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {
+                        if failed {
+                            tracing::info!("trying the failed backend again (supervisor.failed_retry_interval)");
+                        }
+                        break;
+                    }
+                    _ = self.cancel.cancelled() => break 'outer End::Stopped,
+                    command = next_command(&mut commands) => match command {
+                        Command::Reload(reload) => {
+                            cur.adopt(reload, Applied::NextLaunch);
+                            break;
+                        }
+                        Command::Retry { why } if failed => {
+                            tracing::info!(%why, "trying the failed backend again at once");
+                            cur.policy = RestartPolicy::new(&cur.plan.config);
+                            break;
+                        }
+                        Command::Retry { .. } => {}
+                    },
                 }
             }
+            restarts += 1;
+        };
+        while drains.join_next().await.is_some() {}
+        if end == End::Stopped {
+            self.publish(State::Stopped, None, restarts);
         }
+        end
     }
 
-    /// One launch from spawn to exit. Returns how it ended, how long it was healthy, and its
-    /// log tail.
-    async fn launch_once(
+    /// Spawns one backend of `plan` with its governor reporting on `report`, and waits until
+    /// it is ready, it fails, we are cancelled, or `interrupt` resolves first. With
+    /// `publish` (the restart count), it is published as `starting`.
+    async fn start(
         &self,
-        client: &reqwest::Client,
+        probe: &reqwest::Client,
+        plan: &Plan,
         attempt: u32,
-        restarts: u32,
-    ) -> (
-        Outcome,
-        Option<Duration>,
-        Option<crate::backend::process::LogTail>,
-    ) {
-        let spec = match (self.make_spec)() {
-            Ok(s) => s,
-            Err(e) => return (Outcome::SpawnFailed(e.to_string()), None, None),
-        };
-        let mut child = match BackendProcess::spawn(&spec) {
-            Ok(c) => c,
-            Err(e) => {
-                let msg = format!("cannot start {}: {e}", spec.program.display());
-                return (Outcome::SpawnFailed(msg), None, None);
-            }
-        };
+        report: SnapshotSender,
+        publish: Option<u32>,
+        interrupt: impl Future<Output = Outcome>,
+    ) -> Result<Running, (Outcome, Option<LogTail>)> {
+        let spec = (plan.make_spec)().map_err(|e| (Outcome::SpawnFailed(e.to_string()), None))?;
+        let mut child = BackendProcess::spawn(&spec).map_err(|e| {
+            let msg = format!("cannot start {}: {e}", spec.program.display());
+            (Outcome::SpawnFailed(msg), None)
+        })?;
         let info = BackendInfo {
             pid: child.pid(),
             port: spec.port,
@@ -136,51 +341,50 @@ impl Lifecycle {
             api_key: spec.api_key.clone(),
             generation: u64::from(attempt),
         };
-        let mut governor = self.start_governor(child.pid());
-        self.publish(State::Starting { attempt }, Some(info.clone()), restarts);
-
+        let governor = self.start_governor(plan, child.pid(), report);
+        if let Some(restarts) = publish {
+            self.publish(State::Starting { attempt }, Some(info.clone()), restarts);
+        }
         // Loading the model counts as activity, so the governor throttles it too.
         let loading = self.activity.begin();
         let started = Instant::now();
-        let mut outcome = self.wait_ready(client, &mut child, &info).await;
+        let failed = self
+            .wait_ready(probe, &plan.config, &mut child, &info, interrupt)
+            .await;
         drop(loading);
-        let mut healthy_for = None;
-        if outcome.is_none() {
-            tracing::info!(pid = info.pid, port = info.port, load_time = ?started.elapsed(), "backend ready");
-            self.publish(State::Ready, Some(info.clone()), restarts);
-            let ready_at = Instant::now();
-            let o = self.watch_live(client, &mut child, &info, restarts).await;
-            healthy_for = Some(ready_at.elapsed());
-            outcome = Some(o);
+        let running = Running {
+            child,
+            info,
+            governor,
+        };
+        match failed {
+            None => {
+                tracing::info!(pid = running.info.pid, port = running.info.port, generation = running.info.generation, load_time = ?started.elapsed(), "backend ready");
+                Ok(running)
+            }
+            Some(outcome) => {
+                let logs = self.retire(running, plan.config.stop_grace).await;
+                Err((outcome, Some(logs)))
+            }
         }
-        let outcome = outcome.unwrap_or(Outcome::Cancelled);
-        // Stopping the governor continues the child before it is signalled to stop.
-        if let Some(g) = governor.as_mut() {
-            g.stop();
-        }
-        drop(governor);
-        self.governor.send_replace(None);
-        if matches!(outcome, Outcome::Cancelled) {
-            self.publish(State::Stopping, Some(info.clone()), restarts);
-        }
-        let logs = child.logs.clone();
-        let status = child.stop(self.config.stop_grace).await;
-        tracing::info!(pid = info.pid, %status, "backend stopped");
-        (outcome, healthy_for, Some(logs))
     }
 
     /// Polls `/health` until 200. `None` = ready; otherwise how it failed.
     async fn wait_ready(
         &self,
         client: &reqwest::Client,
+        config: &SupervisorConfig,
         child: &mut BackendProcess,
         info: &BackendInfo,
+        interrupt: impl Future<Output = Outcome>,
     ) -> Option<Outcome> {
-        let deadline = Instant::now() + self.config.startup_timeout;
+        let deadline = Instant::now() + config.startup_timeout;
+        tokio::pin!(interrupt);
         loop {
             tokio::select! {
                 status = child.wait() => return Some(Outcome::Exited(status)),
                 _ = self.cancel.cancelled() => return Some(Outcome::Cancelled),
+                outcome = &mut interrupt => return Some(outcome),
                 _ = tokio::time::sleep_until(deadline) => return Some(Outcome::StartTimeout),
                 probe = probe(client, info) => {
                     if let Probe::Ready = probe {
@@ -191,34 +395,73 @@ impl Lifecycle {
             tokio::select! {
                 status = child.wait() => return Some(Outcome::Exited(status)),
                 _ = self.cancel.cancelled() => return Some(Outcome::Cancelled),
+                outcome = &mut interrupt => return Some(outcome),
                 _ = tokio::time::sleep_until(deadline) => return Some(Outcome::StartTimeout),
-                _ = tokio::time::sleep(self.config.ready_poll_interval) => {}
+                _ = tokio::time::sleep(config.ready_poll_interval) => {}
             }
         }
     }
 
-    /// Liveness probes while ready, until the child exits, hangs, or we are cancelled.
-    async fn watch_live(
+    /// Serves with `running` until it exits, hangs, is replaced, or we are cancelled; applies
+    /// reloads on the way. On cancel it drains the requests in flight first.
+    async fn serve(
         &self,
-        client: &reqwest::Client,
-        child: &mut BackendProcess,
-        info: &BackendInfo,
+        cur: &mut Current,
+        mut running: Running,
+        attempt: &mut u32,
         restarts: u32,
-    ) -> Outcome {
+        commands: &mut mpsc::Receiver<Command>,
+        drains: &mut JoinSet<()>,
+    ) -> (Outcome, Option<Duration>, Option<LogTail>) {
+        self.publish(State::Ready, Some(running.info.clone()), restarts);
+        let mut ready_at = Instant::now();
         let mut failed = 0u32;
-        let mut ticker = tokio::time::interval(self.config.probe_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
-        loop {
+        let mut ticker = liveness_ticker(&cur.plan.config).await;
+        let outcome = loop {
             tokio::select! {
-                status = child.wait() => return Outcome::Exited(status),
-                _ = self.cancel.cancelled() => return Outcome::Cancelled,
+                status = running.child.wait() => break Outcome::Exited(status),
+                _ = self.cancel.cancelled() => break Outcome::Cancelled,
                 _ = ticker.tick() => {}
+                command = next_command(commands) => {
+                    let reload = match command {
+                        Command::Reload(reload) => reload,
+                        Command::Retry { .. } => continue,
+                    };
+                    match (reload.change, reload.plan.config.reload_strategy) {
+                        (Change::Live, _) => {
+                            self.reload_live(cur, &mut running, reload);
+                            ticker = liveness_ticker(&cur.plan.config).await;
+                        }
+                        (Change::Backend, ReloadStrategy::BlueGreen) => {
+                            let next = *attempt + 1;
+                            match self.blue_green(cur, &mut running, next, restarts, reload, drains).await {
+                                Ok(()) => {
+                                    *attempt = next;
+                                    ready_at = Instant::now();
+                                    failed = 0;
+                                    ticker = liveness_ticker(&cur.plan.config).await;
+                                }
+                                Err(outcome) => break outcome,
+                            }
+                        }
+                        (Change::Backend, ReloadStrategy::StopStart) => {
+                            // New requests wait in the queue while the old backend drains and
+                            // the new one loads.
+                            tracing::info!(generation = running.info.generation, "reload: draining the backend before starting the new one (stop-start)");
+                            self.publish(State::Starting { attempt: *attempt + 1 }, None, restarts);
+                            let drain = reload.plan.config.drain_timeout;
+                            self.drain(running.info.generation, drain).await;
+                            cur.adopt(reload, Applied::NextLaunch);
+                            break Outcome::Replaced;
+                        }
+                    }
+                    continue;
+                }
             }
             let result = tokio::select! {
-                status = child.wait() => return Outcome::Exited(status),
-                _ = self.cancel.cancelled() => return Outcome::Cancelled,
-                p = probe(client, info) => p,
+                status = running.child.wait() => break Outcome::Exited(status),
+                _ = self.cancel.cancelled() => break Outcome::Cancelled,
+                p = probe(&cur.probe, &running.info) => p,
             };
             match result {
                 // A busy backend may answer 503 ("no slot available") while it works; that
@@ -226,14 +469,14 @@ impl Lifecycle {
                 Probe::Ready | Probe::Loading => {
                     if failed > 0 {
                         failed = 0;
-                        self.publish(State::Ready, Some(info.clone()), restarts);
+                        self.publish(State::Ready, Some(running.info.clone()), restarts);
                     }
                 }
                 Probe::Down(why) => {
                     failed += 1;
-                    tracing::warn!(pid = info.pid, failed, %why, "liveness probe failed");
-                    if failed >= self.config.liveness_failures {
-                        return Outcome::Hung {
+                    tracing::warn!(pid = running.info.pid, failed, %why, "liveness probe failed");
+                    if failed >= cur.plan.config.liveness_failures {
+                        break Outcome::Hung {
                             failed_probes: failed,
                         };
                     }
@@ -241,26 +484,172 @@ impl Lifecycle {
                         State::Unhealthy {
                             failed_probes: failed,
                         },
-                        Some(info.clone()),
+                        Some(running.info.clone()),
                         restarts,
                     );
+                }
+            }
+        };
+        let healthy_for = Some(ready_at.elapsed());
+        if matches!(outcome, Outcome::Cancelled) {
+            // New requests get 503 from now on; those in flight may finish.
+            self.publish(State::Stopping, Some(running.info.clone()), restarts);
+            let left = self
+                .inflight
+                .drained(None, Instant::now() + cur.plan.config.drain_timeout)
+                .await;
+            if left > 0 {
+                tracing::warn!(
+                    left,
+                    drain_timeout = ?cur.plan.config.drain_timeout,
+                    "requests still in flight after supervisor.drain_timeout; cutting them"
+                );
+            }
+        }
+        let logs = self.retire(running, cur.plan.config.stop_grace).await;
+        (outcome, healthy_for, Some(logs))
+    }
+
+    /// Applies a reload that needs no new backend: the governor restarts on the same child
+    /// with the new settings, the priority is set on its threads.
+    fn reload_live(&self, cur: &mut Current, running: &mut Running, reload: Box<Reload>) {
+        let pid = running.child.pid();
+        let old_priority = cur.plan.governor_settings.priority;
+        if let Some(mut g) = running.governor.take() {
+            g.stop();
+        }
+        cur.adopt(reload, Applied::Live);
+        running.governor = self.start_governor(&cur.plan, pid, self.governor.clone());
+        let priority = cur.plan.governor_settings.priority;
+        if priority != old_priority {
+            match crate::governor::priority::apply_to_process_threads(pid, priority) {
+                Ok(()) => tracing::info!(pid, %priority, "backend priority changed"),
+                Err(e) => {
+                    tracing::warn!(pid, %priority, error = %e, "cannot change the running backend's priority (raising it needs privileges); the next backend starts with it")
                 }
             }
         }
     }
 
-    fn start_governor(&self, pid: i32) -> Option<GovernorHandle> {
+    /// Starts the reload's backend beside `running`, and once it is ready makes it the
+    /// serving one; the old one drains in `drains`. If the new one fails, the old plan and
+    /// backend stay (`Ok` too); `Err` only when cancelled meanwhile.
+    async fn blue_green(
+        &self,
+        cur: &mut Current,
+        running: &mut Running,
+        attempt: u32,
+        restarts: u32,
+        reload: Box<Reload>,
+        drains: &mut JoinSet<()>,
+    ) -> Result<(), Outcome> {
+        tracing::info!(
+            old_generation = running.info.generation,
+            generation = attempt,
+            "reload: starting the new backend beside the serving one (blue-green)"
+        );
+        let probe = probe_client(&reload.plan.config);
+        let started = self
+            .start(
+                &probe,
+                &reload.plan,
+                attempt,
+                watch::Sender::new(None),
+                None,
+                std::future::pending(),
+            )
+            .await;
+        let mut new = match started {
+            Ok(new) => new,
+            Err((outcome, logs)) => {
+                let why = describe(&outcome);
+                let last_lines = logs.map(|l| l.errors(8)).unwrap_or_default();
+                if matches!(outcome, Outcome::Cancelled) {
+                    let _ = reload
+                        .done
+                        .send(Err("the supervisor is shutting down".into()));
+                    return Err(Outcome::Cancelled);
+                }
+                tracing::error!(%why, last_lines = ?last_lines, generation = running.info.generation, "reload refused: the new backend did not start; the old one keeps serving with the old configuration");
+                let _ = reload.done.send(Err(format!(
+                    "the new backend did not start ({why}); the old configuration stays. Last lines: {last_lines:?}"
+                )));
+                return Ok(());
+            }
+        };
+        // The new backend's governor reports on /status from now on; the old one keeps a
+        // governor of its own while it drains.
+        if let Some(mut g) = running.governor.take() {
+            g.stop();
+        }
+        running.governor =
+            self.start_governor(&cur.plan, running.child.pid(), watch::Sender::new(None));
+        if let Some(mut g) = new.governor.take() {
+            g.stop();
+        }
+        new.governor = self.start_governor(&reload.plan, new.child.pid(), self.governor.clone());
+        let generation = new.info.generation;
+        cur.adopt(reload, Applied::Switched { generation });
+        self.publish(State::Ready, Some(new.info.clone()), restarts);
+        let old = std::mem::replace(running, new);
+        tracing::info!(
+            old_generation = old.info.generation,
+            generation,
+            in_flight_on_old = self.inflight.count(old.info.generation),
+            "reload: new backend serving; draining the old one"
+        );
+        let inflight = self.inflight.clone();
+        let drain = cur.plan.config.drain_timeout;
+        let grace = cur.plan.config.stop_grace;
+        drains.spawn(drain_and_stop(old, inflight, drain, grace));
+        Ok(())
+    }
+
+    /// Waits for `generation`'s requests to finish, up to `timeout`.
+    async fn drain(&self, generation: u64, timeout: Duration) {
+        let left = self
+            .inflight
+            .drained(Some(generation), Instant::now() + timeout)
+            .await;
+        if left > 0 {
+            tracing::warn!(generation, left, drain_timeout = ?timeout, "requests still in flight after supervisor.drain_timeout; cutting them");
+        }
+    }
+
+    /// Stops a backend: governor first (it continues the child), then SIGTERM, grace,
+    /// SIGKILL. Returns its log tail.
+    async fn retire(&self, mut running: Running, grace: Duration) -> LogTail {
+        let reported = running.governor.is_some();
+        if let Some(g) = running.governor.as_mut() {
+            g.stop();
+        }
+        drop(running.governor.take());
+        if reported {
+            self.governor.send_replace(None);
+        }
+        let logs = running.child.logs.clone();
+        let status = running.child.stop(grace).await;
+        tracing::info!(pid = running.info.pid, generation = running.info.generation, %status, "backend stopped");
+        logs
+    }
+
+    fn start_governor(
+        &self,
+        plan: &Plan,
+        pid: i32,
+        report: SnapshotSender,
+    ) -> Option<GovernorHandle> {
         match Governor::start(
             pid,
-            &self.governor_config,
-            self.governor_settings,
+            &plan.governor_config,
+            plan.governor_settings,
             self.activity.clone(),
-            self.governor.clone(),
+            report.clone(),
         ) {
             Ok(h) => Some(h),
             Err(e) => {
                 tracing::error!(pid, error = %e, "cannot start the CPU governor; the backend runs unthrottled");
-                self.governor.send_replace(None);
+                report.send_replace(None);
                 None
             }
         }
@@ -275,6 +664,35 @@ impl Lifecycle {
             s.restarts = restarts;
         });
     }
+}
+
+/// A liveness ticker whose first tick has passed.
+async fn liveness_ticker(config: &SupervisorConfig) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(config.probe_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    ticker
+}
+
+/// The old backend after a blue-green switch: waits for its requests (up to `drain`), then
+/// stops it.
+async fn drain_and_stop(mut old: Running, inflight: InFlight, drain: Duration, grace: Duration) {
+    let generation = old.info.generation;
+    let left = tokio::select! {
+        n = inflight.drained(Some(generation), Instant::now() + drain) => n,
+        status = old.child.wait() => {
+            tracing::warn!(generation, %status, "the old backend exited while draining");
+            0
+        }
+    };
+    if left > 0 {
+        tracing::warn!(generation, left, drain_timeout = ?drain, "requests still in flight on the old backend after supervisor.drain_timeout; cutting them");
+    }
+    if let Some(mut g) = old.governor.take() {
+        g.stop();
+    }
+    let status = old.child.stop(grace).await;
+    tracing::info!(pid = old.info.pid, generation, %status, "old backend drained and stopped");
 }
 
 /// One `/health` probe with `Connection: close`.
@@ -305,5 +723,7 @@ fn describe(outcome: &Outcome) -> String {
         }
         Outcome::SpawnFailed(msg) => msg.clone(),
         Outcome::Cancelled => "stopped".into(),
+        Outcome::Reloaded(_) => "restarted for a reload".into(),
+        Outcome::Replaced => "replaced by a reload".into(),
     }
 }

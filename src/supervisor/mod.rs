@@ -1,19 +1,28 @@
 //! The supervisor: wires config, setup, the backend lifecycle, the governor and the proxy
-//! together, and shuts them all down on SIGTERM/SIGINT without leaving a child behind.
+//! together; reloads the configuration on SIGHUP (and `POST /admin/reload`); while the
+//! backend has failed, watches the model and config files to try again at once; and on
+//! SIGTERM/SIGINT drains the requests in flight, then shuts everything down without leaving
+//! a child behind.
 
+pub mod inflight;
 pub mod lifecycle;
 pub mod policy;
+pub mod reload;
 pub mod state;
 
-use crate::backend::{launch, setup};
+use crate::backend::setup;
 use crate::config::Config;
-use crate::governor::{Activity, GovernorSettings};
+use crate::governor::Activity;
 use crate::profile;
 use crate::proxy;
 use anyhow::Context;
+use lifecycle::{Command, End};
+use reload::{Active, ReloadRequest, Reloader, Reloads};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,8 +36,11 @@ pub enum StartError {
     },
 }
 
-/// How long open connections may take to finish once shutdown starts.
+/// How long open connections may take to finish once the backend is stopped.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The exit status when the crash-loop breaker trips with `on_crash_loop = "exit"`.
+pub const CRASH_LOOP_EXIT: u8 = 3;
 
 /// What `run` runs: the command line merged over the configuration, the profile resolved.
 #[derive(Debug, Clone)]
@@ -44,18 +56,20 @@ pub struct RunOptions {
     pub api_keys: Vec<String>,
     /// Where llama-server and the model come from.
     pub setup: setup::SetupOptions,
+    /// The configuration file (given or the usual place), watched while the backend has
+    /// failed; `None` when there is none.
+    pub config_path: Option<PathBuf>,
+    /// Reads the configuration again for a reload; `None`: no reloads.
+    pub reloader: Option<Reloader>,
 }
 
-/// `sentinel-supervisor run`: serves until SIGTERM/SIGINT.
+/// `sentinel-supervisor run`: serves until SIGTERM/SIGINT (exit 0), or until the crash-loop
+/// breaker trips with `on_crash_loop = "exit"` (exit [`CRASH_LOOP_EXIT`]).
 pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
-    let RunOptions {
-        config,
-        profile,
-        listen,
-        api_keys: keys,
-        host,
-        setup: setup_options,
-    } = options;
+    let listen = options.listen;
+    let keys = options.api_keys.clone();
+    let profile = options.profile.clone();
+    let config = options.config.clone();
     if !listen.ip().is_loopback() && keys.is_empty() {
         return Err(StartError::OpenListener { addr: listen }.into());
     }
@@ -64,6 +78,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         tracing::info!(profile = %profile.name, "{note}");
     }
 
+    let setup_options = options.setup.clone();
     let installed = tokio::task::spawn_blocking(move || setup::ensure(&setup_options))
         .await
         .context("setup panicked")??;
@@ -76,42 +91,38 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         })?;
     let local = listener.local_addr()?;
 
-    let cancel = CancellationToken::new();
-    let activity = Activity::new();
-    let (status_tx, status_rx) = tokio::sync::watch::channel(state::Status::initial());
-    let governor_settings = GovernorSettings {
-        cpus: profile.cpus,
-        threads: Some(profile.threads.max(profile.threads_batch)),
-        priority: profile.priority,
-        adaptive: profile.adaptive,
-        host,
+    let reloader = options.reloader.clone();
+    let active = Active {
+        options,
+        installed: installed.clone(),
     };
-    let (governor_tx, governor_rx) = tokio::sync::watch::channel(None);
-    let spec_inputs = (installed.clone(), profile.clone(), config.clone());
+    // Stops the lifecycle (which drains first); the server stops after it.
+    let shutdown = CancellationToken::new();
+    let server_cancel = CancellationToken::new();
+    let activity = Activity::new();
+    let inflight = inflight::InFlight::new();
+    let (status_tx, status_rx) = watch::channel(state::Status::initial());
+    let (governor_tx, governor_rx) = watch::channel(None);
+    let (commands_tx, commands_rx) = mpsc::channel::<Command>(8);
     let lifecycle = lifecycle::Lifecycle {
-        config: config.supervisor.clone(),
-        make_spec: Box::new(move || launch::spec(&spec_inputs.0, &spec_inputs.1, &spec_inputs.2)),
         activity: activity.clone(),
-        governor_config: config.governor.clone(),
-        governor_settings,
         governor: governor_tx,
         status: status_tx,
-        cancel: cancel.clone(),
+        inflight: inflight.clone(),
+        cancel: shutdown.clone(),
     };
-    let lifecycle_task = tokio::spawn(lifecycle.run());
+    let mut lifecycle_task = tokio::spawn(lifecycle.run(reload::plan(&active), commands_rx));
 
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let shared = Arc::new(proxy::Shared {
+        live: watch::Sender::new(Arc::new(reload::live(&active, 1))),
         admission: proxy::admission::Admission::new(profile.slots, config.proxy.queue_len),
-        config: config.proxy.clone(),
         status: status_rx,
+        inflight,
+        reload: reloader.is_some().then(|| reload_tx.clone()),
         activity,
         keys: proxy::auth::Keys::new(keys),
         client: std::sync::Mutex::new(proxy::forward::upstream_client()),
-        info: proxy::Info {
-            model_id: launch::model_id(&config, &installed.model),
-            model: installed.model.display().to_string(),
-            profile: profile.clone(),
-        },
         governor: governor_rx,
         started: std::time::Instant::now(),
     });
@@ -123,22 +134,62 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         listener,
         app,
         config.proxy.clone(),
-        cancel.clone(),
+        server_cancel.clone(),
     ));
 
-    wait_for_signal().await;
-    tracing::info!("shutting down");
-    // Idle keep-alive connections would make llama-server wait for them before exiting.
-    shared.close_idle_upstream();
-    cancel.cancel();
-    // The lifecycle task stops the backend (SIGCONT, SIGTERM, grace, SIGKILL, reap).
-    let stop_deadline = config.supervisor.stop_grace + Duration::from_secs(5);
-    if tokio::time::timeout(stop_deadline, lifecycle_task)
-        .await
-        .is_err()
-    {
-        tracing::error!("the backend did not stop in time");
+    let active = Arc::new(Mutex::new(active));
+    let reloads = Reloads {
+        reloader,
+        active: Arc::clone(&active),
+        shared: Arc::clone(&shared),
+        lifecycle: commands_tx.clone(),
+    };
+    let reload_task = tokio::spawn(async move {
+        while let Some(request) = reload_rx.recv().await {
+            let result = reloads.reload(request.trigger).await;
+            if let Some(reply) = request.reply {
+                let _ = reply.send(result);
+            }
+        }
+    });
+    let watcher = tokio::spawn(watch_files_while_failed(
+        Arc::clone(&active),
+        shared.status.clone(),
+        reload_tx.clone(),
+        commands_tx,
+        shutdown.clone(),
+    ));
+
+    let ended = serve_signals(&mut lifecycle_task, &reload_tx).await;
+    let code = match ended {
+        Some(End::CrashLoop { ref reason }) => {
+            tracing::error!(%reason, exit_code = CRASH_LOOP_EXIT, "exiting: the backend is in a crash loop");
+            ExitCode::from(CRASH_LOOP_EXIT)
+        }
+        Some(End::Stopped) | None => ExitCode::SUCCESS,
+    };
+    shutdown.cancel();
+    if ended.is_none() {
+        let drain = config.supervisor.drain_timeout;
+        tracing::info!(
+            ?drain,
+            in_flight = shared.inflight.total(),
+            "shutting down: new requests get 503, those in flight may finish"
+        );
+        // Idle keep-alive connections would make llama-server wait for them before exiting.
+        shared.close_idle_upstream();
+        // The lifecycle task drains, then stops the backend (SIGCONT, SIGTERM, grace, SIGKILL).
+        let stop_deadline = drain + config.supervisor.stop_grace + Duration::from_secs(5);
+        if tokio::time::timeout(stop_deadline, &mut lifecycle_task)
+            .await
+            .is_err()
+        {
+            tracing::error!("the backend did not stop in time");
+        }
     }
+    reload_task.abort();
+    watcher.abort();
+    server_cancel.cancel();
     if tokio::time::timeout(SHUTDOWN_DEADLINE, server)
         .await
         .is_err()
@@ -147,15 +198,86 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
             "open connections did not finish within {SHUTDOWN_DEADLINE:?}; closing them"
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
-async fn wait_for_signal() {
+/// Handles signals until SIGTERM/SIGINT (`None`) or the lifecycle ending by itself; SIGHUP
+/// asks for a reload.
+async fn serve_signals(
+    lifecycle: &mut tokio::task::JoinHandle<End>,
+    reloads: &mpsc::Sender<ReloadRequest>,
+) -> Option<End> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return None,
+            _ = int.recv() => return None,
+            _ = hup.recv() => {
+                let request = ReloadRequest { trigger: "SIGHUP", reply: None };
+                if reloads.try_send(request).is_err() {
+                    tracing::warn!("SIGHUP: reloads are already queued; this one is dropped");
+                }
+            }
+            end = &mut *lifecycle => {
+                return Some(end.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "the lifecycle task panicked");
+                    End::Stopped
+                }));
+            }
+        }
+    }
+}
+
+/// A file's identity for change detection: modification time and size (`None`: missing).
+type Fingerprint = Option<(SystemTime, u64)>;
+
+fn fingerprint(path: Option<&Path>) -> Fingerprint {
+    let meta = std::fs::metadata(path?).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// While the backend has failed, polls the config file and the model file: a changed config
+/// is reloaded (which tries again with it), a changed model is tried again at once.
+async fn watch_files_while_failed(
+    active: Arc<Mutex<Active>>,
+    status: watch::Receiver<state::Status>,
+    reloads: mpsc::Sender<ReloadRequest>,
+    lifecycle: mpsc::Sender<Command>,
+    cancel: CancellationToken,
+) {
+    let paths = || {
+        let a = active.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            a.options.config_path.clone(),
+            a.installed.model.clone(),
+            a.options.config.supervisor.file_poll_interval,
+        )
+    };
+    let (config, model, _) = paths();
+    let mut seen = (fingerprint(config.as_deref()), fingerprint(Some(&model)));
+    loop {
+        let (config, model, interval) = paths();
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = cancel.cancelled() => return,
+        }
+        let now = (fingerprint(config.as_deref()), fingerprint(Some(&model)));
+        let failed = matches!(status.borrow().state, state::State::Failed { .. });
+        if failed && now.0 != seen.0 {
+            tracing::info!(path = ?config, "the config file changed while failed; reloading");
+            let _ = reloads
+                .send(ReloadRequest {
+                    trigger: "config file changed",
+                    reply: None,
+                })
+                .await;
+        } else if failed && now.1 != seen.1 {
+            let why = format!("the model file {} changed", model.display());
+            let _ = lifecycle.send(Command::Retry { why }).await;
+        }
+        seen = now;
     }
 }

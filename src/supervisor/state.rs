@@ -22,10 +22,18 @@ pub enum State {
         delay_ms: u64,
         reason: String,
     },
-    /// Crash loop: no more restarts.
+    /// Crash loop: no restarts with backoff any more; with `supervisor.on_crash_loop =
+    /// "retry"`, one try at `next_retry_at` (and at once when the model or config file
+    /// changes).
     Failed {
         reason: String,
         last_lines: Vec<String>,
+        /// When the next try is (RFC 3339, UTC); `None` when none is planned.
+        #[serde(default)]
+        next_retry_at: Option<String>,
+        /// Seconds until then, as of the moment `/status` answered.
+        #[serde(default)]
+        next_retry_in_s: Option<u64>,
     },
     /// Shutting down.
     Stopping,
@@ -82,6 +90,37 @@ impl State {
     /// Whether requests can be forwarded now.
     pub fn serving(&self) -> bool {
         matches!(self, State::Ready | State::Unhealthy { .. })
+    }
+
+    /// Seconds a client should wait before trying again while the backend does not serve
+    /// (`Retry-After`): the time to the next try when failed, a few seconds otherwise.
+    pub fn retry_after_s(&self) -> u64 {
+        match self {
+            State::Failed {
+                next_retry_in_s: Some(s),
+                ..
+            } => (*s).clamp(1, 3600),
+            State::Failed { .. } => 60,
+            _ => 5,
+        }
+    }
+
+    /// Recomputes `next_retry_in_s` of a failed state from `next_retry_at` as of `now`.
+    pub fn refresh_retry_in(&mut self, now: std::time::SystemTime) {
+        if let State::Failed {
+            next_retry_at: Some(at),
+            next_retry_in_s,
+            ..
+        } = self
+        {
+            if let Ok(at) = humantime::parse_rfc3339(at) {
+                *next_retry_in_s = Some(
+                    at.duration_since(now)
+                        .map(|d| d.as_secs_f64().ceil() as u64)
+                        .unwrap_or(0),
+                );
+            }
+        }
     }
 
     /// Whether requests should wait for a (re)start instead of failing now.
@@ -143,6 +182,8 @@ mod tests {
             State::Failed {
                 reason: "crash loop".into(),
                 last_lines: vec!["error".into()],
+                next_retry_at: Some("2030-01-01T00:00:00Z".into()),
+                next_retry_in_s: Some(300),
             },
             State::Stopping,
             State::Stopped,
@@ -153,5 +194,35 @@ mod tests {
             assert_eq!(serde_json::to_value(state.name()).unwrap(), json["state"]);
             assert_eq!(serde_json::from_value::<State>(json).unwrap(), state);
         }
+    }
+
+    #[test]
+    fn retry_in_counts_down_to_the_planned_try() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_900_000_000);
+        let mut state = State::Failed {
+            reason: "crash loop".into(),
+            last_lines: vec![],
+            next_retry_at: Some(humantime::format_rfc3339_seconds(at).to_string()),
+            next_retry_in_s: None,
+        };
+        state.refresh_retry_in(at - std::time::Duration::from_secs(90));
+        assert!(matches!(
+            state,
+            State::Failed {
+                next_retry_in_s: Some(90),
+                ..
+            }
+        ));
+        assert_eq!(state.retry_after_s(), 90);
+        state.refresh_retry_in(at + std::time::Duration::from_secs(5));
+        assert!(matches!(
+            state,
+            State::Failed {
+                next_retry_in_s: Some(0),
+                ..
+            }
+        ));
+        assert_eq!(state.retry_after_s(), 1);
+        assert_eq!(State::Starting { attempt: 1 }.retry_after_s(), 5);
     }
 }

@@ -93,6 +93,12 @@ impl Supervisor {
         s
     }
 
+    /// The temp dir holding `config.toml` (passed with --config) and, with the fake
+    /// backend, the model `fake.gguf`.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }

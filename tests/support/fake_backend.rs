@@ -17,6 +17,8 @@
 //! | `die-mid-stream=N`   | exit(1) after sending N chunks of a stream                          |
 //! | `burn`               | spin one core while any request is being answered                   |
 //! | `starts-file=PATH`   | append this process's pid to PATH at every start                    |
+//! | `bad-model-unless=T` | exit(1) at start, as with a broken model, unless the model file     |
+//! |                      | (`-m`) contains the text T (a test "repairs" the model by adding it)|
 //! | `drop-request=N`     | close the connection of the Nth request (health probes not counted) |
 //! |                      | without answering, as a kept-alive connection closed under a client |
 //! | `echo`               | answer every POST with `{"received": BODY}`, the JSON it was sent   |
@@ -55,11 +57,12 @@ struct Mode {
     starts_file: Option<PathBuf>,
     drop_request: Option<u64>,
     echo: bool,
+    bad_model_unless: Option<String>,
 }
 
 const DIRECTIVES: &str = "load=DUR, exit-at-start=CODE, crash-after=DUR, hang-after=DUR, \
     ignore-sigterm, stream-chunks=N, stream-delay=DUR, response-delay=DUR, die-mid-stream=N, \
-    burn, starts-file=PATH, drop-request=N, echo";
+    burn, starts-file=PATH, drop-request=N, echo, bad-model-unless=TEXT";
 
 impl Mode {
     fn parse(spec: &str) -> Result<Mode, String> {
@@ -77,6 +80,7 @@ impl Mode {
             starts_file: None,
             drop_request: None,
             echo: false,
+            bad_model_unless: None,
         };
         for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
             let (key, value) = match directive.split_once('=') {
@@ -111,6 +115,7 @@ impl Mode {
                 ("echo", None) => mode.echo = true,
                 ("starts-file", Some(v)) => mode.starts_file = Some(PathBuf::from(v)),
                 ("drop-request", Some(v)) => mode.drop_request = Some(num(v)? as u64),
+                ("bad-model-unless", Some(v)) => mode.bad_model_unless = Some(v.to_string()),
                 _ => {
                     return Err(format!(
                         "unknown directive `{directive}` (known: {DIRECTIVES})"
@@ -236,6 +241,14 @@ fn main() {
                 "cannot append to starts-file {}: {e}",
                 path.display()
             ));
+        }
+    }
+    if let Some(text) = &mode.bad_model_unless {
+        let model = std::fs::read(&args.model).unwrap_or_default();
+        if !String::from_utf8_lossy(&model).contains(text.as_str()) {
+            say(&format!("error: failed to load model '{}'", args.model));
+            say("main: exiting due to model loading error (FAKE_BACKEND_MODE bad-model-unless)");
+            std::process::exit(1);
         }
     }
     if let Some(code) = mode.exit_at_start {

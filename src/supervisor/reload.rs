@@ -1,0 +1,352 @@
+//! Reloading the configuration (SIGHUP, `POST /admin/reload`, or the config file changing
+//! while the backend has failed): the file is read again through the same command-line
+//! merge as at start ([`Reloader`]), checked, compared with the configuration in force
+//! ([`classify`]), and handed to the lifecycle task as a [`Reload`]. An invalid file is
+//! refused with the error logged and the old configuration kept.
+
+use super::lifecycle::{Applied, Change, Command, Plan, Reload};
+use super::RunOptions;
+use crate::backend::{launch, setup};
+use crate::governor::GovernorSettings;
+use crate::proxy;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+/// Reads the configuration again and merges the original command line over it, exactly as
+/// at start (built by `commands::run`).
+#[derive(Clone)]
+pub struct Reloader(pub Arc<dyn Fn() -> Result<RunOptions, String> + Send + Sync>);
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reloader")
+    }
+}
+
+/// Why a reload was refused; the old configuration stays in every case.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the new configuration is invalid, keeping the old one: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    BackendFailed(String),
+    #[error("the supervisor is shutting down; nothing was reloaded")]
+    ShuttingDown,
+    #[error("this supervisor was started without a way to re-read its configuration (restart it instead)")]
+    Unsupported,
+}
+
+/// One request for a reload.
+#[derive(Debug)]
+pub struct ReloadRequest {
+    /// Why (for the log): `SIGHUP`, `POST /admin/reload`, `config file changed`.
+    pub trigger: &'static str,
+    /// Where the answer goes, when someone waits for it.
+    pub reply: Option<oneshot::Sender<Result<Applied, ReloadError>>>,
+}
+
+/// The configuration in force and what it was set up into.
+#[derive(Debug, Clone)]
+pub struct Active {
+    pub options: RunOptions,
+    pub installed: setup::Installed,
+}
+
+/// Whether `new` needs a new backend compared with `old`, and which values differ (for the
+/// log). The backend's command line comes from the binary, the model, the model id and the
+/// profile's threads, context, slots, embeddings and extra arguments; everything else
+/// (governor, priority, supervisor and proxy settings) applies to the running one.
+pub fn classify(old: &Active, new: &Active) -> (Change, Vec<String>) {
+    let (o, n) = (&old.options, &new.options);
+    let mut backend = Vec::new();
+    let diff = |name: &str, a: String, b: String, out: &mut Vec<String>| {
+        if a != b {
+            out.push(format!("{name}: {a} -> {b}"));
+        }
+    };
+    let (op, np) = (&o.profile, &n.profile);
+    diff(
+        "backend",
+        old.installed.server.display().to_string(),
+        new.installed.server.display().to_string(),
+        &mut backend,
+    );
+    diff(
+        "model",
+        old.installed.model.display().to_string(),
+        new.installed.model.display().to_string(),
+        &mut backend,
+    );
+    diff(
+        "model id",
+        launch::model_id(&o.config, &old.installed.model),
+        launch::model_id(&n.config, &new.installed.model),
+        &mut backend,
+    );
+    diff(
+        "threads",
+        op.threads.to_string(),
+        np.threads.to_string(),
+        &mut backend,
+    );
+    diff(
+        "threads_batch",
+        op.threads_batch.to_string(),
+        np.threads_batch.to_string(),
+        &mut backend,
+    );
+    diff(
+        "ctx_size",
+        op.ctx_size.to_string(),
+        np.ctx_size.to_string(),
+        &mut backend,
+    );
+    diff(
+        "slots",
+        op.slots.to_string(),
+        np.slots.to_string(),
+        &mut backend,
+    );
+    diff(
+        "embeddings",
+        op.embeddings.to_string(),
+        np.embeddings.to_string(),
+        &mut backend,
+    );
+    diff(
+        "extra_args",
+        format!("{:?} {:?}", o.config.backend.extra_args, op.extra_args),
+        format!("{:?} {:?}", n.config.backend.extra_args, np.extra_args),
+        &mut backend,
+    );
+    if !backend.is_empty() {
+        return (Change::Backend, backend);
+    }
+    let mut live = Vec::new();
+    diff("profile", op.summary(), np.summary(), &mut live);
+    diff(
+        "governor",
+        format!("{:?}", o.config.governor),
+        format!("{:?}", n.config.governor),
+        &mut live,
+    );
+    diff(
+        "proxy",
+        format!("{:?}", o.config.proxy),
+        format!("{:?}", n.config.proxy),
+        &mut live,
+    );
+    diff(
+        "supervisor",
+        format!("{:?}", o.config.supervisor),
+        format!("{:?}", n.config.supervisor),
+        &mut live,
+    );
+    (Change::Live, live)
+}
+
+/// The lifecycle's plan for `active`.
+pub fn plan(active: &Active) -> Plan {
+    let options = &active.options;
+    let profile = &options.profile;
+    let inputs = (
+        active.installed.clone(),
+        profile.clone(),
+        options.config.clone(),
+    );
+    Plan {
+        config: options.config.supervisor.clone(),
+        make_spec: Box::new(move || launch::spec(&inputs.0, &inputs.1, &inputs.2)),
+        governor_config: options.config.governor.clone(),
+        governor_settings: GovernorSettings {
+            cpus: profile.cpus,
+            threads: Some(profile.threads.max(profile.threads_batch)),
+            priority: profile.priority,
+            adaptive: profile.adaptive,
+            host: options.host,
+        },
+    }
+}
+
+/// The proxy's live settings for `active`, as configuration `generation`.
+pub fn live(active: &Active, generation: u64) -> proxy::Live {
+    let options = &active.options;
+    proxy::Live {
+        generation,
+        config: options.config.proxy.clone(),
+        info: proxy::Info {
+            model_id: launch::model_id(&options.config, &active.installed.model),
+            model: active.installed.model.display().to_string(),
+            profile: options.profile.clone(),
+        },
+    }
+}
+
+/// Performs reloads one at a time.
+pub struct Reloads {
+    pub reloader: Option<Reloader>,
+    pub active: Arc<Mutex<Active>>,
+    pub shared: Arc<proxy::Shared>,
+    pub lifecycle: mpsc::Sender<Command>,
+}
+
+impl Reloads {
+    /// Re-reads the configuration and applies it; `trigger` says why (for the log).
+    pub async fn reload(&self, trigger: &str) -> Result<Applied, ReloadError> {
+        notify_reloading();
+        let result = self.reload_inner(trigger).await;
+        match &result {
+            Ok(applied) => tracing::info!(
+                trigger,
+                ?applied,
+                generation = self.shared.live().generation,
+                "reload done"
+            ),
+            Err(e) => {
+                tracing::error!(trigger, error = %e, "reload refused; the old configuration stays")
+            }
+        }
+        notify_ready();
+        result
+    }
+
+    async fn reload_inner(&self, trigger: &str) -> Result<Applied, ReloadError> {
+        let reloader = self.reloader.clone().ok_or(ReloadError::Unsupported)?;
+        tracing::info!(trigger, "reloading the configuration");
+        let active = tokio::task::spawn_blocking(move || -> Result<Active, String> {
+            let options = (reloader.0)()?;
+            let installed = setup::ensure(&options.setup).map_err(|e| e.to_string())?;
+            Ok(Active { options, installed })
+        })
+        .await
+        .map_err(|e| ReloadError::Invalid(format!("reading the configuration panicked: {e}")))?
+        .map_err(ReloadError::Invalid)?;
+        let old = self
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if active.options.listen != old.options.listen {
+            tracing::warn!(old = %old.options.listen, new = %active.options.listen, "`listen` changes only with a restart; keeping the old address");
+        }
+        if active.options.api_keys != old.options.api_keys {
+            tracing::warn!("`api_keys` change only with a restart; keeping the old keys");
+        }
+        let (change, changes) = classify(&old, &active);
+        tracing::info!(?change, changes = ?changes, "configuration changes");
+        let (done, answer) = oneshot::channel();
+        let plan = plan(&active);
+        let shared = Arc::clone(&self.shared);
+        let slot = Arc::clone(&self.active);
+        let apply = Box::new(move || {
+            let profile = &active.options.profile;
+            shared
+                .admission
+                .resize(profile.slots, active.options.config.proxy.queue_len);
+            let generation = shared.live().generation + 1;
+            shared.set_live(live(&active, generation));
+            // Idle keep-alive connections to an old backend would delay its exit.
+            shared.close_idle_upstream();
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = active;
+        });
+        self.lifecycle
+            .send(Command::Reload(Box::new(Reload {
+                plan,
+                change,
+                apply,
+                done,
+            })))
+            .await
+            .map_err(|_| ReloadError::ShuttingDown)?;
+        match answer.await {
+            Ok(Ok(applied)) => Ok(applied),
+            Ok(Err(why)) => Err(ReloadError::BackendFailed(why)),
+            Err(_) => Err(ReloadError::ShuttingDown),
+        }
+    }
+}
+
+/// Hook: a reload starts (the lead connects it to sd-notify `RELOADING=1`).
+pub fn notify_reloading() {
+    tracing::debug!("notify: reloading");
+}
+
+/// Hook: a reload ended, the supervisor serves again (sd-notify `READY=1`).
+pub fn notify_ready() {
+    tracing::debug!("notify: ready after reload");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::host::Host;
+    use std::path::Path;
+
+    fn active(user: &str) -> Active {
+        let config = Config::from_layers(Some((Path::new("/etc/s.toml"), user))).unwrap();
+        let host = Host::unrestricted(4);
+        let profile = crate::profile::resolve(&config, &config.default_profile, &host).unwrap();
+        Active {
+            options: RunOptions {
+                listen: config.listen,
+                api_keys: vec![],
+                setup: setup::SetupOptions {
+                    cache_dir: "/tmp".into(),
+                    model: None,
+                    backend_bin: None,
+                },
+                profile,
+                host,
+                config,
+                config_path: None,
+                reloader: None,
+            },
+            installed: setup::Installed {
+                server: "/bin/llama-server".into(),
+                model: "/m/model.gguf".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn governor_priority_and_proxy_changes_are_live() {
+        let base = active("");
+        let new = active(
+            "[profiles.balanced]\ncpus = 0.5\npriority = \"idle\"\n[governor]\nperiod = \"15ms\"\n[proxy]\nqueue_len = 3\n",
+        );
+        let (change, changes) = classify(&base, &new);
+        assert_eq!(change, Change::Live, "{changes:?}");
+        assert!(
+            changes.iter().any(|c| c.starts_with("governor")),
+            "{changes:?}"
+        );
+        assert!(
+            changes.iter().any(|c| c.starts_with("proxy")),
+            "{changes:?}"
+        );
+        assert_eq!(classify(&base, &active("")).1, Vec::<String>::new());
+    }
+
+    #[test]
+    fn threads_slots_context_and_model_need_a_new_backend() {
+        let base = active("");
+        for (user, what) in [
+            ("[profiles.balanced]\nthreads = 2\n", "threads"),
+            ("[profiles.balanced]\nslots = 3\n", "slots"),
+            ("[backend]\nctx_size = 2048\n", "ctx_size"),
+            ("[backend]\nextra_args = [\"--no-mmap\"]\n", "extra_args"),
+            ("model_alias = \"other\"\n", "model id"),
+        ] {
+            let (change, changes) = classify(&base, &active(user));
+            assert_eq!(change, Change::Backend, "{user}: {changes:?}");
+            assert!(
+                changes.iter().any(|c| c.starts_with(what)),
+                "{user}: {changes:?}"
+            );
+        }
+        let mut moved = active("");
+        moved.installed.model = "/m/other.gguf".into();
+        assert_eq!(classify(&base, &moved).0, Change::Backend);
+    }
+}
