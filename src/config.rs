@@ -95,6 +95,10 @@ pub struct SupervisorConfig {
     pub crash_loop_window: Duration,
     #[serde(with = "humantime_serde")]
     pub stop_grace: Duration,
+    /// Backend output lines forwarded to the log at once before the rate applies.
+    pub backend_log_burst: u32,
+    /// Backend output lines forwarded to the log per second after the burst.
+    pub backend_log_lines_per_sec: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -242,6 +246,21 @@ impl Config {
             return Err(bad(
                 "supervisor.backoff_max".into(),
                 "must be at least supervisor.backoff_initial".into(),
+            ));
+        }
+        if s.backend_log_burst == 0 {
+            return Err(bad(
+                "supervisor.backend_log_burst".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if !(s.backend_log_lines_per_sec.is_finite() && s.backend_log_lines_per_sec > 0.0) {
+            return Err(bad(
+                "supervisor.backend_log_lines_per_sec".into(),
+                format!(
+                    "{} is not a rate; use a number of lines per second above 0",
+                    s.backend_log_lines_per_sec
+                ),
             ));
         }
         if s.liveness_failures == 0 {

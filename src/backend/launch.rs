@@ -3,6 +3,7 @@
 //! and variables that keep its threads from spinning while idle. The one place that knows
 //! llama-server's flags.
 
+use super::output::OutputLimit;
 use super::setup::Installed;
 use crate::config::Config;
 use crate::governor::priority::Priority;
@@ -20,6 +21,8 @@ pub struct LaunchSpec {
     pub port: u16,
     /// Known only to the supervisor; the proxy adds it to every forwarded request.
     pub api_key: String,
+    /// How many of its output lines may reach the log.
+    pub output: OutputLimit,
 }
 
 impl LaunchSpec {
@@ -99,6 +102,7 @@ pub fn spec(
         priority: profile.priority,
         port,
         api_key,
+        output: OutputLimit::from_config(&config.supervisor),
     })
 }
 

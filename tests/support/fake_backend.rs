@@ -17,6 +17,7 @@
 //! | `die-mid-stream=N`   | exit(1) after sending N chunks of a stream                          |
 //! | `burn`               | spin one core while any request is being answered                   |
 //! | `starts-file=PATH`   | append this process's pid to PATH at every start                    |
+//! | `flood=N`            | print N numbered lines to stderr as fast as possible at start       |
 //!
 //! Durations are humantime strings (`250ms`, `2s`). A bad directive exits with status 2.
 
@@ -50,11 +51,12 @@ struct Mode {
     die_mid_stream: Option<usize>,
     burn: bool,
     starts_file: Option<PathBuf>,
+    flood: usize,
 }
 
 const DIRECTIVES: &str = "load=DUR, exit-at-start=CODE, crash-after=DUR, hang-after=DUR, \
     ignore-sigterm, stream-chunks=N, stream-delay=DUR, response-delay=DUR, die-mid-stream=N, \
-    burn, starts-file=PATH";
+    burn, starts-file=PATH, flood=N";
 
 impl Mode {
     fn parse(spec: &str) -> Result<Mode, String> {
@@ -70,6 +72,7 @@ impl Mode {
             die_mid_stream: None,
             burn: false,
             starts_file: None,
+            flood: 0,
         };
         for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
             let (key, value) = match directive.split_once('=') {
@@ -102,6 +105,7 @@ impl Mode {
                 ("die-mid-stream", Some(v)) => mode.die_mid_stream = Some(num(v)?),
                 ("burn", None) => mode.burn = true,
                 ("starts-file", Some(v)) => mode.starts_file = Some(PathBuf::from(v)),
+                ("flood", Some(v)) => mode.flood = num(v)?,
                 _ => {
                     return Err(format!(
                         "unknown directive `{directive}` (known: {DIRECTIVES})"
@@ -224,6 +228,9 @@ fn main() {
             ));
         }
     }
+    if mode.flood > 0 {
+        flood(mode.flood);
+    }
     if let Some(code) = mode.exit_at_start {
         say("error: fake failure at start");
         say(&format!(
@@ -249,6 +256,19 @@ fn main() {
         Ok(runtime) => runtime.block_on(serve(args, mode)),
         Err(e) => fail(&format!("cannot start the tokio runtime: {e}")),
     }
+}
+
+/// Prints `n` numbered lines to stderr in one buffered burst, like a child stuck in an error
+/// loop; the last one says how many there were.
+fn flood(n: usize) {
+    let mut err = std::io::BufWriter::new(std::io::stderr().lock());
+    for i in 1..n {
+        if writeln!(err, "fake-backend flood line {i}").is_err() {
+            return;
+        }
+    }
+    let _ = writeln!(err, "fake-backend flood line {n} (last of {n})");
+    let _ = err.flush();
 }
 
 fn fail(message: &str) -> ! {
