@@ -1,4 +1,5 @@
-//! The command line: `run` (the default), `setup`, `profiles`, `limit` and `bench`.
+//! The command line: `run` (the default), `setup`, `profiles`, `check-config`, `limit` and
+//! `bench`.
 //!
 //! Only clap types live here, with their own value enums; [`crate::commands`] turns them into the
 //! domain's options (merging them over the configuration), so no domain module sees clap.
@@ -36,6 +37,9 @@ pub enum Command {
     Setup(SetupArgs),
     /// Print every profile's values as resolved against this host, and why.
     Profiles(ConfigArgs),
+    /// Check the configuration and print it as it takes effect (defaults filled in, API keys
+    /// redacted); exit 1 with the key and file at fault when it is invalid.
+    CheckConfig(ConfigArgs),
     /// Hold any process to a CPU budget, like cpulimit but smooth.
     Limit(LimitArgs),
     /// Measure profiles: CPU, memory, latency and correctness on endpoint-security tasks.

@@ -5,10 +5,12 @@
 //! - `run` -> [`crate::supervisor::RunOptions`] -> [`crate::supervisor::run`]
 //! - `setup` -> [`crate::backend::setup::SetupOptions`] -> [`crate::backend::setup::ensure`]
 //! - `profiles` -> the loaded [`Config`] -> [`crate::profile::print_profiles`]
+//! - `check-config` -> the loaded [`Config`], every profile resolved -> TOML on stdout
 //! - `limit` -> [`limit::LimitOptions`] -> [`limit::limit`]
 //! - `bench` -> [`crate::bench::BenchOptions`] -> [`crate::bench::run`]
 
 pub mod bench;
+pub mod check_config;
 pub mod limit;
 pub mod profiles;
 pub mod run;
@@ -25,6 +27,7 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args).await,
         Command::Setup(args) => setup::run(args).await,
         Command::Profiles(args) => profiles::run(&args),
+        Command::CheckConfig(args) => check_config::run(&args),
         Command::Limit(args) => limit::run(args).await,
         Command::Bench(args) => bench::run(args).await,
     }

@@ -4,6 +4,7 @@
 mod support;
 
 mod bench;
+mod check_config;
 mod e2e;
 mod fake_backend;
 mod governor;
