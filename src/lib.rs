@@ -9,10 +9,13 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod governor;
+pub mod host;
 pub mod logging;
 pub mod meter;
+pub mod process_group;
 pub mod profile;
 pub mod proxy;
+pub mod status;
 pub mod supervisor;
 pub mod units;
 

@@ -4,69 +4,13 @@
 use crate::config::{Config, ProfileConfig};
 use crate::governor::priority::Priority;
 use crate::governor::threads_for_budget;
+use crate::host::Host;
 use crate::units::{Cores, Share};
 use serde::Serialize;
 use std::process::ExitCode;
 
-/// What this host lets this process use.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Host {
-    /// CPUs the machine has online.
-    pub online_cpus: usize,
-    /// CPUs in this process's affinity mask.
-    pub affinity_cpus: usize,
-    /// The cgroup CPU quota in cores, when one is set.
-    pub quota_cpus: Option<f64>,
-}
-
-impl Host {
-    /// Reads the affinity mask and cgroup quota of this process.
-    pub fn detect() -> Host {
-        let online = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        Host {
-            online_cpus: online_cpus().unwrap_or(online),
-            affinity_cpus: affinity_cpus().unwrap_or(online),
-            quota_cpus: cgroup_quota_cpus(),
-        }
-    }
-
-    /// Whole CPUs this process may keep busy at once.
-    pub fn allowed_cpus(&self) -> usize {
-        let by_quota = self
-            .quota_cpus
-            .map(|q| q.ceil().max(1.0) as usize)
-            .unwrap_or(usize::MAX);
-        self.affinity_cpus.min(by_quota).max(1)
-    }
-
-    /// The CPU budget this process can actually get, in cores.
-    pub fn allowed_cores(&self) -> f64 {
-        let cpus = self.affinity_cpus as f64;
-        self.quota_cpus.map_or(cpus, |q| q.min(cpus))
-    }
-
-    /// Why `allowed_cpus` is what it is, for messages.
-    pub fn limit_reason(&self) -> String {
-        match self.quota_cpus {
-            Some(q) if q.ceil() < self.affinity_cpus as f64 => {
-                format!(
-                    "this host allows {} CPUs (cgroup quota {q:.2} cores)",
-                    self.allowed_cpus()
-                )
-            }
-            _ if self.affinity_cpus < self.online_cpus => format!(
-                "this host allows {} CPUs (affinity mask, {} online)",
-                self.affinity_cpus, self.online_cpus
-            ),
-            _ => format!("this host allows {} CPUs", self.allowed_cpus()),
-        }
-    }
-}
-
 /// A profile with every value decided for this host.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Resolved {
     pub name: String,
     pub description: String,
@@ -175,13 +119,7 @@ impl Resolved {
 /// `sentinel-supervisor profiles`: every profile of `config` resolved against this host.
 pub fn print_profiles(config: &Config) -> anyhow::Result<ExitCode> {
     let host = Host::detect();
-    println!(
-        "host: {} online CPUs, {} in affinity mask, cgroup quota {}",
-        host.online_cpus,
-        host.affinity_cpus,
-        host.quota_cpus
-            .map_or("none".to_string(), |q| format!("{q:.2} cores"))
-    );
+    println!("host: {}", host.describe());
     for name in config.profiles.keys() {
         let r = resolve(config, name, &host)?;
         let default = if *name == config.default_profile {
@@ -200,85 +138,19 @@ pub fn print_profiles(config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[cfg(target_os = "linux")]
-fn affinity_cpus() -> Option<usize> {
-    nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
-        .ok()
-        .map(|set| {
-            (0..nix::sched::CpuSet::count())
-                .filter(|&i| set.is_set(i).unwrap_or(false))
-                .count()
-        })
-        .filter(|&n| n > 0)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn affinity_cpus() -> Option<usize> {
-    None
-}
-
-fn online_cpus() -> Option<usize> {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    (n > 0).then_some(n as usize)
-}
-
-/// The CPU quota of this process's cgroup (v2 `cpu.max`, or v1 `cfs_quota_us/cfs_period_us`).
-#[cfg(target_os = "linux")]
-fn cgroup_quota_cpus() -> Option<f64> {
-    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    for line in cgroups.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        if controllers.is_empty() {
-            let max = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cpu.max")).ok();
-            if let Some(q) = max.as_deref().and_then(parse_cpu_max) {
-                return Some(q);
-            }
-        } else if controllers.split(',').any(|c| c == "cpu") {
-            let dir = format!("/sys/fs/cgroup/cpu{path}");
-            let read = |f: &str| {
-                std::fs::read_to_string(format!("{dir}/{f}"))
-                    .ok()?
-                    .trim()
-                    .parse::<i64>()
-                    .ok()
-            };
-            if let (Some(q), Some(p)) = (read("cpu.cfs_quota_us"), read("cpu.cfs_period_us")) {
-                if q > 0 && p > 0 {
-                    return Some(q as f64 / p as f64);
-                }
-            }
-        }
-    }
-    None
-}
-
-#[cfg(not(target_os = "linux"))]
-fn cgroup_quota_cpus() -> Option<f64> {
-    None
-}
-
-/// Parses cgroup v2 `cpu.max` (`"max 100000"` or `"50000 100000"`).
-pub fn parse_cpu_max(text: &str) -> Option<f64> {
-    let mut it = text.split_whitespace();
-    let quota = it.next()?;
-    let period: f64 = it.next()?.parse().ok()?;
-    if quota == "max" || period <= 0.0 {
-        return None;
-    }
-    Some(quota.parse::<f64>().ok()? / period)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::{CpuQuota, QuotaSource};
 
     fn host(affinity: usize, quota: Option<f64>) -> Host {
         Host {
             online_cpus: 8,
             affinity_cpus: affinity,
-            quota_cpus: quota,
+            quota: quota.map(|cores| CpuQuota {
+                cores,
+                source: QuotaSource::CgroupV2,
+            }),
         }
     }
 
@@ -327,19 +199,5 @@ mod tests {
         assert_eq!(r.cpus.map(Cores::get), Some(1.5));
         assert_eq!(r.threads, 2);
         assert!(r.notes[0].contains("cgroup quota 1.50"), "{:?}", r.notes);
-    }
-
-    #[test]
-    fn cpu_max_parsing() {
-        assert_eq!(parse_cpu_max("max 100000\n"), None);
-        assert_eq!(parse_cpu_max("50000 100000\n"), Some(0.5));
-        assert_eq!(parse_cpu_max("garbage"), None);
-    }
-
-    #[test]
-    fn host_detection_is_sane() {
-        let h = Host::detect();
-        assert!(h.allowed_cpus() >= 1);
-        assert!(h.affinity_cpus <= h.online_cpus.max(h.affinity_cpus));
     }
 }

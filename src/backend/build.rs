@@ -117,9 +117,7 @@ pub fn ensure_server(cache: &Path, pin: &SourcePin) -> Result<PathBuf, BuildErro
     eprintln!("setup: configuring llama.cpp with cmake ...");
     run_logged(configure, "configure", &mut log, &log_path, |_| {})?;
 
-    let jobs = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+    let jobs = crate::host::Host::detect().allowed_cpus();
     let mut build = Command::new("cmake");
     build
         .arg("--build")

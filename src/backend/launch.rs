@@ -135,16 +135,13 @@ pub fn http_threads(slots: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::{resolve, Host};
+    use crate::host::Host;
+    use crate::profile::resolve;
 
     #[test]
     fn command_line_pins_threads_and_stays_on_loopback() {
         let config = Config::builtin().unwrap();
-        let host = Host {
-            online_cpus: 2,
-            affinity_cpus: 2,
-            quota_cpus: None,
-        };
+        let host = Host::unrestricted(2);
         let profile = resolve(&config, "fast", &host).unwrap();
         let installed = Installed {
             server: "/opt/llama-server".into(),

@@ -4,8 +4,8 @@
 
 use super::launch::LaunchSpec;
 use super::output::{self, Limiter};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use crate::process_group::{signal_group, spawn_in_group_async};
+use nix::sys::signal::Signal;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -21,10 +21,9 @@ pub struct BackendProcess {
 }
 
 impl BackendProcess {
-    /// Spawns the child in its own process group. On Linux it also gets
-    /// `PR_SET_PDEATHSIG(SIGKILL)`, so it dies with the supervisor even on SIGKILL. The death
-    /// signal follows the spawning *thread*: call this from a runtime worker thread (they
-    /// live as long as the runtime), never from `spawn_blocking`.
+    /// Spawns the child in its own process group with `PR_SET_PDEATHSIG(SIGKILL)` on Linux, so
+    /// it dies with the supervisor even on SIGKILL ([`crate::process_group`] spawns it from the
+    /// thread that death signal follows). Call it from within the runtime.
     pub fn spawn(spec: &LaunchSpec) -> std::io::Result<BackendProcess> {
         let mut cmd = tokio::process::Command::new(&spec.program);
         cmd.args(&spec.args)
@@ -32,31 +31,18 @@ impl BackendProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
             .kill_on_drop(false);
         let priority = spec.priority;
-        #[cfg(target_os = "linux")]
-        let parent = std::process::id() as libc::pid_t;
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // system calls (prctl, getppid, setpriority, sched_setscheduler, _exit).
+        // system calls (setpriority, sched_setscheduler).
         unsafe {
             cmd.pre_exec(move || {
-                #[cfg(target_os = "linux")]
-                {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    // The parent may have died before prctl took effect.
-                    if libc::getppid() != parent {
-                        libc::_exit(1);
-                    }
-                }
                 // A refused priority change must not stop the model from starting.
                 let _ = crate::governor::priority::apply_to_current_process(priority);
                 Ok(())
             });
         }
-        let mut child = cmd.spawn()?;
+        let mut child = spawn_in_group_async(cmd, Signal::SIGKILL)?;
         let pid = child.id().map(|p| p as i32).unwrap_or(-1);
         let logs = LogTail::default();
         let limiter = Limiter::new(spec.output);
@@ -87,17 +73,12 @@ impl BackendProcess {
         self.pid
     }
 
-    /// Sends a signal to the whole process group. A stopped group is continued first so that
-    /// SIGTERM can be acted upon.
+    /// Sends a signal to the whole process group, continued first ([`signal_group`]).
     pub fn signal_group(&self, signal: Signal) {
         if self.exited.is_some() || self.pid <= 0 {
             return;
         }
-        let pgid = Pid::from_raw(self.pid);
-        if matches!(signal, Signal::SIGTERM | Signal::SIGKILL | Signal::SIGINT) {
-            let _ = killpg(pgid, Signal::SIGCONT);
-        }
-        if let Err(e) = killpg(pgid, signal) {
+        if let Err(e) = signal_group(self.pid, signal) {
             tracing::debug!(pid = self.pid, ?signal, error = %e, "signal to backend group failed");
         }
     }
@@ -165,9 +146,8 @@ impl BackendProcess {
     /// Kills whatever is left in the group after the leader is gone (grandchildren).
     fn kill_leftovers(&self) {
         if self.pid > 0 {
-            let pgid = Pid::from_raw(self.pid);
-            let _ = killpg(pgid, Signal::SIGCONT);
-            let _ = killpg(pgid, Signal::SIGKILL);
+            // The group is usually empty by now (ESRCH): nothing to report.
+            let _ = signal_group(self.pid, Signal::SIGKILL);
         }
     }
 }

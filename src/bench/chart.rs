@@ -1,5 +1,5 @@
 //! The CPU-over-time chart: a hand-written SVG with one line per profile (and mode), axes, labels
-//! and the 35 % (mean) and 50 % (p99) target lines.
+//! and the report's own active-CPU targets (mean and p99, `[bench.targets]`) as dashed lines.
 
 use super::report::Report;
 use std::fmt::Write as _;
@@ -32,9 +32,11 @@ fn time_step(span: f64) -> f64 {
     .unwrap_or(7200.0)
 }
 
-/// Renders system CPU over time for every profile of `report`; `mean_target` and `p99_target`
-/// are the dashed target lines, in percent.
-pub fn render(report: &Report, mean_target: f64, p99_target: f64) -> String {
+/// Renders system CPU over time for every profile of `report`, with the report's active-CPU mean
+/// and p99 targets as dashed lines.
+pub fn render(report: &Report) -> String {
+    let mean_target = report.targets.active_cpu_mean_max_percent;
+    let p99_target = report.targets.active_cpu_p99_max_percent;
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let span = report
@@ -153,7 +155,7 @@ mod tests {
         let mut second = report.profiles[0].clone();
         second.profile = "fast <2>".into();
         report.profiles.push(second);
-        let svg = render(&report, 35.0, 50.0);
+        let svg = render(&report);
         assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
         assert!(svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 2);
@@ -163,6 +165,19 @@ mod tests {
         assert!(svg.contains(&format!("{:.1}", 40.0 + 0.7 * 390.0)), "{svg}");
         // The last sample (t = 2.2 s, the span) sits at the right edge of the plot.
         assert!(svg.contains(&format!("{:.1},", WIDTH - RIGHT)));
+    }
+
+    #[test]
+    fn target_lines_follow_the_configured_targets() {
+        let mut report = sample_report();
+        report.targets.active_cpu_mean_max_percent = 20.0;
+        report.targets.active_cpu_p99_max_percent = 40.0;
+        let svg = render(&report);
+        assert!(svg.contains("mean target 20 %") && svg.contains("p99 target 40 %"));
+        assert!(
+            !svg.contains("35 %") && !svg.contains("target 50 %"),
+            "{svg}"
+        );
     }
 
     #[test]

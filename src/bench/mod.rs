@@ -4,9 +4,12 @@
 //!
 //! Files: `task` (the task set), `score` (scorers), `stack` (the supervisor under test),
 //! `sampler` (CPU over time), `workload` (one streamed request), `stats`, `target`, `settings`
-//! (`[bench]` config), `report` and `chart`.
+//! (`[bench]` config), `report` and `chart`; `limiters` and `limiter_report` are the limiter
+//! comparison of the `bench_governor` driver (`benches/`).
 
 pub mod chart;
+pub mod limiter_report;
+pub mod limiters;
 pub mod report;
 pub mod sampler;
 pub mod score;
@@ -17,11 +20,13 @@ pub mod target;
 pub mod task;
 pub mod workload;
 
+use crate::host::Host;
+use crate::status::StatusReport;
 use anyhow::Context;
 use report::{Phase, ProfileReport, Report, RunReport, TaskResult};
 use sampler::Sampler;
 use settings::BenchConfig;
-use stack::{Launch, Stack, StatusInfo};
+use stack::{Launch, Stack};
 use stats::Summary;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +64,8 @@ pub struct BenchOptions {
     pub max_tokens: u32,
     /// Sent as `Authorization: Bearer KEY`.
     pub api_key: Option<String>,
+    /// The machine whose share the CPU figures are (detected once by the command).
+    pub host: Host,
 }
 
 /// Which supervisors are measured.
@@ -91,6 +98,24 @@ impl SchemaMode {
     }
 }
 
+/// True, after saying so on stderr, when a benchmark driver (`benches/`) was started by a bare
+/// `cargo bench`: its only argument is then cargo's `--bench`. The drivers need a llama-server
+/// and a model, which a bare `cargo bench` does not give; their `script` does.
+pub fn bare_cargo_bench(driver: &str, script: &str) -> bool {
+    let bare = only_cargo_bench_flag(std::env::args().skip(1));
+    if bare {
+        eprintln!(
+            "{driver}: not run by a bare `cargo bench` (it needs a llama-server and a model); \
+             run {script} (see its --help)"
+        );
+    }
+    bare
+}
+
+fn only_cargo_bench_flag(mut args: impl Iterator<Item = String>) -> bool {
+    args.next().is_some_and(|a| a == "--bench") && args.next().is_none()
+}
+
 /// File names written into `--out`.
 pub const REPORT_JSON: &str = "report.json";
 pub const REPORT_MD: &str = "report.md";
@@ -121,6 +146,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<ExitCode> {
         options: &options,
         client,
         tasks: &tasks,
+        host: options.host,
     };
     let source = options
         .tasks
@@ -130,7 +156,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<ExitCode> {
         format_version: report::FORMAT_VERSION,
         generated_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         host: report::Host {
-            cpus: host_cpus(),
+            cpus: session.host.online_cpus,
             cpu_source: crate::meter::system_source().describe().to_string(),
         },
         tasks: report::TaskSource {
@@ -154,10 +180,10 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<ExitCode> {
             })?;
         reports.push(report);
         // Written after every profile, so a long run never loses the profiles it finished.
-        write_outputs(&options.out, &assemble(reports.clone()), settings)?;
+        write_outputs(&options.out, &assemble(reports.clone()))?;
     }
     let report = assemble(reports);
-    write_outputs(&options.out, &report, settings)?;
+    write_outputs(&options.out, &report)?;
     println!("{}", report.summary_table());
     println!(
         "Verdict: {:?}. Reports in {}",
@@ -191,37 +217,21 @@ fn own_executable() -> anyhow::Result<std::path::PathBuf> {
 }
 
 /// CPU time used over `wall_s` seconds, as a percentage of the whole machine.
-fn share_of_machine(cpu: Duration, wall_s: f64) -> f64 {
+fn share_of_machine(cpu: Duration, wall_s: f64, host: &Host) -> f64 {
     if wall_s <= 0.0 {
         return 0.0;
     }
-    cpu.as_secs_f64() / (wall_s * host_cpus() as f64) * 100.0
+    cpu.as_secs_f64() / (wall_s * host.online_cpus as f64) * 100.0
 }
 
-fn host_cpus() -> usize {
-    crate::meter::machine_cpus()
-}
-
-fn write_outputs(
-    out: &std::path::Path,
-    report: &Report,
-    settings: &BenchConfig,
-) -> anyhow::Result<()> {
+fn write_outputs(out: &std::path::Path, report: &Report) -> anyhow::Result<()> {
     let write = |name: &str, text: String| {
         let path = out.join(name);
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
     };
     write(REPORT_JSON, serde_json::to_string_pretty(report)?)?;
     write(REPORT_MD, report.to_markdown(Some(CHART_SVG)))?;
-    let t = &settings.targets;
-    write(
-        CHART_SVG,
-        chart::render(
-            report,
-            t.active_cpu_mean_max_percent,
-            t.active_cpu_p99_max_percent,
-        ),
-    )?;
+    write(CHART_SVG, chart::render(report))?;
     Ok(())
 }
 
@@ -239,6 +249,8 @@ struct Session<'a> {
     options: &'a BenchOptions,
     client: reqwest::Client,
     tasks: &'a [Task],
+    /// The machine whose share the CPU figures are (detected once by the command).
+    host: Host,
 }
 
 impl Session<'_> {
@@ -268,7 +280,7 @@ impl Session<'_> {
         let result = async {
             stack.wait_ready(client, settings.ready_timeout).await?;
             let status = stack.status(client).await?;
-            backend_pid = status.backend_pid;
+            backend_pid = status.backend.as_ref().map(|b| b.pid);
             self.measure_ready(&stack, profile, status).await
         }
         .await;
@@ -280,15 +292,14 @@ impl Session<'_> {
         &self,
         stack: &Stack,
         profile: Option<&str>,
-        status: StatusInfo,
+        status: StatusReport,
     ) -> anyhow::Result<ProfileReport> {
         let options = self.options;
         let settings = &options.settings;
         let name = profile
             .map(str::to_string)
-            .or(status.profile.clone())
-            .unwrap_or_else(|| "running".to_string());
-        let pid = status.backend_pid;
+            .unwrap_or_else(|| status.profile.clone());
+        let pid = status.backend.as_ref().map(|b| b.pid);
         if pid.is_none() {
             tracing::warn!(profile = %name, "/status reports no backend pid; backend CPU and RSS will be n/a");
         }
@@ -303,7 +314,7 @@ impl Session<'_> {
         let idle_end = sampler.now_s();
         let idle_backend = idle_cpu_before
             .zip(pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time))
-            .map(|(b, a)| share_of_machine(a.saturating_sub(b), idle_end));
+            .map(|(b, a)| share_of_machine(a.saturating_sub(b), idle_end, &self.host));
         sampler.set_phase(Phase::Active);
 
         let mut runs = Vec::new();
@@ -320,23 +331,25 @@ impl Session<'_> {
             .max((max_tree_rss > 0).then_some(max_tree_rss));
         let runs = runs
             .into_iter()
-            .map(|r| r.finish(&timeline, &idle_cpu, peak_rss, &settings.targets))
+            .map(|r| {
+                r.finish(
+                    &timeline,
+                    &idle_cpu,
+                    peak_rss,
+                    &settings.targets,
+                    &self.host,
+                )
+            })
             .collect();
         Ok(ProfileReport {
             profile: name,
-            model: status.model.clone().or_else(|| {
-                options
-                    .launch
-                    .model
-                    .as_ref()
-                    .map(|m| m.display().to_string())
-            }),
+            model: Some(status.model.clone()),
             backend: report::BackendInfo {
                 pid,
-                threads: status.threads,
-                threads_batch: status.threads_batch,
+                threads: status.backend.as_ref().map(|b| b.threads as u64),
+                threads_batch: status.backend.as_ref().map(|b| b.threads_batch as u64),
             },
-            limit_cpus: status.limit_cpus,
+            limit_cpus: status.governor.as_ref().and_then(|g| g.budget_cpus),
             governor: status.governor,
             idle: report::IdlePhase {
                 duration_s: idle_end,
@@ -436,6 +449,7 @@ impl PendingRun {
         idle_cpu: &Summary,
         peak_rss: Option<u64>,
         targets: &target::Targets,
+        host: &Host,
     ) -> RunReport {
         let duration_s = self.end_s - self.start_s;
         let system_cpu = Summary::of(&sampler::window(timeline, self.start_s, self.end_s));
@@ -448,7 +462,7 @@ impl PendingRun {
         let backend_cpu_percent = self
             .backend_cpu
             .filter(|_| duration_s > 0.0)
-            .map(|c| share_of_machine(c, duration_s));
+            .map(|c| share_of_machine(c, duration_s, host));
         let checks = targets.evaluate(&target::Measured {
             idle_cpu_mean: (idle_cpu.count > 0).then_some(idle_cpu.mean),
             active_cpu_mean: system_cpu.mean,
@@ -488,6 +502,24 @@ impl PendingRun {
 mod tests {
     use super::*;
     use report::CpuPoint;
+
+    #[test]
+    fn a_bare_cargo_bench_is_only_its_bench_flag() {
+        let args = |a: &[&str]| {
+            a.iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        assert!(only_cargo_bench_flag(args(&["--bench"])));
+        assert!(!only_cargo_bench_flag(args(&[])));
+        assert!(!only_cargo_bench_flag(args(&[
+            "--backend-bin",
+            "x",
+            "--bench"
+        ])));
+        assert!(!only_cargo_bench_flag(args(&["--help"])));
+    }
 
     fn result(category: &str, score: f64, latency_s: f64, tokens: u64, error: bool) -> TaskResult {
         TaskResult {
@@ -534,6 +566,7 @@ mod tests {
             &idle,
             Some(2_000_000_000),
             &crate::config::Config::builtin().unwrap().bench.targets,
+            &Host::unrestricted(4),
         );
         assert_eq!(run.system_cpu.count, 3);
         assert!((run.system_cpu.mean - 30.0).abs() < 1e-9);
@@ -545,7 +578,7 @@ mod tests {
         assert_eq!(run.latency_s.max, 3.0);
         assert_eq!(run.completion_tokens, 30);
         assert!((run.tokens_per_s - 7.5).abs() < 1e-9);
-        let expected_backend = 0.5 / host_cpus() as f64 * 100.0;
+        let expected_backend = 0.5 / 4.0 * 100.0;
         assert!((run.backend_cpu_percent.unwrap() - expected_backend).abs() < 1e-9);
         assert_eq!(run.categories["b"].correctness, 0.0);
         assert!(!run.pass);

@@ -70,8 +70,8 @@ pub struct ProfileReport {
     pub backend: BackendInfo,
     /// The governor's CPU budget in cores, when the profile has one.
     pub limit_cpus: Option<f64>,
-    /// The `governor` object of `/status`, as reported.
-    pub governor: serde_json::Value,
+    /// The `governor` object of `/status`, as reported (`null` when none ran).
+    pub governor: Option<crate::governor::GovernorSnapshot>,
     pub idle: IdlePhase,
     pub cpu_timeline: Vec<CpuPoint>,
     pub runs: Vec<RunReport>,
@@ -404,7 +404,7 @@ pub(crate) mod tests {
                 threads_batch: Some(2),
             },
             limit_cpus: Some(1.0),
-            governor: serde_json::json!({"budget_cpus": 1.0}),
+            governor: None,
             idle: IdlePhase {
                 duration_s: 2.0,
                 system_cpu: Summary::of(&[0.2, 0.6]),

@@ -1,14 +1,16 @@
 //! The supervisor stack under test: a `sentinel-supervisor run` child started for one profile
 //! (or an already running one given with `--url`), its readiness, its `/status`, and its stop.
+//! Also [`GroupChild`], how the bench drivers hold any child they start (through
+//! [`crate::process_group`]).
 
-use serde_json::Value;
+use crate::process_group::{signal_group, spawn_in_group_async};
+use crate::status::{HealthReport, StatusReport, LISTENING_PREFIX};
+use crate::supervisor::state::StateName;
+use nix::sys::signal::Signal;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-/// The line the supervisor prints on stdout once it listens.
-const LISTENING_PREFIX: &str = "sentinel-supervisor listening on ";
 /// How long a stopping supervisor may take before it is killed.
 const STOP_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -54,40 +56,6 @@ pub struct Launch {
     /// Where the child's stderr (its logs) goes.
     pub log: PathBuf,
     pub listen_timeout: Duration,
-}
-
-/// What `/status` says about the stack.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct StatusInfo {
-    pub state: String,
-    pub profile: Option<String>,
-    pub model: Option<String>,
-    pub backend_pid: Option<i32>,
-    pub threads: Option<u64>,
-    pub threads_batch: Option<u64>,
-    pub governor: Value,
-    pub limit_cpus: Option<f64>,
-}
-
-impl StatusInfo {
-    /// Reads the `/status` JSON of the contract; unknown or missing fields stay `None`.
-    pub fn from_json(v: &Value) -> StatusInfo {
-        let backend = &v["backend"];
-        let governor = v.get("governor").cloned().unwrap_or(Value::Null);
-        let limit_cpus = ["budget_cpus", "cpus", "budget", "limit_cpus"]
-            .iter()
-            .find_map(|k| governor.get(k).and_then(Value::as_f64));
-        StatusInfo {
-            state: v["state"].as_str().unwrap_or("unknown").to_string(),
-            profile: v["profile"].as_str().map(str::to_string),
-            model: v["model"].as_str().map(str::to_string),
-            backend_pid: backend["pid"].as_i64().and_then(|p| i32::try_from(p).ok()),
-            threads: backend["threads"].as_u64(),
-            threads_batch: backend["threads_batch"].as_u64(),
-            governor,
-            limit_cpus,
-        }
-    }
 }
 
 /// A supervisor the bench talks to, started by it or not.
@@ -138,17 +106,9 @@ impl Stack {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
-        #[cfg(target_os = "linux")]
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(spawn_err)?;
+        // SIGTERM as the death signal: a supervisor whose bench died shuts down gracefully and
+        // stops its own backend (which has its own SIGKILL death signal).
+        let mut child = spawn_in_group_async(cmd, Signal::SIGTERM).map_err(spawn_err)?;
         tracing::info!(profile = %launch.profile, pid = child.id(), "started supervisor");
         let Some(stdout) = child.stdout.take() else {
             return Err(spawn_err(std::io::Error::other("no stdout pipe")));
@@ -228,12 +188,16 @@ impl Stack {
                 Ok(r) if r.status().is_success() => return Ok(()),
                 Ok(r) => {
                     let code = r.status();
-                    let body: Value = r.json().await.unwrap_or(Value::Null);
-                    last_state = body["state"]
-                        .as_str()
-                        .map_or(format!("HTTP {code}"), str::to_string);
-                    if last_state == "failed" {
-                        break;
+                    match r.json::<HealthReport>().await {
+                        Ok(health) if health.state == StateName::Failed => {
+                            last_state = format!(
+                                "failed: {}",
+                                health.reason.as_deref().unwrap_or("no reason given")
+                            );
+                            break;
+                        }
+                        Ok(health) => last_state = health.state.to_string(),
+                        Err(_) => last_state = format!("HTTP {code}"),
                     }
                 }
                 Err(e) => last_state = format!("no answer ({e})"),
@@ -261,7 +225,7 @@ impl Stack {
     }
 
     /// Reads `/status`.
-    pub async fn status(&self, client: &reqwest::Client) -> Result<StatusInfo, StackError> {
+    pub async fn status(&self, client: &reqwest::Client) -> Result<StatusReport, StackError> {
         let url = format!("{}/status", self.base_url);
         let err = |message: String| StackError::Status {
             url: url.clone(),
@@ -276,8 +240,9 @@ impl Stack {
         if !resp.status().is_success() {
             return Err(err(format!("HTTP {}", resp.status())));
         }
-        let v: Value = resp.json().await.map_err(|e| err(e.to_string()))?;
-        Ok(StatusInfo::from_json(&v))
+        resp.json::<StatusReport>()
+            .await
+            .map_err(|e| err(format!("not the /status of this version: {e}")))
     }
 
     /// Stops a supervisor this bench started: SIGTERM, wait, then SIGKILL it and the backend.
@@ -287,7 +252,7 @@ impl Stack {
             return;
         };
         if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-            signal(pid, nix::sys::signal::Signal::SIGTERM);
+            signal(pid, Signal::SIGTERM);
         }
         match tokio::time::timeout(STOP_DEADLINE, child.wait()).await {
             Ok(Ok(status)) if status.success() => tracing::info!(%status, "supervisor stopped"),
@@ -304,15 +269,64 @@ impl Stack {
         if let Some(pid) = backend_pid {
             if crate::meter::process_state(pid).is_some_and(|s| s != 'Z') {
                 tracing::warn!(pid, "backend outlived its supervisor; killing it");
-                signal(pid, nix::sys::signal::Signal::SIGCONT);
-                signal(pid, nix::sys::signal::Signal::SIGKILL);
+                signal(pid, Signal::SIGKILL);
             }
         }
     }
 }
 
-fn signal(pid: i32, sig: nix::sys::signal::Signal) {
-    if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig) {
+/// A child in its own process group (from [`spawn_in_group_async`], death signal SIGKILL) that
+/// takes its whole group with it: [`GroupChild::kill`] kills and reaps it, dropping it kills it.
+pub struct GroupChild {
+    child: tokio::process::Child,
+    pid: i32,
+}
+
+impl GroupChild {
+    /// Starts `cmd` (stdio as the caller set it up).
+    pub fn spawn(cmd: tokio::process::Command) -> std::io::Result<GroupChild> {
+        let child = spawn_in_group_async(cmd, Signal::SIGKILL)?;
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| std::io::Error::other("the child exited before its pid was read"))?;
+        Ok(GroupChild { child, pid })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Has the leader exited? (Reaps it if so.)
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Kills the group (continued first: a stopped process ignores signals until then) and waits
+    /// for the leader, so the next measurement does not overlap its exit.
+    pub async fn kill(mut self) {
+        kill_group(self.pid);
+        if let Err(e) = self.child.wait().await {
+            tracing::debug!(pid = self.pid, error = %e, "could not reap the child");
+        }
+    }
+}
+
+impl Drop for GroupChild {
+    fn drop(&mut self) {
+        kill_group(self.pid);
+    }
+}
+
+fn kill_group(pid: i32) {
+    if let Err(e) = signal_group(pid, Signal::SIGKILL) {
+        tracing::debug!(pid, error = %e, "SIGKILL to the group not delivered");
+    }
+}
+
+/// Signals the group `pid` leads (the supervisor and the backend each lead their own).
+fn signal(pid: i32, sig: Signal) {
+    if let Err(e) = signal_group(pid, sig) {
         tracing::debug!(pid, ?sig, error = %e, "signal not delivered");
     }
 }
@@ -321,24 +335,70 @@ fn signal(pid: i32, sig: nix::sys::signal::Signal) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn reads_the_status_contract() {
-        let v = serde_json::json!({
-            "state": "ready", "profile": "balanced", "model": "/m.gguf",
-            "backend": {"pid": 1234, "port": 5, "threads": 1, "threads_batch": 2, "restarts": 0},
-            "governor": {"budget_cpus": 0.5, "mode": "duty"}, "in_flight": 0
-        });
-        let s = StatusInfo::from_json(&v);
-        assert_eq!(s.state, "ready");
-        assert_eq!(s.profile.as_deref(), Some("balanced"));
-        assert_eq!(s.backend_pid, Some(1234));
-        assert_eq!((s.threads, s.threads_batch), (Some(1), Some(2)));
-        assert_eq!(s.limit_cpus, Some(0.5));
-        let starting = StatusInfo::from_json(
-            &serde_json::json!({"state": "starting", "backend": {"pid": null}}),
-        );
-        assert_eq!(starting.backend_pid, None);
-        assert_eq!(starting.limit_cpus, None);
+    /// Serves `report` as `/status` (behind `key`) and `health` as `/health` on a free port.
+    async fn serve(report: StatusReport, key: &'static str) -> String {
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::response::IntoResponse;
+        let health = report.health();
+        let app = axum::Router::new()
+            .route(
+                "/status",
+                axum::routing::get(move |headers: HeaderMap| async move {
+                    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+                    if auth == Some(&format!("Bearer {key}")) {
+                        axum::Json(report).into_response()
+                    } else {
+                        StatusCode::UNAUTHORIZED.into_response()
+                    }
+                }),
+            )
+            .route(
+                "/health",
+                axum::routing::get(move || async move {
+                    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(health))
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn reads_the_status_the_server_sends() {
+        let report = crate::status::example();
+        let url = serve(report.clone(), "k").await;
+        let client = reqwest::Client::new();
+        let read = Stack::attach(&url, Some("k".into()))
+            .status(&client)
+            .await
+            .unwrap();
+        assert_eq!(read, report);
+        let err = Stack::attach(&url, Some("wrong".into()))
+            .status(&client)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("401"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_backend_ends_the_wait_with_its_reason() {
+        let failed = StatusReport {
+            state: crate::supervisor::state::State::Failed {
+                reason: "crash loop: bad model".into(),
+                last_lines: vec![],
+            },
+            ..crate::status::example()
+        };
+        let url = serve(failed, "k").await;
+        let started = Instant::now();
+        let err = Stack::attach(&url, None)
+            .wait_ready(&reqwest::Client::new(), Duration::from_secs(30))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("crash loop: bad model"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10), "kept waiting");
     }
 
     #[tokio::test]
@@ -362,5 +422,34 @@ mod tests {
             err.contains("exited before listening") && err.contains("p.log"),
             "{err}"
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_group_child_takes_its_group_with_it() {
+        // A shell leader with a grandchild in its group.
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.args(["-c", "sleep 30 & echo $!; wait"])
+            .stdout(Stdio::piped());
+        let mut child = GroupChild::spawn(cmd).unwrap();
+        let stdout = child.child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let grandchild: i32 = lines.next_line().await.unwrap().unwrap().parse().unwrap();
+        assert_eq!(
+            nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(grandchild)))
+                .unwrap()
+                .as_raw(),
+            child.pid()
+        );
+        assert!(child.exited().is_none());
+        child.kill().await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while crate::meter::process_state(grandchild).is_some_and(|s| s != 'Z') {
+            assert!(
+                Instant::now() < deadline,
+                "the grandchild outlived the group kill"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

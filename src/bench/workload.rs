@@ -56,7 +56,9 @@ pub fn request_body(task: &Task, schema_mode: bool, max_tokens: u32) -> Value {
 /// Accumulates a server-sent-event stream of chat completion chunks.
 #[derive(Debug, Default)]
 pub struct StreamState {
-    buffer: String,
+    /// Bytes of the line not yet ended: decoded only once whole, so a character split across
+    /// network chunks is not mangled.
+    buffer: Vec<u8>,
     pub answer: String,
     pub first_content: Option<Instant>,
     pub content_chunks: u64,
@@ -65,12 +67,12 @@ pub struct StreamState {
 }
 
 impl StreamState {
-    /// Feeds raw bytes; complete `data:` lines are parsed as they arrive.
+    /// Feeds raw bytes; complete `data:` lines are decoded and parsed as they arrive.
     pub fn feed(&mut self, bytes: &[u8], now: Instant) -> Result<(), RequestError> {
-        self.buffer.push_str(&String::from_utf8_lossy(bytes));
-        while let Some(end) = self.buffer.find('\n') {
-            let line: String = self.buffer.drain(..=end).collect();
-            self.line(line.trim(), now)?;
+        self.buffer.extend_from_slice(bytes);
+        while let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buffer.drain(..=end).collect();
+            self.line(String::from_utf8_lossy(&line).trim(), now)?;
         }
         Ok(())
     }
@@ -78,7 +80,7 @@ impl StreamState {
     /// Handles whatever is left when the stream ends without a final newline.
     pub fn finish(&mut self, now: Instant) -> Result<(), RequestError> {
         let rest = std::mem::take(&mut self.buffer);
-        self.line(rest.trim(), now)
+        self.line(String::from_utf8_lossy(&rest).trim(), now)
     }
 
     fn line(&mut self, line: &str, now: Instant) -> Result<(), RequestError> {
@@ -236,5 +238,27 @@ mod tests {
             .feed(b"data: {\"error\":{\"message\":\"boom\"}}\n", t0)
             .unwrap_err();
         assert!(err.to_string().contains("boom"));
+    }
+
+    #[test]
+    fn a_character_split_across_chunks_is_kept_whole() {
+        let t0 = Instant::now();
+        let event = "data: {\"choices\":[{\"delta\":{\"content\":\"é → ✓\"}}]}\n\n".as_bytes();
+        // Cut inside the two-byte 'é' and inside the three-byte '✓'.
+        let e = event.iter().position(|&b| b == 0xC3).unwrap() + 1;
+        let check = event.iter().position(|&b| b == 0xE2).unwrap();
+        let tick = event[check + 1..].iter().position(|&b| b == 0xE2).unwrap() + check + 2;
+        let mut s = StreamState::default();
+        for chunk in [&event[..e], &event[e..tick], &event[tick..]] {
+            s.feed(chunk, t0).unwrap();
+        }
+        assert_eq!(s.answer, "é → ✓");
+        assert_eq!(s.content_chunks, 1);
+        // The same split left unended until the stream closes.
+        let mut unended = StreamState::default();
+        unended.feed(&event[..e], t0).unwrap();
+        unended.feed(event[e..].trim_ascii_end(), t0).unwrap();
+        unended.finish(t0).unwrap();
+        assert_eq!(unended.answer, "é → ✓");
     }
 }

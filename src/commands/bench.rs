@@ -50,6 +50,7 @@ pub fn options(config: &Config, args: BenchArgs) -> Result<BenchOptions, BenchAr
         idle: args.idle,
         schema_mode: args.schema_mode.into(),
         max_tokens: args.max_tokens.unwrap_or(config.bench.max_tokens),
+        host: crate::host::Host::detect(),
         // The key of a supervisor started here comes from the same configuration.
         api_key: args
             .api_key

@@ -5,7 +5,8 @@
 
 use crate::cli::ConfigArgs;
 use crate::config::{Config, ConfigError, BUILTIN_NAME};
-use crate::profile::{self, Host, Resolved};
+use crate::host::Host;
+use crate::profile::{self, Resolved};
 use std::process::ExitCode;
 
 /// What an API key is printed as.
@@ -73,7 +74,7 @@ fn render(
     out.push_str(&body);
     out.push_str(&format!(
         "\n# Profiles as resolved on this host ({}):\n",
-        host.limit_reason()
+        host.describe()
     ));
     for p in profiles {
         let default = if p.name == config.default_profile {
@@ -95,11 +96,7 @@ mod tests {
     use std::path::Path;
 
     fn host() -> Host {
-        Host {
-            online_cpus: 4,
-            affinity_cpus: 4,
-            quota_cpus: None,
-        }
+        Host::unrestricted(4)
     }
 
     fn rendered(text: &str) -> String {

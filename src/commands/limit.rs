@@ -16,16 +16,17 @@
 
 use crate::cli::LimitArgs;
 use crate::config::Config;
-use crate::governor::signals::allowed_cpus;
 use crate::governor::{
     usage, Activity, Governor, GovernorConfig, GovernorSettings, Method, Priority,
 };
+use crate::host::Host;
+use crate::process_group::{signal_group, spawn_in_group_async};
 use crate::units::{Cores, Share};
+use nix::sys::signal::Signal;
 use std::io;
 use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::oneshot;
 use tokio_util::task::AbortOnDropHandle;
 
 /// Why `limit` could not start.
@@ -70,12 +71,15 @@ pub struct LimitOptions {
     pub threads: Option<usize>,
     pub method: Method,
     pub adaptive: Option<Share>,
+    /// The host this runs on (detected once by the command).
+    pub host: Host,
 }
 
 impl LimitOptions {
     /// Checks the budget against the CPUs this process may use (`available`) and that there is
     /// something to limit.
-    pub fn from_args(args: LimitArgs, available: usize) -> Result<LimitOptions, LimitError> {
+    pub fn from_args(args: LimitArgs, host: Host) -> Result<LimitOptions, LimitError> {
+        let available = host.allowed_cpus();
         if args.cpus.get() > available as f64 {
             return Err(LimitError::Budget {
                 cpus: args.cpus,
@@ -94,6 +98,7 @@ impl LimitOptions {
             threads: args.threads,
             method: args.method.into(),
             adaptive: args.adaptive,
+            host,
         })
     }
 
@@ -114,13 +119,14 @@ impl LimitOptions {
             threads: self.threads,
             priority: Priority::Normal,
             adaptive: self.adaptive,
+            host: self.host,
         }
     }
 }
 
 /// `sentinel-supervisor limit`.
 pub async fn run(args: LimitArgs) -> anyhow::Result<ExitCode> {
-    let options = LimitOptions::from_args(args, allowed_cpus())?;
+    let options = LimitOptions::from_args(args, Host::detect())?;
     limit(&options).await
 }
 
@@ -136,7 +142,7 @@ pub async fn limit(options: &LimitOptions) -> anyhow::Result<ExitCode> {
         LimitTarget::Pid(pid) => {
             let pid = *pid;
             let _usage = follow_usage(pid, options, &activity);
-            let mut handle = Governor::start(pid, &config, settings, activity.clone())?;
+            let mut handle = Governor::start(pid, &config, settings, activity.clone(), unread())?;
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tokio::select! {
@@ -157,46 +163,46 @@ pub async fn limit(options: &LimitOptions) -> anyhow::Result<ExitCode> {
         LimitTarget::Command(command) => command,
     };
 
-    let (pid, mut exited) = spawn_command(command)?;
+    let (pid, mut child) = spawn_command(command)?;
     let _usage = follow_usage(pid, options, &activity);
-    let mut handle = match Governor::start(pid, &config, settings, activity.clone()) {
+    let mut handle = match Governor::start(pid, &config, settings, activity.clone(), unread()) {
         Ok(handle) => handle,
         Err(err) => {
             // A command that finished at once is gone before it could be governed: that is
             // its exit, not an error.
             if let Ok(status) =
-                tokio::time::timeout(std::time::Duration::from_millis(200), &mut exited).await
+                tokio::time::timeout(std::time::Duration::from_millis(200), child.wait()).await
             {
                 return Ok(exit_code(status));
             }
-            kill_group(pid, libc::SIGKILL);
+            kill_group(pid, Signal::SIGKILL);
             return Err(err.into());
         }
     };
     let forwarded = tokio::select! {
-        status = &mut exited => {
+        status = child.wait() => {
             handle.stop();
             return Ok(exit_code(status));
         }
-        _ = sigint.recv() => libc::SIGINT,
-        _ = sigterm.recv() => libc::SIGTERM,
+        _ = sigint.recv() => Signal::SIGINT,
+        _ = sigterm.recv() => Signal::SIGTERM,
     };
     handle.stop();
     tracing::info!(
         pid,
-        signal = forwarded,
+        signal = %forwarded,
         "passing the signal on to the command"
     );
     kill_group(pid, forwarded);
-    let status = match tokio::time::timeout(GRACE, &mut exited).await {
+    let status = match tokio::time::timeout(GRACE, child.wait()).await {
         Ok(status) => status,
         Err(_) => {
             tracing::warn!(
                 pid,
                 "command did not exit within 5s of the signal; killing it"
             );
-            kill_group(pid, libc::SIGKILL);
-            exited.await
+            kill_group(pid, Signal::SIGKILL);
+            child.wait().await
         }
     };
     Ok(exit_code(status))
@@ -204,6 +210,11 @@ pub async fn limit(options: &LimitOptions) -> anyhow::Result<ExitCode> {
 
 /// Starts following the target's CPU use (the activity signal of `limit`); the task ends with
 /// the target or when the returned guard drops.
+/// `limit` serves no `/status`: the governor's snapshots go nowhere.
+fn unread() -> crate::governor::SnapshotSender {
+    tokio::sync::watch::Sender::new(None)
+}
+
 fn follow_usage(pid: i32, options: &LimitOptions, activity: &Activity) -> AbortOnDropHandle<()> {
     AbortOnDropHandle::new(tokio::spawn(usage::follow(
         pid,
@@ -214,90 +225,43 @@ fn follow_usage(pid: i32, options: &LimitOptions, activity: &Activity) -> AbortO
     )))
 }
 
-fn kill_group(pid: i32, sig: i32) {
-    // SAFETY: plain kill(2) on the group of a child we spawned and have not reaped.
-    unsafe {
-        libc::kill(-pid, libc::SIGCONT);
-        libc::kill(-pid, sig);
+fn kill_group(pid: i32, signal: Signal) {
+    if let Err(err) = signal_group(pid, signal) {
+        tracing::debug!(pid, %signal, error = %err, "signal to the command's group failed");
     }
 }
 
-type Exited = oneshot::Receiver<io::Result<ExitStatus>>;
-
-/// Starts the command from a dedicated thread that lives until the command exits: the death
-/// signal is tied to the spawning thread, not to the process.
-fn spawn_command(command: &[String]) -> Result<(i32, Exited), LimitError> {
-    let command = command.to_vec();
+/// Starts the command in its own process group, with a SIGKILL when the limiter dies
+/// ([`crate::process_group`]).
+fn spawn_command(command: &[String]) -> Result<(i32, tokio::process::Child), LimitError> {
     let shown = command.join(" ");
-    let (pid_tx, pid_rx) = std::sync::mpsc::channel();
-    let (exit_tx, exit_rx) = oneshot::channel();
-    std::thread::Builder::new()
-        .name("limit-child".into())
-        .spawn(move || {
-            let mut cmd = std::process::Command::new(&command[0]);
-            cmd.args(&command[1..]);
-            set_up_child(&mut cmd);
-            match cmd.spawn() {
-                Ok(mut child) => {
-                    let _ = pid_tx.send(Ok(child.id() as i32));
-                    let _ = exit_tx.send(child.wait());
-                }
-                Err(err) => {
-                    let _ = pid_tx.send(Err(err));
-                }
-            }
-        })
-        .map_err(|source| LimitError::Spawn {
-            command: shown.clone(),
-            source,
-        })?;
-    let pid = pid_rx
-        .recv()
-        .map_err(|_| io::Error::other("the spawning thread ended early"))
-        .and_then(|r| r)
-        .map_err(|source| LimitError::Spawn {
+    let mut cmd = tokio::process::Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    let child = spawn_in_group_async(cmd, Signal::SIGKILL).map_err(|source| LimitError::Spawn {
+        command: shown.clone(),
+        source,
+    })?;
+    let pid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .ok_or_else(|| LimitError::Spawn {
             command: shown,
-            source,
+            source: io::Error::other("the command exited before its pid was known"),
         })?;
-    Ok((pid, exit_rx))
+    Ok((pid, child))
 }
 
-/// Own process group; on Linux a SIGKILL when the limiter dies.
-fn set_up_child(cmd: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    cmd.process_group(0);
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: getpid has no preconditions.
-        let parent = unsafe { libc::getpid() };
-        // SAFETY: only async-signal-safe syscalls run between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // The limiter may have died before the death signal was armed.
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
-    }
-}
-
-fn exit_code(status: Result<io::Result<ExitStatus>, oneshot::error::RecvError>) -> ExitCode {
+fn exit_code(status: io::Result<ExitStatus>) -> ExitCode {
     use std::os::unix::process::ExitStatusExt;
     match status {
-        Ok(Ok(status)) => match (status.code(), status.signal()) {
+        Ok(status) => match (status.code(), status.signal()) {
             (Some(code), _) => ExitCode::from(code.clamp(0, 255) as u8),
             (None, Some(sig)) => ExitCode::from((128 + sig).clamp(0, 255) as u8),
             (None, None) => ExitCode::FAILURE,
         },
-        Ok(Err(err)) => {
+        Err(err) => {
             tracing::error!(error = %err, "could not wait for the command");
             ExitCode::FAILURE
         }
-        Err(_) => ExitCode::FAILURE,
     }
 }

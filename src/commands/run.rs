@@ -4,7 +4,8 @@
 
 use crate::cli::RunArgs;
 use crate::config::{Config, ConfigError};
-use crate::profile::{self, Host};
+use crate::host::Host;
+use crate::profile;
 use crate::supervisor::{self, RunOptions};
 use std::process::ExitCode;
 
@@ -17,6 +18,7 @@ pub fn options(config: Config, args: &RunArgs, host: &Host) -> Result<RunOptions
         api_keys: config.effective_api_keys(),
         setup: super::setup::options(&config, &args.setup),
         profile,
+        host: *host,
         config,
     })
 }
@@ -32,7 +34,7 @@ mod tests {
     use super::*;
 
     fn host() -> Host {
-        Host::detect()
+        Host::unrestricted(2)
     }
 
     #[test]

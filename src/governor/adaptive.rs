@@ -1,9 +1,11 @@
 //! "Yield to the user": a budget that shrinks while other processes keep the machine busy and
 //! recovers slowly once they stop.
 //!
-//! Every feedback window the limiter reports the machine's busy share and the child's own CPU.
-//! What the others use is `busy * ncpus - own`; the room left under the target is
-//! `target * ncpus - others`. The budget drops to that room at once (the user's work wins
+//! Every feedback window the limiter reports what the whole machine ran and what the child ran,
+//! both in cores (the machine's busy share times its *online* CPUs), and the cores this process
+//! may use (its affinity mask and cgroup quota, see [`crate::host::Host::allowed_cores`]). What
+//! the others use is `machine - own`; the room left under the target is
+//! `target * capacity - others`. The budget drops to that room at once (the user's work wins
 //! immediately), climbs back at most `recover_per_sec` cores per second (no spike when the user
 //! pauses for a moment), and never leaves `floor..=base` (the model always makes progress and
 //! never exceeds its profile's budget). Pure logic: tests drive it with made-up readings.
@@ -15,7 +17,8 @@ use std::time::Duration;
 pub struct AdaptiveParams {
     /// The profile's budget in cores: the ceiling.
     pub base: f64,
-    /// Total system CPU to stay under, as a share of the machine (0.0..=1.0).
+    /// Total CPU to stay under, as a share of the cores this process may use (0.0..=1.0; on a
+    /// host without affinity mask or quota, a share of the machine).
     pub target: f64,
     /// The lowest budget, in cores.
     pub floor: f64,
@@ -45,12 +48,18 @@ impl AdaptiveBudget {
         self.current
     }
 
-    /// Updates the budget from one window's readings: `system_busy` (share of the whole machine),
-    /// `own_cores` (the child's CPU in cores), `ncpus` and the window length.
-    pub fn update(&mut self, system_busy: f64, own_cores: f64, ncpus: usize, dt: Duration) -> f64 {
-        let n = ncpus.max(1) as f64;
-        let others = (system_busy.clamp(0.0, 1.0) * n - own_cores).max(0.0);
-        let room = self.params.target.clamp(0.0, 1.0) * n - others;
+    /// Updates the budget from one window's readings, all in cores: `machine_cores` (what every
+    /// process on the machine ran, the child included), `own_cores` (what the child ran) and
+    /// `capacity_cores` (what this process may use), over a window of `dt`.
+    pub fn update(
+        &mut self,
+        machine_cores: f64,
+        own_cores: f64,
+        capacity_cores: f64,
+        dt: Duration,
+    ) -> f64 {
+        let others = (machine_cores.max(0.0) - own_cores).max(0.0);
+        let room = self.params.target.clamp(0.0, 1.0) * capacity_cores.max(0.0) - others;
         let wanted = room.clamp(self.params.floor, self.params.base);
         self.current = if wanted < self.current {
             wanted
@@ -79,30 +88,30 @@ mod tests {
     #[test]
     fn keeps_full_budget_on_a_quiet_machine() {
         let mut b = budget();
-        // Only the child runs: 1 core of 2 = 50 % busy.
-        assert_eq!(b.update(0.5, 1.0, 2, SEC), 1.0);
+        // Only the child runs: 1 core of 2.
+        assert_eq!(b.update(1.0, 1.0, 2.0, SEC), 1.0);
     }
 
     #[test]
     fn shrinks_at_once_when_others_load_the_machine() {
         let mut b = budget();
-        // Others use 1 core, child 1 core: 100 % busy; room = 1.5 - 1.0 = 0.5.
-        let now = b.update(1.0, 1.0, 2, SEC);
+        // Others use 1 core, child 1 core: 2 cores busy; room = 1.5 - 1.0 = 0.5.
+        let now = b.update(2.0, 1.0, 2.0, SEC);
         assert!((now - 0.5).abs() < 1e-9);
     }
 
     #[test]
     fn never_below_floor() {
         let mut b = budget();
-        assert_eq!(b.update(1.0, 0.0, 2, SEC), 0.2);
+        assert_eq!(b.update(2.0, 0.0, 2.0, SEC), 0.2);
     }
 
     #[test]
     fn recovers_slowly_after_load_stops() {
         let mut b = budget();
-        b.update(1.0, 0.0, 2, SEC);
+        b.update(2.0, 0.0, 2.0, SEC);
         let mut steps = 0;
-        while b.update(0.1, 0.2, 2, SEC) < 1.0 - 1e-9 {
+        while b.update(0.2, 0.2, 2.0, SEC) < 1.0 - 1e-9 {
             steps += 1;
             assert!(steps < 20, "did not recover");
         }
@@ -118,6 +127,6 @@ mod tests {
             floor: 0.8,
             recover_per_sec: 0.1,
         });
-        assert_eq!(b.update(1.0, 0.0, 2, SEC), 0.5);
+        assert_eq!(b.update(2.0, 0.0, 2.0, SEC), 0.5);
     }
 }

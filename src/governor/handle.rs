@@ -1,5 +1,6 @@
 //! Starting the governor on a child and holding it: picks the method, starts the duty-cycle
-//! limiter or creates the cgroup, reports `/status`, and undoes everything on stop or drop.
+//! limiter or creates the cgroup, publishes its [`GovernorSnapshot`] for `/status` (see
+//! [`super::snapshot`]), and undoes everything on stop or drop.
 //!
 //! `auto` decides per launch: with the adaptive mode on it uses the duty cycle (the budget
 //! moves every second and must follow activity); otherwise a writable cgroup wins (the kernel
@@ -8,16 +9,13 @@
 //! the budget, and stacking would cut the child to the product of both.
 
 use super::adaptive::AdaptiveParams;
-use super::cgroup::{self, CgroupError, CgroupVersion, CpuCgroup};
-use super::priority::Priority;
+use super::cgroup::{self, CgroupError, CpuCgroup};
 use super::settings::{GovernorConfig, GovernorSettings, Method};
-use super::signals::{allowed_cpus, LimiterParams, SignalLimiter};
+use super::signals::{LimiterParams, SignalLimiter};
+use super::snapshot::{GovernorSnapshot, Publisher, SnapshotSender, Source};
 use super::target::{Target, TargetError};
 use super::Activity;
 use crate::units::Cores;
-use serde::Serialize;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 /// Why the governor could not start.
 #[derive(Debug, thiserror::Error)]
@@ -28,26 +26,8 @@ pub enum GovernorError {
     Target(#[from] TargetError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
-    #[error("could not start the duty-cycle thread: {0} (the system may be out of threads)")]
+    #[error("could not start a governor thread: {0} (the system may be out of threads)")]
     Thread(std::io::Error),
-}
-
-/// What the governor is doing, for `/status`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct GovernorStatus {
-    /// `signals`, `cgroup` or `off`.
-    pub method: Method,
-    /// The cgroup interface when `method` is `cgroup`.
-    pub cgroup: Option<CgroupVersion>,
-    /// The budget in force, in cores (`null` = unlimited).
-    pub budget_cpus: Option<f64>,
-    /// Share of each period the child may run (duty cycle; `null` under a kernel cap).
-    pub duty: Option<f64>,
-    /// `throttling`, `resting` (nothing in flight), `capped` (kernel cap), `off` or `stopped`.
-    pub state: &'static str,
-    /// The child's measured CPU in cores over the last window.
-    pub measured_cpus: Option<f64>,
-    pub priority: Priority,
 }
 
 enum Mechanism {
@@ -56,35 +36,46 @@ enum Mechanism {
     Off,
 }
 
-/// A running governor. [`GovernorHandle::stop`] or drop continues the child and removes the
-/// cgroup.
+/// A running governor. [`GovernorHandle::stop`] or drop continues the child, removes the
+/// cgroup and publishes a last snapshot in state `stopped`.
 pub struct GovernorHandle {
     pid: i32,
-    settings: GovernorSettings,
     mechanism: Mechanism,
+    publisher: Publisher,
+    report: SnapshotSender,
     stopped: bool,
-    /// Last (time, child CPU) reading, for the measured CPU under a cgroup cap.
-    last_reading: Mutex<Option<(Instant, Duration)>>,
 }
 
 /// Entry point.
 pub struct Governor;
 
 impl Governor {
-    /// Starts limiting `child_pid` (and its process group when it leads one).
+    /// Starts limiting `child_pid` (and its process group when it leads one), publishing its
+    /// snapshot on `report` at once and then once per feedback window.
     pub fn start(
         child_pid: i32,
         config: &GovernorConfig,
         settings: GovernorSettings,
         activity: Activity,
+        report: SnapshotSender,
     ) -> Result<GovernorHandle, GovernorError> {
         config.validate().map_err(GovernorError::Config)?;
-        let handle = |mechanism| GovernorHandle {
-            pid: child_pid,
-            settings,
-            mechanism,
-            stopped: false,
-            last_reading: Mutex::new(None),
+        let window = config.feedback().window;
+        let handle = |mechanism: Mechanism| -> Result<GovernorHandle, GovernorError> {
+            let source = match &mechanism {
+                Mechanism::Signals(limiter) => Source::Signals(limiter.readings()),
+                Mechanism::Cgroup(group) => Source::Cgroup(group.version()),
+                Mechanism::Off => Source::Off,
+            };
+            let publisher = Publisher::start(child_pid, window, source, settings, report.clone())
+                .map_err(GovernorError::Thread)?;
+            Ok(GovernorHandle {
+                pid: child_pid,
+                mechanism,
+                publisher,
+                report: report.clone(),
+                stopped: false,
+            })
         };
         let Some(cpus) = settings
             .cpus
@@ -92,7 +83,7 @@ impl Governor {
             .filter(|_| config.method != Method::Off)
         else {
             tracing::info!(pid = child_pid, method = "off", "CPU governor off");
-            return Ok(handle(Mechanism::Off));
+            return handle(Mechanism::Off);
         };
         let method = match config.method {
             Method::Auto if settings.adaptive.is_some() => Method::Signals,
@@ -113,7 +104,7 @@ impl Governor {
                         period = ?config.cgroup_period,
                         "CPU governor: kernel cap"
                     );
-                    return Ok(handle(Mechanism::Cgroup(group)));
+                    return handle(Mechanism::Cgroup(group));
                 }
                 Err(err) if config.method == Method::Auto => {
                     tracing::warn!(error = %err, "cgroup cap failed; using the duty cycle instead");
@@ -124,7 +115,9 @@ impl Governor {
         let target = Target::open(child_pid)?;
         let params = LimiterParams {
             cpus,
-            usable: settings.threads.map(|t| t.clamp(1, allowed_cpus())),
+            usable: settings
+                .threads
+                .map(|t| t.clamp(1, settings.host.allowed_cpus())),
             period: config.period,
             feedback: config.feedback(),
             adaptive: settings.adaptive.map(|target| AdaptiveParams {
@@ -133,6 +126,7 @@ impl Governor {
                 floor: cpus * config.adaptive_floor,
                 recover_per_sec: config.adaptive_recover_per_sec,
             }),
+            host: settings.host,
         };
         let group = target.is_group();
         let limiter =
@@ -148,7 +142,7 @@ impl Governor {
             adaptive = ?settings.adaptive,
             "CPU governor: duty cycle"
         );
-        Ok(handle(Mechanism::Signals(limiter)))
+        handle(Mechanism::Signals(limiter))
     }
 }
 
@@ -176,53 +170,13 @@ impl GovernorHandle {
         }
     }
 
-    /// What the governor is doing now.
-    pub fn status(&self) -> GovernorStatus {
-        let mut status = GovernorStatus {
-            method: Method::Off,
-            cgroup: None,
-            budget_cpus: self.settings.cpus.map(Cores::get),
-            duty: None,
-            state: "off",
-            measured_cpus: None,
-            priority: self.settings.priority,
-        };
-        match &self.mechanism {
-            Mechanism::Off => {}
-            Mechanism::Signals(limiter) => {
-                let snap = limiter.snapshot();
-                status.method = Method::Signals;
-                status.budget_cpus = Some(snap.budget);
-                status.duty = Some(snap.fraction);
-                status.measured_cpus = snap.measured;
-                status.state = match (snap.finished, snap.throttling) {
-                    (true, _) => "stopped",
-                    (false, true) => "throttling",
-                    (false, false) => "resting",
-                };
-            }
-            Mechanism::Cgroup(group) => {
-                status.method = Method::Cgroup;
-                status.cgroup = Some(group.version());
-                status.state = "capped";
-                status.measured_cpus = self.measure_since_last_call();
-            }
-        }
-        if self.stopped {
-            status.state = "stopped";
-        }
-        status
+    /// The last snapshot the governor published (`None` once the lifecycle has cleared it).
+    pub fn snapshot(&self) -> Option<GovernorSnapshot> {
+        self.report.borrow().clone()
     }
 
-    fn measure_since_last_call(&self) -> Option<f64> {
-        let now = (Instant::now(), crate::meter::process_cpu_time(self.pid)?);
-        let mut last = self.last_reading.lock().unwrap_or_else(|e| e.into_inner());
-        let previous = last.replace(now)?;
-        let wall = now.0.duration_since(previous.0).as_secs_f64();
-        (wall > 0.0).then(|| now.1.saturating_sub(previous.1).as_secs_f64() / wall)
-    }
-
-    /// Continues the child and removes the cgroup. Idempotent.
+    /// Continues the child, removes the cgroup and publishes a last snapshot in state
+    /// `stopped`. Idempotent.
     pub fn stop(&mut self) {
         if self.stopped {
             return;
@@ -241,6 +195,7 @@ impl GovernorHandle {
             }
             Mechanism::Off => {}
         }
+        self.publisher.stop();
         tracing::debug!(pid = self.pid, "CPU governor stopped");
     }
 }
@@ -255,7 +210,7 @@ impl std::fmt::Debug for GovernorHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GovernorHandle")
             .field("pid", &self.pid)
-            .field("status", &self.status())
+            .field("snapshot", &self.snapshot())
             .finish()
     }
 }
@@ -263,7 +218,14 @@ impl std::fmt::Debug for GovernorHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::governor::snapshot::GovernorState;
+    use crate::governor::Priority;
     use std::os::unix::process::CommandExt;
+    use std::time::Duration;
+
+    fn report() -> SnapshotSender {
+        tokio::sync::watch::channel(None).0
+    }
 
     fn shipped() -> GovernorConfig {
         crate::config::Config::builtin().unwrap().governor
@@ -275,6 +237,7 @@ mod tests {
             threads: Some(1),
             priority: Priority::Background,
             adaptive: None,
+            host: crate::host::Host::detect(),
         }
     }
 
@@ -287,25 +250,29 @@ mod tests {
             .unwrap();
         let pid = child.id() as i32;
         let cfg = shipped();
-        let off = Governor::start(pid, &cfg, settings(None), Activity::new()).unwrap();
-        assert_eq!(off.status().method, Method::Off);
-        assert_eq!(off.status().state, "off");
+        let off = Governor::start(pid, &cfg, settings(None), Activity::new(), report()).unwrap();
+        let snap = off.snapshot().unwrap();
+        assert_eq!(snap.method, Method::Off);
+        assert_eq!(snap.state, GovernorState::Off);
         let cfg = GovernorConfig {
             method: Method::Signals,
             ..shipped()
         };
-        let mut handle = Governor::start(pid, &cfg, settings(Some(0.5)), Activity::new()).unwrap();
+        let tx = report();
+        let rx = tx.subscribe();
+        let mut handle =
+            Governor::start(pid, &cfg, settings(Some(0.5)), Activity::new(), tx).unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        let status = handle.status();
+        let status = rx.borrow().clone().unwrap();
         assert_eq!(status.method, Method::Signals);
-        assert_eq!(status.state, "resting");
+        assert_eq!(status.state, GovernorState::Resting);
         assert_eq!(status.budget_cpus, Some(0.5));
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["method"], "signals");
         assert_eq!(json["priority"], "background");
         handle.stop();
         handle.stop();
-        assert_eq!(handle.status().state, "stopped");
+        assert_eq!(rx.borrow().as_ref().unwrap().state, GovernorState::Stopped);
         child.kill().unwrap();
         child.wait().unwrap();
     }
@@ -316,8 +283,14 @@ mod tests {
             method: Method::Signals,
             ..shipped()
         };
-        let err =
-            Governor::start(i32::MAX - 1, &cfg, settings(Some(0.5)), Activity::new()).unwrap_err();
+        let err = Governor::start(
+            i32::MAX - 1,
+            &cfg,
+            settings(Some(0.5)),
+            Activity::new(),
+            report(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("no process"), "{err}");
     }
 }

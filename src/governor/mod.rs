@@ -13,7 +13,8 @@
 //!   idle spinning in the child are in [`crate::backend::launch`]);
 //! - [`priority`] sets the scheduling class at spawn;
 //! - [`Governor::start`] enforces the budget with [`signals`] (duty cycle, gated by
-//!   [`Activity`]) or [`cgroup`] (kernel cap), see [`handle`] for how `auto` picks.
+//!   [`Activity`]) or [`cgroup`] (kernel cap), see [`handle`] for how `auto` picks;
+//! - [`snapshot`] publishes what the governor does, over its own window, for `/status`.
 
 pub mod activity;
 pub mod adaptive;
@@ -23,13 +24,15 @@ pub mod handle;
 pub mod priority;
 pub mod settings;
 pub mod signals;
+pub mod snapshot;
 pub mod target;
 pub mod usage;
 
 pub use activity::{Activity, ActivityGuard};
-pub use handle::{Governor, GovernorError, GovernorHandle, GovernorStatus};
+pub use handle::{Governor, GovernorError, GovernorHandle};
 pub use priority::{apply_to_current_process, Priority};
 pub use settings::{GovernorConfig, GovernorSettings, Method};
+pub use snapshot::{GovernorSnapshot, GovernorState, SnapshotSender};
 
 /// Threads for llama-server under a budget of `cpus` cores: one per started core (1.0 -> 1,
 /// 1.5 -> 2), never more than the CPUs the process may use, at least 1. `None` (unlimited) uses

@@ -121,8 +121,11 @@ pub struct GovernorSettings {
     /// The scheduling class set at spawn (reported in `/status`; applied by the spawner through
     /// [`super::priority::apply_to_current_process`]).
     pub priority: Priority,
-    /// Adaptive mode: keep total system CPU under this share of the machine.
+    /// Adaptive mode: keep total CPU under this share (0.0..=1.0) of the cores this process may
+    /// use (see [`super::adaptive::AdaptiveParams::target`]).
     pub adaptive: Option<Share>,
+    /// The host the profile was resolved against (detected once by the command).
+    pub host: crate::host::Host,
 }
 
 #[cfg(test)]

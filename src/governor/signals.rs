@@ -14,6 +14,7 @@ use super::adaptive::{AdaptiveBudget, AdaptiveParams};
 use super::duty::{DutyController, Feedback, Machine};
 use super::target::{is_gone, Target};
 use super::Activity;
+use crate::host::Host;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,14 +35,16 @@ pub struct LimiterParams {
     pub feedback: Feedback,
     /// Shrink the budget while other processes load the machine.
     pub adaptive: Option<AdaptiveParams>,
+    /// What this process may use (thread caps, the adaptive budget's arithmetic).
+    pub host: Host,
 }
 
-/// Live readings published by the limiter thread for `/status`.
+/// Live readings published by the limiter thread (for the governor's snapshot, see
+/// [`super::snapshot`]).
 #[derive(Debug, Default)]
 pub struct LimiterReadings {
     budget: AtomicU64,
     fraction: AtomicU64,
-    measured: AtomicU64,
     throttling: AtomicBool,
     finished: AtomicBool,
 }
@@ -53,8 +56,6 @@ pub struct LimiterSnapshot {
     pub budget: f64,
     /// Share of each period the child runs.
     pub fraction: f64,
-    /// The child's CPU over the last feedback window, in cores (`None` before the first one).
-    pub measured: Option<f64>,
     /// True while requests are in flight and the child is being duty-cycled.
     pub throttling: bool,
     /// True once the thread has ended (child gone, stopped, or an error).
@@ -70,12 +71,11 @@ fn load(a: &AtomicU64) -> f64 {
 }
 
 impl LimiterReadings {
-    fn snapshot(&self) -> LimiterSnapshot {
-        let measured = load(&self.measured);
+    /// A copy of the readings now.
+    pub fn snapshot(&self) -> LimiterSnapshot {
         LimiterSnapshot {
             budget: load(&self.budget),
             fraction: load(&self.fraction),
-            measured: (measured >= 0.0).then_some(measured),
             throttling: self.throttling.load(Ordering::Relaxed),
             finished: self.finished.load(Ordering::Relaxed),
         }
@@ -101,7 +101,6 @@ impl SignalLimiter {
         let target = Arc::new(target);
         let readings = Arc::new(LimiterReadings::default());
         store(&readings.budget, params.cpus);
-        store(&readings.measured, -1.0);
         let (stop_tx, stop_rx) = watch::channel(false);
         let activity_rx = activity.subscribe();
         let thread = {
@@ -116,12 +115,15 @@ impl SignalLimiter {
                         target: &target,
                         ctl: DutyController::new(
                             params.cpus,
-                            params.usable.unwrap_or_else(|| thread_cap(target.pid())),
+                            params
+                                .usable
+                                .unwrap_or_else(|| thread_cap(target.pid(), &params.host)),
                             params.period,
                             params.feedback,
                         ),
                         adaptive: params.adaptive.map(AdaptiveBudget::new),
                         follow_threads: params.usable.is_none(),
+                        host: params.host,
                         window: params.feedback.window,
                         activity: activity_rx,
                         stop: stop_rx,
@@ -153,6 +155,11 @@ impl SignalLimiter {
     /// The current readings.
     pub fn snapshot(&self) -> LimiterSnapshot {
         self.readings.snapshot()
+    }
+
+    /// The live readings, shared with the thread that updates them.
+    pub fn readings(&self) -> Arc<LimiterReadings> {
+        Arc::clone(&self.readings)
     }
 
     /// Ends the thread and continues the child. Idempotent.
@@ -195,6 +202,7 @@ struct Loop<'a> {
     ctl: DutyController,
     adaptive: Option<AdaptiveBudget>,
     follow_threads: bool,
+    host: Host,
     window: Duration,
     activity: watch::Receiver<usize>,
     stop: watch::Receiver<bool>,
@@ -242,13 +250,15 @@ impl Loop<'_> {
         let gone = || io::Error::from_raw_os_error(libc::ESRCH);
         let mut next = Instant::now();
         let mut window_start = next;
-        let mut cpu_start = crate::meter::process_cpu_time(pid).ok_or_else(gone)?;
+        let mut cpu_start = crate::meter::process_cpu(pid).ok_or_else(gone)?;
         let mut sys_start = crate::meter::system_times().ok();
         self.ctl.reset_window();
         let mut periods: u64 = 0;
         // A program we know nothing about: size the run time for all its threads at first (it
         // cannot exceed the budget), then for those that turn out to compute.
-        let mut follow = self.follow_threads.then(|| FollowThreads::start(pid));
+        let mut follow = self
+            .follow_threads
+            .then(|| FollowThreads::start(pid, &self.host));
         if let Some(f) = &follow {
             self.ctl.set_usable(f.cap);
         }
@@ -292,11 +302,11 @@ impl Loop<'_> {
             // any time: follow it every few periods, and start a fresh feedback window when the
             // CPUs it can keep busy change.
             if let (true, Some(f)) = (check, &mut follow) {
-                if let Some(usable) = f.check(pid, now, &self.ctl) {
+                if let Some(usable) = f.check(pid, now, &self.ctl, &self.host) {
                     self.ctl.set_usable(usable);
                     self.ctl.reset_window();
                     window_start = now;
-                    cpu_start = crate::meter::process_cpu_time(pid).ok_or_else(gone)?;
+                    cpu_start = crate::meter::process_cpu(pid).ok_or_else(gone)?;
                     sys_start = crate::meter::system_times().ok();
                 }
             }
@@ -304,7 +314,7 @@ impl Loop<'_> {
             if wall < self.window {
                 continue;
             }
-            let cpu = crate::meter::process_cpu_time(pid).ok_or_else(gone)?;
+            let cpu = crate::meter::process_cpu(pid).ok_or_else(gone)?;
             let used = cpu.saturating_sub(cpu_start);
             let measured = used.as_secs_f64() / wall.as_secs_f64();
             let sys = crate::meter::system_times().ok();
@@ -320,7 +330,7 @@ impl Loop<'_> {
             };
             self.ctl.observe_on(wall, used, machine);
             if let (Some(adaptive), Some(busy)) = (&mut self.adaptive, busy) {
-                let budget = adaptive.update(busy, measured, allowed_cpus(), wall);
+                let budget = adapt(adaptive, &self.host, busy, measured, wall);
                 self.ctl.set_cpus(budget);
             }
             if let Some(f) = &mut follow {
@@ -334,7 +344,6 @@ impl Loop<'_> {
                     }
                 }
             }
-            store(&self.readings.measured, measured);
             store(&self.readings.budget, self.ctl.cpus());
             store(&self.readings.fraction, self.ctl.fraction());
             tracing::trace!(
@@ -350,6 +359,26 @@ impl Loop<'_> {
         }
         Ok(())
     }
+}
+
+/// Moves the adaptive budget from one window's readings: `machine_busy`, the busy share of the
+/// whole machine (every online CPU), and `own_cores`, the child's CPU in cores. The share is
+/// turned into cores with the online CPUs (its denominator) and the room is reckoned in the
+/// cores this process may use (affinity mask, quota): mixing the two, as a share of the online
+/// CPUs times the allowed ones, loses what others run on a restricted host.
+fn adapt(
+    adaptive: &mut AdaptiveBudget,
+    host: &Host,
+    machine_busy: f64,
+    own_cores: f64,
+    wall: Duration,
+) -> f64 {
+    adaptive.update(
+        host.machine_share_to_cores(machine_busy),
+        own_cores,
+        host.allowed_cores(),
+        wall,
+    )
 }
 
 /// System busy share at which the machine counts as saturated (see
@@ -394,11 +423,12 @@ fn raise_own_priority() {
 /// How often (in periods) the thread count of an unknown program is read again.
 const THREAD_CHECK_PERIODS: u64 = 5;
 
-/// CPUs a child with an unknown thread count can keep busy: its threads, at most the CPUs.
-fn thread_cap(pid: i32) -> usize {
+/// CPUs a child with an unknown thread count can keep busy: its threads, at most the CPUs
+/// this process may use.
+fn thread_cap(pid: i32, host: &Host) -> usize {
     crate::meter::thread_count(pid)
         .unwrap_or(usize::MAX)
-        .min(allowed_cpus())
+        .min(host.allowed_cpus())
 }
 
 /// How far above its budget an unknown program may run over a few periods before the limiter
@@ -414,11 +444,11 @@ struct FollowThreads {
 }
 
 impl FollowThreads {
-    fn start(pid: i32) -> Self {
+    fn start(pid: i32, host: &Host) -> Self {
         Self {
-            cap: thread_cap(pid),
+            cap: thread_cap(pid, host),
             computing: ComputingThreads::start(pid),
-            last: crate::meter::process_cpu_clock(pid).map(|cpu| (Instant::now(), cpu)),
+            last: crate::meter::process_cpu(pid).map(|cpu| (Instant::now(), cpu)),
         }
     }
 
@@ -426,9 +456,15 @@ impl FollowThreads {
     /// that must change: all threads when there are more of them, or when the program ran
     /// above its budget since the last check (a thread counted as idle started computing);
     /// at most the thread count when there are fewer.
-    fn check(&mut self, pid: i32, now: Instant, ctl: &DutyController) -> Option<usize> {
-        let threads = thread_cap(pid);
-        let cpu = crate::meter::process_cpu_clock(pid);
+    fn check(
+        &mut self,
+        pid: i32,
+        now: Instant,
+        ctl: &DutyController,
+        host: &Host,
+    ) -> Option<usize> {
+        let threads = thread_cap(pid, host);
+        let cpu = crate::meter::process_cpu(pid);
         let elapsed = self
             .last
             .map(|(then, _)| now.saturating_duration_since(then));
@@ -519,11 +555,6 @@ fn count_computing(
     ran.iter().filter(|r| **r >= half).count()
 }
 
-/// CPUs this process may run on.
-pub fn allowed_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,6 +569,55 @@ mod tests {
         assert!(overshoots(ms(63), ms(100), 0.5));
         assert!(overshoots(ms(200), ms(100), 1.0));
         assert!(!overshoots(ms(200), Duration::ZERO, 1.0));
+    }
+
+    /// Others keep one core busy on an 8-CPU machine whose affinity mask (or quota) leaves this
+    /// process 2 cores; the child uses 0.5. Adaptive at 75 % of what this process may use:
+    /// room = 0.75 * 2 - 1 = 0.5 cores, whatever the machine's other 6 CPUs do.
+    #[test]
+    fn adaptive_counts_others_in_cores_on_a_restricted_host() {
+        use crate::host::{CpuQuota, QuotaSource};
+        let params = AdaptiveParams {
+            base: 1.0,
+            target: 0.75,
+            floor: 0.1,
+            recover_per_sec: 0.1,
+        };
+        let machine_busy = 1.5 / 8.0;
+        let pinned = Host {
+            online_cpus: 8,
+            affinity_cpus: 2,
+            quota: None,
+        };
+        let quota = Host {
+            online_cpus: 8,
+            affinity_cpus: 8,
+            quota: Some(CpuQuota {
+                cores: 2.0,
+                source: QuotaSource::CgroupV2,
+            }),
+        };
+        for host in [pinned, quota] {
+            let mut budget = AdaptiveBudget::new(params);
+            let now = adapt(
+                &mut budget,
+                &host,
+                machine_busy,
+                0.5,
+                Duration::from_secs(1),
+            );
+            assert!((now - 0.5).abs() < 1e-9, "{host:?}: budget {now}");
+        }
+        // An unrestricted machine: the same readings mean the same thing as before.
+        let mut budget = AdaptiveBudget::new(params);
+        let now = adapt(
+            &mut budget,
+            &Host::unrestricted(2),
+            0.75,
+            0.5,
+            Duration::from_secs(1),
+        );
+        assert!((now - 0.5).abs() < 1e-9, "budget {now}");
     }
 
     #[test]
@@ -577,6 +657,7 @@ mod tests {
                 .governor
                 .feedback(),
             adaptive: None,
+            host: Host::detect(),
         }
     }
 

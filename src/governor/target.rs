@@ -84,10 +84,9 @@ impl Target {
         // reaches the leader too, and signalling it twice would double the kernel's work.
         self.signal_leader(if self.group { 0 } else { sig })?;
         if self.group {
-            // SAFETY: plain kill(2) on the group the live leader still owns.
-            if unsafe { libc::kill(-self.pid, sig) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            let signal = nix::sys::signal::Signal::try_from(sig).map_err(io::Error::from)?;
+            // The group the live leader still owns (SIGCONT first for anything but STOP/CONT).
+            crate::process_group::signal_group(self.pid, signal)?;
         }
         Ok(())
     }

@@ -108,14 +108,14 @@ pub async fn follow(
     activity: Activity,
     first: ActivityGuard,
 ) {
-    let Some(cpu) = crate::meter::process_cpu_clock(pid) else {
+    let Some(cpu) = crate::meter::process_cpu(pid) else {
         return;
     };
     let mut gate = UsageGate::new(cpus, period, Instant::now(), cpu);
     let mut mark: Option<ActivityGuard> = Some(first);
     loop {
         tokio::time::sleep(gate.next_check()).await;
-        let Some(cpu) = crate::meter::process_cpu_clock(pid) else {
+        let Some(cpu) = crate::meter::process_cpu(pid) else {
             return;
         };
         match gate.observe(Instant::now(), cpu) {

@@ -7,12 +7,14 @@ pub mod error;
 pub mod forward;
 
 use crate::config::ProxyConfig;
-use crate::governor::Activity;
+use crate::governor::{Activity, GovernorSnapshot};
+use crate::status::{BackendReport, Health, StatusReport};
 use crate::supervisor::state::Status;
 use admission::Admission;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{Request, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -40,8 +42,8 @@ pub struct Shared {
     /// the backend is stopped, so llama-server does not wait for them to time out.
     pub client: std::sync::Mutex<forward::Upstream>,
     pub info: Info,
-    /// The governor's live status, as JSON (null when none runs).
-    pub governor_status: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// The running governor's last snapshot (`None` when none runs).
+    pub governor: watch::Receiver<Option<GovernorSnapshot>>,
     pub started: std::time::Instant,
 }
 
@@ -60,12 +62,39 @@ impl Shared {
     pub fn close_idle_upstream(&self) {
         *self.client.lock().unwrap_or_else(|e| e.into_inner()) = forward::upstream_client();
     }
+
+    /// The supervisor's status now, from the lifecycle's and the governor's last publications.
+    pub fn report(&self) -> StatusReport {
+        let status = self.status.borrow().clone();
+        let profile = &self.info.profile;
+        StatusReport {
+            backend: status.backend.as_ref().map(|b| BackendReport {
+                pid: b.pid,
+                port: b.port,
+                generation: b.generation,
+                threads: profile.threads,
+                threads_batch: profile.threads_batch,
+                restarts: status.restarts,
+            }),
+            state: status.state,
+            profile: profile.name.clone(),
+            resolved_profile: profile.clone(),
+            model: self.info.model.clone(),
+            model_id: self.info.model_id.clone(),
+            restarts: status.restarts,
+            last_exit: status.last_exit,
+            governor: self.governor.borrow().clone(),
+            in_flight: self.activity.in_flight(),
+            queued: self.admission.waiting(),
+            uptime_s: self.started.elapsed().as_secs_f64().round(),
+        }
+    }
 }
 
-/// The router with every route.
+/// The router with every route. `/health` and unknown routes are open; every other route
+/// needs an API key when keys are configured.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(health))
+    let keyed = Router::new()
         .route("/status", get(status))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(proxied))
@@ -74,67 +103,39 @@ pub fn router(state: AppState) -> Router {
         .route("/tokenize", post(proxied))
         .route("/detokenize", post(proxied))
         .route("/props", get(proxied))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            require_key,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .merge(keyed)
         .fallback(not_found)
         .with_state(state)
 }
 
+/// Answers 401 in the OpenAI shape unless the request carries an accepted key.
+async fn require_key(State(s): State<AppState>, req: Request<Body>, next: Next) -> Response {
+    if !s.keys.allows(req.headers()) {
+        return ApiError::unauthorized().into_response();
+    }
+    next.run(req).await
+}
+
 async fn health(State(s): State<AppState>) -> Response {
-    let status = s.status.borrow().clone();
-    let mut body = json!({
-        "status": if status.state.serving() { "ok" } else { "unavailable" },
-        "state": status.state.name(),
-        "profile": s.info.profile.name,
-        "restarts": status.restarts,
-    });
-    if let crate::supervisor::state::State::Failed { reason, .. } = &status.state {
-        body["reason"] = json!(reason);
-    }
-    let code = if status.state.serving() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let health = s.report().health();
+    let code = match health.status {
+        Health::Ok => StatusCode::OK,
+        Health::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     };
-    (code, Json(body)).into_response()
+    (code, Json(health)).into_response()
 }
 
-async fn status(State(s): State<AppState>, req: Request<Body>) -> Response {
-    if !s.keys.allows(req.headers()) {
-        return ApiError::unauthorized().into_response();
-    }
-    let status = s.status.borrow().clone();
-    let mut state = serde_json::to_value(&status.state).unwrap_or_default();
-    let backend = status.backend.as_ref().map(|b| {
-        json!({
-            "pid": b.pid,
-            "port": b.port,
-            "generation": b.generation,
-            "threads": s.info.profile.threads,
-            "threads_batch": s.info.profile.threads_batch,
-            "restarts": status.restarts,
-        })
-    });
-    if let Some(obj) = state.as_object_mut() {
-        obj.insert("profile".into(), json!(s.info.profile.name));
-        obj.insert("resolved_profile".into(), json!(s.info.profile));
-        obj.insert("model".into(), json!(s.info.model));
-        obj.insert("model_id".into(), json!(s.info.model_id));
-        obj.insert("backend".into(), json!(backend));
-        obj.insert("restarts".into(), json!(status.restarts));
-        obj.insert("governor".into(), (s.governor_status)());
-        obj.insert("in_flight".into(), json!(s.activity.in_flight()));
-        obj.insert("queued".into(), json!(s.admission.waiting()));
-        obj.insert(
-            "uptime_s".into(),
-            json!(s.started.elapsed().as_secs_f64().round()),
-        );
-    }
-    Json(state).into_response()
+async fn status(State(s): State<AppState>) -> Response {
+    Json(s.report()).into_response()
 }
 
-async fn models(State(s): State<AppState>, req: Request<Body>) -> Response {
-    if !s.keys.allows(req.headers()) {
-        return ApiError::unauthorized().into_response();
-    }
+async fn models(State(s): State<AppState>) -> Response {
     Json(json!({
         "object": "list",
         "data": [{
@@ -159,9 +160,6 @@ async fn embeddings(State(s): State<AppState>, req: Request<Body>) -> Response {
 }
 
 async fn proxied(State(s): State<AppState>, req: Request<Body>) -> Response {
-    if !s.keys.allows(req.headers()) {
-        return ApiError::unauthorized().into_response();
-    }
     match forward::forward(&s, req).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),

@@ -1,15 +1,17 @@
 //! The lifecycle task: the one owner of the backend process and its state. It launches,
 //! waits for readiness, probes liveness, restarts with backoff, trips the crash-loop breaker,
-//! and stops gracefully; every change is published on a `watch` channel.
+//! and stops gracefully; every change is published on a `watch` channel. It owns each launch's
+//! governor too, whose snapshots reach `/status` on a `watch` of their own.
 
 use super::policy::{Decision, RestartPolicy};
 use super::state::{BackendInfo, State, Status};
 use crate::backend::launch::LaunchSpec;
 use crate::backend::process::BackendProcess;
 use crate::config::SupervisorConfig;
-use crate::governor::{Activity, Governor, GovernorConfig, GovernorHandle, GovernorSettings};
+use crate::governor::{
+    Activity, Governor, GovernorConfig, GovernorHandle, GovernorSettings, SnapshotSender,
+};
 use std::process::ExitStatus;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -24,8 +26,8 @@ pub struct Lifecycle {
     pub activity: Activity,
     pub governor_config: GovernorConfig,
     pub governor_settings: GovernorSettings,
-    /// The running launch's governor, shared with `/status`.
-    pub governor: Arc<Mutex<Option<GovernorHandle>>>,
+    /// Where the running launch's governor publishes its snapshots (`None` between launches).
+    pub governor: SnapshotSender,
     pub status: watch::Sender<Status>,
     pub cancel: CancellationToken,
 }
@@ -66,6 +68,8 @@ impl Lifecycle {
                 return;
             }
             let reason = describe(&outcome);
+            self.status
+                .send_modify(|s| s.last_exit = Some(reason.clone()));
             let last_lines = logs.map(|l| l.errors(8)).unwrap_or_default();
             tracing::warn!(%reason, attempt, ?healthy_for, last_lines = ?last_lines, "backend failed");
             match policy.on_failure(Instant::now(), healthy_for) {
@@ -132,7 +136,7 @@ impl Lifecycle {
             api_key: spec.api_key.clone(),
             generation: u64::from(attempt),
         };
-        self.start_governor(child.pid());
+        let mut governor = self.start_governor(child.pid());
         self.publish(State::Starting { attempt }, Some(info.clone()), restarts);
 
         // Loading the model counts as activity, so the governor throttles it too.
@@ -151,14 +155,11 @@ impl Lifecycle {
         }
         let outcome = outcome.unwrap_or(Outcome::Cancelled);
         // Stopping the governor continues the child before it is signalled to stop.
-        if let Some(mut g) = self
-            .governor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(g) = governor.as_mut() {
             g.stop();
         }
+        drop(governor);
+        self.governor.send_replace(None);
         if matches!(outcome, Outcome::Cancelled) {
             self.publish(State::Stopping, Some(info.clone()), restarts);
         }
@@ -248,28 +249,30 @@ impl Lifecycle {
         }
     }
 
-    fn start_governor(&self, pid: i32) {
-        let handle = match Governor::start(
+    fn start_governor(&self, pid: i32) -> Option<GovernorHandle> {
+        match Governor::start(
             pid,
             &self.governor_config,
             self.governor_settings,
             self.activity.clone(),
+            self.governor.clone(),
         ) {
             Ok(h) => Some(h),
             Err(e) => {
                 tracing::error!(pid, error = %e, "cannot start the CPU governor; the backend runs unthrottled");
+                self.governor.send_replace(None);
                 None
             }
-        };
-        *self.governor.lock().unwrap_or_else(|e| e.into_inner()) = handle;
+        }
     }
 
+    /// Publishes the state, keeping `last_exit`.
     fn publish(&self, state: State, backend: Option<BackendInfo>, restarts: u32) {
-        tracing::debug!(state = state.name(), restarts, "backend state");
-        self.status.send_replace(Status {
-            state,
-            backend,
-            restarts,
+        tracing::debug!(state = %state.name(), restarts, "backend state");
+        self.status.send_modify(|s| {
+            s.state = state;
+            s.backend = backend;
+            s.restarts = restarts;
         });
     }
 }

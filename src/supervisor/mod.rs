@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub config: Config,
     /// The profile (`--profile` or `default_profile`) resolved against this host.
     pub profile: profile::Resolved,
+    /// The host the profile was resolved against (detected once by the command).
+    pub host: crate::host::Host,
     /// The endpoint's address (`--listen` or `listen`).
     pub listen: std::net::SocketAddr,
     /// Keys clients must send (`api_keys` and `SENTINEL_API_KEY`); empty = none needed.
@@ -51,6 +53,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         profile,
         listen,
         api_keys: keys,
+        host,
         setup: setup_options,
     } = options;
     if !listen.ip().is_loopback() && keys.is_empty() {
@@ -81,8 +84,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         threads: Some(profile.threads.max(profile.threads_batch)),
         priority: profile.priority,
         adaptive: profile.adaptive,
+        host,
     };
-    let governor = Arc::new(std::sync::Mutex::new(None));
+    let (governor_tx, governor_rx) = tokio::sync::watch::channel(None);
     let spec_inputs = (installed.clone(), profile.clone(), config.clone());
     let lifecycle = lifecycle::Lifecycle {
         config: config.supervisor.clone(),
@@ -90,7 +94,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         activity: activity.clone(),
         governor_config: config.governor.clone(),
         governor_settings,
-        governor: Arc::clone(&governor),
+        governor: governor_tx,
         status: status_tx,
         cancel: cancel.clone(),
     };
@@ -108,16 +112,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
             model: installed.model.display().to_string(),
             profile: profile.clone(),
         },
-        governor_status: Box::new(move || {
-            let g = governor.lock().unwrap_or_else(|e| e.into_inner());
-            g.as_ref()
-                .map(|h| serde_json::to_value(h.status()).unwrap_or_default())
-                .unwrap_or(serde_json::Value::Null)
-        }),
+        governor: governor_rx,
         started: std::time::Instant::now(),
     });
     let app = proxy::router(Arc::clone(&shared));
-    println!("sentinel-supervisor listening on http://{local}");
+    println!("{}http://{local}", crate::status::LISTENING_PREFIX);
     tracing::info!(addr = %local, profile = %profile.name, model = %installed.model.display(), "listening");
 
     let server_cancel = cancel.clone();

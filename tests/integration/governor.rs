@@ -1,6 +1,7 @@
 //! The `limit` subcommand against a real CPU burner: the budget holds, the target is left
 //! running after SIGTERM, a spawned target dies with a SIGKILLed limiter, errors are clear.
 
+use sentinel_supervisor::host::Host;
 use sentinel_supervisor::meter;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Output, Stdio};
@@ -74,18 +75,18 @@ fn child_of(parent: u32) -> i32 {
     }
 }
 
-/// Measures `pid`'s CPU in cores over `window`, and what the rest of the machine used.
+/// Measures `pid`'s CPU in cores over `window`, and what the rest of the machine used (in cores).
 fn measure(pid: i32, window: Duration) -> (f64, f64) {
-    let cpu0 = meter::process_cpu_time(pid).expect("target alive");
+    let cpu0 = meter::process_cpu(pid).expect("target alive");
     let sys0 = meter::system_times().expect("system times");
     let t0 = Instant::now();
     std::thread::sleep(window);
-    let cpu1 = meter::process_cpu_time(pid).expect("target alive");
+    let cpu1 = meter::process_cpu(pid).expect("target alive");
     let sys1 = meter::system_times().expect("system times");
     let wall = t0.elapsed().as_secs_f64();
     let cores = (cpu1 - cpu0).as_secs_f64() / wall;
-    let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let others = (sys1.busy_fraction_since(&sys0) * ncpus - cores).max(0.0);
+    let machine = Host::detect().machine_share_to_cores(sys1.busy_fraction_since(&sys0));
+    let others = (machine - cores).max(0.0);
     (cores, others)
 }
 
@@ -94,7 +95,7 @@ fn measure(pid: i32, window: Duration) -> (f64, f64) {
 fn assert_half_core(pid: i32) {
     std::thread::sleep(Duration::from_secs(1));
     let (cores, others) = assert_at_most_half_core(pid, Duration::from_secs(3));
-    let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let ncpus = Host::detect().allowed_cores();
     if others <= ncpus - 0.6 {
         assert!(
             cores >= 0.45,
@@ -197,7 +198,7 @@ fn pid_mode_holds_half_a_core_and_sigterm_leaves_the_target_running() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let (cores, others) = measure(pid, Duration::from_millis(500));
-    let ncpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let ncpus = Host::detect().allowed_cores();
     if others <= ncpus - 1.0 {
         assert!(
             cores > 0.6,

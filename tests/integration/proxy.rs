@@ -121,8 +121,21 @@ fn api_keys_are_required_when_configured() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
-    // /health stays open for monitors.
+    // /health stays open for monitors, unknown routes are 404 without a key, and every other
+    // route of the supervisor needs one.
     assert_eq!(s.get("/health").0, 200);
+    assert_eq!(s.get("/v1/nope").0, 404);
+    for path in ["/status", "/v1/models", "/props"] {
+        let (code, body) = s.get(path);
+        assert_eq!(code, 401, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_api_key", "{path}");
+        let r = c
+            .get(format!("{}{path}", s.url))
+            .bearer_auth("sk-test-123")
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
 }
 
 #[test]
@@ -208,26 +221,52 @@ fn a_backend_that_stays_down_past_the_wait_gets_503_with_retry_after() {
 }
 
 #[test]
-fn a_request_right_after_the_backend_dies_is_served_by_the_next_one() {
-    let s = start("", "[supervisor]\nbackoff_initial = \"100ms\"\n", vec![]);
+fn a_kept_alive_connection_closed_under_the_proxy_is_retried_once() {
+    // The backend closes the connection of the first request without answering, as llama-server
+    // does with an idle keep-alive connection, while its /health stays ok: only the proxy's
+    // one retry can turn that into an answer (without it the client gets a 502).
+    let s = start("drop-request=1", "", vec![]);
+    let pid = s.backend_pid();
+    let (code, body) = s.post("/v1/chat/completions", chat_body(false));
+    assert_eq!(code, 200, "{body}\n{}", s.logs());
+    assert_eq!(body["object"], "chat.completion", "{body}");
+    let logs = s.logs();
+    assert!(
+        logs.contains("closing the connection of request 1 unanswered"),
+        "the first attempt was not dropped, so the retry was not exercised:\n{logs}"
+    );
+    // Nobody restarted anything: the same backend answered the retry.
+    assert_eq!(s.backend_pid(), pid);
+    // The retry is spent on that request: the next one is answered at the first attempt.
+    let (code, _) = s.post("/v1/chat/completions", chat_body(false));
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn a_request_while_the_backend_restarts_waits_for_the_next_one() {
+    // A long backoff: the request surely arrives after the supervisor noticed the death and
+    // before the next backend is up, so it takes the wait path.
+    let s = start("", "[supervisor]\nbackoff_initial = \"1500ms\"\n", vec![]);
     let pid = s.backend_pid();
     unsafe { libc::kill(pid, libc::SIGKILL) };
+    let noticed = s.wait_health(503, Duration::from_secs(5));
+    assert_ne!(noticed["state"], "ready", "{noticed}");
+    let started = Instant::now();
     let (code, body) = s.post("/v1/chat/completions", chat_body(false));
-    assert_eq!(code, 200, "{body}");
+    assert_eq!(code, 200, "{body}\n{}", s.logs());
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "answered in {:?}: the request did not wait for the restart",
+        started.elapsed()
+    );
     assert_ne!(s.backend_pid(), pid);
 }
 
-/// CPU seconds used so far by a process.
+/// CPU seconds used so far by a process (the meter's exact reader).
 fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = rest[11].parse::<f64>().unwrap() + rest[12].parse::<f64>().unwrap();
-    ticks / 100.0
+    sentinel_supervisor::meter::process_cpu(pid)
+        .expect("backend alive")
+        .as_secs_f64()
 }
 
 #[test]
@@ -260,5 +299,5 @@ fn a_client_that_disconnects_cancels_the_upstream_request() {
         after_drop < 0.1,
         "the upstream request kept running after the client left: {after_drop} s of CPU"
     );
-    assert_eq!(s.get("/status").1["in_flight"], 0);
+    assert_eq!(s.status().in_flight, 0);
 }

@@ -2,8 +2,11 @@
 //! and no orphan after the supervisor dies.
 
 use crate::support::{alive, wait_gone, Options, Supervisor};
+use sentinel_supervisor::governor::{GovernorState, Method};
+use sentinel_supervisor::status::{Health, HealthReport, StatusReport};
+use sentinel_supervisor::supervisor::state::{State, StateName};
 use serde_json::json;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const FAST_RESTARTS: &str = r#"
 [supervisor]
@@ -45,11 +48,56 @@ fn serves_through_the_proxy_with_the_secret_key() {
         body["choices"][0]["message"]["content"],
         "fake: hello there"
     );
-    let (_, status) = s.get("/status");
-    assert_eq!(status["profile"], "balanced");
-    assert_eq!(status["state"], "ready");
-    assert!(status["backend"]["pid"].as_i64().unwrap() > 0);
-    assert_eq!(status["backend"]["threads"], 1);
+    let status = s.status();
+    assert_eq!(status.profile, "balanced");
+    assert_eq!(status.state, State::Ready);
+    let backend = status.backend.expect("a backend while ready");
+    assert!(backend.pid > 0);
+    assert_eq!(backend.threads, 1);
+}
+
+#[test]
+fn status_and_health_are_exactly_the_typed_reports() {
+    let s = fake("", FAST_RESTARTS);
+    s.wait_health(200, Duration::from_secs(20));
+    let (code, health) = s.get("/health");
+    assert_eq!(code, 200);
+    let typed: HealthReport = serde_json::from_value(health.clone()).unwrap();
+    assert_eq!((typed.status, typed.state), (Health::Ok, StateName::Ready));
+    assert_eq!(serde_json::to_value(&typed).unwrap(), health);
+
+    // The governor publishes what it measured once its first window (1 s) has passed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (json, status) = loop {
+        let (_, json) = s.get("/status");
+        let status: StatusReport = serde_json::from_value(json.clone())
+            .unwrap_or_else(|e| panic!("/status is not a StatusReport ({e}): {json}"));
+        if status
+            .governor
+            .as_ref()
+            .is_some_and(|g| g.measured_cpus.is_some())
+        {
+            break (json, status);
+        }
+        assert!(Instant::now() < deadline, "no measured CPU in {json}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Nothing the server sends is lost or added by the type.
+    assert_eq!(serde_json::to_value(&status).unwrap(), json);
+    assert_eq!(status.state, State::Ready);
+    assert_eq!(status.resolved_profile.name, "balanced");
+    assert_eq!(status.backend.unwrap().generation, 1);
+    assert_eq!(status.last_exit, None);
+    let governor = status.governor.unwrap();
+    assert_ne!(governor.method, Method::Auto);
+    assert!(
+        matches!(
+            governor.state,
+            GovernorState::Resting | GovernorState::Capped
+        ),
+        "idle backend: {governor:?}"
+    );
+    assert_eq!(status.in_flight, 0);
 }
 
 #[test]
@@ -74,8 +122,11 @@ fn restarts_after_the_backend_is_killed() {
     s.wait_health(200, Duration::from_secs(20));
     let second = s.backend_pid();
     assert_ne!(first, second);
-    let (_, status) = s.get("/status");
-    assert_eq!(status["restarts"], 1, "{status}");
+    let status = s.status();
+    assert_eq!(status.restarts, 1, "{status:?}");
+    let last_exit = status.last_exit.unwrap_or_default();
+    assert!(last_exit.contains("exited"), "{last_exit}");
+    assert!(status.backend.unwrap().generation > 1);
     let (code, _) = chat(&s, "after restart");
     assert_eq!(code, 200);
 }
@@ -88,8 +139,7 @@ fn a_hung_backend_is_detected_and_replaced() {
     // 2 failed probes (100 ms apart, 300 ms timeout) after the hang: restarted well within 10 s.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let (_, status) = s.get("/status");
-        if status["restarts"].as_u64().unwrap_or(0) >= 1 {
+        if s.status().restarts >= 1 {
             break;
         }
         assert!(
@@ -118,9 +168,20 @@ crash_loop_window = "1m"
     assert_eq!(body["status"], "unavailable");
     let reason = body["reason"].as_str().unwrap();
     assert!(reason.contains("crash loop"), "{reason}");
-    let (_, status) = s.get("/status");
-    let lines = status["last_lines"].to_string();
-    assert!(lines.contains("fake failure at start"), "{status}");
+    let status = s.status();
+    let State::Failed { last_lines, .. } = &status.state else {
+        panic!("not failed: {status:?}");
+    };
+    assert!(
+        last_lines
+            .iter()
+            .any(|l| l.contains("fake failure at start")),
+        "{last_lines:?}"
+    );
+    assert!(
+        status.backend.is_none() && status.governor.is_none(),
+        "{status:?}"
+    );
     // Requests get 503 with the reason, in the OpenAI error shape.
     let (code, body) = chat(&s, "anyone?");
     assert_eq!(code, 503);

@@ -1,6 +1,7 @@
 //! The harness: runs the real `sentinel-supervisor` binary on port 0 in a temp dir, waits for
 //! readiness with deadlines, prints the child's output when a test fails, kills in `Drop`.
 
+use sentinel_supervisor::status::{StatusReport, LISTENING_PREFIX};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -74,7 +75,7 @@ impl Supervisor {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("sentinel-supervisor listening on ") {
+                if let Some(url) = line.strip_prefix(LISTENING_PREFIX) {
                     let _ = tx.send(url.trim().to_string());
                 }
             }
@@ -164,12 +165,21 @@ impl Supervisor {
         }
     }
 
+    /// `/status`, read as the typed report (panics with the log when it is not one).
+    pub fn status(&self) -> StatusReport {
+        let (code, body) = self.get("/status");
+        assert_eq!(code, 200, "GET /status: {body}\n{}", self.logs());
+        serde_json::from_value(body.clone())
+            .unwrap_or_else(|e| panic!("/status is not a StatusReport ({e}): {body}"))
+    }
+
     /// The backend's pid from `/status`.
     pub fn backend_pid(&self) -> i32 {
-        let (_, s) = self.get("/status");
-        s["backend"]["pid"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("no backend pid in {s}\n{}", self.logs())) as i32
+        let status = self.status();
+        match status.backend {
+            Some(backend) => backend.pid,
+            None => panic!("no backend in /status: {:?}\n{}", status.state, self.logs()),
+        }
     }
 
     pub fn signal(&self, sig: i32) {
@@ -216,16 +226,10 @@ impl Drop for Supervisor {
 
 /// Whether a process exists (and is not a zombie).
 pub fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next());
-            state != Some("Z") && state != Some("X")
-        }
-        Err(_) => false,
-    }
+    matches!(
+        sentinel_supervisor::meter::process_state(pid),
+        Some(state) if state != 'Z' && state != 'X'
+    )
 }
 
 /// Waits until `pid` is gone; returns how long it took.

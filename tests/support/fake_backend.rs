@@ -17,6 +17,8 @@
 //! | `die-mid-stream=N`   | exit(1) after sending N chunks of a stream                          |
 //! | `burn`               | spin one core while any request is being answered                   |
 //! | `starts-file=PATH`   | append this process's pid to PATH at every start                    |
+//! | `drop-request=N`     | close the connection of the Nth request (health probes not counted) |
+//! |                      | without answering, as a kept-alive connection closed under a client |
 //! | `flood=N`            | print N numbered lines to stderr as fast as possible at start       |
 //!
 //! Durations are humantime strings (`250ms`, `2s`). A bad directive exits with status 2.
@@ -51,12 +53,13 @@ struct Mode {
     die_mid_stream: Option<usize>,
     burn: bool,
     starts_file: Option<PathBuf>,
+    drop_request: Option<u64>,
     flood: usize,
 }
 
 const DIRECTIVES: &str = "load=DUR, exit-at-start=CODE, crash-after=DUR, hang-after=DUR, \
     ignore-sigterm, stream-chunks=N, stream-delay=DUR, response-delay=DUR, die-mid-stream=N, \
-    burn, starts-file=PATH, flood=N";
+    burn, starts-file=PATH, drop-request=N, flood=N";
 
 impl Mode {
     fn parse(spec: &str) -> Result<Mode, String> {
@@ -72,6 +75,7 @@ impl Mode {
             die_mid_stream: None,
             burn: false,
             starts_file: None,
+            drop_request: None,
             flood: 0,
         };
         for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
@@ -105,6 +109,7 @@ impl Mode {
                 ("die-mid-stream", Some(v)) => mode.die_mid_stream = Some(num(v)?),
                 ("burn", None) => mode.burn = true,
                 ("starts-file", Some(v)) => mode.starts_file = Some(PathBuf::from(v)),
+                ("drop-request", Some(v)) => mode.drop_request = Some(num(v)? as u64),
                 ("flood", Some(v)) => mode.flood = num(v)?,
                 _ => {
                     return Err(format!(
@@ -173,6 +178,8 @@ struct Backend {
     busy: Arc<AtomicUsize>,
     burner: Option<std::thread::Thread>,
     ids: AtomicU64,
+    /// Requests received, health probes aside (drives `drop-request`).
+    requests: AtomicU64,
 }
 
 type Shared = Arc<Backend>;
@@ -328,6 +335,7 @@ async fn serve(args: Args, mode: Mode) {
         busy,
         burner,
         ids: AtomicU64::new(0),
+        requests: AtomicU64::new(0),
     });
     let app = Router::new()
         .route("/health", get(health))
@@ -362,6 +370,17 @@ async fn gate(State(b): State<Shared>, request: Request, next: Next) -> Response
         std::future::pending::<()>().await;
     }
     let public = matches!(request.uri().path(), "/health" | "/v1/health");
+    if !public {
+        let n = b.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        if b.mode.drop_request == Some(n) {
+            say(&format!(
+                "fake-backend: closing the connection of request {n} unanswered (drop-request)"
+            ));
+            // Unwinding ends the connection's task, which closes the socket with no response
+            // byte sent; `resume_unwind` skips the panic hook, and the server goes on.
+            std::panic::resume_unwind(Box::new("drop-request"));
+        }
+    }
     if let (Some(key), false) = (&b.args.api_key, public) {
         let given = request
             .headers()

@@ -4,21 +4,27 @@
 //! the whole response or, with `--stream`, of the time to the first SSE event (time to first
 //! token). `compare` measures the same request directly against the backend and through the
 //! proxy, interleaved (ABBA) so that drift hits both sides alike, for a whole and a streamed
-//! request, and prints a Markdown table with the cost the proxy adds.
+//! request, and prints a Markdown table with the cost the proxy adds. Percentiles are
+//! `sentinel_supervisor::bench::stats`'s (nearest rank).
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
+use sentinel_supervisor::bench::stats::Summary;
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "bench_proxy",
+    bin_name = "bench_proxy",
     about = "Sequential latency client: proxy vs direct"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Added by `cargo bench`; ignored.
+    #[arg(long, hide = true, global = true)]
+    bench: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,8 +81,8 @@ enum Command {
 #[derive(Args, Debug, Clone)]
 struct Load {
     /// Measured requests (per side in `compare`).
-    #[arg(short = 'n', long, default_value_t = 200)]
-    requests: usize,
+    #[arg(short = 'n', long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    requests: u64,
     /// Unmeasured requests first (per side), to warm connections and caches.
     #[arg(long, default_value_t = 20)]
     warmup: usize,
@@ -94,29 +100,6 @@ struct Target {
     key: String,
     body: Bytes,
     stream: bool,
-}
-
-/// Sorted latencies in milliseconds.
-struct Stats(Vec<f64>);
-
-impl Stats {
-    fn new(mut samples: Vec<f64>) -> Stats {
-        samples.sort_by(f64::total_cmp);
-        Stats(samples)
-    }
-
-    /// Nearest-rank percentile (q in 0..=1).
-    fn pct(&self, q: f64) -> f64 {
-        let rank = (q * self.0.len() as f64).ceil() as usize;
-        self.0
-            .get(rank.saturating_sub(1))
-            .copied()
-            .unwrap_or(f64::NAN)
-    }
-
-    fn mean(&self) -> f64 {
-        self.0.iter().sum::<f64>() / self.0.len() as f64
-    }
 }
 
 fn body_for(body: &str, stream: bool) -> anyhow::Result<Bytes> {
@@ -185,15 +168,19 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-async fn latency(client: &reqwest::Client, target: &Target, load: &Load) -> anyhow::Result<Stats> {
+async fn latency(
+    client: &reqwest::Client,
+    target: &Target,
+    load: &Load,
+) -> anyhow::Result<Summary> {
     for _ in 0..load.warmup {
         once(client, target).await?;
     }
-    let mut samples = Vec::with_capacity(load.requests);
+    let mut samples = Vec::new();
     for _ in 0..load.requests {
         samples.push(once(client, target).await?);
     }
-    Ok(Stats::new(samples))
+    Ok(Summary::of(&samples))
 }
 
 /// Direct and proxy latencies of the same request, alternating which side goes first.
@@ -202,7 +189,7 @@ async fn compare(
     direct: &Target,
     proxy: &Target,
     load: &Load,
-) -> anyhow::Result<(Stats, Stats)> {
+) -> anyhow::Result<(Summary, Summary)> {
     for _ in 0..load.warmup {
         once(client, direct).await?;
         once(client, proxy).await?;
@@ -217,7 +204,7 @@ async fn compare(
             d.push(once(client, direct).await?);
         }
     }
-    Ok((Stats::new(d), Stats::new(p)))
+    Ok((Summary::of(&d), Summary::of(&p)))
 }
 
 /// The pass/fail verdict of one row against the targets given on the command line.
@@ -275,10 +262,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             println!(
                 "{what}: n={} p50={:.3} ms p99={:.3} ms mean={:.3} ms",
-                stats.0.len(),
-                stats.pct(0.5),
-                stats.pct(0.99),
-                stats.mean()
+                stats.count, stats.p50, stats.p99, stats.mean
             );
         }
         Command::Compare {
@@ -313,8 +297,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     &load,
                 )
                 .await?;
-                let (added50, added99) = (p.pct(0.5) - d.pct(0.5), p.pct(0.99) - d.pct(0.99));
-                let ratio = p.pct(0.5) / d.pct(0.5);
+                let (added50, added99) = (p.p50 - d.p50, p.p99 - d.p99);
+                let ratio = p.p50 / d.p50;
                 let request = if stream {
                     "stream, first event"
                 } else {
@@ -323,10 +307,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(
                     "| {label} | {request} | {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {added50:+.3} ms | {added99:+.3} ms | {ratio:.3} | {} |",
                     load.requests,
-                    d.pct(0.5),
-                    d.pct(0.99),
-                    p.pct(0.5),
-                    p.pct(0.99),
+                    d.p50,
+                    d.p99,
+                    p.p50,
+                    p.p99,
                     verdict(added50, added99, ratio, [max_added_p50, max_added_p99, max_ratio]),
                 );
             }
@@ -336,6 +320,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
+    if sentinel_supervisor::bench::bare_cargo_bench("bench_proxy", "scripts/bench-proxy") {
+        return std::process::ExitCode::SUCCESS;
+    }
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

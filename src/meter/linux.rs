@@ -1,0 +1,186 @@
+//! Linux readings from `/proc` and the cgroup v1 `cpuacct` root; a process's CPU time from its
+//! POSIX CPU-time clock (exact, one system call).
+
+use super::{parse_pid_stat, parse_proc_stat, tree_pids_from, ProcStat, SystemSource};
+use super::{SystemTimes, TreeUsage};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Reads the machine's cumulative CPU counters from the most precise source available
+/// ([`system_source`]).
+pub fn system_times() -> std::io::Result<SystemTimes> {
+    system_times_from(system_source())
+}
+
+/// The source [`system_times`] reads: `cpuacct` when the cgroup v1 hierarchy root is mounted
+/// and readable, `/proc/stat` otherwise.
+pub fn system_source() -> SystemSource {
+    if cpuacct_root().is_some() {
+        SystemSource::Cpuacct
+    } else {
+        SystemSource::ProcStat
+    }
+}
+
+/// Reads the machine's cumulative CPU counters from one source.
+pub fn system_times_from(source: SystemSource) -> std::io::Result<SystemTimes> {
+    match source {
+        SystemSource::Cpuacct => cpuacct_times(),
+        SystemSource::ProcStat | SystemSource::Platform => {
+            let stat = std::fs::read_to_string("/proc/stat")?;
+            parse_proc_stat(&stat, 1_000_000_000 / ticks_per_second())
+                .ok_or_else(|| std::io::Error::other("unexpected /proc/stat format"))
+        }
+    }
+}
+
+/// `cpuacct.usage` of the hierarchy root, when there is one we can read.
+fn cpuacct_root() -> Option<&'static PathBuf> {
+    static ROOT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let file = super::parse_cpuacct_mount(&mountinfo)?.join("cpuacct.usage");
+        read_u64(&file).map(|_| file)
+    })
+    .as_ref()
+}
+
+fn read_u64(path: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn cpuacct_times() -> std::io::Result<SystemTimes> {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let file = cpuacct_root()
+        .ok_or_else(|| std::io::Error::other("no readable cgroup v1 cpuacct root"))?;
+    let busy = read_u64(file).ok_or_else(|| {
+        std::io::Error::other(format!("unexpected contents in {}", file.display()))
+    })?;
+    let elapsed = epoch.elapsed().as_nanos() as u64;
+    Ok(SystemTimes {
+        busy,
+        // The counter is the run time of every task on every online CPU.
+        total: elapsed * crate::host::online_cpus() as u64,
+    })
+}
+
+/// Clock ticks per second used by `/proc/stat` counters.
+fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+fn read_pid_stat(pid: i32) -> Option<ProcStat> {
+    parse_pid_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// All live processes.
+fn all_processes() -> Vec<ProcStat> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(read_pid_stat)
+        .collect()
+}
+
+/// CPU time and resident memory of `root` and its descendants. `None` when `root` is gone.
+pub fn tree_usage(root: i32) -> Option<TreeUsage> {
+    let root_stat = read_pid_stat(root)?;
+    let procs = all_processes();
+    let mut pids = tree_pids_from(root, &procs);
+    let page = page_size();
+    let mut rss: u64 = procs
+        .iter()
+        .filter(|p| pids.contains(&p.pid))
+        .map(|p| p.rss_pages * page)
+        .sum();
+    // The root may have exited between the two reads of /proc: count what was read first.
+    if pids.is_empty() {
+        pids.push(root);
+        rss = root_stat.rss_pages * page;
+    }
+    // A descendant that exits meanwhile has no clock any more: it counts for nothing.
+    let cpu_time = pids.iter().filter_map(|&pid| process_cpu(pid)).sum();
+    Some(TreeUsage {
+        cpu_time,
+        rss_bytes: rss,
+        processes: pids.len(),
+    })
+}
+
+/// CPU time of a whole process (every thread, live and exited) with nanosecond precision, in one
+/// system call: its POSIX CPU-time clock (`clock_getcpuclockid`). `None` once it is reaped.
+pub fn process_cpu(pid: i32) -> Option<Duration> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: clock_getcpuclockid writes one clockid_t into the variable we pass.
+    if unsafe { libc::clock_getcpuclockid(pid, &mut clock) } != 0 {
+        return None;
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the variable we pass.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+/// The state letter of a process (`T` = stopped), if it exists.
+pub fn process_state(pid: i32) -> Option<char> {
+    read_pid_stat(pid).map(|s| s.state)
+}
+
+/// Number of threads of a process (`Threads:` of `/proc/<pid>/status`).
+pub fn thread_count(pid: i32) -> Option<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    super::parse_status_kib(&status, "Threads:").map(|n| n as usize)
+}
+
+/// Run time of each thread of a process, `(thread id, run time)`, with nanosecond precision
+/// (`/proc/<pid>/task/*/schedstat`); `None` when the process is gone or the kernel keeps no
+/// per-thread scheduler statistics.
+pub fn thread_run_times(pid: i32) -> Option<Vec<(i32, Duration)>> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let times: Vec<(i32, Duration)> = tasks
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let tid = t.file_name().to_str()?.parse::<i32>().ok()?;
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+            let ns = stat.split_whitespace().next()?.parse::<u64>().ok()?;
+            Some((tid, Duration::from_nanos(ns)))
+        })
+        .collect();
+    (!times.is_empty()).then_some(times)
+}
+
+/// Peak resident set size of one process (`VmHWM`), in bytes.
+pub fn peak_rss_bytes(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    super::parse_status_kib(&status, "VmHWM:").map(|k| k * 1024)
+}
+
+/// Current resident set size of one process (`VmRSS`), in bytes.
+pub fn rss_bytes(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    super::parse_status_kib(&status, "VmRSS:").map(|k| k * 1024)
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
+}

@@ -1,0 +1,103 @@
+//! macOS readings through `sysinfo` (libproc underneath). macOS has no CPU-time clock for other
+//! processes: a process's CPU time is libproc's, in milliseconds. Not compiled on the Linux CI:
+//! keep it small.
+
+use super::{SystemSource, SystemTimes, TreeUsage};
+use std::sync::Mutex;
+use std::time::Duration;
+use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+
+static SYSTEM: Mutex<Option<System>> = Mutex::new(None);
+
+fn with_system<T>(f: impl FnOnce(&mut System) -> T) -> T {
+    let mut guard = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
+    f(guard.get_or_insert_with(System::new))
+}
+
+/// The machine's CPU load as synthetic cumulative counters.
+pub fn system_times() -> std::io::Result<SystemTimes> {
+    // sysinfo reports usage between refreshes; turn it into synthetic cumulative ticks.
+    static LAST: Mutex<(u64, u64)> = Mutex::new((0, 0));
+    let usage = with_system(|s| {
+        s.refresh_cpu_usage();
+        s.global_cpu_usage() as f64 / 100.0
+    });
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    last.1 += 1000;
+    last.0 += (usage * 1000.0) as u64;
+    Ok(SystemTimes {
+        busy: last.0,
+        total: last.1,
+    })
+}
+
+/// Always the platform's own counters.
+pub fn system_source() -> SystemSource {
+    SystemSource::Platform
+}
+
+/// There is one source on macOS.
+pub fn system_times_from(_source: SystemSource) -> std::io::Result<SystemTimes> {
+    system_times()
+}
+
+fn refresh(pid: i32) -> Option<(Duration, u64, char)> {
+    with_system(|s| {
+        let p = Pid::from_u32(pid as u32);
+        s.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&[p]),
+            true,
+            ProcessRefreshKind::nothing().with_cpu().with_memory(),
+        );
+        s.process(p).map(|proc_| {
+            let state = match proc_.status() {
+                sysinfo::ProcessStatus::Stop => 'T',
+                sysinfo::ProcessStatus::Zombie => 'Z',
+                _ => 'R',
+            };
+            (
+                Duration::from_millis(proc_.accumulated_cpu_time()),
+                proc_.memory(),
+                state,
+            )
+        })
+    })
+}
+
+/// The root process only (descendants are not followed on macOS).
+pub fn tree_usage(root: i32) -> Option<TreeUsage> {
+    let (cpu_time, rss_bytes, _) = refresh(root)?;
+    Some(TreeUsage {
+        cpu_time,
+        rss_bytes,
+        processes: 1,
+    })
+}
+
+/// CPU time of a whole process (millisecond precision here).
+pub fn process_cpu(pid: i32) -> Option<Duration> {
+    refresh(pid).map(|r| r.0)
+}
+
+pub fn process_state(pid: i32) -> Option<char> {
+    refresh(pid).map(|r| r.2)
+}
+
+pub fn rss_bytes(pid: i32) -> Option<u64> {
+    refresh(pid).map(|r| r.1)
+}
+
+/// macOS keeps no peak: the current resident size.
+pub fn peak_rss_bytes(pid: i32) -> Option<u64> {
+    rss_bytes(pid)
+}
+
+/// Not known on this platform.
+pub fn thread_count(_pid: i32) -> Option<usize> {
+    None
+}
+
+/// Not known on this platform.
+pub fn thread_run_times(_pid: i32) -> Option<Vec<(i32, Duration)>> {
+    None
+}

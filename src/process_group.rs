@@ -1,0 +1,220 @@
+//! The one way this program starts a child it owns and signals it: in its own process group,
+//! with a death signal, from one long-lived spawning thread; signalled as a group, continued
+//! first.
+//!
+//! - [`spawn_in_group`] (a `std` command) and [`spawn_in_group_async`] (a `tokio` command) give
+//!   the child its own process group (`setpgid(0, 0)`), so signals reach the whole group and a
+//!   terminal's Ctrl-C reaches only us, and on Linux `PR_SET_PDEATHSIG(death_signal)` followed by
+//!   a check that the parent is still the one that forked (it may have died before the death
+//!   signal was armed; the child then exits at once).
+//! - The death signal fires when the *thread* that forked the child exits, not the process. So
+//!   every spawn runs on one dedicated thread that lives as long as the process: callers hand it
+//!   the command over a channel and get the child back. (Tokio's worker threads and
+//!   `spawn_blocking` threads come and go; a child spawned from one could be killed at random.)
+//! - [`signal_group`] sends SIGCONT before any other signal: a stopped process (the duty cycle
+//!   stops the backend many times a second) ignores SIGTERM until it is continued.
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::sync::mpsc;
+use std::sync::OnceLock;
+
+/// Starts `cmd` in its own process group with `death_signal` (Linux) on the spawning thread.
+pub fn spawn_in_group(
+    mut cmd: std::process::Command,
+    death_signal: Signal,
+) -> io::Result<std::process::Child> {
+    prepare(&mut cmd, death_signal);
+    on_spawning_thread(move || cmd.spawn())?
+}
+
+/// [`spawn_in_group`] for a tokio command: the child is registered with the caller's runtime
+/// (entered on the spawning thread), so its `wait` and pipes are async. Call it from within a
+/// runtime.
+pub fn spawn_in_group_async(
+    mut cmd: tokio::process::Command,
+    death_signal: Signal,
+) -> io::Result<tokio::process::Child> {
+    prepare(cmd.as_std_mut(), death_signal);
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+        io::Error::other("spawn_in_group_async must be called from within a tokio runtime")
+    })?;
+    on_spawning_thread(move || {
+        let _entered = runtime.enter();
+        cmd.spawn()
+    })?
+}
+
+/// Sends `signal` to the process group `pgid`, SIGCONT first unless the signal is itself
+/// SIGCONT or SIGSTOP (a stopped process acts on SIGTERM only once continued; SIGKILL works
+/// either way, but continuing first costs nothing and keeps one rule).
+pub fn signal_group(pgid: i32, signal: Signal) -> io::Result<()> {
+    if pgid <= 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("refusing to signal process group {pgid}"),
+        ));
+    }
+    let pgid = Pid::from_raw(pgid);
+    if !matches!(signal, Signal::SIGCONT | Signal::SIGSTOP) {
+        killpg(pgid, Signal::SIGCONT).map_err(io::Error::from)?;
+    }
+    killpg(pgid, signal).map_err(io::Error::from)
+}
+
+/// Own process group; on Linux the death signal and the parent re-check.
+fn prepare(cmd: &mut std::process::Command, death_signal: Signal) {
+    cmd.process_group(0);
+    #[cfg(target_os = "linux")]
+    {
+        let parent = std::process::id() as libc::pid_t;
+        let signal = death_signal as libc::c_int;
+        // SAFETY: only async-signal-safe system calls (prctl, getppid, _exit) run between fork
+        // and exec, on values copied into the closure.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The parent may have died before the death signal was armed.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = death_signal;
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `job` on the spawning thread and returns its result.
+fn on_spawning_thread<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    static SPAWNER: OnceLock<Result<mpsc::Sender<Job>, String>> = OnceLock::new();
+    let spawner = SPAWNER
+        .get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Job>();
+            std::thread::Builder::new()
+                .name("process-spawner".into())
+                .spawn(move || {
+                    // The sender lives in a static: this loop, and the thread, end with the
+                    // process, as the children's death signal must.
+                    for job in rx {
+                        job();
+                    }
+                })
+                .map(|_| tx)
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| {
+            io::Error::other(format!(
+                "could not start the process-spawning thread: {e} (the system may be out of threads)"
+            ))
+        })?;
+    let (done_tx, done_rx) = mpsc::sync_channel(1);
+    let job: Job = Box::new(move || {
+        // A panic must not end the thread the children's death signal is tied to.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        let _ = done_tx.send(result);
+    });
+    spawner
+        .send(job)
+        .map_err(|_| io::Error::other("the process-spawning thread is gone"))?;
+    match done_rx.recv() {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(_)) => Err(io::Error::other("spawning the child panicked")),
+        Err(_) => Err(io::Error::other("the process-spawning thread is gone")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn wait_state(pid: i32, want: impl Fn(Option<char>) -> bool) -> Option<char> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let state = crate::meter::process_state(pid);
+            if want(state) || Instant::now() > deadline {
+                return state;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn the_child_leads_its_own_group_and_every_spawn_shares_one_thread() {
+        let mut a = std::process::Command::new("sleep");
+        a.arg("30");
+        let mut a = spawn_in_group(a, Signal::SIGKILL).unwrap();
+        let pid = a.id() as i32;
+        // SAFETY: getpgid has no preconditions.
+        assert_eq!(unsafe { libc::getpgid(pid) }, pid);
+        // From a short-lived thread: the child outlives it (the death signal follows the
+        // spawning thread, which is not this one).
+        let b = std::thread::spawn(|| {
+            let mut cmd = std::process::Command::new("sleep");
+            cmd.arg("30");
+            spawn_in_group(cmd, Signal::SIGKILL).unwrap()
+        })
+        .join()
+        .unwrap();
+        let mut b = b;
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(b.try_wait().unwrap(), None, "died with its caller thread");
+        for child in [&mut a, &mut b] {
+            signal_group(child.id() as i32, Signal::SIGKILL).unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_stopped_group_is_continued_before_sigterm() {
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        let mut child = spawn_in_group(cmd, Signal::SIGKILL).unwrap();
+        let pid = child.id() as i32;
+        signal_group(pid, Signal::SIGSTOP).unwrap();
+        assert_eq!(wait_state(pid, |s| s == Some('T')), Some('T'));
+        // SIGTERM alone would stay pending on the stopped process.
+        signal_group(pid, Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "a stopped child ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
+        assert!(signal_group(1, Signal::SIGTERM).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_tokio_command_is_spawned_on_the_caller_runtime() {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.args(["-c", "exit 7"]);
+        let mut child = spawn_in_group_async(cmd, Signal::SIGKILL).unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .expect("exit seen by the runtime")
+            .unwrap();
+        assert_eq!(status.code(), Some(7));
+    }
+
+    #[test]
+    fn a_failed_spawn_is_an_error_not_a_panic() {
+        let cmd = std::process::Command::new("/nonexistent/program");
+        let err = spawn_in_group(cmd, Signal::SIGKILL).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+}

@@ -1,0 +1,201 @@
+//! The supervisor's contract with its clients: the shape of `/status` ([`StatusReport`]) and
+//! `/health` ([`HealthReport`]), and the line it prints once it listens. The server builds
+//! them, the bench and the integration tests read them, all through these types.
+
+use crate::governor::GovernorSnapshot;
+use crate::profile::Resolved;
+use crate::supervisor::state::{State, StateName};
+use serde::{Deserialize, Serialize};
+
+/// What `sentinel-supervisor run` prints on stdout once it listens, followed by its URL
+/// (`http://127.0.0.1:PORT`).
+pub const LISTENING_PREFIX: &str = "sentinel-supervisor listening on ";
+
+/// `GET /status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The lifecycle state as `state`, with its details beside it (`attempt`, `failed_probes`,
+    /// `delay_ms` and `reason`, or `reason` and `last_lines`).
+    #[serde(flatten)]
+    pub state: State,
+    /// The profile's name.
+    pub profile: String,
+    /// Every value of the profile as resolved for this host.
+    pub resolved_profile: Resolved,
+    /// The model file.
+    pub model: String,
+    /// The model's id in `/v1/models`.
+    pub model_id: String,
+    /// The running backend (`null` while none runs).
+    pub backend: Option<BackendReport>,
+    /// Restarts since the supervisor started.
+    pub restarts: u32,
+    /// How the previous launch ended (`null` until one has failed).
+    pub last_exit: Option<String>,
+    /// The governor of the running backend (`null` while none runs).
+    pub governor: Option<GovernorSnapshot>,
+    /// Requests being forwarded now.
+    pub in_flight: usize,
+    /// Requests waiting for a slot.
+    pub queued: usize,
+    /// Seconds since the supervisor started, rounded.
+    pub uptime_s: f64,
+}
+
+/// The running backend in `/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendReport {
+    pub pid: i32,
+    pub port: u16,
+    /// The launch number: a fresh backend has a higher one than the one it replaced.
+    pub generation: u64,
+    /// llama-server's `--threads` and `--threads-batch`.
+    pub threads: usize,
+    pub threads_batch: usize,
+    pub restarts: u32,
+}
+
+/// Whether the supervisor serves requests now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Ok,
+    Unavailable,
+}
+
+/// `GET /health`: 200 with `ok` while serving, 503 with `unavailable` otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub status: Health,
+    pub state: StateName,
+    pub profile: String,
+    pub restarts: u32,
+    /// Why the backend failed, in state `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl StatusReport {
+    /// The `/health` view of this status.
+    pub fn health(&self) -> HealthReport {
+        HealthReport {
+            status: if self.state.serving() {
+                Health::Ok
+            } else {
+                Health::Unavailable
+            },
+            state: self.state.name(),
+            profile: self.profile.clone(),
+            restarts: self.restarts,
+            reason: match &self.state {
+                State::Failed { reason, .. } => Some(reason.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// A status as a running supervisor reports it, for tests.
+#[cfg(test)]
+pub(crate) fn example() -> StatusReport {
+    use crate::governor::{GovernorState, Method, Priority};
+    StatusReport {
+        state: State::Unhealthy { failed_probes: 1 },
+        profile: "balanced".into(),
+        resolved_profile: Resolved {
+            name: "balanced".into(),
+            description: "half a core".into(),
+            threads: 1,
+            threads_batch: 2,
+            cpus: Some(crate::units::Cores::new(0.5).unwrap()),
+            priority: Priority::Background,
+            slots: 1,
+            ctx_size: 4096,
+            embeddings: false,
+            adaptive: None,
+            extra_args: vec!["--no-mmap".into()],
+            notes: vec!["threads from the budget".into()],
+        },
+        model: "/models/m.gguf".into(),
+        model_id: "m".into(),
+        backend: Some(BackendReport {
+            pid: 1234,
+            port: 40000,
+            generation: 2,
+            threads: 1,
+            threads_batch: 2,
+            restarts: 1,
+        }),
+        restarts: 1,
+        last_exit: Some("llama-server exited (signal: 9 (SIGKILL))".into()),
+        governor: Some(GovernorSnapshot {
+            method: Method::Signals,
+            cgroup: None,
+            budget_cpus: Some(0.5),
+            duty: Some(0.48),
+            state: GovernorState::Throttling,
+            measured_cpus: Some(0.51),
+            priority: Priority::Background,
+        }),
+        in_flight: 1,
+        queued: 0,
+        uptime_s: 12.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_json_with_the_state_at_the_top() {
+        let report = example();
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["state"], "unhealthy");
+        assert_eq!(json["failed_probes"], 1);
+        assert_eq!(json["backend"]["threads_batch"], 2);
+        assert_eq!(json["governor"]["state"], "throttling");
+        assert_eq!(json["resolved_profile"]["priority"], "background");
+        let back: StatusReport = serde_json::from_value(json).unwrap();
+        assert_eq!(back, report);
+
+        let failed = StatusReport {
+            state: State::Failed {
+                reason: "crash loop".into(),
+                last_lines: vec!["error: bad model".into()],
+            },
+            backend: None,
+            governor: None,
+            ..example()
+        };
+        let text = serde_json::to_string(&failed).unwrap();
+        assert_eq!(serde_json::from_str::<StatusReport>(&text).unwrap(), failed);
+    }
+
+    #[test]
+    fn health_says_ok_only_while_serving_and_why_it_failed() {
+        let serving = example().health();
+        assert_eq!(serving.status, Health::Ok);
+        assert_eq!(serving.state, StateName::Unhealthy);
+        let json = serde_json::to_value(&serving).unwrap();
+        assert!(json.get("reason").is_none(), "{json}");
+
+        let failed = StatusReport {
+            state: State::Failed {
+                reason: "crash loop".into(),
+                last_lines: vec![],
+            },
+            ..example()
+        }
+        .health();
+        assert_eq!(failed.status, Health::Unavailable);
+        let json = serde_json::to_value(&failed).unwrap();
+        assert_eq!(json["status"], "unavailable");
+        assert_eq!(json["state"], "failed");
+        assert_eq!(json["reason"], "crash loop");
+        assert_eq!(
+            serde_json::from_value::<HealthReport>(json).unwrap(),
+            failed
+        );
+    }
+}
