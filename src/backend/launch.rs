@@ -23,6 +23,9 @@ pub struct LaunchSpec {
     pub api_key: String,
     /// How many of its output lines may reach the log.
     pub output: OutputLimit,
+    /// Variables of ours the child must not inherit (the service manager's socket: only the
+    /// supervisor speaks for the service).
+    pub env_remove: Vec<String>,
 }
 
 impl LaunchSpec {
@@ -103,6 +106,10 @@ pub fn spec(
         port,
         api_key,
         output: OutputLimit::from_config(&config.supervisor),
+        env_remove: crate::notify::CHILD_HIDDEN_ENV
+            .iter()
+            .map(|k| k.to_string())
+            .collect(),
     })
 }
 

@@ -32,6 +32,9 @@ impl BackendProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(false);
+        for key in &spec.env_remove {
+            cmd.env_remove(key);
+        }
         let priority = spec.priority;
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
         // system calls (setpriority, sched_setscheduler).

@@ -29,6 +29,8 @@ pub struct Lifecycle {
     /// Where the running launch's governor publishes its snapshots (`None` between launches).
     pub governor: SnapshotSender,
     pub status: watch::Sender<Status>,
+    /// Beaten at every probe: the watchdog's evidence that this task runs.
+    pub heartbeat: crate::notify::Heartbeat,
     pub cancel: CancellationToken,
 }
 
@@ -178,6 +180,7 @@ impl Lifecycle {
     ) -> Option<Outcome> {
         let deadline = Instant::now() + self.config.startup_timeout;
         loop {
+            self.heartbeat.beat();
             tokio::select! {
                 status = child.wait() => return Some(Outcome::Exited(status)),
                 _ = self.cancel.cancelled() => return Some(Outcome::Cancelled),
@@ -215,6 +218,7 @@ impl Lifecycle {
                 _ = self.cancel.cancelled() => return Outcome::Cancelled,
                 _ = ticker.tick() => {}
             }
+            self.heartbeat.beat();
             let result = tokio::select! {
                 status = child.wait() => return Outcome::Exited(status),
                 _ = self.cancel.cancelled() => return Outcome::Cancelled,

@@ -64,7 +64,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         tracing::info!(profile = %profile.name, "{note}");
     }
 
-    let installed = tokio::task::spawn_blocking(move || setup::ensure(&setup_options))
+    crate::notify::status(&format!("setting up - {}", profile.name));
+    let setup_task = tokio::task::spawn_blocking(move || setup::ensure(&setup_options));
+    let installed = crate::notify::while_setting_up(setup_task)
         .await
         .context("setup panicked")??;
 
@@ -87,6 +89,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         host,
     };
     let (governor_tx, governor_rx) = tokio::sync::watch::channel(None);
+    let heartbeat = crate::notify::Heartbeat::default();
+    let notify_status = status_rx.clone();
     let spec_inputs = (installed.clone(), profile.clone(), config.clone());
     let lifecycle = lifecycle::Lifecycle {
         config: config.supervisor.clone(),
@@ -96,6 +100,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         governor_settings,
         governor: governor_tx,
         status: status_tx,
+        heartbeat: heartbeat.clone(),
         cancel: cancel.clone(),
     };
     let lifecycle_task = tokio::spawn(lifecycle.run());
@@ -133,8 +138,22 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
             .await
     });
 
+    let report_shared = Arc::clone(&shared);
+    tokio::spawn(
+        crate::notify::Service {
+            report: Arc::new(move || report_shared.report()),
+            status: notify_status,
+            heartbeat,
+            health_url: crate::notify::health_url(local),
+            config: config.supervisor.clone(),
+            cancel: cancel.clone(),
+        }
+        .run(),
+    );
+
     wait_for_signal().await;
     tracing::info!("shutting down");
+    crate::notify::stopping();
     // Idle keep-alive connections would make llama-server wait for them before exiting.
     shared.close_idle_upstream();
     cancel.cancel();

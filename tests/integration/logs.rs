@@ -23,6 +23,7 @@ fn fake(mode: &str, args: Vec<&'static str>, config: &'static str) -> Supervisor
             // Empty means "not set" (no-color.org): only the pipe may turn colour off here.
             ("NO_COLOR", String::new()),
         ],
+        ..Default::default()
     })
 }
 

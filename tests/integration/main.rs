@@ -9,6 +9,7 @@ mod e2e;
 mod fake_backend;
 mod governor;
 mod logs;
+mod notify;
 mod proxy;
 mod setup;
 mod supervisor;
