@@ -12,4 +12,5 @@ mod logs;
 mod notify;
 mod proxy;
 mod setup;
+mod status_command;
 mod supervisor;
