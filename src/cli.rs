@@ -1,4 +1,5 @@
-//! The command line: `run` (the default), `setup`, `profiles`, `limit` and `bench`.
+//! The command line: `run` (the default), `setup`, `profiles`, `check-config`, `status`,
+//! `limit` and `bench`.
 //!
 //! Only clap types live here, with their own value enums; [`crate::commands`] turns them into the
 //! domain's options (merging them over the configuration), so no domain module sees clap.
@@ -36,6 +37,12 @@ pub enum Command {
     Setup(SetupArgs),
     /// Print every profile's values as resolved against this host, and why.
     Profiles(ConfigArgs),
+    /// Check the configuration and print it as it takes effect (defaults filled in, API keys
+    /// redacted); exit 1 with the key and file at fault when it is invalid.
+    CheckConfig(ConfigArgs),
+    /// Show a running supervisor's state: profile, governor, restarts, requests, model (exit 0
+    /// when ready, 1 when not, 2 when it cannot be asked).
+    Status(StatusArgs),
     /// Hold any process to a CPU budget, like cpulimit but smooth.
     Limit(LimitArgs),
     /// Measure profiles: CPU, memory, latency and correctness on endpoint-security tasks.
@@ -49,6 +56,28 @@ pub struct ConfigArgs {
     /// `$XDG_CONFIG_HOME/sentinel-supervisor/config.toml` when it exists).
     #[arg(long, global = true, env = "SENTINEL_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+/// What `status` may be told.
+#[derive(Args, Debug, Clone, Default)]
+pub struct StatusArgs {
+    /// Where `listen` comes from when --url is not given.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The supervisor's URL (default: `listen` of the configuration).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Print the whole `/status` report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// API key for the supervisor, sent as `Authorization: Bearer KEY`.
+    #[arg(
+        long,
+        env = "SENTINEL_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
 }
 
 /// What `setup` may be told.

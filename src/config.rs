@@ -1,7 +1,7 @@
 //! The configuration: the TOML schema, the built-in defaults (`config.toml`, compiled in), the
 //! user's overrides, and validation with errors that name the key and the file.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,11 +37,15 @@ pub enum ConfigError {
     UnknownProfile { name: String, known: String },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub default_profile: String,
-    #[serde(default, deserialize_with = "empty_path_is_none")]
+    #[serde(
+        default,
+        deserialize_with = "empty_path_is_none",
+        serialize_with = "none_is_empty_path"
+    )]
     pub model: Option<PathBuf>,
     #[serde(default)]
     pub model_alias: String,
@@ -60,19 +64,27 @@ pub struct Config {
     pub source: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    #[serde(default, deserialize_with = "empty_path_is_none")]
+    #[serde(
+        default,
+        deserialize_with = "empty_path_is_none",
+        serialize_with = "none_is_empty_path"
+    )]
     pub bin: Option<PathBuf>,
-    #[serde(default, deserialize_with = "empty_path_is_none")]
+    #[serde(
+        default,
+        deserialize_with = "empty_path_is_none",
+        serialize_with = "none_is_empty_path"
+    )]
     pub cache_dir: Option<PathBuf>,
     pub ctx_size: u32,
     #[serde(default)]
     pub extra_args: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SupervisorConfig {
     #[serde(with = "humantime_serde")]
@@ -95,6 +107,10 @@ pub struct SupervisorConfig {
     pub crash_loop_window: Duration,
     #[serde(with = "humantime_serde")]
     pub stop_grace: Duration,
+    /// Backend output lines forwarded to the log at once before the rate applies.
+    pub backend_log_burst: u32,
+    /// Backend output lines forwarded to the log per second after the burst.
+    pub backend_log_lines_per_sec: f64,
     /// What to do once the crash-loop breaker trips.
     pub on_crash_loop: OnCrashLoop,
     /// With `on_crash_loop = "retry"`: how long to wait between tries while failed.
@@ -134,7 +150,7 @@ pub enum ReloadStrategy {
     StopStart,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     pub max_body_bytes: u64,
@@ -161,7 +177,7 @@ pub struct ProxyConfig {
 }
 
 /// One `[profiles.NAME]` table, as written (see `profile` for the resolved values).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileConfig {
     #[serde(default)]
@@ -187,6 +203,14 @@ pub struct ProfileConfig {
 fn empty_path_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
     let s = String::deserialize(d)?;
     Ok((!s.trim().is_empty()).then(|| PathBuf::from(s)))
+}
+
+/// The other way round, so the effective configuration prints as it can be written.
+fn none_is_empty_path<S: serde::Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => p.serialize(s),
+        None => s.serialize_str(""),
+    }
 }
 
 impl Config {
@@ -298,6 +322,21 @@ impl Config {
             return Err(bad(
                 "supervisor.backoff_max".into(),
                 "must be at least supervisor.backoff_initial".into(),
+            ));
+        }
+        if s.backend_log_burst == 0 {
+            return Err(bad(
+                "supervisor.backend_log_burst".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if !(s.backend_log_lines_per_sec.is_finite() && s.backend_log_lines_per_sec > 0.0) {
+            return Err(bad(
+                "supervisor.backend_log_lines_per_sec".into(),
+                format!(
+                    "{} is not a rate; use a number of lines per second above 0",
+                    s.backend_log_lines_per_sec
+                ),
             ));
         }
         if s.liveness_failures == 0 {

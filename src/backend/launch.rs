@@ -4,6 +4,7 @@
 //! user, and the flags and variables that keep its threads from spinning while idle. The one
 //! place that knows llama-server's flags.
 
+use super::output::OutputLimit;
 use super::setup::Installed;
 use crate::config::Config;
 use crate::governor::priority::Priority;
@@ -55,6 +56,11 @@ pub struct LaunchSpec {
     pub port: u16,
     /// Known only to the supervisor; the proxy adds it to every forwarded request.
     pub api_key: BackendKey,
+    /// How many of its output lines may reach the log.
+    pub output: OutputLimit,
+    /// Variables of ours the child must not inherit (the service manager's socket: only the
+    /// supervisor speaks for the service).
+    pub env_remove: Vec<String>,
 }
 
 impl LaunchSpec {
@@ -140,6 +146,11 @@ pub fn spec(
         priority: profile.priority,
         port,
         api_key,
+        output: OutputLimit::from_config(&config.supervisor),
+        env_remove: crate::notify::CHILD_HIDDEN_ENV
+            .iter()
+            .map(|k| k.to_string())
+            .collect(),
     })
 }
 

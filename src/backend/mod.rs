@@ -6,6 +6,7 @@ pub mod fetch;
 pub mod launch;
 pub mod lock;
 pub mod model;
+pub mod output;
 pub mod pin;
 pub mod process;
 pub mod setup;

@@ -3,51 +3,13 @@
 //! reports, signalled as a group, stopped gracefully, and never left behind.
 
 use super::launch::LaunchSpec;
+use super::output::{self, Limiter};
 use crate::process_group::{signal_group, spawn_in_group_async};
 use nix::sys::signal::Signal;
-use std::collections::VecDeque;
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
-/// How many of the child's last output lines are kept for error reports.
-const TAIL_LINES: usize = 40;
-
-/// The last lines the child printed.
-#[derive(Clone, Default, Debug)]
-pub struct LogTail(Arc<Mutex<VecDeque<String>>>);
-
-impl LogTail {
-    fn push(&self, line: String) {
-        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() == TAIL_LINES {
-            q.pop_front();
-        }
-        q.push_back(line);
-    }
-
-    /// The last `n` lines, oldest first.
-    pub fn last(&self, n: usize) -> Vec<String> {
-        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        q.iter().skip(q.len().saturating_sub(n)).cloned().collect()
-    }
-
-    /// The last lines that look like errors, or else the last lines.
-    pub fn errors(&self, n: usize) -> Vec<String> {
-        let all = self.last(TAIL_LINES);
-        let errs: Vec<String> = all
-            .iter()
-            .filter(|l| {
-                let l = l.to_ascii_lowercase();
-                l.contains("error") || l.contains("fail") || l.contains("abort")
-            })
-            .cloned()
-            .collect();
-        let pick = if errs.is_empty() { all } else { errs };
-        pick[pick.len().saturating_sub(n)..].to_vec()
-    }
-}
+pub use super::output::LogTail;
 
 /// A running llama-server.
 pub struct BackendProcess {
@@ -70,6 +32,9 @@ impl BackendProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(false);
+        for key in &spec.env_remove {
+            cmd.env_remove(key);
+        }
         let priority = spec.priority;
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
         // system calls (setpriority, sched_setscheduler).
@@ -83,12 +48,19 @@ impl BackendProcess {
         let mut child = spawn_in_group_async(cmd, Signal::SIGKILL)?;
         let pid = child.id().map(|p| p as i32).unwrap_or(-1);
         let logs = LogTail::default();
+        let limiter = Limiter::new(spec.output);
         let mut forwarders = Vec::new();
         if let Some(out) = child.stdout.take() {
-            forwarders.push(tokio::spawn(forward(out, pid, "stdout", logs.clone())));
+            let (logs, limiter) = (logs.clone(), limiter.clone());
+            forwarders.push(tokio::spawn(output::forward(
+                out, pid, "stdout", logs, limiter,
+            )));
         }
         if let Some(err) = child.stderr.take() {
-            forwarders.push(tokio::spawn(forward(err, pid, "stderr", logs.clone())));
+            let (logs, limiter) = (logs.clone(), limiter.clone());
+            forwarders.push(tokio::spawn(output::forward(
+                err, pid, "stderr", logs, limiter,
+            )));
         }
         tracing::info!(pid, program = %spec.program.display(), port = spec.port, "backend started");
         Ok(BackendProcess {
@@ -192,37 +164,5 @@ impl Drop for BackendProcess {
             let _ = self.child.start_kill();
         }
         self.kill_leftovers();
-    }
-}
-
-async fn forward(
-    stream: impl AsyncRead + Unpin,
-    pid: i32,
-    stream_name: &'static str,
-    logs: LogTail,
-) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::info!(target: "backend", pid, stream = stream_name, "{line}");
-        logs.push(line);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tail_keeps_last_lines_and_prefers_errors() {
-        let t = LogTail::default();
-        for i in 0..50 {
-            t.push(format!("line {i}"));
-        }
-        assert_eq!(t.last(2), vec!["line 48", "line 49"]);
-        assert_eq!(t.last(100).len(), TAIL_LINES);
-        assert_eq!(t.errors(1), vec!["line 49"]);
-        t.push("error: failed to load model".into());
-        t.push("main: exiting".into());
-        assert_eq!(t.errors(3), vec!["error: failed to load model"]);
     }
 }

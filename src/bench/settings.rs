@@ -5,11 +5,11 @@
 //! `[bench]` is reported with its file and key by `run` as well as by `bench`.
 
 use super::target::Targets;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Settings of `bench`. Their defaults are the shipped config.toml's.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BenchConfig {
     /// Upper bound on generated tokens per task.

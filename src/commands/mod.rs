@@ -5,14 +5,18 @@
 //! - `run` -> [`crate::supervisor::RunOptions`] -> [`crate::supervisor::run`]
 //! - `setup` -> [`crate::backend::setup::SetupOptions`] -> [`crate::backend::setup::ensure`]
 //! - `profiles` -> the loaded [`Config`] -> [`crate::profile::print_profiles`]
+//! - `check-config` -> the loaded [`Config`], every profile resolved -> TOML on stdout
+//! - `status` -> [`status::StatusOptions`] -> a running supervisor's `/status`, summarised
 //! - `limit` -> [`limit::LimitOptions`] -> [`limit::limit`]
 //! - `bench` -> [`crate::bench::BenchOptions`] -> [`crate::bench::run`]
 
 pub mod bench;
+pub mod check_config;
 pub mod limit;
 pub mod profiles;
 pub mod run;
 pub mod setup;
+pub mod status;
 
 use crate::cli::{self, Command, ConfigArgs, LogArgs};
 use crate::config::{Config, ConfigError};
@@ -25,6 +29,8 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args).await,
         Command::Setup(args) => setup::run(args).await,
         Command::Profiles(args) => profiles::run(&args),
+        Command::CheckConfig(args) => check_config::run(&args),
+        Command::Status(args) => status::run(args).await,
         Command::Limit(args) => limit::run(args).await,
         Command::Bench(args) => bench::run(args).await,
     }

@@ -99,6 +99,8 @@ pub struct Lifecycle {
     pub status: watch::Sender<Status>,
     /// Requests in flight per backend generation (the proxy counts them).
     pub inflight: InFlight,
+    /// Beaten at every probe: the watchdog's evidence that this task runs.
+    pub heartbeat: crate::notify::Heartbeat,
     pub cancel: CancellationToken,
 }
 
@@ -381,6 +383,7 @@ impl Lifecycle {
         let deadline = Instant::now() + config.startup_timeout;
         tokio::pin!(interrupt);
         loop {
+            self.heartbeat.beat();
             tokio::select! {
                 status = child.wait() => return Some(Outcome::Exited(status)),
                 _ = self.cancel.cancelled() => return Some(Outcome::Cancelled),
@@ -458,6 +461,7 @@ impl Lifecycle {
                     continue;
                 }
             }
+            self.heartbeat.beat();
             let result = tokio::select! {
                 status = running.child.wait() => break Outcome::Exited(status),
                 _ = self.cancel.cancelled() => break Outcome::Cancelled,

@@ -79,7 +79,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     }
 
     let setup_options = options.setup.clone();
-    let installed = tokio::task::spawn_blocking(move || setup::ensure(&setup_options))
+    crate::notify::status(&format!("setting up - {}", profile.name));
+    let setup_task = tokio::task::spawn_blocking(move || setup::ensure(&setup_options));
+    let installed = crate::notify::while_setting_up(setup_task)
         .await
         .context("setup panicked")??;
 
@@ -104,11 +106,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     let (status_tx, status_rx) = watch::channel(state::Status::initial());
     let (governor_tx, governor_rx) = watch::channel(None);
     let (commands_tx, commands_rx) = mpsc::channel::<Command>(8);
+    let heartbeat = crate::notify::Heartbeat::default();
+    let notify_status = status_rx.clone();
     let lifecycle = lifecycle::Lifecycle {
         activity: activity.clone(),
         governor: governor_tx,
         status: status_tx,
         inflight: inflight.clone(),
+        heartbeat: heartbeat.clone(),
         cancel: shutdown.clone(),
     };
     let mut lifecycle_task = tokio::spawn(lifecycle.run(reload::plan(&active), commands_rx));
@@ -160,6 +165,19 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         shutdown.clone(),
     ));
 
+    let report_shared = Arc::clone(&shared);
+    tokio::spawn(
+        crate::notify::Service {
+            report: Arc::new(move || report_shared.report()),
+            status: notify_status,
+            heartbeat,
+            health_url: crate::notify::health_url(local),
+            config: config.supervisor.clone(),
+            cancel: shutdown.clone(),
+        }
+        .run(),
+    );
+
     let ended = serve_signals(&mut lifecycle_task, &reload_tx).await;
     let code = match ended {
         Some(End::CrashLoop { ref reason }) => {
@@ -170,6 +188,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     };
     shutdown.cancel();
     if ended.is_none() {
+        crate::notify::stopping();
         let drain = config.supervisor.drain_timeout;
         tracing::info!(
             ?drain,

@@ -193,7 +193,7 @@ pub struct Reloads {
 impl Reloads {
     /// Re-reads the configuration and applies it; `trigger` says why (for the log).
     pub async fn reload(&self, trigger: &str) -> Result<Applied, ReloadError> {
-        notify_reloading();
+        crate::notify::reloading();
         let result = self.reload_inner(trigger).await;
         match &result {
             Ok(applied) => tracing::info!(
@@ -206,7 +206,7 @@ impl Reloads {
                 tracing::error!(trigger, error = %e, "reload refused; the old configuration stays")
             }
         }
-        notify_ready();
+        crate::notify::ready(&crate::notify::status_line(&self.shared.report()));
         result
     }
 
@@ -264,16 +264,6 @@ impl Reloads {
             Err(_) => Err(ReloadError::ShuttingDown),
         }
     }
-}
-
-/// Hook: a reload starts (the lead connects it to sd-notify `RELOADING=1`).
-pub fn notify_reloading() {
-    tracing::debug!("notify: reloading");
-}
-
-/// Hook: a reload ended, the supervisor serves again (sd-notify `READY=1`).
-pub fn notify_ready() {
-    tracing::debug!("notify: ready after reload");
 }
 
 #[cfg(test)]

@@ -4,12 +4,16 @@
 mod support;
 
 mod bench;
+mod check_config;
 mod e2e;
 mod fake_backend;
 mod governor;
 mod lifecycle;
+mod logs;
+mod notify;
 mod properties;
 mod proxy;
 mod setup;
+mod status_command;
 mod supervisor;
 mod trust;

@@ -28,6 +28,9 @@ pub struct Options<'a> {
     pub config: &'a str,
     /// Use the fake backend (true) or the real llama-server and default model (false).
     pub fake: bool,
+    /// A variable set to the supervisor's own pid (as systemd sets `WATCHDOG_PID`): it is
+    /// started through `sh -c 'export VAR=$$; exec ...'`, which keeps the pid.
+    pub own_pid_var: Option<&'a str>,
 }
 
 impl Supervisor {
@@ -35,7 +38,16 @@ impl Supervisor {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("config.toml");
         std::fs::write(&config, opts.config).expect("write config");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match opts.own_pid_var {
+            Some(var) => {
+                let mut sh = Command::new("/bin/sh");
+                sh.arg("-c")
+                    .arg(format!("export {var}=$$; exec \"$0\" \"$@\""))
+                    .arg(BIN);
+                sh
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("run")
             .arg("--listen")
             .arg("127.0.0.1:0")

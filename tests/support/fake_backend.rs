@@ -22,6 +22,7 @@
 //! | `drop-request=N`     | close the connection of the Nth request (health probes not counted) |
 //! |                      | without answering, as a kept-alive connection closed under a client |
 //! | `echo`               | answer every POST with `{"received": BODY}`, the JSON it was sent   |
+//! | `flood=N`            | print N numbered lines to stderr as fast as possible at start       |
 //!
 //! Durations are humantime strings (`250ms`, `2s`). A bad directive exits with status 2.
 
@@ -58,11 +59,12 @@ struct Mode {
     drop_request: Option<u64>,
     echo: bool,
     bad_model_unless: Option<String>,
+    flood: usize,
 }
 
 const DIRECTIVES: &str = "load=DUR, exit-at-start=CODE, crash-after=DUR, hang-after=DUR, \
     ignore-sigterm, stream-chunks=N, stream-delay=DUR, response-delay=DUR, die-mid-stream=N, \
-    burn, starts-file=PATH, drop-request=N, echo, bad-model-unless=TEXT";
+    burn, starts-file=PATH, drop-request=N, echo, bad-model-unless=TEXT, flood=N";
 
 impl Mode {
     fn parse(spec: &str) -> Result<Mode, String> {
@@ -81,6 +83,7 @@ impl Mode {
             drop_request: None,
             echo: false,
             bad_model_unless: None,
+            flood: 0,
         };
         for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
             let (key, value) = match directive.split_once('=') {
@@ -116,6 +119,7 @@ impl Mode {
                 ("starts-file", Some(v)) => mode.starts_file = Some(PathBuf::from(v)),
                 ("drop-request", Some(v)) => mode.drop_request = Some(num(v)? as u64),
                 ("bad-model-unless", Some(v)) => mode.bad_model_unless = Some(v.to_string()),
+                ("flood", Some(v)) => mode.flood = num(v)?,
                 _ => {
                     return Err(format!(
                         "unknown directive `{directive}` (known: {DIRECTIVES})"
@@ -243,6 +247,9 @@ fn main() {
             ));
         }
     }
+    if mode.flood > 0 {
+        flood(mode.flood);
+    }
     if let Some(text) = &mode.bad_model_unless {
         let model = std::fs::read(&args.model).unwrap_or_default();
         if !String::from_utf8_lossy(&model).contains(text.as_str()) {
@@ -276,6 +283,19 @@ fn main() {
         Ok(runtime) => runtime.block_on(serve(args, mode)),
         Err(e) => fail(&format!("cannot start the tokio runtime: {e}")),
     }
+}
+
+/// Prints `n` numbered lines to stderr in one buffered burst, like a child stuck in an error
+/// loop; the last one says how many there were.
+fn flood(n: usize) {
+    let mut err = std::io::BufWriter::new(std::io::stderr().lock());
+    for i in 1..n {
+        if writeln!(err, "fake-backend flood line {i}").is_err() {
+            return;
+        }
+    }
+    let _ = writeln!(err, "fake-backend flood line {n} (last of {n})");
+    let _ = err.flush();
 }
 
 fn fail(message: &str) -> ! {
