@@ -87,6 +87,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         host,
     };
     let (governor_tx, governor_rx) = tokio::sync::watch::channel(None);
+    let metrics = Arc::new(crate::metrics::Metrics::new(&config.bench.targets));
+    let slo = crate::metrics::sampler::spawn(
+        Arc::clone(&metrics),
+        status_rx.clone(),
+        governor_rx.clone(),
+        cancel.clone(),
+    );
     let spec_inputs = (installed.clone(), profile.clone(), config.clone());
     let lifecycle = lifecycle::Lifecycle {
         config: config.supervisor.clone(),
@@ -97,6 +104,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         governor: governor_tx,
         status: status_tx,
         cancel: cancel.clone(),
+        metrics: Arc::clone(&metrics),
     };
     let lifecycle_task = tokio::spawn(lifecycle.run());
 
@@ -114,6 +122,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         },
         governor: governor_rx,
         started: std::time::Instant::now(),
+        metrics,
     });
     let app = proxy::router(Arc::clone(&shared));
     println!("{}http://{local}", crate::status::LISTENING_PREFIX);
@@ -146,6 +155,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     {
         tracing::error!("the backend did not stop in time");
     }
+    slo.abort();
     if tokio::time::timeout(SHUTDOWN_DEADLINE, server)
         .await
         .is_err()
