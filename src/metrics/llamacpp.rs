@@ -57,6 +57,9 @@ pub async fn scrape(
     Ok(parse(&text))
 }
 
+/// A sample's labels, as `(name, value)` pairs.
+type Labels = Vec<(String, String)>;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Counter,
@@ -69,7 +72,7 @@ struct Family {
     name: String,
     help: String,
     kind: Kind,
-    samples: Vec<(Vec<(String, String)>, f64)>,
+    samples: Vec<(Labels, f64)>,
 }
 
 /// The renamed metrics of one scrape, written by the registry of that scrape.
@@ -129,7 +132,7 @@ fn unescape(s: &str) -> String {
 }
 
 /// Splits a sample line into its name, labels and value (`None` for a line it cannot read).
-fn parse_sample(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
     let name_end = line.find(|c: char| c == '{' || c.is_whitespace())?;
     let name = &line[..name_end];
     let mut rest = &line[name_end..];
@@ -183,7 +186,7 @@ fn declared_kind<'a>(kinds: &HashMap<&str, &'a str>, sample: &str) -> &'a str {
 pub fn parse(text: &str) -> Families {
     let mut help: HashMap<&str, String> = HashMap::new();
     let mut kinds: HashMap<&str, &str> = HashMap::new();
-    let mut samples: Vec<(&str, Vec<(String, String)>, f64)> = Vec::new();
+    let mut samples: Vec<(&str, Labels, f64)> = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         if let Some(comment) = line.strip_prefix('#') {
             let mut words = comment.trim_start().splitn(3, ' ');
