@@ -304,7 +304,9 @@ struct Live {
     throttled: Duration,
     backend_cpu: Option<Duration>,
     backend_rss: Option<u64>,
-    system: Option<crate::meter::SystemTimes>,
+    /// The machine's busy time (the counter's own origin: boot for both sources).
+    system_busy: Option<Duration>,
+    system_cpus: usize,
     supervisor_cpu: Option<Duration>,
     supervisor_rss: Option<u64>,
     /// Whether llama-server's `/metrics` answered (`None` without a backend).
@@ -326,7 +328,10 @@ impl Live {
             throttled: crate::governor::signals::total_stopped(),
             backend_cpu: backend.and_then(crate::meter::process_cpu),
             backend_rss: backend.and_then(crate::meter::rss_bytes),
-            system: crate::meter::system_times().ok(),
+            system_busy: crate::meter::system_times()
+                .ok()
+                .map(|t| Duration::from_nanos(t.busy)),
+            system_cpus: crate::host::online_cpus(),
             supervisor_cpu: crate::meter::process_cpu(me),
             supervisor_rss: crate::meter::rss_bytes(me),
             llamacpp_up,
@@ -424,19 +429,20 @@ impl Collector for Live {
                 v as i64,
             )?;
         }
-        if let Some(sys) = self.system {
-            let mut family = enc.encode_descriptor(
-                "sentinel_system_cpu_seconds",
-                "CPU time of the whole machine summed over every online CPU, busy or idle.",
-                None,
-                prometheus_client::metrics::MetricType::Counter,
+        if let Some(busy) = self.system_busy {
+            counter(
+                &mut enc,
+                "sentinel_system_cpu_busy_seconds",
+                "CPU time the whole machine spent busy, summed over every CPU (cgroup v1 cpuacct root when mounted, else /proc/stat).",
+                busy.as_secs_f64(),
             )?;
-            let idle = sys.total.saturating_sub(sys.busy);
-            for (mode, ns) in [("busy", sys.busy), ("idle", idle)] {
-                let labels = [("mode", mode)];
-                ConstCounter::new(ns as f64 / 1e9).encode(family.encode_family(&labels)?)?;
-            }
         }
+        gauge(
+            &mut enc,
+            "sentinel_system_cpus",
+            "Online CPUs: the machine's busy share is rate(sentinel_system_cpu_busy_seconds_total) divided by this.",
+            self.system_cpus as i64,
+        )?;
         if let Some(v) = self.supervisor_cpu {
             counter(
                 &mut enc,
@@ -567,7 +573,11 @@ mod tests {
         assert_eq!(sample(&text, "sentinel_requests_in_flight"), Some(2.0));
         assert_eq!(sample(&text, "sentinel_requests_queued"), Some(1.0));
         assert!(sample(&text, "sentinel_supervisor_resident_memory_bytes").unwrap() > 0.0);
-        assert!(sample(&text, "sentinel_system_cpu_seconds_total{mode=\"busy\"}").unwrap() > 0.0);
+        assert!(sample(&text, "sentinel_system_cpu_busy_seconds_total").unwrap() > 0.0);
+        assert_eq!(
+            sample(&text, "sentinel_system_cpus"),
+            Some(crate::host::online_cpus() as f64)
+        );
         // No backend, no governor: their samples are left out rather than reported as 0.
         assert!(!text.contains("sentinel_backend_cpu_seconds"), "{text}");
         assert!(!text.contains("sentinel_governor_budget_cores"));

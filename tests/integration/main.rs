@@ -7,6 +7,7 @@ mod bench;
 mod e2e;
 mod fake_backend;
 mod governor;
+mod metrics;
 mod proxy;
 mod setup;
 mod supervisor;
