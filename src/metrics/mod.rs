@@ -410,7 +410,7 @@ impl Collector for Live {
         counter(
             &mut enc,
             "sentinel_governor_throttled_seconds",
-            "Time the duty cycle held the backend stopped (SIGSTOP to SIGCONT).",
+            "Time the duty cycle held the backend stopped, SIGSTOP to SIGCONT (the signals method; a kernel cap throttles inside the cgroup, see its cpu.stat).",
             self.throttled.as_secs_f64(),
         )?;
         if let Some(v) = self.backend_cpu {

@@ -88,7 +88,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     };
     let (governor_tx, governor_rx) = tokio::sync::watch::channel(None);
     let metrics = Arc::new(crate::metrics::Metrics::new(&config.bench.targets));
-    let slo = crate::metrics::sampler::spawn(
+    // The SLO sampler ends with `cancel`.
+    crate::metrics::sampler::spawn(
         Arc::clone(&metrics),
         status_rx.clone(),
         governor_rx.clone(),
@@ -155,7 +156,6 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     {
         tracing::error!("the backend did not stop in time");
     }
-    slo.abort();
     if tokio::time::timeout(SHUTDOWN_DEADLINE, server)
         .await
         .is_err()

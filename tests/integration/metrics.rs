@@ -245,14 +245,21 @@ fn real_llama_server_metrics_are_reexported_and_tokens_counted() {
     let stream = chat(&s, None, true);
     assert!(stream.contains("data: [DONE]"), "{stream}");
     let text = scrape(&s, None);
-    assert_eq!(value(&text, "sentinel_llamacpp_scrape_success"), 1.0, "{text}");
+    assert_eq!(
+        value(&text, "sentinel_llamacpp_scrape_success"),
+        1.0,
+        "{text}"
+    );
     // llama-server counted both requests' prompts; the re-export carries them, renamed.
     assert!(
         value(&text, "sentinel_backend_llamacpp_prompt_tokens_total") > 0.0,
         "{text}"
     );
     assert!(value(&text, "sentinel_backend_llamacpp_tokens_predicted_total") > 0.0);
-    assert!(!text.contains("llamacpp:"), "a name kept its colon:\n{text}");
+    assert!(
+        !text.contains("llamacpp:"),
+        "a name kept its colon:\n{text}"
+    );
     // Our own token counters read llama-server's `timings` (whole and last stream event).
     let whole: serde_json::Value = serde_json::from_str(&whole).unwrap();
     let whole_generated = whole["timings"]["predicted_n"]
@@ -268,4 +275,31 @@ fn real_llama_server_metrics_are_reexported_and_tokens_counted() {
         1.0
     );
     promtool_check(&text);
+}
+
+#[test]
+fn the_duty_cycle_stopped_time_is_counted() {
+    let _cpu = crate::support::exclusive();
+    let s = Supervisor::start(Options {
+        fake: true,
+        args: vec!["--profile", "invisible"],
+        config: "[governor]\nmethod = \"signals\"\n",
+        env: vec![("FAKE_BACKEND_MODE", "burn,response-delay=1500ms".into())],
+    });
+    s.wait_health(200, Duration::from_secs(30));
+    let before = scrape(&s, None);
+    // The fake spins a core for 1.5 s while it answers; half a core of budget stops it for
+    // about half of that.
+    chat(&s, None, false);
+    let after = scrape(&s, None);
+    let throttled = value(&after, "sentinel_governor_throttled_seconds_total")
+        - value(&before, "sentinel_governor_throttled_seconds_total");
+    eprintln!("metrics: the duty cycle stopped the backend {throttled:.3} s of a 1.5 s burn");
+    assert!(
+        (0.2..=1.5).contains(&throttled),
+        "stopped {throttled} s of a 1.5 s burn at 0.5 cores\n{after}"
+    );
+    assert_eq!(value(&after, "sentinel_governor_budget_cores"), 0.5);
+    assert!(after.contains("sentinel_governor_duty_ratio "), "{after}");
+    promtool_check(&after);
 }
