@@ -12,6 +12,7 @@ pub mod governor;
 pub mod host;
 pub mod logging;
 pub mod meter;
+pub mod metrics;
 pub mod notify;
 pub mod process_group;
 pub mod profile;

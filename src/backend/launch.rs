@@ -126,6 +126,8 @@ pub fn spec(
         profile.slots.to_string(),
         "--threads-http".into(),
         http_threads(profile.slots).to_string(),
+        // Its own counters, re-exported by our /metrics (crate::metrics::llamacpp).
+        "--metrics".into(),
     ];
     args.extend(child_args().iter().map(|s| s.to_string()));
     if profile.embeddings {
@@ -206,6 +208,7 @@ mod tests {
             "--threads-http 3",
             "--alias gemma-3-270m-q4_k_m",
             "--poll 0",
+            "--metrics",
         ] {
             assert!(joined.contains(want), "{want} missing from {joined}");
         }

@@ -83,6 +83,14 @@ impl LimiterReadings {
     }
 }
 
+/// Nanoseconds every limiter of this process has held its child stopped, SIGSTOP to SIGCONT.
+static STOPPED_NS: AtomicU64 = AtomicU64::new(0);
+
+/// How long the duty cycle has held children stopped, summed over this process's limiters.
+pub fn total_stopped() -> Duration {
+    Duration::from_nanos(STOPPED_NS.load(Ordering::Relaxed))
+}
+
 /// A running duty-cycle limiter; stopping or dropping it continues the child.
 #[derive(Debug)]
 pub struct SignalLimiter {
@@ -287,9 +295,11 @@ impl Loop<'_> {
             } else {
                 let period = self.ctl.period();
                 sleep_until(next + self.ctl.run_time());
+                let stopped = Instant::now();
                 self.target.stop()?;
                 sleep_until(next + period);
                 self.target.resume()?;
+                STOPPED_NS.fetch_add(stopped.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 next += period;
                 let now = Instant::now();
                 if now > next + period {

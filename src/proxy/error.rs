@@ -173,9 +173,15 @@ impl ApiError {
     }
 }
 
+/// The `code` of an error the proxy answered itself, left in the response's extensions for
+/// the metrics layer (`sentinel_rejections_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, axum::Json(self.body())).into_response();
+        resp.extensions_mut().insert(ErrorCode(self.code));
         let must_wait = matches!(
             self.status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE

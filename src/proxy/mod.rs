@@ -1,5 +1,5 @@
 //! The HTTP front door: OpenAI-compatible routes forwarded to llama-server, the supervisor's
-//! own `/health` and `/status`, API keys, admission, and OpenAI-style errors.
+//! own `/health`, `/status` and `/metrics`, API keys, admission, and OpenAI-style errors.
 
 pub mod admission;
 pub mod auth;
@@ -60,6 +60,8 @@ pub struct Shared {
     /// The running governor's last snapshot (`None` when none runs).
     pub governor: watch::Receiver<Option<GovernorSnapshot>>,
     pub started: std::time::Instant,
+    /// What `/metrics` shows; its layer counts every answer.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub type AppState = Arc<Shared>;
@@ -124,6 +126,7 @@ impl Shared {
 pub fn router(state: AppState) -> Router {
     let mut keyed = Router::new()
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(proxied))
         .route("/v1/completions", post(proxied))
@@ -143,6 +146,10 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .merge(keyed)
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state.metrics),
+            crate::metrics::http::track,
+        ))
         .with_state(state)
 }
 
@@ -208,6 +215,19 @@ async fn reload(State(s): State<AppState>) -> Response {
     }
 }
 
+async fn metrics(State(s): State<AppState>) -> Response {
+    let backend = s.status.borrow().backend.clone();
+    let text = s.metrics.render(&s.report(), backend.as_ref()).await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response()
+}
+
 async fn models(State(s): State<AppState>) -> Response {
     let live = s.live();
     Json(json!({
@@ -243,7 +263,7 @@ async fn proxied(State(s): State<AppState>, req: Request<Body>) -> Response {
 
 async fn not_found(req: Request<Body>) -> Response {
     ApiError::not_found(format!(
-        "Unknown route: {} {} (this endpoint serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /tokenize, /detokenize, /props, /health, /status)",
+        "Unknown route: {} {} (this endpoint serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /tokenize, /detokenize, /props, /health, /status, /metrics)",
         req.method(),
         req.uri().path()
     ))

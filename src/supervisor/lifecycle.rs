@@ -102,6 +102,8 @@ pub struct Lifecycle {
     /// Beaten at every probe: the watchdog's evidence that this task runs.
     pub heartbeat: crate::notify::Heartbeat,
     pub cancel: CancellationToken,
+    /// Counts restarts by reason (`sentinel_backend_restarts_total`).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// How one launch ended.
@@ -236,6 +238,9 @@ impl Lifecycle {
             tracing::warn!(%reason, attempt, ?healthy_for, last_lines = ?last_lines, "backend failed");
             let (deadline, failed) = match cur.policy.on_failure(Instant::now(), healthy_for) {
                 Decision::Restart(delay) => {
+                    if let Some(why) = restart_reason(&outcome) {
+                        self.metrics.backend_restarted(why);
+                    }
                     self.publish(
                         State::Backoff {
                             delay_ms: delay.as_millis() as u64,
@@ -714,6 +719,18 @@ async fn probe(client: &reqwest::Client, info: &BackendInfo) -> Probe {
         Err(e) if e.is_timeout() => Probe::Down("/health timed out".into()),
         Err(e) => Probe::Down(format!("/health unreachable: {e}")),
     }
+}
+
+/// How a launch's end is counted in the metrics (`None`: it was stopped on purpose).
+fn restart_reason(outcome: &Outcome) -> Option<crate::metrics::RestartReason> {
+    use crate::metrics::RestartReason;
+    Some(match outcome {
+        Outcome::Exited(status) => RestartReason::exited(*status),
+        Outcome::StartTimeout => RestartReason::StartTimeout,
+        Outcome::Hung { .. } => RestartReason::Hang,
+        Outcome::SpawnFailed(_) => RestartReason::SpawnFailure,
+        Outcome::Cancelled | Outcome::Reloaded(_) | Outcome::Replaced => return None,
+    })
 }
 
 fn describe(outcome: &Outcome) -> String {

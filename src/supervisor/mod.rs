@@ -108,6 +108,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     let (commands_tx, commands_rx) = mpsc::channel::<Command>(8);
     let heartbeat = crate::notify::Heartbeat::default();
     let notify_status = status_rx.clone();
+    let metrics = Arc::new(crate::metrics::Metrics::new(&config.bench.targets));
+    // The SLO sampler ends with `cancel`.
+    crate::metrics::sampler::spawn(
+        Arc::clone(&metrics),
+        status_rx.clone(),
+        governor_rx.clone(),
+        shutdown.clone(),
+    );
     let lifecycle = lifecycle::Lifecycle {
         activity: activity.clone(),
         governor: governor_tx,
@@ -115,6 +123,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         inflight: inflight.clone(),
         heartbeat: heartbeat.clone(),
         cancel: shutdown.clone(),
+        metrics: Arc::clone(&metrics),
     };
     let mut lifecycle_task = tokio::spawn(lifecycle.run(reload::plan(&active), commands_rx));
 
@@ -130,6 +139,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         client: std::sync::Mutex::new(proxy::forward::upstream_client()),
         governor: governor_rx,
         started: std::time::Instant::now(),
+        metrics,
     });
     let app = proxy::router(Arc::clone(&shared));
     println!("{}http://{local}", crate::status::LISTENING_PREFIX);

@@ -10,6 +10,7 @@ mod fake_backend;
 mod governor;
 mod lifecycle;
 mod logs;
+mod metrics;
 mod notify;
 mod properties;
 mod proxy;

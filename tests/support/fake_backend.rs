@@ -367,6 +367,7 @@ async fn serve(args: Args, mode: Mode) {
         .route("/tokenize", post(routes::tokenize))
         .route("/detokenize", post(routes::detokenize))
         .route("/props", get(routes::props))
+        .route("/metrics", get(routes::metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "File Not Found", "not_found_error") })
         .layer(middleware::from_fn_with_state(backend.clone(), gate))
         // llama-server takes any body size; a 413 must come from the proxy, not from here.

@@ -32,6 +32,25 @@ pub async fn props(State(b): State<Shared>) -> Json<Value> {
     }))
 }
 
+/// llama-server's `--metrics` text, with its names and types (a "counter" without `_total`
+/// among them): completions answered so far, and requests being answered now.
+pub async fn metrics(State(b): State<Shared>) -> Response {
+    let answered = b.ids.load(Ordering::Relaxed);
+    let busy = b.busy.load(Ordering::SeqCst);
+    let text = format!(
+        "# HELP llamacpp:n_decode_total Total number of llama_decode() calls\n\
+         # TYPE llamacpp:n_decode_total counter\n\
+         llamacpp:n_decode_total {answered}\n\
+         # HELP llamacpp:n_tokens_max Largest observed sequence length (prompt + generation)\n\
+         # TYPE llamacpp:n_tokens_max counter\n\
+         llamacpp:n_tokens_max 0\n\
+         # HELP llamacpp:requests_processing Number of requests processing\n\
+         # TYPE llamacpp:requests_processing gauge\n\
+         llamacpp:requests_processing {busy}\n"
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
 fn bad_request(message: &str) -> Response {
     error(StatusCode::BAD_REQUEST, message, "invalid_request_error")
 }

@@ -1,0 +1,589 @@
+//! `GET /metrics`: the supervisor's Prometheus metrics, in the Prometheus text exposition format
+//! (0.0.4) written by the official `prometheus-client` crate, so `promtool check metrics` reads
+//! it as Prometheus does.
+//!
+//! Two kinds of metrics live here:
+//! - **events**, counted as they happen into the long-lived [`Metrics`] registry: restarts by
+//!   reason (from the lifecycle, [`Metrics::backend_restarted`]), requests, durations,
+//!   time to first token, tokens and rejections (from the HTTP layer, [`http`]), and the
+//!   invisibility SLO's 100 ms windows (from [`sampler`]);
+//! - **readings**, taken at each scrape from their one owner ([`Live`]): the lifecycle state and
+//!   admission counts from the [`StatusReport`], the governor's snapshot, the duty cycle's
+//!   stopped time, the backend's and the supervisor's CPU clocks and memory from
+//!   [`crate::meter`], and llama-server's own `/metrics` re-exported by [`llamacpp`].
+//!
+//! Names follow Prometheus conventions: every name starts with `sentinel_`, counters end in
+//! `_total`, base units are in the name (`_seconds`, `_bytes`, `_cores`, `_ratio`).
+
+pub mod http;
+pub mod llamacpp;
+pub mod sampler;
+mod tokens;
+
+use crate::bench::target::Targets;
+use crate::status::StatusReport;
+use crate::supervisor::state::{BackendInfo, StateName};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+pub use tokens::Tokens;
+
+/// The `Content-Type` of a scrape.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// How long a scrape waits for llama-server's own `/metrics`.
+const LLAMACPP_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Upper bounds of the request duration buckets, in seconds (a CPU model answers in
+/// milliseconds for a token and in minutes for a long answer).
+const DURATION_BUCKETS: [f64; 13] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Upper bounds of the time-to-first-token buckets, in seconds.
+const TTFT_BUCKETS: [f64; 11] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0];
+
+/// Why the lifecycle restarted the backend: the `reason` of `sentinel_backend_restarts_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RestartReason {
+    /// It exited by itself with an exit code.
+    ExitCode,
+    /// A signal killed it (`kill -9`, the OOM killer, a crash).
+    Signal,
+    /// It stopped answering its liveness probes.
+    Hang,
+    /// It did not become ready within `supervisor.startup_timeout`.
+    StartTimeout,
+    /// It could not be started at all.
+    SpawnFailure,
+}
+
+impl RestartReason {
+    pub const ALL: [RestartReason; 5] = [
+        RestartReason::ExitCode,
+        RestartReason::Signal,
+        RestartReason::Hang,
+        RestartReason::StartTimeout,
+        RestartReason::SpawnFailure,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartReason::ExitCode => "exit_code",
+            RestartReason::Signal => "signal",
+            RestartReason::Hang => "hang",
+            RestartReason::StartTimeout => "start_timeout",
+            RestartReason::SpawnFailure => "spawn_failure",
+        }
+    }
+
+    /// How a process that ended by itself ended: killed by a signal, or with an exit code.
+    pub fn exited(status: std::process::ExitStatus) -> RestartReason {
+        use std::os::unix::process::ExitStatusExt;
+        if status.signal().is_some() {
+            RestartReason::Signal
+        } else {
+            RestartReason::ExitCode
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+/// Builds one histogram per label set with fixed buckets.
+#[derive(Clone, Debug)]
+struct Buckets(&'static [f64]);
+
+impl prometheus_client::metrics::family::MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+/// The supervisor's metrics: the registry of event counters, shared by the lifecycle, the HTTP
+/// layer and the SLO sampler, and what a scrape needs to read the rest.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    restarts: Family<ReasonLabel, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RouteLabel, Histogram, Buckets>,
+    ttft: Family<RouteLabel, Histogram, Buckets>,
+    rejections: Family<ReasonLabel, Counter>,
+    prompt_tokens: Counter,
+    cached_tokens: Counter,
+    generated_tokens: Counter,
+    slo: sampler::Windows,
+    /// For llama-server's own `/metrics`.
+    client: reqwest::Client,
+}
+
+impl Metrics {
+    /// The registry, with the SLO bands taken from the bench targets (`[bench.targets]`: the
+    /// idle, active-mean and active-p99 limits on system CPU).
+    pub fn new(targets: &Targets) -> Metrics {
+        let mut registry = Registry::default();
+        let restarts = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "sentinel_backend_restarts",
+            "Backend restarts, by why the previous launch ended (exit_code, signal, hang, start_timeout, spawn_failure)",
+            restarts.clone(),
+        );
+        for reason in RestartReason::ALL {
+            drop(restarts.get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            }));
+        }
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "sentinel_requests",
+            "HTTP requests answered, by route and status code",
+            requests.clone(),
+        );
+        let duration = Family::new_with_constructor(Buckets(&DURATION_BUCKETS));
+        registry.register(
+            "sentinel_request_duration_seconds",
+            "Time from a request's arrival to the end of its response body, by route",
+            duration.clone(),
+        );
+        let ttft = Family::new_with_constructor(Buckets(&TTFT_BUCKETS));
+        registry.register(
+            "sentinel_time_to_first_token_seconds",
+            "Time from a streamed completion's arrival to its first generated token, by route",
+            ttft.clone(),
+        );
+        let rejections = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "sentinel_rejections",
+            "Requests the proxy answered with an error itself, by error code (queue_full, queue_timeout, invalid_api_key, request_too_large, backend_unavailable, ...)",
+            rejections.clone(),
+        );
+        let prompt_tokens = Counter::default();
+        registry.register(
+            "sentinel_prompt_tokens",
+            "Prompt tokens of answered requests, cached ones included",
+            prompt_tokens.clone(),
+        );
+        let cached_tokens = Counter::default();
+        registry.register(
+            "sentinel_prompt_cached_tokens",
+            "Prompt tokens llama-server reused from its cache instead of evaluating",
+            cached_tokens.clone(),
+        );
+        let generated_tokens = Counter::default();
+        registry.register(
+            "sentinel_generated_tokens",
+            "Tokens generated by the model",
+            generated_tokens.clone(),
+        );
+        let slo = sampler::Windows::register(&mut registry, targets);
+        let client = reqwest::Client::builder()
+            .timeout(LLAMACPP_TIMEOUT)
+            .build()
+            .expect("a reqwest client with only a timeout always builds");
+        Metrics {
+            registry,
+            restarts,
+            requests,
+            duration,
+            ttft,
+            rejections,
+            prompt_tokens,
+            cached_tokens,
+            generated_tokens,
+            slo,
+            client,
+        }
+    }
+
+    /// Counts one restart of the backend (the lifecycle calls it when it decides to restart).
+    pub fn backend_restarted(&self, reason: RestartReason) {
+        self.restarts
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// Restarts counted so far for `reason`.
+    pub fn restarts(&self, reason: RestartReason) -> u64 {
+        self.restarts
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .get()
+    }
+
+    fn count_tokens(&self, tokens: Tokens) {
+        self.prompt_tokens.inc_by(tokens.prompt);
+        self.cached_tokens.inc_by(tokens.cached);
+        self.generated_tokens.inc_by(tokens.generated);
+    }
+
+    /// One scrape: the event counters, the readings now (from `report` and `backend`, the
+    /// lifecycle's running backend), and llama-server's own metrics when it answers in time.
+    pub async fn render(&self, report: &StatusReport, backend: Option<&BackendInfo>) -> String {
+        let llamacpp = match backend {
+            Some(b) => Some(llamacpp::scrape(&self.client, b).await),
+            None => None,
+        };
+        let live = Live::read(report, llamacpp.as_ref().map(Result::is_ok));
+        let mut out = String::with_capacity(16 * 1024);
+        let mut scrape = Registry::default();
+        scrape.register_collector(Box::new(live));
+        match llamacpp {
+            Some(Ok(families)) => scrape.register_collector(Box::new(families)),
+            Some(Err(e)) => tracing::debug!(error = %e, "llama-server metrics not included"),
+            None => {}
+        }
+        for registry in [&self.registry, &scrape] {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, registry)
+                .expect("writing to a String cannot fail");
+        }
+        out
+    }
+}
+
+/// Every backend state, in the order of [`state_index`].
+const STATES: [StateName; 7] = [
+    StateName::Starting,
+    StateName::Ready,
+    StateName::Unhealthy,
+    StateName::Backoff,
+    StateName::Failed,
+    StateName::Stopping,
+    StateName::Stopped,
+];
+
+/// A state's place in [`STATES`]; being a `match`, a new state fails to compile here until it
+/// is listed.
+const fn state_index(state: StateName) -> usize {
+    match state {
+        StateName::Starting => 0,
+        StateName::Ready => 1,
+        StateName::Unhealthy => 2,
+        StateName::Backoff => 3,
+        StateName::Failed => 4,
+        StateName::Stopping => 5,
+        StateName::Stopped => 6,
+    }
+}
+
+/// The readings of one scrape, each from its one owner. `None` = cannot be read now (no
+/// backend, no governor, or the reading failed): the sample is left out, not faked as 0.
+#[derive(Debug)]
+struct Live {
+    state: StateName,
+    in_flight: usize,
+    queued: usize,
+    budget_cores: Option<f64>,
+    measured_cores: Option<f64>,
+    duty: Option<f64>,
+    throttled: Duration,
+    backend_cpu: Option<Duration>,
+    backend_rss: Option<u64>,
+    /// The machine's busy time (the counter's own origin: boot for both sources).
+    system_busy: Option<Duration>,
+    system_cpus: usize,
+    supervisor_cpu: Option<Duration>,
+    supervisor_rss: Option<u64>,
+    /// Whether llama-server's `/metrics` answered (`None` without a backend).
+    llamacpp_up: Option<bool>,
+}
+
+impl Live {
+    fn read(report: &StatusReport, llamacpp_up: Option<bool>) -> Live {
+        let backend = report.backend.as_ref().map(|b| b.pid);
+        let me = std::process::id() as i32;
+        let governor = report.governor.as_ref();
+        Live {
+            state: report.state.name(),
+            in_flight: report.in_flight,
+            queued: report.queued,
+            budget_cores: governor.and_then(|g| g.budget_cpus),
+            measured_cores: governor.and_then(|g| g.measured_cpus),
+            duty: governor.and_then(|g| g.duty),
+            throttled: crate::governor::duty_cycle::total_stopped(),
+            backend_cpu: backend.and_then(crate::meter::process_cpu),
+            backend_rss: backend.and_then(crate::meter::rss_bytes),
+            system_busy: crate::meter::system_times()
+                .ok()
+                .map(|t| Duration::from_nanos(t.busy)),
+            system_cpus: crate::host::online_cpus(),
+            supervisor_cpu: crate::meter::process_cpu(me),
+            supervisor_rss: crate::meter::rss_bytes(me),
+            llamacpp_up,
+        }
+    }
+}
+
+/// Writes one unlabelled gauge.
+fn gauge<N: EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: N,
+) -> std::fmt::Result {
+    let gauge = ConstGauge::new(value);
+    gauge.encode(enc.encode_descriptor(name, help, None, gauge.metric_type())?)
+}
+
+/// Writes one unlabelled counter; `name` without `_total`, which the encoder adds.
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: f64) -> std::fmt::Result {
+    let counter = ConstCounter::new(value);
+    counter.encode(enc.encode_descriptor(name, help, None, counter.metric_type())?)
+}
+
+impl Collector for Live {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        {
+            let mut family = enc.encode_descriptor(
+                "sentinel_backend_state",
+                "The backend's lifecycle state: 1 for the current one, 0 for the others.",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for state in STATES {
+                let labels = [("state", state.as_str())];
+                let value = i64::from(state_index(state) == state_index(self.state));
+                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        gauge(
+            &mut enc,
+            "sentinel_requests_in_flight",
+            "Requests holding an admission slot, and model loads (what the governor throttles).",
+            self.in_flight as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "sentinel_requests_queued",
+            "Requests waiting for an admission slot.",
+            self.queued as i64,
+        )?;
+        if let Some(v) = self.budget_cores {
+            gauge(
+                &mut enc,
+                "sentinel_governor_budget_cores",
+                "The CPU budget in force for the backend, in cores.",
+                v,
+            )?;
+        }
+        if let Some(v) = self.measured_cores {
+            gauge(
+                &mut enc,
+                "sentinel_governor_measured_cores",
+                "The backend's CPU over the governor's last feedback window, in cores.",
+                v,
+            )?;
+        }
+        if let Some(v) = self.duty {
+            gauge(
+                &mut enc,
+                "sentinel_governor_duty_ratio",
+                "Share of each duty-cycle period the backend may run.",
+                v,
+            )?;
+        }
+        counter(
+            &mut enc,
+            "sentinel_governor_throttled_seconds",
+            "Time the duty cycle held the backend stopped, SIGSTOP to SIGCONT (the signals method; a kernel cap throttles inside the cgroup, see its cpu.stat).",
+            self.throttled.as_secs_f64(),
+        )?;
+        if let Some(v) = self.backend_cpu {
+            counter(
+                &mut enc,
+                "sentinel_backend_cpu_seconds",
+                "CPU time of the running backend process (its exact CPU clock); starts again at 0 with each launch.",
+                v.as_secs_f64(),
+            )?;
+        }
+        if let Some(v) = self.backend_rss {
+            gauge(
+                &mut enc,
+                "sentinel_backend_resident_memory_bytes",
+                "Resident memory of the running backend process.",
+                v as i64,
+            )?;
+        }
+        if let Some(busy) = self.system_busy {
+            counter(
+                &mut enc,
+                "sentinel_system_cpu_busy_seconds",
+                "CPU time the whole machine spent busy, summed over every CPU (cgroup v1 cpuacct root when mounted, else /proc/stat).",
+                busy.as_secs_f64(),
+            )?;
+        }
+        gauge(
+            &mut enc,
+            "sentinel_system_cpus",
+            "Online CPUs: the machine's busy share is rate(sentinel_system_cpu_busy_seconds_total) divided by this.",
+            self.system_cpus as i64,
+        )?;
+        if let Some(v) = self.supervisor_cpu {
+            counter(
+                &mut enc,
+                "sentinel_supervisor_cpu_seconds",
+                "CPU time of the supervisor process itself.",
+                v.as_secs_f64(),
+            )?;
+        }
+        if let Some(v) = self.supervisor_rss {
+            gauge(
+                &mut enc,
+                "sentinel_supervisor_resident_memory_bytes",
+                "Resident memory of the supervisor process itself.",
+                v as i64,
+            )?;
+        }
+        if let Some(up) = self.llamacpp_up {
+            gauge(
+                &mut enc,
+                "sentinel_llamacpp_scrape_success",
+                "Whether llama-server's own /metrics answered this scrape (its samples follow as sentinel_backend_llamacpp_*).",
+                i64::from(up),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::state::State;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn targets() -> Targets {
+        crate::config::Config::builtin().unwrap().bench.targets
+    }
+
+    /// A report of a supervisor in `state` with nothing running.
+    pub(crate) fn report(state: State) -> StatusReport {
+        let config = crate::config::Config::builtin().unwrap();
+        let host = crate::host::Host::unrestricted(2);
+        let profile = crate::profile::resolve(&config, "balanced", &host).unwrap();
+        StatusReport {
+            state,
+            profile: profile.name.clone(),
+            resolved_profile: profile,
+            model: "/m.gguf".into(),
+            model_id: "m".into(),
+            config_generation: 1,
+            backend: None,
+            restarts: 0,
+            last_exit: None,
+            governor: None,
+            in_flight: 2,
+            queued: 1,
+            uptime_s: 3.0,
+        }
+    }
+
+    /// The value of the sample `line_start` (name and labels as written) in `text`.
+    pub(crate) fn sample(text: &str, line_start: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_start)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    #[test]
+    fn states_are_listed_in_index_order() {
+        for (i, state) in STATES.iter().enumerate() {
+            assert_eq!(state_index(*state), i, "{state}");
+        }
+    }
+
+    #[test]
+    fn exit_statuses_classify_by_signal_or_code() {
+        // Raw wait statuses: a signal in the low bits, an exit code in the second byte.
+        assert_eq!(
+            RestartReason::exited(std::process::ExitStatus::from_raw(9)),
+            RestartReason::Signal
+        );
+        assert_eq!(
+            RestartReason::exited(std::process::ExitStatus::from_raw(1 << 8)),
+            RestartReason::ExitCode
+        );
+        assert_eq!(
+            RestartReason::exited(std::process::ExitStatus::from_raw(0)),
+            RestartReason::ExitCode
+        );
+    }
+
+    #[tokio::test]
+    async fn a_scrape_shows_events_and_readings() {
+        let m = Metrics::new(&targets());
+        m.backend_restarted(RestartReason::Signal);
+        m.backend_restarted(RestartReason::Signal);
+        m.backend_restarted(RestartReason::Hang);
+        m.count_tokens(Tokens {
+            prompt: 25,
+            cached: 20,
+            generated: 3,
+        });
+        let text = m.render(&report(State::Ready), None).await;
+        let restarts = |reason: &str| {
+            sample(
+                &text,
+                &format!("sentinel_backend_restarts_total{{reason=\"{reason}\"}}"),
+            )
+        };
+        assert_eq!(restarts("signal"), Some(2.0), "{text}");
+        assert_eq!(restarts("hang"), Some(1.0));
+        // Every reason is there from the start, so a rate can be taken before the first one.
+        assert_eq!(restarts("start_timeout"), Some(0.0));
+        assert_eq!(m.restarts(RestartReason::Signal), 2);
+        assert_eq!(sample(&text, "sentinel_prompt_tokens_total"), Some(25.0));
+        assert_eq!(
+            sample(&text, "sentinel_prompt_cached_tokens_total"),
+            Some(20.0)
+        );
+        assert_eq!(sample(&text, "sentinel_generated_tokens_total"), Some(3.0));
+        assert_eq!(
+            sample(&text, "sentinel_backend_state{state=\"ready\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "sentinel_backend_state{state=\"starting\"}"),
+            Some(0.0)
+        );
+        assert_eq!(sample(&text, "sentinel_requests_in_flight"), Some(2.0));
+        assert_eq!(sample(&text, "sentinel_requests_queued"), Some(1.0));
+        assert!(sample(&text, "sentinel_supervisor_resident_memory_bytes").unwrap() > 0.0);
+        assert!(sample(&text, "sentinel_system_cpu_busy_seconds_total").unwrap() > 0.0);
+        assert_eq!(
+            sample(&text, "sentinel_system_cpus"),
+            Some(crate::host::online_cpus() as f64)
+        );
+        // No backend, no governor: their samples are left out rather than reported as 0.
+        assert!(!text.contains("sentinel_backend_cpu_seconds"), "{text}");
+        assert!(!text.contains("sentinel_governor_budget_cores"));
+        assert!(!text.contains("sentinel_llamacpp_scrape_success"));
+        assert!(text.contains("# TYPE sentinel_backend_restarts_total counter"));
+        assert!(text.contains("# TYPE sentinel_slo_system_cpu_window_ratio histogram"));
+    }
+}
