@@ -164,12 +164,7 @@ pub fn ensure_server(cache: &Path, pin: &SourcePin) -> Result<PathBuf, BuildErro
     std::fs::write(dir.stamp(), pin.cache_key()).map_err(io_err(&dir.stamp()))?;
     // The extracted source is no longer needed; the build tree keeps what cmake needs.
     let _ = std::fs::remove_dir_all(&src);
-    step.finish(format!(
-        "built {} ({:.0?} since download): {}",
-        pin.target,
-        started.elapsed(),
-        bin.display()
-    ));
+    step.finish(format!("built {}: {}", pin.target, bin.display()));
     Ok(bin)
 }
 
