@@ -439,8 +439,22 @@ pub fn default_user_path() -> Option<PathBuf> {
     dirs::config_dir().map(|d| d.join("sentinel-supervisor").join("config.toml"))
 }
 
+/// The cache when `backend.cache_dir` is empty: `$CACHE_DIRECTORY` (set by systemd's
+/// `CacheDirectory=`; the first of its `:`-separated paths), else
 /// `$XDG_CACHE_HOME/sentinel-supervisor` (or `~/.cache/sentinel-supervisor`).
 pub fn default_cache_dir() -> PathBuf {
+    cache_dir_from(std::env::var_os("CACHE_DIRECTORY"))
+}
+
+fn cache_dir_from(systemd: Option<std::ffi::OsString>) -> PathBuf {
+    if let Some(first) = systemd
+        .as_deref()
+        .and_then(|v| std::env::split_paths(v).next())
+    {
+        if !first.as_os_str().is_empty() {
+            return first;
+        }
+    }
     dirs::cache_dir()
         .unwrap_or_else(std::env::temp_dir)
         .join("sentinel-supervisor")
@@ -659,5 +673,17 @@ mod tests {
         assert!(has_key(&t, "b.c"));
         assert!(!has_key(&t, "b.d"));
         assert!(!has_key(&t, "z"));
+    }
+
+    #[test]
+    fn systemd_cache_directory_comes_before_the_xdg_cache() {
+        let xdg = cache_dir_from(None);
+        assert!(xdg.ends_with("sentinel-supervisor"), "{}", xdg.display());
+        let unit = std::ffi::OsString::from("/var/cache/sentinel-supervisor:/var/cache/other");
+        assert_eq!(
+            cache_dir_from(Some(unit)),
+            PathBuf::from("/var/cache/sentinel-supervisor")
+        );
+        assert_eq!(cache_dir_from(Some("".into())), xdg);
     }
 }

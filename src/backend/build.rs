@@ -1,9 +1,13 @@
-//! Building llama-server from the pinned source: download, verify, extract, cmake, with
-//! progress, into a cache directory keyed by the pin and reused while the pin is unchanged.
+//! Building llama-server from the pinned source: download, verify, extract, the build tools
+//! (installed into the cache when missing), cmake configure and build, each a progress step
+//! (`backend::progress`), into a cache directory keyed by the pin and reused while the pin is
+//! unchanged.
 
 use super::fetch::{self, io_err, FetchError};
-use super::pin::SourcePin;
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use super::pin::{SourcePin, ToolsPin};
+use super::progress::{Step, Unit};
+use super::tools::{self, ToolsError};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -11,6 +15,8 @@ use std::process::{Command, Stdio};
 pub enum BuildError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Tools(#[from] ToolsError),
     #[error("the sdist {archive} has no `{subdirectory}` directory; check `subdirectory` in vendor/llama.cpp.toml")]
     MissingSubdirectory {
         archive: PathBuf,
@@ -63,6 +69,7 @@ impl BuildDir {
 }
 
 /// Returns the pinned llama-server, building it first when the cache has no build of this pin.
+/// Missing cmake or ninja are installed into the cache first (see [`super::tools`]).
 pub fn ensure_server(cache: &Path, pin: &SourcePin) -> Result<PathBuf, BuildError> {
     let dir = BuildDir::new(cache, pin);
     if let Some(bin) = dir.existing(pin) {
@@ -75,15 +82,21 @@ pub fn ensure_server(cache: &Path, pin: &SourcePin) -> Result<PathBuf, BuildErro
     if let Some(bin) = dir.existing(pin) {
         return Ok(bin);
     }
+    // What setup cannot install itself comes first, before any download.
     fetch::require_pip()?;
-    fetch::require_build_tools()?;
+    fetch::require_compilers()?;
     let started = std::time::Instant::now();
 
     let downloads = cache.join("downloads");
-    let archive = match fetch::find_download(&downloads, &pin.sdist_name(), "") {
-        Some(a) if fetch::verify_sha256(&a, &pin.sha256).is_ok() => a,
-        _ => {
-            eprintln!("setup: downloading {} (sdist) ...", pin.requirement());
+    let cached = fetch::find_download(&downloads, &pin.sdist_name(), "")
+        .filter(|a| fetch::verify_sha256(a, &pin.sha256).is_ok());
+    let archive = match cached {
+        Some(a) => a,
+        None => {
+            let step = Step::spinner(
+                "download",
+                format!("{} (sdist) from PyPI", pin.requirement()),
+            );
             fetch::pip_download(&pin.requirement(), &downloads, true)?;
             let a = fetch::find_download(&downloads, &pin.sdist_name(), "").ok_or_else(|| {
                 FetchError::NotFound {
@@ -91,45 +104,55 @@ pub fn ensure_server(cache: &Path, pin: &SourcePin) -> Result<PathBuf, BuildErro
                     dir: downloads.clone(),
                 }
             })?;
+            step.finish(format!("{}", a.display()));
             fetch::verify_sha256(&a, &pin.sha256)?;
             a
         }
     };
-    eprintln!(
-        "setup: sha256 verified ({}), extracting {} ...",
-        &pin.sha256[..12],
-        pin.subdirectory
-    );
     let src = dir.src();
     if src.exists() {
         std::fs::remove_dir_all(&src).map_err(io_err(&src))?;
     }
     extract_subdirectory(&archive, &pin.subdirectory, &src)?;
 
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let tools = tools::ensure(cache, &fetch::python(), &path, &ToolsPin::builtin())?;
+    eprintln!("tools: {}", tools.describe());
+
     let log_path = dir.root.join("build.log");
     let mut log = std::fs::File::create(&log_path).map_err(io_err(&log_path))?;
-    let mut configure = Command::new("cmake");
-    configure.arg("-S").arg(&src).arg("-B").arg(dir.build());
-    if which("ninja") {
-        configure.args(["-G", "Ninja"]);
-    }
+    let _ = writeln!(log, "tools: {}", tools.describe());
+    let mut configure = Command::new(&tools.cmake.path);
+    configure
+        .arg("-S")
+        .arg(&src)
+        .arg("-B")
+        .arg(dir.build())
+        .args(["-G", "Ninja"])
+        .arg(format!(
+            "-DCMAKE_MAKE_PROGRAM={}",
+            tools.ninja.path.display()
+        ));
     configure.args(&pin.cmake_flags);
-    eprintln!("setup: configuring llama.cpp with cmake ...");
-    run_logged(configure, "configure", &mut log, &log_path, |_| {})?;
+    let step = Step::spinner("configure", "cmake");
+    run_logged(configure, "configure", &mut log, &log_path, |line| {
+        step.set_message(line.trim().to_string())
+    })?;
+    step.finish("cmake configured the build");
 
     let jobs = crate::host::Host::detect().allowed_cpus();
-    let mut build = Command::new("cmake");
+    let mut build = Command::new(&tools.cmake.path);
     build
         .arg("--build")
         .arg(dir.build())
         .args(["--target", &pin.target, "-j", &jobs.to_string()]);
-    let mut progress = Progress::new(format!("building {}", pin.target));
+    let step = Step::bar("build", 0, Unit::Count("objects"));
     run_logged(build, "build", &mut log, &log_path, |line| {
-        if let Some(pct) = parse_progress(line) {
-            progress.update(pct);
+        if let Some((done, total)) = parse_progress(line) {
+            step.set_length(total);
+            step.set_position(done);
         }
     })?;
-    progress.finish();
 
     let bin = dir.binary(pin);
     if !bin.is_file() {
@@ -139,23 +162,8 @@ pub fn ensure_server(cache: &Path, pin: &SourcePin) -> Result<PathBuf, BuildErro
     std::fs::write(dir.stamp(), pin.cache_key()).map_err(io_err(&dir.stamp()))?;
     // The extracted source is no longer needed; the build tree keeps what cmake needs.
     let _ = std::fs::remove_dir_all(&src);
-    eprintln!(
-        "setup: built {} in {:.0?}: {}",
-        pin.target,
-        started.elapsed(),
-        bin.display()
-    );
+    step.finish(format!("built {}: {}", pin.target, bin.display()));
     Ok(bin)
-}
-
-fn which(program: &str) -> bool {
-    Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
 }
 
 /// Extracts `<top>/<subdirectory>/**` of a `.tar.gz` sdist into `dest`.
@@ -165,7 +173,10 @@ fn extract_subdirectory(archive: &Path, subdirectory: &str, dest: &Path) -> Resu
         source,
     };
     let file = std::fs::File::open(archive).map_err(ext)?;
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let step = Step::bar("extract", len, Unit::Bytes);
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(step.wrap_read(file)));
+    let mut files = 0u64;
     let prefix = Path::new(subdirectory);
     let mut found = false;
     for entry in tar.entries().map_err(ext)? {
@@ -180,6 +191,7 @@ fn extract_subdirectory(archive: &Path, subdirectory: &str, dest: &Path) -> Resu
             continue;
         }
         found = true;
+        files += 1;
         let target = dest.join(rel);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(ext)?;
@@ -192,6 +204,10 @@ fn extract_subdirectory(archive: &Path, subdirectory: &str, dest: &Path) -> Resu
             subdirectory: subdirectory.to_string(),
         });
     }
+    step.finish(format!(
+        "{files} files of {subdirectory} into {}",
+        dest.display()
+    ));
     Ok(())
 }
 
@@ -249,57 +265,18 @@ fn run_logged(
     })
 }
 
-/// Percent done from a build-tool line: ninja's `[93/206] ...` or make's `[ 45%] ...`.
-pub fn parse_progress(line: &str) -> Option<u32> {
+/// Steps done and total from a build-tool line: ninja's `[93/206] ...`, or make's `[ 45%] ...`
+/// as a count out of 100.
+pub fn parse_progress(line: &str) -> Option<(u64, u64)> {
     let inner = line.trim_start().strip_prefix('[')?;
     let inner = &inner[..inner.find(']')?];
     if let Some((done, total)) = inner.split_once('/') {
-        let done: u32 = done.trim().parse().ok()?;
-        let total: u32 = total.trim().parse().ok()?;
-        return (total > 0).then(|| done * 100 / total);
+        let done: u64 = done.trim().parse().ok()?;
+        let total: u64 = total.trim().parse().ok()?;
+        return (total > 0 && done <= total).then_some((done, total));
     }
-    inner.trim().strip_suffix('%')?.trim().parse().ok()
-}
-
-/// A percentage on one line when stderr is a terminal, else a line every 10 %.
-struct Progress {
-    label: String,
-    last: Option<u32>,
-    tty: bool,
-}
-
-impl Progress {
-    fn new(label: String) -> Progress {
-        Progress {
-            label,
-            last: None,
-            tty: std::io::stderr().is_terminal(),
-        }
-    }
-    fn update(&mut self, pct: u32) {
-        let pct = pct.min(100);
-        let step = if self.tty { 1 } else { 10 };
-        if self.last.is_some_and(|l| pct / step <= l / step) {
-            return;
-        }
-        self.last = Some(pct);
-        if self.tty {
-            let filled = (pct / 5) as usize;
-            eprint!(
-                "\rsetup: {} [{}{}] {pct:>3}%",
-                self.label,
-                "#".repeat(filled),
-                " ".repeat(20 - filled)
-            );
-        } else {
-            eprintln!("setup: {} {pct}%", self.label);
-        }
-    }
-    fn finish(&mut self) {
-        if self.tty && self.last.is_some() {
-            eprintln!();
-        }
-    }
+    let pct: u64 = inner.trim().strip_suffix('%')?.trim().parse().ok()?;
+    (pct <= 100).then_some((pct, 100))
 }
 
 #[cfg(test)]
@@ -308,16 +285,23 @@ mod tests {
 
     #[test]
     fn progress_from_ninja_and_make() {
-        assert_eq!(parse_progress("[93/206] Building CXX object x.o"), Some(45));
+        assert_eq!(
+            parse_progress("[93/206] Building CXX object x.o"),
+            Some((93, 206))
+        );
         assert_eq!(
             parse_progress("[206/206] Linking CXX executable bin/llama-server"),
-            Some(100)
+            Some((206, 206))
         );
-        assert_eq!(parse_progress("[ 45%] Building CXX object"), Some(45));
+        assert_eq!(
+            parse_progress("[ 45%] Building CXX object"),
+            Some((45, 100))
+        );
         assert_eq!(
             parse_progress("[100%] Built target llama-server"),
-            Some(100)
+            Some((100, 100))
         );
+        assert_eq!(parse_progress("[7/3] impossible"), None);
         assert_eq!(parse_progress("-- Configuring done"), None);
         assert_eq!(parse_progress("[x/y] nope"), None);
     }

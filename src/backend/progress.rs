@@ -1,0 +1,299 @@
+//! Progress of the long setup steps (download, verify, extract, tools, configure, build, model).
+//! On a terminal each step is an `indicatif` bar or spinner; otherwise (a log file, the journal,
+//! a CI log) a step prints one plain line when it starts, one every 10 s while it runs
+//! (`build: 143/380 objects (40 s)`), and one when it ends, so the log shows where setup is
+//! without a flood of redraws.
+
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often a step prints its plain line when stderr is not a terminal.
+pub const PLAIN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What a bar counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Bytes, shown as `12.3 MiB`.
+    Bytes,
+    /// Items with a name (`objects`, `parts`).
+    Count(&'static str),
+}
+
+/// Where plain lines go (stderr, or a test's buffer).
+pub type Sink = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// How a step reports: drawn bars, or plain lines to a sink every `interval`.
+#[derive(Clone)]
+pub enum Mode {
+    Terminal,
+    Plain { interval: Duration, sink: Sink },
+}
+
+impl Mode {
+    /// Bars when stderr is a terminal, else plain lines on stderr every [`PLAIN_INTERVAL`].
+    pub fn detect() -> Mode {
+        if std::io::stderr().is_terminal() {
+            Mode::Terminal
+        } else {
+            Mode::Plain {
+                interval: PLAIN_INTERVAL,
+                sink: Arc::new(|line| eprintln!("{line}")),
+            }
+        }
+    }
+}
+
+struct Ticker {
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+/// One running step. Dropped without [`Step::finish`] (an error), it clears its bar silently.
+pub struct Step {
+    label: &'static str,
+    unit: Option<Unit>,
+    bar: ProgressBar,
+    mode: Mode,
+    started: Instant,
+    ticker: Option<(Arc<Ticker>, std::thread::JoinHandle<()>)>,
+}
+
+impl Step {
+    /// A step with a known amount of work (`len` may be set later with [`Step::set_length`]).
+    pub fn bar(label: &'static str, len: u64, unit: Unit) -> Step {
+        Step::start(label, Some(unit), len, String::new(), Mode::detect())
+    }
+
+    /// A step whose amount of work is unknown; `message` says what it is doing.
+    pub fn spinner(label: &'static str, message: impl Into<String>) -> Step {
+        Step::start(label, None, 0, message.into(), Mode::detect())
+    }
+
+    /// [`Step::bar`] or [`Step::spinner`] (`unit` is `None`) in an explicit mode.
+    pub fn start(
+        label: &'static str,
+        unit: Option<Unit>,
+        len: u64,
+        message: String,
+        mode: Mode,
+    ) -> Step {
+        let bar = match &mode {
+            Mode::Terminal => {
+                ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
+            }
+            Mode::Plain { .. } => ProgressBar::hidden(),
+        };
+        bar.set_length(len);
+        bar.set_message(message);
+        let mut step = Step {
+            label,
+            unit,
+            bar,
+            mode,
+            started: Instant::now(),
+            ticker: None,
+        };
+        match step.mode.clone() {
+            Mode::Terminal => {
+                step.bar.set_style(style(label, unit));
+                step.bar.enable_steady_tick(Duration::from_millis(120));
+            }
+            Mode::Plain { interval, sink } => {
+                sink(&step.line());
+                step.ticker = Some(step.spawn_ticker(interval, sink));
+            }
+        }
+        step
+    }
+
+    fn spawn_ticker(
+        &self,
+        interval: Duration,
+        sink: Sink,
+    ) -> (Arc<Ticker>, std::thread::JoinHandle<()>) {
+        let ticker = Arc::new(Ticker {
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        let t = ticker.clone();
+        let (label, unit, bar, started) = (self.label, self.unit, self.bar.clone(), self.started);
+        let handle = std::thread::spawn(move || {
+            let mut stop = t.stop.lock().unwrap_or_else(|e| e.into_inner());
+            // `stop` is checked before every wait: a stop set before this thread first took
+            // the lock must not wait a whole interval.
+            while !*stop {
+                let (guard, timeout) = t
+                    .wake
+                    .wait_timeout(stop, interval)
+                    .unwrap_or_else(|e| e.into_inner());
+                stop = guard;
+                if !*stop && timeout.timed_out() {
+                    sink(&plain_line(label, unit, &bar, started));
+                }
+            }
+        });
+        (ticker, handle)
+    }
+
+    /// The plain line for the current state.
+    pub fn line(&self) -> String {
+        plain_line(self.label, self.unit, &self.bar, self.started)
+    }
+
+    pub fn set_length(&self, len: u64) {
+        self.bar.set_length(len);
+    }
+
+    pub fn set_position(&self, pos: u64) {
+        self.bar.set_position(pos);
+    }
+
+    pub fn inc(&self, delta: u64) {
+        self.bar.inc(delta);
+    }
+
+    pub fn set_message(&self, message: impl Into<String>) {
+        self.bar.set_message(message.into());
+    }
+
+    /// Wraps a reader so that every byte read advances the bar.
+    pub fn wrap_read<R: std::io::Read>(&self, reader: R) -> impl std::io::Read {
+        self.bar.wrap_read(reader)
+    }
+
+    /// Ends the step with a closing line: `extract: done in 3.2s`.
+    pub fn finish(mut self, outcome: impl AsRef<str>) {
+        let line = format!(
+            "{}: {} ({:.1?})",
+            self.label,
+            outcome.as_ref(),
+            self.started.elapsed()
+        );
+        self.stop_ticker();
+        match &self.mode {
+            Mode::Terminal => {
+                self.bar.finish_and_clear();
+                eprintln!("{line}");
+            }
+            Mode::Plain { sink, .. } => sink(&line),
+        }
+    }
+
+    fn stop_ticker(&mut self) {
+        if let Some((t, handle)) = self.ticker.take() {
+            *t.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            t.wake.notify_all();
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Step {
+    fn drop(&mut self) {
+        self.stop_ticker();
+        if !self.bar.is_finished() {
+            self.bar.finish_and_clear();
+        }
+    }
+}
+
+fn style(label: &str, unit: Option<Unit>) -> ProgressStyle {
+    let template = match unit {
+        None => format!("{{spinner}} {label}: {{wide_msg}} {{elapsed}}"),
+        Some(Unit::Bytes) => format!(
+            "{label}: [{{bar:30}}] {{bytes}}/{{total_bytes}} {{msg}} {{elapsed}} (eta {{eta}})"
+        ),
+        Some(Unit::Count(what)) => {
+            format!("{label}: [{{bar:30}}] {{pos}}/{{len}} {what} {{msg}} {{elapsed}}")
+        }
+    };
+    ProgressStyle::with_template(&template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("#>-")
+}
+
+fn plain_line(label: &str, unit: Option<Unit>, bar: &ProgressBar, started: Instant) -> String {
+    let secs = started.elapsed().as_secs();
+    let msg = bar.message();
+    let pos = bar.position();
+    let len = bar.length().unwrap_or(0);
+    let mut line = match unit {
+        None => format!("{label}: {msg}"),
+        Some(Unit::Bytes) if len > 0 => {
+            format!("{label}: {}/{}", HumanBytes(pos), HumanBytes(len))
+        }
+        Some(Unit::Bytes) => format!("{label}: {}", HumanBytes(pos)),
+        Some(Unit::Count(what)) if len > 0 => format!("{label}: {pos}/{len} {what}"),
+        Some(Unit::Count(what)) => format!("{label}: {pos} {what}"),
+    };
+    if unit.is_some() && !msg.is_empty() {
+        line.push_str(&format!(" {msg}"));
+    }
+    if secs > 0 {
+        line.push_str(&format!(" ({secs} s)"));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collecting(interval: Duration) -> (Mode, Arc<Mutex<Vec<String>>>) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l = lines.clone();
+        let sink: Sink = Arc::new(move |s| l.lock().unwrap().push(s.to_string()));
+        (Mode::Plain { interval, sink }, lines)
+    }
+
+    #[test]
+    fn plain_mode_prints_start_periodic_and_end_lines() {
+        let (mode, lines) = collecting(Duration::from_millis(40));
+        let step = Step::start(
+            "build",
+            Some(Unit::Count("objects")),
+            0,
+            String::new(),
+            mode,
+        );
+        step.set_length(380);
+        step.set_position(143);
+        std::thread::sleep(Duration::from_millis(150));
+        step.finish("built llama-server");
+        let lines = lines.lock().unwrap().clone();
+        assert_eq!(lines[0], "build: 0 objects", "{lines:?}");
+        let periodic: Vec<_> = lines[1..lines.len() - 1].to_vec();
+        assert!(periodic.len() >= 2, "{lines:?}");
+        assert!(
+            periodic.iter().all(|l| l == "build: 143/380 objects"),
+            "{lines:?}"
+        );
+        let last = lines.last().unwrap();
+        assert!(last.starts_with("build: built llama-server ("), "{last}");
+    }
+
+    #[test]
+    fn plain_mode_is_quiet_between_intervals_and_after_drop() {
+        let (mode, lines) = collecting(Duration::from_secs(3600));
+        let step = Step::start("download", None, 0, "llama-cpp-python==0.3.36".into(), mode);
+        for i in 0..1000 {
+            step.set_message(format!("line {i}"));
+        }
+        drop(step);
+        let lines = lines.lock().unwrap().clone();
+        assert_eq!(lines, vec!["download: llama-cpp-python==0.3.36"]);
+    }
+
+    #[test]
+    fn byte_lines_are_human_readable() {
+        let (mode, lines) = collecting(Duration::from_secs(3600));
+        let step = Step::start("extract", Some(Unit::Bytes), 3 << 20, String::new(), mode);
+        let mut sink = Vec::new();
+        std::io::copy(&mut step.wrap_read(&vec![0u8; 1 << 20][..]), &mut sink).unwrap();
+        assert_eq!(step.line(), "extract: 1.00 MiB/3.00 MiB");
+        step.finish("done");
+        assert_eq!(lines.lock().unwrap()[0], "extract: 0 B/3.00 MiB");
+    }
+}
