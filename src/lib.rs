@@ -33,6 +33,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Profiles(args) => profile::print_profiles(&args),
             Command::Limit(args) => governor::limit::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::BenchProbe(args) => {
+                let probe = match args.probe {
+                    cli::ProbeKind::Work => bench::foreground::Probe::Work,
+                    cli::ProbeKind::Wake => bench::foreground::Probe::Wake,
+                };
+                bench::foreground::probe_main(probe, args.iterations, args.run_for)
+            }
         }
     })
 }

@@ -2,11 +2,19 @@
 //! idle CPU, run the endpoint-security task set through the OpenAI endpoint while sampling CPU
 //! and memory, and write `report.json`, `report.md` and `cpu.svg`.
 //!
-//! Files: `task` (the task set), `score` (scorers), `stack` (the supervisor under test),
-//! `sampler` (CPU over time), `workload` (one streamed request), `stats`, `target`, `settings`
-//! (`[bench]` config), `report` and `chart`.
+//! With `--shots K` / `--prefix FILE` (`prefix`) every run is done without and with a shared
+//! per-category prefix, and once with the prompt cache off; with `--foreground` (`foreground`)
+//! two probes measure what a user at the machine feels, alone and during each profile's tasks;
+//! with several `--model`s every profile is measured on every model, into one report.
+//!
+//! Files: `task` (the task set), `score` (scorers), `prefix` (shared prefixes and solved
+//! examples), `stack` (the supervisor under test), `sampler` (CPU over time), `workload` (one
+//! streamed request), `usage` (prompt and cached tokens), `foreground` (the probes), `stats`,
+//! `target`, `settings` (`[bench]` config), `report` and `chart`.
 
 pub mod chart;
+pub mod foreground;
+pub mod prefix;
 pub mod report;
 pub mod sampler;
 pub mod score;
@@ -15,15 +23,19 @@ pub mod stack;
 pub mod stats;
 pub mod target;
 pub mod task;
+pub mod usage;
 pub mod workload;
 
 use crate::cli::BenchArgs;
 use anyhow::Context;
-use report::{Phase, ProfileReport, Report, RunReport, TaskResult};
+use foreground::{ForegroundSample, Probes};
+use prefix::{Framing, PrefixOptions};
+use report::{Phase, ProfileReport, Report, RunReport, TaskResult, Variant};
 use sampler::Sampler;
 use settings::BenchConfig;
 use stack::{Launch, Stack, StatusInfo};
 use stats::Summary;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use task::Task;
@@ -55,18 +67,37 @@ pub const CHART_SVG: &str = "cpu.svg";
 /// Runs `bench`. Exit code 0 when every measurement completed (whatever the verdict), 1 when
 /// some requests failed (the report is still written); errors stop the run.
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let config = crate::config::Config::load(args.setup.config.config.as_deref())?;
+    let config = crate::config::Config::load(args.config.config.as_deref())?;
     let settings = config.bench.clone();
     // The key of a supervisor started here comes from the same configuration.
     let api_key = args
         .api_key
         .clone()
         .or_else(|| config.effective_api_keys().into_iter().next());
-    let mut tasks = task::load(args.tasks.as_deref())?;
+    // Examples are held out of the whole set first, so --limit counts scored tasks only.
+    let plan = prefix::plan(
+        task::load(args.tasks.as_deref())?,
+        &PrefixOptions {
+            shots: args.shots.unwrap_or(0),
+            prefix_file: args.prefix.clone(),
+            examples_file: args.examples.clone(),
+        },
+    )?;
+    let mut tasks = plan.scored;
     if let Some(n) = args.limit {
         anyhow::ensure!(n > 0, "--limit 0 leaves no task to run (use N >= 1)");
         tasks.truncate(n);
     }
+    anyhow::ensure!(
+        args.url.is_none() || args.models.len() <= 1,
+        "--url measures the one running supervisor and its model; pass at most one --model with it"
+    );
+    // `None`: the configured model.
+    let models: Vec<Option<PathBuf>> = if args.models.is_empty() {
+        vec![None]
+    } else {
+        args.models.iter().cloned().map(Some).collect()
+    };
     let profiles: Vec<Option<String>> = match (&args.url, args.profiles.as_slice()) {
         (None, []) => anyhow::bail!("nothing to measure: pass --profile NAME (repeatable) or --url URL"),
         (Some(_), [_, _, ..]) => anyhow::bail!(
@@ -81,6 +112,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot build the HTTP client")?;
     let max_tokens = args.max_tokens.unwrap_or(settings.max_tokens);
+    let foreground_alone = if args.foreground {
+        Some(measure_foreground_alone(settings.foreground_alone).await?)
+    } else {
+        None
+    };
+    let examples = plan.framing.as_ref().map(|f| report::ExamplesInfo {
+        shots: f.shots,
+        source: plan.examples_source.clone(),
+        prefix: f.source.clone(),
+        held_out: plan.held_out.clone(),
+    });
 
     let session = Session {
         args: &args,
@@ -89,6 +131,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         api_key,
         tasks: &tasks,
         max_tokens,
+        framing: plan.framing.as_ref(),
+        foreground_alone: foreground_alone.as_ref(),
     };
     let source = args
         .tasks
@@ -107,22 +151,32 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         },
         targets: settings.targets.clone(),
         verdict: Report::verdict_of(&profiles),
+        examples: examples.clone(),
+        foreground_alone: foreground_alone.clone(),
         profiles,
     };
     let mut reports = Vec::new();
-    for profile in &profiles {
-        let report = session
-            .measure_profile(profile.as_deref())
-            .await
-            .with_context(|| {
-                format!(
-                    "measuring profile `{}`",
-                    profile.as_deref().unwrap_or("(running)")
-                )
-            })?;
-        reports.push(report);
-        // Written after every profile, so a long run never loses the profiles it finished.
-        write_outputs(&args.out, &assemble(reports.clone()), &settings)?;
+    for (index, model) in models.iter().enumerate() {
+        // Several models: every log name says which one it was.
+        let model_index = (models.len() > 1).then_some(index + 1);
+        for profile in &profiles {
+            let report = session
+                .measure_profile(profile.as_deref(), model.as_ref(), model_index)
+                .await
+                .with_context(|| {
+                    format!(
+                        "measuring profile `{}`{}",
+                        profile.as_deref().unwrap_or("(running)"),
+                        model.as_ref().map_or(String::new(), |m| format!(
+                            " on model {}",
+                            m.display()
+                        ))
+                    )
+                })?;
+            reports.push(report);
+            // Written after every profile, so a long run never loses the profiles it finished.
+            write_outputs(&args.out, &assemble(reports.clone()), &settings)?;
+        }
     }
     let report = assemble(reports);
     write_outputs(&args.out, &report, &settings)?;
@@ -132,6 +186,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         report.verdict,
         args.out.display()
     );
+    if let Some(alone) = &report.foreground_alone {
+        println!(
+            "{}",
+            report::foreground_table(alone, &report.profiles)
+        );
+    }
     let errors: usize = report
         .profiles
         .iter()
@@ -156,6 +216,45 @@ fn own_executable() -> anyhow::Result<std::path::PathBuf> {
         }
     }
     std::env::current_exe().context("cannot locate this executable to start `run`")
+}
+
+/// Runs the foreground probes alone for `window`, before any supervisor starts; the work unit
+/// is calibrated here and kept for every later run.
+async fn measure_foreground_alone(window: Duration) -> anyhow::Result<ForegroundSample> {
+    eprintln!(
+        "bench: foreground probes alone for {}",
+        humantime::format_duration(window)
+    );
+    let probes = Probes::start(&own_executable()?, None)?;
+    let before = probes_cpu(&probes);
+    let started = Instant::now();
+    tokio::time::sleep(window).await;
+    let cpu = probe_cpu_percent(&probes, before, started);
+    let alone = probes.stop(cpu).await?;
+    anyhow::ensure!(
+        alone.work_ms.count > 0 && alone.wake_late_ms.count > 0,
+        "the foreground probes recorded nothing alone in {} (raise [bench] foreground_alone)",
+        humantime::format_duration(window)
+    );
+    Ok(alone)
+}
+
+/// Both probes' CPU time so far.
+fn probes_cpu(probes: &Probes) -> Option<Duration> {
+    probes
+        .pids()
+        .into_iter()
+        .map(|p| crate::meter::tree_usage(p).map(|u| u.cpu_time))
+        .sum()
+}
+
+/// The probes' CPU since `before`, percent of the machine.
+fn probe_cpu_percent(probes: &Probes, before: Option<Duration>, since: Instant) -> Option<f64> {
+    let after = probes_cpu(probes)?;
+    Some(share_of_machine(
+        after.saturating_sub(before?),
+        since.elapsed().as_secs_f64(),
+    ))
 }
 
 /// CPU time used over `wall_s` seconds, as a percentage of the whole machine.
@@ -196,6 +295,7 @@ fn write_outputs(
 /// One pass over the tasks, before the CPU timeline is known.
 struct PendingRun {
     schema_mode: bool,
+    variant: Variant,
     start_s: f64,
     end_s: f64,
     backend_cpu: Option<Duration>,
@@ -210,11 +310,64 @@ struct Session<'a> {
     api_key: Option<String>,
     tasks: &'a [Task],
     max_tokens: u32,
+    /// The shared prefixes, with --shots or --prefix.
+    framing: Option<&'a Framing>,
+    /// With --foreground: the probes alone (their work unit is reused beside every profile).
+    foreground_alone: Option<&'a ForegroundSample>,
+}
+
+/// One pass over the tasks: its variant and how its requests are shaped.
+struct RunPlan<'a> {
+    variant: Variant,
+    shape: workload::Shape<'a>,
+}
+
+impl<'a> Session<'a> {
+    /// The runs of one profile: for each schema mode, the tasks as written, then (with a shared
+    /// prefix) behind it, then behind it with caching off (in the first schema mode only, unless
+    /// --no-cache-off: it costs a full prefill per task).
+    fn run_plans(&self) -> Vec<RunPlan<'a>> {
+        let mut plans = Vec::new();
+        for (i, &schema_mode) in self.args.schema_mode.runs().iter().enumerate() {
+            let plain = workload::Shape {
+                framing: None,
+                cache_prompt: true,
+                schema_mode,
+            };
+            plans.push(RunPlan {
+                variant: Variant::plain(),
+                shape: plain,
+            });
+            let Some(framing) = self.framing else { continue };
+            let prefixed = |cache_prompt| RunPlan {
+                variant: Variant {
+                    shots: framing.shots,
+                    prefix: Some(framing.source.clone()),
+                    cache_prompt,
+                },
+                shape: workload::Shape {
+                    framing: Some(framing),
+                    cache_prompt,
+                    schema_mode,
+                },
+            };
+            plans.push(prefixed(true));
+            if i == 0 && !self.args.no_cache_off {
+                plans.push(prefixed(false));
+            }
+        }
+        plans
+    }
 }
 
 impl Session<'_> {
     /// Starts (or attaches to) the stack for one profile, measures it, and stops it.
-    async fn measure_profile(&self, profile: Option<&str>) -> anyhow::Result<ProfileReport> {
+    async fn measure_profile(
+        &self,
+        profile: Option<&str>,
+        model: Option<&PathBuf>,
+        model_index: Option<usize>,
+    ) -> anyhow::Result<ProfileReport> {
         let (args, settings, client) = (self.args, self.settings, &self.client);
         let api_key = self.api_key.clone();
         let stack = match &args.url {
@@ -222,13 +375,17 @@ impl Session<'_> {
             None => {
                 let name = profile.unwrap_or_default();
                 eprintln!("bench: starting the supervisor with profile `{name}`");
+                let log = match model_index {
+                    Some(i) => format!("supervisor-model{i}-{name}.log"),
+                    None => format!("supervisor-{name}.log"),
+                };
                 let launch = Launch {
                     exe: own_executable()?,
                     profile: name.to_string(),
-                    model: args.setup.model.clone(),
-                    backend_bin: args.setup.backend_bin.clone(),
-                    config: args.setup.config.config.clone(),
-                    log: args.out.join(format!("supervisor-{name}.log")),
+                    model: model.cloned(),
+                    backend_bin: args.backend_bin.clone(),
+                    config: args.config.config.clone(),
+                    log: args.out.join(log),
                     listen_timeout: settings.ready_timeout,
                 };
                 Stack::start(&launch, api_key).await?
@@ -239,7 +396,7 @@ impl Session<'_> {
             stack.wait_ready(client, settings.ready_timeout).await?;
             let status = stack.status(client).await?;
             backend_pid = status.backend_pid;
-            self.measure_ready(&stack, profile, status).await
+            self.measure_ready(&stack, profile, model, status).await
         }
         .await;
         stack.stop(backend_pid).await;
@@ -250,6 +407,7 @@ impl Session<'_> {
         &self,
         stack: &Stack,
         profile: Option<&str>,
+        model: Option<&PathBuf>,
         status: StatusInfo,
     ) -> anyhow::Result<ProfileReport> {
         let (args, settings) = (self.args, self.settings);
@@ -274,14 +432,25 @@ impl Session<'_> {
             .zip(pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time))
             .map(|(b, a)| share_of_machine(a.saturating_sub(b), idle_end));
         sampler.set_phase(Phase::Active);
+        let probes = match self.foreground_alone {
+            Some(alone) => Some(Probes::start(&own_executable()?, Some(alone.iterations))?),
+            None => None,
+        };
+        let probes_before = probes.as_ref().and_then(probes_cpu);
+        let active_start = Instant::now();
 
         let mut runs = Vec::new();
-        for &schema_mode in args.schema_mode.runs() {
-            runs.push(
-                self.run_tasks(stack, &sampler, &name, pid, schema_mode)
-                    .await,
-            );
+        for plan in self.run_plans() {
+            runs.push(self.run_tasks(stack, &sampler, &name, pid, plan).await);
         }
+        let foreground = match (probes, self.foreground_alone) {
+            (Some(probes), Some(alone)) => {
+                let cpu = probe_cpu_percent(&probes, probes_before, active_start);
+                let beside = probes.stop(cpu).await?;
+                Some(foreground::compare(alone, beside, &settings.targets))
+            }
+            _ => None,
+        };
         let (timeline, max_tree_rss) = sampler.finish();
         let idle_cpu = Summary::of(&sampler::window(&timeline, 0.0, idle_end));
         let peak_rss = pid
@@ -296,7 +465,7 @@ impl Session<'_> {
             model: status
                 .model
                 .clone()
-                .or_else(|| args.setup.model.as_ref().map(|m| m.display().to_string())),
+                .or_else(|| model.map(|m| m.display().to_string())),
             backend: report::BackendInfo {
                 pid,
                 threads: status.threads,
@@ -310,6 +479,7 @@ impl Session<'_> {
                 backend_cpu_percent: idle_backend,
             },
             cpu_timeline: timeline,
+            foreground,
             runs,
         })
     }
@@ -320,15 +490,16 @@ impl Session<'_> {
         sampler: &Sampler,
         name: &str,
         pid: Option<i32>,
-        schema_mode: bool,
+        plan: RunPlan<'_>,
     ) -> PendingRun {
         let (settings, client, tasks, max_tokens) =
             (self.settings, &self.client, self.tasks, self.max_tokens);
-        let label = if schema_mode {
-            format!("{name} (schema)")
-        } else {
-            name.to_string()
-        };
+        let schema_mode = plan.shape.schema_mode;
+        let label = format!(
+            "{name}{}{}",
+            if schema_mode { " (schema)" } else { "" },
+            plan.variant.suffix()
+        );
         let cpu_before = pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time);
         let start_s = sampler.now_s();
         let started = Instant::now();
@@ -339,7 +510,7 @@ impl Session<'_> {
                 client,
                 stack,
                 task,
-                schema_mode,
+                plan.shape,
                 max_tokens,
                 settings.request_timeout,
             )
@@ -352,6 +523,7 @@ impl Session<'_> {
                     latency_s: o.latency.as_secs_f64(),
                     ttft_s: o.ttft.map(|t| t.as_secs_f64()),
                     completion_tokens: o.completion_tokens,
+                    prompt_usage: o.prompt_usage,
                     answer: o.answer,
                     error: None,
                 },
@@ -364,6 +536,7 @@ impl Session<'_> {
                         latency_s: asked.elapsed().as_secs_f64(),
                         ttft_s: None,
                         completion_tokens: None,
+                        prompt_usage: None,
                         answer: String::new(),
                         error: Some(e.to_string()),
                     }
@@ -383,6 +556,7 @@ impl Session<'_> {
         let cpu_after = pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time);
         PendingRun {
             schema_mode,
+            variant: plan.variant,
             start_s,
             end_s: sampler.now_s(),
             backend_cpu: cpu_before.zip(cpu_after).map(|(b, a)| a.saturating_sub(b)),
@@ -420,8 +594,13 @@ impl PendingRun {
             latency_p99_over_p50: latency_s.p99_over_p50(),
             correctness,
         });
+        let prompt = report::PromptFigures::of(
+            &self.results,
+            self.backend_cpu.map(|c| c.as_secs_f64()),
+        );
         RunReport {
             schema_mode: self.schema_mode,
+            variant: self.variant,
             tasks: self.results.len(),
             errors: self.results.len() - ok.len(),
             correctness,
@@ -439,6 +618,7 @@ impl PendingRun {
             system_cpu,
             backend_cpu_percent,
             peak_rss_bytes: peak_rss,
+            prompt,
             pass: checks.iter().all(|c| c.pass),
             checks,
             results: self.results,
@@ -459,6 +639,7 @@ mod tests {
             latency_s,
             ttft_s: (!error).then_some(latency_s / 4.0),
             completion_tokens: (!error).then_some(tokens),
+            prompt_usage: None,
             answer: String::new(),
             error: error.then(|| "HTTP 503".to_string()),
         }
@@ -481,6 +662,7 @@ mod tests {
         ];
         let pending = PendingRun {
             schema_mode: true,
+            variant: Variant::plain(),
             start_s: 1.0,
             end_s: 2.0,
             backend_cpu: Some(Duration::from_millis(500)),

@@ -23,6 +23,9 @@ pub struct BenchConfig {
     /// How often system CPU is sampled.
     #[serde(with = "humantime_serde")]
     pub sample_interval: Duration,
+    /// `bench --foreground`: how long the probes run alone, before any supervisor starts.
+    #[serde(with = "humantime_serde")]
+    pub foreground_alone: Duration,
     pub targets: Targets,
 }
 
@@ -34,6 +37,7 @@ impl Default for BenchConfig {
             ready_timeout: Duration::from_secs(300),
             request_timeout: Duration::from_secs(120),
             sample_interval: Duration::from_millis(100),
+            foreground_alone: Duration::from_secs(10),
             targets: Targets::default(),
         }
     }
@@ -56,7 +60,7 @@ mod tests {
         // The shipped section spells out every target (no silent defaults).
         let shipped: toml::Table = toml::from_str(BUILTIN).unwrap();
         let targets = shipped["bench"]["targets"].as_table().unwrap();
-        assert_eq!(targets.len(), 7);
+        assert_eq!(targets.len(), 10);
     }
 
     #[test]
