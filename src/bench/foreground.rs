@@ -136,20 +136,27 @@ pub fn probe_main(
     let iterations = match probe {
         Probe::Work => {
             let n = iterations.unwrap_or_else(calibrate);
-            while running() {
+            // At least one sample, however short the window.
+            loop {
                 let t = Instant::now();
                 spin(n);
                 samples_ms.push(t.elapsed().as_secs_f64() * 1e3);
                 std::thread::sleep(WORK_SLEEP);
+                if !running() {
+                    break;
+                }
             }
             Some(n)
         }
         Probe::Wake => {
-            while running() {
+            loop {
                 let t = Instant::now();
                 std::thread::sleep(WAKE_SLEEP);
                 let late = t.elapsed().saturating_sub(WAKE_SLEEP);
                 samples_ms.push(late.as_secs_f64() * 1e3);
+                if !running() {
+                    break;
+                }
             }
             None
         }
@@ -231,7 +238,8 @@ pub fn compare(
     let work_p50_ratio = work.and_then(|(a, b)| ratio(b.p50, a.p50));
     let work_p99_ratio = work.and_then(|(a, b)| ratio(b.p99, a.p99));
     let wake_p99_over_alone_ms = wake.map(|(a, b)| b.p99 - a.p99);
-    let checks = targets.evaluate_foreground(work_p50_ratio, work_p99_ratio, wake_p99_over_alone_ms);
+    let checks =
+        targets.evaluate_foreground(work_p50_ratio, work_p99_ratio, wake_p99_over_alone_ms);
     ForegroundReport {
         beside,
         work_p50_ratio,
@@ -291,7 +299,11 @@ impl Probes {
                 exe: exe.display().to_string(),
                 error,
             })?;
-            tracing::debug!(probe = probe.name(), pid = child.id(), "foreground probe started");
+            tracing::debug!(
+                probe = probe.name(),
+                pid = child.id(),
+                "foreground probe started"
+            );
             Ok(Running { probe, child })
         };
         Ok(Probes {
@@ -310,10 +322,18 @@ impl Probes {
     }
 
     /// Tells both to stop (closes their stdin) and summarises what they print.
-    pub async fn stop(self, probe_cpu_percent: Option<f64>) -> Result<ForegroundSample, ForegroundError> {
+    pub async fn stop(
+        self,
+        probe_cpu_percent: Option<f64>,
+    ) -> Result<ForegroundSample, ForegroundError> {
         let duration_s = self.started.elapsed().as_secs_f64();
         let (work, wake) = tokio::join!(finish(self.work), finish(self.wake));
-        Ok(ForegroundSample::of(&work?, &wake?, duration_s, probe_cpu_percent))
+        Ok(ForegroundSample::of(
+            &work?,
+            &wake?,
+            duration_s,
+            probe_cpu_percent,
+        ))
     }
 }
 
@@ -334,7 +354,10 @@ async fn finish(mut r: Running) -> Result<ProbeOutput, ForegroundError> {
         return Err(ForegroundError::Failed {
             probe,
             status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).chars().take(300).collect(),
+            stderr: String::from_utf8_lossy(&output.stderr)
+                .chars()
+                .take(300)
+                .collect(),
         });
     }
     parse_output(r.probe, &output.stdout)
@@ -359,7 +382,9 @@ mod tests {
 
     /// 100 units at `base` ms with the slowest `slow` of them at `tail` ms.
     fn units(base: f64, slow: usize, tail: f64) -> Vec<f64> {
-        (0..100).map(|i| if i < slow { tail } else { base }).collect()
+        (0..100)
+            .map(|i| if i < slow { tail } else { base })
+            .collect()
     }
 
     #[test]
@@ -367,7 +392,11 @@ mod tests {
         let alone = sample(&units(4.0, 2, 5.0), &units(0.05, 2, 0.1));
         // p50 4.0 -> 4.08 (1.02), p99 5.0 -> 5.5 (1.10), wake p99 0.1 -> 1.1 (+1 ms): all at
         // their limits, so all pass.
-        let edge = compare(&alone, sample(&units(4.08, 2, 5.5), &units(0.05, 2, 1.1)), &targets());
+        let edge = compare(
+            &alone,
+            sample(&units(4.08, 2, 5.5), &units(0.05, 2, 1.1)),
+            &targets(),
+        );
         assert!((edge.work_p50_ratio.unwrap() - 1.02).abs() < 1e-9);
         assert!((edge.work_p99_ratio.unwrap() - 1.10).abs() < 1e-9);
         assert!((edge.wake_p99_over_alone_ms.unwrap() - 1.0).abs() < 1e-9);
@@ -376,13 +405,30 @@ mod tests {
 
         // Each figure over its limit fails alone.
         let cases = [
-            ("foreground_work_p50_ratio", units(4.2, 2, 5.0), units(0.05, 2, 0.1)),
-            ("foreground_work_p99_ratio", units(4.0, 2, 5.6), units(0.05, 2, 0.1)),
-            ("foreground_wake_p99_over_alone", units(4.0, 2, 5.0), units(0.05, 2, 4.1)),
+            (
+                "foreground_work_p50_ratio",
+                units(4.2, 2, 5.0),
+                units(0.05, 2, 0.1),
+            ),
+            (
+                "foreground_work_p99_ratio",
+                units(4.0, 2, 5.6),
+                units(0.05, 2, 0.1),
+            ),
+            (
+                "foreground_wake_p99_over_alone",
+                units(4.0, 2, 5.0),
+                units(0.05, 2, 4.1),
+            ),
         ];
         for (name, work, wake) in cases {
             let r = compare(&alone, sample(&work, &wake), &targets());
-            let failed: Vec<&str> = r.checks.iter().filter(|c| !c.pass).map(|c| c.name).collect();
+            let failed: Vec<&str> = r
+                .checks
+                .iter()
+                .filter(|c| !c.pass)
+                .map(|c| c.name)
+                .collect();
             assert_eq!(failed, vec![name]);
             assert!(!r.pass);
         }
@@ -404,20 +450,31 @@ mod tests {
         let r = compare(&alone, sample(&[], &[]), &targets());
         assert_eq!(r.work_p50_ratio, None);
         assert_eq!(r.wake_p99_over_alone_ms, None);
-        assert!(r.checks.iter().all(|c| !c.pass && c.shown == "n/a"), "{:?}", r.checks);
+        assert!(
+            r.checks.iter().all(|c| !c.pass && c.shown == "n/a"),
+            "{:?}",
+            r.checks
+        );
         let zero_alone = sample(&[0.0], &[0.0]);
-        assert_eq!(compare(&zero_alone, alone.clone(), &targets()).work_p50_ratio, None);
+        assert_eq!(
+            compare(&zero_alone, alone.clone(), &targets()).work_p50_ratio,
+            None
+        );
     }
 
     #[test]
     fn probe_output_is_parsed_and_checked() {
         let line = br#"{"probe":"work","iterations":123,"samples_ms":[4.1,4.3]}"#;
-        let out = parse_output(Probe::Work, &[b"noise\n".as_slice(), line, b"\n"].concat()).unwrap();
+        let out =
+            parse_output(Probe::Work, &[b"noise\n".as_slice(), line, b"\n"].concat()).unwrap();
         assert_eq!(out.iterations, Some(123));
         assert_eq!(out.samples_ms, vec![4.1, 4.3]);
         let wrong = parse_output(Probe::Wake, line).unwrap_err().to_string();
         assert!(wrong.contains("`work` probe"), "{wrong}");
-        assert!(parse_output(Probe::Wake, b"").unwrap_err().to_string().contains("empty"));
+        assert!(parse_output(Probe::Wake, b"")
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
     }
 
     #[test]

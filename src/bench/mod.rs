@@ -167,10 +167,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     format!(
                         "measuring profile `{}`{}",
                         profile.as_deref().unwrap_or("(running)"),
-                        model.as_ref().map_or(String::new(), |m| format!(
-                            " on model {}",
-                            m.display()
-                        ))
+                        model
+                            .as_ref()
+                            .map_or(String::new(), |m| format!(" on model {}", m.display()))
                     )
                 })?;
             reports.push(report);
@@ -187,10 +186,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         args.out.display()
     );
     if let Some(alone) = &report.foreground_alone {
-        println!(
-            "{}",
-            report::foreground_table(alone, &report.profiles)
-        );
+        println!("{}", report::foreground_table(alone, &report.profiles));
     }
     let errors: usize = report
         .profiles
@@ -338,7 +334,9 @@ impl<'a> Session<'a> {
                 variant: Variant::plain(),
                 shape: plain,
             });
-            let Some(framing) = self.framing else { continue };
+            let Some(framing) = self.framing else {
+                continue;
+            };
             let prefixed = |cache_prompt| RunPlan {
                 variant: Variant {
                     shots: framing.shots,
@@ -594,10 +592,8 @@ impl PendingRun {
             latency_p99_over_p50: latency_s.p99_over_p50(),
             correctness,
         });
-        let prompt = report::PromptFigures::of(
-            &self.results,
-            self.backend_cpu.map(|c| c.as_secs_f64()),
-        );
+        let prompt =
+            report::PromptFigures::of(&self.results, self.backend_cpu.map(|c| c.as_secs_f64()));
         RunReport {
             schema_mode: self.schema_mode,
             variant: self.variant,

@@ -8,14 +8,15 @@
 //! same tasks); taken from `--examples FILE` (the task format), none of their ids may be a
 //! scored task's.
 
-use super::task::{self, Task, TaskError};
 use super::score::Scorer;
+use super::task::{self, Task, TaskError};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The policy of the built-in prefix when a category's tasks carry no `system` text.
-pub const DEFAULT_POLICY: &str = "You are an endpoint-security analyst. Answer briefly and precisely.";
+pub const DEFAULT_POLICY: &str =
+    "You are an endpoint-security analyst. Answer briefly and precisely.";
 
 /// What the command line asked for.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -117,7 +118,12 @@ pub fn plan(tasks: Vec<Task>, options: &PrefixOptions) -> Result<Plan, PrefixErr
             if let Some(e) = examples.iter().find(|e| ids.contains(e.id.as_str())) {
                 return Err(PrefixError::ExampleIsScored { id: e.id.clone() });
             }
-            (tasks, Vec::new(), examples, Some(path.display().to_string()))
+            (
+                tasks,
+                Vec::new(),
+                examples,
+                Some(path.display().to_string()),
+            )
         }
         (None, _) => {
             let mut seen: BTreeMap<String, usize> = BTreeMap::new();
@@ -260,11 +266,6 @@ pub fn messages(task: &Task, framing: Option<&Framing>) -> Vec<Value> {
     messages
 }
 
-/// Where `path` lives, for messages.
-pub fn describe(path: Option<&Path>) -> String {
-    path.map_or("built-in".to_string(), |p| p.display().to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,7 +309,11 @@ mod tests {
             assert_eq!(prefixes.len(), 1, "{category} has several prefixes");
         }
         let distinct: HashSet<&String> = per_category.values().flatten().collect();
-        assert_eq!(distinct.len(), per_category.len(), "two categories share a prefix");
+        assert_eq!(
+            distinct.len(),
+            per_category.len(),
+            "two categories share a prefix"
+        );
         // Built twice, it is the same (no map-order or clock dependence).
         let again = super::plan(builtin(), &opts(2)).unwrap();
         assert_eq!(again.framing.unwrap(), *framing);
@@ -334,7 +339,11 @@ mod tests {
             }
         }
         for t in &plan.scored {
-            assert!(!plan.held_out.contains(&t.id), "{} is scored and an example", t.id);
+            assert!(
+                !plan.held_out.contains(&t.id),
+                "{} is scored and an example",
+                t.id
+            );
             // No scored task's prompt is in any prefix.
             for c in framing.categories() {
                 let prefix = serde_json::to_string(framing.prefix_of(c).unwrap()).unwrap();
@@ -346,7 +355,10 @@ mod tests {
         let triage = framing.prefix_of("triage").unwrap();
         let answer: Value = serde_json::from_str(triage[2]["content"].as_str().unwrap()).unwrap();
         assert_eq!(answer["severity"], "critical");
-        assert!(answer["reason"].as_str().unwrap().contains("domain controller"));
+        assert!(answer["reason"]
+            .as_str()
+            .unwrap()
+            .contains("domain controller"));
         assert_eq!(
             framing.prefix_of("cmdline").unwrap()[2]["content"],
             all[0].scorer.reference_answer()
@@ -368,14 +380,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let prefix = dir.path().join("policy.txt");
         std::fs::write(&prefix, "Our SOC policy.\n").unwrap();
-        let tasks: Vec<Task> = builtin().into_iter().filter(|t| t.category == "cmdline").collect();
+        let tasks: Vec<Task> = builtin()
+            .into_iter()
+            .filter(|t| t.category == "cmdline")
+            .collect();
         let options = PrefixOptions {
             shots: 0,
             prefix_file: Some(prefix.clone()),
             examples_file: None,
         };
         let plan = plan(tasks.clone(), &options).unwrap();
-        assert_eq!(plan.scored.len(), tasks.len(), "nothing held out without shots");
+        assert_eq!(
+            plan.scored.len(),
+            tasks.len(),
+            "nothing held out without shots"
+        );
         let m = messages(&plan.scored[0], plan.framing.as_ref());
         assert_eq!(m[0]["content"], "Our SOC policy.\n");
         assert_eq!(m.len(), 2);
@@ -399,10 +418,14 @@ mod tests {
         let p = plan.framing.as_ref().unwrap().prefix_of("cmdline").unwrap();
         assert_eq!(p[1]["content"], "Command: whoami");
         assert_eq!(p[2]["content"], "benign");
-        let msg = super::plan(tasks.clone(), &with_file(2)).unwrap_err().to_string();
+        let msg = super::plan(tasks.clone(), &with_file(2))
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("1 example(s) of category `cmdline`"), "{msg}");
         std::fs::write(&examples, format!("{}\n", line("cmdline-01"))).unwrap();
-        let msg = super::plan(tasks.clone(), &with_file(1)).unwrap_err().to_string();
+        let msg = super::plan(tasks.clone(), &with_file(1))
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("`cmdline-01` is also a scored task"), "{msg}");
 
         let msg = super::plan(tasks, &opts(11)).unwrap_err().to_string();
@@ -413,6 +436,9 @@ mod tests {
             prefix_file: Some(prefix),
             examples_file: None,
         };
-        assert!(super::plan(builtin(), &empty).unwrap_err().to_string().contains("is empty"));
+        assert!(super::plan(builtin(), &empty)
+            .unwrap_err()
+            .to_string()
+            .contains("is empty"));
     }
 }

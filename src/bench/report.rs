@@ -245,7 +245,11 @@ impl PromptFigures {
         for r in results {
             let first = seen.insert(r.category.as_str());
             if let Some(t) = r.ttft_s.filter(|_| r.error.is_none()) {
-                if first { cold.push(t) } else { warm.push(t) }
+                if first {
+                    cold.push(t)
+                } else {
+                    warm.push(t)
+                }
             }
         }
         PromptFigures {
@@ -398,7 +402,9 @@ impl Report {
              Prefill/task | Backend CPU-s/task | TTFT cold | TTFT warm |\n\
              |---|---|---|---|---|---|---|---|---|---|\n",
         );
-        let num = |v: Option<f64>, digits: usize| v.map_or("n/a".to_string(), |v| format!("{v:.digits$}"));
+        let num = |v: Option<f64>, digits: usize| {
+            v.map_or("n/a".to_string(), |v| format!("{v:.digits$}"))
+        };
         let secs = |s: &Summary| {
             if s.count == 0 {
                 "n/a".to_string()
@@ -417,9 +423,11 @@ impl Report {
                     r.correctness,
                     num(f.prompt_tokens_per_task, 1),
                     num(f.cached_tokens_per_task, 1),
-                    f.cached_share.map_or("n/a".to_string(), |c| format!("{:.0} %", c * 100.0)),
+                    f.cached_share
+                        .map_or("n/a".to_string(), |c| format!("{:.0} %", c * 100.0)),
                     secs(&f.prefill_s),
-                    f.backend_cpu_s_per_task.map_or("n/a".to_string(), |c| format!("{c:.3} s")),
+                    f.backend_cpu_s_per_task
+                        .map_or("n/a".to_string(), |c| format!("{c:.3} s")),
                     secs(&f.ttft_cold_s),
                     secs(&f.ttft_warm_s),
                 );
@@ -498,7 +506,12 @@ pub fn foreground_table(alone: &ForegroundSample, profiles: &[ProfileReport]) ->
     );
     for p in profiles {
         let Some(f) = &p.foreground else { continue };
-        let failed: Vec<&str> = f.checks.iter().filter(|c| !c.pass).map(|c| c.name).collect();
+        let failed: Vec<&str> = f
+            .checks
+            .iter()
+            .filter(|c| !c.pass)
+            .map(|c| c.name)
+            .collect();
         let status = if failed.is_empty() {
             "PASS".to_string()
         } else {
@@ -524,7 +537,10 @@ pub fn foreground_table(alone: &ForegroundSample, profiles: &[ProfileReport]) ->
 
 /// Correctness per category, one column per run of the profile (with and without shots).
 fn category_comparison(p: &ProfileReport) -> String {
-    let mut md = format!("### {}: correctness per category\n\n| Category |", p.profile);
+    let mut md = format!(
+        "### {}: correctness per category\n\n| Category |",
+        p.profile
+    );
     for r in &p.runs {
         let _ = write!(md, " {} |", run_name(p, r));
     }
@@ -891,7 +907,10 @@ pub(crate) mod tests {
         let mut bare = result("a", 1.0, 1, 0);
         bare.prompt_usage = None;
         let f = PromptFigures::of(&[bare], None);
-        assert_eq!((f.reported, f.cached_share, f.prompt_tokens_per_task), (0, None, None));
+        assert_eq!(
+            (f.reported, f.cached_share, f.prompt_tokens_per_task),
+            (0, None, None)
+        );
         assert_eq!(f.backend_cpu_s_per_task, None);
     }
 
@@ -966,10 +985,14 @@ pub(crate) mod tests {
         );
 
         let md = report.to_markdown(None);
-        assert!(md.contains("held out of the scored tasks (scored in no run): cmdline-01, cmdline-02"));
+        assert!(
+            md.contains("held out of the scored tasks (scored in no run): cmdline-01, cmdline-02")
+        );
         assert!(md.contains("| Category | balanced (schema) | balanced (schema), 2-shot |"));
         assert!(md.contains("| ioc | 0.50 | 1.00 |"), "{md}");
-        assert!(md.contains("| nothing | - | 4.00 ms | 5.00 ms | 0.20 ms | 1.00 | 1.00 | +0.00 ms | - |"));
+        assert!(md.contains(
+            "| nothing | - | 4.00 ms | 5.00 ms | 0.20 ms | 1.00 | 1.00 | +0.00 ms | - |"
+        ));
         assert!(md.contains("| balanced | gemma-3-270m-q4_k_m.gguf | 4.00 ms | 5.00 ms | 0.20 ms | 1.00 | 1.00 | +0.00 ms | PASS |"), "{md}");
         assert!(md.contains(
             "| balanced | qwen2.5-0.5b-q4.gguf | 8.00 ms | 9.00 ms | 4.20 ms | 2.00 | 1.80 | +4.00 ms | \

@@ -45,7 +45,11 @@ impl PromptUsage {
         let prompt_n = t("prompt_n");
         let details_cached = usage
             .and_then(|u| u["prompt_tokens_details"]["cached_tokens"].as_u64())
-            .or_else(|| usage.and_then(|u| u.get("cached_tokens")).and_then(Value::as_u64));
+            .or_else(|| {
+                usage
+                    .and_then(|u| u.get("cached_tokens"))
+                    .and_then(Value::as_u64)
+            });
         let prompt_tokens = u("prompt_tokens").or(prompt_n.zip(cache_n).map(|(p, c)| p + c));
         let cached_tokens = cache_n.or(details_cached);
         let prefilled_tokens = prompt_n.or(prompt_tokens
@@ -116,7 +120,8 @@ mod tests {
 
     #[test]
     fn a_whole_answer_carries_the_same_figures() {
-        let v: Value = serde_json::from_str(include_str!("testdata/llama-whole-warm.json")).unwrap();
+        let v: Value =
+            serde_json::from_str(include_str!("testdata/llama-whole-warm.json")).unwrap();
         let u = PromptUsage::from_response(&v).unwrap();
         assert_eq!(u.prompt_tokens, Some(53));
         assert_eq!(u.cached_tokens, Some(48));
@@ -133,7 +138,8 @@ mod tests {
         assert_eq!(u.prefilled_tokens, Some(176));
         assert_eq!(u.prefill_ms, None);
         // Timings alone: the prompt is what was prefilled plus what was reused.
-        let timings = serde_json::json!({"timings": {"prompt_n": 7, "cache_n": 40, "prompt_ms": 9.5}});
+        let timings =
+            serde_json::json!({"timings": {"prompt_n": 7, "cache_n": 40, "prompt_ms": 9.5}});
         let u = PromptUsage::from_response(&timings).unwrap();
         assert_eq!(u.prompt_tokens, Some(47));
         // A content chunk carries neither.
