@@ -487,7 +487,7 @@ fn run_name(p: &ProfileReport, r: &RunReport) -> String {
 /// The foreground probes alone, then per (model, profile) beside the model, with the targets.
 pub fn foreground_table(alone: &ForegroundSample, profiles: &[ProfileReport]) -> String {
     let mut md = format!(
-        "A normal-priority loop of a fixed work unit ({} spin iterations, about 5 ms alone) and \
+        "A normal-priority loop of a fixed work unit ({} spin iterations, calibrated to about 5 ms at its fastest alone) and \
          5 ms of sleep, and a separate process sleeping 1 ms and recording how late it wakes; alone \
          for {:.0} s before any supervisor started, then during each profile's active phase. The \
          probes' own CPU (alone: {}) is part of the system CPU figures above.\n\n\
