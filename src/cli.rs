@@ -47,6 +47,9 @@ pub enum Command {
     Limit(LimitArgs),
     /// Measure profiles: CPU, memory, latency and correctness on endpoint-security tasks.
     Bench(BenchArgs),
+    /// Internal: one foreground-impact probe of `bench --foreground`, run as its own process.
+    #[command(hide = true)]
+    BenchProbe(ProbeArgs),
 }
 
 /// Where the configuration comes from.
@@ -172,7 +175,14 @@ pub enum Method {
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     #[command(flatten)]
-    pub setup: SetupArgs,
+    pub config: ConfigArgs,
+    /// GGUF models to measure, each under every profile (repeat the flag; default: the
+    /// configured model).
+    #[arg(long = "model", value_name = "PATH")]
+    pub models: Vec<PathBuf>,
+    /// Use this llama-server binary instead of building the pinned one.
+    #[arg(long, value_name = "PATH")]
+    pub backend_bin: Option<PathBuf>,
     /// Profiles to measure, in order (repeat the flag).
     #[arg(long = "profile", short = 'p', value_name = "NAME")]
     pub profiles: Vec<String>,
@@ -205,6 +215,45 @@ pub struct BenchArgs {
         hide_env_values = true
     )]
     pub api_key: Option<String>,
+    /// Send each category's tasks behind one shared prefix with K solved examples (held out of
+    /// the scored tasks); every run is done without and with it, and once with caching off.
+    #[arg(long, value_name = "K")]
+    pub shots: Option<usize>,
+    /// The shared prefix's system text from this file instead of the built-in policy and format.
+    #[arg(long, value_name = "FILE")]
+    pub prefix: Option<PathBuf>,
+    /// Solved examples from this task file (same format as --tasks) instead of held-out tasks.
+    #[arg(long, value_name = "FILE", requires = "shots")]
+    pub examples: Option<PathBuf>,
+    /// With --shots or --prefix, skip the comparison run with `cache_prompt: false`.
+    #[arg(long)]
+    pub no_cache_off: bool,
+    /// Measure what a user at the machine feels: an interactive loop and a wake-up probe, alone
+    /// and during each profile's tasks.
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+/// `bench-probe`: one foreground probe; prints its samples as JSON when stdin closes.
+#[derive(Args, Debug, Clone)]
+pub struct ProbeArgs {
+    #[arg(value_enum)]
+    pub probe: ProbeKind,
+    /// Work probe: spin iterations of one work unit (default: calibrate to about 5 ms).
+    #[arg(long, value_name = "N")]
+    pub iterations: Option<u64>,
+    /// Stop after this long instead of when stdin closes.
+    #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub run_for: Option<std::time::Duration>,
+}
+
+/// Which foreground probe.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// 5 ms of work, 5 ms of sleep; records each work unit's wall time.
+    Work,
+    /// Sleeps 1 ms again and again; records how late it wakes.
+    Wake,
 }
 
 /// `--schema-mode` of `bench` (the bench's `SchemaMode`).

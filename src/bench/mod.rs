@@ -2,14 +2,22 @@
 //! idle CPU, run the endpoint-security task set through the OpenAI endpoint while sampling CPU
 //! and memory, and write `report.json`, `report.md` and `cpu.svg`.
 //!
-//! Files: `task` (the task set), `score` (scorers), `stack` (the supervisor under test),
-//! `sampler` (CPU over time), `workload` (one streamed request), `stats`, `target`, `settings`
-//! (`[bench]` config), `report` and `chart`; `limiters` and `limiter_report` are the limiter
-//! comparison of the `bench_governor` driver (`benches/`).
+//! With `--shots K` / `--prefix FILE` (`prefix`) every run is done without and with a shared
+//! per-category prefix, and once with the prompt cache off; with `--foreground` (`foreground`)
+//! two probes measure what a user at the machine feels, alone and during each profile's tasks;
+//! with several `--model`s every profile is measured on every model, into one report.
+//!
+//! Files: `task` (the task set), `score` (scorers), `prefix` (shared prefixes and solved
+//! examples), `stack` (the supervisor under test), `sampler` (CPU over time), `workload` (one
+//! streamed request), `usage` (prompt and cached tokens), `foreground` (the probes), `stats`,
+//! `target`, `settings` (`[bench]` config), `report` and `chart`; `limiters` and
+//! `limiter_report` are the limiter comparison of the `bench_governor` driver (`benches/`).
 
 pub mod chart;
+pub mod foreground;
 pub mod limiter_report;
 pub mod limiters;
+pub mod prefix;
 pub mod report;
 pub mod sampler;
 pub mod score;
@@ -18,12 +26,15 @@ pub mod stack;
 pub mod stats;
 pub mod target;
 pub mod task;
+pub mod usage;
 pub mod workload;
 
 use crate::host::Host;
 use crate::status::StatusReport;
 use anyhow::Context;
-use report::{Phase, ProfileReport, Report, RunReport, TaskResult};
+use foreground::{ForegroundSample, Probes};
+use prefix::{Framing, PrefixOptions};
+use report::{Phase, ProfileReport, Report, RunReport, TaskResult, Variant};
 use sampler::Sampler;
 use settings::BenchConfig;
 use stack::{Launch, Stack};
@@ -48,9 +59,20 @@ pub struct BenchOptions {
     /// The `[bench]` section.
     pub settings: BenchConfig,
     pub subject: Subject,
-    /// Flags given to every supervisor started here; `model` also names the model in the report
-    /// when `/status` does not.
+    /// Flags given to every supervisor started here.
     pub launch: LaunchFlags,
+    /// Models to measure every profile on (`--model`, repeatable); empty = the configured one.
+    pub models: Vec<PathBuf>,
+    /// Solved examples per category in a shared prefix (`--shots`, 0 = none).
+    pub shots: usize,
+    /// A user's own instruction prefix (`--prefix`).
+    pub prefix: Option<PathBuf>,
+    /// Solved examples from a file instead of held-out tasks (`--examples`).
+    pub examples: Option<PathBuf>,
+    /// With a shared prefix: one more run with the prompt cache off (not `--no-cache-off`).
+    pub cache_off_run: bool,
+    /// Run the foreground-impact probes (`--foreground`).
+    pub foreground: bool,
     /// A JSONL task file; `None` = the shipped task set.
     pub tasks: Option<PathBuf>,
     /// Run only the first N tasks (N >= 1).
@@ -84,7 +106,6 @@ pub enum Subject {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LaunchFlags {
     pub config: Option<PathBuf>,
-    pub model: Option<PathBuf>,
     pub backend_bin: Option<PathBuf>,
 }
 
@@ -125,10 +146,25 @@ pub const CHART_SVG: &str = "cpu.svg";
 /// some requests failed (the report is still written); errors stop the run.
 pub async fn run(options: BenchOptions) -> anyhow::Result<ExitCode> {
     let settings = &options.settings;
-    let mut tasks = task::load(options.tasks.as_deref())?;
+    // Examples are held out of the whole set first, so --limit counts scored tasks only.
+    let plan = prefix::plan(
+        task::load(options.tasks.as_deref())?,
+        &PrefixOptions {
+            shots: options.shots,
+            prefix_file: options.prefix.clone(),
+            examples_file: options.examples.clone(),
+        },
+    )?;
+    let mut tasks = plan.scored;
     if let Some(n) = options.task_limit {
         tasks.truncate(n);
     }
+    // `None`: the configured model.
+    let models: Vec<Option<PathBuf>> = if options.models.is_empty() {
+        vec![None]
+    } else {
+        options.models.iter().cloned().map(Some).collect()
+    };
     let profiles: Vec<Option<String>> = match &options.subject {
         Subject::Running { profile, .. } => vec![profile.clone()],
         Subject::Start { profiles } => profiles.iter().cloned().map(Some).collect(),
@@ -142,11 +178,25 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<ExitCode> {
     let client = reqwest::Client::builder()
         .build()
         .context("cannot build the HTTP client")?;
+    let foreground_alone = if options.foreground {
+        Some(measure_foreground_alone(settings.foreground_alone, &options.host).await?)
+    } else {
+        None
+    };
+    let examples = plan.framing.as_ref().map(|f| report::ExamplesInfo {
+        shots: f.shots,
+        source: plan.examples_source.clone(),
+        prefix: f.source.clone(),
+        held_out: plan.held_out.clone(),
+    });
+
     let session = Session {
         options: &options,
         client,
         tasks: &tasks,
         host: options.host,
+        framing: plan.framing.as_ref(),
+        foreground_alone: foreground_alone.as_ref(),
     };
     let source = options
         .tasks
@@ -165,22 +215,31 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<ExitCode> {
         },
         targets: settings.targets.clone(),
         verdict: Report::verdict_of(&profiles),
+        examples: examples.clone(),
+        foreground_alone: foreground_alone.clone(),
         profiles,
     };
     let mut reports = Vec::new();
-    for profile in &profiles {
-        let report = session
-            .measure_profile(profile.as_deref())
-            .await
-            .with_context(|| {
-                format!(
-                    "measuring profile `{}`",
-                    profile.as_deref().unwrap_or("(running)")
-                )
-            })?;
-        reports.push(report);
-        // Written after every profile, so a long run never loses the profiles it finished.
-        write_outputs(&options.out, &assemble(reports.clone()))?;
+    for (index, model) in models.iter().enumerate() {
+        // Several models: every log name says which one it was.
+        let model_index = (models.len() > 1).then_some(index + 1);
+        for profile in &profiles {
+            let report = session
+                .measure_profile(profile.as_deref(), model.as_ref(), model_index)
+                .await
+                .with_context(|| {
+                    format!(
+                        "measuring profile `{}`{}",
+                        profile.as_deref().unwrap_or("(running)"),
+                        model
+                            .as_ref()
+                            .map_or(String::new(), |m| format!(" on model {}", m.display()))
+                    )
+                })?;
+            reports.push(report);
+            // Written after every profile, so a long run never loses the profiles it finished.
+            write_outputs(&options.out, &assemble(reports.clone()))?;
+        }
     }
     let report = assemble(reports);
     write_outputs(&options.out, &report)?;
@@ -190,6 +249,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<ExitCode> {
         report.verdict,
         options.out.display()
     );
+    if let Some(alone) = &report.foreground_alone {
+        println!("{}", report::foreground_table(alone, &report.profiles));
+    }
     let errors: usize = report
         .profiles
         .iter()
@@ -216,6 +278,54 @@ fn own_executable() -> anyhow::Result<std::path::PathBuf> {
     std::env::current_exe().context("cannot locate this executable to start `run`")
 }
 
+/// Runs the foreground probes alone for `window`, before any supervisor starts; the work unit
+/// is calibrated here and kept for every later run.
+async fn measure_foreground_alone(
+    window: Duration,
+    host: &Host,
+) -> anyhow::Result<ForegroundSample> {
+    eprintln!(
+        "bench: foreground probes alone for {}",
+        humantime::format_duration(window)
+    );
+    let probes = Probes::start(&own_executable()?, None)?;
+    let before = probes_cpu(&probes);
+    let started = Instant::now();
+    tokio::time::sleep(window).await;
+    let cpu = probe_cpu_percent(&probes, before, started, host);
+    let alone = probes.stop(cpu).await?;
+    anyhow::ensure!(
+        alone.work_ms.count > 0 && alone.wake_late_ms.count > 0,
+        "the foreground probes recorded nothing alone in {} (raise [bench] foreground_alone)",
+        humantime::format_duration(window)
+    );
+    Ok(alone)
+}
+
+/// Both probes' CPU time so far.
+fn probes_cpu(probes: &Probes) -> Option<Duration> {
+    probes
+        .pids()
+        .into_iter()
+        .map(|p| crate::meter::tree_usage(p).map(|u| u.cpu_time))
+        .sum()
+}
+
+/// The probes' CPU since `before`, percent of the machine.
+fn probe_cpu_percent(
+    probes: &Probes,
+    before: Option<Duration>,
+    since: Instant,
+    host: &Host,
+) -> Option<f64> {
+    let after = probes_cpu(probes)?;
+    Some(share_of_machine(
+        after.saturating_sub(before?),
+        since.elapsed().as_secs_f64(),
+        host,
+    ))
+}
+
 /// CPU time used over `wall_s` seconds, as a percentage of the whole machine.
 fn share_of_machine(cpu: Duration, wall_s: f64, host: &Host) -> f64 {
     if wall_s <= 0.0 {
@@ -238,6 +348,7 @@ fn write_outputs(out: &std::path::Path, report: &Report) -> anyhow::Result<()> {
 /// One pass over the tasks, before the CPU timeline is known.
 struct PendingRun {
     schema_mode: bool,
+    variant: Variant,
     start_s: f64,
     end_s: f64,
     backend_cpu: Option<Duration>,
@@ -251,11 +362,66 @@ struct Session<'a> {
     tasks: &'a [Task],
     /// The machine whose share the CPU figures are (detected once by the command).
     host: Host,
+    /// The shared prefixes, with --shots or --prefix.
+    framing: Option<&'a Framing>,
+    /// With --foreground: the probes alone (their work unit is reused beside every profile).
+    foreground_alone: Option<&'a ForegroundSample>,
+}
+
+/// One pass over the tasks: its variant and how its requests are shaped.
+struct RunPlan<'a> {
+    variant: Variant,
+    shape: workload::Shape<'a>,
+}
+
+impl<'a> Session<'a> {
+    /// The runs of one profile: for each schema mode, the tasks as written, then (with a shared
+    /// prefix) behind it, then behind it with caching off (in the first schema mode only, unless
+    /// --no-cache-off: it costs a full prefill per task).
+    fn run_plans(&self) -> Vec<RunPlan<'a>> {
+        let mut plans = Vec::new();
+        for (i, &schema_mode) in self.options.schema_mode.runs().iter().enumerate() {
+            let plain = workload::Shape {
+                framing: None,
+                cache_prompt: true,
+                schema_mode,
+            };
+            plans.push(RunPlan {
+                variant: Variant::plain(),
+                shape: plain,
+            });
+            let Some(framing) = self.framing else {
+                continue;
+            };
+            let prefixed = |cache_prompt| RunPlan {
+                variant: Variant {
+                    shots: framing.shots,
+                    prefix: Some(framing.source.clone()),
+                    cache_prompt,
+                },
+                shape: workload::Shape {
+                    framing: Some(framing),
+                    cache_prompt,
+                    schema_mode,
+                },
+            };
+            plans.push(prefixed(true));
+            if i == 0 && self.options.cache_off_run {
+                plans.push(prefixed(false));
+            }
+        }
+        plans
+    }
 }
 
 impl Session<'_> {
     /// Starts (or attaches to) the stack for one profile, measures it, and stops it.
-    async fn measure_profile(&self, profile: Option<&str>) -> anyhow::Result<ProfileReport> {
+    async fn measure_profile(
+        &self,
+        profile: Option<&str>,
+        model: Option<&PathBuf>,
+        model_index: Option<usize>,
+    ) -> anyhow::Result<ProfileReport> {
         let (options, client) = (self.options, &self.client);
         let settings = &options.settings;
         let api_key = options.api_key.clone();
@@ -264,13 +430,17 @@ impl Session<'_> {
             Subject::Start { .. } => {
                 let name = profile.unwrap_or_default();
                 eprintln!("bench: starting the supervisor with profile `{name}`");
+                let log = match model_index {
+                    Some(i) => format!("supervisor-model{i}-{name}.log"),
+                    None => format!("supervisor-{name}.log"),
+                };
                 let launch = Launch {
                     exe: own_executable()?,
                     profile: name.to_string(),
-                    model: options.launch.model.clone(),
+                    model: model.cloned(),
                     backend_bin: options.launch.backend_bin.clone(),
                     config: options.launch.config.clone(),
-                    log: options.out.join(format!("supervisor-{name}.log")),
+                    log: options.out.join(log),
                     listen_timeout: settings.ready_timeout,
                 };
                 Stack::start(&launch, api_key).await?
@@ -316,14 +486,25 @@ impl Session<'_> {
             .zip(pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time))
             .map(|(b, a)| share_of_machine(a.saturating_sub(b), idle_end, &self.host));
         sampler.set_phase(Phase::Active);
+        let probes = match self.foreground_alone {
+            Some(alone) => Some(Probes::start(&own_executable()?, Some(alone.iterations))?),
+            None => None,
+        };
+        let probes_before = probes.as_ref().and_then(probes_cpu);
+        let active_start = Instant::now();
 
         let mut runs = Vec::new();
-        for &schema_mode in options.schema_mode.runs() {
-            runs.push(
-                self.run_tasks(stack, &sampler, &name, pid, schema_mode)
-                    .await,
-            );
+        for plan in self.run_plans() {
+            runs.push(self.run_tasks(stack, &sampler, &name, pid, plan).await);
         }
+        let foreground = match (probes, self.foreground_alone) {
+            (Some(probes), Some(alone)) => {
+                let cpu = probe_cpu_percent(&probes, probes_before, active_start, &self.host);
+                let beside = probes.stop(cpu).await?;
+                Some(foreground::compare(alone, beside, &settings.targets))
+            }
+            _ => None,
+        };
         let (timeline, max_tree_rss) = sampler.finish();
         let idle_cpu = Summary::of(&sampler::window(&timeline, 0.0, idle_end));
         let peak_rss = pid
@@ -353,6 +534,7 @@ impl Session<'_> {
                 backend_cpu_percent: idle_backend,
             },
             cpu_timeline: timeline,
+            foreground,
             runs,
         })
     }
@@ -363,7 +545,7 @@ impl Session<'_> {
         sampler: &Sampler,
         name: &str,
         pid: Option<i32>,
-        schema_mode: bool,
+        plan: RunPlan<'_>,
     ) -> PendingRun {
         let (settings, client, tasks, max_tokens) = (
             &self.options.settings,
@@ -371,11 +553,12 @@ impl Session<'_> {
             self.tasks,
             self.options.max_tokens,
         );
-        let label = if schema_mode {
-            format!("{name} (schema)")
-        } else {
-            name.to_string()
-        };
+        let schema_mode = plan.shape.schema_mode;
+        let label = format!(
+            "{name}{}{}",
+            if schema_mode { " (schema)" } else { "" },
+            plan.variant.suffix()
+        );
         let cpu_before = pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time);
         let start_s = sampler.now_s();
         let started = Instant::now();
@@ -386,7 +569,7 @@ impl Session<'_> {
                 client,
                 stack,
                 task,
-                schema_mode,
+                plan.shape,
                 max_tokens,
                 settings.request_timeout,
             )
@@ -399,6 +582,7 @@ impl Session<'_> {
                     latency_s: o.latency.as_secs_f64(),
                     ttft_s: o.ttft.map(|t| t.as_secs_f64()),
                     completion_tokens: o.completion_tokens,
+                    prompt_usage: o.prompt_usage,
                     answer: o.answer,
                     error: None,
                 },
@@ -411,6 +595,7 @@ impl Session<'_> {
                         latency_s: asked.elapsed().as_secs_f64(),
                         ttft_s: None,
                         completion_tokens: None,
+                        prompt_usage: None,
                         answer: String::new(),
                         error: Some(e.to_string()),
                     }
@@ -430,6 +615,7 @@ impl Session<'_> {
         let cpu_after = pid.and_then(crate::meter::tree_usage).map(|u| u.cpu_time);
         PendingRun {
             schema_mode,
+            variant: plan.variant,
             start_s,
             end_s: sampler.now_s(),
             backend_cpu: cpu_before.zip(cpu_after).map(|(b, a)| a.saturating_sub(b)),
@@ -468,8 +654,11 @@ impl PendingRun {
             latency_p99_over_p50: latency_s.p99_over_p50(),
             correctness,
         });
+        let prompt =
+            report::PromptFigures::of(&self.results, self.backend_cpu.map(|c| c.as_secs_f64()));
         RunReport {
             schema_mode: self.schema_mode,
+            variant: self.variant,
             tasks: self.results.len(),
             errors: self.results.len() - ok.len(),
             correctness,
@@ -487,6 +676,7 @@ impl PendingRun {
             system_cpu,
             backend_cpu_percent,
             peak_rss_bytes: peak_rss,
+            prompt,
             pass: checks.iter().all(|c| c.pass),
             checks,
             results: self.results,
@@ -525,6 +715,7 @@ mod tests {
             latency_s,
             ttft_s: (!error).then_some(latency_s / 4.0),
             completion_tokens: (!error).then_some(tokens),
+            prompt_usage: None,
             answer: String::new(),
             error: error.then(|| "HTTP 503".to_string()),
         }
@@ -547,6 +738,7 @@ mod tests {
         ];
         let pending = PendingRun {
             schema_mode: true,
+            variant: Variant::plain(),
             start_s: 1.0,
             end_s: 2.0,
             backend_cpu: Some(Duration::from_millis(500)),

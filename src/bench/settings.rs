@@ -23,6 +23,9 @@ pub struct BenchConfig {
     /// How often system CPU is sampled.
     #[serde(with = "humantime_serde")]
     pub sample_interval: Duration,
+    /// `bench --foreground`: how long the probes run alone, before any supervisor starts.
+    #[serde(with = "humantime_serde")]
+    pub foreground_alone: Duration,
     pub targets: Targets,
 }
 
@@ -44,7 +47,7 @@ mod tests {
         // The shipped section spells out every target (no silent defaults).
         let shipped: toml::Table = toml::from_str(BUILTIN).unwrap();
         let targets = shipped["bench"]["targets"].as_table().unwrap();
-        assert_eq!(targets.len(), 7);
+        assert_eq!(targets.len(), 10);
     }
 
     #[test]

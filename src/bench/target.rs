@@ -23,6 +23,13 @@ pub struct Targets {
     pub latency_p99_over_p50_below: f64,
     /// Mean task score, 0..=1.
     pub correctness_min: f64,
+    /// `bench --foreground`: the work unit's p50 beside the model over alone.
+    pub foreground_work_p50_ratio_max: f64,
+    /// `bench --foreground`: the work unit's p99 beside the model over alone.
+    pub foreground_work_p99_ratio_max: f64,
+    /// `bench --foreground`: how much later than alone (p99) a 1 ms sleep may wake.
+    #[serde(with = "humantime_serde")]
+    pub foreground_wake_p99_over_alone_max: Duration,
 }
 
 /// The figures of one run that the targets judge.
@@ -107,6 +114,55 @@ impl Targets {
                 shown: format!("{:.2}", m.correctness),
                 pass: m.correctness >= self.correctness_min,
             },
+        ]
+    }
+}
+
+impl Targets {
+    /// Judges a profile's foreground figures (see `foreground::compare`): the work unit's p50
+    /// and p99 ratios against alone and the wake-up lateness p99 over alone, in milliseconds.
+    pub fn evaluate_foreground(
+        &self,
+        work_p50_ratio: Option<f64>,
+        work_p99_ratio: Option<f64>,
+        wake_p99_over_alone_ms: Option<f64>,
+    ) -> Vec<Check> {
+        let at_most = |name, value: Option<f64>, limit: f64, prefix: &str, unit: &str, digits| {
+            Check {
+                name,
+                criterion: format!("<= {prefix}{limit:.digits$}{unit}"),
+                value,
+                shown: value.map_or("n/a".into(), |v| format!("{prefix}{v:.digits$}{unit}")),
+                // A hair of rounding slack: 4.08 / 4.0 is 1.0200000000000002.
+                pass: value.is_some_and(|v| v <= limit + 1e-9),
+            }
+        };
+        let wake_limit = self.foreground_wake_p99_over_alone_max.as_secs_f64() * 1e3;
+        vec![
+            at_most(
+                "foreground_work_p50_ratio",
+                work_p50_ratio,
+                self.foreground_work_p50_ratio_max,
+                "",
+                " x alone",
+                2,
+            ),
+            at_most(
+                "foreground_work_p99_ratio",
+                work_p99_ratio,
+                self.foreground_work_p99_ratio_max,
+                "",
+                " x alone",
+                2,
+            ),
+            at_most(
+                "foreground_wake_p99_over_alone",
+                wake_p99_over_alone_ms,
+                wake_limit,
+                "alone + ",
+                " ms",
+                2,
+            ),
         ]
     }
 }

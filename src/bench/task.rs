@@ -2,9 +2,9 @@
 //!
 //! One task per line:
 //! `{"id": "...", "category": "...", "system": "...", "prompt": "...", "scorer": {"kind": ...},
-//! "schema": {...}}`, where `system` and `schema` are optional. The shipped set lives in
-//! `tasks.jsonl` next to this file and is compiled into the binary; `--tasks FILE` reads a
-//! user's own file in the same format.
+//! "schema": {...}, "example_answer": "..."}`, where `system`, `schema` and `example_answer` are
+//! optional. The shipped set lives in `tasks.jsonl` next to this file and is compiled into the
+//! binary; `--tasks FILE` reads a user's own file in the same format.
 
 use super::score::Scorer;
 use serde::Deserialize;
@@ -26,6 +26,10 @@ pub struct Task {
     /// A JSON schema the answer should follow; sent as `response_format` in schema mode.
     #[serde(default)]
     pub schema: Option<serde_json::Value>,
+    /// The answer shown when this task is a solved few-shot example (`bench --shots`); without
+    /// it, the scorer's reference answer.
+    #[serde(default)]
+    pub example_answer: Option<String>,
 }
 
 /// Why a task file could not be used.
@@ -36,7 +40,7 @@ pub enum TaskError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("{path}, line {line}: {problem} (each line must be one JSON task: id, category, prompt, scorer, optional system and schema)")]
+    #[error("{path}, line {line}: {problem} (each line must be one JSON task: id, category, prompt, scorer, optional system, schema and example_answer)")]
     Line {
         path: PathBuf,
         line: usize,

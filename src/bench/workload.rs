@@ -1,8 +1,11 @@
 //! The workload: one task sent through `/v1/chat/completions` as a streaming request, timed to
-//! the first content chunk and to the end, with its completion-token count.
+//! the first content chunk and to the end, with its completion-token count and what its prompt
+//! cost (see `usage`).
 
+use super::prefix::Framing;
 use super::stack::Stack;
 use super::task::Task;
+use super::usage::PromptUsage;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -16,6 +19,8 @@ pub struct Outcome {
     pub ttft: Option<Duration>,
     /// From the final usage chunk, else the number of content chunks.
     pub completion_tokens: Option<u64>,
+    /// Prompt and cached tokens and prefill time, when the backend reported them.
+    pub prompt_usage: Option<PromptUsage>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,21 +35,30 @@ pub enum RequestError {
     Timeout(u64),
 }
 
+/// How a run sends its tasks.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape<'a> {
+    /// Behind its category's shared prefix, or (`None`) as written.
+    pub framing: Option<&'a Framing>,
+    /// `false` sends `cache_prompt: false` (llama-server then prefills the whole prompt).
+    pub cache_prompt: bool,
+    /// Tasks with a schema are sent `response_format: json_schema`.
+    pub schema_mode: bool,
+}
+
 /// The request body for `task`.
-pub fn request_body(task: &Task, schema_mode: bool, max_tokens: u32) -> Value {
-    let mut messages = Vec::new();
-    if let Some(system) = &task.system {
-        messages.push(json!({"role": "system", "content": system}));
-    }
-    messages.push(json!({"role": "user", "content": task.prompt}));
+pub fn request_body(task: &Task, shape: Shape<'_>, max_tokens: u32) -> Value {
     let mut body = json!({
-        "messages": messages,
+        "messages": super::prefix::messages(task, shape.framing),
         "temperature": 0,
         "max_tokens": max_tokens,
         "stream": true,
         "stream_options": {"include_usage": true},
     });
-    if let (true, Some(schema)) = (schema_mode, &task.schema) {
+    if !shape.cache_prompt {
+        body["cache_prompt"] = json!(false);
+    }
+    if let (true, Some(schema)) = (shape.schema_mode, &task.schema) {
         body["response_format"] = json!({
             "type": "json_schema",
             "json_schema": {"name": "answer", "strict": true, "schema": schema},
@@ -63,6 +77,8 @@ pub struct StreamState {
     pub first_content: Option<Instant>,
     pub content_chunks: u64,
     pub usage_tokens: Option<u64>,
+    /// From the chunk with `usage` / `timings` (llama-server sends both in its last one).
+    pub prompt_usage: Option<PromptUsage>,
     pub done: bool,
 }
 
@@ -110,6 +126,9 @@ impl StreamState {
         if let Some(n) = chunk["usage"]["completion_tokens"].as_u64() {
             self.usage_tokens = Some(n);
         }
+        if let Some(u) = PromptUsage::from_response(&chunk) {
+            self.prompt_usage = Some(self.prompt_usage.unwrap_or_default().merge(u));
+        }
         Ok(())
     }
 }
@@ -119,11 +138,11 @@ pub async fn ask(
     client: &reqwest::Client,
     stack: &Stack,
     task: &Task,
-    schema_mode: bool,
+    shape: Shape<'_>,
     max_tokens: u32,
     timeout: Duration,
 ) -> Result<Outcome, RequestError> {
-    let body = request_body(task, schema_mode, max_tokens);
+    let body = request_body(task, shape, max_tokens);
     let started = Instant::now();
     let exchange = async {
         let resp = stack
@@ -161,6 +180,7 @@ pub async fn ask(
         completion_tokens: state
             .usage_tokens
             .or((state.content_chunks > 0).then_some(state.content_chunks)),
+        prompt_usage: state.prompt_usage,
         answer: state.answer,
     })
 }
@@ -179,12 +199,28 @@ mod tests {
                 answer: "T1059".into(),
             },
             schema,
+            example_answer: None,
+        }
+    }
+
+    fn shape(schema_mode: bool) -> Shape<'static> {
+        Shape {
+            framing: None,
+            cache_prompt: true,
+            schema_mode,
         }
     }
 
     #[test]
     fn body_is_deterministic_bounded_and_streams() {
-        let b = request_body(&task(Some(json!({"type": "object"}))), true, 64);
+        let b = request_body(&task(Some(json!({"type": "object"}))), shape(true), 64);
+        // The backend's default (cache the prompt) is not spelled out; only turning it off is.
+        assert!(b.get("cache_prompt").is_none());
+        let off = Shape {
+            cache_prompt: false,
+            ..shape(false)
+        };
+        assert_eq!(request_body(&task(None), off, 64)["cache_prompt"], false);
         assert_eq!(b["temperature"], 0);
         assert_eq!(b["max_tokens"], 64);
         assert_eq!(b["stream"], true);
@@ -195,10 +231,10 @@ mod tests {
             b["response_format"]["json_schema"]["schema"]["type"],
             "object"
         );
-        assert!(request_body(&task(Some(json!({}))), false, 64)
+        assert!(request_body(&task(Some(json!({}))), shape(false), 64)
             .get("response_format")
             .is_none());
-        assert!(request_body(&task(None), true, 64)
+        assert!(request_body(&task(None), shape(true), 64)
             .get("response_format")
             .is_none());
     }

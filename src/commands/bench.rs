@@ -18,12 +18,19 @@ pub enum BenchArgsError {
     ProfilesWithUrl,
     #[error("--limit 0 leaves no task to run (use N >= 1)")]
     NoTasks,
+    #[error(
+        "--url measures the one running supervisor and its model; pass at most one --model with it"
+    )]
+    ModelsWithUrl,
 }
 
 /// The command line over `config`.
 pub fn options(config: &Config, args: BenchArgs) -> Result<BenchOptions, BenchArgsError> {
     if args.limit == Some(0) {
         return Err(BenchArgsError::NoTasks);
+    }
+    if args.url.is_some() && args.models.len() > 1 {
+        return Err(BenchArgsError::ModelsWithUrl);
     }
     let subject = match (args.url, args.profiles.as_slice()) {
         (None, []) => return Err(BenchArgsError::NothingToMeasure),
@@ -40,10 +47,15 @@ pub fn options(config: &Config, args: BenchArgs) -> Result<BenchOptions, BenchAr
         settings: config.bench.clone(),
         subject,
         launch: LaunchFlags {
-            config: args.setup.config.config,
-            model: args.setup.model,
-            backend_bin: args.setup.backend_bin,
+            config: args.config.config,
+            backend_bin: args.backend_bin,
         },
+        models: args.models,
+        shots: args.shots.unwrap_or(0),
+        prefix: args.prefix,
+        examples: args.examples,
+        cache_off_run: !args.no_cache_off,
+        foreground: args.foreground,
         tasks: args.tasks,
         task_limit: args.limit,
         out: args.out,
@@ -59,7 +71,7 @@ pub fn options(config: &Config, args: BenchArgs) -> Result<BenchOptions, BenchAr
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let config = super::load_config(&args.setup.config)?;
+    let config = super::load_config(&args.config)?;
     let options = options(&config, args)?;
     bench::run(options).await
 }

@@ -33,6 +33,13 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args).await,
         Command::Limit(args) => limit::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::BenchProbe(args) => {
+            let probe = match args.probe {
+                crate::cli::ProbeKind::Work => crate::bench::foreground::Probe::Work,
+                crate::cli::ProbeKind::Wake => crate::bench::foreground::Probe::Wake,
+            };
+            crate::bench::foreground::probe_main(probe, args.iterations, args.run_for)
+        }
     }
 }
 
