@@ -39,12 +39,6 @@ impl std::fmt::Debug for BackendKey {
     }
 }
 
-impl std::fmt::Display for BackendKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 /// Everything needed to start one llama-server.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
@@ -249,7 +243,9 @@ mod tests {
         assert!(s
             .environment()
             .any(|(k, v)| k == KEY_ENV && v == key.as_str()));
-        for printed in [format!("{s:?}"), format!("{}", s.api_key)] {
+        // No Display: a key formatted by mistake (say, into a bearer header) would send
+        // "<redacted>"; only `expose()` gives it, and Debug redacts it.
+        for printed in [format!("{s:?}"), format!("{:?}", s.api_key)] {
             assert!(!printed.contains(&key), "key leaked into {printed}");
         }
         assert!(format!("{s:?}").contains("<redacted>"));

@@ -42,7 +42,7 @@ pub async fn scrape(
     };
     let resp = client
         .get(&url)
-        .bearer_auth(&backend.api_key)
+        .bearer_auth(backend.api_key.expose())
         .header(reqwest::header::CONNECTION, "close")
         .send()
         .await
