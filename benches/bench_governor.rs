@@ -273,7 +273,6 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     let args = Args::parse();
-    // One thread: the children's death signal follows the thread that spawned them.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
