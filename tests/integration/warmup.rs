@@ -147,3 +147,115 @@ fn status_token_totals_move_with_a_request() {
         "/status and /metrics read the same counter"
     );
 }
+
+/// A ~1 100-token instruction prefix (for the default model's tokenizer): a policy of 20 rules.
+fn long_prefix() -> String {
+    let topics = [
+        "process execution",
+        "network connections",
+        "file writes in system directories",
+        "registry or launch agent persistence",
+        "credential access",
+        "script interpreters started by office documents",
+        "unsigned binaries in temporary folders",
+        "DNS lookups of newly registered domains",
+        "privilege escalation attempts",
+        "tampering with security tools",
+    ];
+    let mut lines = vec![
+        "You are a security triage assistant running on an endpoint. Follow the policy below exactly.".to_string(),
+        String::new(),
+    ];
+    for i in 1..=20 {
+        let t = topics[(i - 1) % topics.len()];
+        lines.push(format!("Rule {i}: when an event concerns {t}, decide whether it is benign, suspicious or malicious; cite the field that decided it, and never guess a field that is absent. Severity {} applies unless the parent process is a known updater.", 1 + i % 5));
+    }
+    lines.push(String::new());
+    lines.push("Answer with one word: benign, suspicious or malicious.".into());
+    lines.join("\n")
+}
+
+/// One task behind `prefix`, one token to generate (its whole answer is its first token):
+/// the wall time and llama-server's `cache_n`.
+fn task(s: &Supervisor, prefix: &str, event: &str) -> (Duration, u64) {
+    let t = Instant::now();
+    let (code, body) = s.post(
+        "/v1/chat/completions",
+        json!({"model": "m", "max_tokens": 1, "temperature": 0, "messages": [
+            {"role": "system", "content": prefix},
+            {"role": "user", "content": event},
+        ]}),
+    );
+    let took = t.elapsed();
+    assert_eq!(code, 200, "{body}");
+    (took, body["timings"]["cache_n"].as_u64().unwrap_or(0))
+}
+
+/// The first task after a SIGKILL restart against a warm one, with and without the prefix
+/// configured as a warm prefix (real llama-server, default model, `--profile invisible`).
+/// `scripts/bench-warm` runs it; it prints the figures and asserts the target (first <= 1.5 x
+/// warm with warm prefixes).
+#[test]
+#[ignore = "a benchmark with the real model: scripts/bench-warm"]
+fn bench_first_task_after_restart() {
+    let _one = crate::support::exclusive();
+    let files = tempfile::tempdir().unwrap();
+    let prefix = long_prefix();
+    let prefix_file = files.path().join("prefix.txt");
+    std::fs::write(&prefix_file, &prefix).unwrap();
+    let mut rows = Vec::new();
+    for warm in [false, true] {
+        let config = format!(
+            "[backend]\ncache_dir = \"{}\"\nwarm_prefixes = [{}]\n[supervisor]\nstartup_timeout = \"600s\"\n[proxy]\nqueue_timeout = \"600s\"\n",
+            files.path().join("cache").display(),
+            if warm { format!("\"{}\"", prefix_file.display()) } else { String::new() },
+        );
+        let s = Supervisor::start(Options {
+            config: &config,
+            args: vec!["--profile", "invisible"],
+            ..Default::default()
+        });
+        s.wait_state("ready", Duration::from_secs(600));
+        let started = Instant::now();
+        let old = s.backend_pid();
+        unsafe { libc::kill(old, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let status = s.status();
+            if status.state.serving() && status.backend.as_ref().is_some_and(|b| b.pid != old) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no new backend\n{}", s.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let restart = started.elapsed();
+        let (first, first_cached) = task(
+            &s,
+            &prefix,
+            "Event: powershell.exe started by winword.exe with an encoded command.",
+        );
+        let (second, second_cached) = task(
+            &s,
+            &prefix,
+            "Event: curl.exe wrote an unsigned binary to /tmp.",
+        );
+        let ratio = first.as_secs_f64() / second.as_secs_f64();
+        println!(
+            "warm_prefixes={warm}: restart-to-ready {:.2} s, first task TTFT {:.3} s (cache_n {first_cached}), warm task TTFT {:.3} s (cache_n {second_cached}), ratio {ratio:.2}",
+            restart.as_secs_f64(),
+            first.as_secs_f64(),
+            second.as_secs_f64()
+        );
+        rows.push((warm, ratio, s.status().tokens));
+    }
+    for (warm, ratio, tokens) in &rows {
+        println!(
+            "warm_prefixes={warm}: first/warm TTFT ratio {ratio:.2}; /status tokens {tokens:?}"
+        );
+    }
+    let with = rows.iter().find(|r| r.0).map(|r| r.1).unwrap();
+    assert!(
+        with <= 1.5,
+        "with warm prefixes the first task took {with:.2} x a warm one (target <= 1.5)"
+    );
+}
