@@ -175,8 +175,8 @@ pub fn child_args() -> [&'static str; 4] {
 
 /// llama-server flags for warm prefixes: slot files saved to and restored from `slots`, and a
 /// full-size sliding-window cache (without `--swa-full`, a model with sliding-window attention
-/// such as Gemma 3 cannot reuse a cached prefix longer than its window: measured here, a
-/// 1 140-token prefix gave `cache_n` 0 on the next request without it, 1 125 with it).
+/// such as Gemma 3 keeps only its window of a restored slot: measured here, the first request
+/// after restoring a 1 140-token prefix got `cache_n` 0 without it, 1 125 with it).
 pub fn warm_args(slots: &std::path::Path) -> Vec<String> {
     vec![
         "--slot-save-path".into(),

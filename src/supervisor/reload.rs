@@ -167,6 +167,8 @@ pub fn plan(active: &Active) -> Plan {
         make_spec: Box::new(move || {
             let mut spec = launch::spec(&inputs.0, &inputs.1, &inputs.2)?;
             if let Some(dir) = &slots {
+                // llama-server refuses a --slot-save-path that is not a directory yet.
+                std::fs::create_dir_all(dir)?;
                 spec.args.extend(launch::warm_args(dir));
             }
             Ok(spec)
