@@ -82,6 +82,9 @@ pub struct BackendConfig {
     pub ctx_size: u32,
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// Prefix files put in the backend's prompt cache after each start (`supervisor::warmup`).
+    #[serde(default)]
+    pub warm_prefixes: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -43,6 +43,19 @@ pub struct StatusReport {
     /// How many configurations have been applied: 1 at start, +1 for each successful reload
     /// (SIGHUP or `POST /admin/reload`).
     pub config_generation: u64,
+    /// Tokens of the answered requests since the supervisor started (the `/metrics` counters).
+    #[serde(default)]
+    pub tokens: TokenTotals,
+}
+
+/// Token totals in `/status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenTotals {
+    /// Prompt tokens, cached ones included.
+    pub prompt: u64,
+    /// Prompt tokens llama-server reused from its cache (a warm prefix shows up here).
+    pub cached: u64,
+    pub generated: u64,
 }
 
 /// The running backend in `/status`.
@@ -145,6 +158,11 @@ pub(crate) fn example() -> StatusReport {
         queued: 0,
         uptime_s: 12.0,
         config_generation: 2,
+        tokens: TokenTotals {
+            prompt: 2200,
+            cached: 1100,
+            generated: 8,
+        },
     }
 }
 

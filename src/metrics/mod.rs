@@ -236,6 +236,15 @@ impl Metrics {
             .get()
     }
 
+    /// Token totals since start, as `/metrics` counts them (`/status` reads them here).
+    pub fn tokens(&self) -> crate::status::TokenTotals {
+        crate::status::TokenTotals {
+            prompt: self.prompt_tokens.get(),
+            cached: self.cached_tokens.get(),
+            generated: self.generated_tokens.get(),
+        }
+    }
+
     fn count_tokens(&self, tokens: Tokens) {
         self.prompt_tokens.inc_by(tokens.prompt);
         self.cached_tokens.inc_by(tokens.cached);
@@ -500,6 +509,7 @@ mod tests {
             in_flight: 2,
             queued: 1,
             uptime_s: 3.0,
+            tokens: Default::default(),
         }
     }
 

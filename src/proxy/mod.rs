@@ -117,6 +117,7 @@ impl Shared {
             queued: self.admission.waiting(),
             uptime_s: self.started.elapsed().as_secs_f64().round(),
             config_generation: live.generation,
+            tokens: self.metrics.tokens(),
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct Plan {
     pub make_spec: SpecFactory,
     pub governor_config: GovernorConfig,
     pub governor_settings: GovernorSettings,
+    /// Prefixes put in each new backend's cache before it is reported ready.
+    pub warmup: Option<std::sync::Arc<super::warmup::Warmup>>,
 }
 
 /// What a reload changes, decided by [`super::reload::classify`].
@@ -366,6 +368,17 @@ impl Lifecycle {
         };
         match failed {
             None => {
+                if let Some(warmup) = &plan.warmup {
+                    let beat = plan.config.ready_poll_interval;
+                    (warmup.run(
+                        &running.info,
+                        &self.activity,
+                        &self.heartbeat,
+                        beat,
+                        &self.cancel,
+                    ))
+                    .await;
+                }
                 tracing::info!(pid = running.info.pid, port = running.info.port, generation = running.info.generation, load_time = ?started.elapsed(), "backend ready");
                 Ok(running)
             }

@@ -9,6 +9,7 @@ pub mod lifecycle;
 pub mod policy;
 pub mod reload;
 pub mod state;
+pub mod warmup;
 
 use crate::backend::setup;
 use crate::config::Config;

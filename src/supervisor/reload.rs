@@ -149,6 +149,14 @@ pub fn classify(old: &Active, new: &Active) -> (Change, Vec<String>) {
 pub fn plan(active: &Active) -> Plan {
     let options = &active.options;
     let profile = &options.profile;
+    let warmup = super::warmup::Warmup::load(
+        &options.config.backend.warm_prefixes,
+        &active.installed,
+        &options.setup.cache_dir,
+        options.config.supervisor.startup_timeout,
+    )
+    .map(Arc::new);
+    let slots = warmup.as_ref().map(|w| w.slots.dir.clone());
     let inputs = (
         active.installed.clone(),
         profile.clone(),
@@ -156,7 +164,15 @@ pub fn plan(active: &Active) -> Plan {
     );
     Plan {
         config: options.config.supervisor.clone(),
-        make_spec: Box::new(move || launch::spec(&inputs.0, &inputs.1, &inputs.2)),
+        make_spec: Box::new(move || {
+            let mut spec = launch::spec(&inputs.0, &inputs.1, &inputs.2)?;
+            if let Some(dir) = &slots {
+                // llama-server refuses a --slot-save-path that is not a directory yet.
+                std::fs::create_dir_all(dir)?;
+                spec.args.extend(launch::warm_args(dir));
+            }
+            Ok(spec)
+        }),
         governor_config: options.config.governor.clone(),
         governor_settings: GovernorSettings {
             cpus: profile.cpus,
@@ -165,6 +181,7 @@ pub fn plan(active: &Active) -> Plan {
             adaptive: profile.adaptive,
             host: options.host,
         },
+        warmup,
     }
 }
 

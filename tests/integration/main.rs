@@ -18,3 +18,4 @@ mod setup;
 mod status_command;
 mod supervisor;
 mod trust;
+mod warmup;

@@ -23,6 +23,8 @@
 //! |                      | without answering, as a kept-alive connection closed under a client |
 //! | `echo`               | answer every POST with `{"received": BODY}`, the JSON it was sent   |
 //! | `flood=N`            | print N numbered lines to stderr as fast as possible at start       |
+//! | `requests-file=PATH` | append `PID METHOD PATH BODY` (body as one line) to PATH for every   |
+//! |                      | request but the health probes, when it arrives                       |
 //!
 //! Durations are humantime strings (`250ms`, `2s`). A bad directive exits with status 2.
 
@@ -60,11 +62,12 @@ struct Mode {
     echo: bool,
     bad_model_unless: Option<String>,
     flood: usize,
+    requests_file: Option<PathBuf>,
 }
 
 const DIRECTIVES: &str = "load=DUR, exit-at-start=CODE, crash-after=DUR, hang-after=DUR, \
     ignore-sigterm, stream-chunks=N, stream-delay=DUR, response-delay=DUR, die-mid-stream=N, \
-    burn, starts-file=PATH, drop-request=N, echo, bad-model-unless=TEXT, flood=N";
+    burn, starts-file=PATH, drop-request=N, echo, bad-model-unless=TEXT, flood=N, requests-file=PATH";
 
 impl Mode {
     fn parse(spec: &str) -> Result<Mode, String> {
@@ -84,6 +87,7 @@ impl Mode {
             echo: false,
             bad_model_unless: None,
             flood: 0,
+            requests_file: None,
         };
         for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
             let (key, value) = match directive.split_once('=') {
@@ -120,6 +124,7 @@ impl Mode {
                 ("drop-request", Some(v)) => mode.drop_request = Some(num(v)? as u64),
                 ("bad-model-unless", Some(v)) => mode.bad_model_unless = Some(v.to_string()),
                 ("flood", Some(v)) => mode.flood = num(v)?,
+                ("requests-file", Some(v)) => mode.requests_file = Some(PathBuf::from(v)),
                 _ => {
                     return Err(format!(
                         "unknown directive `{directive}` (known: {DIRECTIVES})"
@@ -415,6 +420,13 @@ async fn gate(State(b): State<Shared>, request: Request, next: Next) -> Response
             );
         }
     }
+    let request = match (&b.mode.requests_file, public) {
+        (Some(path), false) => match log_request(path, request).await {
+            Ok(request) => request,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e, "invalid_request_error"),
+        },
+        _ => request,
+    };
     if b.mode.echo && request.method() == axum::http::Method::POST {
         let body = match axum::body::to_bytes(request.into_body(), usize::MAX).await {
             Ok(body) => body,
@@ -431,6 +443,28 @@ async fn gate(State(b): State<Shared>, request: Request, next: Next) -> Response
         return Json(json!({"received": received})).into_response();
     }
     next.run(request).await
+}
+
+/// Appends the request's line to `path` (`requests-file`) and hands the request on, body intact.
+async fn log_request(path: &std::path::Path, request: Request) -> Result<Request, String> {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(|e| e.to_string())?;
+    let one_line = String::from_utf8_lossy(&body).replace('\n', " ");
+    let line = format!(
+        "{} {} {} {one_line}\n",
+        std::process::id(),
+        parts.method,
+        parts.uri
+    );
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .map_err(|e| format!("requests-file {}: {e}", path.display()))?;
+    Ok(Request::from_parts(parts, axum::body::Body::from(body)))
 }
 
 async fn health(State(b): State<Shared>) -> Response {
