@@ -70,6 +70,10 @@ pub struct BackendConfig {
     pub ctx_size: u32,
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// llama-server `--cache-ram`, MiB (a profile may override it).
+    pub cache_ram_mib: u32,
+    /// The backend's memory target, checked against the estimate at start.
+    pub memory_limit: crate::units::ByteSize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,6 +99,10 @@ pub struct SupervisorConfig {
     pub crash_loop_window: Duration,
     #[serde(with = "humantime_serde")]
     pub stop_grace: Duration,
+    /// How long a backend with a request outstanding may stay silent and idle (see
+    /// [`crate::supervisor::liveness`]).
+    #[serde(with = "humantime_serde")]
+    pub first_token_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -122,6 +130,8 @@ pub struct ProfileConfig {
     pub priority: Priority,
     pub slots: Option<usize>,
     pub ctx_size: Option<u32>,
+    /// Prompt cache, MiB (overrides `backend.cache_ram_mib`).
+    pub cache_ram_mib: Option<u32>,
     #[serde(default)]
     pub embeddings: bool,
     /// Adaptive mode: keep total system CPU under this share of the machine.
@@ -233,6 +243,7 @@ impl Config {
             ("supervisor.probe_interval", s.probe_interval),
             ("supervisor.probe_timeout", s.probe_timeout),
             ("supervisor.backoff_initial", s.backoff_initial),
+            ("supervisor.first_token_timeout", s.first_token_timeout),
         ] {
             if d.is_zero() {
                 return Err(bad(key.into(), "must be longer than zero".into()));
@@ -453,6 +464,14 @@ mod tests {
             ),
             ("default_profile = \"nope\"\n", "default_profile"),
             ("[backend]\nctx_size = 8\n", "backend.ctx_size"),
+            (
+                "[backend]\nmemory_limit = \"lots\"\n",
+                "backend.memory_limit",
+            ),
+            (
+                "[supervisor]\nfirst_token_timeout = \"0s\"\n",
+                "supervisor.first_token_timeout",
+            ),
         ];
         for (text, key) in cases {
             let err = user(text).unwrap_err().to_string();

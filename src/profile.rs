@@ -21,6 +21,8 @@ pub struct Resolved {
     pub priority: Priority,
     pub slots: usize,
     pub ctx_size: u32,
+    /// llama-server `--cache-ram`, MiB.
+    pub cache_ram_mib: u32,
     pub embeddings: bool,
     pub adaptive: Option<Share>,
     pub extra_args: Vec<String>,
@@ -35,10 +37,13 @@ pub fn resolve(
     host: &Host,
 ) -> Result<Resolved, crate::config::ConfigError> {
     let p = config.profile(name)?;
-    Ok(resolve_one(name, p, config.backend.ctx_size, host))
+    let defaults = (config.backend.ctx_size, config.backend.cache_ram_mib);
+    Ok(resolve_one(name, p, defaults, host))
 }
 
-fn resolve_one(name: &str, p: &ProfileConfig, default_ctx: u32, host: &Host) -> Resolved {
+/// `defaults`: `[backend]`'s `ctx_size` and `cache_ram_mib`.
+fn resolve_one(name: &str, p: &ProfileConfig, defaults: (u32, u32), host: &Host) -> Resolved {
+    let (default_ctx, default_cache_ram) = defaults;
     let allowed = host.allowed_cpus();
     let mut notes = Vec::new();
 
@@ -85,6 +90,7 @@ fn resolve_one(name: &str, p: &ProfileConfig, default_ctx: u32, host: &Host) -> 
         priority: p.priority,
         slots: p.slots.unwrap_or(1),
         ctx_size: p.ctx_size.unwrap_or(default_ctx),
+        cache_ram_mib: p.cache_ram_mib.unwrap_or(default_cache_ram),
         embeddings: p.embeddings,
         adaptive: p.adaptive,
         extra_args: p.extra_args.clone(),
@@ -99,7 +105,7 @@ impl Resolved {
             .cpus
             .map_or("unlimited".to_string(), |c| format!("{c:.2} cores"));
         format!(
-            "{}: threads {}, threads_batch {}, cpus {}, priority {:?}, slots {}, ctx {}{}",
+            "{}: threads {}, threads_batch {}, cpus {}, priority {:?}, slots {}, ctx {}, cache_ram {} mib{}",
             self.name,
             self.threads,
             self.threads_batch,
@@ -107,6 +113,7 @@ impl Resolved {
             self.priority,
             self.slots,
             self.ctx_size,
+            self.cache_ram_mib,
             self.adaptive.map_or(String::new(), |a| format!(
                 ", adaptive {:.0} %",
                 a.get() * 100.0
@@ -177,7 +184,7 @@ mod tests {
             threads: Some(3),
             ..Default::default()
         };
-        let r = resolve_one("balanced", &p, 4096, &host(2, None));
+        let r = resolve_one("balanced", &p, (4096, 256), &host(2, None));
         assert_eq!(r.threads, 2);
         assert_eq!(r.threads_batch, 2);
         assert!(
@@ -195,7 +202,7 @@ mod tests {
             cpus: Some(Cores::new(4.0).unwrap()),
             ..Default::default()
         };
-        let r = resolve_one("fast", &p, 4096, &host(8, Some(1.5)));
+        let r = resolve_one("fast", &p, (4096, 256), &host(8, Some(1.5)));
         assert_eq!(r.cpus.map(Cores::get), Some(1.5));
         assert_eq!(r.threads, 2);
         assert!(r.notes[0].contains("cgroup quota 1.50"), "{:?}", r.notes);

@@ -79,6 +79,8 @@ pub fn spec(
         profile.slots.to_string(),
         "--threads-http".into(),
         http_threads(profile.slots).to_string(),
+        "--cache-ram".into(),
+        profile.cache_ram_mib.to_string(),
     ];
     args.extend(child_args().iter().map(|s| s.to_string()));
     if profile.embeddings {
@@ -154,6 +156,7 @@ mod tests {
             "--threads-http 3",
             "--alias gemma-3-270m-q4_k_m",
             "--poll 0",
+            "--cache-ram 256",
         ] {
             assert!(joined.contains(want), "{want} missing from {joined}");
         }

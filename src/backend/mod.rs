@@ -3,8 +3,10 @@
 
 pub mod build;
 pub mod fetch;
+pub mod gguf;
 pub mod launch;
 pub mod lock;
+pub mod memory;
 pub mod model;
 pub mod pin;
 pub mod process;

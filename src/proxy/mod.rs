@@ -75,6 +75,7 @@ impl Shared {
                 threads: profile.threads,
                 threads_batch: profile.threads_batch,
                 restarts: status.restarts,
+                rss_bytes: crate::meter::rss_bytes(b.pid),
             }),
             state: status.state,
             profile: profile.name.clone(),

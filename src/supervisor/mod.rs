@@ -67,6 +67,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     let installed = tokio::task::spawn_blocking(move || setup::ensure(&setup_options))
         .await
         .context("setup panicked")??;
+    crate::backend::memory::check_at_start(
+        &installed.model,
+        &profile,
+        config.backend.memory_limit,
+    )?;
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
