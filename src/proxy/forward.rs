@@ -6,6 +6,7 @@
 use super::error::ApiError;
 use super::AppState;
 use crate::governor::ActivityGuard;
+use crate::supervisor::liveness::Pending;
 use crate::supervisor::state::{BackendInfo, State};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
@@ -97,10 +98,11 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let mut retried = false;
+    let mut retries = 0;
     let client = state.upstream();
-    let upstream = loop {
+    let (upstream, pending) = loop {
         let request = upstream_request(&parts, path, &backend, body.clone())?;
+        let pending = state.liveness.begin(backend.generation);
         match tokio::time::timeout(state.config.upstream_timeout, client.request(request)).await {
             Err(_) => {
                 return Err(ApiError::gateway_timeout(format!(
@@ -108,20 +110,25 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
                     state.config.upstream_timeout
                 )))
             }
-            Ok(Ok(resp)) => break resp,
-            // Never reached the backend: it died between readiness and this request. Wait for
-            // the fresh one and send it again, once.
-            Ok(Err(e)) if e.is_connect() && !retried => {
-                retried = true;
-                tracing::info!(generation = backend.generation, error = %e, "backend unreachable; retrying once on the next backend");
-                backend = wait_for_backend(state, deadline, Some(backend.generation)).await?;
+            Ok(Ok(resp)) => {
+                pending.progress();
+                pending.answered(resp.status().as_u16());
+                break (resp, pending);
             }
-            // A kept-alive connection the backend closed as we reused it: nothing was answered,
-            // send it again on a fresh connection, once.
-            Ok(Err(e)) if closed_under_us(&e) && !retried => {
-                retried = true;
-                tracing::debug!(error = %e, "kept-alive connection closed by the backend; retrying once");
-                backend = wait_for_backend(state, deadline, None).await?;
+            // Nothing was answered: the backend died before or while it worked on this request
+            // (the request is sent again to the next backend: a completion has no side effect
+            // and the client has seen nothing yet), or it closed a kept-alive connection as we
+            // reused it (sent again at once on a fresh connection). Twice at most, since a
+            // backend can die just after a connection was closed under us.
+            Ok(Err(e)) if (e.is_connect() || closed_under_us(&e)) && retries < MAX_RETRIES => {
+                retries += 1;
+                if e.is_connect() || !backend_alive(&backend) {
+                    tracing::info!(generation = backend.generation, error = %e, "backend gone before answering; sending the request to the next backend");
+                    backend = wait_for_backend(state, deadline, Some(backend.generation)).await?;
+                } else {
+                    tracing::debug!(error = %e, "kept-alive connection closed by the backend; sending again");
+                    backend = wait_for_backend(state, deadline, None).await?;
+                }
             }
             Ok(Err(e)) => {
                 return Err(ApiError::bad_gateway(format!(
@@ -152,6 +159,7 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
             inner: incoming,
             sse,
             guards: Some((permit, activity)),
+            pending: Some(pending),
         }),
     ))
 }
@@ -163,6 +171,8 @@ struct Relay {
     inner: hyper::body::Incoming,
     sse: bool,
     guards: Option<(OwnedSemaphorePermit, ActivityGuard)>,
+    /// The request as the liveness watchdog sees it (every frame is progress).
+    pending: Option<Pending>,
 }
 
 impl http_body::Body for Relay {
@@ -179,13 +189,20 @@ impl http_body::Body for Relay {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(p) = &this.pending {
+                    p.progress();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
             Poll::Ready(None) => {
                 this.guards = None;
+                this.pending = None;
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
                 this.guards = None;
+                this.pending = None;
                 if this.sse {
                     tracing::warn!(error = %e, "backend failed mid-stream; sending an error event");
                     Poll::Ready(Some(Ok(Frame::data(sse_error_event(&e.to_string())))))
@@ -203,6 +220,14 @@ impl http_body::Body for Relay {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// How many times one request may be sent again after the backend answered nothing.
+const MAX_RETRIES: u32 = 2;
+
+/// Whether the backend process still runs (not gone, not a zombie).
+fn backend_alive(backend: &BackendInfo) -> bool {
+    matches!(crate::meter::process_state(backend.pid), Some(s) if s != 'Z' && s != 'X')
 }
 
 /// Whether the request failed because the backend closed a kept-alive connection before
@@ -287,9 +312,15 @@ async fn wait_for_backend(
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(ApiError::unavailable("the supervisor is shutting down")),
             Err(_) => {
-                let state = rx.borrow().state.name();
+                let status = rx.borrow();
+                let why = match (&status.state, &status.last_exit) {
+                    (State::Backoff { reason, .. }, _) => format!("; last failure: {reason}"),
+                    (_, Some(exit)) => format!("; last failure: {exit}"),
+                    _ => String::new(),
+                };
                 return Err(ApiError::unavailable(format!(
-                    "the model backend is not ready (state: {state}); retry shortly"
+                    "the model backend is not ready (state: {}{why}); retry shortly",
+                    status.state.name()
                 ))
                 .retry_after(5));
             }

@@ -44,6 +44,8 @@ pub struct Shared {
     pub info: Info,
     /// The running governor's last snapshot (`None` when none runs).
     pub governor: watch::Receiver<Option<GovernorSnapshot>>,
+    /// What forwarded requests show of the backend's liveness, for the lifecycle's watchdog.
+    pub liveness: std::sync::Arc<crate::supervisor::liveness::Liveness>,
     pub started: std::time::Instant,
 }
 

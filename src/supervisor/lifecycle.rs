@@ -3,6 +3,7 @@
 //! and stops gracefully; every change is published on a `watch` channel. It owns each launch's
 //! governor too, whose snapshots reach `/status` on a `watch` of their own.
 
+use super::liveness::{self, Liveness};
 use super::policy::{Decision, RestartPolicy};
 use super::state::{BackendInfo, State, Status};
 use crate::backend::launch::LaunchSpec;
@@ -30,6 +31,8 @@ pub struct Lifecycle {
     pub governor: SnapshotSender,
     pub status: watch::Sender<Status>,
     pub cancel: CancellationToken,
+    /// What the proxy sees of forwarded requests, for the per-launch watchdog.
+    pub liveness: std::sync::Arc<Liveness>,
 }
 
 /// How one launch ended.
@@ -37,7 +40,11 @@ pub struct Lifecycle {
 enum Outcome {
     Exited(ExitStatus),
     StartTimeout,
-    Hung { failed_probes: u32 },
+    Hung {
+        failed_probes: u32,
+    },
+    /// Described already: the watchdog's stall, or an exit read against the OOM counter.
+    Ended(String),
     SpawnFailed(String),
     Cancelled,
 }
@@ -67,10 +74,10 @@ impl Lifecycle {
                 self.publish(State::Stopped, None, restarts);
                 return;
             }
-            let reason = describe(&outcome);
+            let last_lines = logs.map(|l| l.errors(8)).unwrap_or_default();
+            let reason = liveness::with_last_line(describe(&outcome), &last_lines);
             self.status
                 .send_modify(|s| s.last_exit = Some(reason.clone()));
-            let last_lines = logs.map(|l| l.errors(8)).unwrap_or_default();
             tracing::warn!(%reason, attempt, ?healthy_for, last_lines = ?last_lines, "backend failed");
             match policy.on_failure(Instant::now(), healthy_for) {
                 Decision::Restart(delay) => {
@@ -153,7 +160,15 @@ impl Lifecycle {
             healthy_for = Some(ready_at.elapsed());
             outcome = Some(o);
         }
-        let outcome = outcome.unwrap_or(Outcome::Cancelled);
+        let outcome = match (
+            outcome.unwrap_or(Outcome::Cancelled),
+            self.liveness.forget(info.generation),
+        ) {
+            (Outcome::Exited(status), oom) => {
+                Outcome::Ended(liveness::describe_exit(status, oom.as_ref()))
+            }
+            (other, _) => other,
+        };
         // Stopping the governor continues the child before it is signalled to stop.
         if let Some(g) = governor.as_mut() {
             g.stop();
@@ -209,15 +224,26 @@ impl Lifecycle {
         let mut ticker = tokio::time::interval(self.config.probe_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
+        let c = &self.config;
+        let dog = liveness::watchdog(
+            self.liveness.clone(),
+            info.pid,
+            info.generation,
+            c.first_token_timeout,
+            c.liveness_failures,
+        );
+        tokio::pin!(dog);
         loop {
             tokio::select! {
                 status = child.wait() => return Outcome::Exited(status),
                 _ = self.cancel.cancelled() => return Outcome::Cancelled,
+                stall = &mut dog => return Outcome::Ended(stall.to_string()),
                 _ = ticker.tick() => {}
             }
             let result = tokio::select! {
                 status = child.wait() => return Outcome::Exited(status),
                 _ = self.cancel.cancelled() => return Outcome::Cancelled,
+                stall = &mut dog => return Outcome::Ended(stall.to_string()),
                 p = probe(client, info) => p,
             };
             match result {
@@ -303,7 +329,7 @@ fn describe(outcome: &Outcome) -> String {
         Outcome::Hung { failed_probes } => {
             format!("llama-server stopped answering ({failed_probes} liveness probes failed)")
         }
-        Outcome::SpawnFailed(msg) => msg.clone(),
+        Outcome::SpawnFailed(msg) | Outcome::Ended(msg) => msg.clone(),
         Outcome::Cancelled => "stopped".into(),
     }
 }

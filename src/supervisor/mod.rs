@@ -2,6 +2,7 @@
 //! together, and shuts them all down on SIGTERM/SIGINT without leaving a child behind.
 
 pub mod lifecycle;
+pub mod liveness;
 pub mod policy;
 pub mod state;
 
@@ -92,6 +93,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         host,
     };
     let (governor_tx, governor_rx) = tokio::sync::watch::channel(None);
+    let liveness = liveness::Liveness::new();
     let spec_inputs = (installed.clone(), profile.clone(), config.clone());
     let lifecycle = lifecycle::Lifecycle {
         config: config.supervisor.clone(),
@@ -102,6 +104,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         governor: governor_tx,
         status: status_tx,
         cancel: cancel.clone(),
+        liveness: liveness.clone(),
     };
     let lifecycle_task = tokio::spawn(lifecycle.run());
 
@@ -118,6 +121,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
             profile: profile.clone(),
         },
         governor: governor_rx,
+        liveness,
         started: std::time::Instant::now(),
     });
     let app = proxy::router(Arc::clone(&shared));

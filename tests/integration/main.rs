@@ -7,6 +7,7 @@ mod bench;
 mod e2e;
 mod fake_backend;
 mod governor;
+mod memory;
 mod proxy;
 mod setup;
 mod supervisor;
