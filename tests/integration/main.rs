@@ -6,6 +6,7 @@ mod support;
 mod bench;
 mod e2e;
 mod fake_backend;
+mod faults;
 mod governor;
 mod memory;
 mod proxy;

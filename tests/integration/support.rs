@@ -28,6 +28,8 @@ pub struct Options<'a> {
     pub config: &'a str,
     /// Use the fake backend (true) or the real llama-server and default model (false).
     pub fake: bool,
+    /// With the real llama-server: this model file instead of the default one.
+    pub model: Option<PathBuf>,
 }
 
 impl Supervisor {
@@ -57,7 +59,7 @@ impl Supervisor {
             cmd.arg("--backend-bin")
                 .arg(&real.server)
                 .arg("--model")
-                .arg(&real.model);
+                .arg(opts.model.as_ref().unwrap_or(&real.model));
         }
         for (k, v) in &opts.env {
             cmd.env(k, v);
