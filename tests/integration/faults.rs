@@ -293,7 +293,7 @@ fn completions_that_never_produce_a_token_are_a_hang() {
         "fault: completions never produce a token: client got {code} after {:?}",
         sent.elapsed()
     );
-    assert!(matches!(code, 502 | 503 | 504), "{code} {body}");
+    assert!((502..=504).contains(&code), "{code} {body}");
     assert!(body["error"]["message"].is_string(), "{body}");
 }
 

@@ -8,6 +8,7 @@ mod e2e;
 mod fake_backend;
 mod faults;
 mod governor;
+mod load;
 mod memory;
 mod proxy;
 mod setup;
