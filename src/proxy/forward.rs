@@ -120,9 +120,13 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
             // and the client has seen nothing yet), or it closed a kept-alive connection as we
             // reused it (sent again at once on a fresh connection). Twice at most, since a
             // backend can die just after a connection was closed under us.
-            Ok(Err(e)) if (e.is_connect() || closed_under_us(&e)) && retries < MAX_RETRIES => {
+            // (An error here means no response head arrived: `request` resolves with the head.)
+            Ok(Err(e))
+                if retries < MAX_RETRIES
+                    && (e.is_connect() || closed_under_us(&e) || backend_gone(&backend).await) =>
+            {
                 retries += 1;
-                if e.is_connect() || !backend_alive(&backend) {
+                if e.is_connect() || backend_gone(&backend).await {
                     tracing::info!(generation = backend.generation, error = %e, "backend gone before answering; sending the request to the next backend");
                     backend = wait_for_backend(state, deadline, Some(backend.generation)).await?;
                 } else {
@@ -131,6 +135,7 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
                 }
             }
             Ok(Err(e)) => {
+                tracing::warn!(generation = backend.generation, error = ?e, "the backend failed before answering");
                 return Err(ApiError::bad_gateway(format!(
                     "the model backend failed: {e}"
                 )));
@@ -225,9 +230,16 @@ impl http_body::Body for Relay {
 /// How many times one request may be sent again after the backend answered nothing.
 const MAX_RETRIES: u32 = 2;
 
-/// Whether the backend process still runs (not gone, not a zombie).
-fn backend_alive(backend: &BackendInfo) -> bool {
-    matches!(crate::meter::process_state(backend.pid), Some(s) if s != 'Z' && s != 'X')
+/// Whether the backend process is gone (or a zombie). A process that was just killed may close
+/// its sockets a moment before it shows as dead: it is given up to 100 ms to.
+async fn backend_gone(backend: &BackendInfo) -> bool {
+    for _ in 0..5 {
+        if !matches!(crate::meter::process_state(backend.pid), Some(s) if s != 'Z' && s != 'X') {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    false
 }
 
 /// Whether the request failed because the backend closed a kept-alive connection before
