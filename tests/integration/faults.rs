@@ -227,17 +227,25 @@ fn sigstop_from_outside_is_a_hang_unless_the_governor_continues_it() {
     );
     assert!(s.logs().contains("liveness probe failed"));
 
-    // The signals governor sends SIGCONT every period: an outside SIGSTOP does not last.
+    // While a request runs, the signals governor sends SIGCONT every period: an outside SIGSTOP
+    // does not last. (While idle it rests and continues nothing: the probes find it as above.)
     let s = fake(
-        "",
+        "burn,response-delay=2s",
         format!("{FAST}\n[governor]\nmethod = \"signals\"\n[profiles.balanced]\ncpus = 0.5\n"),
     );
     s.wait_health(200, Duration::from_secs(20));
     let pid = s.backend_pid();
+    let url = s.url.clone();
+    let request = std::thread::spawn(move || {
+        reqwest::blocking::Client::new()
+            .post(format!("{url}/v1/chat/completions"))
+            .json(&chat_body("still there?", false))
+            .send()
+            .map(|r| r.status().as_u16())
+    });
+    std::thread::sleep(Duration::from_millis(300));
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    std::thread::sleep(Duration::from_secs(2));
-    let (code, body) = s.post("/v1/chat/completions", chat_body("still there?", false));
-    assert_eq!(code, 200, "{body}");
+    assert_eq!(request.join().unwrap().unwrap(), 200);
     assert_eq!(
         s.status().restarts,
         0,
