@@ -426,8 +426,9 @@ fn real_crash_at_start_bad_flag_and_bad_model() {
     assert!(message.contains("llama-server exited"), "{message}");
 }
 
-/// A real OOM kill: the running llama-server is moved into a memory cgroup (v1) with a small
-/// limit, then fed distinct long prompts until the kernel kills it.
+/// A real OOM kill: the running llama-server (its model locked in memory with `--load-mode mlock`, so the
+/// kernel cannot reclaim the weights and thrash instead) is moved into a memory cgroup (v1) with
+/// a small limit, then fed distinct long prompts until the kernel kills it.
 #[test]
 #[ignore = "needs root and a writable cgroup v1 memory controller; run with --ignored"]
 fn real_oom_kill_is_reported_as_out_of_memory() {
@@ -444,7 +445,7 @@ fn real_oom_kill_is_reported_as_out_of_memory() {
         .trim_start_matches('/')
         .to_string();
     let config =
-        format!("{FAST}\nfirst_token_timeout = \"30s\"\n[backend]\ncache_ram_mib = 8192\n");
+        format!("{FAST}\nfirst_token_timeout = \"30s\"\n[backend]\ncache_ram_mib = 8192\nmemory_limit = \"16GiB\"\nextra_args = [\"--load-mode\", \"mlock\"]\n");
     let config = config.replace("first_token_timeout = \"1s\"\n", "");
     let s = Supervisor::start(Options {
         config: Box::leak(config.into_boxed_str()),
