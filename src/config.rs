@@ -85,6 +85,10 @@ pub struct BackendConfig {
     /// Prefix files put in the backend's prompt cache after each start (`supervisor::warmup`).
     #[serde(default)]
     pub warm_prefixes: Vec<PathBuf>,
+    /// llama-server `--cache-ram`, MiB (a profile may override it).
+    pub cache_ram_mib: u32,
+    /// The backend's memory target, checked against the estimate at start.
+    pub memory_limit: crate::units::ByteSize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -128,6 +132,10 @@ pub struct SupervisorConfig {
     pub drain_timeout: Duration,
     /// How a reload that needs a new backend replaces the running one.
     pub reload_strategy: ReloadStrategy,
+    /// How long a backend with a request outstanding may stay silent and idle (see
+    /// [`crate::supervisor::liveness`]).
+    #[serde(with = "humantime_serde")]
+    pub first_token_timeout: Duration,
 }
 
 /// `supervisor.on_crash_loop`.
@@ -193,6 +201,8 @@ pub struct ProfileConfig {
     pub priority: Priority,
     pub slots: Option<usize>,
     pub ctx_size: Option<u32>,
+    /// Prompt cache, MiB (overrides `backend.cache_ram_mib`).
+    pub cache_ram_mib: Option<u32>,
     #[serde(default)]
     pub embeddings: bool,
     /// Adaptive mode: keep total system CPU under this share of the machine.
@@ -316,6 +326,7 @@ impl Config {
             ("supervisor.backoff_initial", s.backoff_initial),
             ("supervisor.failed_retry_interval", s.failed_retry_interval),
             ("supervisor.file_poll_interval", s.file_poll_interval),
+            ("supervisor.first_token_timeout", s.first_token_timeout),
         ] {
             if d.is_zero() {
                 return Err(bad(key.into(), "must be longer than zero".into()));
@@ -588,6 +599,14 @@ mod tests {
             ),
             ("default_profile = \"nope\"\n", "default_profile"),
             ("[backend]\nctx_size = 8\n", "backend.ctx_size"),
+            (
+                "[backend]\nmemory_limit = \"lots\"\n",
+                "backend.memory_limit",
+            ),
+            (
+                "[supervisor]\nfirst_token_timeout = \"0s\"\n",
+                "supervisor.first_token_timeout",
+            ),
         ];
         for (text, key) in cases {
             let err = user(text).unwrap_err().to_string();

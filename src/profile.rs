@@ -21,6 +21,8 @@ pub struct Resolved {
     pub priority: Priority,
     pub slots: usize,
     pub ctx_size: u32,
+    /// llama-server `--cache-ram`, MiB.
+    pub cache_ram_mib: u32,
     pub embeddings: bool,
     pub adaptive: Option<Share>,
     /// Cap on generated tokens per request (`max_tokens`, else `proxy.max_tokens`).
@@ -37,13 +39,29 @@ pub fn resolve(
     host: &Host,
 ) -> Result<Resolved, crate::config::ConfigError> {
     let p = config.profile(name)?;
-    let defaults = (config.backend.ctx_size, config.proxy.max_tokens);
+    let defaults = Defaults {
+        ctx_size: config.backend.ctx_size,
+        max_tokens: config.proxy.max_tokens,
+        cache_ram_mib: config.backend.cache_ram_mib,
+    };
     Ok(resolve_one(name, p, defaults, host))
 }
 
-/// `defaults`: `backend.ctx_size` and `proxy.max_tokens`, for a profile without its own.
-fn resolve_one(name: &str, p: &ProfileConfig, defaults: (u32, u32), host: &Host) -> Resolved {
-    let (default_ctx, default_max_tokens) = defaults;
+/// What a profile without its own value takes: `backend.ctx_size`, `proxy.max_tokens`,
+/// `backend.cache_ram_mib`.
+#[derive(Debug, Clone, Copy)]
+struct Defaults {
+    ctx_size: u32,
+    max_tokens: u32,
+    cache_ram_mib: u32,
+}
+
+fn resolve_one(name: &str, p: &ProfileConfig, defaults: Defaults, host: &Host) -> Resolved {
+    let Defaults {
+        ctx_size: default_ctx,
+        max_tokens: default_max_tokens,
+        cache_ram_mib: default_cache_ram,
+    } = defaults;
     let allowed = host.allowed_cpus();
     let mut notes = Vec::new();
 
@@ -90,6 +108,7 @@ fn resolve_one(name: &str, p: &ProfileConfig, defaults: (u32, u32), host: &Host)
         priority: p.priority,
         slots: p.slots.unwrap_or(1),
         ctx_size: p.ctx_size.unwrap_or(default_ctx),
+        cache_ram_mib: p.cache_ram_mib.unwrap_or(default_cache_ram),
         embeddings: p.embeddings,
         adaptive: p.adaptive,
         max_tokens: p.max_tokens.unwrap_or(default_max_tokens),
@@ -105,7 +124,7 @@ impl Resolved {
             .cpus
             .map_or("unlimited".to_string(), |c| format!("{c:.2} cores"));
         format!(
-            "{}: threads {}, threads_batch {}, cpus {}, priority {:?}, slots {}, ctx {}{}",
+            "{}: threads {}, threads_batch {}, cpus {}, priority {:?}, slots {}, ctx {}, cache_ram {} mib{}",
             self.name,
             self.threads,
             self.threads_batch,
@@ -113,6 +132,7 @@ impl Resolved {
             self.priority,
             self.slots,
             self.ctx_size,
+            self.cache_ram_mib,
             self.adaptive.map_or(String::new(), |a| format!(
                 ", adaptive {:.0} %",
                 a.get() * 100.0
@@ -148,6 +168,12 @@ pub fn print_profiles(config: &Config) -> anyhow::Result<ExitCode> {
 mod tests {
     use super::*;
     use crate::host::{CpuQuota, QuotaSource};
+
+    const DEFAULTS: Defaults = Defaults {
+        ctx_size: 4096,
+        max_tokens: 1024,
+        cache_ram_mib: 256,
+    };
 
     fn host(affinity: usize, quota: Option<f64>) -> Host {
         Host {
@@ -208,7 +234,7 @@ mod tests {
             threads: Some(3),
             ..Default::default()
         };
-        let r = resolve_one("balanced", &p, (4096, 1024), &host(2, None));
+        let r = resolve_one("balanced", &p, DEFAULTS, &host(2, None));
         assert_eq!(r.threads, 2);
         assert_eq!(r.threads_batch, 2);
         assert!(
@@ -226,7 +252,7 @@ mod tests {
             cpus: Some(Cores::new(4.0).unwrap()),
             ..Default::default()
         };
-        let r = resolve_one("fast", &p, (4096, 1024), &host(8, Some(1.5)));
+        let r = resolve_one("fast", &p, DEFAULTS, &host(8, Some(1.5)));
         assert_eq!(r.cpus.map(Cores::get), Some(1.5));
         assert_eq!(r.threads, 2);
         assert!(r.notes[0].contains("cgroup quota 1.50"), "{:?}", r.notes);

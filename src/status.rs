@@ -69,6 +69,8 @@ pub struct BackendReport {
     pub threads: usize,
     pub threads_batch: usize,
     pub restarts: u32,
+    /// The backend process's resident memory now (`null` where it cannot be read).
+    pub rss_bytes: Option<u64>,
 }
 
 /// Whether the supervisor serves requests now.
@@ -127,6 +129,7 @@ pub(crate) fn example() -> StatusReport {
             priority: Priority::Background,
             slots: 1,
             ctx_size: 4096,
+            cache_ram_mib: 256,
             embeddings: false,
             adaptive: None,
             max_tokens: 1024,
@@ -142,6 +145,7 @@ pub(crate) fn example() -> StatusReport {
             threads: 1,
             threads_batch: 2,
             restarts: 1,
+            rss_bytes: Some(380 << 20),
         }),
         restarts: 1,
         last_exit: Some("llama-server exited (signal: 9 (SIGKILL))".into()),

@@ -1,6 +1,6 @@
 //! The numbers with a valid range that the configuration and the command line share, checked in
 //! one place: a CPU budget in cores ([`Cores`], above 0) and a share of the machine ([`Share`],
-//! above 0 and at most 1).
+//! above 0 and at most 1), and an amount of memory ([`ByteSize`], bytes or `"6GiB"`).
 //!
 //! Both parse from TOML (`serde(try_from = "f64")`) and from a flag (`FromStr`) with the same
 //! message, so `cpus = 0` in a file and `--cpus 0` on the command line say the same thing; the
@@ -107,6 +107,98 @@ macro_rules! conversions {
 conversions!(Cores);
 conversions!(Share);
 
+/// An amount of memory in bytes, written in a file as a whole number of bytes or a string with
+/// a binary or decimal unit (`"6GiB"`, `"512MiB"`, `"6GB"`, `"6000000000"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "ByteSizeText", into = "u64")]
+pub struct ByteSize(u64);
+
+/// What a file may hold for a [`ByteSize`].
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ByteSizeText {
+    Bytes(u64),
+    Text(String),
+}
+
+/// A size that is not a number with a known unit.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "`{0}` is not a memory size: write a whole number of bytes or a number with a unit, such as \
+     \"6GiB\", \"512MiB\" or \"6GB\" (KiB/MiB/GiB/TiB are powers of 1024, KB/MB/GB/TB of 1000)"
+)]
+pub struct ByteSizeError(String);
+
+impl ByteSize {
+    pub const fn from_bytes(bytes: u64) -> ByteSize {
+        ByteSize(bytes)
+    }
+
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl TryFrom<ByteSizeText> for ByteSize {
+    type Error = ByteSizeError;
+    fn try_from(value: ByteSizeText) -> Result<Self, ByteSizeError> {
+        match value {
+            ByteSizeText::Bytes(b) => Ok(ByteSize(b)),
+            ByteSizeText::Text(t) => t.parse(),
+        }
+    }
+}
+
+impl From<ByteSize> for u64 {
+    fn from(value: ByteSize) -> u64 {
+        value.0
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = ByteSizeError;
+    fn from_str(text: &str) -> Result<Self, ByteSizeError> {
+        let t = text.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (number, unit) = t.split_at(split);
+        let bad = || ByteSizeError(text.to_string());
+        let number: f64 = number.parse().map_err(|_| bad())?;
+        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kib" => 1 << 10,
+            "m" | "mib" => 1 << 20,
+            "g" | "gib" => 1 << 30,
+            "t" | "tib" => 1 << 40,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            _ => return Err(bad()),
+        };
+        let bytes = number * scale as f64;
+        if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+            return Err(bad());
+        }
+        Ok(ByteSize(bytes.round() as u64))
+    }
+}
+
+/// `1.50 GiB`, `512.0 MiB`, `900 B`.
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0 as f64;
+        if self.0 >= 1 << 30 {
+            write!(f, "{:.2} GiB", b / (1u64 << 30) as f64)
+        } else if self.0 >= 1 << 20 {
+            write!(f, "{:.1} MiB", b / (1u64 << 20) as f64)
+        } else {
+            write!(f, "{} B", self.0)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +227,28 @@ mod tests {
         }
         let err = "1.5".parse::<Share>().unwrap_err().to_string();
         assert!(err.contains("share 1.5 is out of range"), "{err}");
+    }
+
+    #[test]
+    fn byte_sizes_take_units_or_bytes() {
+        assert_eq!("6GiB".parse::<ByteSize>().unwrap().bytes(), 6 << 30);
+        assert_eq!("512 MiB".parse::<ByteSize>().unwrap().bytes(), 512 << 20);
+        assert_eq!("6GB".parse::<ByteSize>().unwrap().bytes(), 6_000_000_000);
+        assert_eq!("1.5g".parse::<ByteSize>().unwrap().bytes(), 3 << 29);
+        assert_eq!("100".parse::<ByteSize>().unwrap().bytes(), 100);
+        for bad in ["", "six GiB", "6 parsecs", "-1GiB"] {
+            let e = bad.parse::<ByteSize>().unwrap_err().to_string();
+            assert!(e.contains("not a memory size") && e.contains("6GiB"), "{e}");
+        }
+        #[derive(Deserialize)]
+        struct T {
+            limit: ByteSize,
+        }
+        let t: T = toml::from_str("limit = \"6GiB\"").unwrap();
+        assert_eq!(t.limit.bytes(), 6 << 30);
+        let t: T = toml::from_str("limit = 4096").unwrap();
+        assert_eq!(t.limit.bytes(), 4096);
+        assert_eq!(ByteSize::from_bytes(3 << 29).to_string(), "1.50 GiB");
     }
 
     #[test]

@@ -122,6 +122,8 @@ pub fn spec(
         http_threads(profile.slots).to_string(),
         // Its own counters, re-exported by our /metrics (crate::metrics::llamacpp).
         "--metrics".into(),
+        "--cache-ram".into(),
+        profile.cache_ram_mib.to_string(),
     ];
     args.extend(child_args().iter().map(|s| s.to_string()));
     if profile.embeddings {
@@ -215,6 +217,7 @@ mod tests {
             "--alias gemma-3-270m-q4_k_m",
             "--poll 0",
             "--metrics",
+            "--cache-ram 256",
         ] {
             assert!(joined.contains(want), "{want} missing from {joined}");
         }

@@ -4,8 +4,10 @@
 
 pub mod build;
 pub mod fetch;
+pub mod gguf;
 pub mod launch;
 pub mod lock;
+pub mod memory;
 pub mod model;
 pub mod output;
 pub mod pin;

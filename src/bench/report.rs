@@ -703,6 +703,7 @@ pub(crate) mod tests {
                 threads: 1,
                 threads_batch: 2,
                 restarts: 0,
+                rss_bytes: Some(400_000_000),
             }),
             limit_cpus: Some(1.0),
             governor: None,

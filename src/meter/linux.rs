@@ -175,6 +175,22 @@ pub fn rss_bytes(pid: i32) -> Option<u64> {
     super::parse_status_kib(&status, "VmRSS:").map(|k| k * 1024)
 }
 
+/// The OOM-kill counter of the memory cgroup `pid` is in: cgroup v2 `memory.events` or v1
+/// `memory.oom_control` (key `oom_kill`). `None` without a memory controller or such a key.
+pub fn oom_counter(pid: i32) -> Option<super::OomCounter> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let (file, kills) = super::memory_event_files(&cgroups)
+        .into_iter()
+        .find_map(|file| read_oom_kills(&file).map(|k| (file, k)))?;
+    Some(super::OomCounter { file, kills })
+}
+
+/// The `oom_kill` count in a `memory.events` or `memory.oom_control` file.
+pub fn read_oom_kills(file: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    super::parse_flat_key(&text, "oom_kill")
+}
+
 fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };

@@ -101,3 +101,13 @@ pub fn thread_count(_pid: i32) -> Option<usize> {
 pub fn thread_run_times(_pid: i32) -> Option<Vec<(i32, Duration)>> {
     None
 }
+
+/// No memory cgroups on macOS.
+pub fn oom_counter(_pid: i32) -> Option<super::OomCounter> {
+    None
+}
+
+/// No memory cgroups on macOS.
+pub fn read_oom_kills(_file: &std::path::Path) -> Option<u64> {
+    None
+}

@@ -13,17 +13,53 @@ use std::time::Duration;
 mod linux;
 #[cfg(target_os = "linux")]
 pub use linux::{
-    peak_rss_bytes, process_cpu, process_state, rss_bytes, system_source, system_times,
-    system_times_from, thread_count, thread_run_times, tree_usage,
+    oom_counter, peak_rss_bytes, process_cpu, process_state, read_oom_kills, rss_bytes,
+    system_source, system_times, system_times_from, thread_count, thread_run_times, tree_usage,
 };
 
 #[cfg(target_os = "macos")]
 mod macos;
 #[cfg(target_os = "macos")]
 pub use macos::{
-    peak_rss_bytes, process_cpu, process_state, rss_bytes, system_source, system_times,
-    system_times_from, thread_count, thread_run_times, tree_usage,
+    oom_counter, peak_rss_bytes, process_cpu, process_state, read_oom_kills, rss_bytes,
+    system_source, system_times, system_times_from, thread_count, thread_run_times, tree_usage,
 };
+
+/// A memory cgroup's count of processes the kernel's OOM killer killed, and where it was read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OomCounter {
+    pub file: std::path::PathBuf,
+    pub kills: u64,
+}
+
+/// The files holding the OOM-kill count of the memory cgroups named in a `/proc/<pid>/cgroup`:
+/// v1 `memory.oom_control` under `/sys/fs/cgroup/memory`, v2 `memory.events`.
+pub fn memory_event_files(proc_cgroup: &str) -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    proc_cgroup
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let rel = path.trim_start_matches('/');
+            if controllers.split(',').any(|c| c == "memory") {
+                Some(root.join("memory").join(rel).join("memory.oom_control"))
+            } else if controllers.is_empty() {
+                Some(root.join(rel).join("memory.events"))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// The number after `key` in a flat keyed file (`oom_kill 3`).
+pub fn parse_flat_key(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let mut it = l.split_whitespace();
+        (it.next()? == key).then(|| it.next()?.parse().ok())?
+    })
+}
 
 /// Cumulative CPU time counters of the whole machine, in nanoseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -173,6 +209,23 @@ pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_memory_cgroup_event_files_and_oom_kills() {
+        let v1 = "4:memory:/process_api/abc\n1:cpu:/\n0::/\n";
+        assert_eq!(
+            memory_event_files(v1),
+            vec![
+                std::path::PathBuf::from(
+                    "/sys/fs/cgroup/memory/process_api/abc/memory.oom_control"
+                ),
+                std::path::PathBuf::from("/sys/fs/cgroup/memory.events"),
+            ]
+        );
+        let control = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        assert_eq!(parse_flat_key(control, "oom_kill"), Some(2));
+        assert_eq!(parse_flat_key(control, "oom"), None);
+    }
 
     #[test]
     fn parses_proc_stat_aggregate_line() {

@@ -8,6 +8,7 @@ use super::error::ApiError;
 use super::{validate, AppState};
 use crate::governor::ActivityGuard;
 use crate::supervisor::inflight::InFlightGuard;
+use crate::supervisor::liveness::Pending;
 use crate::supervisor::state::{BackendInfo, State};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
@@ -115,10 +116,11 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let mut retried = false;
+    let mut retries = 0;
     let client = state.upstream();
-    let upstream = loop {
+    let (upstream, pending) = loop {
         let request = upstream_request(&parts, path, &backend, body.clone())?;
+        let pending = state.liveness.begin(backend.generation);
         match tokio::time::timeout(config.upstream_timeout, client.request(request)).await {
             Err(_) => {
                 return Err(ApiError::gateway_timeout(format!(
@@ -126,23 +128,33 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
                     config.upstream_timeout
                 )))
             }
-            Ok(Ok(resp)) => break resp,
-            // Never reached the backend: it died between readiness and this request. Wait for
-            // the fresh one and send it again, once.
-            Ok(Err(e)) if e.is_connect() && !retried => {
-                retried = true;
-                tracing::info!(generation = backend.generation, error = %e, "backend unreachable; retrying once on the next backend");
-                (backend, on_backend) =
-                    wait_for_backend(state, deadline, Some(backend.generation)).await?;
+            Ok(Ok(resp)) => {
+                pending.progress();
+                pending.answered(resp.status().as_u16());
+                break (resp, pending);
             }
-            // A kept-alive connection the backend closed as we reused it: nothing was answered,
-            // send it again on a fresh connection, once.
-            Ok(Err(e)) if closed_under_us(&e) && !retried => {
-                retried = true;
-                tracing::debug!(error = %e, "kept-alive connection closed by the backend; retrying once");
-                (backend, on_backend) = wait_for_backend(state, deadline, None).await?;
+            // Nothing was answered: the backend died before or while it worked on this request
+            // (the request is sent again to the next backend: a completion has no side effect
+            // and the client has seen nothing yet), or it closed a kept-alive connection as we
+            // reused it (sent again at once on a fresh connection). Twice at most, since a
+            // backend can die just after a connection was closed under us.
+            // (An error here means no response head arrived: `request` resolves with the head.)
+            Ok(Err(e))
+                if retries < MAX_RETRIES
+                    && (e.is_connect() || closed_under_us(&e) || backend_gone(&backend).await) =>
+            {
+                retries += 1;
+                if e.is_connect() || backend_gone(&backend).await {
+                    tracing::info!(generation = backend.generation, error = %e, "backend gone before answering; sending the request to the next backend");
+                    (backend, on_backend) =
+                        wait_for_backend(state, deadline, Some(backend.generation)).await?;
+                } else {
+                    tracing::debug!(error = %e, "kept-alive connection closed by the backend; sending again");
+                    (backend, on_backend) = wait_for_backend(state, deadline, None).await?;
+                }
             }
             Ok(Err(e)) => {
+                tracing::warn!(generation = backend.generation, error = ?e, "the backend failed before answering");
                 return Err(ApiError::bad_gateway(format!(
                     "the model backend failed: {e}"
                 )));
@@ -171,6 +183,7 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
             inner: incoming,
             sse,
             guards: Some((permit, activity, on_backend)),
+            pending: Some(pending),
         }),
     ))
 }
@@ -183,6 +196,8 @@ struct Relay<B = hyper::body::Incoming> {
     inner: B,
     sse: bool,
     guards: Option<(OwnedSemaphorePermit, ActivityGuard, InFlightGuard)>,
+    /// The request as the liveness watchdog sees it (every frame is progress).
+    pending: Option<Pending>,
 }
 
 impl<B> http_body::Body for Relay<B>
@@ -202,13 +217,20 @@ where
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(p) = &this.pending {
+                    p.progress();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
             Poll::Ready(None) => {
                 this.guards = None;
+                this.pending = None;
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
                 this.guards = None;
+                this.pending = None;
                 if this.sse {
                     tracing::warn!(error = %e, "backend failed mid-stream; sending an error event");
                     Poll::Ready(Some(Ok(Frame::data(sse_error_event(&e.to_string())))))
@@ -226,6 +248,21 @@ where
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// How many times one request may be sent again after the backend answered nothing.
+const MAX_RETRIES: u32 = 2;
+
+/// Whether the backend process is gone (or a zombie). A process that was just killed may close
+/// its sockets a moment before it shows as dead: it is given up to 100 ms to.
+async fn backend_gone(backend: &BackendInfo) -> bool {
+    for _ in 0..5 {
+        if !matches!(crate::meter::process_state(backend.pid), Some(s) if s != 'Z' && s != 'X') {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    false
 }
 
 /// Whether the request failed because the backend closed a kept-alive connection before
@@ -331,9 +368,15 @@ async fn wait_for_backend(
                 return Err(ApiError::unavailable("the supervisor is shutting down").retry_after(5))
             }
             Err(_) => {
-                let state = rx.borrow().state.name();
+                let status = rx.borrow();
+                let why = match (&status.state, &status.last_exit) {
+                    (State::Backoff { reason, .. }, _) => format!("; last failure: {reason}"),
+                    (_, Some(exit)) => format!("; last failure: {exit}"),
+                    _ => String::new(),
+                };
                 return Err(ApiError::unavailable(format!(
-                    "the model backend is not ready (state: {state}); retry shortly"
+                    "the model backend is not ready (state: {}{why}); retry shortly",
+                    status.state.name()
                 ))
                 .retry_after(5));
             }
@@ -410,6 +453,7 @@ mod tests {
                 inner: http_body_util::StreamBody::new(futures_util::stream::iter(frames)),
                 sse: true,
                 guards: Some((permit, activity.begin(), inflight.enter(1))),
+                pending: None,
             };
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let out = rt.block_on(relay.collect()).unwrap().to_bytes();

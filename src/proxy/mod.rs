@@ -59,6 +59,8 @@ pub struct Shared {
     pub client: std::sync::Mutex<forward::Upstream>,
     /// The running governor's last snapshot (`None` when none runs).
     pub governor: watch::Receiver<Option<GovernorSnapshot>>,
+    /// What forwarded requests show of the backend's liveness, for the lifecycle's watchdog.
+    pub liveness: std::sync::Arc<crate::supervisor::liveness::Liveness>,
     pub started: std::time::Instant,
     /// What `/metrics` shows; its layer counts every answer.
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -104,6 +106,7 @@ impl Shared {
                 threads: profile.threads,
                 threads_batch: profile.threads_batch,
                 restarts: status.restarts,
+                rss_bytes: crate::meter::rss_bytes(b.pid),
             }),
             state: status.state,
             profile: profile.name.clone(),

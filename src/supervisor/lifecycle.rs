@@ -7,6 +7,7 @@
 //! of their own. Other tasks talk to it with [`Command`]s over an `mpsc` channel.
 
 use super::inflight::InFlight;
+use super::liveness::{self, Liveness};
 use super::policy::{Decision, RestartPolicy};
 use super::state::{BackendInfo, State, Status};
 use crate::backend::launch::LaunchSpec;
@@ -106,6 +107,8 @@ pub struct Lifecycle {
     pub cancel: CancellationToken,
     /// Counts restarts by reason (`sentinel_backend_restarts_total`).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// What the proxy sees of forwarded requests, for the per-launch watchdog.
+    pub liveness: std::sync::Arc<Liveness>,
 }
 
 /// How one launch ended.
@@ -116,6 +119,10 @@ enum Outcome {
     Hung {
         failed_probes: u32,
     },
+    /// The request watchdog's stall, described (`supervisor::liveness`).
+    Ended(String),
+    /// An exit while serving, described against the memory cgroup's OOM-kill counter.
+    ExitedBecause(ExitStatus, String),
     SpawnFailed(String),
     Cancelled,
     /// A reload arrived while starting: start again with it.
@@ -233,10 +240,10 @@ impl Lifecycle {
                 Outcome::Replaced => continue,
                 _ => {}
             }
-            let reason = describe(&outcome);
+            let last_lines = logs.map(|l| l.errors(8)).unwrap_or_default();
+            let reason = liveness::with_last_line(describe(&outcome), &last_lines);
             self.status
                 .send_modify(|s| s.last_exit = Some(reason.clone()));
-            let last_lines = logs.map(|l| l.errors(8)).unwrap_or_default();
             tracing::warn!(%reason, attempt, ?healthy_for, last_lines = ?last_lines, "backend failed");
             let (deadline, failed) = match cur.policy.on_failure(Instant::now(), healthy_for) {
                 Decision::Restart(delay) => {
@@ -438,10 +445,21 @@ impl Lifecycle {
         let mut ready_at = Instant::now();
         let mut failed = 0u32;
         let mut ticker = liveness_ticker(&cur.plan.config).await;
+        let watch = |info: &BackendInfo, c: &SupervisorConfig| {
+            Box::pin(liveness::watchdog(
+                self.liveness.clone(),
+                info.pid,
+                info.generation,
+                c.first_token_timeout,
+                c.liveness_failures,
+            ))
+        };
+        let mut dog = watch(&running.info, &cur.plan.config);
         let outcome = loop {
             tokio::select! {
                 status = running.child.wait() => break Outcome::Exited(status),
                 _ = self.cancel.cancelled() => break Outcome::Cancelled,
+                stall = &mut dog => break Outcome::Ended(stall.to_string()),
                 _ = ticker.tick() => {}
                 command = next_command(commands) => {
                     let reload = match command {
@@ -461,6 +479,7 @@ impl Lifecycle {
                                     ready_at = Instant::now();
                                     failed = 0;
                                     ticker = liveness_ticker(&cur.plan.config).await;
+                                    dog = watch(&running.info, &cur.plan.config);
                                 }
                                 Err(outcome) => break outcome,
                             }
@@ -483,6 +502,7 @@ impl Lifecycle {
             let result = tokio::select! {
                 status = running.child.wait() => break Outcome::Exited(status),
                 _ = self.cancel.cancelled() => break Outcome::Cancelled,
+                stall = &mut dog => break Outcome::Ended(stall.to_string()),
                 p = probe(&cur.probe, &running.info) => p,
             };
             match result {
@@ -511,6 +531,13 @@ impl Lifecycle {
                     );
                 }
             }
+        };
+        // An exit by SIGKILL nobody here sent is read against the memory cgroup's OOM counter.
+        let outcome = match (outcome, self.liveness.forget(running.info.generation)) {
+            (Outcome::Exited(status), oom) => {
+                Outcome::ExitedBecause(status, liveness::describe_exit(status, oom.as_ref()))
+            }
+            (other, _) => other,
         };
         let healthy_for = Some(ready_at.elapsed());
         if matches!(outcome, Outcome::Cancelled) {
@@ -738,7 +765,10 @@ async fn probe(client: &reqwest::Client, info: &BackendInfo) -> Probe {
 fn restart_reason(outcome: &Outcome) -> Option<crate::metrics::RestartReason> {
     use crate::metrics::RestartReason;
     Some(match outcome {
-        Outcome::Exited(status) => RestartReason::exited(*status),
+        Outcome::Exited(status) | Outcome::ExitedBecause(status, _) => {
+            RestartReason::exited(*status)
+        }
+        Outcome::Ended(_) => RestartReason::Hang,
         Outcome::StartTimeout => RestartReason::StartTimeout,
         Outcome::Hung { .. } => RestartReason::Hang,
         Outcome::SpawnFailed(_) => RestartReason::SpawnFailure,
@@ -755,7 +785,9 @@ fn describe(outcome: &Outcome) -> String {
         Outcome::Hung { failed_probes } => {
             format!("llama-server stopped answering ({failed_probes} liveness probes failed)")
         }
-        Outcome::SpawnFailed(msg) => msg.clone(),
+        Outcome::SpawnFailed(msg) | Outcome::Ended(msg) | Outcome::ExitedBecause(_, msg) => {
+            msg.clone()
+        }
         Outcome::Cancelled => "stopped".into(),
         Outcome::Reloaded(_) => "restarted for a reload".into(),
         Outcome::Replaced => "replaced by a reload".into(),

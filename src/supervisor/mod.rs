@@ -6,6 +6,7 @@
 
 pub mod inflight;
 pub mod lifecycle;
+pub mod liveness;
 pub mod policy;
 pub mod reload;
 pub mod state;
@@ -85,6 +86,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     let installed = crate::notify::while_setting_up(setup_task)
         .await
         .context("setup panicked")??;
+    crate::backend::memory::check_at_start(
+        &installed.model,
+        &profile,
+        config.backend.memory_limit,
+    )?;
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -117,6 +123,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         governor_rx.clone(),
         shutdown.clone(),
     );
+    let liveness = liveness::Liveness::new();
     let lifecycle = lifecycle::Lifecycle {
         activity: activity.clone(),
         governor: governor_tx,
@@ -125,6 +132,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         heartbeat: heartbeat.clone(),
         cancel: shutdown.clone(),
         metrics: Arc::clone(&metrics),
+        liveness: liveness.clone(),
     };
     let mut lifecycle_task = tokio::spawn(lifecycle.run(reload::plan(&active), commands_rx));
 
@@ -139,6 +147,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         keys: proxy::auth::Keys::new(keys),
         client: std::sync::Mutex::new(proxy::forward::upstream_client()),
         governor: governor_rx,
+        liveness,
         started: std::time::Instant::now(),
         metrics,
     });

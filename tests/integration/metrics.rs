@@ -286,6 +286,7 @@ fn the_duty_cycle_stopped_time_is_counted() {
         config: "[governor]\nmethod = \"signals\"\n",
         env: vec![("FAKE_BACKEND_MODE", "burn,response-delay=1500ms".into())],
         own_pid_var: None,
+        model: None,
     });
     s.wait_health(200, Duration::from_secs(30));
     let before = scrape(&s, None);

@@ -125,7 +125,7 @@ fn restarts_after_the_backend_is_killed() {
     let status = s.status();
     assert_eq!(status.restarts, 1, "{status:?}");
     let last_exit = status.last_exit.unwrap_or_default();
-    assert!(last_exit.contains("exited"), "{last_exit}");
+    assert!(last_exit.contains("killed by SIGKILL"), "{last_exit}");
     assert!(status.backend.unwrap().generation > 1);
     let (code, _) = chat(&s, "after restart");
     assert_eq!(code, 200);

@@ -31,6 +31,8 @@ pub struct Options<'a> {
     /// A variable set to the supervisor's own pid (as systemd sets `WATCHDOG_PID`): it is
     /// started through `sh -c 'export VAR=$$; exec ...'`, which keeps the pid.
     pub own_pid_var: Option<&'a str>,
+    /// With the real llama-server: this model file instead of the default one.
+    pub model: Option<PathBuf>,
 }
 
 impl Supervisor {
@@ -69,7 +71,7 @@ impl Supervisor {
             cmd.arg("--backend-bin")
                 .arg(&real.server)
                 .arg("--model")
-                .arg(&real.model);
+                .arg(opts.model.as_ref().unwrap_or(&real.model));
         }
         for (k, v) in &opts.env {
             cmd.env(k, v);

@@ -10,6 +10,9 @@
 //! | `exit-at-start=CODE` | print an error and exit with CODE at once                           |
 //! | `crash-after=DUR`    | exit(1) DUR after start                                             |
 //! | `hang-after=DUR`     | after DUR, accept every request (and stream) but never answer       |
+//! | `health-hang-after=DUR` | after DUR, `/health` accepts but never answers (completions work) |
+//! | `completions-hang`   | completions accept but never send a byte (`/health` stays 200)      |
+//! | `completions-fail`   | completions answer 500 (`/health` stays 200)                        |
 //! | `ignore-sigterm`     | ignore SIGTERM (needs SIGKILL)                                      |
 //! | `stream-chunks=N`    | content chunks per streamed answer (default 5)                      |
 //! | `stream-delay=DUR`   | pause between streamed chunks (default 0)                           |
@@ -51,6 +54,9 @@ struct Mode {
     exit_at_start: Option<i32>,
     crash_after: Option<Duration>,
     hang_after: Option<Duration>,
+    health_hang_after: Option<Duration>,
+    completions_hang: bool,
+    completions_fail: bool,
     ignore_sigterm: bool,
     stream_chunks: usize,
     stream_delay: Duration,
@@ -66,7 +72,7 @@ struct Mode {
 }
 
 const DIRECTIVES: &str = "load=DUR, exit-at-start=CODE, crash-after=DUR, hang-after=DUR, \
-    ignore-sigterm, stream-chunks=N, stream-delay=DUR, response-delay=DUR, die-mid-stream=N, \
+    health-hang-after=DUR, completions-hang, completions-fail, ignore-sigterm, stream-chunks=N, stream-delay=DUR, response-delay=DUR, die-mid-stream=N, \
     burn, starts-file=PATH, drop-request=N, echo, bad-model-unless=TEXT, flood=N, requests-file=PATH";
 
 impl Mode {
@@ -76,6 +82,9 @@ impl Mode {
             exit_at_start: None,
             crash_after: None,
             hang_after: None,
+            health_hang_after: None,
+            completions_hang: false,
+            completions_fail: false,
             ignore_sigterm: false,
             stream_chunks: 5,
             stream_delay: Duration::ZERO,
@@ -113,6 +122,9 @@ impl Mode {
                 }
                 ("crash-after", Some(v)) => mode.crash_after = Some(dur(v)?),
                 ("hang-after", Some(v)) => mode.hang_after = Some(dur(v)?),
+                ("health-hang-after", Some(v)) => mode.health_hang_after = Some(dur(v)?),
+                ("completions-hang", None) => mode.completions_hang = true,
+                ("completions-fail", None) => mode.completions_fail = true,
                 ("ignore-sigterm", None) => mode.ignore_sigterm = true,
                 ("stream-chunks", Some(v)) => mode.stream_chunks = num(v)?,
                 ("stream-delay", Some(v)) => mode.stream_delay = dur(v)?,
@@ -468,6 +480,12 @@ async fn log_request(path: &std::path::Path, request: Request) -> Result<Request
 }
 
 async fn health(State(b): State<Shared>) -> Response {
+    if b.mode
+        .health_hang_after
+        .is_some_and(|after| b.started.elapsed() >= after)
+    {
+        std::future::pending::<()>().await;
+    }
     if b.started.elapsed() < b.mode.load {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -212,6 +212,16 @@ async fn pause(delay: Duration) {
 /// the reply repeat until `stream-chunks` chunks are sent, then a final chunk (with usage when
 /// `stream_options.include_usage` is set) and `data: [DONE]`.
 async fn answer(b: Shared, busy: Busy, reply: Reply, request: &Value) -> Response {
+    if b.mode.completions_fail {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "fake completion failure (completions-fail)",
+            "server_error",
+        );
+    }
+    if b.mode.completions_hang {
+        std::future::pending::<()>().await;
+    }
     pause(b.mode.response_delay).await;
     if request["stream"] != json!(true) {
         return Json(reply.whole()).into_response();
