@@ -65,7 +65,7 @@ impl LoadWindow {
     /// the clocks only then, about once per window).
     pub fn due(&self, now: Instant) -> bool {
         self.start
-            .is_none_or(|s| now.saturating_duration_since(s.at) >= self.window)
+            .map_or(true, |s| now.saturating_duration_since(s.at) >= self.window)
     }
 
     /// How long until [`Self::due`] (zero when it is).
@@ -77,7 +77,7 @@ impl LoadWindow {
 
     /// Opens a window at `reading` unless one is open and fresh (call when throttling starts).
     pub fn begin(&mut self, reading: LoadReading) {
-        let stale = self.start.is_none_or(|s| {
+        let stale = self.start.map_or(true, |s| {
             reading.at.saturating_duration_since(s.at) > self.window * STALE_WINDOWS
         });
         if stale {
