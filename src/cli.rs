@@ -152,6 +152,10 @@ pub struct LimitArgs {
     /// machine (0-1), recovering slowly when it falls.
     #[arg(long, value_name = "SHARE")]
     pub adaptive: Option<Share>,
+    /// Scheduling class of the target (and of its cgroup under `--method cgroup`): `background`
+    /// is nice 19, `idle` runs only on CPU time nothing else wants.
+    #[arg(long, value_enum, default_value_t = Priority::Normal)]
+    pub priority: Priority,
     /// A command to start and limit (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -169,6 +173,17 @@ pub enum Method {
     Cgroup,
     /// No limiting (thread sizing and priority still apply).
     Off,
+}
+
+/// `--priority` of `limit` (the governor's `Priority`).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// Leave the scheduler alone.
+    Normal,
+    /// Lowest normal priority (nice 19 / Darwin background), lowest cgroup weight.
+    Background,
+    /// Only spare cycles (`SCHED_IDLE` / Darwin background), `cpu.idle` cgroup.
+    Idle,
 }
 
 /// `bench`: measure one or more profiles.

@@ -235,7 +235,14 @@ pub fn limiter_command(
 pub fn attach(supervisor: &Path, scenario: &Scenario, pid: i32) -> Result<Attached, LimiterError> {
     if let Limiter::Cgroup { cpus } = scenario.limiter {
         let support = cgroup::detect().ok_or(cgroup::CgroupError::Unavailable)?;
-        let group = cgroup::CpuCgroup::create(&support, pid, cpus, Duration::from_millis(10))?;
+        // The plain kernel cap, the baseline the governor is compared with: default weight.
+        let group = cgroup::CpuCgroup::create(
+            &support,
+            pid,
+            cpus,
+            Duration::from_millis(10),
+            crate::governor::Priority::Normal,
+        )?;
         tracing::info!(path = %group.path().display(), pid, cpus, "backend capped in a cgroup");
         return Ok(Attached::Cgroup(group));
     }

@@ -10,6 +10,9 @@
 //! rests (no stops, which would wake every thread of an idle program), and it throttles again
 //! within one period (at most 20 ms) of new work. (With `--method cgroup` the kernel caps the
 //! target and nothing rests.)
+//! `--priority background|idle` sets the target's scheduling class (a spawned command from its
+//! first instruction, a running process on every thread) and, under the cgroup method, its
+//! group's weight, so a user's process on the same CPU wins it.
 //!
 //! [`LimitOptions::from_args`] checks the arguments once; [`limit`] runs on the options and the
 //! governor ([`crate::governor::Governor`]) does the limiting.
@@ -17,7 +20,7 @@
 use crate::cli::LimitArgs;
 use crate::config::Config;
 use crate::governor::{
-    usage, Activity, Governor, GovernorConfig, GovernorSettings, Method, Priority,
+    priority, usage, Activity, Governor, GovernorConfig, GovernorSettings, Method, Priority,
 };
 use crate::host::Host;
 use crate::process_group::{signal_group, spawn_in_group_async};
@@ -44,6 +47,15 @@ pub enum LimitError {
     NoTarget,
     #[error("could not start `{command}`: {source} (check the command name and PATH)")]
     Spawn { command: String, source: io::Error },
+    #[error(
+        "could not set priority {priority} on process {pid}: {source} (raising a priority \
+         needs root or CAP_SYS_NICE)"
+    )]
+    Priority {
+        pid: i32,
+        priority: Priority,
+        source: io::Error,
+    },
     #[error("could not watch for SIGINT/SIGTERM: {0}")]
     Signals(io::Error),
 }
@@ -71,6 +83,8 @@ pub struct LimitOptions {
     pub threads: Option<usize>,
     pub method: Method,
     pub adaptive: Option<Share>,
+    /// The target's scheduling class (and its cgroup's weight).
+    pub priority: Priority,
     /// The host this runs on (detected once by the command).
     pub host: Host,
 }
@@ -98,6 +112,7 @@ impl LimitOptions {
             threads: args.threads,
             method: args.method.into(),
             adaptive: args.adaptive,
+            priority: args.priority.into(),
             host,
         })
     }
@@ -117,7 +132,7 @@ impl LimitOptions {
         GovernorSettings {
             cpus: Some(self.cpus),
             threads: self.threads,
-            priority: Priority::Normal,
+            priority: self.priority,
             adaptive: self.adaptive,
             host: self.host,
         }
@@ -141,6 +156,15 @@ pub async fn limit(options: &LimitOptions) -> anyhow::Result<ExitCode> {
     let command = match &options.target {
         LimitTarget::Pid(pid) => {
             let pid = *pid;
+            if options.priority != Priority::Normal {
+                priority::apply_to_process_threads(pid, options.priority).map_err(|source| {
+                    LimitError::Priority {
+                        pid,
+                        priority: options.priority,
+                        source,
+                    }
+                })?;
+            }
             let _usage = follow_usage(pid, options, &activity);
             let mut handle = Governor::start(pid, &config, settings, activity.clone(), unread())?;
             let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -163,7 +187,7 @@ pub async fn limit(options: &LimitOptions) -> anyhow::Result<ExitCode> {
         LimitTarget::Command(command) => command,
     };
 
-    let (pid, mut child) = spawn_command(command)?;
+    let (pid, mut child) = spawn_command(command, options.priority)?;
     let _usage = follow_usage(pid, options, &activity);
     let mut handle = match Governor::start(pid, &config, settings, activity.clone(), unread()) {
         Ok(handle) => handle,
@@ -232,11 +256,20 @@ fn kill_group(pid: i32, signal: Signal) {
 }
 
 /// Starts the command in its own process group, with a SIGKILL when the limiter dies
-/// ([`crate::process_group`]).
-fn spawn_command(command: &[String]) -> Result<(i32, tokio::process::Child), LimitError> {
+/// ([`crate::process_group`]), in the scheduling class `priority` from its first instruction.
+fn spawn_command(
+    command: &[String],
+    priority: Priority,
+) -> Result<(i32, tokio::process::Child), LimitError> {
+    use std::os::unix::process::CommandExt;
     let shown = command.join(" ");
     let mut cmd = tokio::process::Command::new(&command[0]);
     cmd.args(&command[1..]);
+    // SAFETY: apply_to_current_process is async-signal-safe (plain system calls).
+    unsafe {
+        cmd.as_std_mut()
+            .pre_exec(move || priority::apply_to_current_process(priority));
+    }
     let child = spawn_in_group_async(cmd, Signal::SIGKILL).map_err(|source| LimitError::Spawn {
         command: shown.clone(),
         source,

@@ -74,6 +74,16 @@ impl From<cli::Method> for crate::governor::Method {
     }
 }
 
+impl From<cli::Priority> for crate::governor::Priority {
+    fn from(priority: cli::Priority) -> Self {
+        match priority {
+            cli::Priority::Normal => Self::Normal,
+            cli::Priority::Background => Self::Background,
+            cli::Priority::Idle => Self::Idle,
+        }
+    }
+}
+
 impl From<cli::SchemaMode> for crate::bench::SchemaMode {
     fn from(mode: cli::SchemaMode) -> Self {
         match mode {
@@ -107,6 +117,15 @@ mod tests {
         for method in cli::Method::value_variants() {
             let name = method.to_possible_value().unwrap().get_name().to_string();
             assert_eq!(crate::governor::Method::from(*method).to_string(), name);
+        }
+    }
+
+    #[test]
+    fn every_cli_priority_maps_to_the_governor_priority_of_the_same_name() {
+        use clap::ValueEnum;
+        for priority in cli::Priority::value_variants() {
+            let name = priority.to_possible_value().unwrap().get_name().to_string();
+            assert_eq!(crate::governor::Priority::from(*priority).to_string(), name);
         }
     }
 }

@@ -6,7 +6,18 @@
 //! `cpu.cfs_period_us` under the `cpu` hierarchy. The group is named
 //! `sentinel-supervisor-<pid of the child>` and removed on drop, after moving any process still
 //! in it back to the parent group. [`detect`] only looks (stat and access), it never writes.
+//!
+//! # The group carries the profile's priority
+//! A child that is `SCHED_IDLE` or nice 19 inside its cgroup still competes through the group,
+//! and the group competes at its parent's level with the default weight: beside a user's
+//! CPU-bound process on the same CPU it takes half of it (its whole quota when that is less).
+//! So [`CpuCgroup::set_priority`] gives the group the priority too: `idle` writes
+//! `cpu.idle = 1` where the kernel has it (v2 since Linux 5.15; Linux 6.x also shows it on v1),
+//! otherwise, and for `background`, the lowest weight (`cpu.weight = 1` on v2,
+//! `cpu.shares = 2` on v1). `normal` restores the kernel's defaults (`cpu.idle = 0`,
+//! `cpu.weight = 100`, `cpu.shares = 1024`).
 
+use super::priority::Priority;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -100,12 +111,14 @@ pub struct CpuCgroup {
 }
 
 impl CpuCgroup {
-    /// Creates `sentinel-supervisor-<pid>` with a `cpus` cap and moves `pid` into it.
+    /// Creates `sentinel-supervisor-<pid>` with a `cpus` cap and the scheduling weight of
+    /// `priority`, and moves `pid` into it.
     pub fn create(
         support: &CgroupSupport,
         pid: i32,
         cpus: f64,
         period: Duration,
+        priority: Priority,
     ) -> Result<Self, CgroupError> {
         sweep_stale(support);
         let path = support.parent.join(format!("sentinel-supervisor-{pid}"));
@@ -120,8 +133,9 @@ impl CpuCgroup {
             removed: false,
         };
         group.set_budget(cpus, period)?;
+        group.set_priority(priority)?;
         write(&group.path.join("cgroup.procs"), &pid.to_string())?;
-        tracing::debug!(path = %group.path.display(), pid, cpus, "child moved into its cgroup");
+        tracing::debug!(path = %group.path.display(), pid, cpus, %priority, "child moved into its cgroup");
         Ok(group)
     }
 
@@ -147,6 +161,25 @@ impl CpuCgroup {
                 write(&self.path.join("cpu.cfs_quota_us"), &quota.to_string())
             }
         }
+    }
+
+    /// Gives the group the scheduling weight of `priority` (see the module docs), so the group
+    /// competes with the user's processes as its child does.
+    pub fn set_priority(&mut self, priority: Priority) -> Result<(), CgroupError> {
+        let idle_file = self.path.join("cpu.idle");
+        let has_idle = idle_file.exists();
+        let idle = priority == Priority::Idle && has_idle;
+        // The kernel refuses a weight while the group is idle: leave idle first.
+        if has_idle && !idle {
+            write(&idle_file, "0")?;
+        }
+        if idle {
+            write(&idle_file, "1")?;
+        } else {
+            let (file, value) = weight_for(self.support.version, priority);
+            write(&self.path.join(file), value)?;
+        }
+        Ok(())
     }
 
     /// Moves every process back to the parent group and deletes the cgroup. Idempotent.
@@ -185,6 +218,16 @@ impl Drop for CpuCgroup {
                 "could not remove the cgroup; remove it with rmdir once its processes exit"
             );
         }
+    }
+}
+
+/// The weight file and value for `priority` where `cpu.idle` is not used: the lowest weight
+/// for `background` (and `idle` on kernels without `cpu.idle`), the default for `normal`.
+fn weight_for(version: CgroupVersion, priority: Priority) -> (&'static str, &'static str) {
+    let low = priority != Priority::Normal;
+    match version {
+        CgroupVersion::V2 => ("cpu.weight", if low { "1" } else { "100" }),
+        CgroupVersion::V1 => ("cpu.shares", if low { "2" } else { "1024" }),
     }
 }
 
@@ -270,9 +313,39 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
-        let mut group = CpuCgroup::create(&support, pid, 0.5, Duration::from_millis(10)).unwrap();
+        let mut group = CpuCgroup::create(
+            &support,
+            pid,
+            0.5,
+            Duration::from_millis(10),
+            Priority::Idle,
+        )
+        .unwrap();
         let procs = std::fs::read_to_string(group.path().join("cgroup.procs")).unwrap();
         assert!(procs.split_whitespace().any(|p| p == pid.to_string()));
+        let dir = group.path().to_owned();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).map(|s| s.trim().to_owned());
+        let (weight_file, _) = weight_for(support.version, Priority::Normal);
+        match read("cpu.idle") {
+            Ok(idle) => assert_eq!(idle, "1"),
+            Err(_) => assert_eq!(
+                read(weight_file).unwrap(),
+                weight_for(support.version, Priority::Idle).1
+            ),
+        }
+        group.set_priority(Priority::Background).unwrap();
+        assert_eq!(
+            read(weight_file).unwrap(),
+            weight_for(support.version, Priority::Background).1
+        );
+        if let Ok(idle) = read("cpu.idle") {
+            assert_eq!(idle, "0");
+        }
+        group.set_priority(Priority::Normal).unwrap();
+        assert_eq!(
+            read(weight_file).unwrap(),
+            weight_for(support.version, Priority::Normal).1
+        );
         let path = group.path().to_owned();
         group.remove().unwrap();
         assert!(!path.exists());

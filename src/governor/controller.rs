@@ -161,6 +161,11 @@ impl DutyController {
         Some(measured)
     }
 
+    /// Throttled wall time gathered in the current (partial) window.
+    pub fn window_wall(&self) -> Duration {
+        self.window_wall
+    }
+
     /// Forgets a partial window (call when throttling pauses, so rest time is not averaged in).
     pub fn reset_window(&mut self) {
         self.window_wall = Duration::ZERO;

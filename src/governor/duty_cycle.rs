@@ -9,8 +9,14 @@
 //! It throttles only while [`Activity::in_flight`] is above zero. Otherwise it rests: the child is
 //! continued and the thread blocks on the activity channel (no wakeups at all). Whatever ends the
 //! thread - [`SignalLimiter::stop`], drop, an error, a panic - the child is continued last.
+//!
+//! Nothing it learns is lost to a rest: the feedback window counts throttled time only and a
+//! partial one is carried over to the next request (a window closes after a second of
+//! throttling however the requests split it), and the adaptive budget reads the machine over a
+//! [`LoadWindow`] of wall time that keeps running across rests. With requests shorter than the
+//! window both still move.
 
-use super::adaptive::{AdaptiveBudget, AdaptiveParams};
+use super::adaptive::{AdaptiveBudget, AdaptiveParams, LoadReading, LoadWindow};
 use super::controller::{DutyController, Feedback, Machine};
 use super::pinned::{is_gone, PinnedPid};
 use super::threads::{thread_cap, FollowThreads, THREAD_CHECK_PERIODS};
@@ -130,7 +136,12 @@ impl SignalLimiter {
                             params.period,
                             params.feedback,
                         ),
-                        adaptive: params.adaptive.map(AdaptiveBudget::new),
+                        adaptive: params.adaptive.map(|a| {
+                            (
+                                AdaptiveBudget::new(a),
+                                LoadWindow::new(params.feedback.window),
+                            )
+                        }),
                         follow_threads: params.usable.is_none(),
                         host: params.host,
                         window: params.feedback.window,
@@ -209,7 +220,7 @@ impl Drop for ResumeOnDrop<'_> {
 struct Loop<'a> {
     target: &'a PinnedPid,
     ctl: DutyController,
-    adaptive: Option<AdaptiveBudget>,
+    adaptive: Option<(AdaptiveBudget, LoadWindow)>,
     follow_threads: bool,
     host: Host,
     window: Duration,
@@ -261,7 +272,13 @@ impl Loop<'_> {
         let mut window_start = next;
         let mut cpu_start = crate::meter::process_cpu(pid).ok_or_else(gone)?;
         let mut sys_start = crate::meter::system_times().ok();
-        self.ctl.reset_window();
+        // The partial feedback window of the last request carries over; the load window keeps
+        // running across the rest (or starts again after a long one).
+        if let Some((_, load)) = &mut self.adaptive {
+            if let Some(reading) = load_reading(pid, window_start) {
+                load.begin(reading);
+            }
+        }
         let mut periods: u64 = 0;
         // A program we know nothing about: size the run time for all its threads at first (it
         // cannot exceed the budget), then for those that turn out to compute.
@@ -281,6 +298,11 @@ impl Loop<'_> {
                         .min(self.ctl.period() * THREAD_CHECK_PERIODS as u32)
                 } else {
                     self.window
+                };
+                // Wake for the adaptive window too: the budget may have to drop below usable.
+                let nap = match &self.adaptive {
+                    Some((_, load)) => nap.min(load.until_due(Instant::now())),
+                    None => nap,
                 };
                 let (activity, stop) = (&mut self.activity, &mut self.stop);
                 rt.block_on(async {
@@ -321,29 +343,16 @@ impl Loop<'_> {
                     sys_start = crate::meter::system_times().ok();
                 }
             }
+            self.adapt_if_due(pid, now);
             let wall = now.duration_since(window_start);
-            if wall < self.window {
+            if wall < self.window.saturating_sub(self.ctl.window_wall()) {
                 continue;
             }
             let cpu = crate::meter::process_cpu(pid).ok_or_else(gone)?;
             let used = cpu.saturating_sub(cpu_start);
-            let measured = used.as_secs_f64() / wall.as_secs_f64();
-            let sys = crate::meter::system_times().ok();
-            let busy = match (sys, sys_start) {
-                (Some(now_sys), Some(before)) => Some(now_sys.busy_fraction_since(&before)),
-                _ => None,
-            };
+            let (machine, sys) = machine_since(sys_start);
             sys_start = sys;
-            let machine = if busy.is_some_and(|b| b >= SATURATED) {
-                Machine::Saturated
-            } else {
-                Machine::HasRoom
-            };
-            self.ctl.observe_on(wall, used, machine);
-            if let (Some(adaptive), Some(busy)) = (&mut self.adaptive, busy) {
-                let budget = adapt(adaptive, &self.host, busy, measured, wall);
-                self.ctl.set_cpus(budget);
-            }
+            let measured = self.ctl.observe_on(wall, used, machine);
             if let Some(f) = &mut follow {
                 let allowed = wall.mul_f64(self.ctl.fraction());
                 if let Some(n) = f.computing.count(pid, allowed) {
@@ -359,7 +368,7 @@ impl Loop<'_> {
             store(&self.readings.fraction, self.ctl.fraction());
             tracing::trace!(
                 pid,
-                measured,
+                ?measured,
                 budget = self.ctl.cpus(),
                 fraction = self.ctl.fraction(),
                 correction = self.ctl.correction(),
@@ -368,8 +377,71 @@ impl Loop<'_> {
             window_start = now;
             cpu_start = cpu;
         }
+        // The rest of this request's throttled time joins the next request's window.
+        if let Some(cpu) = crate::meter::process_cpu(pid) {
+            let (machine, _) = machine_since(sys_start);
+            let wall = Instant::now().duration_since(window_start);
+            self.ctl
+                .observe_on(wall, cpu.saturating_sub(cpu_start), machine);
+        }
         Ok(())
     }
+
+    /// Closes the adaptive load window when it has lasted its length and moves the budget.
+    fn adapt_if_due(&mut self, pid: i32, now: Instant) {
+        let Some((budget, load)) = &mut self.adaptive else {
+            return;
+        };
+        if !load.due(now) {
+            return;
+        }
+        let Some(sample) = load_reading(pid, now).and_then(|r| load.observe(r)) else {
+            return;
+        };
+        let cpus = adapt(
+            budget,
+            &self.host,
+            sample.machine_busy,
+            sample.own_cores,
+            sample.wall,
+        );
+        self.ctl.set_cpus(cpus);
+        store(&self.readings.budget, cpus);
+        store(&self.readings.fraction, self.ctl.fraction());
+        tracing::trace!(
+            pid,
+            machine = sample.machine_busy,
+            own = sample.own_cores,
+            budget = cpus,
+            "adaptive window"
+        );
+    }
+}
+
+/// The child's CPU clock and the machine's, read now (`None` when either cannot be read).
+fn load_reading(pid: i32, at: Instant) -> Option<LoadReading> {
+    Some(LoadReading {
+        at,
+        own_cpu: crate::meter::process_cpu(pid)?,
+        system: crate::meter::system_times().ok()?,
+    })
+}
+
+/// How busy the machine was since `before`, and the reading now (for the next window).
+fn machine_since(
+    before: Option<crate::meter::SystemTimes>,
+) -> (Machine, Option<crate::meter::SystemTimes>) {
+    let sys = crate::meter::system_times().ok();
+    let busy = match (sys, before) {
+        (Some(now), Some(before)) => Some(now.busy_fraction_since(&before)),
+        _ => None,
+    };
+    let machine = if busy.is_some_and(|b| b >= SATURATED) {
+        Machine::Saturated
+    } else {
+        Machine::HasRoom
+    };
+    (machine, sys)
 }
 
 /// Moves the adaptive budget from one window's readings: `machine_busy`, the busy share of the

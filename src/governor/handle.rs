@@ -92,7 +92,7 @@ impl Governor {
             other => other,
         };
         if method == Method::Cgroup {
-            match start_cgroup(child_pid, config, cpus) {
+            match start_cgroup(child_pid, config, cpus, settings.priority) {
                 Ok(group) => {
                     tracing::info!(
                         pid = child_pid,
@@ -101,6 +101,7 @@ impl Governor {
                         version = ?group.version(),
                         path = %group.path().display(),
                         cpus,
+                        priority = %settings.priority,
                         period = ?config.cgroup_period,
                         "CPU governor: kernel cap"
                     );
@@ -146,13 +147,19 @@ impl Governor {
     }
 }
 
-fn start_cgroup(pid: i32, config: &GovernorConfig, cpus: f64) -> Result<CpuCgroup, GovernorError> {
+fn start_cgroup(
+    pid: i32,
+    config: &GovernorConfig,
+    cpus: f64,
+    priority: super::Priority,
+) -> Result<CpuCgroup, GovernorError> {
     let support = cgroup::detect().ok_or(CgroupError::Unavailable)?;
     Ok(CpuCgroup::create(
         &support,
         pid,
         cpus,
         config.cgroup_period,
+        priority,
     )?)
 }
 

@@ -2,7 +2,10 @@
 //! owned by each [`super::GovernorHandle`] reads the child's exact CPU clock once per window,
 //! combines it with the mechanism's live readings and publishes a [`GovernorSnapshot`] on a
 //! `watch` channel. Readers only borrow the latest value, so "measured CPU" always means "over
-//! the governor's last window", never "since whoever asked last".
+//! the governor's last window", never "since whoever asked last". Between windows it looks at
+//! the mechanism's readings [`TICKS_PER_WINDOW`] times and publishes when they changed, so a
+//! budget the adaptive mode lowered, or a switch between throttling and resting, shows in
+//! `/status` within a quarter of a window rather than a whole one.
 
 use super::cgroup::CgroupVersion;
 use super::duty_cycle::LimiterReadings;
@@ -101,6 +104,9 @@ impl Source {
     }
 }
 
+/// How often per window the thread looks for changed readings.
+pub const TICKS_PER_WINDOW: u32 = 4;
+
 /// The publishing thread of one governor; [`Publisher::stop`] (or drop) ends it and publishes
 /// a last snapshot in state `stopped`.
 #[derive(Debug)]
@@ -119,8 +125,8 @@ struct LastSnapshot {
 }
 
 impl Publisher {
-    /// Publishes a first snapshot at once, then one per `window` from a thread named
-    /// `governor-status`.
+    /// Publishes a first snapshot at once, then one per `window` (and whenever the readings
+    /// change in between) from a thread named `governor-status`.
     pub(super) fn start(
         pid: i32,
         window: Duration,
@@ -139,15 +145,29 @@ impl Publisher {
             .name("governor-status".into())
             .spawn(move || {
                 let mut meter = WindowMeter::new(pid);
+                let tick = window / TICKS_PER_WINDOW;
+                let mut window_start = Instant::now();
+                let mut measured = None;
                 loop {
-                    match stop_rx.recv_timeout(window) {
+                    match stop_rx.recv_timeout(tick) {
                         Err(RecvTimeoutError::Timeout) => {}
                         Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
                     }
-                    let measured = meter.next(Instant::now());
+                    let now = Instant::now();
+                    let closed = now.duration_since(window_start) + tick / 2 >= window;
+                    if closed {
+                        measured = meter.next(now);
+                        window_start = now;
+                    }
                     let snap = source.snapshot(&settings, measured);
                     let ended = snap.state == GovernorState::Stopped;
-                    tx.send_replace(Some(snap));
+                    tx.send_if_modified(|current| {
+                        let changed = closed || current.as_ref() != Some(&snap);
+                        if changed {
+                            *current = Some(snap);
+                        }
+                        changed
+                    });
                     if ended {
                         return;
                     }
