@@ -147,7 +147,7 @@ fn delegated(v2_roots: &[PathBuf], own: &Path) -> Option<CgroupSupport> {
             && writable(&dir)
             && writable(&dir.join("cgroup.subtree_control"))
             && writable(&dir.join("cgroup.procs"));
-        ok.then(|| CgroupSupport {
+        ok.then_some(CgroupSupport {
             version: CgroupVersion::V2,
             parent: dir,
             layout: Layout::Delegated,
