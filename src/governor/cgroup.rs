@@ -7,6 +7,17 @@
 //! `sentinel-supervisor-<pid of the child>` and removed on drop, after moving any process still
 //! in it back to the parent group. [`detect`] only looks (stat and access), it never writes.
 //!
+//! # A delegated subtree (systemd `Delegate=cpu`)
+//! Under a service manager that delegates the cgroup, [`detect`] finds this process's own v2
+//! cgroup (`0::/path` in `/proc/self/cgroup`) and, when it is writable and offers `cpu` in its
+//! `cgroup.controllers`, uses it before any root ([`Layout::Delegated`]). v2 forbids processes
+//! in a group whose `cgroup.subtree_control` enables a controller, so the first cap moves the
+//! supervisor (and any child of it still there) into the leaf `<own>/supervisor`, writes `+cpu`
+//! to `<own>/cgroup.subtree_control`, and puts each backend in `<own>/backend-<pid>` with
+//! `cpu.max`; leftovers go back to `<own>/supervisor` on removal. Once moved,
+//! `/proc/self/cgroup` names the leaf, whose parent is the subtree again. A subtree shared with
+//! processes that are not this supervisor's is left alone (moving them is not ours to do).
+//!
 //! # The group carries the profile's priority
 //! A child that is `SCHED_IDLE` or nice 19 inside its cgroup still competes through the group,
 //! and the group competes at its parent's level with the default weight: beside a user's
@@ -36,6 +47,42 @@ pub struct CgroupSupport {
     pub version: CgroupVersion,
     /// The parent directory of the cgroups we create.
     pub parent: PathBuf,
+    pub layout: Layout,
+}
+
+/// Where the per-launch groups go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `sentinel-supervisor-<pid>` right under a root of the hierarchy (needs root).
+    Root,
+    /// `backend-<pid>` in this process's own delegated v2 cgroup, the supervisor in its leaf
+    /// [`SUPERVISOR_LEAF`].
+    Delegated,
+}
+
+/// The leaf of a delegated subtree that holds the supervisor itself.
+pub const SUPERVISOR_LEAF: &str = "supervisor";
+
+impl CgroupSupport {
+    /// The name of the group for the backend `pid`.
+    fn group_name(&self, pid: i32) -> String {
+        format!("{}{pid}", self.prefix())
+    }
+
+    fn prefix(&self) -> &'static str {
+        match self.layout {
+            Layout::Root => "sentinel-supervisor-",
+            Layout::Delegated => "backend-",
+        }
+    }
+
+    /// Where processes go when their group is removed.
+    fn home(&self) -> PathBuf {
+        match self.layout {
+            Layout::Root => self.parent.clone(),
+            Layout::Delegated => self.parent.join(SUPERVISOR_LEAF),
+        }
+    }
 }
 
 /// Why a cgroup could not be set up.
@@ -50,17 +97,72 @@ pub enum CgroupError {
     Write { path: PathBuf, source: io::Error },
     #[error("could not create cgroup {path}: {source} (check permissions, or set governor.method = \"signals\")")]
     Create { path: PathBuf, source: io::Error },
+    #[error(
+        "the delegated cgroup {path} also holds process {pid}, which is not this supervisor's: \
+         run the supervisor in a cgroup of its own (systemd: a service with Delegate=cpu), or set \
+         governor.method = \"signals\""
+    )]
+    Shared { path: PathBuf, pid: i32 },
 }
 
 const V2_ROOTS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
 const V1_ROOTS: [&str; 2] = ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"];
 
-/// Finds a writable cgroup hierarchy with CPU bandwidth control, without side effects.
+/// Finds a writable cgroup hierarchy with CPU bandwidth control, without side effects: this
+/// process's own delegated v2 cgroup first, then a root.
 pub fn detect() -> Option<CgroupSupport> {
-    detect_in(&V2_ROOTS.map(PathBuf::from), &V1_ROOTS.map(PathBuf::from))
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|text| own_v2_path(&text));
+    detect_in(
+        &V2_ROOTS.map(PathBuf::from),
+        &V1_ROOTS.map(PathBuf::from),
+        own.as_deref(),
+    )
 }
 
-fn detect_in(v2_roots: &[PathBuf], v1_roots: &[PathBuf]) -> Option<CgroupSupport> {
+/// This process's v2 cgroup from `/proc/self/cgroup` (the `0::/path` line), relative to the v2
+/// mount; `None` at the root (nothing delegated) or without a v2 line.
+pub fn own_v2_path(proc_self_cgroup: &str) -> Option<PathBuf> {
+    let path = proc_self_cgroup
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))?
+        .trim()
+        .trim_start_matches('/');
+    (!path.is_empty()).then(|| PathBuf::from(path))
+}
+
+/// The delegated subtree `own` (relative to a v2 root) when it can take the cap: writable, with
+/// `cpu` among its controllers. A path ending in [`SUPERVISOR_LEAF`] is the leaf an earlier cap
+/// moved this process into: its parent is the subtree.
+fn delegated(v2_roots: &[PathBuf], own: &Path) -> Option<CgroupSupport> {
+    let own = match own.file_name() {
+        Some(leaf) if leaf == SUPERVISOR_LEAF => own.parent()?,
+        _ => own,
+    };
+    v2_roots.iter().map(|root| root.join(own)).find_map(|dir| {
+        let cpu = std::fs::read_to_string(dir.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|w| w == "cpu"));
+        let ok = cpu
+            && writable(&dir)
+            && writable(&dir.join("cgroup.subtree_control"))
+            && writable(&dir.join("cgroup.procs"));
+        ok.then_some(CgroupSupport {
+            version: CgroupVersion::V2,
+            parent: dir,
+            layout: Layout::Delegated,
+        })
+    })
+}
+
+fn detect_in(
+    v2_roots: &[PathBuf],
+    v1_roots: &[PathBuf],
+    own: Option<&Path>,
+) -> Option<CgroupSupport> {
+    if let Some(found) = own.and_then(|own| delegated(v2_roots, own)) {
+        return Some(found);
+    }
     let v2 = v2_roots.iter().find(|root| {
         std::fs::read_to_string(root.join("cgroup.subtree_control"))
             .is_ok_and(|c| c.split_whitespace().any(|w| w == "cpu"))
@@ -70,6 +172,7 @@ fn detect_in(v2_roots: &[PathBuf], v1_roots: &[PathBuf]) -> Option<CgroupSupport
         return Some(CgroupSupport {
             version: CgroupVersion::V2,
             parent: root.clone(),
+            layout: Layout::Root,
         });
     }
     v1_roots
@@ -78,7 +181,66 @@ fn detect_in(v2_roots: &[PathBuf], v1_roots: &[PathBuf]) -> Option<CgroupSupport
         .map(|root| CgroupSupport {
             version: CgroupVersion::V1,
             parent: root.clone(),
+            layout: Layout::Root,
         })
+}
+
+/// Makes a delegated subtree ready for backend groups (idempotent): the supervisor, and any
+/// child of it still in `<own>`, into `<own>/supervisor`, then `+cpu` in
+/// `<own>/cgroup.subtree_control`. Refuses a subtree that holds anyone else's processes.
+fn enter_delegated(support: &CgroupSupport) -> Result<(), CgroupError> {
+    let own = &support.parent;
+    let me = std::process::id() as i32;
+    let procs = std::fs::read_to_string(own.join("cgroup.procs")).unwrap_or_default();
+    let pids: Vec<i32> = procs
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    if let Some(&pid) = pids
+        .iter()
+        .find(|&&pid| pid != me && parent_of(pid) != Some(me))
+    {
+        // A pid that exited meanwhile has no parent to read: not a stranger.
+        if crate::meter::process_state(pid).is_some() {
+            return Err(CgroupError::Shared {
+                path: own.clone(),
+                pid,
+            });
+        }
+    }
+    let leaf = support.home();
+    match std::fs::create_dir(&leaf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(source) => return Err(CgroupError::Create { path: leaf, source }),
+    }
+    for pid in pids {
+        // Ours first (the list comes from the kernel: this process is in it unless moved).
+        match std::fs::write(leaf.join("cgroup.procs"), pid.to_string()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(source) => {
+                return Err(CgroupError::Write {
+                    path: leaf.join("cgroup.procs"),
+                    source,
+                })
+            }
+        }
+    }
+    let control = own.join("cgroup.subtree_control");
+    let enabled = std::fs::read_to_string(&control)
+        .is_ok_and(|c| c.split_whitespace().any(|w| w == "cpu" || w == "+cpu"));
+    if !enabled {
+        write(&control, "+cpu")?;
+        tracing::info!(path = %own.display(), "cpu controller enabled in the delegated cgroup");
+    }
+    Ok(())
+}
+
+/// The parent pid of `pid`, from `/proc/<pid>/stat`.
+fn parent_of(pid: i32) -> Option<i32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    crate::meter::parse_pid_stat(&text).map(|s| s.ppid)
 }
 
 fn writable(dir: &Path) -> bool {
@@ -120,8 +282,11 @@ impl CpuCgroup {
         period: Duration,
         priority: Priority,
     ) -> Result<Self, CgroupError> {
+        if support.layout == Layout::Delegated {
+            enter_delegated(support)?;
+        }
         sweep_stale(support);
-        let path = support.parent.join(format!("sentinel-supervisor-{pid}"));
+        let path = support.parent.join(support.group_name(pid));
         match std::fs::create_dir(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -188,7 +353,7 @@ impl CpuCgroup {
             return Ok(());
         }
         let procs = self.path.join("cgroup.procs");
-        let parent_procs = self.support.parent.join("cgroup.procs");
+        let parent_procs = self.support.home().join("cgroup.procs");
         for _ in 0..3 {
             let leftovers = std::fs::read_to_string(&procs).unwrap_or_default();
             if leftovers.trim().is_empty() {
@@ -231,8 +396,9 @@ fn weight_for(version: CgroupVersion, priority: Priority) -> (&'static str, &'st
     }
 }
 
-/// Removes empty `sentinel-supervisor-<pid>` groups whose process is gone: what a supervisor
-/// killed with SIGKILL (no chance to run its drop) leaves behind.
+/// Removes empty `sentinel-supervisor-<pid>` (`backend-<pid>` in a delegated subtree) groups
+/// whose process is gone: what a supervisor killed with SIGKILL (no chance to run its drop)
+/// leaves behind.
 pub fn sweep_stale(support: &CgroupSupport) {
     let Ok(entries) = std::fs::read_dir(&support.parent) else {
         return;
@@ -241,7 +407,7 @@ pub fn sweep_stale(support: &CgroupSupport) {
         let name = entry.file_name();
         let Some(pid) = name
             .to_str()
-            .and_then(|n| n.strip_prefix("sentinel-supervisor-"))
+            .and_then(|n| n.strip_prefix(support.prefix()))
             .and_then(|p| p.parse::<i32>().ok())
         else {
             continue;
@@ -284,6 +450,7 @@ mod tests {
         std::fs::create_dir_all(&v2).unwrap();
         std::fs::create_dir_all(&v1).unwrap();
         let (v2s, v1s) = (vec![v2.clone()], vec![v1.clone()]);
+        let detect_in = |v2: &[PathBuf], v1: &[PathBuf]| detect_in(v2, v1, None);
         assert_eq!(detect_in(&v2s, &v1s), None);
         std::fs::write(v1.join("cpu.cfs_quota_us"), "-1").unwrap();
         assert_eq!(
@@ -299,6 +466,96 @@ mod tests {
         let found = detect_in(&v2s, &v1s).unwrap();
         assert_eq!(found.version, CgroupVersion::V2);
         assert_eq!(found.parent, v2);
+    }
+
+    #[test]
+    fn own_v2_cgroup_comes_from_the_zero_line() {
+        let text = "12:cpu:/\n0::/system.slice/sentinel-supervisor.service\n";
+        assert_eq!(
+            own_v2_path(text),
+            Some(PathBuf::from("system.slice/sentinel-supervisor.service"))
+        );
+        assert_eq!(own_v2_path("1:cpu:/x\n0::/\n"), None);
+        assert_eq!(own_v2_path("1:cpu:/x\n"), None);
+    }
+
+    /// A fake v2 tree with the service's cgroup at `system.slice/s.service`, offering `cpu`.
+    fn delegated_tree() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("v2");
+        let own = root.join("system.slice/s.service");
+        std::fs::create_dir_all(&own).unwrap();
+        std::fs::write(root.join("cgroup.subtree_control"), "cpu memory").unwrap();
+        std::fs::write(own.join("cgroup.controllers"), "cpu memory pids").unwrap();
+        std::fs::write(own.join("cgroup.subtree_control"), "").unwrap();
+        std::fs::write(own.join("cgroup.procs"), "").unwrap();
+        (dir, root, own)
+    }
+
+    #[test]
+    fn detects_the_own_delegated_subtree_before_the_roots() {
+        let (_dir, root, own) = delegated_tree();
+        let roots = vec![root.clone()];
+        let rel = Path::new("system.slice/s.service");
+        let found = detect_in(&roots, &[], Some(rel)).unwrap();
+        assert_eq!(found.layout, Layout::Delegated);
+        assert_eq!(found.parent, own);
+        // After the first cap the supervisor sits in the leaf: the subtree is its parent.
+        let again = detect_in(&roots, &[], Some(&rel.join(SUPERVISOR_LEAF))).unwrap();
+        assert_eq!(again, found);
+        // Without cpu among its controllers (not delegated): the root is used.
+        std::fs::write(own.join("cgroup.controllers"), "memory pids").unwrap();
+        let root_found = detect_in(&roots, &[], Some(rel)).unwrap();
+        assert_eq!(root_found.layout, Layout::Root);
+        assert_eq!(root_found.parent, root);
+    }
+
+    #[test]
+    fn a_delegated_subtree_gets_a_supervisor_leaf_and_backend_groups() {
+        let (_dir, root, own) = delegated_tree();
+        let support = detect_in(&[root], &[], Some(Path::new("system.slice/s.service"))).unwrap();
+        let mut backend = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = backend.id() as i32;
+        let me = std::process::id();
+        std::fs::write(own.join("cgroup.procs"), format!("{me}\n{pid}\n")).unwrap();
+        let mut group = CpuCgroup::create(
+            &support,
+            pid,
+            0.5,
+            Duration::from_millis(10),
+            Priority::Idle,
+        )
+        .unwrap();
+        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
+        assert_eq!(group.path(), own.join(format!("backend-{pid}")));
+        assert_eq!(read(own.join("cgroup.subtree_control")), "+cpu");
+        assert!(own.join(SUPERVISOR_LEAF).is_dir());
+        assert_eq!(read(group.path().join("cpu.max")), "5000 10000");
+        // No cpu.idle in the fake tree: the lowest weight stands in for it.
+        assert_eq!(read(group.path().join("cpu.weight")), "1");
+        assert_eq!(read(group.path().join("cgroup.procs")), pid.to_string());
+        // A leftover goes back to the supervisor's leaf, never to the inner node.
+        let _ = group.remove();
+        assert_eq!(
+            read(own.join(SUPERVISOR_LEAF).join("cgroup.procs")),
+            pid.to_string()
+        );
+        // A process that is not this supervisor's in the subtree: refused, with the pid named.
+        std::fs::write(own.join("cgroup.procs"), "1\n").unwrap();
+        let err = CpuCgroup::create(
+            &support,
+            pid,
+            0.5,
+            Duration::from_millis(10),
+            Priority::Idle,
+        )
+        .unwrap_err();
+        assert!(matches!(err, CgroupError::Shared { pid: 1, .. }), "{err}");
+        backend.kill().unwrap();
+        backend.wait().unwrap();
     }
 
     /// Runs only where a real writable cgroup exists (root on this CI machine).
