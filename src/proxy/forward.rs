@@ -139,25 +139,38 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
             // reused it (sent again at once on a fresh connection). Twice at most, since a
             // backend can die just after a connection was closed under us.
             // (An error here means no response head arrived: `request` resolves with the head.)
-            Ok(Err(e))
-                if retries < MAX_RETRIES
-                    && (e.is_connect() || closed_under_us(&e) || backend_gone(&backend).await) =>
-            {
-                retries += 1;
-                if e.is_connect() || backend_gone(&backend).await {
-                    tracing::info!(generation = backend.generation, error = %e, "backend gone before answering; sending the request to the next backend");
-                    (backend, on_backend) =
-                        wait_for_backend(state, deadline, Some(backend.generation)).await?;
-                } else {
-                    tracing::debug!(error = %e, "kept-alive connection closed by the backend; sending again");
-                    (backend, on_backend) = wait_for_backend(state, deadline, None).await?;
-                }
-            }
             Ok(Err(e)) => {
-                tracing::warn!(generation = backend.generation, error = ?e, "the backend failed before answering");
-                return Err(ApiError::bad_gateway(format!(
-                    "the model backend failed: {e}"
-                )));
+                // Which backend to send it to again: the next generation when this one is
+                // gone, any ready one for a kept-alive connection closed under us (no need to
+                // look at the process: if it was dying, the next try fails to connect and takes
+                // the first branch), none for any other failure of a backend still running.
+                let retry_after = if retries >= MAX_RETRIES {
+                    None
+                } else if e.is_connect() {
+                    Some(Some(backend.generation))
+                } else if closed_under_us(&e) {
+                    Some(None)
+                } else if backend_gone(&backend).await {
+                    Some(Some(backend.generation))
+                } else {
+                    None
+                };
+                let Some(after) = retry_after else {
+                    tracing::warn!(generation = backend.generation, error = ?e, "the backend failed before answering");
+                    return Err(ApiError::bad_gateway(format!(
+                        "the model backend failed: {e}"
+                    )));
+                };
+                retries += 1;
+                match after {
+                    Some(_) => {
+                        tracing::info!(generation = backend.generation, error = %e, "backend gone before answering; sending the request to the next backend")
+                    }
+                    None => {
+                        tracing::debug!(error = %e, "kept-alive connection closed by the backend; sending again")
+                    }
+                }
+                (backend, on_backend) = wait_for_backend(state, deadline, after).await?;
             }
         }
     };
