@@ -441,17 +441,7 @@ impl Report {
         );
         for p in &self.profiles {
             for r in &p.runs {
-                let failed: Vec<&str> = r
-                    .checks
-                    .iter()
-                    .filter(|c| !c.pass)
-                    .map(|c| c.name)
-                    .collect();
-                let status = if failed.is_empty() {
-                    "PASS".to_string()
-                } else {
-                    format!("FAIL ({})", failed.join(", "))
-                };
+                let status = verdict_cell(&r.checks);
                 let _ = writeln!(
                     md,
                     "| {} | {} | {} | {} | {:.2} | {:.2} s | {:.2} s | {:.1} % | {:.1} % | {:.1} % | {} | {:.1} % | {} |",
@@ -502,17 +492,7 @@ pub fn foreground_table(alone: &ForegroundSample, profiles: &[ProfileReport]) ->
     );
     for p in profiles {
         let Some(f) = &p.foreground else { continue };
-        let failed: Vec<&str> = f
-            .checks
-            .iter()
-            .filter(|c| !c.pass)
-            .map(|c| c.name)
-            .collect();
-        let status = if failed.is_empty() {
-            "PASS".to_string()
-        } else {
-            format!("FAIL ({})", failed.join(", "))
-        };
+        let status = verdict_cell(&f.checks);
         let opt = |v: Option<f64>, fmt: &dyn Fn(f64) -> String| v.map_or("n/a".to_string(), fmt);
         let _ = writeln!(
             md,
@@ -620,6 +600,16 @@ fn run_details(p: &ProfileReport, r: &RunReport) -> String {
         let _ = writeln!(md, "| {name} | {} | {:.2} |", c.tasks, c.correctness);
     }
     md
+}
+
+/// `PASS`, or `FAIL (names of the checks that failed)`, for a report table.
+fn verdict_cell(checks: &[Check]) -> String {
+    let failed: Vec<&str> = checks.iter().filter(|c| !c.pass).map(|c| c.name).collect();
+    if failed.is_empty() {
+        "PASS".to_string()
+    } else {
+        format!("FAIL ({})", failed.join(", "))
+    }
 }
 
 #[cfg(test)]
