@@ -70,6 +70,10 @@ pub fn scenarios(allowed_cpus: usize) -> Vec<Scenario> {
         row("governor-0.5", half, governor_at(0.5, ms(20)), true),
         // Outside the default 10-20 ms range: longer run slices, fewer stops (see README).
         row("governor-0.5-50ms", half, governor_at(0.5, ms(50)), true),
+        // Shorter run slices: a user's wake-up waits at most one slice for the model's CPU
+        // (scripts/bench-wake); what they cost in stops and tokens per CPU-second.
+        row("governor-0.5-5ms", half, governor_at(0.5, ms(5)), true),
+        row("governor-0.5-2ms", half, governor_at(0.5, ms(2)), true),
         row(
             "governor-0.5-2t",
             allowed_cpus,
@@ -273,7 +277,7 @@ mod tests {
     #[test]
     fn scenario_names_are_unique_and_selectable() {
         let all = scenarios(2);
-        assert_eq!(all.len(), 11);
+        assert_eq!(all.len(), 13);
         let mut names: Vec<&str> = all.iter().map(|s| s.name).collect();
         names.sort_unstable();
         names.dedup();
@@ -284,7 +288,7 @@ mod tests {
             picked.iter().map(|s| s.name).collect::<Vec<_>>(),
             ["unlimited", "governor-0.5"]
         );
-        assert_eq!(select(&all, &[]).unwrap().len(), 11);
+        assert_eq!(select(&all, &[]).unwrap().len(), 13);
         let err = select(&all, &["governor-2".into()])
             .unwrap_err()
             .to_string();
