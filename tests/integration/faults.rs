@@ -375,28 +375,7 @@ fn real_crash_at_start_bad_flag_and_bad_model() {
         config: Box::leak(config.into_boxed_str()),
         ..Default::default()
     });
-    let answer = |s: &Supervisor| {
-        let r = s
-            .client()
-            .post(format!("{}/v1/chat/completions", s.url))
-            .json(&chat_body("hello", false))
-            .send()
-            .unwrap();
-        let retry_after = r.headers().contains_key("retry-after");
-        (
-            r.status().as_u16(),
-            retry_after,
-            r.json::<serde_json::Value>().unwrap(),
-        )
-    };
-    s.wait_state("backoff", Duration::from_secs(30));
-    let (code, retry_after, body) = answer(&s);
-    let message = body["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    eprintln!("fault: bad flag: {code}: {message}");
-    assert!(code == 503 && retry_after, "{code} {body}");
+    let message = refusal_in_backoff(&s, "bad flag", Duration::from_secs(30));
     assert!(message.contains("--no-such-flag"), "{message}");
     drop(s);
 
@@ -415,15 +394,31 @@ fn real_crash_at_start_bad_flag_and_bad_model() {
         model: Some(truncated.clone()),
         ..Default::default()
     });
-    s.wait_state("backoff", Duration::from_secs(60));
-    let (code, retry_after, body) = answer(&s);
+    let message = refusal_in_backoff(&s, "bad model", Duration::from_secs(60));
+    assert!(message.contains("llama-server exited"), "{message}");
+}
+
+/// Waits (up to `within`) for the backend that cannot start to be in backoff, then asserts a
+/// chat request is answered 503 with `Retry-After` and returns the error message (`fault`
+/// names the case in the test's output).
+fn refusal_in_backoff(s: &Supervisor, fault: &str, within: Duration) -> String {
+    s.wait_state("backoff", within);
+    let r = s
+        .client()
+        .post(format!("{}/v1/chat/completions", s.url))
+        .json(&chat_body("hello", false))
+        .send()
+        .unwrap();
+    let code = r.status().as_u16();
+    let retry_after = r.headers().contains_key("retry-after");
+    let body = r.json::<serde_json::Value>().unwrap();
     let message = body["error"]["message"]
         .as_str()
         .unwrap_or_default()
         .to_string();
-    eprintln!("fault: bad model: {code}: {message}");
-    assert!(code == 503 && retry_after, "{code} {body}");
-    assert!(message.contains("llama-server exited"), "{message}");
+    eprintln!("fault: {fault}: {code}: {message}");
+    assert!(code == 503 && retry_after, "{fault}: {code} {body}");
+    message
 }
 
 /// A real OOM kill: the running llama-server (its model locked in memory with `--load-mode mlock`, so the
