@@ -300,4 +300,18 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("no process"), "{err}");
     }
+
+    #[test]
+    fn a_period_out_of_range_is_refused_before_anything_is_touched() {
+        let bad = GovernorSettings {
+            period: Duration::from_secs(2),
+            ..settings(Some(0.5))
+        };
+        let err =
+            Governor::start(i32::MAX - 1, &shipped(), bad, Activity::new(), report()).unwrap_err();
+        assert!(
+            err.to_string().contains("period 2s is out of range"),
+            "{err}"
+        );
+    }
 }
