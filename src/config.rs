@@ -211,6 +211,19 @@ pub struct ProfileConfig {
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// How the budget is enforced for this profile (omit: `governor.method`).
+    pub method: Option<crate::governor::Method>,
+    /// The signal duty-cycle period for this profile (omit: `governor.period`).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub period: Option<Duration>,
+    /// Pin the backend to the last CPU of this process's affinity mask when it runs one
+    /// thread (`threads` and `threads_batch` both 1).
+    #[serde(default)]
+    pub pin: bool,
 }
 
 fn empty_path_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
@@ -408,6 +421,11 @@ impl Config {
                         key("ctx_size"),
                         format!("{ctx} is too small; use at least 64 tokens"),
                     ));
+                }
+            }
+            if let Some(period) = p.period {
+                if let Err(message) = self.governor.check_profile_period(period) {
+                    return Err(bad(key("period"), message));
                 }
             }
         }
@@ -657,6 +675,45 @@ mod tests {
             );
             assert!(err.contains(shown), "{text:?} -> {err}");
             assert!(err.contains("above 0 and at most 1"), "{text:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn a_profiles_method_and_period_are_checked_like_the_governors() {
+        let c =
+            user("[profiles.fast]\nmethod = \"signals\"\nperiod = \"2ms\"\npin = true\n").unwrap();
+        let fast = &c.profiles["fast"];
+        assert_eq!(fast.method, Some(crate::governor::Method::Signals));
+        assert_eq!(fast.period, Some(Duration::from_millis(2)));
+        assert!(fast.pin);
+        assert_eq!(c.profiles["balanced"].period, None);
+        for (text, shown) in [
+            (
+                "[profiles.fast]\nperiod = \"0ms\"\n",
+                "out of range; use 1ms to 1s",
+            ),
+            (
+                "[profiles.fast]\nperiod = \"2s\"\n",
+                "out of range; use 1ms to 1s",
+            ),
+            (
+                "[profiles.fast]\nperiod = \"500ms\"\n",
+                "longer than a fifth of governor.feedback_window",
+            ),
+            ("[profiles.fast]\nperiod = \"soon\"\n", "invalid"),
+            (
+                "[profiles.fast]\nmethod = \"fast\"\n",
+                "unknown variant `fast`",
+            ),
+            ("[profiles.fast]\npin = \"yes\"\n", "invalid type"),
+        ] {
+            let err = user(text).unwrap_err().to_string();
+            let key = text.split('\n').nth(1).unwrap().split(' ').next().unwrap();
+            assert!(
+                err.starts_with(&format!("/etc/my.toml: key `profiles.fast.{key}`: ")),
+                "{text:?} -> {err}"
+            );
+            assert!(err.contains(shown), "{text:?} -> {err}");
         }
     }
 

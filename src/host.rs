@@ -1,5 +1,6 @@
 //! What this host lets this process use: the CPUs online, the CPUs in this process's affinity
-//! mask, and the cgroup CPU quota with where it comes from.
+//! mask (how many, and the last one, where a one-thread backend is pinned), and the cgroup CPU
+//! quota with where it comes from.
 //!
 //! This is the one place that asks the kernel how many CPUs there are. A command detects its
 //! [`Host`] once ([`Host::detect`]) and hands it to whatever needs it (profile resolution, the
@@ -16,6 +17,10 @@ pub struct Host {
     pub online_cpus: usize,
     /// CPUs in this process's affinity mask.
     pub affinity_cpus: usize,
+    /// The highest-numbered CPU in this process's affinity mask: where a profile with
+    /// `pin = true` and one thread runs its backend. `None` where affinity cannot be read or
+    /// set (macOS).
+    pub last_allowed_cpu: Option<usize>,
     /// The cgroup CPU quota, when one is set.
     pub quota: Option<CpuQuota>,
 }
@@ -53,25 +58,29 @@ impl Host {
     /// once per command and pass the result down.
     pub fn detect() -> Host {
         let online = online_cpus();
+        let affinity = affinity_cpus();
         let host = Host {
             online_cpus: online,
-            affinity_cpus: affinity_cpus().unwrap_or(online),
+            affinity_cpus: affinity.as_ref().map_or(online, |cpus| cpus.len()),
+            last_allowed_cpu: affinity.and_then(|cpus| cpus.last().copied()),
             quota: cgroup_quota(),
         };
         tracing::debug!(
             online = host.online_cpus,
             affinity = host.affinity_cpus,
+            last_allowed_cpu = ?host.last_allowed_cpu,
             quota = ?host.quota,
             "host detected"
         );
         host
     }
 
-    /// A host with no affinity restriction and no quota: `cpus` CPUs, all usable.
+    /// A host with no affinity restriction and no quota: `cpus` CPUs (0..cpus), all usable.
     pub fn unrestricted(cpus: usize) -> Host {
         Host {
             online_cpus: cpus.max(1),
             affinity_cpus: cpus.max(1),
+            last_allowed_cpu: Some(cpus.max(1) - 1),
             quota: None,
         }
     }
@@ -153,20 +162,22 @@ pub fn online_cpus() -> usize {
     })
 }
 
+/// The CPUs in this process's affinity mask, in ascending order (`None` when it cannot be read
+/// or is empty).
 #[cfg(target_os = "linux")]
-fn affinity_cpus() -> Option<usize> {
+fn affinity_cpus() -> Option<Vec<usize>> {
     nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
         .ok()
         .map(|set| {
             (0..nix::sched::CpuSet::count())
                 .filter(|&i| set.is_set(i).unwrap_or(false))
-                .count()
+                .collect::<Vec<_>>()
         })
-        .filter(|&n| n > 0)
+        .filter(|cpus| !cpus.is_empty())
 }
 
 #[cfg(not(target_os = "linux"))]
-fn affinity_cpus() -> Option<usize> {
+fn affinity_cpus() -> Option<Vec<usize>> {
     None
 }
 
@@ -247,6 +258,7 @@ mod tests {
         let pinned = Host {
             online_cpus: 8,
             affinity_cpus: 2,
+            last_allowed_cpu: Some(1),
             quota: None,
         };
         assert_eq!(pinned.allowed_cpus(), 2);
@@ -255,6 +267,7 @@ mod tests {
         let capped = Host {
             online_cpus: 8,
             affinity_cpus: 8,
+            last_allowed_cpu: Some(7),
             quota: quota(1.5),
         };
         assert_eq!(capped.allowed_cpus(), 2);
@@ -266,6 +279,7 @@ mod tests {
         let both = Host {
             online_cpus: 8,
             affinity_cpus: 2,
+            last_allowed_cpu: Some(1),
             quota: quota(4.0),
         };
         assert_eq!((both.allowed_cpus(), both.allowed_cores()), (2, 2.0));
@@ -276,6 +290,7 @@ mod tests {
         let pinned = Host {
             online_cpus: 8,
             affinity_cpus: 2,
+            last_allowed_cpu: Some(1),
             quota: None,
         };
         assert_eq!(pinned.machine_share_to_cores(0.25), 2.0);
@@ -325,6 +340,10 @@ mod tests {
         );
         assert_eq!(h.online_cpus, online.len());
         assert_eq!(h.affinity_cpus, allowed.intersection(&online).count());
+        assert_eq!(
+            h.last_allowed_cpu,
+            allowed.intersection(&online).last().copied()
+        );
         assert!(h.affinity_cpus <= h.online_cpus);
         assert!((1..=h.affinity_cpus).contains(&h.allowed_cpus()));
         assert!(h.allowed_cores() <= h.affinity_cpus as f64);

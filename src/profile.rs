@@ -1,13 +1,16 @@
 //! Profiles resolved against this host: concrete thread counts, CPU budget, priority and slots,
-//! never asking for more CPUs than this process may use (affinity mask, cgroup quota).
+//! never asking for more CPUs than this process may use (affinity mask, cgroup quota); the
+//! governor method and duty-cycle period (the profile's own, else `[governor]`'s); and the CPU
+//! a one-thread backend is pinned to.
 
 use crate::config::{Config, ProfileConfig};
 use crate::governor::priority::Priority;
-use crate::governor::threads_for_budget;
+use crate::governor::{threads_for_budget, GovernorSettings, Method};
 use crate::host::Host;
 use crate::units::{Cores, Share};
 use serde::Serialize;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// A profile with every value decided for this host.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -28,6 +31,14 @@ pub struct Resolved {
     /// Cap on generated tokens per request (`max_tokens`, else `proxy.max_tokens`).
     pub max_tokens: u32,
     pub extra_args: Vec<String>,
+    /// How the governor enforces the budget: the profile's `method`, else `governor.method`.
+    pub method: Method,
+    /// The signal duty-cycle period: the profile's `period`, else `governor.period`.
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
+    /// The one CPU the backend (every thread) is pinned to: `pin = true` with one thread, on a
+    /// platform that can set affinity; `None` = wherever the scheduler puts it.
+    pub pin_cpu: Option<usize>,
     /// One line per value that was derived or adjusted, saying why.
     pub notes: Vec<String>,
 }
@@ -43,24 +54,36 @@ pub fn resolve(
         ctx_size: config.backend.ctx_size,
         max_tokens: config.proxy.max_tokens,
         cache_ram_mib: config.backend.cache_ram_mib,
+        method: config.governor.method,
+        period: config.governor.period,
     };
     Ok(resolve_one(name, p, defaults, host))
 }
 
 /// What a profile without its own value takes: `backend.ctx_size`, `proxy.max_tokens`,
-/// `backend.cache_ram_mib`.
+/// `backend.cache_ram_mib`, `governor.method`, `governor.period`.
 #[derive(Debug, Clone, Copy)]
 struct Defaults {
     ctx_size: u32,
     max_tokens: u32,
     cache_ram_mib: u32,
+    method: Method,
+    period: Duration,
 }
+
+/// Why a profile with `pin = true` is not pinned on a host that reports no affinity mask.
+#[cfg(target_os = "macos")]
+const NO_AFFINITY: &str = "macOS cannot set a process's CPU affinity";
+#[cfg(not(target_os = "macos"))]
+const NO_AFFINITY: &str = "this process's CPU affinity mask could not be read";
 
 fn resolve_one(name: &str, p: &ProfileConfig, defaults: Defaults, host: &Host) -> Resolved {
     let Defaults {
         ctx_size: default_ctx,
         max_tokens: default_max_tokens,
         cache_ram_mib: default_cache_ram,
+        method: default_method,
+        period: default_period,
     } = defaults;
     let allowed = host.allowed_cpus();
     let mut notes = Vec::new();
@@ -99,6 +122,39 @@ fn resolve_one(name: &str, p: &ProfileConfig, defaults: Defaults, host: &Host) -
     let threads = pick("threads", p.threads, budget_threads, &why);
     let threads_batch = pick("threads_batch", p.threads_batch, threads, "same as threads");
 
+    let method = p.method.unwrap_or(default_method);
+    if p.method.is_some() {
+        notes.push(format!(
+            "method {method}, overrides governor.method {default_method}"
+        ));
+    }
+    let period = p.period.unwrap_or(default_period);
+    if p.period.is_some() {
+        notes.push(format!(
+            "period {period:?}, overrides governor.period {default_period:?}"
+        ));
+    }
+    let pin_cpu = match (p.pin, host.last_allowed_cpu) {
+        (false, _) => None,
+        (true, _) if threads != 1 || threads_batch != 1 => {
+            notes.push(format!(
+                "pin: not pinned, threads = {threads} and threads_batch = {threads_batch}; \
+                 pinning needs both to be 1"
+            ));
+            None
+        }
+        (true, Some(cpu)) => {
+            notes.push(format!(
+                "pin: the backend runs on CPU {cpu}, the last of this process's affinity mask"
+            ));
+            Some(cpu)
+        }
+        (true, None) => {
+            notes.push(format!("pin: not pinned, {NO_AFFINITY}"));
+            None
+        }
+    };
+
     Resolved {
         name: name.to_string(),
         description: p.description.clone(),
@@ -113,6 +169,9 @@ fn resolve_one(name: &str, p: &ProfileConfig, defaults: Defaults, host: &Host) -
         adaptive: p.adaptive,
         max_tokens: p.max_tokens.unwrap_or(default_max_tokens),
         extra_args: p.extra_args.clone(),
+        method,
+        period,
+        pin_cpu,
         notes,
     }
 }
@@ -124,7 +183,7 @@ impl Resolved {
             .cpus
             .map_or("unlimited".to_string(), |c| format!("{c:.2} cores"));
         format!(
-            "{}: threads {}, threads_batch {}, cpus {}, priority {:?}, slots {}, ctx {}, cache_ram {} mib{}",
+            "{}: threads {}, threads_batch {}, cpus {}, priority {:?}, slots {}, ctx {}, cache_ram {} mib, method {}, period {:?}{}{}",
             self.name,
             self.threads,
             self.threads_batch,
@@ -133,12 +192,29 @@ impl Resolved {
             self.slots,
             self.ctx_size,
             self.cache_ram_mib,
+            self.method,
+            self.period,
             self.adaptive.map_or(String::new(), |a| format!(
                 ", adaptive {:.0} %",
                 a.get() * 100.0
             )),
+            self.pin_cpu
+                .map_or(String::new(), |cpu| format!(", pinned to cpu {cpu}")),
         )
         .to_lowercase()
+    }
+
+    /// What each launch of this profile asks of the governor on `host`.
+    pub fn governor_settings(&self, host: Host) -> GovernorSettings {
+        GovernorSettings {
+            cpus: self.cpus,
+            threads: Some(self.threads.max(self.threads_batch)),
+            priority: self.priority,
+            adaptive: self.adaptive,
+            host,
+            method: self.method,
+            period: self.period,
+        }
     }
 }
 
@@ -173,12 +249,15 @@ mod tests {
         ctx_size: 4096,
         max_tokens: 1024,
         cache_ram_mib: 256,
+        method: Method::Auto,
+        period: Duration::from_millis(20),
     };
 
     fn host(affinity: usize, quota: Option<f64>) -> Host {
         Host {
             online_cpus: 8,
             affinity_cpus: affinity,
+            last_allowed_cpu: affinity.checked_sub(1),
             quota: quota.map(|cores| CpuQuota {
                 cores,
                 source: QuotaSource::CgroupV2,
@@ -256,5 +335,135 @@ mod tests {
         assert_eq!(r.cpus.map(Cores::get), Some(1.5));
         assert_eq!(r.threads, 2);
         assert!(r.notes[0].contains("cgroup quota 1.50"), "{:?}", r.notes);
+    }
+
+    #[test]
+    fn method_and_period_fall_back_to_the_governor_section_unless_the_profile_sets_them() {
+        let config = Config::from_layers(Some((
+            std::path::Path::new("user.toml"),
+            "[governor]\nmethod = \"cgroup\"\nperiod = \"10ms\"\n\
+             [profiles.invisible]\nmethod = \"signals\"\nperiod = \"2ms\"\n",
+        )))
+        .unwrap();
+        let h = host(2, None);
+        let inv = resolve(&config, "invisible", &h).unwrap();
+        assert_eq!(
+            (inv.method, inv.period),
+            (Method::Signals, Duration::from_millis(2))
+        );
+        assert!(
+            inv.notes
+                .contains(&"method signals, overrides governor.method cgroup".to_string()),
+            "{:?}",
+            inv.notes
+        );
+        assert!(
+            inv.notes
+                .contains(&"period 2ms, overrides governor.period 10ms".to_string()),
+            "{:?}",
+            inv.notes
+        );
+        assert!(
+            inv.summary().contains("method signals, period 2ms"),
+            "{}",
+            inv.summary()
+        );
+        let settings = inv.governor_settings(h);
+        assert_eq!(
+            (settings.method, settings.period),
+            (Method::Signals, Duration::from_millis(2))
+        );
+        let bal = resolve(&config, "balanced", &h).unwrap();
+        assert_eq!(
+            (bal.method, bal.period),
+            (Method::Cgroup, Duration::from_millis(10))
+        );
+        assert!(
+            !bal.notes.iter().any(|n| n.contains("overrides")),
+            "{:?}",
+            bal.notes
+        );
+    }
+
+    #[test]
+    fn pin_takes_the_last_allowed_cpu_only_with_one_thread() {
+        let one = ProfileConfig {
+            threads: Some(1),
+            pin: true,
+            ..Default::default()
+        };
+        let r = resolve_one("invisible", &one, DEFAULTS, &host(4, None));
+        assert_eq!(r.pin_cpu, Some(3));
+        assert!(
+            r.summary().ends_with(", pinned to cpu 3"),
+            "{}",
+            r.summary()
+        );
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.starts_with("pin: the backend runs on CPU 3")),
+            "{:?}",
+            r.notes
+        );
+
+        let batch = ProfileConfig {
+            threads_batch: Some(2),
+            ..one.clone()
+        };
+        let r = resolve_one("invisible", &batch, DEFAULTS, &host(4, None));
+        assert_eq!(r.pin_cpu, None);
+        assert!(
+            r.notes.iter().any(|n| {
+                n
+                == "pin: not pinned, threads = 1 and threads_batch = 2; pinning needs both to be 1"
+            }),
+            "{:?}",
+            r.notes
+        );
+        // Threads from the budget count too: no budget on 4 CPUs is 4 threads.
+        let budgetless = ProfileConfig {
+            pin: true,
+            ..Default::default()
+        };
+        let r = resolve_one("fast", &budgetless, DEFAULTS, &host(4, None));
+        assert_eq!((r.threads, r.pin_cpu), (4, None));
+
+        let no_mask = Host {
+            last_allowed_cpu: None,
+            ..host(4, None)
+        };
+        let r = resolve_one("invisible", &one, DEFAULTS, &no_mask);
+        assert_eq!(r.pin_cpu, None);
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n == &format!("pin: not pinned, {NO_AFFINITY}")),
+            "{:?}",
+            r.notes
+        );
+
+        let unpinned = ProfileConfig { pin: false, ..one };
+        let r = resolve_one("invisible", &unpinned, DEFAULTS, &host(4, None));
+        assert_eq!(r.pin_cpu, None);
+        assert!(
+            !r.notes.iter().any(|n| n.starts_with("pin")),
+            "{:?}",
+            r.notes
+        );
+    }
+
+    #[test]
+    fn shipped_profiles_are_not_pinned_and_use_the_governor_section() {
+        let config = Config::builtin().unwrap();
+        for name in config.profiles.keys() {
+            let r = resolve(&config, name, &host(2, None)).unwrap();
+            assert_eq!(r.pin_cpu, None, "{name}");
+            assert_eq!(
+                (r.method, r.period),
+                (config.governor.method, config.governor.period),
+                "{name}"
+            );
+        }
     }
 }

@@ -47,6 +47,8 @@ pub struct LaunchSpec {
     /// The child's extra environment, without the key (see [`LaunchSpec::environment`]).
     pub env: Vec<(String, String)>,
     pub priority: Priority,
+    /// The one CPU every thread of the child runs on (set before exec), `None` = any.
+    pub pin_cpu: Option<usize>,
     pub port: u16,
     /// Known only to the supervisor; the proxy adds it to every forwarded request.
     pub api_key: BackendKey,
@@ -142,6 +144,7 @@ pub fn spec(
         args,
         env,
         priority: profile.priority,
+        pin_cpu: profile.pin_cpu,
         port,
         api_key,
         output: OutputLimit::from_config(&config.supervisor),

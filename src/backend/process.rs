@@ -1,6 +1,7 @@
-//! The llama-server child process: spawned in its own process group with a death signal,
-//! its output forwarded to the log (target `backend`) and kept as a short tail for error
-//! reports, signalled as a group, stopped gracefully, and never left behind.
+//! The llama-server child process: spawned in its own process group with a death signal (and,
+//! when the profile pins it, on one CPU), its output forwarded to the log (target `backend`) and
+//! kept as a short tail for error reports, signalled as a group, stopped gracefully, and never
+//! left behind.
 
 use super::launch::LaunchSpec;
 use super::output::{self, Limiter};
@@ -36,17 +37,35 @@ impl BackendProcess {
             cmd.env_remove(key);
         }
         let priority = spec.priority;
+        let pin_cpu = spec.pin_cpu;
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // system calls (setpriority, sched_setscheduler).
+        // system calls (setpriority, sched_setscheduler, sched_setaffinity) on stack values.
         unsafe {
             cmd.pre_exec(move || {
                 // A refused priority change must not stop the model from starting.
                 let _ = crate::governor::priority::apply_to_current_process(priority);
+                if let Some(cpu) = pin_cpu {
+                    // Nor a refused pin: it is checked and reported after the spawn.
+                    let _ = affinity::pin_current_process(cpu);
+                }
                 Ok(())
             });
         }
         let mut child = spawn_in_group_async(cmd, Signal::SIGKILL)?;
         let pid = child.id().map(|p| p as i32).unwrap_or(-1);
+        if let Some(cpu) = pin_cpu {
+            // The spawn returns once exec succeeded, so pre_exec has run.
+            match affinity::pinned_to(pid) {
+                Some(got) if got == cpu => tracing::info!(pid, cpu, "backend pinned to one CPU"),
+                other => tracing::warn!(
+                    pid,
+                    cpu,
+                    affinity = ?other,
+                    "could not pin the backend to its CPU; it runs wherever the scheduler puts it \
+                     (check that the CPU is in this process's affinity mask and cpuset)"
+                ),
+            }
+        }
         let logs = LogTail::default();
         let limiter = Limiter::new(spec.output);
         let mut forwarders = Vec::new();
@@ -164,5 +183,41 @@ impl Drop for BackendProcess {
             let _ = self.child.start_kill();
         }
         self.kill_leftovers();
+    }
+}
+
+/// Pinning the child to one CPU. Linux sets the affinity of the forked process before exec, so
+/// every thread the program creates inherits it. macOS has no CPU affinity (profiles resolve
+/// `pin_cpu` to `None` there), so nothing is pinned.
+mod affinity {
+    #[cfg(target_os = "linux")]
+    pub fn pin_current_process(cpu: usize) -> nix::Result<()> {
+        use nix::sched::{sched_setaffinity, CpuSet};
+        // Async-signal-safe: a stack bit set and one system call, no allocation.
+        let mut set = CpuSet::new();
+        set.set(cpu)?;
+        sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+    }
+
+    /// The one CPU `pid` may run on, `None` when it may run on several (or is gone).
+    #[cfg(target_os = "linux")]
+    pub fn pinned_to(pid: i32) -> Option<usize> {
+        use nix::sched::{sched_getaffinity, CpuSet};
+        let set = sched_getaffinity(nix::unistd::Pid::from_raw(pid)).ok()?;
+        let mut cpus = (0..CpuSet::count()).filter(|&i| set.is_set(i).unwrap_or(false));
+        match (cpus.next(), cpus.next()) {
+            (Some(cpu), None) => Some(cpu),
+            _ => None,
+        }
+    }
+
+    #[cfg(target_os = "macos")]
+    pub fn pin_current_process(_cpu: usize) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+
+    #[cfg(target_os = "macos")]
+    pub fn pinned_to(_pid: i32) -> Option<usize> {
+        None
     }
 }

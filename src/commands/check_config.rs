@@ -149,4 +149,29 @@ mod tests {
             "{out}"
         );
     }
+
+    #[test]
+    fn a_profiles_method_period_and_pin_are_printed_and_read_back() {
+        let text = "[profiles.invisible]\nmethod = \"signals\"\nperiod = \"2ms\"\npin = true\n\
+                    [profiles.fast]\npin = true\n";
+        let out = rendered(text);
+        for want in [
+            "method = \"signals\"",
+            "period = \"2ms\"",
+            "#   invisible: threads 1, threads_batch 1, cpus 0.50 cores, priority idle, slots 1, \
+             ctx 4096, cache_ram 256 mib, method signals, period 2ms, pinned to cpu 3",
+            "#     method signals, overrides governor.method auto",
+            "#     period 2ms, overrides governor.period 20ms",
+            "#     pin: not pinned, threads = 4 and threads_batch = 4; pinning needs both to be 1",
+        ] {
+            assert!(out.contains(want), "{want:?} missing from\n{out}");
+        }
+        let again = Config::from_layers(Some((Path::new("/tmp/printed.toml"), &out))).unwrap();
+        assert_eq!(
+            again.profiles["invisible"].period,
+            Some(std::time::Duration::from_millis(2))
+        );
+        assert!(again.profiles["fast"].pin);
+        assert_eq!(again.profiles["balanced"].method, None);
+    }
 }

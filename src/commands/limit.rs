@@ -117,12 +117,10 @@ impl LimitOptions {
         })
     }
 
-    /// The shipped `[governor]` section with this method and period (the feedback window kept
-    /// at least five periods long).
+    /// The shipped `[governor]` section with the feedback window kept at least five of this
+    /// period long (the method and period themselves go in [`Self::governor_settings`]).
     fn governor_config(&self, shipped: GovernorConfig) -> GovernorConfig {
         GovernorConfig {
-            method: self.method,
-            period: self.period,
             feedback_window: shipped.feedback_window.max(self.period * 5),
             ..shipped
         }
@@ -135,6 +133,8 @@ impl LimitOptions {
             priority: self.priority,
             adaptive: self.adaptive,
             host: self.host,
+            method: self.method,
+            period: self.period,
         }
     }
 }

@@ -525,11 +525,13 @@ mod tests {
         let pinned = Host {
             online_cpus: 8,
             affinity_cpus: 2,
+            last_allowed_cpu: Some(1),
             quota: None,
         };
         let quota = Host {
             online_cpus: 8,
             affinity_cpus: 8,
+            last_allowed_cpu: Some(7),
             quota: Some(CpuQuota {
                 cores: 2.0,
                 source: QuotaSource::CgroupV2,

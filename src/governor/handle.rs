@@ -60,6 +60,9 @@ impl Governor {
         report: SnapshotSender,
     ) -> Result<GovernorHandle, GovernorError> {
         config.validate().map_err(GovernorError::Config)?;
+        config
+            .check_profile_period(settings.period)
+            .map_err(|m| GovernorError::Config(format!("period {m}")))?;
         let window = config.feedback().window;
         let handle = |mechanism: Mechanism| -> Result<GovernorHandle, GovernorError> {
             let source = match &mechanism {
@@ -80,12 +83,12 @@ impl Governor {
         let Some(cpus) = settings
             .cpus
             .map(Cores::get)
-            .filter(|_| config.method != Method::Off)
+            .filter(|_| settings.method != Method::Off)
         else {
             tracing::info!(pid = child_pid, method = "off", "CPU governor off");
             return handle(Mechanism::Off);
         };
-        let method = match config.method {
+        let method = match settings.method {
             Method::Auto if settings.adaptive.is_some() => Method::Signals,
             Method::Auto if cgroup::detect().is_some() => Method::Cgroup,
             Method::Auto => Method::Signals,
@@ -97,7 +100,7 @@ impl Governor {
                     tracing::info!(
                         pid = child_pid,
                         method = "cgroup",
-                        configured = %config.method,
+                        configured = %settings.method,
                         version = ?group.version(),
                         path = %group.path().display(),
                         cpus,
@@ -107,7 +110,7 @@ impl Governor {
                     );
                     return handle(Mechanism::Cgroup(group));
                 }
-                Err(err) if config.method == Method::Auto => {
+                Err(err) if settings.method == Method::Auto => {
                     tracing::warn!(error = %err, "cgroup cap failed; using the duty cycle instead");
                 }
                 Err(err) => return Err(err),
@@ -119,7 +122,7 @@ impl Governor {
             usable: settings
                 .threads
                 .map(|t| t.clamp(1, settings.host.allowed_cpus())),
-            period: config.period,
+            period: settings.period,
             feedback: config.feedback(),
             adaptive: settings.adaptive.map(|target| AdaptiveParams {
                 base: cpus,
@@ -135,11 +138,11 @@ impl Governor {
         tracing::info!(
             pid = child_pid,
             method = "signals",
-            configured = %config.method,
+            configured = %settings.method,
             process_group = group,
             cpus,
             threads = ?settings.threads,
-            period = ?config.period,
+            period = ?settings.period,
             adaptive = ?settings.adaptive,
             "CPU governor: duty cycle"
         );
@@ -245,6 +248,8 @@ mod tests {
             priority: Priority::Background,
             adaptive: None,
             host: crate::host::Host::detect(),
+            method: Method::Signals,
+            period: Duration::from_millis(20),
         }
     }
 
@@ -261,10 +266,8 @@ mod tests {
         let snap = off.snapshot().unwrap();
         assert_eq!(snap.method, Method::Off);
         assert_eq!(snap.state, GovernorState::Off);
-        let cfg = GovernorConfig {
-            method: Method::Signals,
-            ..shipped()
-        };
+        // The shipped `governor.method` is `auto`: the settings' method (a profile's) wins.
+        assert_eq!(cfg.method, Method::Auto);
         let tx = report();
         let rx = tx.subscribe();
         let mut handle =
@@ -286,10 +289,7 @@ mod tests {
 
     #[test]
     fn missing_child_is_a_clear_error() {
-        let cfg = GovernorConfig {
-            method: Method::Signals,
-            ..shipped()
-        };
+        let cfg = shipped();
         let err = Governor::start(
             i32::MAX - 1,
             &cfg,
@@ -299,5 +299,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("no process"), "{err}");
+    }
+
+    #[test]
+    fn a_period_out_of_range_is_refused_before_anything_is_touched() {
+        let bad = GovernorSettings {
+            period: Duration::from_secs(2),
+            ..settings(Some(0.5))
+        };
+        let err =
+            Governor::start(i32::MAX - 1, &shipped(), bad, Activity::new(), report()).unwrap_err();
+        assert!(
+            err.to_string().contains("period 2s is out of range"),
+            "{err}"
+        );
     }
 }

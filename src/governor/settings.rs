@@ -38,8 +38,10 @@ impl std::fmt::Display for Method {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GovernorConfig {
+    /// The method of profiles without their own `method`.
     pub method: Method,
-    /// Duty-cycle period of the signal limiter (10-20 ms).
+    /// Duty-cycle period of the signal limiter (10-20 ms), for profiles without their own
+    /// `period`.
     #[serde(with = "humantime_serde")]
     pub period: Duration,
     /// CFS period of the cgroup cap.
@@ -74,7 +76,7 @@ impl GovernorConfig {
     /// Checks ranges; the message names the key to fix.
     pub fn validate(&self) -> Result<(), String> {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        if !(1.0..=1000.0).contains(&ms(self.period)) {
+        if !period_in_range(self.period) {
             return Err("governor.period must be between 1ms and 1s (20ms is a good value)".into());
         }
         if !(1.0..=1000.0).contains(&ms(self.cgroup_period)) {
@@ -108,6 +110,30 @@ impl GovernorConfig {
         }
         Ok(())
     }
+
+    /// Checks a profile's own duty-cycle period (`profiles.NAME.period`): within 1 ms..1 s and
+    /// at most a fifth of `governor.feedback_window`. The message says what to write; the
+    /// caller names the key and the file.
+    pub fn check_profile_period(&self, period: Duration) -> Result<(), String> {
+        if !period_in_range(period) {
+            return Err(format!(
+                "{period:?} is out of range; use 1ms to 1s (2ms-20ms are good values)"
+            ));
+        }
+        if self.feedback_window < period * 5 {
+            return Err(format!(
+                "{period:?} is longer than a fifth of governor.feedback_window ({:?}); use a \
+                 shorter period or a longer window",
+                self.feedback_window
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The range every duty-cycle period must be in: 1 ms..=1 s.
+fn period_in_range(period: Duration) -> bool {
+    (Duration::from_millis(1)..=Duration::from_secs(1)).contains(&period)
 }
 
 /// What one launch of the backend asks of the governor (resolved from the profile).
@@ -126,6 +152,13 @@ pub struct GovernorSettings {
     pub adaptive: Option<Share>,
     /// The host the profile was resolved against (detected once by the command).
     pub host: crate::host::Host,
+    /// How the budget is enforced: the profile's `method`, else `governor.method` (see
+    /// [`crate::profile::Resolved::method`]). The governor reads it here, never from
+    /// [`GovernorConfig::method`].
+    pub method: Method,
+    /// The duty-cycle period of the signal limiter: the profile's `period`, else
+    /// `governor.period`.
+    pub period: Duration,
 }
 
 #[cfg(test)]

@@ -241,6 +241,8 @@ mod tests {
             priority: Priority::Background,
             adaptive: None,
             host: crate::host::Host::unrestricted(2),
+            method: Method::Auto,
+            period: Duration::from_millis(20),
         }
     }
 

@@ -7,7 +7,6 @@
 use super::lifecycle::{Applied, Change, Command, Plan, Reload};
 use super::RunOptions;
 use crate::backend::{launch, setup};
-use crate::governor::GovernorSettings;
 use crate::proxy;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
@@ -54,8 +53,9 @@ pub struct Active {
 
 /// Whether `new` needs a new backend compared with `old`, and which values differ (for the
 /// log). The backend's command line comes from the binary, the model, the model id and the
-/// profile's threads, context, slots, embeddings and extra arguments; everything else
-/// (governor, priority, supervisor and proxy settings) applies to the running one.
+/// profile's threads, context, slots, embeddings and extra arguments, and its CPU pin is set
+/// at spawn; everything else (governor method, period and budget, priority, supervisor and
+/// proxy settings) applies to the running one: the governor restarts on the same child.
 pub fn classify(old: &Active, new: &Active) -> (Change, Vec<String>) {
     let (o, n) = (&old.options, &new.options);
     let mut backend = Vec::new();
@@ -119,6 +119,12 @@ pub fn classify(old: &Active, new: &Active) -> (Change, Vec<String>) {
         format!("{:?} {:?}", n.config.backend.extra_args, np.extra_args),
         &mut backend,
     );
+    diff(
+        "pin_cpu",
+        format!("{:?}", op.pin_cpu),
+        format!("{:?}", np.pin_cpu),
+        &mut backend,
+    );
     if !backend.is_empty() {
         return (Change::Backend, backend);
     }
@@ -174,13 +180,7 @@ pub fn plan(active: &Active) -> Plan {
             Ok(spec)
         }),
         governor_config: options.config.governor.clone(),
-        governor_settings: GovernorSettings {
-            cpus: profile.cpus,
-            threads: Some(profile.threads.max(profile.threads_batch)),
-            priority: profile.priority,
-            adaptive: profile.adaptive,
-            host: options.host,
-        },
+        governor_settings: profile.governor_settings(options.host),
         warmup,
     }
 }
@@ -336,6 +336,28 @@ mod tests {
     }
 
     #[test]
+    fn a_profiles_method_and_period_restart_only_the_governor() {
+        let base = active("");
+        let new = active("[profiles.balanced]\nmethod = \"signals\"\nperiod = \"2ms\"\n");
+        let (change, changes) = classify(&base, &new);
+        assert_eq!(change, Change::Live, "{changes:?}");
+        assert!(
+            changes
+                .iter()
+                .any(|c| c.starts_with("profile") && c.ends_with("method signals, period 2ms")),
+            "{changes:?}"
+        );
+        let settings = plan(&new).governor_settings;
+        assert_eq!(
+            (settings.method, settings.period),
+            (
+                crate::governor::Method::Signals,
+                std::time::Duration::from_millis(2)
+            )
+        );
+    }
+
+    #[test]
     fn threads_slots_context_and_model_need_a_new_backend() {
         let base = active("");
         for (user, what) in [
@@ -344,6 +366,10 @@ mod tests {
             ("[backend]\nctx_size = 2048\n", "ctx_size"),
             ("[backend]\nextra_args = [\"--no-mmap\"]\n", "extra_args"),
             ("model_alias = \"other\"\n", "model id"),
+            (
+                "[profiles.balanced]\nthreads = 1\nthreads_batch = 1\npin = true\n",
+                "pin_cpu",
+            ),
         ] {
             let (change, changes) = classify(&base, &active(user));
             assert_eq!(change, Change::Backend, "{user}: {changes:?}");

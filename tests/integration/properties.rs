@@ -37,6 +37,9 @@ const KEYS: &[&str] = &[
     "profiles.fast.slots",
     "profiles.fast.max_tokens",
     "profiles.fast.adaptive",
+    "profiles.fast.method",
+    "profiles.fast.period",
+    "profiles.fast.pin",
     "profiles.balanced.ctx_size",
 ];
 
