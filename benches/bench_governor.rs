@@ -136,9 +136,11 @@ async fn run_scenario(
     args: &Args,
     supervisor: &std::path::Path,
     scenario: &Scenario,
+    host: &sentinel_supervisor::host::Host,
     http: &reqwest::Client,
 ) -> anyhow::Result<RunMeasurement> {
-    let backend = limiters::start_backend(&args.backend_bin, &args.model, scenario, http).await?;
+    let backend =
+        limiters::start_backend(&args.backend_bin, &args.model, scenario, host, http).await?;
     let pid = backend.process.pid();
     let limiter = limiters::attach(supervisor, scenario, pid)?;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -214,7 +216,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => default_supervisor()?,
     };
     // Threads: the CPUs this process (and the backends it starts) may run on.
-    let all = limiters::scenarios(sentinel_supervisor::host::Host::detect().allowed_cpus());
+    let host = sentinel_supervisor::host::Host::detect();
+    let all = limiters::scenarios(host.allowed_cpus());
     let selected = limiters::select(&all, &args.only)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(300))
@@ -231,7 +234,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "bench-governor: {} (round {round}/{}) ...",
                 scenario.name, args.rounds
             );
-            match run_scenario(&args, &supervisor, scenario, &http).await {
+            match run_scenario(&args, &supervisor, scenario, &host, &http).await {
                 Ok(m) => {
                     eprintln!("  {}", m.progress_line());
                     runs[i].push(m);

@@ -40,6 +40,8 @@ pub struct Scenario {
     /// The product's child setup: `--poll 0 --poll-batch 0`, no OpenMP spinning and few HTTP
     /// threads.
     pub no_spin: bool,
+    /// Every backend thread pinned to the last allowed CPU (a profile's `pin = true`).
+    pub pin: bool,
 }
 
 /// The scenarios, in table order, for a process that may use `allowed_cpus` CPUs.
@@ -52,11 +54,20 @@ pub fn scenarios(allowed_cpus: usize) -> Vec<Scenario> {
         threads,
         limiter,
         no_spin,
+        pin: false,
+    };
+    let pinned = |name, limiter| Scenario {
+        name,
+        threads: 1,
+        limiter,
+        no_spin: true,
+        pin: true,
     };
     vec![
         row("unlimited", allowed_cpus, Limiter::Unlimited, false),
         row("threads-1", 1, Limiter::Unlimited, false),
         row("threads-1-nospin", 1, Limiter::Unlimited, true),
+        pinned("threads-1-pin", Limiter::Unlimited),
         row(
             "cpulimit-l100",
             allowed_cpus,
@@ -68,12 +79,15 @@ pub fn scenarios(allowed_cpus: usize) -> Vec<Scenario> {
         row("cgroup-0.5", half, Limiter::Cgroup { cpus: 0.5 }, true),
         row("governor-1.0", one, governor_at(1.0, ms(20)), true),
         row("governor-0.5", half, governor_at(0.5, ms(20)), true),
+        pinned("governor-1.0-pin", governor_at(1.0, ms(20))),
+        pinned("governor-0.5-pin", governor_at(0.5, ms(20))),
         // Outside the default 10-20 ms range: longer run slices, fewer stops (see README).
         row("governor-0.5-50ms", half, governor_at(0.5, ms(50)), true),
         // Shorter run slices: a user's wake-up waits at most one slice for the model's CPU
         // (scripts/bench-wake); what they cost in stops and tokens per CPU-second.
         row("governor-0.5-5ms", half, governor_at(0.5, ms(5)), true),
         row("governor-0.5-2ms", half, governor_at(0.5, ms(2)), true),
+        pinned("governor-0.5-2ms-pin", governor_at(0.5, ms(2))),
         row(
             "governor-0.5-2t",
             allowed_cpus,
@@ -98,6 +112,8 @@ pub enum LimiterError {
         hint: &'static str,
         source: std::io::Error,
     },
+    #[error("a pinned scenario needs this process's CPU affinity, which cannot be read here (leave the `-pin` rows out with --only)")]
+    NoAffinity,
     #[error("no free port for llama-server: {0}")]
     Port(std::io::Error),
     #[error("llama-server did not become ready: {0}")]
@@ -127,12 +143,14 @@ pub struct Backend {
     pub url: String,
 }
 
-/// The llama-server command line of `scenario` on `port`.
+/// The llama-server command line of `scenario` on `port`; a pinned scenario's backend runs on
+/// `pin_cpu` (the host's last allowed CPU), set before exec as the supervisor does.
 pub fn backend_command(
     bin: &Path,
     model: &Path,
     port: u16,
     scenario: &Scenario,
+    pin_cpu: Option<usize>,
 ) -> tokio::process::Command {
     let threads = scenario.threads.to_string();
     let mut cmd = tokio::process::Command::new(bin);
@@ -155,28 +173,40 @@ pub fn backend_command(
             &crate::backend::launch::http_threads(1).to_string(),
         ]);
     }
+    if let Some(cpu) = pin_cpu.filter(|_| scenario.pin) {
+        // SAFETY: one async-signal-safe system call on a stack value between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                crate::backend::process::affinity::pin_current_process(cpu)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     cmd
 }
 
-/// Starts the backend of `scenario` and waits until `/health` answers 200.
+/// Starts the backend of `scenario` (pinned ones on `host`'s last allowed CPU) and waits until
+/// `/health` answers 200.
 pub async fn start_backend(
     bin: &Path,
     model: &Path,
     scenario: &Scenario,
+    host: &crate::host::Host,
     client: &reqwest::Client,
 ) -> Result<Backend, LimiterError> {
     let port = crate::backend::launch::free_port().map_err(LimiterError::Port)?;
-    let process =
-        GroupChild::spawn(backend_command(bin, model, port, scenario)).map_err(|source| {
-            LimiterError::Spawn {
-                program: bin.to_path_buf(),
-                hint: "",
-                source,
-            }
-        })?;
+    if scenario.pin && host.last_allowed_cpu.is_none() {
+        return Err(LimiterError::NoAffinity);
+    }
+    let command = backend_command(bin, model, port, scenario, host.last_allowed_cpu);
+    let process = GroupChild::spawn(command).map_err(|source| LimiterError::Spawn {
+        program: bin.to_path_buf(),
+        hint: "",
+        source,
+    })?;
     let url = format!("http://127.0.0.1:{port}");
     Stack::attach(&url, None)
         .wait_ready(client, READY_TIMEOUT)
@@ -277,7 +307,7 @@ mod tests {
     #[test]
     fn scenario_names_are_unique_and_selectable() {
         let all = scenarios(2);
-        assert_eq!(all.len(), 13);
+        assert_eq!(all.len(), 17);
         let mut names: Vec<&str> = all.iter().map(|s| s.name).collect();
         names.sort_unstable();
         names.dedup();
@@ -288,7 +318,7 @@ mod tests {
             picked.iter().map(|s| s.name).collect::<Vec<_>>(),
             ["unlimited", "governor-0.5"]
         );
-        assert_eq!(select(&all, &[]).unwrap().len(), 13);
+        assert_eq!(select(&all, &[]).unwrap().len(), 17);
         let err = select(&all, &["governor-2".into()])
             .unwrap_err()
             .to_string();
@@ -308,6 +338,7 @@ mod tests {
             Path::new("/m.gguf"),
             4242,
             gov,
+            Some(1),
         ));
         let joined = backend.join(" ");
         assert!(joined.contains("--port 4242"), "{joined}");
@@ -321,8 +352,15 @@ mod tests {
             Path::new("/m.gguf"),
             1,
             by("threads-1"),
+            Some(1),
         ));
         assert!(!plain.iter().any(|a| a == "--poll"), "{plain:?}");
+
+        // Pinned rows are the one-thread product setup; the others are never pinned.
+        for s in &all {
+            assert_eq!(s.pin, s.name.ends_with("-pin"), "{}", s.name);
+            assert!(!s.pin || (s.threads == 1 && s.no_spin), "{}", s.name);
+        }
 
         let (limit, _) = limiter_command(Path::new("/sup"), gov, 77).unwrap();
         assert_eq!(limit.as_std().get_program(), "/sup");
