@@ -65,7 +65,7 @@ pub const SUPERVISOR_LEAF: &str = "supervisor";
 
 impl CgroupSupport {
     /// The name of the group for the backend `pid`.
-    fn group_name(&self, pid: i32) -> String {
+    pub fn group_name(&self, pid: i32) -> String {
         format!("{}{pid}", self.prefix())
     }
 
@@ -282,6 +282,28 @@ impl CpuCgroup {
         period: Duration,
         priority: Priority,
     ) -> Result<Self, CgroupError> {
+        Self::create_with(support, pid, Some((cpus, period)), priority)
+    }
+
+    /// Creates the group with no cap, only the scheduling weight of `priority`: under the
+    /// signal duty cycle the child must still compete with the user's processes as an idle or
+    /// background group, not with the normal weight of the session's autogroup or the
+    /// service's cgroup it would otherwise share (where its own `SCHED_IDLE` counts for
+    /// nothing against the user's other sessions).
+    pub fn for_priority(
+        support: &CgroupSupport,
+        pid: i32,
+        priority: Priority,
+    ) -> Result<Self, CgroupError> {
+        Self::create_with(support, pid, None, priority)
+    }
+
+    fn create_with(
+        support: &CgroupSupport,
+        pid: i32,
+        budget: Option<(f64, Duration)>,
+        priority: Priority,
+    ) -> Result<Self, CgroupError> {
         if support.layout == Layout::Delegated {
             enter_delegated(support)?;
         }
@@ -297,10 +319,13 @@ impl CpuCgroup {
             support: support.clone(),
             removed: false,
         };
-        group.set_budget(cpus, period)?;
+        match budget {
+            Some((cpus, period)) => group.set_budget(cpus, period)?,
+            None => group.lift_budget()?,
+        }
         group.set_priority(priority)?;
         write(&group.path.join("cgroup.procs"), &pid.to_string())?;
-        tracing::debug!(path = %group.path.display(), pid, cpus, %priority, "child moved into its cgroup");
+        tracing::debug!(path = %group.path.display(), pid, cpus = ?budget.map(|b| b.0), %priority, "child moved into its cgroup");
         Ok(group)
     }
 
@@ -325,6 +350,14 @@ impl CpuCgroup {
                 write(&self.path.join("cpu.cfs_period_us"), &period_us.to_string())?;
                 write(&self.path.join("cpu.cfs_quota_us"), &quota.to_string())
             }
+        }
+    }
+
+    /// No cap (a group left from an earlier launch may hold one).
+    fn lift_budget(&mut self) -> Result<(), CgroupError> {
+        match self.support.version {
+            CgroupVersion::V2 => write(&self.path.join("cpu.max"), "max"),
+            CgroupVersion::V1 => write(&self.path.join("cpu.cfs_quota_us"), "-1"),
         }
     }
 

@@ -31,9 +31,10 @@ pub enum GovernorError {
 }
 
 enum Mechanism {
-    Signals(SignalLimiter),
+    /// The duty cycle, and the uncapped cgroup that carries the priority where one is writable.
+    Signals(SignalLimiter, Option<CpuCgroup>),
     Cgroup(CpuCgroup),
-    Off,
+    Off(Option<CpuCgroup>),
 }
 
 /// A running governor. [`GovernorHandle::stop`] or drop continues the child, removes the
@@ -66,9 +67,9 @@ impl Governor {
         let window = config.feedback().window;
         let handle = |mechanism: Mechanism| -> Result<GovernorHandle, GovernorError> {
             let source = match &mechanism {
-                Mechanism::Signals(limiter) => Source::Signals(limiter.readings()),
+                Mechanism::Signals(limiter, _) => Source::Signals(limiter.readings()),
                 Mechanism::Cgroup(group) => Source::Cgroup(group.version()),
-                Mechanism::Off => Source::Off,
+                Mechanism::Off(_) => Source::Off,
             };
             let publisher = Publisher::start(child_pid, window, source, settings, report.clone())
                 .map_err(GovernorError::Thread)?;
@@ -86,7 +87,7 @@ impl Governor {
             .filter(|_| settings.method != Method::Off)
         else {
             tracing::info!(pid = child_pid, method = "off", "CPU governor off");
-            return handle(Mechanism::Off);
+            return handle(Mechanism::Off(priority_group(child_pid, settings.priority)));
         };
         let method = match settings.method {
             Method::Auto if settings.adaptive.is_some() => Method::Signals,
@@ -146,7 +147,10 @@ impl Governor {
             adaptive = ?settings.adaptive,
             "CPU governor: duty cycle"
         );
-        handle(Mechanism::Signals(limiter))
+        handle(Mechanism::Signals(
+            limiter,
+            priority_group(child_pid, settings.priority),
+        ))
     }
 }
 
@@ -166,6 +170,39 @@ fn start_cgroup(
     )?)
 }
 
+/// Without the kernel cap, an idle or background child still gets a cgroup of its own that
+/// carries its priority (`cpu.idle` or the lowest weight, no cap) where one is writable: left in
+/// the supervisor's session autogroup or service cgroup, its `SCHED_IDLE` or nice 19 counts
+/// only against the supervisor's own threads, and that group competes with the user's other
+/// sessions at normal weight (measured: a user's CPU-bound process in another session kept 44 %
+/// of the CPU it shared with the model, 100 % with the group). `None` for a normal priority, or
+/// where no cgroup is writable (a warning says so, once per launch).
+fn priority_group(pid: i32, priority: super::Priority) -> Option<CpuCgroup> {
+    if priority == super::Priority::Normal {
+        return None;
+    }
+    let Some(support) = cgroup::detect() else {
+        tracing::warn!(
+            pid,
+            %priority,
+            "no writable cgroup: the backend's priority holds only within the supervisor's own \
+             session or service group (run as root, or under the shipped systemd unit with \
+             Delegate=cpu, for it to hold against every other process)"
+        );
+        return None;
+    };
+    match CpuCgroup::for_priority(&support, pid, priority) {
+        Ok(group) => {
+            tracing::info!(pid, %priority, path = %group.path().display(), "backend's priority carried by its cgroup (no cap)");
+            Some(group)
+        }
+        Err(err) => {
+            tracing::warn!(pid, %priority, error = %err, "could not give the backend a cgroup for its priority; it holds only within the supervisor's own group");
+            None
+        }
+    }
+}
+
 impl GovernorHandle {
     /// The child's pid.
     pub fn pid(&self) -> i32 {
@@ -175,7 +212,7 @@ impl GovernorHandle {
     /// True when the duty-cycle thread has ended by itself (the child is gone).
     pub fn is_finished(&self) -> bool {
         match &self.mechanism {
-            Mechanism::Signals(l) => l.snapshot().finished,
+            Mechanism::Signals(l, _) => l.snapshot().finished,
             _ => false,
         }
     }
@@ -192,18 +229,22 @@ impl GovernorHandle {
             return;
         }
         self.stopped = true;
-        match &mut self.mechanism {
-            Mechanism::Signals(limiter) => limiter.stop(),
-            Mechanism::Cgroup(group) => {
-                if let Err(err) = group.remove() {
-                    tracing::warn!(
-                        path = %group.path().display(),
-                        error = %err,
-                        "could not remove the cgroup; rmdir it once its processes exit"
-                    );
-                }
+        let group = match &mut self.mechanism {
+            Mechanism::Signals(limiter, group) => {
+                limiter.stop();
+                group.as_mut()
             }
-            Mechanism::Off => {}
+            Mechanism::Cgroup(group) => Some(group),
+            Mechanism::Off(group) => group.as_mut(),
+        };
+        if let Some(group) = group {
+            if let Err(err) = group.remove() {
+                tracing::warn!(
+                    path = %group.path().display(),
+                    error = %err,
+                    "could not remove the cgroup; rmdir it once its processes exit"
+                );
+            }
         }
         self.publisher.stop();
         tracing::debug!(pid = self.pid, "CPU governor stopped");

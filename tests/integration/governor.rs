@@ -334,12 +334,28 @@ fn pin(cmd: &mut Command, cpu: usize) -> &mut Command {
     }
 }
 
+/// `cmd` starts its own session (and process group), as a user's program is never in the
+/// supervisor's session: with autogroups each session competes as a group of normal weight,
+/// so a priority that holds only inside the supervisor's session would not show here.
+fn own_session(cmd: &mut Command) -> &mut Command {
+    // SAFETY: setsid is a plain system call on the forked child.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        })
+    }
+}
+
 /// Issue 14 item 4: a model limited to half a core at a low priority and a user's CPU-bound
 /// process on the same CPU: the user's process gets at least 90 % of what the two of them get,
 /// under the duty cycle and under the kernel cap. (Before the cgroup carried the priority, the
 /// cap's group competed with the default weight and the user got half.) The share is of the two
 /// processes' CPU time, not of the wall: other processes on this busy machine take their part
-/// of that CPU too.
+/// of that CPU too. The user's process runs in its own session: under the duty cycle the
+/// model's `SCHED_IDLE` alone held only inside the supervisor's session autogroup (the user in
+/// another session got 44 %) until the backend got an uncapped cgroup carrying its priority.
 #[test]
 fn the_user_wins_a_shared_cpu_at_low_priority_under_every_method() {
     let cpu = shared_cpu();
@@ -351,11 +367,10 @@ fn the_user_wins_a_shared_cpu_at_low_priority_under_every_method() {
         }
         for priority in ["idle", "background"] {
             let user = Killed(
-                pin(
+                own_session(pin(
                     Command::new(BURNER).args(["--threads", "1", "--seconds", "60"]),
                     cpu,
-                )
-                .process_group(0)
+                ))
                 .spawn()
                 .expect("start the user's cpu-burner"),
                 true,

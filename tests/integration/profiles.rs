@@ -2,6 +2,7 @@
 //! `/proc` and the method `/status` reports, against the fake backend.
 
 use crate::support::{Options, Supervisor};
+use sentinel_supervisor::governor::cgroup::CgroupVersion;
 use sentinel_supervisor::governor::Method;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -95,6 +96,30 @@ fn a_profile_with_method_signals_is_governed_by_signals_even_where_a_cgroup_is_w
     );
     assert_eq!(status.resolved_profile.method, Method::Signals);
     assert_eq!(status.resolved_profile.period, Duration::from_millis(2));
+    // Under the duty cycle the backend still gets a cgroup of its own where one is writable,
+    // uncapped, carrying the profile's background priority (the lowest weight), so it does not
+    // compete with the user's other sessions at the weight of the supervisor's group.
+    if let Some(support) = sentinel_supervisor::governor::cgroup::detect() {
+        let pid = s.backend_pid();
+        let group = support.parent.join(support.group_name(pid));
+        let procs = std::fs::read_to_string(group.join("cgroup.procs"))
+            .unwrap_or_else(|e| panic!("backend {pid} has no cgroup at {}: {e}", group.display()));
+        assert!(
+            procs.split_whitespace().any(|p| p == pid.to_string()),
+            "{procs}"
+        );
+        let read = |f: &str| std::fs::read_to_string(group.join(f)).map(|v| v.trim().to_owned());
+        match support.version {
+            CgroupVersion::V1 => {
+                assert_eq!(read("cpu.cfs_quota_us").unwrap(), "-1");
+                assert_eq!(read("cpu.shares").unwrap(), "2");
+            }
+            CgroupVersion::V2 => {
+                assert!(read("cpu.max").unwrap().starts_with("max"));
+                assert_eq!(read("cpu.weight").unwrap(), "1");
+            }
+        }
+    }
     drop(s);
     // The same profile without its own method takes `auto`: the kernel cap where one is
     // writable here, so the override above is what chose signals.
