@@ -152,8 +152,9 @@ pub struct LimitArgs {
     /// machine (0-1), recovering slowly when it falls.
     #[arg(long, value_name = "SHARE")]
     pub adaptive: Option<Share>,
-    /// Scheduling class of the target (and of its cgroup under `--method cgroup`): `background`
-    /// is nice 19, `idle` runs only on CPU time nothing else wants.
+    /// Scheduling class of the target, and of a cgroup of its own where one is writable (the
+    /// capped one under `--method cgroup`, an uncapped one otherwise, so it holds outside this
+    /// session): `background` is nice 19, `idle` runs only on CPU time nothing else wants.
     #[arg(long, value_enum, default_value_t = Priority::Normal)]
     pub priority: Priority,
     /// A command to start and limit (after `--`).
