@@ -178,7 +178,8 @@ fn start_cgroup(
 /// of the CPU it shared with the model, 100 % with the group). `None` for a normal priority, or
 /// where no cgroup is writable (a warning says so, once per launch).
 fn priority_group(pid: i32, priority: super::Priority) -> Option<CpuCgroup> {
-    if priority == super::Priority::Normal {
+    // macOS has no cgroups and no autogroups: the priority (Darwin background) holds as set.
+    if priority == super::Priority::Normal || cfg!(not(target_os = "linux")) {
         return None;
     }
     let Some(support) = cgroup::detect() else {
