@@ -358,6 +358,8 @@ fn own_session(cmd: &mut Command) -> &mut Command {
 /// another session got 44 %) until the backend got an uncapped cgroup carrying its priority.
 #[test]
 fn the_user_wins_a_shared_cpu_at_low_priority_under_every_method() {
+    // Two processes burn a CPU for 16 s: no other CPU-measuring test may run meanwhile.
+    let _cpu = crate::support::exclusive();
     let cpu = shared_cpu();
     let cgroup = sentinel_supervisor::governor::cgroup::detect().is_some();
     for method in ["signals", "cgroup"] {
@@ -420,6 +422,8 @@ fn the_user_wins_a_shared_cpu_at_low_priority_under_every_method() {
 /// window at each request, no window closed, and the budget stayed at 1.0.)
 #[test]
 fn adaptive_budget_drops_to_its_floor_with_requests_shorter_than_the_window() {
+    // It fills the machine with a user's load on purpose.
+    let _cpu = crate::support::exclusive();
     use crate::support::{Options, Supervisor};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
