@@ -1,5 +1,5 @@
 //! Starting the governor on a child and holding it: picks the method, starts the duty-cycle
-//! limiter (with an uncapped cgroup carrying a low priority, see [`priority_group`]) or creates
+//! limiter (with an uncapped cgroup carrying a low priority, see `priority_group`) or creates
 //! the capped cgroup, publishes its [`GovernorSnapshot`] for `/status` (see
 //! [`super::snapshot`]), and undoes everything on stop or drop.
 //!
