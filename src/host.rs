@@ -1,6 +1,7 @@
 //! What this host lets this process use: the CPUs online, the CPUs in this process's affinity
 //! mask (how many, and the last one, where a one-thread backend is pinned), and the cgroup CPU
-//! quota with where it comes from.
+//! quota with where it comes from; and the CPU's signature (model and the ISA flags a
+//! llama.cpp build depends on), which keys the backend's smoke-test verdicts.
 //!
 //! This is the one place that asks the kernel how many CPUs there are. A command detects its
 //! [`Host`] once ([`Host::detect`]) and hands it to whatever needs it (profile resolution, the
@@ -143,6 +144,200 @@ impl Host {
             ))
         )
     }
+}
+
+/// The ISA flags a llama.cpp build depends on, as `/proc/cpuinfo` spells them on x86-64: what
+/// `GGML_NATIVE` compiles for and what ggml's CPU variants are chosen by.
+pub const X86_FLAGS: &[&str] = &[
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "bmi2",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512vbmi",
+    "avx_vnni",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+];
+
+/// The same for aarch64 (`Features` in `/proc/cpuinfo`).
+pub const ARM_FLAGS: &[&str] = &["asimd", "asimddp", "sve", "sve2", "i8mm", "sme"];
+
+/// What a compiled llama-server depends on about this CPU: its model and the ISA flags that
+/// matter ([`X86_FLAGS`], [`ARM_FLAGS`]). A verdict on a binary holds for one signature: the
+/// cache may be copied to a host with another CPU, where the binary must be tested again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CpuSignature {
+    /// `x86_64`, `aarch64`, ...
+    pub arch: String,
+    /// `model name` on x86, the implementer and part numbers on ARM, the brand string on macOS.
+    pub model: String,
+    /// The flags of the list for this architecture that the CPU has, in the list's order.
+    pub flags: Vec<String>,
+}
+
+impl CpuSignature {
+    /// This host's signature, read once per process.
+    pub fn detect() -> CpuSignature {
+        static SIGNATURE: std::sync::OnceLock<CpuSignature> = std::sync::OnceLock::new();
+        SIGNATURE.get_or_init(detect_signature).clone()
+    }
+
+    /// The signature from the text of `/proc/cpuinfo` (the first processor's entry: every
+    /// core of one machine has the same ISA).
+    pub fn from_cpuinfo(arch: &str, cpuinfo: &str) -> CpuSignature {
+        let field = |name: &str| {
+            cpuinfo.lines().find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                (key.trim() == name).then(|| value.trim().to_string())
+            })
+        };
+        let (model, present) = if arch == "aarch64" {
+            let model = match (field("CPU implementer"), field("CPU part")) {
+                (Some(i), Some(p)) => format!("implementer {i} part {p}"),
+                _ => field("Hardware").unwrap_or_default(),
+            };
+            (model, field("Features").unwrap_or_default())
+        } else {
+            (
+                field("model name").unwrap_or_default(),
+                field("flags").unwrap_or_default(),
+            )
+        };
+        let present: std::collections::HashSet<&str> = present.split_whitespace().collect();
+        let wanted = if arch == "aarch64" {
+            ARM_FLAGS
+        } else {
+            X86_FLAGS
+        };
+        CpuSignature {
+            arch: arch.to_string(),
+            model,
+            flags: wanted
+                .iter()
+                .filter(|f| present.contains(**f))
+                .map(|f| f.to_string())
+                .collect(),
+        }
+    }
+
+    /// Whether the CPU has `flag` (as `/proc/cpuinfo` spells it).
+    pub fn has(&self, flag: &str) -> bool {
+        self.flags.iter().any(|f| f == flag)
+    }
+
+    /// A short stable key (12 hex digits of a sha256 of the architecture, model and flags):
+    /// part of a verdict's file name.
+    pub fn key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in std::iter::once(&self.arch)
+            .chain(std::iter::once(&self.model))
+            .chain(&self.flags)
+        {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        hex::encode(h.finalize())[..12].to_string()
+    }
+
+    /// One line for humans: `AMD EPYC (x86_64: sse4_2 avx avx2 ...)`.
+    pub fn describe(&self) -> String {
+        let model = if self.model.is_empty() {
+            "unknown CPU"
+        } else {
+            &self.model
+        };
+        format!("{model} ({}: {})", self.arch, self.flags.join(" "))
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn detect_signature() -> CpuSignature {
+    let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read /proc/cpuinfo; the CPU signature has no flags");
+        String::new()
+    });
+    CpuSignature::from_cpuinfo(std::env::consts::ARCH, &text)
+}
+
+/// macOS has no `/proc/cpuinfo`: the brand string from `sysctl`, the flags from the standard
+/// library's run-time detection.
+#[cfg(not(target_os = "linux"))]
+fn detect_signature() -> CpuSignature {
+    let model = std::process::Command::new("sysctl")
+        .args(["-n", "machdep.cpu.brand_string"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    CpuSignature {
+        arch: std::env::consts::ARCH.to_string(),
+        model,
+        flags: detected_flags(),
+    }
+}
+
+#[cfg(all(not(target_os = "linux"), target_arch = "x86_64"))]
+fn detected_flags() -> Vec<String> {
+    let detected = [
+        ("sse4_2", std::arch::is_x86_feature_detected!("sse4.2")),
+        ("avx", std::arch::is_x86_feature_detected!("avx")),
+        ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+        ("fma", std::arch::is_x86_feature_detected!("fma")),
+        ("f16c", std::arch::is_x86_feature_detected!("f16c")),
+        ("bmi2", std::arch::is_x86_feature_detected!("bmi2")),
+        ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
+        ("avx512bw", std::arch::is_x86_feature_detected!("avx512bw")),
+        ("avx512vl", std::arch::is_x86_feature_detected!("avx512vl")),
+        (
+            "avx512_vnni",
+            std::arch::is_x86_feature_detected!("avx512vnni"),
+        ),
+        (
+            "avx512vbmi",
+            std::arch::is_x86_feature_detected!("avx512vbmi"),
+        ),
+    ];
+    detected
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
+#[cfg(all(not(target_os = "linux"), target_arch = "aarch64"))]
+fn detected_flags() -> Vec<String> {
+    let detected = [
+        ("asimd", std::arch::is_aarch64_feature_detected!("neon")),
+        (
+            "asimddp",
+            std::arch::is_aarch64_feature_detected!("dotprod"),
+        ),
+        ("sve", std::arch::is_aarch64_feature_detected!("sve")),
+        ("sve2", std::arch::is_aarch64_feature_detected!("sve2")),
+        ("i8mm", std::arch::is_aarch64_feature_detected!("i8mm")),
+    ];
+    detected
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
+#[cfg(all(
+    not(target_os = "linux"),
+    not(any(target_arch = "x86_64", target_arch = "aarch64"))
+))]
+fn detected_flags() -> Vec<String> {
+    Vec::new()
 }
 
 /// CPUs the machine has online, read once: glibc answers `sysconf(_SC_NPROCESSORS_ONLN)` by
@@ -308,6 +503,58 @@ mod tests {
         // The standard library reads the same mask and quota (it rounds the quota up).
         let std_view = std::thread::available_parallelism().unwrap().get();
         assert_eq!(h.allowed_cpus(), std_view, "{h:?}");
+    }
+
+    const SAPPHIRE_RAPIDS: &str = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu sse4_1 sse4_2 avx f16c fma avx2 bmi2 avx512f avx512bw avx512vl avx512vbmi avx512_vnni avx512_bf16 avx_vnni amx_bf16 amx_tile amx_int8\n\nprocessor\t: 1\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu\n";
+    const EPYC: &str = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx f16c fma avx2 bmi1 bmi2 avx512f avx512dq avx512bw avx512vl avx512_bf16 avx512vbmi avx512_vnni\n";
+    const GRAVITON: &str = "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs paca pacg dcpodp sve2 sveaes svepmull svebitperm svesha3 svesm4 flagm2 frint svei8mm svebf16 i8mm bf16 dgh rng\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU part\t: 0xd4f\n";
+
+    #[test]
+    fn cpu_signature_from_captured_cpuinfo() {
+        let spr = CpuSignature::from_cpuinfo("x86_64", SAPPHIRE_RAPIDS);
+        assert_eq!(spr.model, "Intel(R) Xeon(R) Platinum 8480+");
+        assert!(spr.has("amx_tile") && spr.has("amx_int8") && spr.has("amx_bf16"));
+        assert!(!spr.has("sse4_1"), "only the flags that matter are kept");
+        // The list's order, not the file's: the same CPU gives the same key.
+        assert_eq!(
+            spr.flags[..3],
+            ["sse4_2".to_string(), "avx".into(), "avx2".into()]
+        );
+        let epyc = CpuSignature::from_cpuinfo("x86_64", EPYC);
+        assert_eq!(epyc.model, "AMD EPYC");
+        assert!(epyc.has("avx512f") && epyc.has("avx512_vnni") && !epyc.has("amx_tile"));
+        assert!(!epyc.has("bmi1") && !epyc.has("avx512dq"));
+        let arm = CpuSignature::from_cpuinfo("aarch64", GRAVITON);
+        assert_eq!(arm.model, "implementer 0x41 part 0xd4f");
+        assert_eq!(arm.flags, ["asimd", "asimddp", "sve", "sve2", "i8mm"]);
+        assert!(arm.describe().contains("aarch64: asimd"));
+    }
+
+    #[test]
+    fn cpu_signature_keys_differ_by_model_and_flags() {
+        let spr = CpuSignature::from_cpuinfo("x86_64", SAPPHIRE_RAPIDS);
+        let epyc = CpuSignature::from_cpuinfo("x86_64", EPYC);
+        assert_eq!(spr.key().len(), 12);
+        assert_eq!(
+            spr.key(),
+            CpuSignature::from_cpuinfo("x86_64", SAPPHIRE_RAPIDS).key()
+        );
+        assert_ne!(spr.key(), epyc.key());
+        let mut no_amx = spr.clone();
+        no_amx.flags.retain(|f| !f.starts_with("amx"));
+        assert_ne!(spr.key(), no_amx.key(), "a VM hiding AMX is another host");
+        let mut renamed = epyc.clone();
+        renamed.model = "AMD EPYC 9654".into();
+        assert_ne!(epyc.key(), renamed.key());
+    }
+
+    #[test]
+    fn this_hosts_signature_is_stable() {
+        let a = CpuSignature::detect();
+        assert_eq!(a.arch, std::env::consts::ARCH);
+        assert_eq!(a.key(), CpuSignature::detect().key());
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        assert!(!a.model.is_empty() && a.has("sse4_2"), "{a:?}");
     }
 
     /// The CPUs of a kernel CPU list such as `0-3,6,8-9`.
