@@ -94,6 +94,11 @@ pub struct SetupArgs {
     /// Use this llama-server binary instead of building the pinned one.
     #[arg(long, value_name = "PATH")]
     pub backend_bin: Option<PathBuf>,
+    /// `setup` only: build and smoke-test every rung of the backend ladder (native, native
+    /// --no-repack, portable, baseline) and print each one's verdict, not only up to the first
+    /// that runs.
+    #[arg(long)]
+    pub all_rungs: bool,
 }
 
 #[derive(Args, Debug, Clone, Default)]

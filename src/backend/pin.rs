@@ -18,7 +18,41 @@ pub struct SourcePin {
     pub sha256: String,
     pub subdirectory: String,
     pub target: String,
+    /// The native build's flags; the other flavors' come after them.
     pub cmake_flags: Vec<String>,
+    /// The portable and baseline builds' own flags (`[flavor.*]`).
+    pub flavor: FlavorPins,
+}
+
+/// `[flavor.portable]` and `[flavor.baseline]` of `vendor/llama.cpp.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlavorPins {
+    pub portable: FlavorFlags,
+    pub baseline: FlavorFlags,
+}
+
+/// One flavor's cmake flags: for every architecture, then per architecture.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlavorFlags {
+    pub cmake_flags: Vec<String>,
+    #[serde(default)]
+    pub x86_64: Vec<String>,
+    #[serde(default)]
+    pub aarch64: Vec<String>,
+}
+
+impl FlavorFlags {
+    /// The flags for one architecture (`std::env::consts::ARCH`).
+    pub fn for_arch(&self, arch: &str) -> Vec<String> {
+        let specific: &[String] = match arch {
+            "x86_64" => &self.x86_64,
+            "aarch64" => &self.aarch64,
+            _ => &[],
+        };
+        self.cmake_flags.iter().chain(specific).cloned().collect()
+    }
 }
 
 /// `vendor/default-model.toml`.
@@ -177,5 +211,22 @@ mod tests {
         let before = s.cache_key();
         s.cmake_flags.push("-DGGML_AVX512=OFF".into());
         assert_ne!(before, s.cache_key());
+    }
+
+    #[test]
+    fn flavor_flags_leave_the_native_key_alone() {
+        let mut s = SourcePin::builtin();
+        let before = s.cache_key();
+        s.flavor
+            .portable
+            .cmake_flags
+            .push("-DGGML_AVX512=OFF".into());
+        s.flavor.baseline.aarch64.clear();
+        assert_eq!(before, s.cache_key());
+        assert!(s.flavor.baseline.for_arch("x86_64").len() > s.flavor.baseline.cmake_flags.len());
+        assert_eq!(
+            s.flavor.baseline.for_arch("riscv64"),
+            s.flavor.baseline.cmake_flags
+        );
     }
 }

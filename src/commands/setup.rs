@@ -22,6 +22,19 @@ pub async fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
     let config = super::load_config(&args.config)?;
     let options = options(&config, &args);
     let started = std::time::Instant::now();
+    if args.all_rungs {
+        let cache = options.cache_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let pin = crate::backend::pin::SourcePin::builtin();
+            for flavor in crate::backend::build::Flavor::ALL {
+                let t = std::time::Instant::now();
+                let dir = crate::backend::build::ensure_build(&cache, &pin, flavor)?;
+                println!("{flavor}: {} ({:.1?})", dir.display(), t.elapsed());
+            }
+            Ok::<_, crate::backend::build::BuildError>(())
+        })
+        .await??;
+    }
     let installed = tokio::task::spawn_blocking(move || setup::ensure(&options)).await??;
     println!("llama-server: {}", installed.server.display());
     println!("model: {}", installed.model.display());
