@@ -128,6 +128,8 @@ pub fn spec(
         profile.cache_ram_mib.to_string(),
     ];
     args.extend(child_args().iter().map(|s| s.to_string()));
+    // The backend ladder's run-time flags for this build on this host (`--no-repack`).
+    args.extend(installed.rung.args.iter().cloned());
     if profile.embeddings {
         args.push("--embeddings".into());
     }
@@ -207,6 +209,11 @@ mod tests {
         let installed = Installed {
             server: "/opt/llama-server".into(),
             model: "/m/gemma-3-270m-q4_k_m.gguf".into(),
+            rung: crate::backend::setup::RungInUse {
+                name: "native --no-repack".into(),
+                args: vec!["--no-repack".into()],
+                why: "test".into(),
+            },
         };
         let s = spec(&installed, &profile, &config).unwrap();
         let joined = s.args.join(" ");
@@ -221,6 +228,7 @@ mod tests {
             "--poll 0",
             "--metrics",
             "--cache-ram 256",
+            "--no-repack",
         ] {
             assert!(joined.contains(want), "{want} missing from {joined}");
         }
@@ -254,6 +262,7 @@ mod tests {
         let installed = Installed {
             server: "/opt/llama-server".into(),
             model: "/m/model.gguf".into(),
+            rung: crate::backend::setup::RungInUse::given("test"),
         };
         let s = spec(&installed, &profile, &config).unwrap();
         let key = s.api_key.expose().to_string();

@@ -5,6 +5,7 @@
 pub mod build;
 pub mod fetch;
 pub mod gguf;
+pub mod ladder;
 pub mod launch;
 pub mod lock;
 pub mod memory;
@@ -14,4 +15,6 @@ pub mod pin;
 pub mod process;
 pub mod progress;
 pub mod setup;
+pub mod smoke;
 pub mod tools;
+pub mod verdict;

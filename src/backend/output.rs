@@ -14,26 +14,46 @@ use tokio::time::Instant;
 /// How many of the child's last output lines are kept for error reports.
 pub const TAIL_LINES: usize = 40;
 
+/// How many of the child's first output lines are kept.
+pub const HEAD_LINES: usize = 40;
+
 /// How often, at most, a "suppressed N lines" line is written while lines are being dropped.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
-/// The last lines the child printed.
+/// The first and the last lines the child printed (the first say how it started: which CPU
+/// variant ggml loaded, for one).
 #[derive(Clone, Default, Debug)]
-pub struct LogTail(Arc<Mutex<VecDeque<String>>>);
+pub struct LogTail(Arc<Mutex<Lines>>);
+
+#[derive(Default, Debug)]
+struct Lines {
+    head: Vec<String>,
+    tail: VecDeque<String>,
+}
 
 impl LogTail {
     pub(crate) fn push(&self, line: String) {
-        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() == TAIL_LINES {
-            q.pop_front();
+        let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.head.len() < HEAD_LINES {
+            lines.head.push(line.clone());
         }
-        q.push_back(line);
+        if lines.tail.len() == TAIL_LINES {
+            lines.tail.pop_front();
+        }
+        lines.tail.push_back(line);
     }
 
     /// The last `n` lines, oldest first.
     pub fn last(&self, n: usize) -> Vec<String> {
-        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let q = &lines.tail;
         q.iter().skip(q.len().saturating_sub(n)).cloned().collect()
+    }
+
+    /// The first [`HEAD_LINES`] lines the child printed.
+    pub fn first(&self) -> Vec<String> {
+        let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        lines.head.clone()
     }
 
     /// The last lines that look like errors, or else the last lines.

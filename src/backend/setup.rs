@@ -2,8 +2,13 @@
 //! pinned ones into the cache when nothing else is configured.
 
 use super::build::{self, BuildError};
+use super::ladder::{Ladder, LadderError};
 use super::model::{self, ModelError};
 use super::pin::{ModelPin, SourcePin};
+use super::smoke::SmokeLaunch;
+use super::verdict::{self, VerdictError, VerdictKey};
+use crate::host::CpuSignature;
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +21,12 @@ pub enum SetupError {
     Build(#[from] BuildError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(transparent)]
+    Ladder(#[from] LadderError),
+    #[error(transparent)]
+    Verdict(#[from] VerdictError),
+    #[error("the llama-server of `backend.bin` ({path}) failed its smoke test on this CPU: {reason} (it is used as given, never replaced: fix or rebuild it for this CPU, or leave `backend.bin` empty to let setup build one that runs here)")]
+    BinFailed { path: PathBuf, reason: String },
 }
 
 /// What a launch needs.
@@ -23,10 +34,40 @@ pub enum SetupError {
 pub struct Installed {
     pub server: PathBuf,
     pub model: PathBuf,
+    /// Which configuration of llama-server this is, its run-time flags and why it was chosen.
+    pub rung: RungInUse,
+}
+
+/// The backend in use: the ladder's rung (`backend::ladder`), or the user's `backend.bin`.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct RungInUse {
+    /// `native`, `native --no-repack`, `portable`, ..., or `backend.bin`.
+    pub name: String,
+    /// llama-server flags the rung adds to every launch (`--no-repack`).
+    pub args: Vec<String>,
+    /// Why this one: its verdict, and the rungs below it that failed.
+    pub why: String,
+}
+
+impl RungInUse {
+    /// The user's `backend.bin`, as given.
+    pub fn given(why: impl Into<String>) -> RungInUse {
+        RungInUse {
+            name: "backend.bin".into(),
+            args: Vec::new(),
+            why: why.into(),
+        }
+    }
+
+    /// Whether this is a rung of the ladder (which can move to the next one), not the user's
+    /// own binary.
+    pub fn is_ladder(&self) -> bool {
+        self.name != "backend.bin"
+    }
 }
 
 /// Where the backend comes from: the command line merged over the configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct SetupOptions {
     /// Where builds and the default model are kept.
     pub cache_dir: PathBuf,
@@ -34,29 +75,109 @@ pub struct SetupOptions {
     pub model: Option<PathBuf>,
     /// A llama-server binary (`--backend-bin` or `backend.bin`); `None` = build the pinned one.
     pub backend_bin: Option<PathBuf>,
+    /// The launch the smoke test runs (the profile's flags); `None` = no smoke test (the
+    /// native build is used untested).
+    pub smoke: Option<SmokeLaunch>,
+    /// Build and test every rung of the ladder (`setup --all-rungs`).
+    pub all_rungs: bool,
 }
 
-/// Resolves the backend binary and the model: the ones given, else the pinned defaults.
+/// Resolves the backend binary and the model: the ones given, else the pinned defaults. With a
+/// smoke launch, the pinned build is the ladder's choice for this host (`backend::ladder`),
+/// and a given `backend.bin` is smoke-tested when the default model is at hand.
 /// Blocking (it may build for minutes): call from a blocking context.
 pub fn ensure(options: &SetupOptions) -> Result<Installed, SetupError> {
+    Ok(ensure_reporting(options)?.0)
+}
+
+/// [`ensure`], with one line per rung the ladder tried (for `setup` to print).
+pub fn ensure_reporting(options: &SetupOptions) -> Result<(Installed, Vec<String>), SetupError> {
     let cache = &options.cache_dir;
     // Cheap checks of what the user gave come first, then the build (so a missing build tool
     // is reported before a long model download), then the default model.
     if let Some(path) = &options.model {
         model::check_gguf(path)?;
     }
-    let server = match &options.backend_bin {
-        Some(path) => {
+    let mut tried = Vec::new();
+    let (server, rung) = match (&options.backend_bin, &options.smoke) {
+        (Some(path), smoke) => {
             check_executable(path)?;
-            path.clone()
+            let rung = match smoke {
+                Some(launch) => smoke_given(cache, path, launch)?,
+                None => RungInUse::given("set by `backend.bin` (not smoke-tested)"),
+            };
+            (path.clone(), rung)
         }
-        None => build::ensure_server(cache, &SourcePin::builtin())?,
+        (None, Some(launch)) => {
+            let climbed = Ladder {
+                cache,
+                pin: &SourcePin::builtin(),
+                launch,
+                cpu: CpuSignature::detect(),
+                all_rungs: options.all_rungs,
+            }
+            .climb()?;
+            tried = climbed.tried.iter().map(|t| t.describe()).collect();
+            (climbed.server, climbed.rung)
+        }
+        (None, None) => (
+            build::ensure_server(cache, &SourcePin::builtin())?,
+            RungInUse {
+                name: "native".into(),
+                args: Vec::new(),
+                why: "the native build (not smoke-tested)".into(),
+            },
+        ),
     };
     let model = match &options.model {
         Some(path) => path.clone(),
         None => model::ensure_default(cache, &ModelPin::builtin())?,
     };
-    Ok(Installed { server, model })
+    Ok((
+        Installed {
+            server,
+            model,
+            rung,
+        },
+        tried,
+    ))
+}
+
+/// Smoke-tests the user's binary on the default model when it is at hand (never downloading
+/// it for this), once per binary and host; a failure is an error, since a given binary is
+/// never replaced.
+fn smoke_given(cache: &Path, path: &Path, launch: &SmokeLaunch) -> Result<RungInUse, SetupError> {
+    let model = model::default_model_path(cache, &ModelPin::builtin());
+    if !model.is_file() {
+        return Ok(RungInUse::given(
+            "set by `backend.bin` (not smoke-tested: the default model is not in the cache)",
+        ));
+    }
+    let cpu = CpuSignature::detect();
+    let key = VerdictKey::new(&verdict::binary_hash(path)?, &cpu, "backend.bin");
+    let verdict = match verdict::load(cache, &key) {
+        Some(v) => v,
+        None => {
+            let installed = Installed {
+                server: path.to_path_buf(),
+                model,
+                rung: RungInUse::given("smoke test"),
+            };
+            let v = super::ladder::test(&installed, launch, &cpu);
+            verdict::store(cache, &key, &v)?;
+            v
+        }
+    };
+    if !verdict.passed {
+        return Err(SetupError::BinFailed {
+            path: path.to_path_buf(),
+            reason: verdict.reason,
+        });
+    }
+    Ok(RungInUse::given(format!(
+        "set by `backend.bin`; {}",
+        verdict.describe()
+    )))
 }
 
 fn check_executable(path: &Path) -> Result<(), SetupError> {
@@ -84,6 +205,8 @@ mod tests {
             cache_dir: dir.path().join("cache"),
             model,
             backend_bin,
+            smoke: None,
+            all_rungs: false,
         };
         let e = ensure(&options(
             Some(model.clone()),

@@ -15,10 +15,16 @@ use std::sync::Arc;
 pub fn options(config: Config, args: &RunArgs, host: &Host) -> Result<RunOptions, ConfigError> {
     let name = args.profile.as_deref().unwrap_or(&config.default_profile);
     let profile = profile::resolve(&config, name, host)?;
+    let mut setup = super::setup::options(&config, &args.setup);
+    // The smoke test runs the backend with the flags this profile will use.
+    setup.smoke = Some(crate::backend::smoke::SmokeLaunch {
+        config: config.clone(),
+        profile: profile.clone(),
+    });
     Ok(RunOptions {
         listen: args.listen.unwrap_or(config.listen),
         api_keys: config.effective_api_keys(),
-        setup: super::setup::options(&config, &args.setup),
+        setup,
         profile,
         host: *host,
         config_path: args

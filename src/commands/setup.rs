@@ -2,13 +2,27 @@
 //! they are.
 
 use crate::backend::setup::{self, SetupOptions};
+use crate::backend::smoke::SmokeLaunch;
 use crate::cli::SetupArgs;
 use crate::config::Config;
 use std::process::ExitCode;
 
-/// `--model` and `--backend-bin` over `model` and `backend.bin` of the configuration.
+/// `--model` and `--backend-bin` over `model` and `backend.bin` of the configuration; the smoke
+/// test launches the default profile as resolved on this host (`run` puts its own profile
+/// there).
 pub fn options(config: &Config, args: &SetupArgs) -> SetupOptions {
+    let profile = crate::profile::resolve(
+        config,
+        &config.default_profile,
+        &crate::host::Host::detect(),
+    )
+    .ok();
     SetupOptions {
+        smoke: profile.map(|profile| SmokeLaunch {
+            config: config.clone(),
+            profile,
+        }),
+        all_rungs: args.all_rungs,
         cache_dir: config.cache_dir(),
         model: args.model.clone().or_else(|| config.model.clone()),
         backend_bin: args
@@ -22,21 +36,15 @@ pub async fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
     let config = super::load_config(&args.config)?;
     let options = options(&config, &args);
     let started = std::time::Instant::now();
-    if args.all_rungs {
-        let cache = options.cache_dir.clone();
-        tokio::task::spawn_blocking(move || {
-            let pin = crate::backend::pin::SourcePin::builtin();
-            for flavor in crate::backend::build::Flavor::ALL {
-                let t = std::time::Instant::now();
-                let dir = crate::backend::build::ensure_build(&cache, &pin, flavor)?;
-                println!("{flavor}: {} ({:.1?})", dir.display(), t.elapsed());
-            }
-            Ok::<_, crate::backend::build::BuildError>(())
-        })
-        .await??;
+    let (installed, tried) =
+        tokio::task::spawn_blocking(move || setup::ensure_reporting(&options)).await??;
+    for line in &tried {
+        println!("rung {line}");
     }
-    let installed = tokio::task::spawn_blocking(move || setup::ensure(&options)).await??;
     println!("llama-server: {}", installed.server.display());
+    println!("backend: {}", installed.rung.name);
+    println!("backend args: {}", installed.rung.args.join(" "));
+    println!("backend why: {}", installed.rung.why);
     println!("model: {}", installed.model.display());
     eprintln!("setup: done in {:.1?}", started.elapsed());
     Ok(ExitCode::SUCCESS)

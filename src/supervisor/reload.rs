@@ -302,6 +302,8 @@ mod tests {
                     cache_dir: "/tmp".into(),
                     model: None,
                     backend_bin: None,
+                    smoke: None,
+                    all_rungs: false,
                 },
                 profile,
                 host,
@@ -312,6 +314,7 @@ mod tests {
             installed: setup::Installed {
                 server: "/bin/llama-server".into(),
                 model: "/m/model.gguf".into(),
+                rung: setup::RungInUse::given("test"),
             },
         }
     }

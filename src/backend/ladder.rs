@@ -1,0 +1,446 @@
+//! The backend ladder: which build of the pinned llama-server, with which run-time flags, runs
+//! on this host. Rungs in order of speed: the native build; the same binary with
+//! `--no-repack` (no extra buffer types: AMX and the other repacked kernels off at run time);
+//! the portable build (ggml picks a CPU variant at load); the portable build without the
+//! variant that failed here; the baseline build. Each rung is smoke-tested once
+//! ([`super::smoke`]), its verdict recorded ([`super::verdict`]), and a failed rung is skipped
+//! next time; a rung's build happens only when the ladder reaches it.
+
+use super::build::{self, BuildError, Flavor};
+use super::model::{self, ModelError};
+use super::pin::{ModelPin, SourcePin};
+use super::setup::{Installed, RungInUse};
+use super::smoke::{self, SmokeLaunch};
+use super::verdict::{self, Verdict, VerdictError, VerdictKey};
+use crate::host::CpuSignature;
+use std::path::{Path, PathBuf};
+
+/// One configuration of the pinned llama-server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rung {
+    Native,
+    /// The native binary with `--no-repack`.
+    NativeNoRepack,
+    Portable,
+    /// The portable build without `libggml-cpu-<variant>.so`, the variant that failed here.
+    PortableWithout(String),
+    Baseline,
+}
+
+impl Rung {
+    pub fn name(&self) -> String {
+        match self {
+            Rung::Native => "native".into(),
+            Rung::NativeNoRepack => "native --no-repack".into(),
+            Rung::Portable => "portable".into(),
+            Rung::PortableWithout(v) => format!("portable without {v}"),
+            Rung::Baseline => "baseline".into(),
+        }
+    }
+
+    /// llama-server flags this rung adds to every launch.
+    pub fn args(&self) -> Vec<String> {
+        match self {
+            Rung::NativeNoRepack => vec!["--no-repack".into()],
+            _ => Vec::new(),
+        }
+    }
+
+    fn flavor(&self) -> Flavor {
+        match self {
+            Rung::Native | Rung::NativeNoRepack => Flavor::Native,
+            Rung::Portable | Rung::PortableWithout(_) => Flavor::Portable,
+            Rung::Baseline => Flavor::Baseline,
+        }
+    }
+}
+
+/// The rungs in the order they are climbed. `failed_variant` is the CPU variant the portable
+/// rung failed in on this host, when it did: only then is there a rung without it.
+pub fn rungs(failed_variant: Option<&str>) -> Vec<Rung> {
+    let mut rungs = vec![Rung::Native, Rung::NativeNoRepack, Rung::Portable];
+    if let Some(v) = failed_variant {
+        rungs.push(Rung::PortableWithout(v.to_string()));
+    }
+    rungs.push(Rung::Baseline);
+    rungs
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LadderError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Verdict(#[from] VerdictError),
+    #[error("no build of llama-server runs on this CPU ({cpu}); every rung of the ladder failed:\n{tried}\n(verdicts in {verdicts}; delete them to test again, or set `backend.bin` to a llama-server that runs here)")]
+    NoRung {
+        cpu: String,
+        tried: String,
+        verdicts: PathBuf,
+    },
+    #[error("cannot prepare the `{rung}` rung in {dir}: {source} (check that the cache directory is writable)")]
+    Prepare {
+        rung: String,
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What the ladder found for one rung.
+#[derive(Debug, Clone)]
+pub struct Tried {
+    pub rung: String,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Tested now or before (`fresh` says which).
+    Verdict { verdict: Verdict, fresh: bool },
+    /// The rung could not be built.
+    BuildFailed(String),
+}
+
+impl Tried {
+    /// One line for `setup`: `native: failed: llama-server used ... (recorded 2026-...)`.
+    pub fn describe(&self) -> String {
+        match &self.outcome {
+            Outcome::Verdict { verdict, fresh } => format!(
+                "{}: {}{}",
+                self.rung,
+                verdict.describe(),
+                if *fresh {
+                    String::new()
+                } else {
+                    format!(" (recorded {})", verdict.date)
+                }
+            ),
+            Outcome::BuildFailed(why) => format!("{}: not built: {why}", self.rung),
+        }
+    }
+}
+
+/// Where the ladder climbs and how it tests.
+pub struct Ladder<'a> {
+    pub cache: &'a Path,
+    pub pin: &'a SourcePin,
+    pub launch: &'a SmokeLaunch,
+    pub cpu: CpuSignature,
+    /// Test every rung instead of stopping at the first that runs (`setup --all-rungs`).
+    pub all_rungs: bool,
+}
+
+/// The ladder's answer: the rung in use, and what it found on the way.
+#[derive(Debug, Clone)]
+pub struct Climbed {
+    pub server: PathBuf,
+    pub rung: RungInUse,
+    pub tried: Vec<Tried>,
+}
+
+impl Ladder<'_> {
+    /// Climbs from the fastest rung to the first whose smoke test passes on this host (a
+    /// recorded verdict counts; a recorded failure is skipped). Blocking: builds and tests.
+    pub fn climb(&self) -> Result<Climbed, LadderError> {
+        let mut tried: Vec<Tried> = Vec::new();
+        let mut chosen: Option<(PathBuf, RungInUse)> = None;
+        let mut failed_variant: Option<String> = None;
+        let mut index = 0;
+        loop {
+            let all = rungs(failed_variant.as_deref());
+            let Some(rung) = all.get(index).cloned() else {
+                break;
+            };
+            index += 1;
+            if chosen.is_some() && !self.all_rungs {
+                break;
+            }
+            let program = match self.prepare(&rung) {
+                Ok(p) => p,
+                Err(PrepareError::Build(e)) => {
+                    tracing::warn!(rung = %rung.name(), error = %e, "this rung cannot be built; trying the next");
+                    tried.push(Tried {
+                        rung: rung.name(),
+                        outcome: Outcome::BuildFailed(first_line(&e.to_string())),
+                    });
+                    continue;
+                }
+                Err(PrepareError::Io(dir, source)) => {
+                    return Err(LadderError::Prepare {
+                        rung: rung.name(),
+                        dir,
+                        source,
+                    })
+                }
+            };
+            let (verdict, fresh) = self.verdict(&rung, &program)?;
+            if !verdict.passed && rung == Rung::Portable {
+                failed_variant = verdict.cpu_variant.clone();
+            }
+            if verdict.passed && chosen.is_none() {
+                let why = why(&rung, &verdict, &tried);
+                chosen = Some((
+                    program.clone(),
+                    RungInUse {
+                        name: rung.name(),
+                        args: rung.args(),
+                        why,
+                    },
+                ));
+            }
+            tried.push(Tried {
+                rung: rung.name(),
+                outcome: Outcome::Verdict { verdict, fresh },
+            });
+        }
+        match chosen {
+            Some((server, rung)) => Ok(Climbed {
+                server,
+                rung,
+                tried,
+            }),
+            None => Err(LadderError::NoRung {
+                cpu: self.cpu.describe(),
+                tried: tried
+                    .iter()
+                    .map(|t| format!("  {}", t.describe()))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                verdicts: self.cache.join("verdicts"),
+            }),
+        }
+    }
+
+    /// The rung's program, building its flavor first when needed.
+    fn prepare(&self, rung: &Rung) -> Result<PathBuf, PrepareError> {
+        let bin_dir = build::ensure_build(self.cache, self.pin, rung.flavor())
+            .map_err(|e| PrepareError::Build(Box::new(e)))?;
+        match rung {
+            Rung::PortableWithout(variant) => {
+                let dir = self.without_dir(variant);
+                without_variant(&bin_dir, &dir, variant)
+                    .map_err(|e| PrepareError::Io(dir.clone(), e))?;
+                Ok(dir.join(&self.pin.target))
+            }
+            _ => Ok(bin_dir.join(&self.pin.target)),
+        }
+    }
+
+    /// This host's copy of the portable build without one variant:
+    /// `<cache>/llama.cpp/<key>-portable-<cpu key>-without-<variant>/`.
+    fn without_dir(&self, variant: &str) -> PathBuf {
+        self.cache.join("llama.cpp").join(format!(
+            "{}-{}-without-{variant}",
+            Flavor::Portable.dir_name(self.pin),
+            self.cpu.key()
+        ))
+    }
+
+    /// The recorded verdict for this rung's binary on this CPU, else a fresh smoke test.
+    fn verdict(&self, rung: &Rung, program: &Path) -> Result<(Verdict, bool), LadderError> {
+        let key = VerdictKey::new(&verdict::binary_hash(program)?, &self.cpu, &rung.name());
+        if let Some(v) = verdict::load(self.cache, &key) {
+            tracing::debug!(rung = %rung.name(), passed = v.passed, "smoke-test verdict reused");
+            return Ok((v, false));
+        }
+        let model = model::ensure_default(self.cache, &ModelPin::builtin())?;
+        let installed = Installed {
+            server: program.to_path_buf(),
+            model,
+            rung: RungInUse {
+                name: rung.name(),
+                args: rung.args(),
+                why: "smoke test".into(),
+            },
+        };
+        let v = test(&installed, self.launch, &self.cpu);
+        let path = verdict::store(self.cache, &key, &v)?;
+        tracing::info!(rung = %rung.name(), passed = v.passed, verdict = %v.describe(), path = %path.display(), "smoke test done");
+        Ok((v, true))
+    }
+}
+
+/// Smoke-tests `installed` and turns the outcome into a verdict for its rung.
+pub fn test(installed: &Installed, launch: &SmokeLaunch, cpu: &CpuSignature) -> Verdict {
+    eprintln!(
+        "smoke test: {} ({})",
+        installed.rung.name,
+        installed.server.display()
+    );
+    let result = smoke::run(installed, launch);
+    let (passed, reason, tokens_per_second, cpu_variant) = match result {
+        Ok(p) => (
+            true,
+            format!(
+                "generated {} tokens, clean exit in {:.1?}",
+                smoke::PREDICT,
+                p.took
+            ),
+            Some(p.tokens_per_second),
+            p.cpu_variant,
+        ),
+        Err(f) => {
+            tracing::warn!(rung = %installed.rung.name, error = %f, "smoke test failed");
+            (
+                false,
+                f.summary(),
+                None,
+                f.cpu_variant().map(str::to_string),
+            )
+        }
+    };
+    Verdict {
+        rung: installed.rung.name.clone(),
+        passed,
+        reason,
+        tokens_per_second,
+        cpu_variant,
+        program: installed.server.clone(),
+        cpu: cpu.describe(),
+        date: verdict::now(),
+    }
+}
+
+/// Records that `installed` failed at run time (a SIGILL, a crash while loading), so the ladder
+/// skips its rung from now on.
+pub fn record_failure(
+    cache: &Path,
+    installed: &Installed,
+    reason: &str,
+    cpu_variant: Option<&str>,
+) -> Result<PathBuf, VerdictError> {
+    let cpu = CpuSignature::detect();
+    let key = VerdictKey::new(
+        &verdict::binary_hash(&installed.server)?,
+        &cpu,
+        &installed.rung.name,
+    );
+    verdict::store(
+        cache,
+        &key,
+        &Verdict {
+            rung: installed.rung.name.clone(),
+            passed: false,
+            reason: format!("at run time: {reason}"),
+            tokens_per_second: None,
+            cpu_variant: cpu_variant.map(str::to_string),
+            program: installed.server.clone(),
+            cpu: cpu.describe(),
+            date: verdict::now(),
+        },
+    )
+}
+
+enum PrepareError {
+    Build(Box<BuildError>),
+    Io(PathBuf, std::io::Error),
+}
+
+fn why(rung: &Rung, verdict: &Verdict, below: &[Tried]) -> String {
+    let mut why = format!(
+        "the fastest rung that passed the smoke test on this CPU ({})",
+        verdict.describe()
+    );
+    if *rung == Rung::Native {
+        why = format!(
+            "the native build passed the smoke test on this CPU ({})",
+            verdict.describe()
+        );
+    }
+    let failed: Vec<String> = below.iter().map(Tried::describe).collect();
+    if !failed.is_empty() {
+        why.push_str(&format!("; {}", failed.join("; ")));
+    }
+    why
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+/// Fills `dest` with hard links (copies where linking fails) of every file in `src` but
+/// `libggml-cpu-<variant>.*`. ggml looks for its CPU variants in the executable's own
+/// directory (`/proc/self/exe`, so symbolic links would lead back to `src`).
+fn without_variant(src: &Path, dest: &Path, variant: &str) -> std::io::Result<()> {
+    let skip = format!("libggml-cpu-{variant}.");
+    std::fs::create_dir_all(dest)?;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name_str = name.to_string_lossy();
+        if name_str.starts_with(&skip) || !entry.file_type()?.is_file() {
+            continue;
+        }
+        let target = dest.join(&name);
+        if target.exists() {
+            continue;
+        }
+        if std::fs::hard_link(entry.path(), &target).is_err() {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rungs_climb_from_fastest_to_safest() {
+        let names: Vec<String> = rungs(None).iter().map(Rung::name).collect();
+        assert_eq!(
+            names,
+            ["native", "native --no-repack", "portable", "baseline"]
+        );
+        let names: Vec<String> = rungs(Some("sapphirerapids"))
+            .iter()
+            .map(Rung::name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "native",
+                "native --no-repack",
+                "portable",
+                "portable without sapphirerapids",
+                "baseline"
+            ]
+        );
+        assert_eq!(Rung::NativeNoRepack.args(), ["--no-repack"]);
+        assert!(Rung::Portable.args().is_empty());
+        assert_eq!(Rung::NativeNoRepack.flavor(), Flavor::Native);
+        assert_eq!(
+            Rung::PortableWithout("zen4".into()).flavor(),
+            Flavor::Portable
+        );
+    }
+
+    #[test]
+    fn the_rung_without_a_variant_links_everything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        for f in [
+            "llama-server",
+            "libggml-base.so",
+            "libggml-cpu-haswell.so",
+            "libggml-cpu-sapphirerapids.so",
+        ] {
+            std::fs::write(src.join(f), f).unwrap();
+        }
+        let dest = dir.path().join("dest");
+        without_variant(&src, &dest, "sapphirerapids").unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&dest)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["libggml-base.so", "libggml-cpu-haswell.so", "llama-server"]
+        );
+        // Again: nothing to do, no error.
+        without_variant(&src, &dest, "sapphirerapids").unwrap();
+    }
+}
