@@ -46,6 +46,20 @@ pub struct StatusReport {
     /// Tokens of the answered requests since the supervisor started (the `/metrics` counters).
     #[serde(default)]
     pub tokens: TokenTotals,
+    /// Which llama-server build and run-time flags are in use, and why (`backend::ladder`).
+    #[serde(default)]
+    pub backend_rung: Option<BackendRung>,
+}
+
+/// The backend in use in `/status`: the ladder's rung (or the user's `backend.bin`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendRung {
+    /// `native`, `native --no-repack`, `portable`, ..., or `backend.bin`.
+    pub rung: String,
+    pub program: String,
+    /// The flags the rung adds to llama-server's command line.
+    pub args: Vec<String>,
+    pub why: String,
 }
 
 /// Token totals in `/status`.
@@ -141,6 +155,12 @@ pub(crate) fn example() -> StatusReport {
         },
         model: "/models/m.gguf".into(),
         model_id: "m".into(),
+        backend_rung: Some(BackendRung {
+            rung: "native --no-repack".into(),
+            program: "/c/llama.cpp/x/build/bin/llama-server".into(),
+            args: vec!["--no-repack".into()],
+            why: "native: failed: SIGILL".into(),
+        }),
         backend: Some(BackendReport {
             pid: 1234,
             port: 40000,
@@ -186,6 +206,7 @@ mod tests {
         assert_eq!(json["backend"]["threads_batch"], 2);
         assert_eq!(json["governor"]["state"], "throttling");
         assert_eq!(json["resolved_profile"]["priority"], "background");
+        assert_eq!(json["backend_rung"]["rung"], "native --no-repack");
         let back: StatusReport = serde_json::from_value(json).unwrap();
         assert_eq!(back, report);
 

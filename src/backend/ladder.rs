@@ -368,7 +368,8 @@ fn without_variant(src: &Path, dest: &Path, variant: &str) -> std::io::Result<()
         let entry = entry?;
         let name = entry.file_name();
         let name_str = name.to_string_lossy();
-        if name_str.starts_with(&skip) || !entry.file_type()?.is_file() {
+        // Following links: a file linked in counts as a file.
+        if name_str.starts_with(&skip) || !std::fs::metadata(entry.path())?.is_file() {
             continue;
         }
         let target = dest.join(&name);

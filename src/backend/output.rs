@@ -29,11 +29,13 @@ pub struct LogTail(Arc<Mutex<Lines>>);
 struct Lines {
     head: Vec<String>,
     tail: VecDeque<String>,
+    pushed: usize,
 }
 
 impl LogTail {
     pub(crate) fn push(&self, line: String) {
         let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        lines.pushed += 1;
         if lines.head.len() < HEAD_LINES {
             lines.head.push(line.clone());
         }
@@ -50,10 +52,17 @@ impl LogTail {
         q.iter().skip(q.len().saturating_sub(n)).cloned().collect()
     }
 
-    /// The first [`HEAD_LINES`] lines the child printed.
-    pub fn first(&self) -> Vec<String> {
+    /// Every line kept, in order: the first [`HEAD_LINES`], then the last [`TAIL_LINES`]
+    /// (each line once where the two overlap).
+    pub fn kept(&self) -> Vec<String> {
         let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        lines.head.clone()
+        let overlap = (lines.head.len() + lines.tail.len()).saturating_sub(lines.pushed);
+        lines
+            .head
+            .iter()
+            .chain(lines.tail.iter().skip(overlap))
+            .cloned()
+            .collect()
     }
 
     /// The last lines that look like errors, or else the last lines.
@@ -283,6 +292,23 @@ fn report(pid: i32, suppressed: Option<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_and_last_lines_are_kept_once_each() {
+        let t = LogTail::default();
+        for i in 0..3 {
+            t.push(format!("line {i}"));
+        }
+        assert_eq!(t.kept(), ["line 0", "line 1", "line 2"]);
+        for i in 3..200 {
+            t.push(format!("line {i}"));
+        }
+        let kept = t.kept();
+        assert_eq!(kept.len(), HEAD_LINES + TAIL_LINES);
+        assert_eq!(kept[0], "line 0");
+        assert_eq!(kept[HEAD_LINES - 1], format!("line {}", HEAD_LINES - 1));
+        assert_eq!(kept.last().unwrap(), "line 199");
+    }
 
     #[test]
     fn tail_keeps_last_lines_and_prefers_errors() {

@@ -44,24 +44,24 @@ pub struct Passed {
 /// Why a smoke test failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Failure {
-    #[error("llama-server used a CPU instruction this machine refuses (SIGILL){}; last output:\n{tail}", variant_note(.cpu_variant))]
+    #[error("llama-server used a CPU instruction this machine refuses (SIGILL){}\nlast output:\n{tail}", variant_note(.cpu_variant))]
     IllegalInstruction {
         cpu_variant: Option<String>,
         tail: String,
     },
-    #[error("llama-server crashed with {signal} while loading the model{}; last output:\n{tail}", variant_note(.cpu_variant))]
+    #[error("llama-server crashed with {signal} while loading the model{}\nlast output:\n{tail}", variant_note(.cpu_variant))]
     CrashedLoading {
         signal: String,
         cpu_variant: Option<String>,
         tail: String,
     },
-    #[error("llama-server did not {step} within {after:?}; last output:\n{tail}")]
+    #[error("llama-server did not {step} within {after:?}\nlast output:\n{tail}")]
     Timeout {
         step: &'static str,
         after: Duration,
         tail: String,
     },
-    #[error("llama-server {status} {when}; last output:\n{tail}")]
+    #[error("llama-server {status} {when}\nlast output:\n{tail}")]
     BadExit {
         status: String,
         when: &'static str,
@@ -167,11 +167,7 @@ async fn run_spec(spec: LaunchSpec) -> Result<Passed, Failure> {
         .map_err(|e| Failure::Spawn(format!("{}: {e}", spec.program.display())))?;
     let result = exercise(&mut child, &spec, deadline).await;
     let logs = child.logs.clone();
-    let lines = move || {
-        let mut all = logs.first();
-        all.extend(logs.last(crate::backend::output::TAIL_LINES));
-        all
-    };
+    let lines = move || logs.kept();
     let passed = match result {
         Ok(passed) => passed,
         Err(Step::Exited { status, ready }) => {

@@ -510,6 +510,7 @@ mod tests {
             queued: 1,
             uptime_s: 3.0,
             tokens: Default::default(),
+            backend_rung: None,
         }
     }
 

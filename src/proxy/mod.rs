@@ -31,6 +31,8 @@ pub struct Info {
     pub profile: crate::profile::Resolved,
     pub model: String,
     pub model_id: String,
+    /// The backend in use and why.
+    pub rung: crate::status::BackendRung,
 }
 
 /// What a reload can change while the proxy serves: its limits and the facts `/status` shows.
@@ -121,6 +123,7 @@ impl Shared {
             uptime_s: self.started.elapsed().as_secs_f64().round(),
             config_generation: live.generation,
             tokens: self.metrics.tokens(),
+            backend_rung: Some(live.info.rung.clone()),
         }
     }
 }

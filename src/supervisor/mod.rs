@@ -86,6 +86,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     let installed = crate::notify::while_setting_up(setup_task)
         .await
         .context("setup panicked")??;
+    tracing::info!(
+        rung = %installed.rung.name,
+        program = %installed.server.display(),
+        args = ?installed.rung.args,
+        why = %installed.rung.why,
+        "backend in use"
+    );
     crate::backend::memory::check_at_start(
         &installed.model,
         &profile,

@@ -195,6 +195,12 @@ pub fn live(active: &Active, generation: u64) -> proxy::Live {
             model_id: launch::model_id(&options.config, &active.installed.model),
             model: active.installed.model.display().to_string(),
             profile: options.profile.clone(),
+            rung: crate::status::BackendRung {
+                rung: active.installed.rung.name.clone(),
+                program: active.installed.server.display().to_string(),
+                args: active.installed.rung.args.clone(),
+                why: active.installed.rung.why.clone(),
+            },
         },
     }
 }

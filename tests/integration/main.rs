@@ -9,6 +9,7 @@ mod e2e;
 mod fake_backend;
 mod faults;
 mod governor;
+mod ladder;
 mod lifecycle;
 mod load;
 mod logs;

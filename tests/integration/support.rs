@@ -33,6 +33,9 @@ pub struct Options<'a> {
     pub own_pid_var: Option<&'a str>,
     /// With the real llama-server: this model file instead of the default one.
     pub model: Option<PathBuf>,
+    /// With the fake backend: no `--backend-bin` and no `--model`, so the backend ladder
+    /// picks the build from the cache the test prepared (`[backend] cache_dir` in `config`).
+    pub from_cache: bool,
 }
 
 impl Supervisor {
@@ -62,7 +65,9 @@ impl Supervisor {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if opts.fake {
+        if opts.fake && opts.from_cache {
+            // The cache's builds and default model, chosen by the ladder.
+        } else if opts.fake {
             let model = dir.path().join("fake.gguf");
             std::fs::write(&model, b"GGUF fake model for tests").expect("write model");
             cmd.arg("--backend-bin").arg(FAKE).arg("--model").arg(model);

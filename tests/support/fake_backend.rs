@@ -28,6 +28,11 @@
 //! | `flood=N`            | print N numbered lines to stderr as fast as possible at start       |
 //! | `requests-file=PATH` | append `PID METHOD PATH BODY` (body as one line) to PATH for every   |
 //! |                      | request but the health probes, when it arrives                       |
+//! | `sigill-unless=FLAG` | die by SIGILL while "loading", as a build using an instruction this  |
+//! |                      | CPU refuses, unless FLAG is on the command line (`--no-repack`)      |
+//!
+//! Like llama-server, it exits 0 on SIGTERM (unless `ignore-sigterm`), and answers llama-server's
+//! own `/completion` with `timings` (what the smoke test reads).
 //!
 //! Durations are humantime strings (`250ms`, `2s`). A bad directive exits with status 2.
 
@@ -69,11 +74,12 @@ struct Mode {
     bad_model_unless: Option<String>,
     flood: usize,
     requests_file: Option<PathBuf>,
+    sigill_unless: Option<String>,
 }
 
 const DIRECTIVES: &str = "load=DUR, exit-at-start=CODE, crash-after=DUR, hang-after=DUR, \
     health-hang-after=DUR, completions-hang, completions-fail, ignore-sigterm, stream-chunks=N, stream-delay=DUR, response-delay=DUR, die-mid-stream=N, \
-    burn, starts-file=PATH, drop-request=N, echo, bad-model-unless=TEXT, flood=N, requests-file=PATH";
+    burn, starts-file=PATH, drop-request=N, echo, bad-model-unless=TEXT, flood=N, requests-file=PATH, sigill-unless=FLAG";
 
 impl Mode {
     fn parse(spec: &str) -> Result<Mode, String> {
@@ -97,6 +103,7 @@ impl Mode {
             bad_model_unless: None,
             flood: 0,
             requests_file: None,
+            sigill_unless: None,
         };
         for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
             let (key, value) = match directive.split_once('=') {
@@ -135,6 +142,7 @@ impl Mode {
                 ("starts-file", Some(v)) => mode.starts_file = Some(PathBuf::from(v)),
                 ("drop-request", Some(v)) => mode.drop_request = Some(num(v)? as u64),
                 ("bad-model-unless", Some(v)) => mode.bad_model_unless = Some(v.to_string()),
+                ("sigill-unless", Some(v)) => mode.sigill_unless = Some(v.to_string()),
                 ("flood", Some(v)) => mode.flood = num(v)?,
                 ("requests-file", Some(v)) => mode.requests_file = Some(PathBuf::from(v)),
                 _ => {
@@ -275,6 +283,18 @@ fn main() {
             std::process::exit(1);
         }
     }
+    if let Some(flag) = &mode.sigill_unless {
+        if !std::env::args().any(|a| &a == flag) {
+            say("load_backend: loaded CPU backend from /fake/libggml-cpu-fakeamx.so");
+            say(&format!(
+                "llama_model_load: loading model (FAKE_BACKEND_MODE sigill-unless={flag})"
+            ));
+            // No core file for a crash on purpose.
+            let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+            let _ = nix::sys::signal::raise(nix::sys::signal::SIGILL);
+            fail("SIGILL did not end the process");
+        }
+    }
     if let Some(code) = mode.exit_at_start {
         say("error: fake failure at start");
         say(&format!(
@@ -365,6 +385,7 @@ async fn serve(args: Args, mode: Mode) {
             std::process::exit(1);
         });
     }
+    let ignore_sigterm = mode.ignore_sigterm;
     let backend = Arc::new(Backend {
         args,
         mode,
@@ -385,11 +406,23 @@ async fn serve(args: Args, mode: Mode) {
         .route("/detokenize", post(routes::detokenize))
         .route("/props", get(routes::props))
         .route("/metrics", get(routes::metrics))
+        .route("/completion", post(native_completion))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "File Not Found", "not_found_error") })
         .layer(middleware::from_fn_with_state(backend.clone(), gate))
         // llama-server takes any body size; a 413 must come from the proxy, not from here.
         .layer(DefaultBodyLimit::disable())
         .with_state(backend);
+    if !ignore_sigterm {
+        // llama-server ends cleanly (exit 0) on SIGTERM.
+        tokio::spawn(async {
+            if let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                term.recv().await;
+                std::process::exit(0);
+            }
+        });
+    }
     if let Err(e) = axum::serve(listener, app).await {
         say(&format!("fake-backend: server error: {e}"));
         std::process::exit(1);
@@ -494,4 +527,13 @@ async fn health(State(b): State<Shared>) -> Response {
         );
     }
     Json(json!({"status": "ok"})).into_response()
+}
+
+/// llama-server's own `/completion`: eight words and the `timings` the smoke test reads.
+async fn native_completion() -> Json<serde_json::Value> {
+    Json(json!({
+        "content": " fake fake fake fake fake fake fake fake",
+        "tokens_predicted": 8,
+        "timings": {"predicted_n": 8, "predicted_per_second": 123.0},
+    }))
 }

@@ -1,0 +1,181 @@
+//! The backend ladder with the fake llama-server standing in for every build in a cache the
+//! test prepares: a SIGILL in the smoke test is named, the next rung is tried, the verdicts are
+//! recorded and reused at the next start; a user's `backend.bin` that SIGILLs is reported, never
+//! replaced.
+
+use crate::support::{Options, Supervisor, BIN, FAKE};
+use sentinel_supervisor::backend::build::{BuildDir, Flavor};
+use sentinel_supervisor::backend::model::default_model_path;
+use sentinel_supervisor::backend::pin::{ModelPin, SourcePin};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// A cache whose builds of `flavors` are the fake backend (stamped, as a finished build) and
+/// whose default model is a small fake file marked verified. Returns the config file's text.
+fn fake_cache(cache: &Path, flavors: &[Flavor]) -> String {
+    let pin = SourcePin::builtin();
+    for &flavor in flavors {
+        let dir = BuildDir::new(cache, &pin, flavor);
+        std::fs::create_dir_all(dir.bin_dir()).unwrap();
+        std::os::unix::fs::symlink(FAKE, dir.binary(&pin)).unwrap();
+        std::fs::write(dir.stamp(), "fake build for a test").unwrap();
+    }
+    let models = ModelPin::builtin();
+    let model = default_model_path(cache, &models);
+    std::fs::create_dir_all(model.parent().unwrap()).unwrap();
+    std::fs::write(&model, b"GGUF fake default model").unwrap();
+    std::fs::write(model.with_extension("gguf.verified"), &models.sha256).unwrap();
+    format!("[backend]\ncache_dir = \"{}\"\n", cache.display())
+}
+
+fn verdicts(cache: &Path) -> Vec<(String, String)> {
+    let mut all: Vec<(String, String)> = std::fs::read_dir(cache.join("verdicts"))
+        .map(|d| {
+            d.map(|e| {
+                let p: PathBuf = e.unwrap().path();
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read_to_string(&p).unwrap(),
+                )
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    all.sort();
+    all
+}
+
+fn starts(file: &Path) -> usize {
+    std::fs::read_to_string(file)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_sigill_climbs_one_rung_records_it_and_is_skipped_next_start() {
+    let cache = tempfile::tempdir().unwrap();
+    let config = fake_cache(cache.path(), &[Flavor::Native]);
+    let starts_file = cache.path().join("starts");
+    let mode = format!(
+        "sigill-unless=--no-repack,starts-file={}",
+        starts_file.display()
+    );
+    let options = || Options {
+        fake: true,
+        from_cache: true,
+        config: &config,
+        env: vec![("FAKE_BACKEND_MODE", mode.clone())],
+        ..Default::default()
+    };
+    let s = Supervisor::start(options());
+    s.wait_health(200, Duration::from_secs(60));
+    let logs = s.logs();
+    assert!(
+        logs.contains("llama-server used a CPU instruction this machine refuses (SIGILL) in its CPU variant `fakeamx`"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("backend in use") && logs.contains("rung=native --no-repack"),
+        "{logs}"
+    );
+    let status = s.status();
+    let rung = status.backend_rung.expect("/status names the backend");
+    assert_eq!(rung.rung, "native --no-repack");
+    assert_eq!(rung.args, ["--no-repack"]);
+    assert!(
+        rung.why
+            .contains("native: failed: llama-server used a CPU instruction"),
+        "{}",
+        rung.why
+    );
+    // The native smoke test, the --no-repack one, the backend that serves.
+    assert_eq!(starts(&starts_file), 3);
+    let recorded = verdicts(cache.path());
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    let native = recorded
+        .iter()
+        .find(|(n, _)| n.ends_with("-native.toml"))
+        .unwrap();
+    assert!(
+        native.1.contains("passed = false") && native.1.contains("SIGILL"),
+        "{native:?}"
+    );
+    let no_repack = recorded
+        .iter()
+        .find(|(n, _)| n.ends_with("-native-no-repack.toml"))
+        .unwrap();
+    assert!(no_repack.1.contains("passed = true"), "{no_repack:?}");
+    assert!(
+        no_repack.1.contains("tokens_per_second = 123.0"),
+        "{no_repack:?}"
+    );
+    drop(s);
+
+    // The next start reuses both verdicts: no smoke test, no SIGILL, straight to the rung.
+    let s = Supervisor::start(options());
+    s.wait_health(200, Duration::from_secs(60));
+    assert_eq!(starts(&starts_file), 4, "{}", s.logs());
+    assert!(!s.logs().contains("smoke test:"), "{}", s.logs());
+    assert_eq!(s.status().backend_rung.unwrap().rung, "native --no-repack");
+    assert_eq!(verdicts(cache.path()), recorded);
+}
+
+#[test]
+fn a_sigill_on_every_rung_is_reported_rung_by_rung() {
+    let cache = tempfile::tempdir().unwrap();
+    let config = fake_cache(cache.path(), &Flavor::ALL);
+    let cfg = cache.path().join("config.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let out = Command::new(BIN)
+        .arg("setup")
+        .arg("--config")
+        .arg(&cfg)
+        .env("FAKE_BACKEND_MODE", "sigill-unless=--never-given")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no build of llama-server runs on this CPU"),
+        "{stderr}"
+    );
+    for rung in [
+        "native: failed: llama-server used a CPU instruction this machine refuses (SIGILL)",
+        "native --no-repack: failed: llama-server used a CPU instruction",
+        "portable: failed: llama-server used a CPU instruction",
+        "portable without fakeamx: failed: llama-server used a CPU instruction",
+        "baseline: failed: llama-server used a CPU instruction",
+    ] {
+        assert!(stderr.contains(rung), "`{rung}` missing:\n{stderr}");
+    }
+    assert_eq!(verdicts(cache.path()).len(), 5);
+}
+
+#[test]
+fn a_user_backend_bin_that_sigills_is_reported_and_never_replaced() {
+    let cache = tempfile::tempdir().unwrap();
+    // A native build that would run is in the cache: it must not be used instead.
+    let config = fake_cache(cache.path(), &[Flavor::Native]);
+    let cfg = cache.path().join("config.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let out = Command::new(BIN)
+        .arg("setup")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--backend-bin")
+        .arg(FAKE)
+        .env("FAKE_BACKEND_MODE", "sigill-unless=--never-given")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("the llama-server of `backend.bin` ({FAKE}) failed its smoke test on this CPU: llama-server used a CPU instruction this machine refuses (SIGILL)")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("never replaced"), "{stderr}");
+    let recorded = verdicts(cache.path());
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert!(recorded[0].0.ends_with("-backend-bin.toml"), "{recorded:?}");
+}
