@@ -253,21 +253,34 @@ impl Ladder<'_> {
                 why: "smoke test".into(),
             },
         };
-        let v = test(&installed, self.launch, &self.cpu);
+        let (v, conclusive) = test(&installed, self.launch, &self.cpu);
+        if !conclusive {
+            // A timeout on a busy host says nothing about the CPU: use the rung untested and
+            // test it again at the next start, rather than climb for nothing.
+            tracing::warn!(rung = %rung.name(), reason = %v.reason, "the smoke test was inconclusive; using this rung untested");
+            let used = Verdict {
+                passed: true,
+                reason: format!("not verified: {}", v.reason),
+                ..v
+            };
+            return Ok((used, true));
+        }
         let path = verdict::store(self.cache, &key, &v)?;
         tracing::info!(rung = %rung.name(), passed = v.passed, verdict = %v.describe(), path = %path.display(), "smoke test done");
         Ok((v, true))
     }
 }
 
-/// Smoke-tests `installed` and turns the outcome into a verdict for its rung.
-pub fn test(installed: &Installed, launch: &SmokeLaunch, cpu: &CpuSignature) -> Verdict {
+/// Smoke-tests `installed` and turns the outcome into a verdict for its rung, and whether it
+/// is conclusive (a timeout is not: the host may just be busy).
+pub fn test(installed: &Installed, launch: &SmokeLaunch, cpu: &CpuSignature) -> (Verdict, bool) {
     eprintln!(
         "smoke test: {} ({})",
         installed.rung.name,
         installed.server.display()
     );
     let result = smoke::run(installed, launch);
+    let conclusive = !matches!(result, Err(smoke::Failure::Timeout { .. }));
     let (passed, reason, tokens_per_second, cpu_variant) = match result {
         Ok(p) => (
             true,
@@ -289,7 +302,7 @@ pub fn test(installed: &Installed, launch: &SmokeLaunch, cpu: &CpuSignature) -> 
             )
         }
     };
-    Verdict {
+    let verdict = Verdict {
         rung: installed.rung.name.clone(),
         passed,
         reason,
@@ -298,7 +311,8 @@ pub fn test(installed: &Installed, launch: &SmokeLaunch, cpu: &CpuSignature) -> 
         program: installed.server.clone(),
         cpu: cpu.describe(),
         date: verdict::now(),
-    }
+    };
+    (verdict, conclusive)
 }
 
 /// Records that `installed` failed at run time (a SIGILL, a crash while loading), so the ladder

@@ -163,7 +163,14 @@ fn smoke_given(cache: &Path, path: &Path, launch: &SmokeLaunch) -> Result<RungIn
                 model,
                 rung: RungInUse::given("smoke test"),
             };
-            let v = super::ladder::test(&installed, launch, &cpu);
+            let (v, conclusive) = super::ladder::test(&installed, launch, &cpu);
+            if !conclusive {
+                tracing::warn!(reason = %v.reason, "the smoke test of backend.bin was inconclusive; using it untested");
+                return Ok(RungInUse::given(format!(
+                    "set by `backend.bin` (not verified: {})",
+                    v.reason
+                )));
+            }
             verdict::store(cache, &key, &v)?;
             v
         }

@@ -75,10 +75,7 @@ fn end_to_end_two_profiles_on_the_default_model() {
     .collect();
     args.push(out_dir.display().to_string());
     args.extend(["--model".to_string(), real.model.display().to_string()]);
-    args.extend([
-        "--backend-bin".to_string(),
-        real.server.display().to_string(),
-    ]);
+    // No --backend-bin: each stack's supervisor takes the rung `setup` chose on this host.
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = bench(&refs);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -27,6 +27,9 @@ fn real_backend_serves_recovers_and_leaves_nothing_behind() {
     let started = Instant::now();
     s.wait_health(200, Duration::from_secs(180));
     eprintln!("e2e: ready {:?} after listening", started.elapsed());
+    // The rung `setup` chose (smoke-tested on this CPU) is the one serving.
+    let rung = s.status().backend_rung.expect("/status names the backend");
+    assert_eq!(rung.rung, crate::support::real_backend().rung, "{rung:?}");
 
     let (code, body) = chat(&s);
     assert_eq!(code, 200, "{body}");

@@ -72,10 +72,10 @@ impl Supervisor {
             std::fs::write(&model, b"GGUF fake model for tests").expect("write model");
             cmd.arg("--backend-bin").arg(FAKE).arg("--model").arg(model);
         } else {
+            // No --backend-bin: the supervisor's own setup takes the rung `setup` chose (its
+            // recorded verdict), with the rung's flags, from the same cache.
             let real = real_backend();
-            cmd.arg("--backend-bin")
-                .arg(&real.server)
-                .arg("--model")
+            cmd.arg("--model")
                 .arg(opts.model.as_ref().unwrap_or(&real.model));
         }
         for (k, v) in &opts.env {
@@ -272,7 +272,8 @@ pub fn wait_gone(pid: i32, within: Duration) -> Duration {
 /// The real llama-server and default model, from `sentinel-supervisor setup` (which builds
 /// and fetches them into the cache the first time, and reuses them after).
 pub struct Real {
-    pub server: PathBuf,
+    /// The backend ladder's rung in use on this host (`native`, `native --no-repack`, ...).
+    pub rung: String,
     pub model: PathBuf,
 }
 
@@ -293,8 +294,13 @@ pub fn real_backend() -> &'static Real {
                 .map(|p| Path::new(p.trim()).to_path_buf())
                 .unwrap_or_else(|| panic!("setup printed no `{key}` line: {stdout}"))
         };
+        let rung = find("backend:").display().to_string();
+        eprintln!(
+            "real backend: rung {rung}, {}",
+            find("llama-server:").display()
+        );
         Real {
-            server: find("llama-server:"),
+            rung,
             model: find("model:"),
         }
     })
