@@ -27,6 +27,13 @@ use tokio_util::sync::CancellationToken;
 /// Builds the launch spec for each attempt (fresh port and key every time).
 pub type SpecFactory = Box<dyn Fn() -> std::io::Result<LaunchSpec> + Send + Sync>;
 
+/// After a CPU fault of the backend (`backend::smoke::cpu_fault`): records its rung as failed
+/// and climbs the backend ladder to the next rung that passes the smoke test, returning its
+/// launches and its name. Blocking (it may build and test).
+pub type LadderStep = std::sync::Arc<
+    dyn Fn(&crate::backend::smoke::Failure) -> Result<(SpecFactory, String), String> + Send + Sync,
+>;
+
 /// What each launch is made of; a reload replaces it.
 pub struct Plan {
     pub config: SupervisorConfig,
@@ -35,6 +42,9 @@ pub struct Plan {
     pub governor_settings: GovernorSettings,
     /// Prefixes put in each new backend's cache before it is reported ready.
     pub warmup: Option<std::sync::Arc<super::warmup::Warmup>>,
+    /// The next rung after a CPU fault; `None` for the user's own `backend.bin`, which is never
+    /// replaced (a CPU fault fails it at once: restarting cannot help).
+    pub ladder: Option<LadderStep>,
 }
 
 /// What a reload changes, decided by [`super::reload::classify`].
@@ -240,7 +250,69 @@ impl Lifecycle {
                 Outcome::Replaced => continue,
                 _ => {}
             }
+            let kept = logs.as_ref().map(|l| l.kept()).unwrap_or_default();
             let last_lines = logs.map(|l| l.errors(8)).unwrap_or_default();
+            let fault = match &outcome {
+                Outcome::Exited(status) | Outcome::ExitedBecause(status, _) => {
+                    crate::backend::smoke::cpu_fault(*status, healthy_for.is_some(), &kept)
+                }
+                _ => None,
+            };
+            if let Some(fault) = fault {
+                // Not a crash to retry: this build cannot run here. Not counted toward the
+                // crash-loop breaker.
+                let named = fault.summary();
+                self.status
+                    .send_modify(|s| s.last_exit = Some(named.clone()));
+                let climbed = match cur.plan.ladder.clone() {
+                    Some(step) => {
+                        tracing::error!(reason = %named, last_lines = ?last_lines, "the backend cannot run on this CPU; moving to the next rung of the backend ladder");
+                        let fault = fault.clone();
+                        match tokio::task::spawn_blocking(move || step(&fault)).await {
+                            Ok(result) => result,
+                            Err(e) => Err(format!("the ladder panicked: {e}")),
+                        }
+                    }
+                    None => Err(format!(
+                        "{named} (the llama-server of `backend.bin` is used as given: restarting cannot help; fix or rebuild it for this CPU, or leave `backend.bin` empty to let setup build one that runs here)"
+                    )),
+                };
+                match climbed {
+                    Ok((make_spec, rung)) => {
+                        tracing::info!(%rung, "backend in use");
+                        cur.plan.make_spec = make_spec;
+                        restarts += 1;
+                        continue;
+                    }
+                    Err(reason) => {
+                        tracing::error!(%reason, "giving up on the backend");
+                        self.publish(
+                            State::Failed {
+                                reason,
+                                last_lines,
+                                next_retry_at: None,
+                                next_retry_in_s: None,
+                            },
+                            None,
+                            restarts,
+                        );
+                        // Only a reload (a new binary, say) or the end can change this.
+                        loop {
+                            tokio::select! {
+                                _ = self.cancel.cancelled() => break 'outer End::Stopped,
+                                command = next_command(&mut commands) => {
+                                    if let Command::Reload(reload) = command {
+                                        cur.adopt(reload, Applied::NextLaunch);
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        restarts += 1;
+                        continue;
+                    }
+                }
+            }
             let reason = liveness::with_last_line(describe(&outcome), &last_lines);
             self.status
                 .send_modify(|s| s.last_exit = Some(reason.clone()));

@@ -163,22 +163,46 @@ pub fn plan(active: &Active) -> Plan {
     )
     .map(Arc::new);
     let slots = warmup.as_ref().map(|w| w.slots.dir.clone());
-    let inputs = (
-        active.installed.clone(),
-        profile.clone(),
-        options.config.clone(),
-    );
+    let factory = {
+        let (profile, config, slots) = (profile.clone(), options.config.clone(), slots.clone());
+        move |installed: setup::Installed| -> super::lifecycle::SpecFactory {
+            let inputs = (installed, profile.clone(), config.clone(), slots.clone());
+            Box::new(move || {
+                let mut spec = launch::spec(&inputs.0, &inputs.1, &inputs.2)?;
+                if let Some(dir) = &inputs.3 {
+                    // llama-server refuses a --slot-save-path that is not a directory yet.
+                    std::fs::create_dir_all(dir)?;
+                    spec.args.extend(launch::warm_args(dir));
+                }
+                Ok(spec)
+            })
+        }
+    };
+    let ladder: Option<super::lifecycle::LadderStep> =
+        (active.installed.rung.is_ladder() && options.setup.smoke.is_some()).then(|| {
+            let current = Arc::new(Mutex::new(active.installed.clone()));
+            let setup_options = options.setup.clone();
+            let factory = factory.clone();
+            let step: super::lifecycle::LadderStep = Arc::new(move |fault| {
+                let failed = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                crate::backend::ladder::record_failure(
+                    &setup_options.cache_dir,
+                    &failed,
+                    &fault.summary(),
+                    fault.cpu_variant(),
+                )
+                .map_err(|e| e.to_string())?;
+                let next = setup::ensure(&setup_options).map_err(|e| e.to_string())?;
+                let rung = next.rung.name.clone();
+                *current.lock().unwrap_or_else(|e| e.into_inner()) = next.clone();
+                Ok((factory(next), rung))
+            });
+            step
+        });
     Plan {
         config: options.config.supervisor.clone(),
-        make_spec: Box::new(move || {
-            let mut spec = launch::spec(&inputs.0, &inputs.1, &inputs.2)?;
-            if let Some(dir) = &slots {
-                // llama-server refuses a --slot-save-path that is not a directory yet.
-                std::fs::create_dir_all(dir)?;
-                spec.args.extend(launch::warm_args(dir));
-            }
-            Ok(spec)
-        }),
+        make_spec: factory(active.installed.clone()),
+        ladder,
         governor_config: options.config.governor.clone(),
         governor_settings: profile.governor_settings(options.host),
         warmup,

@@ -179,3 +179,35 @@ fn a_user_backend_bin_that_sigills_is_reported_and_never_replaced() {
     assert_eq!(recorded.len(), 1, "{recorded:?}");
     assert!(recorded[0].0.ends_with("-backend-bin.toml"), "{recorded:?}");
 }
+
+#[test]
+fn a_user_backend_bin_that_sigills_at_run_time_fails_at_once_without_a_crash_loop() {
+    // No default model in the cache: no smoke test at setup, so the SIGILL comes at run time.
+    let cache = tempfile::tempdir().unwrap();
+    let config = format!("[backend]\ncache_dir = \"{}\"\n", cache.path().display());
+    let starts_file = cache.path().join("starts");
+    let s = Supervisor::start(Options {
+        fake: true,
+        config: &config,
+        env: vec![(
+            "FAKE_BACKEND_MODE",
+            format!(
+                "sigill-unless=--never-given,starts-file={}",
+                starts_file.display()
+            ),
+        )],
+        ..Default::default()
+    });
+    let health = s.wait_state("failed", Duration::from_secs(30));
+    let reason = health["reason"].as_str().unwrap_or_default().to_string();
+    assert!(
+        reason.starts_with("llama-server used a CPU instruction this machine refuses (SIGILL)"),
+        "{reason}"
+    );
+    assert!(reason.contains("restarting cannot help"), "{reason}");
+    assert_eq!(s.status().backend_rung.unwrap().rung, "backend.bin");
+    // No retries: one start, and still one a moment later.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(starts(&starts_file), 1, "{}", s.logs());
+    assert_eq!(s.status().restarts, 0, "{}", s.logs());
+}
