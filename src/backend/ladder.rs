@@ -345,6 +345,38 @@ pub fn record_failure(
     )
 }
 
+/// The backend a start would use, from what is recorded (never builds or tests): for
+/// `profiles` and `check-config`.
+pub fn recorded(cache: &Path, backend_bin: Option<&Path>) -> String {
+    if let Some(bin) = backend_bin {
+        return format!("backend.bin {} (used as given)", bin.display());
+    }
+    let pin = SourcePin::builtin();
+    let cpu = CpuSignature::detect();
+    let mut failed = Vec::new();
+    for rung in rungs(None) {
+        let Some(bin_dir) = build::existing_build(cache, &pin, rung.flavor()) else {
+            continue;
+        };
+        let program = bin_dir.join(&pin.target);
+        let Ok(hash) = verdict::binary_hash(&program) else {
+            continue;
+        };
+        match verdict::load(cache, &VerdictKey::new(&hash, &cpu, &rung.name())) {
+            Some(v) if v.passed => {
+                let mut line = format!("{} ({})", rung.name(), v.describe());
+                if !failed.is_empty() {
+                    line.push_str(&format!("; failed here: {}", failed.join(", ")));
+                }
+                return line;
+            }
+            Some(_) => failed.push(rung.name()),
+            None => {}
+        }
+    }
+    "not chosen yet: `setup` (or the first start) smoke-tests the builds on this CPU".into()
+}
+
 enum PrepareError {
     Build(Box<BuildError>),
     Io(PathBuf, std::io::Error),

@@ -16,6 +16,15 @@ pub fn run(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
     match check(args, &Host::detect()) {
         Ok(text) => {
             print!("{text}");
+            if let Ok(config) = super::load_config(args) {
+                println!(
+                    "# backend: {}",
+                    crate::backend::ladder::recorded(
+                        &config.cache_dir(),
+                        config.backend.bin.as_deref()
+                    )
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
