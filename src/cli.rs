@@ -94,6 +94,13 @@ pub struct SetupArgs {
     /// Use this llama-server binary instead of building the pinned one.
     #[arg(long, value_name = "PATH")]
     pub backend_bin: Option<PathBuf>,
+    /// CPU cap of a llama.cpp build, in cores (over `[setup] cpus`; default: no cap, idle
+    /// priority only).
+    #[arg(long, env = "SENTINEL_SETUP_CPUS", value_name = "CORES")]
+    pub cpus: Option<Cores>,
+    /// Parallel compile jobs of a llama.cpp build (over `[setup] jobs`).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(Args, Debug, Clone, Default)]

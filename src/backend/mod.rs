@@ -13,5 +13,6 @@ pub mod output;
 pub mod pin;
 pub mod process;
 pub mod progress;
+pub mod runner;
 pub mod setup;
 pub mod tools;

@@ -4,6 +4,7 @@
 use super::build::{self, BuildError};
 use super::model::{self, ModelError};
 use super::pin::{ModelPin, SourcePin};
+use super::runner::{BuildLimits, Runner};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,11 +35,15 @@ pub struct SetupOptions {
     pub model: Option<PathBuf>,
     /// A llama-server binary (`--backend-bin` or `backend.bin`); `None` = build the pinned one.
     pub backend_bin: Option<PathBuf>,
+    /// How a build may use the machine (`--cpus`/`--jobs` over `[setup]`).
+    pub limits: BuildLimits,
 }
 
 /// Resolves the backend binary and the model: the ones given, else the pinned defaults.
 /// Blocking (it may build for minutes): call from a blocking context.
 pub fn ensure(options: &SetupOptions) -> Result<Installed, SetupError> {
+    // Every program setup starts runs at idle priority under the build's limits.
+    let _runner = Runner::new(options.limits, crate::host::Host::detect()).enter();
     let cache = &options.cache_dir;
     // Cheap checks of what the user gave come first, then the build (so a missing build tool
     // is reported before a long model download), then the default model.
@@ -84,6 +89,7 @@ mod tests {
             cache_dir: dir.path().join("cache"),
             model,
             backend_bin,
+            limits: BuildLimits::default(),
         };
         let e = ensure(&options(
             Some(model.clone()),

@@ -1,12 +1,14 @@
 //! `sentinel-supervisor setup`: builds or finds llama-server and the model, then prints where
 //! they are.
 
+use crate::backend::runner::BuildLimits;
 use crate::backend::setup::{self, SetupOptions};
 use crate::cli::SetupArgs;
 use crate::config::Config;
 use std::process::ExitCode;
 
-/// `--model` and `--backend-bin` over `model` and `backend.bin` of the configuration.
+/// `--model`, `--backend-bin`, `--cpus` and `--jobs` over `model`, `backend.bin` and `[setup]`
+/// of the configuration.
 pub fn options(config: &Config, args: &SetupArgs) -> SetupOptions {
     SetupOptions {
         cache_dir: config.cache_dir(),
@@ -15,6 +17,10 @@ pub fn options(config: &Config, args: &SetupArgs) -> SetupOptions {
             .backend_bin
             .clone()
             .or_else(|| config.backend.bin.clone()),
+        limits: BuildLimits {
+            cpus: args.cpus.or(config.setup.cpus),
+            jobs: args.jobs.or(config.setup.jobs),
+        },
     }
 }
 
@@ -56,5 +62,18 @@ mod tests {
         assert_eq!(merged.backend_bin, from_file.backend_bin);
         let none = options(&Config::builtin().unwrap(), &SetupArgs::default());
         assert_eq!((none.model, none.backend_bin), (None, None));
+        assert_eq!(none.limits, BuildLimits::default());
+        let config = Config::from_layers(Some((
+            Path::new("mine.toml"),
+            "[setup]\ncpus = 0.5\njobs = 3\n",
+        )))
+        .unwrap();
+        let args = SetupArgs {
+            cpus: Some("1.5".parse().unwrap()),
+            ..Default::default()
+        };
+        let limits = options(&config, &args).limits;
+        assert_eq!(limits.cpus.map(|c| c.get()), Some(1.5));
+        assert_eq!(limits.jobs.map(|j| j.get()), Some(3));
     }
 }

@@ -302,6 +302,7 @@ mod tests {
                     cache_dir: "/tmp".into(),
                     model: None,
                     backend_bin: None,
+                    limits: Default::default(),
                 },
                 profile,
                 host,
