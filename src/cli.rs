@@ -255,6 +255,11 @@ pub struct BenchArgs {
     /// and during each profile's tasks.
     #[arg(long)]
     pub foreground: bool,
+    /// Instead of profiles: run this command (after `--`) and report the machine's CPU and the
+    /// command's own (all it starts) per sample window, e.g. an install:
+    /// `bench -- sentinel-supervisor setup --cpus 0.5`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 /// `bench-probe`: one foreground probe; prints its samples as JSON when stdin closes.

@@ -72,6 +72,14 @@ pub fn options(config: &Config, args: BenchArgs) -> Result<BenchOptions, BenchAr
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let config = super::load_config(&args.config)?;
+    if !args.command.is_empty() {
+        let (command, window, out) = (args.command, config.bench.sample_interval, args.out);
+        let report =
+            tokio::task::spawn_blocking(move || bench::command::run(&command, window, &out))
+                .await??;
+        println!("{}", report.describe());
+        return Ok(ExitCode::SUCCESS);
+    }
     let options = options(&config, args)?;
     bench::run(options).await
 }
