@@ -158,6 +158,9 @@ impl Runner {
                 }))
             }
         }
+        if self.limits.cpus.is_some() && running.governor.is_some() && running.cgroup().is_none() {
+            warn_cap_without_cgroup();
+        }
         tracing::debug!(
             pid,
             %program,
@@ -205,6 +208,21 @@ impl Runner {
             period: governor_config().period,
         }
     }
+}
+
+/// Without a writable cgroup the cap is the duty cycle on the program's process group, and
+/// ninja starts each compile job in a process group of its own: those jobs escape the cap
+/// (not the idle priority). Said once per process.
+fn warn_cap_without_cgroup() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        tracing::warn!(
+            "no writable cgroup: the build's CPU cap holds over cmake and ninja but not over the \
+             compile jobs ninja starts in process groups of their own (they run at idle \
+             priority, [setup] jobs at a time); run setup as root or under the systemd unit \
+             (Delegate=cpu) for the kernel to cap them all"
+        );
+    });
 }
 
 /// The shipped `[governor]` section (how `limit` limits a command).
