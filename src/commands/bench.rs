@@ -127,6 +127,13 @@ mod tests {
     }
 
     #[test]
+    fn a_command_after_the_double_dash_is_measured_as_is() {
+        let args = parse(&["--out", "o", "--", "make", "-j2", "--cpus"]);
+        assert_eq!(args.command, ["make", "-j2", "--cpus"]);
+        assert!(parse(&["-p", "fast"]).command.is_empty());
+    }
+
+    #[test]
     fn impossible_requests_say_what_to_pass() {
         let config = Config::builtin().unwrap();
         let err = |args: &[&str]| options(&config, parse(args)).unwrap_err();
