@@ -85,6 +85,8 @@ pub struct Entered {
 
 impl Drop for Entered {
     fn drop(&mut self) {
+        // The setup has returned: an interruption ([`stop_all`]) ends with it.
+        STOPPED.store(false, std::sync::atomic::Ordering::SeqCst);
         let previous = self.previous.take();
         CURRENT.with(|c| *c.borrow_mut() = previous);
     }
@@ -127,8 +129,17 @@ impl Runner {
     pub fn spawn(&self, mut cmd: Command) -> io::Result<Running> {
         let program = cmd.get_program().to_string_lossy().into_owned();
         at_idle_priority(&mut cmd);
+        let mut groups = live_groups();
+        if STOPPED.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                format!("setup was interrupted; `{program}` not started"),
+            ));
+        }
         let child = crate::process_group::spawn_in_group(cmd, Signal::SIGKILL)?;
         let pid = child.id() as i32;
+        groups.insert(pid);
+        drop(groups);
         let activity = Activity::new();
         // The build works from start to end: the duty cycle (where it is the method) throttles
         // all along.
@@ -206,6 +217,31 @@ impl Runner {
             host: self.host,
             method: Method::Auto,
             period: governor_config().period,
+        }
+    }
+}
+
+/// Set by [`stop_all`]: the process is being interrupted.
+static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The process groups of the programs running now (their leaders' pids).
+fn live_groups() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<i32>> {
+    static GROUPS: std::sync::Mutex<std::collections::BTreeSet<i32>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    GROUPS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends SIGTERM to the group of every program a runner is running (continued first) and
+/// refuses to start any more, for a setup that is interrupted: the programs are in groups of their own, out of reach of a
+/// terminal's Ctrl-C, and the death signal reaches only the program itself (cmake), not what it
+/// started; ninja, in cmake's group, stops its compile jobs on SIGTERM.
+pub fn stop_all() {
+    let groups = live_groups();
+    // No program starts after this, until the setup returns (it fails at its next step).
+    STOPPED.store(true, std::sync::atomic::Ordering::SeqCst);
+    for pid in groups.iter().copied() {
+        if let Err(err) = crate::process_group::signal_group(pid, Signal::SIGTERM) {
+            tracing::debug!(pid, error = %err, "could not stop a setup program's group");
         }
     }
 }
@@ -296,6 +332,7 @@ impl Running {
 
     fn release(&mut self) {
         self.child = None;
+        live_groups().remove(&self.pid);
         if let Some(mut governor) = self.governor.take() {
             governor.stop();
         }

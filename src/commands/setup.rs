@@ -28,11 +28,35 @@ pub async fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
     let config = super::load_config(&args.config)?;
     let options = options(&config, &args);
     let started = std::time::Instant::now();
-    let installed = tokio::task::spawn_blocking(move || setup::ensure(&options)).await??;
+    let setup = tokio::task::spawn_blocking(move || setup::ensure(&options));
+    let installed = tokio::select! {
+        done = setup => done??,
+        signal = interrupted() => {
+            // The build's programs are in groups of their own, out of reach of Ctrl-C.
+            crate::backend::runner::stop_all();
+            eprintln!("setup: interrupted; the build's programs were stopped");
+            return Ok(ExitCode::from(128 + signal as u8));
+        }
+    };
     println!("llama-server: {}", installed.server.display());
     println!("model: {}", installed.model.display());
     eprintln!("setup: done in {:.1?}", started.elapsed());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first SIGINT or SIGTERM, as its number (a failure to listen waits forever).
+async fn interrupted() -> i32 {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => libc::SIGINT,
+        _ = term.recv() => libc::SIGTERM,
+    }
 }
 
 #[cfg(test)]

@@ -194,3 +194,44 @@ fn a_capped_build_program_stays_near_its_budget() {
         );
     }
 }
+
+/// An interrupted setup stops its programs and what they started: they run in groups of their
+/// own, out of reach of a terminal's Ctrl-C. (Here, in one process with the other runner test,
+/// under the lock: `stop_all` stops every program of the process.)
+#[test]
+fn stop_all_ends_every_running_program_and_what_it_started() {
+    use sentinel_supervisor::backend::runner::{self, BuildLimits, Runner};
+    use sentinel_supervisor::host::Host;
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    use std::time::{Duration, Instant};
+    let _lock = crate::support::exclusive();
+    let runner = Runner::new(BuildLimits::default(), Host::detect());
+    // As setup::ensure does: the interruption lasts until this setup returns.
+    let setup = runner.clone().enter();
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "sleep 30 & echo $!; wait"])
+        .stdout(std::process::Stdio::piped());
+    let mut running = runner.spawn(cmd).unwrap();
+    let out = running.child().stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(out).read_line(&mut line).unwrap();
+    let grandchild: i32 = line.trim().parse().unwrap();
+    runner::stop_all();
+    let status = running.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGTERM));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while matches!(sentinel_supervisor::meter::process_state(grandchild), Some(s) if s != 'Z') {
+        assert!(
+            Instant::now() < deadline,
+            "the grandchild outlived stop_all"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Nothing starts any more: the setup fails at its next step.
+    let err = runner.status(Command::new("true")).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::Interrupted);
+    assert!(err.to_string().contains("interrupted"), "{err}");
+    drop(setup);
+    assert!(runner.status(Command::new("true")).unwrap().success());
+}
