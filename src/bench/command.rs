@@ -236,9 +236,10 @@ mod tests {
     #[test]
     fn a_short_command_is_measured_to_its_exit() {
         let out = tempfile::tempdir().unwrap();
-        // Busy for 0.4 s, mostly in the `date` processes it starts (counted with it).
-        let script = "end=$(($(date +%s%N) + 400000000)); \
-                      while [ $(date +%s%N) -lt $end ]; do :; done; exit 4";
+        // A fixed amount of work (however loaded the machine), part of it in the processes the
+        // shell starts (counted with it).
+        let script = "i=0; while [ $i -lt 100000 ]; do i=$((i + 1)); done; \
+                      for n in 1 2 3 4 5; do date > /dev/null; done; sleep 0.3; exit 4";
         let command: Vec<String> = ["sh", "-c", script].map(String::from).to_vec();
         let report = run(&command, Duration::from_millis(100), out.path()).unwrap();
         assert_eq!(report.exit_code, Some(4));
