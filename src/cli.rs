@@ -99,6 +99,13 @@ pub struct SetupArgs {
     /// that runs.
     #[arg(long)]
     pub all_rungs: bool,
+    /// CPU cap of a llama.cpp build, in cores (over `[setup] cpus`; default: no cap, idle
+    /// priority only).
+    #[arg(long, env = "SENTINEL_SETUP_CPUS", value_name = "CORES")]
+    pub cpus: Option<Cores>,
+    /// Parallel compile jobs of a llama.cpp build (over `[setup] jobs`).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -253,6 +260,11 @@ pub struct BenchArgs {
     /// and during each profile's tasks.
     #[arg(long)]
     pub foreground: bool,
+    /// Instead of profiles: run this command (after `--`) and report the machine's CPU and the
+    /// command's own (all it starts) per sample window, e.g. an install:
+    /// `bench -- sentinel-supervisor setup --cpus 0.5`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 /// `bench-probe`: one foreground probe; prints its samples as JSON when stdin closes.

@@ -56,6 +56,8 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     pub proxy: ProxyConfig,
     pub governor: crate::governor::GovernorConfig,
+    /// `[setup]`: the build's CPU cap and jobs (its priority is always idle).
+    pub setup: crate::backend::runner::BuildLimits,
     /// `bench` settings, checked with the rest of the file (a typo fails `run` too).
     pub bench: crate::bench::settings::BenchConfig,
     pub profiles: BTreeMap<String, ProfileConfig>,

@@ -217,7 +217,7 @@ pub fn ensure_build(cache: &Path, pin: &SourcePin, flavor: Flavor) -> Result<Pat
     })?;
     step.finish("cmake configured the build");
 
-    let jobs = crate::host::Host::detect().allowed_cpus();
+    let jobs = super::runner::current().jobs();
     let mut build = Command::new(&tools.cmake.path);
     build
         .arg("--build")
@@ -297,7 +297,8 @@ fn extract_subdirectory(archive: &Path, subdirectory: &str, dest: &Path) -> Resu
     Ok(())
 }
 
-/// Runs a command, appending its output to the log and passing each line to `on_line`.
+/// Runs a command through the setup's runner (idle priority, its own group, the build's CPU
+/// cap: [`super::runner`]), appending its output to the log and passing each line to `on_line`.
 fn run_logged(
     mut cmd: Command,
     step: &'static str,
@@ -305,12 +306,14 @@ fn run_logged(
     log_path: &Path,
     mut on_line: impl FnMut(&str),
 ) -> Result<(), BuildError> {
-    let mut child = cmd
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .stderr(Stdio::piped());
+    let mut running = super::runner::current()
+        .spawn(cmd)
         .map_err(io_err(log_path))
         .map_err(BuildError::Fetch)?;
+    let child = running.child();
     let stderr = child.stderr.take();
     let err_thread = std::thread::spawn(move || {
         let mut lines = Vec::new();
@@ -332,7 +335,7 @@ fn run_logged(
             }
         }
     }
-    let status = child.wait().map_err(io_err(log_path))?;
+    let status = running.wait().map_err(io_err(log_path))?;
     for line in err_thread.join().unwrap_or_default() {
         let _ = writeln!(log, "{line}");
         tail.push_back(line);

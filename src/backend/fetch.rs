@@ -6,7 +6,7 @@ use super::progress::{Step, Unit};
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -42,13 +42,9 @@ pub fn python() -> String {
 }
 
 fn runs(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    super::runner::current().probe(cmd)
 }
 
 fn install_hint(debian: &str, macos: &str) -> String {
@@ -124,10 +120,12 @@ pub fn pip_download(requirement: &str, dir: &Path, sdist: bool) -> Result<(), Fe
     }
     cmd.arg("-d").arg(dir).arg(requirement);
     tracing::debug!(%requirement, dir = %dir.display(), "downloading with pip");
-    let out = cmd.output().map_err(|e| FetchError::Download {
-        requirement: requirement.into(),
-        detail: e.to_string(),
-    })?;
+    let out = super::runner::current()
+        .output(cmd)
+        .map_err(|e| FetchError::Download {
+            requirement: requirement.into(),
+            detail: e.to_string(),
+        })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(6).collect();

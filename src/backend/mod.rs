@@ -14,6 +14,7 @@ pub mod output;
 pub mod pin;
 pub mod process;
 pub mod progress;
+pub mod runner;
 pub mod setup;
 pub mod smoke;
 pub mod tools;

@@ -211,9 +211,10 @@ pub(crate) mod affinity {
         }
     }
 
+    /// macOS has no CPU affinity to set (the same signature as on Linux).
     #[cfg(target_os = "macos")]
-    pub fn pin_current_process(_cpu: usize) -> std::io::Result<()> {
-        Err(std::io::ErrorKind::Unsupported.into())
+    pub fn pin_current_process(_cpu: usize) -> nix::Result<()> {
+        Err(nix::errno::Errno::ENOTSUP)
     }
 
     #[cfg(target_os = "macos")]

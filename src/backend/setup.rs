@@ -5,6 +5,7 @@ use super::build::{self, BuildError};
 use super::ladder::{Ladder, LadderError};
 use super::model::{self, ModelError};
 use super::pin::{ModelPin, SourcePin};
+use super::runner::{BuildLimits, Runner};
 use super::smoke::SmokeLaunch;
 use super::verdict::{self, VerdictError, VerdictKey};
 use crate::host::CpuSignature;
@@ -80,6 +81,8 @@ pub struct SetupOptions {
     pub smoke: Option<SmokeLaunch>,
     /// Build and test every rung of the ladder (`setup --all-rungs`).
     pub all_rungs: bool,
+    /// How a build may use the machine (`--cpus`/`--jobs` over `[setup]`).
+    pub limits: BuildLimits,
 }
 
 /// Resolves the backend binary and the model: the ones given, else the pinned defaults. With a
@@ -92,6 +95,8 @@ pub fn ensure(options: &SetupOptions) -> Result<Installed, SetupError> {
 
 /// [`ensure`], with one line per rung the ladder tried (for `setup` to print).
 pub fn ensure_reporting(options: &SetupOptions) -> Result<(Installed, Vec<String>), SetupError> {
+    // Every program setup starts runs at idle priority under the build's limits.
+    let _runner = Runner::new(options.limits, crate::host::Host::detect()).enter();
     let cache = &options.cache_dir;
     // Cheap checks of what the user gave come first, then the build (so a missing build tool
     // is reported before a long model download), then the default model.
@@ -214,6 +219,7 @@ mod tests {
             backend_bin,
             smoke: None,
             all_rungs: false,
+            limits: BuildLimits::default(),
         };
         let e = ensure(&options(
             Some(model.clone()),

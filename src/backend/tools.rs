@@ -91,13 +91,9 @@ fn is_executable(path: &Path) -> bool {
 }
 
 fn runs(path: &Path) -> bool {
-    Command::new(path)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    let mut cmd = Command::new(path);
+    cmd.arg("--version");
+    super::runner::current().probe(cmd)
 }
 
 /// The private environment for one set of tool pins: `<cache>/tools/<key>/`.
@@ -186,11 +182,13 @@ impl ToolEnv {
         ])
         .arg(&req_file);
         tracing::debug!(?cmd, "installing build tools");
-        let out = cmd.output().map_err(|e| ToolsError::Install {
-            requirements: names.clone(),
-            dir: self.root.clone(),
-            detail: format!("cannot run {python}: {e}"),
-        })?;
+        let out = super::runner::current()
+            .output(cmd)
+            .map_err(|e| ToolsError::Install {
+                requirements: names.clone(),
+                dir: self.root.clone(),
+                detail: format!("cannot run {python}: {e}"),
+            })?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
@@ -206,13 +204,13 @@ impl ToolEnv {
     /// `python -m venv <root>/venv`; a failed attempt (no `venv`/`ensurepip` module, as on
     /// Debian without python3-venv) is removed so it is not mistaken for an environment.
     fn create_venv(&self, python: &str) -> bool {
-        let ok = Command::new(python)
-            .args(["-m", "venv"])
+        let mut cmd = Command::new(python);
+        cmd.args(["-m", "venv"])
             .arg(self.venv())
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
+            .stderr(Stdio::null());
+        let ok = super::runner::current()
+            .status(cmd)
             .is_ok_and(|s| s.success())
             && self.venv().join("bin").join("python").is_file();
         if !ok {

@@ -14,6 +14,7 @@
 //! `limiter_report` are the limiter comparison of the `bench_governor` driver (`benches/`).
 
 pub mod chart;
+pub mod command;
 pub mod foreground;
 pub mod limiter_report;
 pub mod limiters;

@@ -72,6 +72,14 @@ pub fn options(config: &Config, args: BenchArgs) -> Result<BenchOptions, BenchAr
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let config = super::load_config(&args.config)?;
+    if !args.command.is_empty() {
+        let (command, window, out) = (args.command, config.bench.sample_interval, args.out);
+        let report =
+            tokio::task::spawn_blocking(move || bench::command::run(&command, window, &out))
+                .await??;
+        println!("{}", report.describe());
+        return Ok(ExitCode::SUCCESS);
+    }
     let options = options(&config, args)?;
     bench::run(options).await
 }
@@ -116,6 +124,13 @@ mod tests {
             }
         );
         assert_eq!(o.max_tokens, 7);
+    }
+
+    #[test]
+    fn a_command_after_the_double_dash_is_measured_as_is() {
+        let args = parse(&["--out", "o", "--", "make", "-j2", "--cpus"]);
+        assert_eq!(args.command, ["make", "-j2", "--cpus"]);
+        assert!(parse(&["-p", "fast"]).command.is_empty());
     }
 
     #[test]

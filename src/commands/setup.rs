@@ -1,15 +1,16 @@
 //! `sentinel-supervisor setup`: builds or finds llama-server and the model, then prints where
 //! they are.
 
+use crate::backend::runner::BuildLimits;
 use crate::backend::setup::{self, SetupOptions};
 use crate::backend::smoke::SmokeLaunch;
 use crate::cli::SetupArgs;
 use crate::config::Config;
 use std::process::ExitCode;
 
-/// `--model` and `--backend-bin` over `model` and `backend.bin` of the configuration; the smoke
-/// test launches the default profile as resolved on this host (`run` puts its own profile
-/// there).
+/// `--model`, `--backend-bin`, `--cpus` and `--jobs` over `model`, `backend.bin` and `[setup]`
+/// of the configuration; the smoke test launches the default profile as resolved on this host
+/// (`run` puts its own profile there).
 pub fn options(config: &Config, args: &SetupArgs) -> SetupOptions {
     let profile = crate::profile::resolve(
         config,
@@ -29,6 +30,10 @@ pub fn options(config: &Config, args: &SetupArgs) -> SetupOptions {
             .backend_bin
             .clone()
             .or_else(|| config.backend.bin.clone()),
+        limits: BuildLimits {
+            cpus: args.cpus.or(config.setup.cpus),
+            jobs: args.jobs.or(config.setup.jobs),
+        },
     }
 }
 
@@ -36,8 +41,16 @@ pub async fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
     let config = super::load_config(&args.config)?;
     let options = options(&config, &args);
     let started = std::time::Instant::now();
-    let (installed, tried) =
-        tokio::task::spawn_blocking(move || setup::ensure_reporting(&options)).await??;
+    let setup = tokio::task::spawn_blocking(move || setup::ensure_reporting(&options));
+    let (installed, tried) = tokio::select! {
+        done = setup => done??,
+        signal = interrupted() => {
+            // The build's programs are in groups of their own, out of reach of Ctrl-C.
+            crate::backend::runner::stop_all();
+            eprintln!("setup: interrupted; the build's programs were stopped");
+            return Ok(ExitCode::from(128 + signal as u8));
+        }
+    };
     for line in &tried {
         println!("rung {line}");
     }
@@ -48,6 +61,21 @@ pub async fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
     println!("model: {}", installed.model.display());
     eprintln!("setup: done in {:.1?}", started.elapsed());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first SIGINT or SIGTERM, as its number (a failure to listen waits forever).
+async fn interrupted() -> i32 {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => libc::SIGINT,
+        _ = term.recv() => libc::SIGTERM,
+    }
 }
 
 #[cfg(test)]
@@ -77,5 +105,18 @@ mod tests {
         assert_eq!(merged.backend_bin, from_file.backend_bin);
         let none = options(&Config::builtin().unwrap(), &SetupArgs::default());
         assert_eq!((none.model, none.backend_bin), (None, None));
+        assert_eq!(none.limits, BuildLimits::default());
+        let config = Config::from_layers(Some((
+            Path::new("mine.toml"),
+            "[setup]\ncpus = 0.5\njobs = 3\n",
+        )))
+        .unwrap();
+        let args = SetupArgs {
+            cpus: Some("1.5".parse().unwrap()),
+            ..Default::default()
+        };
+        let limits = options(&config, &args).limits;
+        assert_eq!(limits.cpus.map(|c| c.get()), Some(1.5));
+        assert_eq!(limits.jobs.map(|j| j.get()), Some(3));
     }
 }

@@ -219,6 +219,15 @@ impl GovernorHandle {
         }
     }
 
+    /// The cgroup the child was moved into (its cap, or only its priority), if any.
+    pub fn cgroup(&self) -> Option<std::path::PathBuf> {
+        match &self.mechanism {
+            Mechanism::Cgroup(group) => Some(group),
+            Mechanism::Signals(_, group) | Mechanism::Off(group) => group.as_ref(),
+        }
+        .map(|group| group.path().to_path_buf())
+    }
+
     /// The last snapshot the governor published (`None` once the lifecycle has cleared it).
     pub fn snapshot(&self) -> Option<GovernorSnapshot> {
         self.report.borrow().clone()

@@ -334,6 +334,7 @@ mod tests {
                     backend_bin: None,
                     smoke: None,
                     all_rungs: false,
+                    limits: Default::default(),
                 },
                 profile,
                 host,

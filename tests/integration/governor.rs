@@ -313,6 +313,8 @@ fn bad_invocations_say_what_to_do() {
     assert!(stderr(&["--cpus", "0.5", "--", "/nonexistent/cmd"]).contains("could not start"));
 }
 
+// CPU affinity is Linux's (macOS has none to set).
+#[cfg(target_os = "linux")]
 /// The first CPU this test may run on: the user's process and the model share it.
 fn shared_cpu() -> usize {
     let mask = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("affinity");
@@ -321,6 +323,8 @@ fn shared_cpu() -> usize {
         .expect("at least one allowed CPU")
 }
 
+// CPU affinity is Linux's (macOS has none to set).
+#[cfg(target_os = "linux")]
 /// `cmd` runs on `cpu` only (its children inherit the mask).
 fn pin(cmd: &mut Command, cpu: usize) -> &mut Command {
     // SAFETY: sched_setaffinity is a plain system call on the forked child.
@@ -334,6 +338,8 @@ fn pin(cmd: &mut Command, cpu: usize) -> &mut Command {
     }
 }
 
+/// (For the Linux test below.)
+#[cfg(target_os = "linux")]
 /// `cmd` starts its own session (and process group), as a user's program is never in the
 /// supervisor's session: with autogroups each session competes as a group of normal weight,
 /// so a priority that holds only inside the supervisor's session would not show here.
@@ -356,6 +362,7 @@ fn own_session(cmd: &mut Command) -> &mut Command {
 /// of that CPU too. The user's process runs in its own session: under the duty cycle the
 /// model's `SCHED_IDLE` alone held only inside the supervisor's session autogroup (the user in
 /// another session got 44 %) until the backend got an uncapped cgroup carrying its priority.
+#[cfg(target_os = "linux")]
 #[test]
 fn the_user_wins_a_shared_cpu_at_low_priority_under_every_method() {
     // Two processes burn a CPU for 16 s: no other CPU-measuring test may run meanwhile.

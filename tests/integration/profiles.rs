@@ -4,6 +4,7 @@
 use crate::support::{Options, Supervisor};
 use sentinel_supervisor::governor::cgroup::CgroupVersion;
 use sentinel_supervisor::governor::Method;
+#[cfg(target_os = "linux")]
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ fn fake(mode: &str, config: &str) -> Supervisor {
     })
 }
 
+#[cfg(target_os = "linux")]
 /// The CPUs of a kernel CPU list such as `0-3,6`.
 fn cpu_list(list: &str) -> BTreeSet<usize> {
     list.trim()
@@ -35,6 +37,7 @@ fn cpu_list(list: &str) -> BTreeSet<usize> {
         .collect()
 }
 
+#[cfg(target_os = "linux")]
 /// `Cpus_allowed_list` of a `/proc/.../status` file.
 fn allowed(status_file: &str) -> BTreeSet<usize> {
     let text = std::fs::read_to_string(status_file).unwrap();

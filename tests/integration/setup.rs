@@ -127,3 +127,111 @@ fn real_python() -> PathBuf {
         .unwrap();
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
+
+/// A build program run through setup's runner with `[setup] cpus = 0.5` is held near half a
+/// core by the governor (a kernel cap on its cgroup where one is writable, else the duty cycle
+/// on its group), measured with the process's exact CPU clock. The runner also runs it at idle
+/// priority, so on a busy machine it may get less than the cap, never more.
+#[test]
+fn a_capped_build_program_stays_near_its_budget() {
+    use sentinel_supervisor::backend::runner::{BuildLimits, Runner};
+    use sentinel_supervisor::host::Host;
+    use sentinel_supervisor::meter;
+    use sentinel_supervisor::units::Cores;
+    use std::time::{Duration, Instant};
+    let _lock = crate::support::exclusive();
+    let limits = BuildLimits {
+        cpus: Some(Cores::new(0.5).unwrap()),
+        jobs: None,
+    };
+    let runner = Runner::new(limits, Host::detect());
+    assert_eq!(runner.jobs(), 1);
+    let mut burner = Command::new(env!("CARGO_BIN_EXE_cpu-burner"));
+    burner.args(["--threads", "2", "--seconds", "30"]);
+    let running = runner.spawn(burner).unwrap();
+    let pid = running.pid();
+    if let Some(group) = running.cgroup() {
+        // The kernel cap is on the program's cgroup: 0.5 of a period.
+        let v1 = std::fs::read_to_string(group.join("cpu.cfs_quota_us"));
+        let v2 = std::fs::read_to_string(group.join("cpu.max"));
+        let capped = match (v1, v2) {
+            (Ok(quota), _) => {
+                let period: f64 = std::fs::read_to_string(group.join("cpu.cfs_period_us"))
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
+                quota.trim().parse::<f64>().unwrap() / period
+            }
+            (_, Ok(max)) => {
+                let (quota, period) = max.trim().split_once(' ').unwrap();
+                quota.parse::<f64>().unwrap() / period.parse::<f64>().unwrap()
+            }
+            _ => panic!("no cap in {}", group.display()),
+        };
+        assert!((capped - 0.5).abs() < 1e-6, "cap {capped}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (t0, c0) = (Instant::now(), meter::process_cpu(pid).unwrap());
+    let s0 = meter::system_times().unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let used = (meter::process_cpu(pid).unwrap() - c0).as_secs_f64() / t0.elapsed().as_secs_f64();
+    let busy = meter::system_times().unwrap().busy_fraction_since(&s0)
+        * sentinel_supervisor::host::online_cpus() as f64;
+    drop(running);
+    let others = busy - used;
+    eprintln!(
+        "a 2-thread burner under [setup] cpus = 0.5 used {used:.3} cores; everything else {others:.2}"
+    );
+    assert!(used <= 0.6, "{used:.3} cores: the cap did not hold");
+    // At idle priority it gets only what nobody else wants: the lower bound holds only where
+    // a core was left over.
+    let spare = Host::detect().allowed_cpus() as f64 - others;
+    if spare >= 1.0 {
+        assert!(
+            used >= 0.35,
+            "{used:.3} cores with {spare:.2} spare: starved below the cap"
+        );
+    }
+}
+
+/// An interrupted setup stops its programs and what they started: they run in groups of their
+/// own, out of reach of a terminal's Ctrl-C. (Here, in one process with the other runner test,
+/// under the lock: `stop_all` stops every program of the process.)
+#[test]
+fn stop_all_ends_every_running_program_and_what_it_started() {
+    use sentinel_supervisor::backend::runner::{self, BuildLimits, Runner};
+    use sentinel_supervisor::host::Host;
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    use std::time::{Duration, Instant};
+    let _lock = crate::support::exclusive();
+    let runner = Runner::new(BuildLimits::default(), Host::detect());
+    // As setup::ensure does: the interruption lasts until this setup returns.
+    let setup = runner.clone().enter();
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "sleep 30 & echo $!; wait"])
+        .stdout(std::process::Stdio::piped());
+    let mut running = runner.spawn(cmd).unwrap();
+    let out = running.child().stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(out).read_line(&mut line).unwrap();
+    let grandchild: i32 = line.trim().parse().unwrap();
+    runner::stop_all();
+    let status = running.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGTERM));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while matches!(sentinel_supervisor::meter::process_state(grandchild), Some(s) if s != 'Z') {
+        assert!(
+            Instant::now() < deadline,
+            "the grandchild outlived stop_all"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Nothing starts any more: the setup fails at its next step.
+    let err = runner.status(Command::new("true")).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::Interrupted);
+    assert!(err.to_string().contains("interrupted"), "{err}");
+    drop(setup);
+    assert!(runner.status(Command::new("true")).unwrap().success());
+}

@@ -1,0 +1,512 @@
+//! How setup runs the programs it needs (pip, Python's `venv`, cmake, and the ninja and
+//! compilers cmake starts): the way the product runs its model, so an install on an endpoint is
+//! as quiet as the endpoint itself.
+//!
+//! Every program goes through the one spawn path, [`crate::process_group::spawn_in_group`] (its
+//! own process group, a death signal), at idle priority from its first instruction
+//! ([`crate::governor::priority`]: `SCHED_IDLE` and nice 19 on Linux, nice 19 alone where
+//! `SCHED_IDLE` is refused, Darwin background on macOS), and is handed to the governor `limit`
+//! uses ([`crate::governor::Governor`]), which gives it a cgroup of its own carrying that priority
+//! (`cpu.idle`, or the lowest weight) where one is writable and, when `[setup] cpus` (or
+//! `--cpus`) sets a cap, holds it to the cap: a kernel cap on that cgroup, or the duty cycle on
+//! its process group. What the program starts inherits all of it: the scheduling class (by
+//! fork), the process group, the cgroup. Without a cap a person at a terminal gets a fast
+//! build, only yielding to everything else.
+//!
+//! A setup enters its [`Runner`] for as long as it runs ([`Runner::enter`], on the thread that
+//! runs it); the code that starts programs asks for the [`current`] one, so the build, tools and
+//! fetch functions keep their signatures. Where none was entered the default applies: idle
+//! priority, no cap.
+
+use crate::governor::{
+    Activity, ActivityGuard, Governor, GovernorConfig, GovernorHandle, GovernorSettings, Method,
+    Priority,
+};
+use crate::host::Host;
+use crate::units::Cores;
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::io;
+use std::num::NonZeroUsize;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+
+/// The `[setup]` section: how hard a build may use the machine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildLimits {
+    /// The CPU cap of the build, in cores; `None` = no cap (idle priority only).
+    #[serde(default)]
+    pub cpus: Option<Cores>,
+    /// Parallel compile jobs; `None` = one per core of the cap, else one per allowed CPU.
+    #[serde(default)]
+    pub jobs: Option<NonZeroUsize>,
+}
+
+/// Why a program could not be run under the setup's limits.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error(
+        "could not hold `{program}` to the build's CPU cap of {cpus} cores: {source} (remove \
+         `cpus` from [setup] in config.toml or the --cpus flag to build without a cap)"
+    )]
+    Governor {
+        program: String,
+        cpus: f64,
+        source: crate::governor::GovernorError,
+    },
+}
+
+/// Runs setup's programs at idle priority, in their own group, under the build's limits.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    limits: BuildLimits,
+    host: Host,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Runner>> = const { RefCell::new(None) };
+}
+
+/// The runner entered on this thread ([`Runner::enter`]), else the default one (idle priority,
+/// no cap).
+pub fn current() -> Runner {
+    CURRENT
+        .with(|c| c.borrow().clone())
+        .unwrap_or_else(|| Runner::new(BuildLimits::default(), Host::detect()))
+}
+
+/// Restores the previously entered runner on drop.
+#[must_use = "the runner is current only while this guard lives"]
+pub struct Entered {
+    previous: Option<Runner>,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        // The setup has returned: an interruption ([`stop_all`]) ends with it.
+        STOPPED.store(false, std::sync::atomic::Ordering::SeqCst);
+        let previous = self.previous.take();
+        CURRENT.with(|c| *c.borrow_mut() = previous);
+    }
+}
+
+impl Runner {
+    pub fn new(limits: BuildLimits, host: Host) -> Runner {
+        Runner { limits, host }
+    }
+
+    /// Makes this runner [`current`] on this thread until the guard drops.
+    pub fn enter(self) -> Entered {
+        let previous = CURRENT.with(|c| c.borrow_mut().replace(self));
+        Entered {
+            previous,
+            _not_send: std::marker::PhantomData,
+        }
+    }
+
+    pub fn limits(&self) -> BuildLimits {
+        self.limits
+    }
+
+    /// Parallel compile jobs: `[setup] jobs` (or `--jobs`), else one per started core of the
+    /// cap (0.5 -> 1; more jobs than the cap only queue behind it, each holding its memory),
+    /// else one per CPU this process may use.
+    pub fn jobs(&self) -> usize {
+        match self.limits.jobs {
+            Some(jobs) => jobs.get(),
+            None => crate::governor::threads_for_budget(
+                self.limits.cpus.map(Cores::get),
+                self.host.allowed_cpus(),
+            ),
+        }
+    }
+
+    /// Starts `cmd` at idle priority in its own process group and hands it to the governor;
+    /// the returned [`Running`] program is stopped (its whole group) if dropped before it is
+    /// waited for.
+    pub fn spawn(&self, mut cmd: Command) -> io::Result<Running> {
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        at_idle_priority(&mut cmd);
+        let mut groups = live_groups();
+        if STOPPED.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                format!("setup was interrupted; `{program}` not started"),
+            ));
+        }
+        let child = crate::process_group::spawn_in_group(cmd, Signal::SIGKILL)?;
+        let pid = child.id() as i32;
+        groups.insert(pid);
+        drop(groups);
+        let activity = Activity::new();
+        // The build works from start to end: the duty cycle (where it is the method) throttles
+        // all along.
+        let busy = activity.begin();
+        let mut running = Running {
+            child: Some(child),
+            pid,
+            governor: None,
+            _busy: busy,
+        };
+        match Governor::start(
+            pid,
+            &governor_config(),
+            self.governor_settings(),
+            activity,
+            tokio::sync::watch::Sender::new(None),
+        ) {
+            Ok(handle) => running.governor = Some(handle),
+            // A program that finished at once is gone before it could be governed: that is
+            // its exit, not an error.
+            Err(_) if running.exited() => {}
+            Err(source) => {
+                return Err(io::Error::other(RunnerError::Governor {
+                    program,
+                    cpus: self.limits.cpus.map_or(0.0, Cores::get),
+                    source,
+                }))
+            }
+        }
+        if self.limits.cpus.is_some() && running.governor.is_some() && running.cgroup().is_none() {
+            warn_cap_without_cgroup();
+        }
+        tracing::debug!(
+            pid,
+            %program,
+            cpus = ?self.limits.cpus.map(Cores::get),
+            "setup program started at idle priority"
+        );
+        Ok(running)
+    }
+
+    /// Runs `cmd` to its end (stdin closed) and returns its status.
+    pub fn status(&self, mut cmd: Command) -> io::Result<ExitStatus> {
+        cmd.stdin(Stdio::null());
+        self.spawn(cmd)?.wait()
+    }
+
+    /// Runs `cmd` to its end (stdin closed) and returns its status and output.
+    pub fn output(&self, mut cmd: Command) -> io::Result<Output> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.spawn(cmd)?.wait_with_output()
+    }
+
+    /// Whether `cmd` runs and succeeds, output discarded: for `--version` checks, which last
+    /// milliseconds, so only the spawn path and the priority apply (no governor).
+    pub fn probe(&self, mut cmd: Command) -> bool {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        at_idle_priority(&mut cmd);
+        crate::process_group::spawn_in_group(cmd, Signal::SIGKILL)
+            .and_then(|mut child| child.wait())
+            .is_ok_and(|s| s.success())
+    }
+
+    fn governor_settings(&self) -> GovernorSettings {
+        GovernorSettings {
+            cpus: self.limits.cpus,
+            // A build's process count changes all the time: follow it.
+            threads: None,
+            priority: Priority::Idle,
+            adaptive: None,
+            host: self.host,
+            method: Method::Auto,
+            period: governor_config().period,
+        }
+    }
+}
+
+/// Set by [`stop_all`]: the process is being interrupted.
+static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The process groups of the programs running now (their leaders' pids).
+fn live_groups() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<i32>> {
+    static GROUPS: std::sync::Mutex<std::collections::BTreeSet<i32>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    GROUPS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends SIGTERM to the group of every program a runner is running (continued first) and
+/// refuses to start any more, for a setup that is interrupted: the programs are in groups of their own, out of reach of a
+/// terminal's Ctrl-C, and the death signal reaches only the program itself (cmake), not what it
+/// started; ninja, in cmake's group, stops its compile jobs on SIGTERM.
+pub fn stop_all() {
+    let groups = live_groups();
+    // No program starts after this, until the setup returns (it fails at its next step).
+    STOPPED.store(true, std::sync::atomic::Ordering::SeqCst);
+    for pid in groups.iter().copied() {
+        if let Err(err) = crate::process_group::signal_group(pid, Signal::SIGTERM) {
+            tracing::debug!(pid, error = %err, "could not stop a setup program's group");
+        }
+    }
+}
+
+/// Without a writable cgroup the cap is the duty cycle on the program's process group, and
+/// ninja starts each compile job in a process group of its own: those jobs escape the cap
+/// (not the idle priority). Said once per process.
+fn warn_cap_without_cgroup() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        tracing::warn!(
+            "no writable cgroup: the build's CPU cap holds over cmake and ninja but not over the \
+             compile jobs ninja starts in process groups of their own (they run at idle \
+             priority, [setup] jobs at a time); run setup as root or under the systemd unit \
+             (Delegate=cpu) for the kernel to cap them all"
+        );
+    });
+}
+
+/// The shipped `[governor]` section (how `limit` limits a command).
+fn governor_config() -> GovernorConfig {
+    crate::config::Config::builtin()
+        .map(|c| c.governor)
+        .expect("the built-in config.toml is valid (checked by its tests)")
+}
+
+/// Idle priority from the program's first instruction. Refusals are not fatal: `SCHED_IDLE`
+/// may be refused where nice 19 (set first) is not, and a build at normal priority is better
+/// than none.
+fn at_idle_priority(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: apply_to_current_process is async-signal-safe (plain system calls).
+    unsafe {
+        cmd.pre_exec(|| {
+            let _ = crate::governor::apply_to_current_process(Priority::Idle);
+            Ok(())
+        });
+    }
+}
+
+/// A program started by a [`Runner`], held by the governor until it exits.
+pub struct Running {
+    child: Option<Child>,
+    pid: i32,
+    governor: Option<GovernorHandle>,
+    _busy: ActivityGuard,
+}
+
+impl Running {
+    /// The program's pid (the leader of its process group).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The child, e.g. to take its pipes.
+    pub fn child(&mut self) -> &mut Child {
+        self.child
+            .as_mut()
+            .expect("the child is there until waited for")
+    }
+
+    /// The governor's cgroup, when it gave the program one.
+    pub fn cgroup(&self) -> Option<std::path::PathBuf> {
+        self.governor.as_ref().and_then(GovernorHandle::cgroup)
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child().try_wait().is_ok_and(|s| s.is_some())
+    }
+
+    /// Waits for the program, then releases it from the governor.
+    pub fn wait(mut self) -> io::Result<ExitStatus> {
+        let status = self.child().wait();
+        self.release();
+        status
+    }
+
+    /// Waits for the program and collects its output (piped by the caller).
+    pub fn wait_with_output(mut self) -> io::Result<Output> {
+        let child = self
+            .child
+            .take()
+            .expect("the child is there until waited for");
+        let output = child.wait_with_output();
+        self.release();
+        output
+    }
+
+    fn release(&mut self) {
+        self.child = None;
+        live_groups().remove(&self.pid);
+        if let Some(mut governor) = self.governor.take() {
+            governor.stop();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Abandoned before its end (an error or a panic of the caller): stop the group.
+            if let Err(err) = crate::process_group::signal_group(self.pid, Signal::SIGKILL) {
+                tracing::debug!(pid = self.pid, error = %err, "could not kill the setup program's group");
+            }
+            let _ = child.wait();
+        }
+        self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(cpus: Option<f64>, jobs: Option<usize>) -> BuildLimits {
+        BuildLimits {
+            cpus: cpus.map(|c| Cores::new(c).unwrap()),
+            jobs: jobs.and_then(NonZeroUsize::new),
+        }
+    }
+
+    #[test]
+    fn the_setup_section_defaults_to_no_cap_and_names_bad_keys() {
+        use crate::config::Config;
+        let path = std::path::Path::new("mine.toml");
+        assert_eq!(Config::builtin().unwrap().setup, BuildLimits::default());
+        let c = Config::from_layers(Some((path, "[setup]\ncpus = 0.5\njobs = 2\n"))).unwrap();
+        assert_eq!(c.setup, limits(Some(0.5), Some(2)));
+        for (text, key) in [
+            ("[setup]\ncpus = 0\n", "setup.cpus"),
+            ("[setup]\njobs = 0\n", "setup.jobs"),
+            ("[setup]\ncpu = 1\n", "unknown field `cpu`"),
+        ] {
+            let err = Config::from_layers(Some((path, text)))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains("mine.toml"),
+                "{text}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn jobs_follow_the_flag_then_the_cap_then_the_cpus() {
+        let host = Host::unrestricted(4);
+        assert_eq!(Runner::new(limits(None, None), host).jobs(), 4);
+        assert_eq!(Runner::new(limits(Some(0.5), None), host).jobs(), 1);
+        assert_eq!(Runner::new(limits(Some(1.5), None), host).jobs(), 2);
+        assert_eq!(Runner::new(limits(Some(0.5), Some(3)), host).jobs(), 3);
+    }
+
+    #[test]
+    fn the_entered_runner_is_current_until_its_guard_drops() {
+        let host = Host::unrestricted(8);
+        assert_eq!(current().limits(), BuildLimits::default());
+        {
+            let _outer = Runner::new(limits(Some(2.0), None), host).enter();
+            assert_eq!(current().jobs(), 2);
+            {
+                let _inner = Runner::new(limits(None, Some(5)), host).enter();
+                assert_eq!(current().jobs(), 5);
+            }
+            assert_eq!(current().jobs(), 2);
+            // Another thread has its own (none entered: the default).
+            let other = std::thread::spawn(|| current().limits()).join().unwrap();
+            assert_eq!(other, BuildLimits::default());
+        }
+        assert_eq!(current().limits(), BuildLimits::default());
+    }
+
+    /// (policy, nice, process group, cgroup v2/v1 cpu lines) of a process, from /proc.
+    #[cfg(target_os = "linux")]
+    fn scheduling(pid: i32) -> (u32, i64, i32, String) {
+        let sched = std::fs::read_to_string(format!("/proc/{pid}/sched")).unwrap();
+        let policy = sched
+            .lines()
+            .find(|l| l.starts_with("policy"))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields after the command name: state is field 3, pgrp 5, nice 19.
+        let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let pgrp = rest[2].parse().unwrap();
+        let nice = rest[16].parse().unwrap();
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        (policy, nice, pgrp, cgroup)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn programs_and_what_they_start_run_idle_in_their_group_and_cgroup() {
+        use std::io::BufRead;
+        let runner = Runner::new(BuildLimits::default(), Host::detect());
+        // The shell starts a grandchild after a while, as cmake starts ninja and ninja the
+        // compilers, and says its pid.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 0.2; sleep 30 & echo $!; wait"])
+            .stdout(Stdio::piped());
+        let mut running = runner.spawn(cmd).unwrap();
+        let leader = running.pid();
+        let out = running.child().stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(out).read_line(&mut line).unwrap();
+        let grandchild: i32 = line.trim().parse().unwrap();
+        let group = running.cgroup();
+        for pid in [leader, grandchild] {
+            let (policy, nice, pgrp, cgroup) = scheduling(pid);
+            assert_eq!(policy, libc::SCHED_IDLE as u32, "pid {pid}");
+            assert_eq!(nice, 19, "pid {pid}");
+            assert_eq!(pgrp, leader, "pid {pid}");
+            if let Some(group) = &group {
+                let name = group.file_name().unwrap().to_str().unwrap();
+                assert!(cgroup.contains(name), "pid {pid} not in {name}: {cgroup}");
+            }
+        }
+        // Where a cgroup is writable the governor gave the group one carrying the priority.
+        if crate::governor::cgroup::detect().is_some() {
+            let group = group
+                .as_ref()
+                .expect("a writable cgroup: the build gets one");
+            let idle = std::fs::read_to_string(group.join("cpu.idle"));
+            let shares = std::fs::read_to_string(group.join("cpu.shares"));
+            let weight = std::fs::read_to_string(group.join("cpu.weight"));
+            assert!(
+                idle.is_ok_and(|v| v.trim() == "1")
+                    || shares.is_ok_and(|v| v.trim() == "2")
+                    || weight.is_ok_and(|v| v.trim() == "1"),
+                "{} carries no idle priority",
+                group.display()
+            );
+        }
+        // Dropped before its end: the whole group goes.
+        drop(running);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while matches!(crate::meter::process_state(grandchild), Some(s) if s != 'Z') {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the grandchild outlived the drop"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if let Some(group) = group {
+            assert!(!group.exists(), "{} left behind", group.display());
+        }
+    }
+
+    #[test]
+    fn status_output_and_probe() {
+        let runner = Runner::new(limits(Some(0.5), None), Host::detect());
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
+        let out = runner.output(cmd).unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+        // Gone before the governor could hold it: its exit, not an error.
+        assert!(runner.status(Command::new("true")).unwrap().success());
+        assert!(runner.probe(Command::new("true")));
+        assert!(!runner.probe(Command::new("false")));
+        assert!(!runner.probe(Command::new("/nonexistent/program")));
+        let err = runner
+            .status(Command::new("/nonexistent/program"))
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+}
