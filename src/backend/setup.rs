@@ -2,6 +2,7 @@
 //! pinned ones into the cache when nothing else is configured.
 
 use super::build::{self, BuildError};
+use super::bundle::{self, BundleError};
 use super::model::{self, ModelError};
 use super::pin::{ModelPin, SourcePin};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,8 @@ pub enum SetupError {
     Build(#[from] BuildError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
 }
 
 /// What a launch needs.
@@ -50,7 +53,18 @@ pub fn ensure(options: &SetupOptions) -> Result<Installed, SetupError> {
             check_executable(path)?;
             path.clone()
         }
-        None => build::ensure_server(cache, &SourcePin::builtin())?,
+        None => {
+            // The native build when there is one, else a portable llama-server installed from a
+            // bundle (or packaged beside this binary), else build the native one.
+            let pin = SourcePin::builtin();
+            match build::BuildDir::new(cache, &pin).existing(&pin) {
+                Some(bin) => bin,
+                None => match bundle::portable_server(cache, &pin, &ModelPin::builtin())? {
+                    Some(bin) => bin,
+                    None => build::ensure_server(cache, &pin)?,
+                },
+            }
+        }
     };
     let model = match &options.model {
         Some(path) => path.clone(),

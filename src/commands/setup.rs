@@ -1,6 +1,8 @@
 //! `sentinel-supervisor setup`: builds or finds llama-server and the model, then prints where
-//! they are.
+//! they are; `setup --from FILE` (and `install FILE`) installs them from a bundle first.
 
+use crate::backend::bundle;
+use crate::backend::pin::{ModelPin, SourcePin};
 use crate::backend::setup::{self, SetupOptions};
 use crate::cli::SetupArgs;
 use crate::config::Config;
@@ -25,6 +27,32 @@ pub async fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
     let installed = tokio::task::spawn_blocking(move || setup::ensure(&options)).await??;
     println!("llama-server: {}", installed.server.display());
     println!("model: {}", installed.model.display());
+    eprintln!("setup: done in {:.1?}", started.elapsed());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `setup --from FILE` and `install FILE`: verify and install the bundle into the cache, then
+/// the normal setup (which finds the installed llama-server).
+pub async fn run_from(args: SetupArgs, from: std::path::PathBuf) -> anyhow::Result<ExitCode> {
+    let config = super::load_config(&args.config)?;
+    let options = options(&config, &args);
+    let started = std::time::Instant::now();
+    let (installed, ready) = tokio::task::spawn_blocking(move || {
+        let pin = SourcePin::builtin();
+        let opened = bundle::open(&from, &options.cache_dir)?;
+        let installed = bundle::install(&opened, &options.cache_dir, &pin, &ModelPin::builtin())?;
+        drop(opened);
+        anyhow::Ok((installed, setup::ensure(&options)?))
+    })
+    .await??;
+    let verb = if installed.changed {
+        "installed"
+    } else {
+        "already installed"
+    };
+    println!("bundle: {verb}: {}", installed.server.display());
+    println!("llama-server: {}", ready.server.display());
+    println!("model: {}", ready.model.display());
     eprintln!("setup: done in {:.1?}", started.elapsed());
     Ok(ExitCode::SUCCESS)
 }
