@@ -33,6 +33,9 @@ pub struct Options<'a> {
     pub own_pid_var: Option<&'a str>,
     /// With the real llama-server: this model file instead of the default one.
     pub model: Option<PathBuf>,
+    /// With the fake model: no `--backend-bin`, so setup finds llama-server in the configured
+    /// cache (a bundle installed there).
+    pub backend_from_cache: bool,
 }
 
 impl Supervisor {
@@ -65,7 +68,10 @@ impl Supervisor {
         if opts.fake {
             let model = dir.path().join("fake.gguf");
             std::fs::write(&model, b"GGUF fake model for tests").expect("write model");
-            cmd.arg("--backend-bin").arg(FAKE).arg("--model").arg(model);
+            if !opts.backend_from_cache {
+                cmd.arg("--backend-bin").arg(FAKE);
+            }
+            cmd.arg("--model").arg(model);
         } else {
             let real = real_backend();
             cmd.arg("--backend-bin")
