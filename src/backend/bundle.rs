@@ -422,8 +422,8 @@ pub fn create(options: &BundleOptions, pin: &SourcePin) -> Result<Written, Bundl
 }
 
 /// llama-server and the shared libraries beside it (`lib*.so*`, `lib*.dylib`): other build
-/// outputs are left out. A library symlink to a sibling stays a link; any other symlink is
-/// packed as the file it points to.
+/// outputs are left out. A library symlink to a file of the same directory stays a link; any
+/// other symlink is packed as the file it points to.
 fn server_items(dir: &Path, target: &str) -> Result<(Vec<Item>, Vec<LinkEntry>), BundleError> {
     if !dir.join(target).is_file() {
         return Err(BundleError::NoServerInDir {
@@ -439,15 +439,20 @@ fn server_items(dir: &Path, target: &str) -> Result<(Vec<Item>, Vec<LinkEntry>),
         })
         .collect();
     names.sort();
+    let canonical_dir = std::fs::canonicalize(dir).ok();
     let mut items = Vec::new();
     let mut links = Vec::new();
     for name in names {
         let path = dir.join(&name);
         let inner = format!("{SERVER_DIR}/{name}");
-        let sibling_link = std::fs::read_link(&path)
+        // A link (or chain of links: `libggml.so -> libggml.so.0 -> libggml.so.0.25.3`) to a
+        // file of the same directory becomes one link straight to that file.
+        let sibling_link = std::fs::symlink_metadata(&path)
             .ok()
-            .and_then(|t| t.to_str().map(str::to_string))
-            .filter(|t| !t.contains('/') && dir.join(t).is_file());
+            .filter(|m| m.file_type().is_symlink())
+            .and_then(|_| std::fs::canonicalize(&path).ok())
+            .filter(|t| t.is_file() && t.parent() == canonical_dir.as_deref())
+            .and_then(|t| t.file_name()?.to_str().map(str::to_string));
         if let (Some(link_target), false) = (sibling_link, name == target) {
             links.push(LinkEntry {
                 path: inner,

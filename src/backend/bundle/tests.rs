@@ -37,6 +37,10 @@ fn fixture() -> Fixture {
     write(&server.join("libggml-cpu-haswell.so"), b"variant", 0o755);
     write(&server.join("libllama.so.0"), b"llama library", 0o755);
     std::os::unix::fs::symlink("libllama.so.0", server.join("libllama.so")).unwrap();
+    // A chain, as cmake lays out versioned libraries.
+    write(&server.join("libggml-base.so.0.25.3"), b"ggml base", 0o755);
+    std::os::unix::fs::symlink("libggml-base.so.0.25.3", server.join("libggml-base.so.0")).unwrap();
+    std::os::unix::fs::symlink("libggml-base.so.0", server.join("libggml-base.so")).unwrap();
     write(&server.join("llama-cli"), b"not needed", 0o755);
     write(&dir.path().join("supervisor"), b"supervisor binary", 0o755);
     let model_body = b"GGUF a tiny model";
@@ -98,6 +102,7 @@ fn a_bundle_round_trips_and_installs_once() {
         paths,
         [
             "sentinel-supervisor",
+            "llama.cpp/libggml-base.so.0.25.3",
             "llama.cpp/libggml-cpu-haswell.so",
             "llama.cpp/libllama.so.0",
             "llama.cpp/llama-server",
@@ -110,10 +115,20 @@ fn a_bundle_round_trips_and_installs_once() {
     );
     assert_eq!(
         m.links,
-        [LinkEntry {
-            path: "llama.cpp/libllama.so".into(),
-            target: "libllama.so.0".into()
-        }]
+        [
+            LinkEntry {
+                path: "llama.cpp/libggml-base.so".into(),
+                target: "libggml-base.so.0.25.3".into()
+            },
+            LinkEntry {
+                path: "llama.cpp/libggml-base.so.0".into(),
+                target: "libggml-base.so.0.25.3".into()
+            },
+            LinkEntry {
+                path: "llama.cpp/libllama.so".into(),
+                target: "libllama.so.0".into()
+            }
+        ]
     );
     let server = m.file("llama.cpp/llama-server").unwrap();
     assert!(server.executable);
@@ -138,6 +153,10 @@ fn a_bundle_round_trips_and_installs_once() {
     assert_eq!(
         std::fs::read_link(bin.join("libllama.so")).unwrap(),
         Path::new("libllama.so.0")
+    );
+    assert_eq!(
+        std::fs::read(bin.join("libggml-base.so")).unwrap(),
+        b"ggml base"
     );
     assert!(bin.join("libggml-cpu-haswell.so").is_file());
     assert!(
