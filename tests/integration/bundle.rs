@@ -213,3 +213,49 @@ fn an_incomplete_bundle_is_refused_with_the_missing_file_named() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn a_binary_beside_its_bundle_installs_it_on_first_setup() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = extracted(dir.path());
+    let cache = dir.path().join("cache");
+    let empty = dir.path().join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let model = dir.path().join("fake.gguf");
+    std::fs::write(&model, b"GGUF fake model for tests").unwrap();
+    // Through a symlink, as /usr/bin/sentinel-supervisor is in the .deb.
+    let link = dir.path().join("sentinel-supervisor");
+    std::os::unix::fs::symlink(root.join("sentinel-supervisor"), &link).unwrap();
+    let setup = || {
+        Command::new(&link)
+            .arg("setup")
+            .arg("--config")
+            .arg(config(dir.path(), &cache))
+            .arg("--model")
+            .arg(&model)
+            .env("PATH", &empty)
+            .output()
+            .unwrap()
+    };
+    let out = setup();
+    assert!(out.status.success(), "{}", text(&out));
+    let server = portable_rung(&cache).join("build/bin/llama-server");
+    assert!(
+        text(&out).contains(&format!("llama-server: {}", server.display())),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("installing the llama-server packaged beside this binary"),
+        "{}",
+        text(&out)
+    );
+    // The next setup takes the installed rung without looking at the bundle again.
+    let again = setup();
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        !text(&again).contains("packaged beside"),
+        "{}",
+        text(&again)
+    );
+}
