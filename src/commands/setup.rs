@@ -1,6 +1,8 @@
 //! `sentinel-supervisor setup`: builds or finds llama-server and the model, then prints where
-//! they are.
+//! they are; `setup --from FILE` (and `install FILE`) installs them from a bundle first.
 
+use crate::backend::bundle;
+use crate::backend::pin::{ModelPin, SourcePin};
 use crate::backend::runner::BuildLimits;
 use crate::backend::setup::{self, SetupOptions};
 use crate::backend::smoke::SmokeLaunch;
@@ -76,6 +78,38 @@ async fn interrupted() -> i32 {
         _ = int.recv() => libc::SIGINT,
         _ = term.recv() => libc::SIGTERM,
     }
+}
+
+/// `setup --from FILE` and `install FILE`: verify and install the bundle into the cache, then
+/// the normal setup (which finds the installed llama-server).
+pub async fn run_from(args: SetupArgs, from: std::path::PathBuf) -> anyhow::Result<ExitCode> {
+    let config = super::load_config(&args.config)?;
+    let options = options(&config, &args);
+    let started = std::time::Instant::now();
+    let (installed, (ready, tried)) = tokio::task::spawn_blocking(move || {
+        let pin = SourcePin::builtin();
+        let opened = bundle::open(&from, &options.cache_dir)?;
+        let installed = bundle::install(&opened, &options.cache_dir, &pin, &ModelPin::builtin())?;
+        drop(opened);
+        anyhow::Ok((installed, setup::ensure_reporting(&options)?))
+    })
+    .await??;
+    let verb = if installed.changed {
+        "installed"
+    } else {
+        "already installed"
+    };
+    println!("bundle: {verb}: {}", installed.server.display());
+    for line in &tried {
+        println!("rung {line}");
+    }
+    println!("llama-server: {}", ready.server.display());
+    println!("backend: {}", ready.rung.name);
+    println!("backend args: {}", ready.rung.args.join(" "));
+    println!("backend why: {}", ready.rung.why);
+    println!("model: {}", ready.model.display());
+    eprintln!("setup: done in {:.1?}", started.elapsed());
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 mod support;
 
 mod bench;
+mod bundle;
 mod check_config;
 mod e2e;
 mod fake_backend;

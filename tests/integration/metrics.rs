@@ -285,8 +285,6 @@ fn the_duty_cycle_stopped_time_is_counted() {
         args: vec!["--profile", "invisible"],
         config: "[governor]\nmethod = \"signals\"\n",
         env: vec![("FAKE_BACKEND_MODE", "burn,response-delay=1500ms".into())],
-        own_pid_var: None,
-        model: None,
         ..Default::default()
     });
     s.wait_health(200, Duration::from_secs(30));

@@ -36,6 +36,9 @@ pub struct Options<'a> {
     /// With the fake backend: no `--backend-bin` and no `--model`, so the backend ladder
     /// picks the build from the cache the test prepared (`[backend] cache_dir` in `config`).
     pub from_cache: bool,
+    /// With the fake model: no `--backend-bin`, so setup finds llama-server in the configured
+    /// cache (a bundle installed there).
+    pub backend_from_cache: bool,
 }
 
 impl Supervisor {
@@ -70,7 +73,10 @@ impl Supervisor {
         } else if opts.fake {
             let model = dir.path().join("fake.gguf");
             std::fs::write(&model, b"GGUF fake model for tests").expect("write model");
-            cmd.arg("--backend-bin").arg(FAKE).arg("--model").arg(model);
+            if !opts.backend_from_cache {
+                cmd.arg("--backend-bin").arg(FAKE);
+            }
+            cmd.arg("--model").arg(model);
         } else {
             // No --backend-bin: the supervisor's own setup takes the rung `setup` chose (its
             // recorded verdict), with the rung's flags, from the same cache.
