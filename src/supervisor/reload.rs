@@ -195,6 +195,15 @@ pub fn live(active: &Active, generation: u64) -> proxy::Live {
             model_id: launch::model_id(&options.config, &active.installed.model),
             model: active.installed.model.display().to_string(),
             profile: options.profile.clone(),
+            vocab_size: crate::backend::gguf::vocab_size(&active.installed.model),
+            projector: launch::has_projector(
+                options
+                    .config
+                    .backend
+                    .extra_args
+                    .iter()
+                    .chain(&options.profile.extra_args),
+            ),
         },
     }
 }
