@@ -129,8 +129,9 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
         .map(|p| p.as_str())
         .unwrap_or("/");
     let mut retries = 0;
-    // Backend crashes this request was in flight at.
+    // Backend crashes this request was in flight at, and its turn as a suspect after one.
     let mut crashes = 0;
+    let mut suspect = None;
     let client = state.upstream();
     let (upstream, pending) = loop {
         let request = upstream_request(&parts, path, &backend, body.clone())?;
@@ -177,6 +178,9 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
                             return Err(poisoned(state, &backend, fingerprint.as_ref(), at_death));
                         }
                     }
+                    if crashes > 0 && suspect.is_none() && retries < MAX_RETRIES {
+                        suspect = Some(state.poison.suspect_turn().await);
+                    }
                     Some(Some(backend.generation))
                 } else if closed_under_us(&e) {
                     Some(None)
@@ -203,6 +207,7 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
             }
         }
     };
+    drop(suspect);
 
     let (mut head, incoming) = upstream.into_parts();
     strip_hop_by_hop(&mut head.headers);

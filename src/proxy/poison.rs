@@ -3,7 +3,9 @@
 //! existed). Its [`Fingerprint`] (route, the names and sizes of its fields, a hash of the body
 //! in canonical JSON) is kept for `proxy.poison_ttl`, and an identical request is refused with
 //! 400 before it reaches a backend, as osquery's watchdog bans a query that broke its worker.
-//! The log shows a fingerprint's route and fields, never the content.
+//! Requests sent again after a crash with several in flight go one at a time, so the poison
+//! among them is alone at the next crash. The log shows a fingerprint's route and fields,
+//! never the content.
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -96,6 +98,10 @@ fn canonicalize(v: &Value) -> Value {
 #[derive(Debug, Default)]
 pub struct PoisonList {
     entries: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Held by a request sent again after a crash it was in flight at, until its answer
+    /// starts: suspects go one at a time, so the poison among them crashes the next backend
+    /// alone and the bystanders are answered.
+    suspects: tokio::sync::Mutex<()>,
 }
 
 impl PoisonList {
@@ -133,6 +139,11 @@ impl PoisonList {
             }
             None => None,
         }
+    }
+
+    /// Waits for the turn of a request sent again after a crash (see `suspects`).
+    pub async fn suspect_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.suspects.lock().await
     }
 
     /// Fingerprints remembered now (expired ones included until the next write).

@@ -174,7 +174,7 @@ pub fn plan(active: &Active) -> Plan {
             let mut spec = launch::spec(&inputs.0, &inputs.1, &inputs.2)?;
             if let Some(dir) = &slots {
                 // llama-server refuses a --slot-save-path that is not a directory yet.
-                std::fs::create_dir_all(dir)?;
+                super::warmup::secure_slot_dir(dir).map_err(std::io::Error::other)?;
                 spec.args.extend(launch::warm_args(dir));
             }
             Ok(spec)

@@ -15,6 +15,7 @@ mod logs;
 mod memory;
 mod metrics;
 mod notify;
+mod poison;
 mod profiles;
 mod properties;
 mod proxy;

@@ -28,6 +28,8 @@
 //! | `flood=N`            | print N numbered lines to stderr as fast as possible at start       |
 //! | `requests-file=PATH` | append `PID METHOD PATH BODY` (body as one line) to PATH for every   |
 //! |                      | request but the health probes, when it arrives                       |
+//! | `crash-on=TEXT`      | die by SIGSEGV when a request body contains TEXT (a poison request) |
+//! | `fail-message=TEXT`  | the message of `completions-fail`'s 500 (llama-server's own words)  |
 //!
 //! Durations are humantime strings (`250ms`, `2s`). A bad directive exits with status 2.
 
@@ -69,11 +71,14 @@ struct Mode {
     bad_model_unless: Option<String>,
     flood: usize,
     requests_file: Option<PathBuf>,
+    crash_on: Option<String>,
+    fail_message: Option<String>,
 }
 
 const DIRECTIVES: &str = "load=DUR, exit-at-start=CODE, crash-after=DUR, hang-after=DUR, \
     health-hang-after=DUR, completions-hang, completions-fail, ignore-sigterm, stream-chunks=N, stream-delay=DUR, response-delay=DUR, die-mid-stream=N, \
-    burn, starts-file=PATH, drop-request=N, echo, bad-model-unless=TEXT, flood=N, requests-file=PATH";
+    burn, starts-file=PATH, drop-request=N, echo, bad-model-unless=TEXT, flood=N, requests-file=PATH, \
+    crash-on=TEXT, fail-message=TEXT";
 
 impl Mode {
     fn parse(spec: &str) -> Result<Mode, String> {
@@ -97,6 +102,8 @@ impl Mode {
             bad_model_unless: None,
             flood: 0,
             requests_file: None,
+            crash_on: None,
+            fail_message: None,
         };
         for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
             let (key, value) = match directive.split_once('=') {
@@ -137,6 +144,8 @@ impl Mode {
                 ("bad-model-unless", Some(v)) => mode.bad_model_unless = Some(v.to_string()),
                 ("flood", Some(v)) => mode.flood = num(v)?,
                 ("requests-file", Some(v)) => mode.requests_file = Some(PathBuf::from(v)),
+                ("crash-on", Some(v)) => mode.crash_on = Some(v.to_string()),
+                ("fail-message", Some(v)) => mode.fail_message = Some(v.to_string()),
                 _ => {
                     return Err(format!(
                         "unknown directive `{directive}` (known: {DIRECTIVES})"
@@ -432,6 +441,13 @@ async fn gate(State(b): State<Shared>, request: Request, next: Next) -> Response
             );
         }
     }
+    let request = match (&b.mode.crash_on, public) {
+        (Some(text), false) => match crash_on(text, request).await {
+            Ok(request) => request,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e, "invalid_request_error"),
+        },
+        _ => request,
+    };
     let request = match (&b.mode.requests_file, public) {
         (Some(path), false) => match log_request(path, request).await {
             Ok(request) => request,
@@ -455,6 +471,29 @@ async fn gate(State(b): State<Shared>, request: Request, next: Next) -> Response
         return Json(json!({"received": received})).into_response();
     }
     next.run(request).await
+}
+
+/// Dies by SIGSEGV, as llama-server does on a poison request, when the body contains `text`
+/// (`crash-on`); hands the request on, body intact, otherwise.
+async fn crash_on(text: &str, request: Request) -> Result<Request, String> {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(|e| e.to_string())?;
+    if String::from_utf8_lossy(&body).contains(text) {
+        say("fake-backend: poison request (crash-on): dying by SIGSEGV");
+        // SAFETY: the default action, set just before raising it, ends the process at once
+        // (Rust's own SIGSEGV handler would return from a raised signal).
+        unsafe {
+            let _ = nix::sys::signal::signal(
+                nix::sys::signal::SIGSEGV,
+                nix::sys::signal::SigHandler::SigDfl,
+            );
+        }
+        let _ = nix::sys::signal::raise(nix::sys::signal::SIGSEGV);
+        std::process::abort();
+    }
+    Ok(Request::from_parts(parts, axum::body::Body::from(body)))
 }
 
 /// Appends the request's line to `path` (`requests-file`) and hands the request on, body intact.

@@ -213,11 +213,12 @@ async fn pause(delay: Duration) {
 /// `stream_options.include_usage` is set) and `data: [DONE]`.
 async fn answer(b: Shared, busy: Busy, reply: Reply, request: &Value) -> Response {
     if b.mode.completions_fail {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "fake completion failure (completions-fail)",
-            "server_error",
-        );
+        let message = b
+            .mode
+            .fail_message
+            .as_deref()
+            .unwrap_or("fake completion failure (completions-fail)");
+        return error(StatusCode::INTERNAL_SERVER_ERROR, message, "server_error");
     }
     if b.mode.completions_hang {
         std::future::pending::<()>().await;

@@ -1,0 +1,296 @@
+//! No request can take the backend down: poison requests (the fake backend's `crash-on`, a
+//! SIGSEGV on cue) are answered 400 and refused by fingerprint until `proxy.poison_ttl`
+//! passes, bystanders of a crash are sent again and answered, client-caused crashes never trip
+//! the crash-loop breaker while idle crashes still do, a backend 500 that answers a client's
+//! mistake is a 400; and against the real llama-server, the hostile shapes that crashed it or
+//! held its slot (deep grammar, self-referencing `chat_parser`, huge enum, out-of-vocabulary
+//! ids, an image for a text-only model) are 400s that leave its pid unchanged.
+
+use crate::support::{Options, Supervisor};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Quick restarts, and a breaker that trips on the second failure within the window.
+const FAST: &str = r#"
+[supervisor]
+ready_poll_interval = "20ms"
+probe_interval = "500ms"
+probe_timeout = "2s"
+backoff_initial = "100ms"
+backoff_max = "400ms"
+stop_grace = "1s"
+crash_loop_restarts = 1
+crash_loop_window = "5m"
+"#;
+
+/// `extra_config` follows FAST's `[supervisor]` table: more of its keys, or other tables.
+fn fake(mode: &str, extra_config: &str, args: Vec<&'static str>) -> Supervisor {
+    let config = format!("{FAST}{extra_config}");
+    let s = Supervisor::start(Options {
+        fake: true,
+        args,
+        config: Box::leak(config.into_boxed_str()),
+        env: vec![("FAKE_BACKEND_MODE", mode.to_string())],
+        ..Default::default()
+    });
+    s.wait_health(200, Duration::from_secs(20));
+    s
+}
+
+fn chat(text: &str) -> serde_json::Value {
+    json!({"messages": [{"role": "user", "content": text}], "max_tokens": 8})
+}
+
+fn code_of(body: &serde_json::Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+fn metrics(s: &Supervisor) -> String {
+    s.client()
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .and_then(|r| r.text())
+        .expect("/metrics")
+}
+
+/// The value of a sample line `name value` in a Prometheus text.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[test]
+fn twenty_poison_requests_leave_the_backend_ready_after_at_most_one_restart() {
+    let s = fake("crash-on=POISON", "", vec![]);
+    let first = s.backend_pid();
+    for i in 0..20 {
+        let (code, body) = s.post("/v1/chat/completions", chat("POISON please"));
+        assert_eq!(code, 400, "request {i}: {body}\n{}", s.logs());
+        let want = if i == 0 {
+            "backend_died_on_request"
+        } else {
+            "poison_request"
+        };
+        assert_eq!(code_of(&body), want, "request {i}: {body}");
+    }
+    let status = s.wait_state("ready", Duration::from_secs(10));
+    assert_eq!(status["restarts"], 1, "{status}");
+    assert_ne!(s.backend_pid(), first);
+    let (code, body) = s.post("/v1/chat/completions", chat("hello"));
+    assert_eq!(code, 200, "{body}");
+    let m = metrics(&s);
+    assert_eq!(sample(&m, "sentinel_poisoned_requests_total"), 1.0);
+    assert_eq!(sample(&m, "sentinel_poison_refusals_total"), 19.0);
+    let logs = s.logs();
+    assert!(
+        logs.contains("messages("),
+        "the log names the fields: {logs}"
+    );
+    assert!(
+        !logs.contains("POISON please"),
+        "the log shows no content: {logs}"
+    );
+}
+
+#[test]
+fn client_crashes_never_trip_the_breaker_but_idle_crashes_do() {
+    let s = fake("crash-on=POISON", "", vec![]);
+    for i in 0..3 {
+        let (code, body) = s.post("/v1/chat/completions", chat(&format!("POISON {i}")));
+        assert_eq!(code, 400, "{body}\n{}", s.logs());
+        assert_eq!(code_of(&body), "backend_died_on_request", "{body}");
+        s.wait_state("ready", Duration::from_secs(10));
+    }
+    assert_eq!(s.status().restarts, 3);
+    // Two crashes with nothing in flight: more than crash_loop_restarts = 1 in the window.
+    let pid = s.backend_pid();
+    unsafe { libc::kill(pid, libc::SIGABRT) };
+    crate::support::wait_gone(pid, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    s.wait_state("ready", Duration::from_secs(10));
+    let pid = s.backend_pid();
+    unsafe { libc::kill(pid, libc::SIGABRT) };
+    s.wait_state("failed", Duration::from_secs(10));
+}
+
+#[test]
+fn a_poison_fingerprint_expires_after_poison_ttl() {
+    let s = fake("crash-on=POISON", "[proxy]\npoison_ttl = \"8s\"\n", vec![]);
+    let (code, body) = s.post("/v1/chat/completions", chat("POISON"));
+    assert_eq!((code, code_of(&body)), (400, "backend_died_on_request"));
+    s.wait_state("ready", Duration::from_secs(10));
+    let (code, body) = s.post("/v1/chat/completions", chat("POISON"));
+    assert_eq!((code, code_of(&body)), (400, "poison_request"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("proxy.poison_ttl"),
+        "{body}"
+    );
+    // Key order and spacing do not make it another request.
+    let reordered =
+        r#"{ "max_tokens": 8, "messages": [ { "content": "POISON", "role": "user" } ] }"#;
+    let r = s
+        .client()
+        .post(format!("{}/v1/chat/completions", s.url))
+        .header("content-type", "application/json")
+        .body(reordered)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let (code, _) = s.post("/v1/chat/completions", chat("harmless"));
+    assert_eq!(code, 200);
+    std::thread::sleep(Duration::from_millis(8300));
+    let (code, body) = s.post("/v1/chat/completions", chat("POISON"));
+    assert_eq!(
+        (code, code_of(&body)),
+        (400, "backend_died_on_request"),
+        "after the ttl the request reaches a backend again: {body}"
+    );
+}
+
+#[test]
+fn a_bystander_of_a_crash_is_sent_again_and_answered() {
+    let s = fake(
+        "crash-on=POISON,response-delay=1500ms",
+        "",
+        vec!["--profile", "fast"],
+    );
+    let first = s.backend_pid();
+    let url = s.url.clone();
+    let bystander = std::thread::spawn(move || {
+        let r = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+            .post(format!("{url}/v1/chat/completions"))
+            .json(&chat("an honest question"))
+            .send()
+            .unwrap();
+        let code = r.status().as_u16();
+        (code, r.json::<serde_json::Value>().unwrap())
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let started = Instant::now();
+    let (code, body) = s.post("/v1/chat/completions", chat("POISON"));
+    assert_eq!(code, 400, "{body}\n{}", s.logs());
+    assert_eq!(code_of(&body), "backend_died_on_request", "{body}");
+    let (code, body) = bystander.join().unwrap();
+    assert_eq!(code, 200, "{body}\n{}", s.logs());
+    assert!(body["choices"][0]["message"]["content"].is_string());
+    eprintln!(
+        "poison: crash with two in flight: poison answered 400 in {:?}, bystander answered",
+        started.elapsed()
+    );
+    let status = s.wait_state("ready", Duration::from_secs(10));
+    assert!(status["restarts"].as_u64().unwrap() <= 2, "{status}");
+    assert_ne!(s.backend_pid(), first);
+}
+
+#[test]
+fn a_backend_500_that_answers_a_client_mistake_is_a_400_and_no_liveness_failure() {
+    let s = fake(
+        "completions-fail,fail-message=image input is not supported - hint: you may need to provide the mmproj",
+        "liveness_failures = 2\n",
+        vec![],
+    );
+    let pid = s.backend_pid();
+    for _ in 0..4 {
+        let (code, body) = s.post("/v1/chat/completions", chat("hi"));
+        assert_eq!(code, 400, "{body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("image input is not supported"));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        s.backend_pid(),
+        pid,
+        "client mistakes are not a failing backend"
+    );
+}
+
+#[test]
+fn real_hostile_requests_get_400_and_the_backend_lives() {
+    let _cpu = crate::support::exclusive();
+    let s = Supervisor::start(Options {
+        args: vec!["--profile", "hostile"],
+        config: r#"
+[profiles.hostile]
+cpus = 1.0
+slots = 1
+grammar = true
+"#,
+        ..Default::default()
+    });
+    s.wait_health(200, Duration::from_secs(180));
+    let pid = s.backend_pid();
+    let deep = format!("root ::= {}\"a\"{}", "(".repeat(30_000), ")".repeat(30_000));
+    let parser: serde_json::Value =
+        json!({"root": {"ref": "root"}, "rules": {"root": {"seq": [{"ref": "root"}]}}});
+    let values: Vec<String> = (0..5000).map(|i| format!("value number {i}")).collect();
+    let huge_enum = json!({"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "string", "enum": values}}});
+    let image = json!({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is in this picture?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}], "max_tokens": 4});
+    let cases = [
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "grammar": deep, "max_tokens": 4}),
+            "grammar_too_complex",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "grammar": deep, "max_tokens": 4}),
+            "grammar_too_complex",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "chat_parser": parser, "max_tokens": 4}),
+            "unknown_field",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "no_such_field": 1}),
+            "unknown_field",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "response_format": huge_enum, "max_tokens": 4}),
+            "grammar_too_complex",
+        ),
+        (
+            "/detokenize",
+            json!({"tokens": [2, 99_999_999]}),
+            "invalid_token",
+        ),
+        ("/v1/chat/completions", image, "unsupported_content"),
+    ];
+    for (path, body, want) in cases {
+        let started = Instant::now();
+        let (code, answer) = s.post(path, body);
+        assert_eq!(code, 400, "{path}: {answer}");
+        assert_eq!(code_of(&answer), want, "{path}: {answer}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{path} {want}: refused in {:?}",
+            started.elapsed()
+        );
+    }
+    // What stays inside the bounds is served: a small grammar, a schema, in-vocabulary ids.
+    let (code, body) = s.post(
+        "/v1/completions",
+        json!({"prompt": "Is the sky blue? Answer:", "grammar": "root ::= \" yes\" | \" no\"", "max_tokens": 4}),
+    );
+    assert_eq!(code, 200, "{body}");
+    let text = body["choices"][0]["text"].as_str().unwrap();
+    assert!(text == " yes" || text == " no", "{text:?}");
+    let (code, body) = s.post("/detokenize", json!({"tokens": [2, 100]}));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(s.backend_pid(), pid, "the backend survived every request");
+    assert_eq!(s.status().restarts, 0);
+}
