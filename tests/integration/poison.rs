@@ -294,3 +294,302 @@ grammar = true
     assert_eq!(s.backend_pid(), pid, "the backend survived every request");
     assert_eq!(s.status().restarts, 0);
 }
+
+/// Item 6 of issue 20, run by `scripts/fuzz --real`: `FUZZ_CASES` (default 20 000) bodies
+/// generated from the OpenAI request schemas with hostile values (huge, negative and
+/// fractional numbers, deep nesting, long strings, wrong types, unknown and llama.cpp-only
+/// fields, unbounded grammars and schemas, out-of-vocabulary ids, media parts), one client,
+/// against the real llama-server; after each, the answer must be 2xx or 4xx and the backend's
+/// pid unchanged. Prints the figures.
+#[test]
+#[ignore = "20 000 requests against the real backend (minutes); run with scripts/fuzz --real"]
+fn fuzz_real_backend_with_hostile_bodies() {
+    use rand::{Rng, SeedableRng};
+    let _cpu = crate::support::exclusive();
+    let cases: usize = std::env::var("FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let seed: u64 = std::env::var("FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let s = Supervisor::start(Options {
+        args: vec!["--profile", "hostile"],
+        config: r#"
+[profiles.hostile]
+cpus = 1.0
+slots = 1
+grammar = true
+max_tokens = 2
+"#,
+        ..Default::default()
+    });
+    s.wait_health(200, Duration::from_secs(180));
+    let pid = s.backend_pid();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut ok, mut client_err, mut server_err, mut deaths) = (0usize, 0usize, 0usize, 0usize);
+    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    let started = Instant::now();
+    for case in 0..cases {
+        let (path, body) = fuzz::body(&mut rng);
+        let r = client
+            .post(format!("{}{path}", s.url))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .unwrap_or_else(|e| panic!("case {case}: no answer: {e}\n{}", s.logs()));
+        let code = r.status().as_u16();
+        let answer: serde_json::Value = r.json().unwrap_or(serde_json::Value::Null);
+        match code {
+            200..=299 => ok += 1,
+            400..=499 => {
+                client_err += 1;
+                *codes.entry(code_of(&answer).to_string()).or_default() += 1;
+            }
+            _ => {
+                server_err += 1;
+                eprintln!(
+                    "fuzz: case {case}: {code} on {path}: {answer} (body {} bytes: {})",
+                    body.len(),
+                    String::from_utf8_lossy(&body[..body.len().min(300)])
+                );
+            }
+        }
+        let now = s.status();
+        if now.backend.as_ref().map(|b| b.pid) != Some(pid) || now.restarts > 0 {
+            deaths += 1;
+            eprintln!(
+                "fuzz: case {case}: the backend died on {path}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            );
+            s.wait_state("ready", Duration::from_secs(120));
+            break;
+        }
+    }
+    eprintln!(
+        "fuzz: {cases} cases in {:.0?} (seed {seed}): {ok} 2xx, {client_err} 4xx, {server_err} 5xx, {deaths} backend deaths; 4xx codes: {codes:?}",
+        started.elapsed()
+    );
+    assert_eq!((server_err, deaths), (0, 0), "{}", s.logs());
+}
+
+/// Request bodies from the OpenAI schemas, with hostile values.
+mod fuzz {
+    use rand::seq::IndexedRandom;
+    use rand::Rng;
+    use serde_json::{json, Map, Value};
+
+    const FIELDS: &[&str] = &[
+        "model",
+        "messages",
+        "prompt",
+        "temperature",
+        "top_p",
+        "n",
+        "stream",
+        "stop",
+        "max_tokens",
+        "max_completion_tokens",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "seed",
+        "user",
+        "tools",
+        "tool_choice",
+        "response_format",
+        "stream_options",
+        "parallel_tool_calls",
+        "metadata",
+        "echo",
+        "suffix",
+        "best_of",
+        "cache_prompt",
+        "top_k",
+        "min_p",
+        "typical_p",
+        "repeat_penalty",
+        "repeat_last_n",
+        "n_predict",
+        "n_probs",
+        "json_schema",
+        "grammar",
+        "input",
+        "encoding_format",
+        "dimensions",
+        "content",
+        "tokens",
+        "add_special",
+        "with_pieces",
+        // llama.cpp-only fields outside the allow-list, and made-up ones.
+        "chat_parser",
+        "grammar_lazy",
+        "grammar_triggers",
+        "samplers",
+        "id_slot",
+        "lora",
+        "n_indent",
+        "t_max_predict_ms",
+        "dry_multiplier",
+        "mirostat",
+        "chat_template_kwargs",
+        "x_unknown",
+        "__proto__",
+        "",
+    ];
+
+    fn long_string(rng: &mut impl Rng) -> String {
+        let n = *[1usize, 100, 10_000, 200_000].choose(rng).unwrap();
+        let c = *['a', '(', '{', '"', '\u{0}', 'é', '🙂', '\\']
+            .choose(rng)
+            .unwrap();
+        std::iter::repeat_n(c, n).collect()
+    }
+
+    fn deep(rng: &mut impl Rng) -> Value {
+        let mut v = json!("x");
+        for _ in 0..rng.random_range(1..120) {
+            v = if rng.random_bool(0.5) {
+                json!([v])
+            } else {
+                json!({"a": v})
+            };
+        }
+        v
+    }
+
+    fn grammar(rng: &mut impl Rng) -> Value {
+        match rng.random_range(0..5) {
+            0 => {
+                let n = rng.random_range(1..40_000);
+                json!(format!("root ::= {}\"a\"{}", "(".repeat(n), ")".repeat(n)))
+            }
+            1 => json!(format!(
+                "root ::= \"a\"{{{},{}}}",
+                rng.random_range(0..10),
+                rng.random::<u32>()
+            )),
+            2 => json!("root ::= root"),
+            3 => json!(format!("root ::= [{}", long_string(rng))),
+            _ => json!("root ::= \" yes\" | \" no\""),
+        }
+    }
+
+    fn schema(rng: &mut impl Rng) -> Value {
+        match rng.random_range(0..6) {
+            0 => {
+                let n = rng.random_range(1..3000);
+                json!({"type": "string", "enum": (0..n).map(|i| format!("v{i}")).collect::<Vec<_>>()})
+            }
+            1 => json!({"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"}),
+            2 => {
+                json!({"type": "array", "minItems": rng.random::<u32>(), "items": {"type": "string"}})
+            }
+            3 => json!({"type": "string", "pattern": format!("^a{{1,{}}}$", rng.random::<u32>())}),
+            4 => deep(rng),
+            _ => {
+                json!({"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}}, "required": ["answer"]})
+            }
+        }
+    }
+
+    fn number(rng: &mut impl Rng) -> Value {
+        match rng.random_range(0..9) {
+            0 => json!(1e308),
+            1 => json!(-1e308),
+            2 => json!(-1),
+            3 => json!(i64::MAX),
+            4 => json!(u64::MAX),
+            5 => json!(0.5),
+            6 => json!(rng.random_range(-5..300_000)),
+            7 => json!(0),
+            _ => json!(2),
+        }
+    }
+
+    fn hostile(rng: &mut impl Rng, field: &str) -> Value {
+        match (field, rng.random_range(0..12)) {
+            ("grammar", 0..=6) => grammar(rng),
+            ("json_schema", 0..=6) => schema(rng),
+            ("response_format", 0..=6) => {
+                json!({"type": "json_schema", "json_schema": {"name": "a", "schema": schema(rng)}})
+            }
+            ("tools", 0..=6) => {
+                json!([{"type": "function", "function": {"name": "f", "parameters": schema(rng)}}])
+            }
+            ("tokens" | "prompt" | "input" | "content", 0..=4) => {
+                json!((0..rng.random_range(1..20))
+                    .map(|_| number(rng))
+                    .collect::<Vec<_>>())
+            }
+            ("messages", 0..=6) => messages(rng),
+            ("chat_parser", _) => json!({"root": {"ref": "root"}}),
+            (_, 0..=3) => number(rng),
+            (_, 4) => json!(long_string(rng)),
+            (_, 5) => deep(rng),
+            (_, 6) => json!(rng.random_bool(0.5)),
+            (_, 7) => json!({}),
+            (_, 8) => json!([]),
+            (_, 9) => Value::Null,
+            (_, 10) => json!(["\n", long_string(rng)]),
+            _ => json!({"a": number(rng)}),
+        }
+    }
+
+    fn messages(rng: &mut impl Rng) -> Value {
+        let part = match rng.random_range(0..6) {
+            0 => {
+                json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}})
+            }
+            1 => json!({"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}),
+            2 => json!({"type": "video"}),
+            3 => json!({"type": "text", "text": number(rng)}),
+            4 => json!({"type": "text"}),
+            _ => json!({"type": "text", "text": "hi"}),
+        };
+        let role = *["user", "system", "assistant", "tool", "developer", "nobody"]
+            .choose(rng)
+            .unwrap();
+        let content = match rng.random_range(0..4) {
+            0 => json!([part]),
+            1 => json!(long_string(rng)),
+            2 => number(rng),
+            _ => json!("hi"),
+        };
+        let n = rng.random_range(1..4);
+        json!((0..n)
+            .map(|_| json!({"role": role, "content": content}))
+            .collect::<Vec<_>>())
+    }
+
+    /// One request: a route and a JSON body (sometimes not JSON at all).
+    pub fn body(rng: &mut impl Rng) -> (&'static str, Vec<u8>) {
+        let (path, mut base) = match rng.random_range(0..10) {
+            0..=4 => (
+                "/v1/chat/completions",
+                json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}),
+            ),
+            5..=6 => ("/v1/completions", json!({"prompt": "hi", "max_tokens": 1})),
+            7 => ("/tokenize", json!({"content": "hi"})),
+            _ => ("/detokenize", json!({"tokens": [2, 100]})),
+        };
+        let obj: &mut Map<String, Value> = base.as_object_mut().unwrap();
+        for _ in 0..rng.random_range(0..4) {
+            let field = *FIELDS.choose(rng).unwrap();
+            obj.insert(field.to_string(), hostile(rng, field));
+        }
+        let mut bytes = serde_json::to_vec(&base).unwrap();
+        if rng.random_ratio(1, 50) {
+            let cut = rng.random_range(0..bytes.len());
+            bytes.truncate(cut);
+        }
+        (path, bytes)
+    }
+}
