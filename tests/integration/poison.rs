@@ -304,7 +304,7 @@ grammar = true
 #[test]
 #[ignore = "20 000 requests against the real backend (minutes); run with scripts/fuzz --real"]
 fn fuzz_real_backend_with_hostile_bodies() {
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
     let _cpu = crate::support::exclusive();
     let cases: usize = std::env::var("FUZZ_CASES")
         .ok()
@@ -450,7 +450,7 @@ mod fuzz {
         let c = *['a', '(', '{', '"', '\u{0}', 'é', '🙂', '\\']
             .choose(rng)
             .unwrap();
-        std::iter::repeat_n(c, n).collect()
+        std::iter::repeat(c).take(n).collect()
     }
 
     fn deep(rng: &mut impl Rng) -> Value {
