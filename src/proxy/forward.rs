@@ -232,6 +232,7 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
             guards: Some((permit, activity, on_backend)),
             pending: Some(pending),
             backend_pid: backend.pid,
+            poison: fingerprint.map(|fp| (std::sync::Arc::clone(state), fp)),
         }),
     ))
 }
@@ -249,6 +250,9 @@ struct Relay<B = hyper::body::Incoming> {
     /// The backend's process: when it is gone as the stream fails, the death is noted with
     /// this request in flight (`InFlight::died`) before its guard goes.
     backend_pid: i32,
+    /// Where to remember this request when the backend crashed with it alone in flight after
+    /// the response head was sent (llama-server sends a stream's head before it works).
+    poison: Option<(AppState, Fingerprint)>,
 }
 
 impl<B> http_body::Body for Relay<B>
@@ -283,7 +287,16 @@ where
                 if let Some((_, _, on_backend)) = &this.guards {
                     if !matches!(crate::meter::process_state(this.backend_pid), Some(s) if s != 'Z' && s != 'X')
                     {
-                        on_backend.died();
+                        let at_death = on_backend.died();
+                        let generation = on_backend.generation();
+                        if let Some((state, fp)) = this.poison.take().filter(|_| at_death <= 1) {
+                            tokio::spawn(async move {
+                                let waited = Instant::now() + CRASH_WORD_WAIT;
+                                if state.inflight.crashed(generation, waited).await == Some(true) {
+                                    remember_poison(&state, generation, Some(&fp), at_death);
+                                }
+                            });
+                        }
                     }
                 }
                 this.guards = None;
@@ -339,12 +352,7 @@ fn poisoned(
     fp: Option<&Fingerprint>,
     at_death: usize,
 ) -> ApiError {
-    let ttl = state.live().config.poison_ttl;
-    state.metrics.request_poisoned();
-    if let Some(fp) = fp {
-        state.poison.remember(fp, ttl);
-        tracing::error!(generation = backend.generation, route = fp.route, fields = %fp.describe_fields(), fingerprint = %fp.short(), in_flight = at_death, ttl = ?ttl, "the backend crashed while serving this request: not sent again; identical requests are refused");
-    }
+    let ttl = remember_poison(state, backend.generation, fp, at_death);
     let why = if at_death <= 1 {
         "it was the only request in flight"
     } else {
@@ -357,6 +365,23 @@ fn poisoned(
             humantime::format_duration(ttl)
         ),
     )
+}
+
+/// Counts and remembers a request the backend of `generation` crashed serving; returns for
+/// how long it is refused.
+fn remember_poison(
+    state: &AppState,
+    generation: u64,
+    fp: Option<&Fingerprint>,
+    at_death: usize,
+) -> std::time::Duration {
+    let ttl = state.live().config.poison_ttl;
+    state.metrics.request_poisoned();
+    if let Some(fp) = fp {
+        state.poison.remember(fp, ttl);
+        tracing::error!(generation, route = fp.route, fields = %fp.describe_fields(), fingerprint = %fp.short(), in_flight = at_death, ttl = ?ttl, "the backend crashed while serving this request: not sent again; identical requests are refused");
+    }
+    ttl
 }
 
 /// llama-server's 500s that answer the client's mistake, by their message: token ids outside
@@ -606,6 +631,7 @@ mod tests {
                 guards: Some((permit, activity.begin(), inflight.enter(1))),
                 pending: None,
                 backend_pid: 0,
+                poison: None,
             };
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let out = rt.block_on(relay.collect()).unwrap().to_bytes();

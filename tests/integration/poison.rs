@@ -190,6 +190,40 @@ fn a_bystander_of_a_crash_is_sent_again_and_answered() {
 }
 
 #[test]
+fn a_stream_cut_by_a_crash_is_remembered_as_poison() {
+    let s = fake(
+        "stream-chunks=10,stream-delay=50ms,die-mid-stream=3,segv-mid-stream",
+        "",
+        vec![],
+    );
+    let body = json!({"messages": [{"role": "user", "content": "stream me"}], "max_tokens": 8, "stream": true});
+    let r = s
+        .client()
+        .post(format!("{}/v1/chat/completions", s.url))
+        .json(&body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let text = r.text().unwrap_or_default();
+    assert!(text.contains("mid-stream"), "{text}");
+    s.wait_state("ready", Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (code, answer) = s.post("/v1/chat/completions", body.clone());
+        if code == 400 {
+            assert_eq!(code_of(&answer), "poison_request", "{answer}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never refused: {code} {answer}\n{}",
+            s.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
 fn a_backend_500_that_answers_a_client_mistake_is_a_400_and_no_liveness_failure() {
     let s = fake(
         "completions-fail,fail-message=image input is not supported - hint: you may need to provide the mmproj",

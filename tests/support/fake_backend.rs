@@ -29,6 +29,7 @@
 //! | `requests-file=PATH` | append `PID METHOD PATH BODY` (body as one line) to PATH for every   |
 //! |                      | request but the health probes, when it arrives                       |
 //! | `crash-on=TEXT`      | die by SIGSEGV when a request body contains TEXT (a poison request) |
+//! | `segv-mid-stream`    | `die-mid-stream` dies by SIGSEGV instead of exit(1)                 |
 //! | `fail-message=TEXT`  | the message of `completions-fail`'s 500 (llama-server's own words)  |
 //!
 //! Durations are humantime strings (`250ms`, `2s`). A bad directive exits with status 2.
@@ -73,12 +74,13 @@ struct Mode {
     requests_file: Option<PathBuf>,
     crash_on: Option<String>,
     fail_message: Option<String>,
+    segv_mid_stream: bool,
 }
 
 const DIRECTIVES: &str = "load=DUR, exit-at-start=CODE, crash-after=DUR, hang-after=DUR, \
     health-hang-after=DUR, completions-hang, completions-fail, ignore-sigterm, stream-chunks=N, stream-delay=DUR, response-delay=DUR, die-mid-stream=N, \
     burn, starts-file=PATH, drop-request=N, echo, bad-model-unless=TEXT, flood=N, requests-file=PATH, \
-    crash-on=TEXT, fail-message=TEXT";
+    crash-on=TEXT, fail-message=TEXT, segv-mid-stream";
 
 impl Mode {
     fn parse(spec: &str) -> Result<Mode, String> {
@@ -104,6 +106,7 @@ impl Mode {
             requests_file: None,
             crash_on: None,
             fail_message: None,
+            segv_mid_stream: false,
         };
         for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
             let (key, value) = match directive.split_once('=') {
@@ -146,6 +149,7 @@ impl Mode {
                 ("requests-file", Some(v)) => mode.requests_file = Some(PathBuf::from(v)),
                 ("crash-on", Some(v)) => mode.crash_on = Some(v.to_string()),
                 ("fail-message", Some(v)) => mode.fail_message = Some(v.to_string()),
+                ("segv-mid-stream", None) => mode.segv_mid_stream = true,
                 _ => {
                     return Err(format!(
                         "unknown directive `{directive}` (known: {DIRECTIVES})"
@@ -473,6 +477,20 @@ async fn gate(State(b): State<Shared>, request: Request, next: Next) -> Response
     next.run(request).await
 }
 
+/// Dies by SIGSEGV at once.
+fn segfault() -> ! {
+    // SAFETY: the default action, set just before raising it, ends the process at once
+    // (Rust's own SIGSEGV handler would return from a raised signal).
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::SIGSEGV,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
+    let _ = nix::sys::signal::raise(nix::sys::signal::SIGSEGV);
+    std::process::abort();
+}
+
 /// Dies by SIGSEGV, as llama-server does on a poison request, when the body contains `text`
 /// (`crash-on`); hands the request on, body intact, otherwise.
 async fn crash_on(text: &str, request: Request) -> Result<Request, String> {
@@ -482,16 +500,7 @@ async fn crash_on(text: &str, request: Request) -> Result<Request, String> {
         .map_err(|e| e.to_string())?;
     if String::from_utf8_lossy(&body).contains(text) {
         say("fake-backend: poison request (crash-on): dying by SIGSEGV");
-        // SAFETY: the default action, set just before raising it, ends the process at once
-        // (Rust's own SIGSEGV handler would return from a raised signal).
-        unsafe {
-            let _ = nix::sys::signal::signal(
-                nix::sys::signal::SIGSEGV,
-                nix::sys::signal::SigHandler::SigDfl,
-            );
-        }
-        let _ = nix::sys::signal::raise(nix::sys::signal::SIGSEGV);
-        std::process::abort();
+        segfault();
     }
     Ok(Request::from_parts(parts, axum::body::Body::from(body)))
 }

@@ -241,6 +241,9 @@ async fn answer(b: Shared, busy: Busy, reply: Reply, request: &Value) -> Respons
             if b.mode.die_mid_stream == Some(i) {
                 tokio::time::sleep(Duration::from_millis(20)).await; // let sent chunks leave
                 say(&format!("error: fake death mid-stream after {i} chunks"));
+                if b.mode.segv_mid_stream {
+                    super::segfault();
+                }
                 std::process::exit(1);
             }
             if b.hung() {
