@@ -187,6 +187,14 @@ pub struct ProxyConfig {
     pub max_headers: usize,
     /// Most open client connections; more are answered 503 and closed.
     pub max_connections: usize,
+    /// Request fields let through beyond the allow-lists of `proxy::validate`.
+    #[serde(default)]
+    pub extra_fields: Vec<String>,
+    /// How long a request that a backend died serving is refused (`proxy::poison`).
+    #[serde(with = "humantime_serde")]
+    pub poison_ttl: Duration,
+    /// Bounds on a request's `grammar` and JSON schemas (`proxy::grammar`).
+    pub grammar: crate::proxy::grammar::Limits,
 }
 
 /// One `[profiles.NAME]` table, as written (see `profile` for the resolved values).
@@ -226,6 +234,10 @@ pub struct ProfileConfig {
     /// thread (`threads` and `threads_batch` both 1).
     #[serde(default)]
     pub pin: bool,
+    /// Whether requests may carry a GBNF `grammar` (JSON schemas are always measured and let
+    /// through within `proxy.grammar`). Default false.
+    #[serde(default)]
+    pub grammar: bool,
 }
 
 fn empty_path_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {

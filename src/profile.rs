@@ -39,6 +39,9 @@ pub struct Resolved {
     /// The one CPU the backend (every thread) is pinned to: `pin = true` with one thread, on a
     /// platform that can set affinity; `None` = wherever the scheduler puts it.
     pub pin_cpu: Option<usize>,
+    /// Whether requests may carry a GBNF `grammar` (the profile's `grammar`).
+    #[serde(default)]
+    pub grammar: bool,
     /// One line per value that was derived or adjusted, saying why.
     pub notes: Vec<String>,
 }
@@ -172,6 +175,7 @@ fn resolve_one(name: &str, p: &ProfileConfig, defaults: Defaults, host: &Host) -
         method,
         period,
         pin_cpu,
+        grammar: p.grammar,
         notes,
     }
 }

@@ -151,6 +151,7 @@ pub(crate) fn example() -> StatusReport {
             method: Method::Signals,
             period: std::time::Duration::from_millis(2),
             pin_cpu: Some(1),
+            grammar: false,
             notes: vec!["threads from the budget".into()],
         },
         model: "/models/m.gguf".into(),

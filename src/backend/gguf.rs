@@ -112,6 +112,19 @@ impl Header {
     }
 }
 
+/// The vocabulary size of the model at `path` (`tokenizer.ggml.tokens`), `None` when its
+/// header cannot be read or has no vocabulary.
+pub fn vocab_size(path: &Path) -> Option<u64> {
+    match Header::read(path)
+        .ok()?
+        .metadata
+        .get("tokenizer.ggml.tokens")?
+    {
+        Value::Array { len, .. } => Some(*len),
+        _ => None,
+    }
+}
+
 /// GGUF metadata value types.
 const UINT8: u32 = 0;
 const INT8: u32 = 1;

@@ -186,6 +186,15 @@ pub fn warm_args(slots: &std::path::Path) -> Vec<String> {
     ]
 }
 
+/// Whether llama-server's arguments give it a multimodal projector (`--mmproj FILE`,
+/// `--mmproj-url URL`): without one it answers an image or audio part with a 500.
+pub fn has_projector<'a>(args: impl IntoIterator<Item = &'a String>) -> bool {
+    args.into_iter().any(|a| {
+        let flag = a.split('=').next().unwrap_or("");
+        matches!(flag, "--mmproj" | "-mm" | "--mmproj-url" | "-mmu")
+    })
+}
+
 /// HTTP worker threads for a llama-server with `slots` slots: one per slot plus one for the
 /// supervisor's probes (the proxy never lets more than `slots` requests through at once).
 /// llama-server's default is several more; every thread costs CPU under the duty cycle, since

@@ -5,13 +5,14 @@
 //! backend that died.
 
 use super::error::ApiError;
+use super::poison::Fingerprint;
 use super::{validate, AppState};
 use crate::governor::ActivityGuard;
 use crate::supervisor::inflight::InFlightGuard;
 use crate::supervisor::liveness::Pending;
 use crate::supervisor::state::{BackendInfo, State};
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, Limited};
@@ -95,15 +96,26 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
             }
         })?
         .to_bytes();
-    let body = match validate::Route::of(parts.uri.path()) {
+    let (body, fingerprint) = match validate::Route::of(parts.uri.path()) {
         Some(route) => {
-            let cap = validate::TokenCap {
-                max_tokens: live.info.profile.max_tokens,
-                profile: &live.info.profile.name,
+            let profile = &live.info.profile;
+            let rules = validate::Rules {
+                cap: validate::TokenCap {
+                    max_tokens: profile.max_tokens,
+                    profile: &profile.name,
+                },
+                slots: profile.slots,
+                grammar: profile.grammar,
+                extra_fields: &config.extra_fields,
+                limits: &config.grammar,
+                vocab_size: live.info.vocab_size,
+                projector: live.info.projector,
             };
-            validate::check(route, &body, cap)?.unwrap_or(body)
+            let checked = validate::check(route, &body, &rules)?;
+            refuse_poison(state, &checked.fingerprint)?;
+            (checked.body.unwrap_or(body), Some(checked.fingerprint))
         }
-        None => body,
+        None => (body, None),
     };
 
     let deadline = Instant::now() + config.queue_timeout;
@@ -117,6 +129,9 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
         .map(|p| p.as_str())
         .unwrap_or("/");
     let mut retries = 0;
+    // Backend crashes this request was in flight at, and its turn as a suspect after one.
+    let mut crashes = 0;
+    let mut suspect = None;
     let client = state.upstream();
     let (upstream, pending) = loop {
         let request = upstream_request(&parts, path, &backend, body.clone())?;
@@ -128,33 +143,51 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
                     config.upstream_timeout
                 )))
             }
+            Ok(Ok(resp)) if resp.status() == StatusCode::INTERNAL_SERVER_ERROR => {
+                // A 500 that answers the client's own mistake is a 400 (and no sign of a
+                // failing backend for the liveness watchdog).
+                pending.progress();
+                let answer = backend_error(resp).await;
+                pending.answered(if answer.is_err() { 400 } else { 500 });
+                return answer;
+            }
             Ok(Ok(resp)) => {
                 pending.progress();
                 pending.answered(resp.status().as_u16());
                 break (resp, pending);
             }
-            // Nothing was answered: the backend died before or while it worked on this request
-            // (the request is sent again to the next backend: a completion has no side effect
-            // and the client has seen nothing yet), or it closed a kept-alive connection as we
-            // reused it (sent again at once on a fresh connection). Twice at most, since a
-            // backend can die just after a connection was closed under us.
+            // Nothing was answered: the backend died before or while it worked on this request,
+            // or it closed a kept-alive connection as we reused it (sent again at once on a
+            // fresh connection). A request that never reached a dead backend goes to the next
+            // one; one it died serving goes to the next one once, unless it was the only one in
+            // flight at a crash or was in flight at two: then it is poison (see `poison`).
             // (An error here means no response head arrived: `request` resolves with the head.)
             Ok(Err(e)) => {
                 // Which backend to send it to again: the next generation when this one is
-                // gone, any ready one for a kept-alive connection closed under us (no need to
-                // look at the process: if it was dying, the next try fails to connect and takes
-                // the first branch), none for any other failure of a backend still running.
-                let retry_after = if retries >= MAX_RETRIES {
-                    None
-                } else if e.is_connect() {
+                // gone, any ready one for a kept-alive connection closed under us, none for any
+                // other failure of a backend still running.
+                let retry_after = if e.is_connect() {
+                    Some(Some(backend.generation))
+                } else if backend_gone(&backend).await {
+                    let at_death = on_backend.died();
+                    let waited = Instant::now() + CRASH_WORD_WAIT;
+                    if state.inflight.crashed(backend.generation, waited).await == Some(true) {
+                        crashes += 1;
+                        if at_death <= 1 || crashes >= 2 {
+                            drop(pending);
+                            return Err(poisoned(state, &backend, fingerprint.as_ref(), at_death));
+                        }
+                    }
+                    if crashes > 0 && suspect.is_none() && retries < MAX_RETRIES {
+                        suspect = Some(state.poison.suspect_turn().await);
+                    }
                     Some(Some(backend.generation))
                 } else if closed_under_us(&e) {
                     Some(None)
-                } else if backend_gone(&backend).await {
-                    Some(Some(backend.generation))
                 } else {
                     None
                 };
+                let retry_after = retry_after.filter(|_| retries < MAX_RETRIES);
                 let Some(after) = retry_after else {
                     tracing::warn!(generation = backend.generation, error = ?e, "the backend failed before answering");
                     return Err(ApiError::bad_gateway(format!(
@@ -174,6 +207,7 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
             }
         }
     };
+    drop(suspect);
 
     let (mut head, incoming) = upstream.into_parts();
     strip_hop_by_hop(&mut head.headers);
@@ -197,6 +231,8 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
             sse,
             guards: Some((permit, activity, on_backend)),
             pending: Some(pending),
+            backend_pid: backend.pid,
+            poison: fingerprint.map(|fp| (std::sync::Arc::clone(state), fp)),
         }),
     ))
 }
@@ -211,6 +247,12 @@ struct Relay<B = hyper::body::Incoming> {
     guards: Option<(OwnedSemaphorePermit, ActivityGuard, InFlightGuard)>,
     /// The request as the liveness watchdog sees it (every frame is progress).
     pending: Option<Pending>,
+    /// The backend's process: when it is gone as the stream fails, the death is noted with
+    /// this request in flight (`InFlight::died`) before its guard goes.
+    backend_pid: i32,
+    /// Where to remember this request when the backend crashed with it alone in flight after
+    /// the response head was sent (llama-server sends a stream's head before it works).
+    poison: Option<(AppState, Fingerprint)>,
 }
 
 impl<B> http_body::Body for Relay<B>
@@ -242,6 +284,21 @@ where
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
+                if let Some((_, _, on_backend)) = &this.guards {
+                    if !matches!(crate::meter::process_state(this.backend_pid), Some(s) if s != 'Z' && s != 'X')
+                    {
+                        let at_death = on_backend.died();
+                        let generation = on_backend.generation();
+                        if let Some((state, fp)) = this.poison.take().filter(|_| at_death <= 1) {
+                            tokio::spawn(async move {
+                                let waited = Instant::now() + CRASH_WORD_WAIT;
+                                if state.inflight.crashed(generation, waited).await == Some(true) {
+                                    remember_poison(&state, generation, Some(&fp), at_death);
+                                }
+                            });
+                        }
+                    }
+                }
                 this.guards = None;
                 this.pending = None;
                 if this.sse {
@@ -265,6 +322,112 @@ where
 
 /// How many times one request may be sent again after the backend answered nothing.
 const MAX_RETRIES: u32 = 2;
+
+/// How long a request whose backend died waits for the lifecycle's word on how it died.
+const CRASH_WORD_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Largest 500 body read to tell a client's mistake from a backend failure.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// 400 before admission for a request identical to one a backend died serving.
+fn refuse_poison(state: &AppState, fp: &Fingerprint) -> Result<(), ApiError> {
+    let Some(left) = state.poison.refused_for(fp) else {
+        return Ok(());
+    };
+    state.metrics.poison_refused();
+    tracing::warn!(route = fp.route, fields = %fp.describe_fields(), fingerprint = %fp.short(), "refused: identical to a request a backend died serving");
+    Err(ApiError::invalid_request(
+        "poison_request",
+        format!(
+            "An identical request made the model backend die; it is refused for another {} (proxy.poison_ttl). Change the request, or ask the operator to look at the backend's crash in the log.",
+            humantime::format_duration(std::time::Duration::from_secs(left.as_secs().max(1)))
+        ),
+    ))
+}
+
+/// Remembers the request the backend of `backend` died serving and answers it.
+fn poisoned(
+    state: &AppState,
+    backend: &BackendInfo,
+    fp: Option<&Fingerprint>,
+    at_death: usize,
+) -> ApiError {
+    let ttl = remember_poison(state, backend.generation, fp, at_death);
+    let why = if at_death <= 1 {
+        "it was the only request in flight"
+    } else {
+        "it was in flight at two crashes"
+    };
+    ApiError::invalid_request(
+        "backend_died_on_request",
+        format!(
+            "The model backend crashed while serving this request ({why}); it is not sent again, and identical requests are refused for {} (proxy.poison_ttl).",
+            humantime::format_duration(ttl)
+        ),
+    )
+}
+
+/// Counts and remembers a request the backend of `generation` crashed serving; returns for
+/// how long it is refused.
+fn remember_poison(
+    state: &AppState,
+    generation: u64,
+    fp: Option<&Fingerprint>,
+    at_death: usize,
+) -> std::time::Duration {
+    let ttl = state.live().config.poison_ttl;
+    state.metrics.request_poisoned();
+    if let Some(fp) = fp {
+        state.poison.remember(fp, ttl);
+        tracing::error!(generation, route = fp.route, fields = %fp.describe_fields(), fingerprint = %fp.short(), in_flight = at_death, ttl = ?ttl, "the backend crashed while serving this request: not sent again; identical requests are refused");
+    }
+    ttl
+}
+
+/// llama-server's 500s that answer the client's mistake, by their message: token ids outside
+/// the vocabulary, content parts the model cannot take, chat-template errors.
+const CLIENT_MISTAKES: [&str; 10] = [
+    "_m_range_check",
+    "out of range",
+    "invalid token",
+    "image input is not supported",
+    "audio input is not supported",
+    "multimodal",
+    "mmproj",
+    "template",
+    "jinja",
+    "roles must alternate",
+];
+
+/// A backend's 500: a 400 in the OpenAI shape when it answers a client's mistake, else the 500
+/// as it came.
+async fn backend_error(resp: Response<hyper::body::Incoming>) -> Result<Response<Body>, ApiError> {
+    let (head, incoming) = resp.into_parts();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        Limited::new(incoming, ERROR_BODY_LIMIT).collect(),
+    )
+    .await;
+    let bytes = match read {
+        Ok(Ok(body)) => body.to_bytes(),
+        _ => return Err(ApiError::bad_gateway("the model backend failed (500)")),
+    };
+    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+    let lower = message.to_ascii_lowercase();
+    if CLIENT_MISTAKES.iter().any(|m| lower.contains(m)) {
+        return Err(ApiError::invalid_request(
+            "invalid_request",
+            format!("The model cannot take this request: {message}"),
+        ));
+    }
+    let mut head = head;
+    strip_hop_by_hop(&mut head.headers);
+    head.headers.remove(header::CONTENT_LENGTH);
+    Ok(Response::from_parts(head, Body::from(bytes)))
+}
 
 /// Whether the backend process is gone (or a zombie). A process that was just killed may close
 /// its sockets a moment before it shows as dead: it is given up to 100 ms to.
@@ -467,6 +630,8 @@ mod tests {
                 sse: true,
                 guards: Some((permit, activity.begin(), inflight.enter(1))),
                 pending: None,
+                backend_pid: 0,
+                poison: None,
             };
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let out = rt.block_on(relay.collect()).unwrap().to_bytes();

@@ -5,6 +5,8 @@ pub mod admission;
 pub mod auth;
 pub mod error;
 pub mod forward;
+pub mod grammar;
+pub mod poison;
 pub mod server;
 pub mod validate;
 
@@ -33,6 +35,14 @@ pub struct Info {
     pub model_id: String,
     /// The backend in use and why.
     pub rung: crate::status::BackendRung,
+    /// The model's vocabulary size from its GGUF header (`None`: not readable); `/detokenize`
+    /// and token-id prompts are checked against it.
+    #[serde(skip)]
+    pub vocab_size: Option<u64>,
+    /// Whether the backend is started with a multimodal projector (`--mmproj`): without one,
+    /// image and audio parts are refused with 400.
+    #[serde(skip)]
+    pub projector: bool,
 }
 
 /// What a reload can change while the proxy serves: its limits and the facts `/status` shows.
@@ -66,6 +76,8 @@ pub struct Shared {
     pub started: std::time::Instant,
     /// What `/metrics` shows; its layer counts every answer.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Requests that a backend died serving, refused for `proxy.poison_ttl`.
+    pub poison: poison::PoisonList,
 }
 
 pub type AppState = Arc<Shared>;

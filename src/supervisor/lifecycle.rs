@@ -604,6 +604,14 @@ impl Lifecycle {
                 }
             }
         };
+        // A crash with requests in flight: the proxy hears of it (poison requests), and it is
+        // kept out of the crash-loop breaker.
+        let crashed = matches!(&outcome, Outcome::Exited(status) if liveness::crashed(*status));
+        let serving = self.inflight.exited(running.info.generation, crashed);
+        if crashed && serving > 0 {
+            tracing::warn!(serving, generation = running.info.generation, "the backend crashed while serving requests: not counted toward the crash-loop breaker");
+            cur.policy.crashed_serving(serving);
+        }
         // An exit by SIGKILL nobody here sent is read against the memory cgroup's OOM counter.
         let outcome = match (outcome, self.liveness.forget(running.info.generation)) {
             (Outcome::Exited(status), oom) => {

@@ -238,6 +238,25 @@ pub fn describe_exit(status: ExitStatus, before: Option<&crate::meter::OomCounte
     "llama-server was killed by SIGKILL, not sent by the supervisor (possibly out of memory: see `dmesg` or the memory cgroup's events)".to_string()
 }
 
+/// Whether an exit is a crash of the process's own making: a fault signal (SIGSEGV, SIGBUS,
+/// SIGABRT from a failed assertion or an uncaught exception, SIGFPE, SIGILL, SIGSYS, SIGTRAP).
+/// A SIGKILL or SIGTERM came from outside (an operator, the OOM killer, the supervisor), an
+/// exit status from the program's own decision.
+pub fn crashed(status: ExitStatus) -> bool {
+    matches!(
+        status.signal(),
+        Some(
+            libc::SIGSEGV
+                | libc::SIGBUS
+                | libc::SIGABRT
+                | libc::SIGFPE
+                | libc::SIGILL
+                | libc::SIGSYS
+                | libc::SIGTRAP
+        )
+    )
+}
+
 /// `reason`, followed by the backend's last error line when it printed one before a failed
 /// start, so `/status`, the backoff state and the proxy's 503 say *why* (`error: unknown
 /// argument: --bogus`).

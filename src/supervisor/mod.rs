@@ -157,6 +157,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         liveness,
         started: std::time::Instant::now(),
         metrics,
+        poison: proxy::poison::PoisonList::new(),
     });
     let app = proxy::router(Arc::clone(&shared));
     println!("{}http://{local}", crate::status::LISTENING_PREFIX);

@@ -1,5 +1,8 @@
 //! The restart policy: exponential backoff that resets after a healthy run, and a crash-loop
-//! breaker that gives up after too many failures in a window.
+//! breaker that gives up after too many failures in a window. A crash while serving requests
+//! (a client's poison request: see `proxy::poison`) restarts after the initial delay and is
+//! kept out of both, so no client can put the service into `failed`; a backend that dies
+//! with no request in flight still counts.
 
 use crate::config::SupervisorConfig;
 use std::collections::VecDeque;
@@ -23,6 +26,8 @@ pub struct RestartPolicy {
     window: Duration,
     failures: VecDeque<Instant>,
     consecutive: u32,
+    /// Requests in flight when the failing launch crashed by itself (see `crashed_serving`).
+    serving: usize,
 }
 
 impl RestartPolicy {
@@ -35,12 +40,22 @@ impl RestartPolicy {
             window: c.crash_loop_window,
             failures: VecDeque::new(),
             consecutive: 0,
+            serving: 0,
         }
+    }
+
+    /// The launch that is ending crashed by itself with `requests` in flight: the next
+    /// `on_failure` restarts after the initial delay without counting it.
+    pub fn crashed_serving(&mut self, requests: usize) {
+        self.serving = requests;
     }
 
     /// Decides what to do after the backend failed at `now`, having been healthy for
     /// `healthy_for` (None when it never became ready).
     pub fn on_failure(&mut self, now: Instant, healthy_for: Option<Duration>) -> Decision {
+        if std::mem::take(&mut self.serving) > 0 {
+            return Decision::Restart(self.initial);
+        }
         if healthy_for.is_some_and(|h| h >= self.reset_after) {
             self.consecutive = 0;
         }
@@ -133,6 +148,28 @@ mod tests {
                 window: Duration::from_secs(300)
             }
         );
+
+        // Crashes while serving requests never trip it, nor lengthen the backoff; a crash
+        // with none in flight still counts.
+        let mut p = policy(3);
+        for _ in 0..20 {
+            p.crashed_serving(1);
+            assert_eq!(
+                p.on_failure(Instant::now(), None),
+                Decision::Restart(ms(500))
+            );
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        for _ in 0..3 {
+            assert!(matches!(
+                p.on_failure(Instant::now(), None),
+                Decision::Restart(_)
+            ));
+        }
+        assert!(matches!(
+            p.on_failure(Instant::now(), None),
+            Decision::GiveUp { failures: 4, .. }
+        ));
 
         // Failures spread wider than the window never trip the breaker.
         let mut p = policy(3);

@@ -171,7 +171,7 @@ pub fn plan(active: &Active) -> Plan {
                 let mut spec = launch::spec(&inputs.0, &inputs.1, &inputs.2)?;
                 if let Some(dir) = &inputs.3 {
                     // llama-server refuses a --slot-save-path that is not a directory yet.
-                    std::fs::create_dir_all(dir)?;
+                    super::warmup::secure_slot_dir(dir).map_err(std::io::Error::other)?;
                     spec.args.extend(launch::warm_args(dir));
                 }
                 Ok(spec)
@@ -225,6 +225,15 @@ pub fn live(active: &Active, generation: u64) -> proxy::Live {
                 args: active.installed.rung.args.clone(),
                 why: active.installed.rung.why.clone(),
             },
+            vocab_size: crate::backend::gguf::vocab_size(&active.installed.model),
+            projector: launch::has_projector(
+                options
+                    .config
+                    .backend
+                    .extra_args
+                    .iter()
+                    .chain(&options.profile.extra_args),
+            ),
         },
     }
 }

@@ -13,6 +13,10 @@
 //! others are prefilled in order, each one pushing the previous into llama-server's host-RAM
 //! prompt cache (`--cache-ram`). The whole warm-up counts as governor activity, so the duty
 //! cycle throttles it like a request.
+//!
+//! The slot directory is llama-server's `--slot-save-path`, where any client of the backend
+//! could name a file: [`secure_slot_dir`] creates it 0700, owned by the service user, and
+//! refuses a symlink; the supervisor opens the files in it without following symlinks.
 
 use super::state::BackendInfo;
 use crate::backend::setup::Installed;
@@ -143,6 +147,86 @@ impl SlotRecord {
     }
 }
 
+/// Why the slot directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotDirError {
+    #[error("cannot create the slot directory {dir}: {source} (check the permissions of backend.cache_dir)")]
+    Create {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the slot directory {dir} is a symlink; remove it (the supervisor creates the directory itself, 0700)")]
+    Symlink { dir: PathBuf },
+    #[error("the slot directory {dir} is not a directory; remove it or move backend.cache_dir")]
+    NotADirectory { dir: PathBuf },
+    #[error("the slot directory {dir} is owned by uid {owner}, not by this service's user (uid {me}); remove it, or chown it to the service user")]
+    Owner { dir: PathBuf, owner: u32, me: u32 },
+    #[error("cannot make the slot directory {dir} private (0700): {source}")]
+    Mode {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Creates `dir` (and its parents) for `--slot-save-path`: 0700, owned by this process's user,
+/// not a symlink; an existing one with a looser mode is tightened to 0700.
+pub fn secure_slot_dir(dir: &Path) -> Result<(), SlotDirError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| SlotDirError::Create {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(source) => {
+            return Err(SlotDirError::Create {
+                dir: dir.to_path_buf(),
+                source,
+            })
+        }
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|source| SlotDirError::Create {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let at = || dir.to_path_buf();
+    if meta.file_type().is_symlink() {
+        return Err(SlotDirError::Symlink { dir: at() });
+    }
+    if !meta.is_dir() {
+        return Err(SlotDirError::NotADirectory { dir: at() });
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(SlotDirError::Owner {
+            dir: at(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    if meta.mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|source| SlotDirError::Mode { dir: at(), source })?;
+    }
+    Ok(())
+}
+
+/// Opens a file in the slot directory without following a symlink (`O_NOFOLLOW`).
+fn open_nofollow(path: &Path, write: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .create(write)
+        .truncate(write)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+}
+
 /// The slot files of one model in `<cache>/slots/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotStore {
@@ -163,7 +247,8 @@ impl SlotStore {
 
     /// The record of a usable saved slot for `prefix` (its file exists).
     pub fn record(&self, prefix: &Prefix) -> Option<SlotRecord> {
-        if !self.dir.join(self.file_name(prefix)).is_file() {
+        let bin = std::fs::symlink_metadata(self.dir.join(self.file_name(prefix))).ok()?;
+        if !bin.file_type().is_file() {
             return None;
         }
         self.measured(prefix)
@@ -171,13 +256,16 @@ impl SlotStore {
 
     /// What was measured for `prefix`, whether or not its slot file is still there.
     pub fn measured(&self, prefix: &Prefix) -> Option<SlotRecord> {
-        let text = std::fs::read_to_string(self.record_path(prefix)).ok()?;
-        serde_json::from_str(&text).ok()
+        let file = open_nofollow(&self.record_path(prefix), false).ok()?;
+        serde_json::from_reader(std::io::BufReader::new(file)).ok()
     }
 
     pub fn write_record(&self, prefix: &Prefix, record: SlotRecord) -> std::io::Result<()> {
         let text = serde_json::to_string(&record).map_err(std::io::Error::other)?;
-        std::fs::write(self.record_path(prefix), text)
+        std::io::Write::write_all(
+            &mut open_nofollow(&self.record_path(prefix), true)?,
+            text.as_bytes(),
+        )
     }
 
     /// Drops the slot file (the record stays, so a slower restore is not tried again).
@@ -284,7 +372,7 @@ impl Warmup {
     }
 
     async fn warm_all(&self, backend: &BackendInfo) {
-        if let Err(e) = std::fs::create_dir_all(&self.slots.dir) {
+        if let Err(e) = secure_slot_dir(&self.slots.dir) {
             tracing::warn!(dir = %self.slots.dir.display(), error = %e, "cannot create the slot directory; prefilling without saving");
         }
         let pruned = self.slots.prune(&self.prefixes);
@@ -445,6 +533,45 @@ mod tests {
         assert_eq!(body["max_tokens"], 1);
         assert_eq!(body["cache_prompt"], true);
         assert_eq!(body["stream"], false);
+    }
+
+    #[test]
+    fn the_slot_dir_is_private_and_never_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cache/slots");
+        secure_slot_dir(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        secure_slot_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let link = tmp.path().join("cache/linked");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let e = secure_slot_dir(&link).unwrap_err();
+        assert!(matches!(e, SlotDirError::Symlink { .. }), "{e}");
+        // A record that is a symlink is not followed, for reading or writing.
+        let store = SlotStore {
+            dir: dir.clone(),
+            model_key: "m".into(),
+        };
+        let prefix = Prefix {
+            path: "p".into(),
+            text: "t".into(),
+            hash: "h".into(),
+        };
+        let target = tmp.path().join("target.json");
+        std::fs::write(&target, r#"{"prefill_ms": 1.0, "restore_ms": null}"#).unwrap();
+        std::os::unix::fs::symlink(&target, store.record_path(&prefix)).unwrap();
+        assert!(store.measured(&prefix).is_none());
+        let record = SlotRecord {
+            prefill_ms: 2.0,
+            restore_ms: None,
+        };
+        assert!(store.write_record(&prefix, record).is_err());
+        assert!(std::fs::read_to_string(&target).unwrap().contains("1.0"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod logs;
 mod memory;
 mod metrics;
 mod notify;
+mod poison;
 mod profiles;
 mod properties;
 mod proxy;

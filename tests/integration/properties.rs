@@ -4,8 +4,24 @@
 use proptest::prelude::*;
 use sentinel_supervisor::config::Config;
 use sentinel_supervisor::proxy::error::ApiError;
-use sentinel_supervisor::proxy::validate::{check, Route, TokenCap};
+use sentinel_supervisor::proxy::validate::{check, Route, Rules, TokenCap};
 use std::path::Path;
+
+/// A profile with 16 tokens per request, two slots, grammars on.
+fn rules(limits: &sentinel_supervisor::proxy::grammar::Limits) -> Rules<'_> {
+    Rules {
+        cap: TokenCap {
+            max_tokens: 16,
+            profile: "p",
+        },
+        slots: 2,
+        grammar: true,
+        extra_fields: &[],
+        limits,
+        vocab_size: Some(1000),
+        projector: false,
+    }
+}
 
 /// Keys of the config file, as `section.key` (profiles included).
 const KEYS: &[&str] = &[
@@ -92,8 +108,8 @@ proptest! {
         route in proptest::sample::select(&[Route::Chat, Route::Completions, Route::Embeddings, Route::Tokenize, Route::Detokenize][..]),
         body in proptest::collection::vec(any::<u8>(), 0..256),
     ) {
-        let cap = TokenCap { max_tokens: 16, profile: "p" };
-        if let Err(e) = check(route, &body, cap) {
+        let limits = Config::builtin().unwrap().proxy.grammar;
+        if let Err(e) = check(route, &body, &rules(&limits)) {
             prop_assert_eq!(ApiError::from(e).status.as_u16(), 400);
         }
     }
@@ -103,18 +119,18 @@ proptest! {
         route in proptest::sample::select(&[Route::Chat, Route::Completions, Route::Tokenize, Route::Detokenize][..]),
         value in json_value(),
     ) {
-        let cap = TokenCap { max_tokens: 16, profile: "p" };
+        let limits = Config::builtin().unwrap().proxy.grammar;
         let body = serde_json::to_vec(&value).unwrap();
-        match check(route, &body, cap) {
+        match check(route, &body, &rules(&limits)) {
             Err(e) => {
                 let api = ApiError::from(e);
                 prop_assert_eq!(api.status.as_u16(), 400);
                 prop_assert_eq!(api.kind, "invalid_request_error");
             }
             // A generating request that passes never asks for more than the cap.
-            Ok(rewritten) if matches!(route, Route::Chat | Route::Completions) => {
+            Ok(checked) if matches!(route, Route::Chat | Route::Completions) => {
                 let sent: serde_json::Value =
-                    serde_json::from_slice(rewritten.as_deref().unwrap_or(&body)).unwrap();
+                    serde_json::from_slice(checked.body.as_deref().unwrap_or(&body)).unwrap();
                 let asked: Vec<f64> = ["max_tokens", "max_completion_tokens", "n_predict"]
                     .iter()
                     .filter_map(|k| sent.get(*k).and_then(|v| v.as_f64()))

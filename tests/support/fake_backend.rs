@@ -30,6 +30,9 @@
 //! |                      | request but the health probes, when it arrives                       |
 //! | `sigill-unless=FLAG` | die by SIGILL while "loading", as a build using an instruction this  |
 //! |                      | CPU refuses, unless FLAG is on the command line (`--no-repack`)      |
+//! | `crash-on=TEXT`      | die by SIGSEGV when a request body contains TEXT (a poison request) |
+//! | `segv-mid-stream`    | `die-mid-stream` dies by SIGSEGV instead of exit(1)                 |
+//! | `fail-message=TEXT`  | the message of `completions-fail`'s 500 (llama-server's own words)  |
 //!
 //! Like llama-server, it exits 0 on SIGTERM (unless `ignore-sigterm`), and answers llama-server's
 //! own `/completion` with `timings` (what the smoke test reads).
@@ -75,11 +78,15 @@ struct Mode {
     flood: usize,
     requests_file: Option<PathBuf>,
     sigill_unless: Option<String>,
+    crash_on: Option<String>,
+    fail_message: Option<String>,
+    segv_mid_stream: bool,
 }
 
 const DIRECTIVES: &str = "load=DUR, exit-at-start=CODE, crash-after=DUR, hang-after=DUR, \
     health-hang-after=DUR, completions-hang, completions-fail, ignore-sigterm, stream-chunks=N, stream-delay=DUR, response-delay=DUR, die-mid-stream=N, \
-    burn, starts-file=PATH, drop-request=N, echo, bad-model-unless=TEXT, flood=N, requests-file=PATH, sigill-unless=FLAG";
+    burn, starts-file=PATH, drop-request=N, echo, bad-model-unless=TEXT, flood=N, requests-file=PATH, \
+    sigill-unless=FLAG, crash-on=TEXT, fail-message=TEXT, segv-mid-stream";
 
 impl Mode {
     fn parse(spec: &str) -> Result<Mode, String> {
@@ -104,6 +111,9 @@ impl Mode {
             flood: 0,
             requests_file: None,
             sigill_unless: None,
+            crash_on: None,
+            fail_message: None,
+            segv_mid_stream: false,
         };
         for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
             let (key, value) = match directive.split_once('=') {
@@ -145,6 +155,9 @@ impl Mode {
                 ("sigill-unless", Some(v)) => mode.sigill_unless = Some(v.to_string()),
                 ("flood", Some(v)) => mode.flood = num(v)?,
                 ("requests-file", Some(v)) => mode.requests_file = Some(PathBuf::from(v)),
+                ("crash-on", Some(v)) => mode.crash_on = Some(v.to_string()),
+                ("fail-message", Some(v)) => mode.fail_message = Some(v.to_string()),
+                ("segv-mid-stream", None) => mode.segv_mid_stream = true,
                 _ => {
                     return Err(format!(
                         "unknown directive `{directive}` (known: {DIRECTIVES})"
@@ -465,6 +478,13 @@ async fn gate(State(b): State<Shared>, request: Request, next: Next) -> Response
             );
         }
     }
+    let request = match (&b.mode.crash_on, public) {
+        (Some(text), false) => match crash_on(text, request).await {
+            Ok(request) => request,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e, "invalid_request_error"),
+        },
+        _ => request,
+    };
     let request = match (&b.mode.requests_file, public) {
         (Some(path), false) => match log_request(path, request).await {
             Ok(request) => request,
@@ -488,6 +508,34 @@ async fn gate(State(b): State<Shared>, request: Request, next: Next) -> Response
         return Json(json!({"received": received})).into_response();
     }
     next.run(request).await
+}
+
+/// Dies by SIGSEGV at once.
+fn segfault() -> ! {
+    // SAFETY: the default action, set just before raising it, ends the process at once
+    // (Rust's own SIGSEGV handler would return from a raised signal).
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::SIGSEGV,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
+    let _ = nix::sys::signal::raise(nix::sys::signal::SIGSEGV);
+    std::process::abort();
+}
+
+/// Dies by SIGSEGV, as llama-server does on a poison request, when the body contains `text`
+/// (`crash-on`); hands the request on, body intact, otherwise.
+async fn crash_on(text: &str, request: Request) -> Result<Request, String> {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(|e| e.to_string())?;
+    if String::from_utf8_lossy(&body).contains(text) {
+        say("fake-backend: poison request (crash-on): dying by SIGSEGV");
+        segfault();
+    }
+    Ok(Request::from_parts(parts, axum::body::Body::from(body)))
 }
 
 /// Appends the request's line to `path` (`requests-file`) and hands the request on, body intact.

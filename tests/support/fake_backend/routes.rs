@@ -213,11 +213,12 @@ async fn pause(delay: Duration) {
 /// `stream_options.include_usage` is set) and `data: [DONE]`.
 async fn answer(b: Shared, busy: Busy, reply: Reply, request: &Value) -> Response {
     if b.mode.completions_fail {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "fake completion failure (completions-fail)",
-            "server_error",
-        );
+        let message = b
+            .mode
+            .fail_message
+            .as_deref()
+            .unwrap_or("fake completion failure (completions-fail)");
+        return error(StatusCode::INTERNAL_SERVER_ERROR, message, "server_error");
     }
     if b.mode.completions_hang {
         std::future::pending::<()>().await;
@@ -240,6 +241,9 @@ async fn answer(b: Shared, busy: Busy, reply: Reply, request: &Value) -> Respons
             if b.mode.die_mid_stream == Some(i) {
                 tokio::time::sleep(Duration::from_millis(20)).await; // let sent chunks leave
                 say(&format!("error: fake death mid-stream after {i} chunks"));
+                if b.mode.segv_mid_stream {
+                    super::segfault();
+                }
                 std::process::exit(1);
             }
             if b.hung() {

@@ -1,0 +1,447 @@
+//! Measuring what a request asks llama-server to compile before its first token: a GBNF
+//! `grammar` and every JSON schema (`response_format`, `json_schema`, a tool's `parameters`).
+//! llama-server builds its sampler from them on the slot's thread, recursively and without
+//! bounds of its own: a grammar nested tens of thousands deep overflows its stack (SIGSEGV),
+//! a schema with a very large `enum` or repetition keeps the only slot busy for minutes. Each is
+//! measured here against [`Limits`] (`[proxy.grammar]`) and refused with a 400 naming the
+//! limit and its key; a `$ref` that leaves the schema or refers back to itself is refused too.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// `[proxy.grammar]`: the bounds on one grammar or schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Size in bytes (a grammar as sent, a schema as compact JSON).
+    pub max_bytes: usize,
+    /// Parentheses nested in a grammar; objects and arrays nested in a schema.
+    pub max_depth: usize,
+    /// Rules of a grammar (`name ::= ...`); objects (subschemas) in a schema.
+    pub max_rules: usize,
+    /// Values of one `enum`.
+    pub max_enum: usize,
+    /// The largest repetition bound: `{m,n}`, `minItems`/`maxItems`, `minLength`/`maxLength`,
+    /// `minProperties`/`maxProperties`.
+    pub max_repeat: u64,
+}
+
+/// Why a grammar or schema is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Unbounded {
+    #[error("`{field}`: its {what} is {found}, above this server's limit of {limit}; simplify it, or raise `proxy.grammar.{key}` in config.toml")]
+    Over {
+        field: String,
+        what: &'static str,
+        key: &'static str,
+        found: u64,
+        limit: u64,
+    },
+    #[error("`{field}`: `$ref` \"{reference}\" refers back to itself (a recursive schema); send a schema without reference cycles")]
+    Cycle { field: String, reference: String },
+    #[error("`{field}`: `$ref` \"{reference}\" does not name a part of this schema (only local references such as \"#/$defs/name\" are followed)")]
+    Unresolved { field: String, reference: String },
+}
+
+impl Unbounded {
+    /// The `code` of the OpenAI error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Unbounded::Over { .. } => "grammar_too_complex",
+            Unbounded::Cycle { .. } => "schema_ref_cycle",
+            Unbounded::Unresolved { .. } => "schema_ref_unresolved",
+        }
+    }
+}
+
+fn over(field: &str, what: &'static str, key: &'static str, found: u64, limit: u64) -> Unbounded {
+    Unbounded::Over {
+        field: field.to_string(),
+        what,
+        key,
+        found,
+        limit,
+    }
+}
+
+fn within(
+    field: &str,
+    what: &'static str,
+    key: &'static str,
+    found: u64,
+    limit: u64,
+) -> Result<(), Unbounded> {
+    if found > limit {
+        return Err(over(field, what, key, found, limit));
+    }
+    Ok(())
+}
+
+/// What a GBNF grammar measures.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GrammarSize {
+    pub depth: u64,
+    pub rules: u64,
+    pub repeat: u64,
+}
+
+/// Scans a GBNF grammar: parentheses outside literals, character classes and comments,
+/// `::=` definitions, and the numbers of `{m,n}` repetitions.
+pub fn measure_grammar(text: &str) -> GrammarSize {
+    let b = text.as_bytes();
+    let mut size = GrammarSize::default();
+    let mut depth = 0u64;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            quote @ (b'"' | b'[') => {
+                let close = if quote == b'"' { b'"' } else { b']' };
+                i += 1;
+                while i < b.len() && b[i] != close {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'(' => {
+                depth += 1;
+                size.depth = size.depth.max(depth);
+            }
+            b')' => depth = depth.saturating_sub(1),
+            b':' if b[i..].starts_with(b"::=") => {
+                size.rules += 1;
+                i += 2;
+            }
+            b'{' => {
+                let end = b[i..].iter().position(|&c| c == b'}').map(|p| i + p);
+                if let Some(end) = end {
+                    size.repeat = size.repeat.max(largest_number(&text[i + 1..end]));
+                    i = end;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    size
+}
+
+/// The largest run of digits in `s` (saturating), 0 when none.
+fn largest_number(s: &str) -> u64 {
+    s.split(|c: char| !c.is_ascii_digit())
+        .filter(|d| !d.is_empty())
+        .map(|d| d.parse::<u64>().unwrap_or(u64::MAX))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Checks a GBNF grammar sent as `field`.
+pub fn check_grammar(field: &str, text: &str, l: &Limits) -> Result<(), Unbounded> {
+    within(
+        field,
+        "size in bytes",
+        "max_bytes",
+        text.len() as u64,
+        l.max_bytes as u64,
+    )?;
+    let size = measure_grammar(text);
+    within(
+        field,
+        "nesting depth",
+        "max_depth",
+        size.depth,
+        l.max_depth as u64,
+    )?;
+    within(
+        field,
+        "number of rules",
+        "max_rules",
+        size.rules,
+        l.max_rules as u64,
+    )?;
+    within(
+        field,
+        "largest repetition",
+        "max_repeat",
+        size.repeat,
+        l.max_repeat,
+    )
+}
+
+/// The schema keywords whose value is a repetition bound.
+const REPEAT_KEYS: [&str; 6] = [
+    "minItems",
+    "maxItems",
+    "minLength",
+    "maxLength",
+    "minProperties",
+    "maxProperties",
+];
+
+/// Checks a JSON schema sent as `field`: size, depth, objects, `enum` lengths, repetition
+/// bounds (also inside `pattern`s), and its `$ref`s (local, acyclic).
+pub fn check_schema(field: &str, schema: &Value, l: &Limits) -> Result<(), Unbounded> {
+    let bytes = serde_json::to_vec(schema).map(|v| v.len()).unwrap_or(0);
+    within(
+        field,
+        "size in bytes",
+        "max_bytes",
+        bytes as u64,
+        l.max_bytes as u64,
+    )?;
+    let mut objects = 0u64;
+    let mut refs = Vec::new();
+    walk(field, schema, 1, l, &mut objects, &mut refs)?;
+    within(
+        field,
+        "number of subschemas",
+        "max_rules",
+        objects,
+        l.max_rules as u64,
+    )?;
+    check_refs(field, schema, &refs)
+}
+
+fn walk<'a>(
+    field: &str,
+    v: &'a Value,
+    depth: u64,
+    l: &Limits,
+    objects: &mut u64,
+    refs: &mut Vec<&'a str>,
+) -> Result<(), Unbounded> {
+    match v {
+        Value::Object(m) => {
+            within(
+                field,
+                "nesting depth",
+                "max_depth",
+                depth,
+                l.max_depth as u64,
+            )?;
+            *objects += 1;
+            if let Some(Value::Array(values)) = m.get("enum") {
+                within(
+                    field,
+                    "number of `enum` values",
+                    "max_enum",
+                    values.len() as u64,
+                    l.max_enum as u64,
+                )?;
+            }
+            for key in REPEAT_KEYS {
+                if let Some(n) = m.get(key).and_then(Value::as_f64) {
+                    within(
+                        field,
+                        "largest repetition",
+                        "max_repeat",
+                        n.max(0.0) as u64,
+                        l.max_repeat,
+                    )?;
+                }
+            }
+            if let Some(Value::String(p)) = m.get("pattern") {
+                let repeat = measure_grammar(&p.replace(['"', '[', ']', '#'], " ")).repeat;
+                within(
+                    field,
+                    "largest repetition",
+                    "max_repeat",
+                    repeat,
+                    l.max_repeat,
+                )?;
+            }
+            if let Some(Value::String(r)) = m.get("$ref") {
+                refs.push(r);
+            }
+            for child in m.values() {
+                walk(field, child, depth + 1, l, objects, refs)?;
+            }
+        }
+        Value::Array(items) => {
+            within(
+                field,
+                "nesting depth",
+                "max_depth",
+                depth,
+                l.max_depth as u64,
+            )?;
+            for child in items {
+                walk(field, child, depth + 1, l, objects, refs)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Every `$ref` must point inside the schema (`#` or a JSON pointer from it), and following
+/// references from any of them must never come back to one being followed.
+fn check_refs<'a>(field: &str, root: &'a Value, refs: &[&'a str]) -> Result<(), Unbounded> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Open,
+        Done,
+    }
+    fn target<'a>(root: &'a Value, r: &str) -> Option<&'a Value> {
+        let pointer = r.strip_prefix('#')?;
+        if pointer.is_empty() {
+            return Some(root);
+        }
+        root.pointer(pointer)
+    }
+    /// The `$ref`s reachable inside `v` without following one.
+    fn inner<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r);
+                }
+                m.values().for_each(|c| inner(c, out));
+            }
+            Value::Array(a) => a.iter().for_each(|c| inner(c, out)),
+            _ => {}
+        }
+    }
+    /// The references inside the target of `r`.
+    fn refs_of<'a>(root: &'a Value, field: &str, r: &str) -> Result<Vec<&'a str>, Unbounded> {
+        let t = target(root, r).ok_or_else(|| Unbounded::Unresolved {
+            field: field.to_string(),
+            reference: r.to_string(),
+        })?;
+        let mut out = Vec::new();
+        inner(t, &mut out);
+        Ok(out)
+    }
+    let mut marks: HashMap<&'a str, Mark> = HashMap::new();
+    // Iterative depth-first search over references: (reference, its references, next index).
+    for &start in refs {
+        if marks.contains_key(start) {
+            continue;
+        }
+        let mut stack: Vec<(&'a str, Vec<&'a str>, usize)> = Vec::new();
+        let first = refs_of(root, field, start)?;
+        marks.insert(start, Mark::Open);
+        stack.push((start, first, 0));
+        while let Some((r, next, i)) = stack.last_mut() {
+            if *i == next.len() {
+                marks.insert(r, Mark::Done);
+                stack.pop();
+                continue;
+            }
+            let n = next[*i];
+            *i += 1;
+            match marks.get(n) {
+                Some(Mark::Open) => {
+                    return Err(Unbounded::Cycle {
+                        field: field.to_string(),
+                        reference: n.to_string(),
+                    })
+                }
+                Some(Mark::Done) => {}
+                None => {
+                    let children = refs_of(root, field, n)?;
+                    marks.insert(n, Mark::Open);
+                    stack.push((n, children, 0));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn limits() -> Limits {
+        crate::config::Config::builtin().unwrap().proxy.grammar
+    }
+
+    #[test]
+    fn a_grammar_is_measured_outside_literals_and_comments() {
+        let g = "root ::= (\"(\" [()] item{2,40})+ # (((\nitem ::= \"a\" | (\"b\" (\"c\"))";
+        assert_eq!(
+            measure_grammar(g),
+            GrammarSize {
+                depth: 2,
+                rules: 2,
+                repeat: 40
+            }
+        );
+    }
+
+    #[test]
+    fn deep_large_and_repetitive_grammars_name_their_limit() {
+        let l = limits();
+        let deep = format!(
+            "root ::= {}\"x\"{}",
+            "(".repeat(l.max_depth + 1),
+            ")".repeat(l.max_depth + 1)
+        );
+        let e = check_grammar("grammar", &deep, &l).unwrap_err();
+        assert!(e.to_string().contains("proxy.grammar.max_depth"), "{e}");
+        let e = check_grammar("grammar", "root ::= \"a\"{0,99999}", &l).unwrap_err();
+        assert!(e.to_string().contains("proxy.grammar.max_repeat"), "{e}");
+        let many: String = (0..=l.max_rules)
+            .map(|i| format!("r{i} ::= \"a\"\n"))
+            .collect();
+        let e = check_grammar("grammar", &many, &l).unwrap_err();
+        assert!(e.to_string().contains("max_rules"), "{e}");
+        let big = format!("root ::= \"{}\"", "a".repeat(l.max_bytes));
+        let e = check_grammar("grammar", &big, &l).unwrap_err();
+        assert!(e.to_string().contains("max_bytes"), "{e}");
+        assert!(check_grammar("grammar", "root ::= (\"yes\" | \"no\"){1,3}", &l).is_ok());
+    }
+
+    #[test]
+    fn schemas_are_bounded_in_enum_repeat_depth_and_refs() {
+        let l = limits();
+        let values: Vec<String> = (0..=l.max_enum).map(|i| format!("v{i}")).collect();
+        let e = check_schema("s", &json!({"enum": values}), &l).unwrap_err();
+        assert!(e.to_string().contains("max_enum"), "{e}");
+        let e = check_schema("s", &json!({"type": "array", "minItems": 100000}), &l).unwrap_err();
+        assert!(e.to_string().contains("max_repeat"), "{e}");
+        let e = check_schema(
+            "s",
+            &json!({"type": "string", "pattern": "^a{1,9999}$"}),
+            &l,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("max_repeat"), "{e}");
+        let mut deep = json!({"type": "string"});
+        for _ in 0..l.max_depth {
+            deep = json!({"type": "array", "items": deep});
+        }
+        let e = check_schema("s", &deep, &l).unwrap_err();
+        assert!(e.to_string().contains("max_depth"), "{e}");
+
+        let cyclic = json!({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"items": {"$ref": "#/$defs/a"}}},
+            "$ref": "#/$defs/a"});
+        assert_eq!(
+            check_schema("s", &cyclic, &l).unwrap_err().code(),
+            "schema_ref_cycle"
+        );
+        let root = json!({"properties": {"next": {"$ref": "#"}}});
+        assert_eq!(
+            check_schema("s", &root, &l).unwrap_err().code(),
+            "schema_ref_cycle"
+        );
+        let remote = json!({"$ref": "https://example.com/s.json"});
+        assert_eq!(
+            check_schema("s", &remote, &l).unwrap_err().code(),
+            "schema_ref_unresolved"
+        );
+        // Shared, acyclic references are fine.
+        let shared = json!({"$defs": {"id": {"type": "string"}, "pair": {"items": [{"$ref": "#/$defs/id"}, {"$ref": "#/$defs/id"}]}},
+            "properties": {"a": {"$ref": "#/$defs/pair"}, "b": {"$ref": "#/$defs/id"}}});
+        assert!(check_schema("s", &shared, &l).is_ok());
+    }
+}

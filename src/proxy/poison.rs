@@ -1,0 +1,215 @@
+//! Poison requests: a request that a backend died while serving, alone or at a second death,
+//! is not sent to another backend (one such request crashed two backends in 3 s before this
+//! existed). Its [`Fingerprint`] (route, the names and sizes of its fields, a hash of the body
+//! in canonical JSON) is kept for `proxy.poison_ttl`, and an identical request is refused with
+//! 400 before it reaches a backend, as osquery's watchdog bans a query that broke its worker.
+//! Requests sent again after a crash with several in flight go one at a time, so the poison
+//! among them is alone at the next crash. The log shows a fingerprint's route and fields,
+//! never the content.
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Fingerprints kept at most; the oldest go first beyond it.
+const MAX_ENTRIES: usize = 4096;
+
+/// What identifies a request without keeping its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub route: &'static str,
+    /// Field names (sorted) and the size of each value as compact JSON.
+    pub fields: Vec<(String, usize)>,
+    /// SHA-256 of the whole body as canonical JSON (keys sorted, no whitespace).
+    pub hash: [u8; 32],
+}
+
+impl Fingerprint {
+    /// The fingerprint of a body already parsed into `obj`, sent to `route`.
+    pub fn of(route: &'static str, obj: &Map<String, Value>) -> Fingerprint {
+        let mut fields: Vec<(String, usize)> = obj
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::to_vec(v).map_or(0, |b| b.len())))
+            .collect();
+        fields.sort();
+        let mut hasher = Sha256::new();
+        hasher.update(route.as_bytes());
+        // `serde_json::Map` is ordered by key: the same object always serializes the same way.
+        let mut canonical = Map::new();
+        for (k, v) in obj {
+            canonical.insert(k.clone(), canonicalize(v));
+        }
+        hasher.update(serde_json::to_vec(&Value::Object(canonical)).unwrap_or_default());
+        Fingerprint {
+            route,
+            fields,
+            hash: hasher.finalize().into(),
+        }
+    }
+
+    /// `name(size), ...` for the log.
+    pub fn describe_fields(&self) -> String {
+        self.fields
+            .iter()
+            .map(|(k, n)| format!("{k}({n} B)"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// A short id for the log (the first 8 bytes of the hash, hex).
+    pub fn short(&self) -> String {
+        hex::encode(&self.hash[..8])
+    }
+
+    fn key(&self) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(self.route.as_bytes());
+        for (k, n) in &self.fields {
+            hasher.update(k.as_bytes());
+            hasher.update(n.to_le_bytes());
+        }
+        hasher.update(self.hash);
+        hasher.finalize().into()
+    }
+}
+
+/// Objects nested anywhere with their keys in order, whatever serde_json's map does.
+fn canonicalize(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut sorted: Vec<(&String, &Value)> = m.iter().collect();
+            sorted.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(
+                sorted
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), canonicalize(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.iter().map(canonicalize).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The fingerprints of requests that killed a backend, each until it expires.
+#[derive(Debug, Default)]
+pub struct PoisonList {
+    entries: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Held by a request sent again after a crash it was in flight at, until its answer
+    /// starts: suspects go one at a time, so the poison among them crashes the next backend
+    /// alone and the bystanders are answered.
+    suspects: tokio::sync::Mutex<()>,
+}
+
+impl PoisonList {
+    pub fn new() -> PoisonList {
+        PoisonList::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Instant>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers `fp` for `ttl` from now.
+    pub fn remember(&self, fp: &Fingerprint, ttl: Duration) {
+        let now = Instant::now();
+        let mut entries = self.lock();
+        entries.retain(|_, until| *until > now);
+        if entries.len() >= MAX_ENTRIES {
+            if let Some(oldest) = entries.iter().min_by_key(|(_, u)| **u).map(|(k, _)| *k) {
+                entries.remove(&oldest);
+            }
+        }
+        entries.insert(fp.key(), now + ttl);
+    }
+
+    /// How long `fp` is still refused (`None`: not poisoned, or expired).
+    pub fn refused_for(&self, fp: &Fingerprint) -> Option<Duration> {
+        let now = Instant::now();
+        let mut entries = self.lock();
+        let key = fp.key();
+        match entries.get(&key) {
+            Some(until) if *until > now => Some(*until - now),
+            Some(_) => {
+                entries.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Waits for the turn of a request sent again after a crash (see `suspects`).
+    pub async fn suspect_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.suspects.lock().await
+    }
+
+    /// Fingerprints remembered now (expired ones included until the next write).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fp(v: Value) -> Fingerprint {
+        Fingerprint::of("/v1/chat/completions", v.as_object().unwrap())
+    }
+
+    #[test]
+    fn key_order_and_whitespace_do_not_change_a_fingerprint() {
+        let a: Value =
+            serde_json::from_str(r#"{"b": {"y": 1, "x": [2, {"q": 1, "p": 0}]}, "a": "s"}"#)
+                .unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{"a":"s","b":{"x":[2,{"p":0,"q":1}],"y":1}}"#).unwrap();
+        assert_eq!(fp(a.clone()), fp(b));
+        assert_ne!(
+            fp(a),
+            fp(json!({"a": "t", "b": {"y": 1, "x": [2, {"q": 1, "p": 0}]}}))
+        );
+        let f = fp(json!({"messages": [], "grammar": "root ::= x"}));
+        assert_eq!(f.describe_fields(), "grammar(12 B), messages(2 B)");
+        assert!(!f.describe_fields().contains("root"));
+        assert_ne!(
+            Fingerprint::of("/v1/completions", json!({"a": 1}).as_object().unwrap()).key(),
+            fp(json!({"a": 1})).key()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fingerprint_is_refused_until_it_expires() {
+        let list = PoisonList::new();
+        let f = fp(json!({"grammar": "x"}));
+        assert_eq!(list.refused_for(&f), None);
+        list.remember(&f, Duration::from_secs(10));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(list.refused_for(&f), Some(Duration::from_secs(6)));
+        assert_eq!(list.refused_for(&fp(json!({"grammar": "y"}))), None);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(list.refused_for(&f), None);
+        assert!(list.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_list_is_bounded_and_lets_the_oldest_go() {
+        let list = PoisonList::new();
+        let first = fp(json!({"n": 0}));
+        list.remember(&first, Duration::from_secs(100));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        for i in 1..=MAX_ENTRIES {
+            list.remember(&fp(json!({ "n": i })), Duration::from_secs(100));
+        }
+        assert_eq!(list.len(), MAX_ENTRIES);
+        assert_eq!(list.refused_for(&first), None);
+    }
+}
