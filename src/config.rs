@@ -56,6 +56,8 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     pub proxy: ProxyConfig,
     pub governor: crate::governor::GovernorConfig,
+    /// Battery, presence and heat (`crate::situation`).
+    pub situation: crate::situation::SituationConfig,
     /// `bench` settings, checked with the rest of the file (a typo fails `run` too).
     pub bench: crate::bench::settings::BenchConfig,
     pub profiles: BTreeMap<String, ProfileConfig>,
@@ -195,6 +197,10 @@ pub struct ProfileConfig {
     pub description: String,
     /// The budget in cores (above 0); `None` = unlimited.
     pub cpus: Option<Cores>,
+    /// The budget on battery; 0 pauses (omit: the `invisible` profile's budget, at most `cpus`).
+    pub cpus_on_battery: Option<crate::units::CoresOrPause>,
+    /// The budget while the user is idle (omit: `cpus` x 2, at most the allowed CPUs).
+    pub cpus_when_idle: Option<Cores>,
     pub threads: Option<usize>,
     pub threads_batch: Option<usize>,
     #[serde(default)]

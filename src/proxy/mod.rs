@@ -64,6 +64,8 @@ pub struct Shared {
     pub started: std::time::Instant,
     /// What `/metrics` shows; its layer counts every answer.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The machine's situation and the budget in force (`None`: not followed).
+    pub situation: watch::Receiver<Option<crate::situation::SituationReport>>,
 }
 
 pub type AppState = Arc<Shared>;
@@ -121,6 +123,7 @@ impl Shared {
             uptime_s: self.started.elapsed().as_secs_f64().round(),
             config_generation: live.generation,
             tokens: self.metrics.tokens(),
+            situation: self.situation.borrow().clone(),
         }
     }
 }
