@@ -112,7 +112,7 @@ pub struct SituationReport {
     pub state: State,
     /// Why, in words: `on battery`, `user idle, thermal pressure (halved)`.
     pub reason: String,
-    /// Seconds since the budget in force last changed (or since start).
+    /// Seconds since the budget in force last changed (or since start), to a tenth.
     pub since_s: f64,
 }
 
@@ -207,12 +207,19 @@ impl Sensors {
 /// What the lifecycle follows: the budget the governor holds (`None` inside: the plan's own,
 /// the situation is not followed).
 #[derive(Debug, Clone)]
-pub struct Follow(watch::Receiver<Option<Decision>>);
+pub struct Follow {
+    decision: watch::Receiver<Option<Decision>>,
+    /// The budget the running governor was given, in cores (`None`: unlimited).
+    held: Option<f64>,
+}
 
 impl Follow {
     /// Not following: the plan's budget always.
     pub fn off() -> Follow {
-        Follow(watch::Sender::new(None).subscribe())
+        Follow {
+            decision: watch::Sender::new(None).subscribe(),
+            held: None,
+        }
     }
 
     /// `settings` with the budget in force.
@@ -220,22 +227,32 @@ impl Follow {
         &self,
         mut settings: crate::governor::GovernorSettings,
     ) -> crate::governor::GovernorSettings {
-        if let Some(decision) = *self.0.borrow() {
+        if let Some(decision) = *self.decision.borrow() {
             settings.cpus = decision.governor_cpus;
         }
         settings
     }
 
-    /// Resolves when the budget the governor must hold changes (never once the situation task
-    /// has ended).
+    /// Follows from a governor that holds `cpus` (its snapshot's budget).
+    pub fn holding(mut self, cpus: Option<f64>) -> Follow {
+        self.held = cpus;
+        self
+    }
+
+    /// Resolves when the budget in force differs from the one held (then held from now on);
+    /// never while not following or once the situation task has ended. Cancel-safe: a change
+    /// that arrives while another branch of a `select!` wins is seen on the next call.
     pub async fn changed(&mut self) {
         loop {
-            let before = self.0.borrow_and_update().map(|d| d.governor_cpus);
-            if self.0.changed().await.is_err() {
-                std::future::pending::<()>().await;
+            if let Some(d) = *self.decision.borrow_and_update() {
+                let wanted = d.governor_cpus.map(crate::units::Cores::get);
+                if wanted != self.held {
+                    self.held = wanted;
+                    return;
+                }
             }
-            if self.0.borrow().map(|d| d.governor_cpus) != before {
-                return;
+            if self.decision.changed().await.is_err() {
+                std::future::pending::<()>().await;
             }
         }
     }
@@ -295,7 +312,10 @@ impl Situation {
 
     /// What the lifecycle follows.
     pub fn follow(&self) -> Follow {
-        Follow(self.decision.subscribe())
+        Follow {
+            decision: self.decision.subscribe(),
+            held: None,
+        }
     }
 
     /// What `/status` shows.
