@@ -666,6 +666,32 @@ mod tests {
     }
 
     #[test]
+    fn situation_budgets_and_keys_are_checked() {
+        let err = user("[profiles.balanced]\ncpus_on_battery = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/my.toml: key `profiles.balanced.cpus_on_battery`: "),
+            "{err}"
+        );
+        assert!(
+            err.contains("at least 0") && err.contains("0 pauses"),
+            "{err}"
+        );
+        let err = user("[profiles.balanced]\ncpus_when_idle = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("profiles.balanced.cpus_when_idle"), "{err}");
+        let err = user("[situation]\nidle_afer = \"1m\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `idle_afer`"), "{err}");
+        let ok = user("[profiles.balanced]\ncpus_on_battery = 0\n").unwrap();
+        let paused = ok.profiles["balanced"].cpus_on_battery.unwrap();
+        assert_eq!(paused.cores(), None);
+    }
+
+    #[test]
     fn an_adaptive_share_outside_zero_to_one_says_the_range() {
         for (text, shown) in [
             (

@@ -503,4 +503,37 @@ mod tests {
             assert_eq!((r.method, r.period), expected, "{name}");
         }
     }
+
+    #[test]
+    fn battery_and_idle_budgets_default_from_invisible_and_twice_the_budget() {
+        let config = Config::builtin().unwrap();
+        let budgets = |name: &str, cpus: usize| {
+            let r = resolve(&config, name, &Host::unrestricted(cpus)).unwrap();
+            (r.cpus_on_battery, r.cpus_when_idle.map(Cores::get))
+        };
+        assert_eq!(budgets("balanced", 4), (Some(0.5), Some(2.0)));
+        // Twice the budget, at most the CPUs this process may use.
+        assert_eq!(budgets("balanced", 1), (Some(0.5), Some(1.0)));
+        assert_eq!(budgets("invisible", 4), (Some(0.5), Some(1.0)));
+        // No limit stays no limit when idle; on battery the invisible budget applies.
+        assert_eq!(budgets("fast", 4), (Some(0.5), None));
+        let own = Config::from_layers(Some((
+            std::path::Path::new("/etc/s.toml"),
+            "[profiles.balanced]\ncpus = 0.25\ncpus_on_battery = 0\ncpus_when_idle = 8\n",
+        )))
+        .unwrap();
+        let r = resolve(&own, "balanced", &Host::unrestricted(2)).unwrap();
+        assert_eq!(
+            (r.cpus_on_battery, r.cpus_when_idle.map(Cores::get)),
+            (Some(0.0), Some(2.0))
+        );
+        // At most the profile's own budget when it is below the invisible one.
+        let small = Config::from_layers(Some((
+            std::path::Path::new("/etc/s.toml"),
+            "[profiles.balanced]\ncpus = 0.25\n",
+        )))
+        .unwrap();
+        let r = resolve(&small, "balanced", &Host::unrestricted(2)).unwrap();
+        assert_eq!(r.cpus_on_battery, Some(0.25));
+    }
 }
