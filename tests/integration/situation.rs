@@ -308,3 +308,180 @@ fn a_zero_battery_budget_queues_requests_until_the_power_returns() {
     assert!(answered - sent < HOLD + Duration::from_secs(2));
     assert!(!s.status().situation.unwrap().paused);
 }
+
+/// One phase of the bench: tasks finished in it and the backend's CPU over it.
+struct PhaseFigures {
+    name: &'static str,
+    seconds: f64,
+    tasks: usize,
+    backend_cpu_s: f64,
+    system_p50: f64,
+    system_p99: f64,
+    backend_cores_mean: f64,
+}
+
+impl PhaseFigures {
+    fn print(&self) {
+        let per_task = if self.tasks > 0 {
+            format!("{:.2}", self.backend_cpu_s / self.tasks as f64)
+        } else {
+            "-".into()
+        };
+        println!(
+            "{:<10} {:>5.1}s  tasks {:>3}  tasks/min {:>6.1}  backend cores {:.2}  CPU-s/task {per_task}  system % p50 {:.1} p99 {:.1}",
+            self.name,
+            self.seconds,
+            self.tasks,
+            self.tasks as f64 / self.seconds * 60.0,
+            self.backend_cores_mean,
+            self.system_p50,
+            self.system_p99,
+        );
+    }
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The issue-22 measurement (`scripts/bench-laptop`): the real llama-server and the default
+/// model under `balanced` with two threads (sized for the idle budget, held to one core by the
+/// governor while the user is active), tasks sent back to back; the fake power supply is
+/// unplugged, plugged in again, then nobody types. Prints, per state, tasks per minute, the
+/// backend's CPU-seconds per task and system CPU (the bench's counter sampler, 100 ms windows),
+/// and how long after the budget change the backend's CPU fell to the battery budget.
+#[test]
+#[ignore = "a benchmark: run scripts/bench-laptop on a quiet machine"]
+fn bench_battery_and_idle_budgets() {
+    use sentinel_supervisor::bench::sampler::CounterSampler;
+    let phase = Duration::from_secs(
+        std::env::var("BENCH_LAPTOP_PHASE_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(15),
+    );
+    let laptop = Laptop::new(false);
+    let typing = Typing::start(&laptop);
+    let config = format!(
+        "[situation]\nroot = \"{}\"\nstate_hold = \"2s\"\nidle_after = \"3s\"\npoll_interval = \"200ms\"\n[profiles.balanced]\ncpus = 1.0\nthreads = 2\nthreads_batch = 2\n",
+        laptop.root().display()
+    );
+    let s = Supervisor::start(Options {
+        fake: false,
+        config: &config,
+        ..Default::default()
+    });
+    s.wait_health(200, Duration::from_secs(300));
+    let pid = s.backend_pid();
+    let cpus = sentinel_supervisor::host::online_cpus();
+    let counters = CounterSampler::start(pid, Duration::from_millis(100)).unwrap();
+    let done = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (done, stop, client, url) = (
+            Arc::clone(&done),
+            Arc::clone(&stop),
+            s.client(),
+            format!("{}/v1/chat/completions", s.url),
+        );
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let body = json!({
+                    "messages": [{"role": "user", "content": format!("Task {i}: list three prime numbers above {}.", i * 7)}],
+                    "max_tokens": 32,
+                    "temperature": 0,
+                });
+                let r = client.post(&url).json(&body).send().unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+                done.lock().unwrap().push(Instant::now());
+            }
+        })
+    };
+    let figures = |name: &'static str, from: Instant, to: Instant| {
+        let readings = counters.between(from, to);
+        let system = readings.system_percent(Duration::from_millis(100));
+        let backend = readings.process_percent(Duration::from_millis(100), cpus);
+        let tasks = done
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| **t >= from && **t < to)
+            .count();
+        let seconds = (to - from).as_secs_f64();
+        let cores_mean =
+            backend.iter().sum::<f64>() / backend.len().max(1) as f64 / 100.0 * cpus as f64;
+        PhaseFigures {
+            name,
+            seconds,
+            tasks,
+            backend_cpu_s: cores_mean * seconds,
+            system_p50: percentile(&system, 0.5),
+            system_p99: percentile(&system, 0.99),
+            backend_cores_mean: cores_mean,
+        }
+    };
+    let wait_state = |state: &str| -> Instant {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, now, _) = budget(&s);
+            if now == state {
+                return Instant::now();
+            }
+            assert!(Instant::now() < deadline, "never {state}\n{}", s.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Warm up, then user active on mains.
+    std::thread::sleep(Duration::from_secs(3));
+    let a0 = Instant::now();
+    std::thread::sleep(phase);
+    let active = figures("active", a0, Instant::now());
+    // Unplugged.
+    laptop.set_battery(true);
+    let b0 = wait_state("on_battery");
+    std::thread::sleep(phase);
+    let battery = figures("battery", b0, Instant::now());
+    // The drop: the first 100 ms window after the change from which the backend's CPU stays
+    // at most 10 % above the battery budget for a second.
+    let after = counters.between(b0 - Duration::from_millis(500), b0 + Duration::from_secs(5));
+    let cores: Vec<f64> = after
+        .process_percent(Duration::from_millis(100), cpus)
+        .iter()
+        .map(|p| p / 100.0 * cpus as f64)
+        .collect();
+    let settled = (0..cores.len().saturating_sub(10))
+        .find(|&i| i >= 5 && cores[i..i + 10].iter().all(|c| *c <= 0.55))
+        .map(|i| (i as f64 - 5.0) * 0.1);
+    // Plugged in, then nobody types.
+    laptop.set_battery(false);
+    wait_state("active");
+    drop(typing);
+    let i0 = wait_state("idle");
+    std::thread::sleep(phase);
+    let idle = figures("idle", i0, Instant::now());
+    stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap();
+    println!("balanced, threads 2: active 1.0 core, battery 0.5, idle 2.0 (state_hold 2s, idle_after 3s)");
+    for f in [&active, &battery, &idle] {
+        f.print();
+    }
+    println!(
+        "backend CPU at the battery budget (<= 0.55 cores for 1 s) {} after the change; 100 ms windows around it (cores): {:?}",
+        settled.map_or("never".to_string(), |s| format!("{s:.1} s")),
+        cores
+            .iter()
+            .map(|c| (c * 100.0).round() / 100.0)
+            .collect::<Vec<_>>()
+    );
+    println!(
+        "idle / active tasks per minute: {:.2}",
+        idle.tasks as f64 / idle.seconds / (active.tasks as f64 / active.seconds)
+    );
+}
