@@ -204,52 +204,57 @@ impl Sensors {
     }
 }
 
-/// What the lifecycle follows: the budget the governor holds (`None` inside: the plan's own,
-/// the situation is not followed).
+/// What the lifecycle follows: the budget the governor holds instead of the plan's (see
+/// [`Decision::governor`]).
 #[derive(Debug, Clone)]
 pub struct Follow {
     decision: watch::Receiver<Option<Decision>>,
-    /// The budget the running governor was given, in cores (`None`: unlimited).
-    held: Option<f64>,
+    /// The override last handed to a governor by [`Follow::settings`] (shared by the clones).
+    applied: Arc<std::sync::Mutex<Override>>,
 }
 
+/// `None`: the plan's budget; `Some(None)`: no limit; `Some(Some(c))`: `c` cores.
+type Override = Option<Option<crate::units::Cores>>;
+
 impl Follow {
-    /// Not following: the plan's budget always.
-    pub fn off() -> Follow {
+    fn new(decision: watch::Receiver<Option<Decision>>) -> Follow {
+        let applied = decision.borrow().and_then(|d| d.governor);
         Follow {
-            decision: watch::Sender::new(None).subscribe(),
-            held: None,
+            decision,
+            applied: Arc::new(std::sync::Mutex::new(applied)),
         }
     }
 
-    /// `settings` with the budget in force.
+    /// Not following: the plan's budget always.
+    pub fn off() -> Follow {
+        Follow::new(watch::Sender::new(None).subscribe())
+    }
+
+    fn wanted(&self) -> Override {
+        self.decision.borrow().and_then(|d| d.governor)
+    }
+
+    /// `settings` with the budget in force (remembered as the one applied).
     pub fn settings(
         &self,
         mut settings: crate::governor::GovernorSettings,
     ) -> crate::governor::GovernorSettings {
-        if let Some(decision) = *self.decision.borrow() {
-            settings.cpus = decision.governor_cpus;
+        let wanted = self.wanted();
+        if let Some(cpus) = wanted {
+            settings.cpus = cpus;
         }
+        *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = wanted;
         settings
     }
 
-    /// Follows from a governor that holds `cpus` (its snapshot's budget).
-    pub fn holding(mut self, cpus: Option<f64>) -> Follow {
-        self.held = cpus;
-        self
-    }
-
-    /// Resolves when the budget in force differs from the one held (then held from now on);
-    /// never while not following or once the situation task has ended. Cancel-safe: a change
-    /// that arrives while another branch of a `select!` wins is seen on the next call.
+    /// Resolves when the budget in force differs from the one last applied (the caller then
+    /// restarts the governor through [`Follow::settings`]); never while not following or once
+    /// the situation task has ended. Cancel-safe: it compares values, not notifications.
     pub async fn changed(&mut self) {
         loop {
-            if let Some(d) = *self.decision.borrow_and_update() {
-                let wanted = d.governor_cpus.map(crate::units::Cores::get);
-                if wanted != self.held {
-                    self.held = wanted;
-                    return;
-                }
+            self.decision.borrow_and_update();
+            if self.wanted() != *self.applied.lock().unwrap_or_else(|e| e.into_inner()) {
+                return;
             }
             if self.decision.changed().await.is_err() {
                 std::future::pending::<()>().await;
@@ -312,10 +317,7 @@ impl Situation {
 
     /// What the lifecycle follows.
     pub fn follow(&self) -> Follow {
-        Follow {
-            decision: self.decision.subscribe(),
-            held: None,
-        }
+        Follow::new(self.decision.subscribe())
     }
 
     /// What `/status` shows.
@@ -379,7 +381,7 @@ impl Situation {
                 tracing::info!(
                     budget = %d.budget,
                     reason = %d.reason(),
-                    governor_cpus = ?d.governor_cpus.map(crate::units::Cores::get),
+                    governor = ?d.governor.map(|c| c.map(crate::units::Cores::get)),
                     "budget in force changed"
                 );
                 shared.admission.set_paused(d.paused());

@@ -105,9 +105,11 @@ pub struct Decision {
     pub state: State,
     /// Halved for thermal pressure.
     pub thermal: bool,
-    /// What the governor holds: the budget, or while paused the one before (requests in flight
-    /// finish as they would have; new ones wait).
-    pub governor_cpus: Option<Cores>,
+    /// What the governor holds instead of the plan's budget (`Some(None)`: no limit); `None`:
+    /// the plan's own (the user active on mains without heat, so a reload's new budget applies
+    /// as it is). While paused, what it held before (requests in flight finish as they would
+    /// have; new ones wait).
+    pub governor: Option<Option<Cores>>,
 }
 
 impl Decision {
@@ -144,20 +146,17 @@ fn decide(budgets: &Budgets, c: Conditions, previous: Option<&Decision>) -> Deci
     } else {
         base
     };
-    let governor_cpus = match budget {
-        Budget::Cores(c) => Some(c),
-        Budget::Unlimited => None,
-        Budget::Paused => match (previous, budgets.active) {
-            (Some(p), _) => p.governor_cpus,
-            (None, Budget::Cores(c)) => Some(c),
-            (None, _) => None,
-        },
+    let governor = match budget {
+        _ if state == State::Active && !c.thermal_pressure => None,
+        Budget::Cores(c) => Some(Some(c)),
+        Budget::Unlimited => Some(None),
+        Budget::Paused => previous.and_then(|p| p.governor),
     };
     Decision {
         budget,
         state,
         thermal: c.thermal_pressure,
-        governor_cpus,
+        governor,
     }
 }
 
@@ -288,11 +287,11 @@ mod tests {
         let idle = decide(&b, IDLE, None);
         let paused = decide(&b, BATTERY, Some(&idle));
         assert!(paused.paused());
-        assert_eq!(paused.governor_cpus, Cores::new(2.0).ok());
-        assert_eq!(
-            decide(&b, BATTERY, None).governor_cpus,
-            Cores::new(1.0).ok()
-        );
+        assert_eq!(paused.governor, Some(Cores::new(2.0).ok()));
+        // The user active on mains: the plan's own budget, whatever it is after a reload.
+        assert_eq!(decide(&b, MAINS, None).governor, None);
+        // Paused from the start: the plan's own budget for what is in flight.
+        assert_eq!(decide(&b, BATTERY, None).governor, None);
     }
 
     #[tokio::test(start_paused = true)]

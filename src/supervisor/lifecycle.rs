@@ -458,12 +458,7 @@ impl Lifecycle {
             ))
         };
         let mut dog = watch(&running.info, &cur.plan.config);
-        let held = running
-            .governor
-            .as_ref()
-            .and_then(|g| g.snapshot())
-            .and_then(|g| g.budget_cpus);
-        let mut budget = self.budget.clone().holding(held);
+        let mut budget = self.budget.clone();
         let outcome = loop {
             tokio::select! {
                 status = running.child.wait() => break Outcome::Exited(status),
