@@ -58,6 +58,8 @@ pub struct Config {
     pub governor: crate::governor::GovernorConfig,
     /// `[setup]`: the build's CPU cap and jobs (its priority is always idle).
     pub setup: crate::backend::runner::BuildLimits,
+    /// Battery, presence and heat (`crate::situation`).
+    pub situation: crate::situation::SituationConfig,
     /// `bench` settings, checked with the rest of the file (a typo fails `run` too).
     pub bench: crate::bench::settings::BenchConfig,
     pub profiles: BTreeMap<String, ProfileConfig>,
@@ -205,6 +207,10 @@ pub struct ProfileConfig {
     pub description: String,
     /// The budget in cores (above 0); `None` = unlimited.
     pub cpus: Option<Cores>,
+    /// The budget on battery; 0 pauses (omit: the `invisible` profile's budget, at most `cpus`).
+    pub cpus_on_battery: Option<crate::units::CoresOrPause>,
+    /// The budget while the user is idle (omit: `cpus` x 2, at most the allowed CPUs).
+    pub cpus_when_idle: Option<Cores>,
     pub threads: Option<usize>,
     pub threads_batch: Option<usize>,
     #[serde(default)]
@@ -671,6 +677,32 @@ mod tests {
             assert!(err.contains(shown), "{text:?} -> {err}");
             assert!(err.contains("number of cores above 0"), "{text:?} -> {err}");
         }
+    }
+
+    #[test]
+    fn situation_budgets_and_keys_are_checked() {
+        let err = user("[profiles.balanced]\ncpus_on_battery = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/my.toml: key `profiles.balanced.cpus_on_battery`: "),
+            "{err}"
+        );
+        assert!(
+            err.contains("at least 0") && err.contains("0 pauses"),
+            "{err}"
+        );
+        let err = user("[profiles.balanced]\ncpus_when_idle = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("profiles.balanced.cpus_when_idle"), "{err}");
+        let err = user("[situation]\nidle_afer = \"1m\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `idle_afer`"), "{err}");
+        let ok = user("[profiles.balanced]\ncpus_on_battery = 0\n").unwrap();
+        let paused = ok.profiles["balanced"].cpus_on_battery.unwrap();
+        assert_eq!(paused.cores(), None);
     }
 
     #[test]

@@ -21,6 +21,12 @@ pub struct Resolved {
     pub threads_batch: usize,
     /// CPU budget in cores; `None` = unlimited.
     pub cpus: Option<Cores>,
+    /// The budget on battery, cores: `None` = unlimited, 0 = pause (`crate::situation`).
+    #[serde(default)]
+    pub cpus_on_battery: Option<f64>,
+    /// The budget while the user is idle; `None` = unlimited.
+    #[serde(default)]
+    pub cpus_when_idle: Option<Cores>,
     pub priority: Priority,
     pub slots: usize,
     pub ctx_size: u32,
@@ -59,6 +65,7 @@ pub fn resolve(
         cache_ram_mib: config.backend.cache_ram_mib,
         method: config.governor.method,
         period: config.governor.period,
+        on_battery: config.profiles.get("invisible").and_then(|p| p.cpus),
     };
     Ok(resolve_one(name, p, defaults, host))
 }
@@ -72,6 +79,8 @@ struct Defaults {
     cache_ram_mib: u32,
     method: Method,
     period: Duration,
+    /// The `invisible` profile's budget: the default on battery.
+    on_battery: Option<Cores>,
 }
 
 /// Why a profile with `pin = true` is not pinned on a host that reports no affinity mask.
@@ -87,6 +96,7 @@ fn resolve_one(name: &str, p: &ProfileConfig, defaults: Defaults, host: &Host) -
         cache_ram_mib: default_cache_ram,
         method: default_method,
         period: default_period,
+        on_battery: default_on_battery,
     } = defaults;
     let allowed = host.allowed_cpus();
     let mut notes = Vec::new();
@@ -103,6 +113,28 @@ fn resolve_one(name: &str, p: &ProfileConfig, defaults: Defaults, host: &Host) -
         }
         other => other,
     };
+
+    let allowed_cores = host.allowed_cores();
+    let cpus_on_battery = match (p.cpus_on_battery, default_on_battery, cpus) {
+        (Some(b), ..) => Some(b.get().min(allowed_cores)),
+        (None, Some(inv), Some(own)) => Some(inv.get().min(own.get())),
+        (None, Some(inv), None) => Some(inv.get()),
+        (None, None, own) => own.map(Cores::get),
+    };
+    let cpus_when_idle = match (p.cpus_when_idle, cpus) {
+        (Some(c), _) => Some(c.get().min(allowed_cores)),
+        (None, Some(own)) => Some((own.get() * 2.0).min(allowed_cores)),
+        (None, None) => None,
+    }
+    .and_then(|c| Cores::new(c).ok());
+    if p.cpus_on_battery.is_none() || p.cpus_when_idle.is_none() {
+        let show = |c: Option<f64>| c.map_or("unlimited".to_string(), |c| format!("{c:.2}"));
+        notes.push(format!(
+            "cpus_on_battery {}, cpus_when_idle {} (the invisible budget at most cpus; cpus x 2 at most the allowed CPUs, where not set)",
+            show(cpus_on_battery),
+            show(cpus_when_idle.map(Cores::get))
+        ));
+    }
 
     let mut pick = |key: &str, explicit: Option<usize>, fallback: usize, why: &str| -> usize {
         match explicit {
@@ -164,6 +196,8 @@ fn resolve_one(name: &str, p: &ProfileConfig, defaults: Defaults, host: &Host) -
         threads,
         threads_batch,
         cpus,
+        cpus_on_battery,
+        cpus_when_idle,
         priority: p.priority,
         slots: p.slots.unwrap_or(1),
         ctx_size: p.ctx_size.unwrap_or(default_ctx),
@@ -255,6 +289,7 @@ mod tests {
         cache_ram_mib: 256,
         method: Method::Auto,
         period: Duration::from_millis(20),
+        on_battery: None,
     };
 
     fn host(affinity: usize, quota: Option<f64>) -> Host {
@@ -471,5 +506,38 @@ mod tests {
             };
             assert_eq!((r.method, r.period), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn battery_and_idle_budgets_default_from_invisible_and_twice_the_budget() {
+        let config = Config::builtin().unwrap();
+        let budgets = |name: &str, cpus: usize| {
+            let r = resolve(&config, name, &Host::unrestricted(cpus)).unwrap();
+            (r.cpus_on_battery, r.cpus_when_idle.map(Cores::get))
+        };
+        assert_eq!(budgets("balanced", 4), (Some(0.5), Some(2.0)));
+        // Twice the budget, at most the CPUs this process may use.
+        assert_eq!(budgets("balanced", 1), (Some(0.5), Some(1.0)));
+        assert_eq!(budgets("invisible", 4), (Some(0.5), Some(1.0)));
+        // No limit stays no limit when idle; on battery the invisible budget applies.
+        assert_eq!(budgets("fast", 4), (Some(0.5), None));
+        let own = Config::from_layers(Some((
+            std::path::Path::new("/etc/s.toml"),
+            "[profiles.balanced]\ncpus = 0.25\ncpus_on_battery = 0\ncpus_when_idle = 8\n",
+        )))
+        .unwrap();
+        let r = resolve(&own, "balanced", &Host::unrestricted(2)).unwrap();
+        assert_eq!(
+            (r.cpus_on_battery, r.cpus_when_idle.map(Cores::get)),
+            (Some(0.0), Some(2.0))
+        );
+        // At most the profile's own budget when it is below the invisible one.
+        let small = Config::from_layers(Some((
+            std::path::Path::new("/etc/s.toml"),
+            "[profiles.balanced]\ncpus = 0.25\n",
+        )))
+        .unwrap();
+        let r = resolve(&small, "balanced", &Host::unrestricted(2)).unwrap();
+        assert_eq!(r.cpus_on_battery, Some(0.25));
     }
 }

@@ -46,6 +46,10 @@ pub struct StatusReport {
     /// Tokens of the answered requests since the supervisor started (the `/metrics` counters).
     #[serde(default)]
     pub tokens: TokenTotals,
+    /// Power, presence, heat and the budget in force with its reason (`null` with
+    /// `situation.enabled = false`).
+    #[serde(default)]
+    pub situation: Option<crate::situation::SituationReport>,
     /// Which llama-server build and run-time flags are in use, and why (`backend::ladder`).
     #[serde(default)]
     pub backend_rung: Option<BackendRung>,
@@ -140,6 +144,8 @@ pub(crate) fn example() -> StatusReport {
             threads: 1,
             threads_batch: 2,
             cpus: Some(crate::units::Cores::new(0.5).unwrap()),
+            cpus_on_battery: Some(0.5),
+            cpus_when_idle: crate::units::Cores::new(1.0).ok(),
             priority: Priority::Background,
             slots: 1,
             ctx_size: 4096,
@@ -191,6 +197,19 @@ pub(crate) fn example() -> StatusReport {
             cached: 1100,
             generated: 8,
         },
+        situation: Some(crate::situation::SituationReport {
+            power: crate::situation::PowerSource::Battery,
+            presence: crate::situation::Presence::Idle,
+            presence_source: crate::situation::PresenceSource::Interrupts,
+            idle_for_s: Some(240.0),
+            thermal: crate::situation::Thermal::Normal,
+            thermal_detail: None,
+            budget_cpus: Some(0.5),
+            paused: false,
+            state: crate::situation::State::OnBattery,
+            reason: "on battery".into(),
+            since_s: 31.0,
+        }),
     }
 }
 
@@ -207,6 +226,9 @@ mod tests {
         assert_eq!(json["backend"]["threads_batch"], 2);
         assert_eq!(json["governor"]["state"], "throttling");
         assert_eq!(json["resolved_profile"]["priority"], "background");
+        assert_eq!(json["situation"]["power"], "battery");
+        assert_eq!(json["situation"]["state"], "on_battery");
+        assert_eq!(json["situation"]["presence_source"], "interrupts");
         assert_eq!(json["backend_rung"]["rung"], "native --no-repack");
         let back: StatusReport = serde_json::from_value(json).unwrap();
         assert_eq!(back, report);

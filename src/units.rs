@@ -23,6 +23,11 @@ pub enum UnitError {
          such as 0.6"
     )]
     Share(f64),
+    #[error(
+        "CPU budget {0} is out of range: use a number of cores of at least 0, such as 0.5 \
+         (0 pauses: requests wait in the queue)"
+    )]
+    CoresOrPause(f64),
     #[error("`{0}` is not a number (write it like 0.5)")]
     NotANumber(String),
 }
@@ -69,6 +74,32 @@ impl Share {
     }
 }
 
+/// A CPU budget that may be 0, which pauses the backend (`cpus_on_battery`): finite, at least 0.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct CoresOrPause(f64);
+
+impl CoresOrPause {
+    /// `cores` when it is finite and at least 0.
+    pub fn new(cores: f64) -> Result<CoresOrPause, UnitError> {
+        if cores.is_finite() && cores >= 0.0 {
+            Ok(CoresOrPause(cores))
+        } else {
+            Err(UnitError::CoresOrPause(cores))
+        }
+    }
+
+    /// The number of cores (0: pause).
+    pub fn get(self) -> f64 {
+        self.0
+    }
+
+    /// The budget: `None` for 0 (pause).
+    pub fn cores(self) -> Option<Cores> {
+        Cores::new(self.0).ok()
+    }
+}
+
 macro_rules! conversions {
     ($t:ident) => {
         impl TryFrom<f64> for $t {
@@ -106,6 +137,7 @@ macro_rules! conversions {
 
 conversions!(Cores);
 conversions!(Share);
+conversions!(CoresOrPause);
 
 /// An amount of memory in bytes, written in a file as a whole number of bytes or a string with
 /// a binary or decimal unit (`"6GiB"`, `"512MiB"`, `"6GB"`, `"6000000000"`).

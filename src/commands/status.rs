@@ -151,6 +151,9 @@ pub fn summary(r: &StatusReport) -> String {
     }
     lines.push(("profile", r.resolved_profile.summary()));
     lines.push(("governor", governor_line(r)));
+    if let Some(sit) = &r.situation {
+        lines.extend(situation_lines(sit));
+    }
     let last = r
         .last_exit
         .as_deref()
@@ -180,6 +183,42 @@ pub fn summary(r: &StatusReport) -> String {
         }
     }
     out
+}
+
+/// `machine: battery, user idle for 240s (interrupts), thermal normal` and
+/// `budget: 0.50 cores, on battery, for 31s`.
+fn situation_lines(s: &crate::situation::SituationReport) -> [(&'static str, String); 2] {
+    use crate::situation::{PowerSource, Presence, Thermal};
+    let power = match s.power {
+        PowerSource::Mains => "mains",
+        PowerSource::Battery => "battery",
+    };
+    let source = serde_json::to_value(s.presence_source)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let presence = match (s.presence, s.idle_for_s) {
+        (Presence::Idle, Some(idle)) => format!("user idle for {idle:.0}s ({source})"),
+        (Presence::Idle, None) => format!("user idle ({source})"),
+        (Presence::Active, _) => format!("user active ({source})"),
+    };
+    let thermal = match (&s.thermal, &s.thermal_detail) {
+        (Thermal::Pressure, Some(d)) => format!("thermal pressure: {d}"),
+        (Thermal::Pressure, None) => "thermal pressure".to_string(),
+        (Thermal::Normal, _) => "thermal normal".to_string(),
+    };
+    let budget = match (s.paused, s.budget_cpus) {
+        (true, _) => "paused (new requests wait)".to_string(),
+        (false, Some(c)) => format!("{c:.2} cores"),
+        (false, None) => "unlimited".to_string(),
+    };
+    [
+        ("machine", format!("{power}, {presence}, {thermal}")),
+        (
+            "budget",
+            format!("{budget}, {}, for {:.0}s", s.reason, s.since_s),
+        ),
+    ]
 }
 
 fn governor_line(r: &StatusReport) -> String {
@@ -226,6 +265,8 @@ mod tests {
             "requests: 1 in flight, 0 queued",
             "model:    m (/models/m.gguf)",
             "backend:  pid 1234, port 40000, launch 2",
+            "machine:  battery, user idle for 240s (interrupts), thermal normal",
+            "budget:   0.50 cores, on battery, for 31s",
         ] {
             assert!(text.contains(want), "{want:?} missing from\n{text}");
         }

@@ -346,6 +346,8 @@ struct Live {
     supervisor_rss: Option<u64>,
     /// Whether llama-server's `/metrics` answered (`None` without a backend).
     llamacpp_up: Option<bool>,
+    /// The machine's situation (`None`: not followed, `situation.enabled = false`).
+    situation: Option<crate::situation::SituationReport>,
 }
 
 impl Live {
@@ -370,6 +372,7 @@ impl Live {
             supervisor_cpu: crate::meter::process_cpu(me),
             supervisor_rss: crate::meter::rss_bytes(me),
             llamacpp_up,
+            situation: report.situation.clone(),
         }
     }
 }
@@ -424,6 +427,33 @@ impl Collector for Live {
                 "sentinel_governor_budget_cores",
                 "The CPU budget in force for the backend, in cores.",
                 v,
+            )?;
+        }
+        if let Some(s) = &self.situation {
+            use crate::situation::{PowerSource, Presence, Thermal};
+            gauge(
+                &mut enc,
+                "sentinel_power_on_battery",
+                "1 while the machine runs on battery, 0 on mains.",
+                i64::from(s.power == PowerSource::Battery),
+            )?;
+            gauge(
+                &mut enc,
+                "sentinel_user_idle",
+                "1 while nobody has touched the keyboard or mouse for situation.idle_after.",
+                i64::from(s.presence == Presence::Idle),
+            )?;
+            gauge(
+                &mut enc,
+                "sentinel_thermal_pressure",
+                "1 while the machine reports thermal pressure (the budget is halved).",
+                i64::from(s.thermal == Thermal::Pressure),
+            )?;
+            gauge(
+                &mut enc,
+                "sentinel_budget_paused",
+                "1 while the budget in force is a pause (new requests wait in the queue).",
+                i64::from(s.paused),
             )?;
         }
         if let Some(v) = self.measured_cores {
@@ -537,6 +567,7 @@ mod tests {
             uptime_s: 3.0,
             tokens: Default::default(),
             backend_rung: None,
+            situation: None,
         }
     }
 

@@ -1,5 +1,7 @@
 //! Admission: at most `slots` requests in flight to the backend, a bounded FIFO queue behind
 //! them with a wait timeout, and 429 beyond that. A reload resizes both while requests run.
+//! While paused (on battery with `cpus_on_battery = 0`, see [`crate::situation`]) every new
+//! request waits in the queue; those already admitted finish.
 
 use super::error::ApiError;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +16,8 @@ pub struct Admission {
     size: std::sync::Mutex<usize>,
     waiting: AtomicUsize,
     queue_len: AtomicUsize,
+    /// True while new requests must wait (the situation's pause).
+    paused: tokio::sync::watch::Sender<bool>,
 }
 
 /// Decrements the waiting count however the wait ends.
@@ -31,6 +35,7 @@ impl Admission {
             size: std::sync::Mutex::new(slots.max(1)),
             waiting: AtomicUsize::new(0),
             queue_len: AtomicUsize::new(queue_len),
+            paused: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -58,6 +63,12 @@ impl Admission {
         *size = slots;
     }
 
+    /// Holds new requests in the queue (`true`) or lets them through again.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused
+            .send_if_modified(|p| std::mem::replace(p, paused) != paused);
+    }
+
     /// Requests waiting for a slot now.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
@@ -66,8 +77,11 @@ impl Admission {
     /// Takes a slot, waiting in FIFO order until `deadline`; 429 when the queue is full or
     /// the wait runs out.
     pub async fn admit(&self, deadline: Instant) -> Result<OwnedSemaphorePermit, ApiError> {
-        if let Ok(p) = Arc::clone(&self.slots).try_acquire_owned() {
-            return Ok(p);
+        let mut paused = self.paused.subscribe();
+        if !*paused.borrow_and_update() {
+            if let Ok(p) = Arc::clone(&self.slots).try_acquire_owned() {
+                return Ok(p);
+            }
         }
         if self.waiting.fetch_add(1, Ordering::Relaxed) >= self.queue_len.load(Ordering::Relaxed) {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -75,6 +89,12 @@ impl Admission {
         }
         let _waiting = Waiting(&self.waiting);
         let started = Instant::now();
+        if tokio::time::timeout_at(deadline, paused.wait_for(|p| !*p))
+            .await
+            .is_err()
+        {
+            return Err(ApiError::queue_timeout(started.elapsed()));
+        }
         match tokio::time::timeout_at(deadline, Arc::clone(&self.slots).acquire_owned()).await {
             Ok(Ok(p)) => Ok(p),
             Ok(Err(_closed)) => {
@@ -110,6 +130,24 @@ mod tests {
         assert_eq!(err.code, "queue_full");
         drop(first);
         queued.await.unwrap().unwrap();
+        assert_eq!(a.waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_new_requests_in_the_queue_until_it_ends() {
+        let a = Arc::new(Admission::new(1, 2));
+        a.set_paused(true);
+        let far = deadline_in(Duration::from_secs(60));
+        let a2 = Arc::clone(&a);
+        let held = tokio::spawn(async move { a2.admit(far).await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(a.waiting(), 1);
+        assert!(!held.is_finished());
+        // A short deadline runs out while paused.
+        let short = deadline_in(Duration::from_millis(100));
+        assert_eq!(a.admit(short).await.unwrap_err().code, "queue_timeout");
+        a.set_paused(false);
+        held.await.unwrap().unwrap();
         assert_eq!(a.waiting(), 0);
     }
 

@@ -78,6 +78,8 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Requests that a backend died serving, refused for `proxy.poison_ttl`.
     pub poison: poison::PoisonList,
+    /// The machine's situation and the budget in force (`None`: not followed).
+    pub situation: watch::Receiver<Option<crate::situation::SituationReport>>,
 }
 
 pub type AppState = Arc<Shared>;
@@ -136,6 +138,7 @@ impl Shared {
             config_generation: live.generation,
             tokens: self.metrics.tokens(),
             backend_rung: Some(live.info.rung.clone()),
+            situation: self.situation.borrow().clone(),
         }
     }
 }

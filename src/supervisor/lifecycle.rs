@@ -119,6 +119,9 @@ pub struct Lifecycle {
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// What the proxy sees of forwarded requests, for the per-launch watchdog.
     pub liveness: std::sync::Arc<Liveness>,
+    /// The budget in force for the machine's situation (battery, presence, heat); a change
+    /// restarts the governor on the same child, as a live reload does.
+    pub budget: crate::situation::Follow,
 }
 
 /// How one launch ended.
@@ -527,12 +530,20 @@ impl Lifecycle {
             ))
         };
         let mut dog = watch(&running.info, &cur.plan.config);
+        let mut budget = self.budget.clone();
         let outcome = loop {
             tokio::select! {
                 status = running.child.wait() => break Outcome::Exited(status),
                 _ = self.cancel.cancelled() => break Outcome::Cancelled,
                 stall = &mut dog => break Outcome::Ended(stall.to_string()),
                 _ = ticker.tick() => {}
+                _ = budget.changed() => {
+                    if let Some(mut g) = running.governor.take() {
+                        g.stop();
+                    }
+                    running.governor = self.start_governor(&cur.plan, running.child.pid(), self.governor.clone());
+                    continue;
+                }
                 command = next_command(commands) => {
                     let reload = match command {
                         Command::Reload(reload) => reload,
@@ -771,7 +782,7 @@ impl Lifecycle {
         match Governor::start(
             pid,
             &plan.governor_config,
-            plan.governor_settings,
+            self.budget.settings(plan.governor_settings),
             self.activity.clone(),
             report.clone(),
         ) {

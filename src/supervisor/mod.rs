@@ -131,6 +131,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         shutdown.clone(),
     );
     let liveness = liveness::Liveness::new();
+    let situation =
+        crate::situation::Situation::start(&config.situation, &profile, &active.options.host).await;
+    let situation_reports = situation.as_ref().map_or_else(
+        || watch::Sender::new(None).subscribe(),
+        crate::situation::Situation::reports,
+    );
     let lifecycle = lifecycle::Lifecycle {
         activity: activity.clone(),
         governor: governor_tx,
@@ -140,6 +146,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         cancel: shutdown.clone(),
         metrics: Arc::clone(&metrics),
         liveness: liveness.clone(),
+        budget: situation.as_ref().map_or_else(
+            crate::situation::Follow::off,
+            crate::situation::Situation::follow,
+        ),
     };
     let mut lifecycle_task = tokio::spawn(lifecycle.run(reload::plan(&active), commands_rx));
 
@@ -158,7 +168,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         started: std::time::Instant::now(),
         metrics,
         poison: proxy::poison::PoisonList::new(),
+        situation: situation_reports,
     });
+    if let Some(situation) = situation {
+        let host = active.options.host;
+        tokio::spawn(situation.run(Arc::clone(&shared), host, shutdown.clone()));
+    }
     let app = proxy::router(Arc::clone(&shared));
     println!("{}http://{local}", crate::status::LISTENING_PREFIX);
     tracing::info!(addr = %local, profile = %profile.name, model = %installed.model.display(), "listening");

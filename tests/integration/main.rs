@@ -22,6 +22,7 @@ mod profiles;
 mod properties;
 mod proxy;
 mod setup;
+mod situation;
 mod status_command;
 mod supervisor;
 mod trust;
