@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod status;
 pub mod supervisor;
 pub mod units;
+pub mod upstream;
 
 use anyhow::Context;
 use cli::{Cli, Command};

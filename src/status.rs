@@ -46,6 +46,24 @@ pub struct StatusReport {
     /// Tokens of the answered requests since the supervisor started (the `/metrics` counters).
     #[serde(default)]
     pub tokens: TokenTotals,
+    /// The central tier: each `[[upstreams]]` entry's breaker and load (empty without any).
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamReport>,
+}
+
+/// One upstream of the central tier in `/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamReport {
+    pub name: String,
+    pub url: String,
+    /// `closed` (requests go there), `open` (cooling down), `half_open` (one probe in flight).
+    pub breaker: crate::upstream::breaker::BreakerState,
+    /// Failed tries in a row.
+    pub consecutive_failures: u32,
+    /// While open: seconds until a probe may go.
+    pub retry_in_s: Option<f64>,
+    pub in_flight: usize,
+    pub max_in_flight: usize,
 }
 
 /// Token totals in `/status`.
@@ -164,6 +182,15 @@ pub(crate) fn example() -> StatusReport {
         in_flight: 1,
         queued: 0,
         uptime_s: 12.0,
+        upstreams: vec![UpstreamReport {
+            name: "central".into(),
+            url: "https://llm.example.internal/v1".into(),
+            breaker: crate::upstream::breaker::BreakerState::Open,
+            consecutive_failures: 3,
+            retry_in_s: Some(4.5),
+            in_flight: 0,
+            max_in_flight: 8,
+        }],
         config_generation: 2,
         tokens: TokenTotals {
             prompt: 2200,

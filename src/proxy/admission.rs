@@ -58,6 +58,12 @@ impl Admission {
         *size = slots;
     }
 
+    /// Slots held now, and slots in all (for the spill decision's queue estimate).
+    pub fn load(&self) -> (usize, usize) {
+        let size = *self.size.lock().unwrap_or_else(|e| e.into_inner());
+        (size.saturating_sub(self.slots.available_permits()), size)
+    }
+
     /// Requests waiting for a slot now.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)

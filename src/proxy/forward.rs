@@ -10,6 +10,7 @@ use crate::governor::ActivityGuard;
 use crate::supervisor::inflight::InFlightGuard;
 use crate::supervisor::liveness::Pending;
 use crate::supervisor::state::{BackendInfo, State};
+use crate::upstream::spill;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
 use bytes::Bytes;
@@ -106,8 +107,14 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
         None => body,
     };
 
+    // Local first; the central tier when the profile's `spill` allows it (`crate::upstream`).
+    if let Some(resp) = spill::before_local(state, live.spill, &parts, &body).await? {
+        return Ok(resp);
+    }
+
     let deadline = Instant::now() + config.queue_timeout;
     let permit = state.admission.admit(deadline).await?;
+    let admitted = Instant::now();
     let activity = state.activity.begin();
     let (mut backend, mut on_backend) = wait_for_backend(state, deadline, None).await?;
 
@@ -155,6 +162,15 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
                 } else {
                     None
                 };
+                // Failed before its response head (not a kept-alive connection closed under
+                // us, which is sent again at once): one remote try when `spill` allows it.
+                if !matches!(retry_after, Some(None)) {
+                    if let Some(resp) =
+                        spill::after_local_failure(state, live.spill, &parts, &body).await
+                    {
+                        return Ok(resp);
+                    }
+                }
                 let Some(after) = retry_after else {
                     tracing::warn!(generation = backend.generation, error = ?e, "the backend failed before answering");
                     return Err(ApiError::bad_gateway(format!(
@@ -190,7 +206,7 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
     // The slot and the activity mark last as long as the body streams.
-    Ok(Response::from_parts(
+    let response = Response::from_parts(
         head,
         Body::new(Relay {
             inner: incoming,
@@ -198,7 +214,8 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
             guards: Some((permit, activity, on_backend)),
             pending: Some(pending),
         }),
-    ))
+    );
+    Ok(state.spill.track_local(response, admitted))
 }
 
 /// The backend's response body on its way to the client: frames pass through as they arrive;

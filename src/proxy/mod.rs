@@ -40,6 +40,8 @@ pub struct Live {
     pub generation: u64,
     pub config: ProxyConfig,
     pub info: Info,
+    /// The running profile's `spill` and `deadline`.
+    pub spill: crate::upstream::SpillPolicy,
 }
 
 /// Shared by every request.
@@ -64,6 +66,8 @@ pub struct Shared {
     pub started: std::time::Instant,
     /// What `/metrics` shows; its layer counts every answer.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The central tier (`[[upstreams]]`) and the local service times the spill decision reads.
+    pub spill: Arc<crate::upstream::spill::Spill>,
 }
 
 pub type AppState = Arc<Shared>;
@@ -121,6 +125,7 @@ impl Shared {
             uptime_s: self.started.elapsed().as_secs_f64().round(),
             config_generation: live.generation,
             tokens: self.metrics.tokens(),
+            upstreams: self.spill.upstreams.report(),
         }
     }
 }
@@ -150,6 +155,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .merge(keyed)
         .fallback(not_found)
+        .layer(middleware::map_response(crate::upstream::spill::mark_local))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state.metrics),
             crate::metrics::http::track,

@@ -115,7 +115,17 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     let (commands_tx, commands_rx) = mpsc::channel::<Command>(8);
     let heartbeat = crate::notify::Heartbeat::default();
     let notify_status = status_rx.clone();
-    let metrics = Arc::new(crate::metrics::Metrics::new(&config.bench.targets));
+    let metrics = Arc::new(
+        crate::metrics::Metrics::new(&config.bench.targets).with_host_labels(&config.labels),
+    );
+    let upstreams = crate::upstream::Upstreams::build(
+        &config.upstreams,
+        &config.spill,
+        metrics.upstream.clone(),
+    )?;
+    for up in upstreams.iter() {
+        tracing::info!(upstream = %up.settings.name, url = %up.settings.url, "central tier configured");
+    }
     // The SLO sampler ends with `cancel`.
     crate::metrics::sampler::spawn(
         Arc::clone(&metrics),
@@ -150,7 +160,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         liveness,
         started: std::time::Instant::now(),
         metrics,
+        spill: Arc::new(crate::upstream::spill::Spill::new(upstreams)),
     });
+    crate::metrics::textfile::spawn(
+        Arc::clone(&shared),
+        config.metrics.clone(),
+        shutdown.clone(),
+    );
     let app = proxy::router(Arc::clone(&shared));
     println!("{}http://{local}", crate::status::LISTENING_PREFIX);
     tracing::info!(addr = %local, profile = %profile.name, model = %installed.model.display(), "listening");

@@ -196,6 +196,15 @@ pub fn live(active: &Active, generation: u64) -> proxy::Live {
             model: active.installed.model.display().to_string(),
             profile: options.profile.clone(),
         },
+        spill: options
+            .config
+            .profiles
+            .get(&options.profile.name)
+            .map(|p| crate::upstream::SpillPolicy {
+                mode: p.spill,
+                deadline: p.deadline,
+            })
+            .unwrap_or_default(),
     }
 }
 
