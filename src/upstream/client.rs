@@ -193,7 +193,7 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 }
 
 fn is_tls(detail: &str) -> bool {
-    ["certificate", "UnknownIssuer", "invalid peer", "handshake"]
+    ["certificate", "UnknownIssuer"]
         .iter()
         .any(|m| detail.contains(m))
 }

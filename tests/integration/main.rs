@@ -1,6 +1,7 @@
 //! The integration tests: the real binary, started on port 0, against a fake backend for
 //! fault injection and against the real llama-server with the default model.
 
+mod central;
 mod support;
 
 mod bench;
@@ -19,6 +20,7 @@ mod profiles;
 mod properties;
 mod proxy;
 mod setup;
+mod spill;
 mod status_command;
 mod supervisor;
 mod trust;
