@@ -585,6 +585,7 @@ impl Session<'_> {
                     prompt_usage: o.prompt_usage,
                     answer: o.answer,
                     error: None,
+                    served_by: o.served_by,
                 },
                 Err(e) => {
                     tracing::warn!(task = %task.id, error = %e, "task request failed");
@@ -598,6 +599,7 @@ impl Session<'_> {
                         prompt_usage: None,
                         answer: String::new(),
                         error: Some(e.to_string()),
+                        served_by: None,
                     }
                 }
             };
@@ -679,6 +681,7 @@ impl PendingRun {
             prompt,
             pass: checks.iter().all(|c| c.pass),
             checks,
+            tiers: report::tiers(&self.results),
             results: self.results,
         }
     }
@@ -718,6 +721,7 @@ mod tests {
             prompt_usage: None,
             answer: String::new(),
             error: error.then(|| "HTTP 503".to_string()),
+            served_by: None,
         }
     }
 
