@@ -2,7 +2,9 @@
 //! (`validate`), admission, waiting for a ready backend,
 //! the secret key, hop-by-hop headers, streaming responses event by event, a final SSE error
 //! event when the backend dies mid-stream, and one retry when the request never reached a
-//! backend that died.
+//! backend that died. Where a profile's `spill` allows it, three calls into
+//! `crate::upstream::spill` may send the request to the central tier instead, all before any
+//! byte of a local answer.
 
 use super::error::ApiError;
 use super::{validate, AppState};
@@ -115,6 +117,10 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
     let deadline = Instant::now() + config.queue_timeout;
     let permit = state.admission.admit(deadline).await?;
     let admitted = Instant::now();
+    // The backend may have stopped serving while this request queued for its slot.
+    if let Some(resp) = spill::if_not_serving(state, live.spill, &parts, &body).await {
+        return Ok(resp);
+    }
     let activity = state.activity.begin();
     let (mut backend, mut on_backend) = wait_for_backend(state, deadline, None).await?;
 

@@ -1,7 +1,8 @@
 //! Local first, the central tier second: whether a request goes to an upstream instead of the
-//! local backend, and serving it there. Decided before any byte went to the client, at two
+//! local backend, and serving it there. Decided before any byte went to the client, at three
 //! points of `proxy::forward`: before admission ([`before_local`]: the local backend is not
-//! serving, or the queue would make the request later than its deadline) and when the local
+//! serving, or the queue would make the request later than its deadline), after admission when
+//! the backend stopped serving while the request queued ([`if_not_serving`]), and when the local
 //! attempt failed before its response head ([`after_local_failure`], one remote try). Never on
 //! a request the proxy refused (validation runs first), never once a local answer began, never
 //! for a client that went away (its request is dropped, nothing is sent). With every upstream
@@ -228,6 +229,30 @@ pub async fn before_local(
         return Ok(None);
     };
     Ok(serve(&state.spill, reason, parts.uri.path(), body).await)
+}
+
+/// After admission: the local backend stopped serving while the request queued for its slot
+/// (a restart began); it goes to an upstream instead of waiting for the next backend.
+pub async fn if_not_serving(
+    state: &AppState,
+    policy: SpillPolicy,
+    parts: &axum::http::request::Parts,
+    body: &Bytes,
+) -> Option<Response<Body>> {
+    if policy.mode == SpillMode::Never
+        || state.spill.upstreams.is_empty()
+        || !route_spills(parts.uri.path())
+        || state.status.borrow().state.serving()
+    {
+        return None;
+    }
+    serve(
+        &state.spill,
+        SpillReason::Unavailable,
+        parts.uri.path(),
+        body,
+    )
+    .await
 }
 
 /// The second hook of `forward`: the local attempt failed before its response head; one
