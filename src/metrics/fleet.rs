@@ -46,3 +46,58 @@ impl Collector for Fleet {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn host_info_carries_the_labels_and_each_breaker_one_state() {
+        let labels: std::collections::BTreeMap<String, String> = [
+            ("site".to_string(), "par1".to_string()),
+            ("group".to_string(), "soc".to_string()),
+        ]
+        .into();
+        let m =
+            crate::metrics::Metrics::new(&crate::config::Config::builtin().unwrap().bench.targets)
+                .with_host_labels(&labels);
+        let mut report = crate::status::example();
+        report.backend = None;
+        let text = m.render(&report, None).await;
+        let info = text
+            .lines()
+            .find(|l| l.starts_with("sentinel_host_info{"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(
+            info.contains("group=\"soc\"") && info.contains("site=\"par1\""),
+            "{info}"
+        );
+        assert!(
+            info.contains("version=\"") && info.ends_with(" 1"),
+            "{info}"
+        );
+        let sample = |s: &str| crate::metrics::tests::sample(&text, s);
+        assert_eq!(
+            sample("sentinel_upstream_breaker_state{upstream=\"central\",state=\"open\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample("sentinel_upstream_breaker_state{upstream=\"central\",state=\"closed\"}"),
+            Some(0.0)
+        );
+        if let Ok(out) = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(text.as_bytes())?;
+                child.wait_with_output()
+            })
+        {
+            let said = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "promtool: {said}");
+        }
+    }
+}
