@@ -401,3 +401,46 @@ fn drop_ins_merge_in_name_order_and_a_bad_one_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn metrics_are_written_to_the_textfile_with_the_fleet_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let prom = dir.path().join("sentinel.prom");
+    let config = format!(
+        "labels = {{ site = \"par1\", group = \"soc\" }}\n{FAST}\n[metrics]\ntextfile = \"{}\"\ntextfile_interval = \"200ms\"\n",
+        prom.display()
+    );
+    let s = start("", config);
+    s.wait_state("ready", Duration::from_secs(30));
+    let start = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&prom).unwrap_or_default();
+        if text.contains("sentinel_backend_state{state=\"ready\"} 1") {
+            break text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{text}\n{}",
+            s.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let info = text
+        .lines()
+        .find(|l| l.starts_with("sentinel_host_info{"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        info.contains("site=\"par1\"") && info.contains("group=\"soc\""),
+        "{info}"
+    );
+    // Written whole and renamed: no temporary file stays beside it (one may exist for the
+    // instant of a write).
+    let start = Instant::now();
+    while std::fs::read_dir(dir.path()).unwrap().count() != 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "a temporary file stays"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
