@@ -126,6 +126,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     for up in upstreams.iter() {
         tracing::info!(upstream = %up.settings.name, url = %up.settings.url, "central tier configured");
     }
+    let spill = config
+        .profiles
+        .get(&profile.name)
+        .map(|p| p.spill)
+        .unwrap_or_default();
+    if spill != crate::upstream::SpillMode::Never && upstreams.is_empty() {
+        tracing::warn!(profile = %profile.name, ?spill, "the profile may spill but no [[upstreams]] is configured: every request stays local");
+    }
     // The SLO sampler ends with `cancel`.
     crate::metrics::sampler::spawn(
         Arc::clone(&metrics),
