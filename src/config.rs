@@ -63,6 +63,17 @@ pub struct Config {
     /// `bench` settings, checked with the rest of the file (a typo fails `run` too).
     pub bench: crate::bench::settings::BenchConfig,
     pub profiles: BTreeMap<String, ProfileConfig>,
+    /// The central tier: OpenAI-compatible endpoints a profile with `spill` may send requests
+    /// to (`crate::upstream`).
+    #[serde(default)]
+    pub upstreams: Vec<crate::upstream::UpstreamConfig>,
+    /// What every `[[upstreams]]` entry takes unless it sets its own value.
+    pub spill: crate::upstream::SpillDefaults,
+    /// Fleet labels (`site`, `group`, ...), exported as `sentinel_host_info{...} 1`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Where `/metrics` is also written for node_exporter's textfile collector.
+    pub metrics: crate::metrics::textfile::TextfileConfig,
     /// Which file the user's overrides came from (not a TOML key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -244,6 +255,18 @@ pub struct ProfileConfig {
     /// through within `proxy.grammar`). Default false.
     #[serde(default)]
     pub grammar: bool,
+    /// When a request may go to the central tier (`[[upstreams]]`); default `never`: no
+    /// prompt leaves the host.
+    #[serde(default)]
+    pub spill: crate::upstream::SpillMode,
+    /// With `spill = "when_late"`: the latency a request should meet; one the queue would make
+    /// later than this goes to the central tier (a client's `X-Sentinel-Deadline` wins).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deadline: Option<Duration>,
 }
 
 fn empty_path_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
@@ -265,40 +288,62 @@ impl Config {
         Self::from_layers(None)
     }
 
-    /// Loads the defaults and, over them, the user's file: the one given, else the usual
-    /// location when it exists.
+    /// Loads the defaults and, over them, the user's file (the one given, else the usual
+    /// location when it exists), then the drop-in files of [`drop_in_dirs`] in name order.
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with(explicit, &drop_in_dirs())
+    }
+
+    /// [`Config::load`] with the drop-in directories given.
+    pub fn load_with(explicit: Option<&Path>, drop_in: &[PathBuf]) -> Result<Config, ConfigError> {
         let path = match explicit {
             Some(p) => Some(p.to_path_buf()),
             None => default_user_path().filter(|p| p.is_file()),
         };
-        let Some(path) = path else {
-            return Self::builtin();
-        };
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        Self::from_layers(Some((&path, &text)))
+        let mut files: Vec<PathBuf> = path.into_iter().collect();
+        files.extend(drop_in_files(drop_in)?);
+        let mut layers = Vec::with_capacity(files.len());
+        for path in files {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            layers.push((path, text));
+        }
+        let layers: Vec<(&Path, &str)> = layers
+            .iter()
+            .map(|(p, t)| (p.as_path(), t.as_str()))
+            .collect();
+        Self::from_files(&layers)
     }
 
     /// Parses the built-in defaults with an optional user layer on top.
     pub fn from_layers(user: Option<(&Path, &str)>) -> Result<Config, ConfigError> {
+        Self::from_files(&user.into_iter().collect::<Vec<_>>())
+    }
+
+    /// Parses the built-in defaults with `layers` merged over them in order (the main file,
+    /// then the drop-ins); an error names the last file that set the key.
+    pub fn from_files(layers: &[(&Path, &str)]) -> Result<Config, ConfigError> {
         let mut merged = parse_table(BUILTIN, BUILTIN_NAME)?;
-        let user_table = match user {
-            Some((path, text)) => {
-                let table = parse_table(text, &path.display().to_string())?;
-                deep_merge(&mut merged, table.clone());
-                Some((path, table))
-            }
-            None => None,
-        };
+        let mut tables = Vec::with_capacity(layers.len());
+        for (path, text) in layers {
+            let table = parse_table(text, &path.display().to_string())?;
+            deep_merge(&mut merged, table.clone());
+            tables.push((*path, table));
+        }
         let file_of = |key: &str| -> String {
-            match &user_table {
-                Some((path, table)) if has_key(table, key) => path.display().to_string(),
-                Some((path, _)) if key.is_empty() => path.display().to_string(),
-                _ => BUILTIN_NAME.to_string(),
+            if key.is_empty() {
+                if let Some((path, _)) = tables.last() {
+                    return path.display().to_string();
+                }
             }
+            tables
+                .iter()
+                .rev()
+                .find(|(_, table)| has_key(table, key))
+                .map(|(path, _)| path.display().to_string())
+                .unwrap_or_else(|| BUILTIN_NAME.to_string())
         };
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(merged))
             .map_err(|err| {
@@ -315,7 +360,7 @@ impl Config {
                 }
             })?;
         config.validate(&file_of)?;
-        config.source = user_table.map(|(p, _)| p.to_path_buf());
+        config.source = tables.first().map(|(p, _)| p.to_path_buf());
         Ok(config)
     }
 
@@ -423,6 +468,37 @@ impl Config {
                 ));
             }
         }
+        for (label, value) in &self.labels {
+            let valid = label
+                .chars()
+                .enumerate()
+                .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+            if !valid || label.is_empty() || label.starts_with("__") || label == "version" {
+                return Err(bad(
+                    format!("labels.{label}"),
+                    "is not a usable Prometheus label name; use letters, digits and `_`, not starting with a digit or `__`, and not `version` (the supervisor adds it)".into(),
+                ));
+            }
+            if value.is_empty() {
+                return Err(bad(
+                    format!("labels.{label}"),
+                    "is empty; give it a value or remove it".into(),
+                ));
+            }
+        }
+        if let Err(e) = crate::upstream::Upstreams::build(
+            &self.upstreams,
+            &self.spill,
+            crate::upstream::metrics::UpstreamMetrics::default(),
+        ) {
+            return Err(bad("upstreams".into(), e.to_string()));
+        }
+        if self.metrics.textfile_interval.is_zero() {
+            return Err(bad(
+                "metrics.textfile_interval".into(),
+                "must be longer than zero".into(),
+            ));
+        }
         for (name, p) in &self.profiles {
             let key = |k: &str| format!("profiles.{name}.{k}");
             for (k, v) in [
@@ -484,6 +560,41 @@ impl Config {
         }
         keys
     }
+}
+
+/// The drop-in directories, merged after the main file in this order, each file in name
+/// order: `/etc/sentinel-supervisor/conf.d/` (what a fleet's MDM or Ansible drops), then
+/// `$XDG_CONFIG_HOME/sentinel-supervisor/conf.d/`.
+pub fn drop_in_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![PathBuf::from("/etc/sentinel-supervisor/conf.d")];
+    if let Some(d) = dirs::config_dir() {
+        dirs.push(d.join("sentinel-supervisor").join("conf.d"));
+    }
+    dirs
+}
+
+/// The `*.toml` files of each existing directory in `dirs`, in name order per directory.
+pub fn drop_in_files(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut files = Vec::new();
+    for dir in dirs {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: dir.clone(),
+                    source,
+                })
+            }
+        };
+        let mut here: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect();
+        here.sort();
+        files.extend(here);
+    }
+    Ok(files)
 }
 
 /// `$XDG_CONFIG_HOME/sentinel-supervisor/config.toml`.
@@ -789,6 +900,114 @@ mod tests {
             .to_string();
         assert!(err.contains("/nonexistent/x.toml"), "{err}");
         assert!(err.contains("--config"), "{err}");
+    }
+
+    #[test]
+    fn drop_ins_merge_in_name_order_after_the_main_file_and_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("config.toml");
+        std::fs::write(
+            &main,
+            "listen = \"127.0.0.1:9000\"\n[profiles.balanced]\ncpus = 0.5\n",
+        )
+        .unwrap();
+        let etc = dir.path().join("etc");
+        let xdg = dir.path().join("xdg");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::create_dir_all(&xdg).unwrap();
+        std::fs::write(
+            etc.join("20-site.toml"),
+            "[profiles.balanced]\ncpus = 0.75\n",
+        )
+        .unwrap();
+        std::fs::write(
+            etc.join("10-labels.toml"),
+            "labels = { site = \"par1\", group = \"soc\" }\n[profiles.balanced]\ncpus = 0.25\n",
+        )
+        .unwrap();
+        std::fs::write(etc.join("README"), "not toml").unwrap();
+        std::fs::write(xdg.join("50-me.toml"), "[profiles.balanced]\nslots = 2\n").unwrap();
+        let dirs = [etc.clone(), xdg.clone(), dir.path().join("missing")];
+        let c = Config::load_with(Some(&main), &dirs).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        // 10-labels then 20-site: the later file wins.
+        assert_eq!(c.profiles["balanced"].cpus.map(Cores::get), Some(0.75));
+        assert_eq!(c.profiles["balanced"].slots, Some(2));
+        assert_eq!(c.labels["site"], "par1");
+        assert_eq!(c.source.as_deref(), Some(main.as_path()));
+        // A bad key in a drop-in names that file, not the main one.
+        std::fs::write(
+            xdg.join("60-bad.toml"),
+            "[profiles.balanced]\nslots = \"two\"\n",
+        )
+        .unwrap();
+        let err = Config::load_with(Some(&main), &dirs)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "{}: key `profiles.balanced.slots`",
+                xdg.join("60-bad.toml").display()
+            )),
+            "{err}"
+        );
+        std::fs::write(xdg.join("60-bad.toml"), "[profiles.balanced\n").unwrap();
+        let err = Config::load_with(Some(&main), &dirs)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("60-bad.toml") && err.contains("invalid TOML"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn labels_must_be_prometheus_label_names() {
+        assert!(user("labels = { site = \"a\", group_2 = \"b\" }\n").is_ok());
+        for bad in [
+            "\"2x\" = \"a\"",
+            "\"a-b\" = \"a\"",
+            "__x = \"a\"",
+            "version = \"1\"",
+            "site = \"\"",
+        ] {
+            let err = user(&format!("labels = {{ {bad} }}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("/etc/my.toml: key `labels."),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn spill_and_upstreams_parse_and_a_bad_upstream_names_the_file() {
+        let c = user("[[upstreams]]\nname = \"central\"\nurl = \"https://llm.example/v1\"\nmodel = \"big\"\n[profiles.invisible]\nspill = \"when_late\"\ndeadline = \"2.5s\"\n").unwrap();
+        assert_eq!(c.upstreams.len(), 1);
+        assert_eq!(
+            c.profiles["invisible"].spill,
+            crate::upstream::SpillMode::WhenLate
+        );
+        assert_eq!(
+            c.profiles["invisible"].deadline,
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(
+            c.profiles["balanced"].spill,
+            crate::upstream::SpillMode::Never
+        );
+        let err = user("[[upstreams]]\nname = \"central\"\nurl = \"http://10.0.0.1/v1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/my.toml: key `upstreams`: upstream `central`"),
+            "{err}"
+        );
+        let err = user("[profiles.fast]\nspill = \"sometimes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("profiles.fast.spill"), "{err}");
     }
 
     #[test]

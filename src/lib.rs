@@ -21,6 +21,7 @@ pub mod situation;
 pub mod status;
 pub mod supervisor;
 pub mod units;
+pub mod upstream;
 
 use anyhow::Context;
 use cli::{Cli, Command};

@@ -53,6 +53,9 @@ pub struct StatusReport {
     /// Which llama-server build and run-time flags are in use, and why (`backend::ladder`).
     #[serde(default)]
     pub backend_rung: Option<BackendRung>,
+    /// The central tier: each `[[upstreams]]` entry's breaker and load (empty without any).
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamReport>,
 }
 
 /// The backend in use in `/status`: the ladder's rung (or the user's `backend.bin`).
@@ -64,6 +67,21 @@ pub struct BackendRung {
     /// The flags the rung adds to llama-server's command line.
     pub args: Vec<String>,
     pub why: String,
+}
+
+/// One upstream of the central tier in `/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamReport {
+    pub name: String,
+    pub url: String,
+    /// `closed` (requests go there), `open` (cooling down), `half_open` (one probe in flight).
+    pub breaker: crate::upstream::breaker::BreakerState,
+    /// Failed tries in a row.
+    pub consecutive_failures: u32,
+    /// While open: seconds until a probe may go.
+    pub retry_in_s: Option<f64>,
+    pub in_flight: usize,
+    pub max_in_flight: usize,
 }
 
 /// Token totals in `/status`.
@@ -191,6 +209,15 @@ pub(crate) fn example() -> StatusReport {
         in_flight: 1,
         queued: 0,
         uptime_s: 12.0,
+        upstreams: vec![UpstreamReport {
+            name: "central".into(),
+            url: "https://llm.example.internal/v1".into(),
+            breaker: crate::upstream::breaker::BreakerState::Open,
+            consecutive_failures: 3,
+            retry_in_s: Some(4.5),
+            in_flight: 0,
+            max_in_flight: 8,
+        }],
         config_generation: 2,
         tokens: TokenTotals {
             prompt: 2200,

@@ -586,6 +586,7 @@ impl Session<'_> {
                     prompt_usage: o.prompt_usage,
                     answer: o.answer,
                     error: None,
+                    served_by: o.served_by,
                 },
                 Err(e) => {
                     tracing::warn!(task = %task.id, error = %e, "task request failed");
@@ -599,6 +600,7 @@ impl Session<'_> {
                         prompt_usage: None,
                         answer: String::new(),
                         error: Some(e.to_string()),
+                        served_by: None,
                     }
                 }
             };
@@ -680,6 +682,7 @@ impl PendingRun {
             prompt,
             pass: checks.iter().all(|c| c.pass),
             checks,
+            tiers: report::tiers(&self.results),
             results: self.results,
         }
     }
@@ -719,6 +722,7 @@ mod tests {
             prompt_usage: None,
             answer: String::new(),
             error: error.then(|| "HTTP 503".to_string()),
+            served_by: None,
         }
     }
 

@@ -160,6 +160,9 @@ pub struct RunReport {
     pub prompt: PromptFigures,
     pub checks: Vec<Check>,
     pub pass: bool,
+    /// With spill: the share and latency of each tier (empty: every answer was local).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<TierFigures>,
     pub results: Vec<TaskResult>,
 }
 
@@ -286,6 +289,54 @@ pub struct TaskResult {
     pub prompt_usage: Option<PromptUsage>,
     pub answer: String,
     pub error: Option<String>,
+    /// Who answered (`X-Sentinel-Served-By`: `local` or an upstream's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
+}
+
+/// One tier's share of a run with spill enabled, and its latency.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TierFigures {
+    /// `local` or an upstream's name.
+    pub tier: String,
+    pub tasks: usize,
+    /// Of the run's answered tasks.
+    pub share: f64,
+    pub latency_s: Summary,
+}
+
+/// The answered tasks per tier, local first; empty when every answer was local or none said
+/// who served it (no spill happened).
+pub fn tiers(results: &[TaskResult]) -> Vec<TierFigures> {
+    let ok: Vec<&TaskResult> = results.iter().filter(|r| r.error.is_none()).collect();
+    if ok
+        .iter()
+        .all(|r| r.served_by.as_deref().unwrap_or("local") == "local")
+    {
+        return Vec::new();
+    }
+    let mut names: Vec<String> = ok
+        .iter()
+        .map(|r| r.served_by.clone().unwrap_or_else(|| "local".into()))
+        .collect();
+    names.sort_by_key(|n| (n != "local", n.clone()));
+    names.dedup();
+    names
+        .into_iter()
+        .map(|tier| {
+            let latencies: Vec<f64> = ok
+                .iter()
+                .filter(|r| r.served_by.as_deref().unwrap_or("local") == tier)
+                .map(|r| r.latency_s)
+                .collect();
+            TierFigures {
+                tasks: latencies.len(),
+                share: latencies.len() as f64 / ok.len() as f64,
+                latency_s: Summary::of(&latencies),
+                tier,
+            }
+        })
+        .collect()
 }
 
 /// Mean score per category, and overall.
@@ -584,6 +635,21 @@ fn run_details(p: &ProfileReport, r: &RunReport) -> String {
             .map_or("n/a".to_string(), |c| format!("{c:.2} %")),
         p.idle.system_cpu.p99,
     );
+    if !r.tiers.is_empty() {
+        md.push_str("| Served by | Tasks | Share | Latency p50 | p95 |\n|---|---|---|---|---|\n");
+        for t in &r.tiers {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} % | {:.2} s | {:.2} s |",
+                t.tier,
+                t.tasks,
+                t.share * 100.0,
+                t.latency_s.p50,
+                t.latency_s.p95
+            );
+        }
+        md.push('\n');
+    }
     md.push_str("| Target | Criterion | Measured | Result |\n|---|---|---|---|\n");
     for c in &r.checks {
         let _ = writeln!(
@@ -636,6 +702,7 @@ pub(crate) mod tests {
                 }),
                 answer: "malicious".into(),
                 error: None,
+                served_by: None,
             },
             TaskResult {
                 id: "b".into(),
@@ -647,6 +714,7 @@ pub(crate) mod tests {
                 prompt_usage: None,
                 answer: "1.2.3.4".into(),
                 error: None,
+                served_by: None,
             },
         ];
         let (correctness, categories) = correctness(&results);
@@ -681,6 +749,7 @@ pub(crate) mod tests {
             peak_rss_bytes: Some(350_000_000),
             pass: checks.iter().all(|c| c.pass),
             checks,
+            tiers: Vec::new(),
             results,
         };
         let profiles = vec![ProfileReport {
@@ -851,6 +920,22 @@ pub(crate) mod tests {
         assert_eq!(Report::verdict_of(&[]), Verdict::Fail);
     }
 
+    #[test]
+    fn tiers_split_answered_tasks_by_who_served_them() {
+        let mut rs: Vec<TaskResult> = (1..=4).map(|i| result("c", i as f64, 10, 0)).collect();
+        assert!(tiers(&rs).is_empty(), "no spill, no tier table");
+        rs[0].served_by = Some("local".into());
+        rs[1].served_by = Some("central".into());
+        rs[2].served_by = Some("central".into());
+        rs[3].error = Some("HTTP 503".into());
+        let t = tiers(&rs);
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[0].tier.as_str(), t[0].tasks), ("local", 1));
+        assert_eq!((t[1].tier.as_str(), t[1].tasks), ("central", 2));
+        assert!((t[1].share - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(t[1].latency_s.max, 6.0);
+    }
+
     fn result(category: &str, ttft: f64, prompt: u64, cached: u64) -> TaskResult {
         TaskResult {
             id: format!("{category}-{ttft}"),
@@ -868,6 +953,7 @@ pub(crate) mod tests {
             }),
             answer: String::new(),
             error: None,
+            served_by: None,
         }
     }
 

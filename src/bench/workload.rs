@@ -21,6 +21,8 @@ pub struct Outcome {
     pub completion_tokens: Option<u64>,
     /// Prompt and cached tokens and prefill time, when the backend reported them.
     pub prompt_usage: Option<PromptUsage>,
+    /// `X-Sentinel-Served-By`: `local` or the upstream that answered (`None`: not said).
+    pub served_by: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +161,11 @@ pub async fn ask(
                 body: text.chars().take(300).collect(),
             });
         }
+        let served_by = resp
+            .headers()
+            .get(crate::upstream::spill::SERVED_BY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let mut state = StreamState::default();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
@@ -169,9 +176,9 @@ pub async fn ask(
             }
         }
         state.finish(Instant::now())?;
-        Ok(state)
+        Ok((state, served_by))
     };
-    let state = tokio::time::timeout(timeout, exchange)
+    let (state, served_by) = tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| RequestError::Timeout(timeout.as_secs()))??;
     Ok(Outcome {
@@ -182,6 +189,7 @@ pub async fn ask(
             .or((state.content_chunks > 0).then_some(state.content_chunks)),
         prompt_usage: state.prompt_usage,
         answer: state.answer,
+        served_by,
     })
 }
 

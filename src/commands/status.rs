@@ -170,6 +170,19 @@ pub fn summary(r: &StatusReport) -> String {
             format!("pid {}, port {}, launch {}", b.pid, b.port, b.generation),
         ));
     }
+    for up in &r.upstreams {
+        let breaker = match (up.breaker.as_str(), up.retry_in_s) {
+            ("open", Some(s)) => format!("open (probe in {s:.1} s)"),
+            (state, _) => state.to_string(),
+        };
+        lines.push((
+            "upstream",
+            format!(
+                "{} {}: breaker {breaker}, {} failures in a row, {}/{} in flight",
+                up.name, up.url, up.consecutive_failures, up.in_flight, up.max_in_flight
+            ),
+        ));
+    }
     let mut out = String::new();
     for (key, value) in lines {
         out.push_str(&format!("{:<10}{value}\n", format!("{key}:")));
@@ -287,6 +300,10 @@ mod tests {
         };
         let text = summary(&r);
         assert!(text.starts_with("state:    failed, up 12s\n"), "{text}");
+        assert!(
+            text.contains("upstream: central https://llm.example.internal/v1: breaker open (probe in 4.5 s), 3 failures in a row, 0/8 in flight"),
+            "{text}"
+        );
         assert!(
             text.contains("reason:   crash loop: the backend failed 3 times"),
             "{text}"

@@ -15,9 +15,11 @@
 //! Names follow Prometheus conventions: every name starts with `sentinel_`, counters end in
 //! `_total`, base units are in the name (`_seconds`, `_bytes`, `_cores`, `_ratio`).
 
+pub mod fleet;
 pub mod http;
 pub mod llamacpp;
 pub mod sampler;
+pub mod textfile;
 mod tokens;
 
 use crate::bench::target::Targets;
@@ -140,6 +142,10 @@ pub struct Metrics {
     slo: sampler::Windows,
     /// For llama-server's own `/metrics`.
     client: reqwest::Client,
+    /// The central tier's counters and histograms (`crate::upstream`).
+    pub upstream: crate::upstream::metrics::UpstreamMetrics,
+    /// `labels` of the configuration, for `sentinel_host_info`.
+    host_labels: Vec<(String, String)>,
 }
 
 impl Metrics {
@@ -213,6 +219,7 @@ impl Metrics {
             poison_refusals.clone(),
         );
         let slo = sampler::Windows::register(&mut registry, targets);
+        let upstream = crate::upstream::metrics::UpstreamMetrics::register(&mut registry);
         let client = reqwest::Client::builder()
             .timeout(LLAMACPP_TIMEOUT)
             .build()
@@ -231,6 +238,8 @@ impl Metrics {
             poison_refusals,
             slo,
             client,
+            upstream,
+            host_labels: Vec::new(),
         }
     }
 
@@ -242,6 +251,15 @@ impl Metrics {
     /// Counts a request refused as identical to a poison request.
     pub fn poison_refused(&self) {
         self.poison_refusals.inc();
+    }
+
+    /// The fleet labels (`labels = {site = ..., group = ...}`) `sentinel_host_info` carries.
+    pub fn with_host_labels(
+        mut self,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Metrics {
+        self.host_labels = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        self
     }
 
     /// Counts one restart of the backend (the lifecycle calls it when it decides to restart).
@@ -288,6 +306,10 @@ impl Metrics {
         let mut out = String::with_capacity(16 * 1024);
         let mut scrape = Registry::default();
         scrape.register_collector(Box::new(live));
+        scrape.register_collector(Box::new(fleet::Fleet {
+            host_labels: self.host_labels.clone(),
+            upstreams: report.upstreams.clone(),
+        }));
         match llamacpp {
             Some(Ok(families)) => scrape.register_collector(Box::new(families)),
             Some(Err(e)) => tracing::debug!(error = %e, "llama-server metrics not included"),
@@ -568,6 +590,7 @@ mod tests {
             tokens: Default::default(),
             backend_rung: None,
             situation: None,
+            upstreams: Vec::new(),
         }
     }
 

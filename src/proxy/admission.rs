@@ -69,6 +69,12 @@ impl Admission {
             .send_if_modified(|p| std::mem::replace(p, paused) != paused);
     }
 
+    /// Slots held now, and slots in all (for the spill decision's queue estimate).
+    pub fn load(&self) -> (usize, usize) {
+        let size = *self.size.lock().unwrap_or_else(|e| e.into_inner());
+        (size.saturating_sub(self.slots.available_permits()), size)
+    }
+
     /// Requests waiting for a slot now.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)

@@ -2,7 +2,9 @@
 //! (`validate`), admission, waiting for a ready backend,
 //! the secret key, hop-by-hop headers, streaming responses event by event, a final SSE error
 //! event when the backend dies mid-stream, and one retry when the request never reached a
-//! backend that died.
+//! backend that died. Where a profile's `spill` allows it, three calls into
+//! `crate::upstream::spill` may send the request to the central tier instead, all before any
+//! byte of a local answer.
 
 use super::error::ApiError;
 use super::poison::Fingerprint;
@@ -11,6 +13,7 @@ use crate::governor::ActivityGuard;
 use crate::supervisor::inflight::InFlightGuard;
 use crate::supervisor::liveness::Pending;
 use crate::supervisor::state::{BackendInfo, State};
+use crate::upstream::spill;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use bytes::Bytes;
@@ -118,8 +121,18 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
         None => (body, None),
     };
 
+    // Local first; the central tier when the profile's `spill` allows it (`crate::upstream`).
+    if let Some(resp) = spill::before_local(state, live.spill, &parts, &body).await? {
+        return Ok(resp);
+    }
+
     let deadline = Instant::now() + config.queue_timeout;
     let permit = state.admission.admit(deadline).await?;
+    let admitted = Instant::now();
+    // The backend may have stopped serving while this request queued for its slot.
+    if let Some(resp) = spill::if_not_serving(state, live.spill, &parts, &body).await {
+        return Ok(resp);
+    }
     let activity = state.activity.begin();
     let (mut backend, mut on_backend) = wait_for_backend(state, deadline, None).await?;
 
@@ -188,6 +201,15 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
                     None
                 };
                 let retry_after = retry_after.filter(|_| retries < MAX_RETRIES);
+                // Failed before its response head (not a kept-alive connection closed under
+                // us, which is sent again at once): one remote try when `spill` allows it.
+                if !matches!(retry_after, Some(None)) {
+                    if let Some(resp) =
+                        spill::after_local_failure(state, live.spill, &parts, &body).await
+                    {
+                        return Ok(resp);
+                    }
+                }
                 let Some(after) = retry_after else {
                     tracing::warn!(generation = backend.generation, error = ?e, "the backend failed before answering");
                     return Err(ApiError::bad_gateway(format!(
@@ -224,7 +246,7 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
     // The slot and the activity mark last as long as the body streams.
-    Ok(Response::from_parts(
+    let response = Response::from_parts(
         head,
         Body::new(Relay {
             inner: incoming,
@@ -234,7 +256,8 @@ pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Bo
             backend_pid: backend.pid,
             poison: fingerprint.map(|fp| (std::sync::Arc::clone(state), fp)),
         }),
-    ))
+    );
+    Ok(state.spill.track_local(response, admitted))
 }
 
 /// The backend's response body on its way to the client: frames pass through as they arrive;

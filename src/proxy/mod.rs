@@ -52,6 +52,8 @@ pub struct Live {
     pub generation: u64,
     pub config: ProxyConfig,
     pub info: Info,
+    /// The running profile's `spill` and `deadline`.
+    pub spill: crate::upstream::SpillPolicy,
 }
 
 /// Shared by every request.
@@ -80,6 +82,8 @@ pub struct Shared {
     pub poison: poison::PoisonList,
     /// The machine's situation and the budget in force (`None`: not followed).
     pub situation: watch::Receiver<Option<crate::situation::SituationReport>>,
+    /// The central tier (`[[upstreams]]`) and the local service times the spill decision reads.
+    pub spill: Arc<crate::upstream::spill::Spill>,
 }
 
 pub type AppState = Arc<Shared>;
@@ -139,6 +143,7 @@ impl Shared {
             tokens: self.metrics.tokens(),
             backend_rung: Some(live.info.rung.clone()),
             situation: self.situation.borrow().clone(),
+            upstreams: self.spill.upstreams.report(),
         }
     }
 }
@@ -168,6 +173,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .merge(keyed)
         .fallback(not_found)
+        .layer(middleware::map_response(crate::upstream::spill::mark_local))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state.metrics),
             crate::metrics::http::track,

@@ -122,7 +122,25 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     let (commands_tx, commands_rx) = mpsc::channel::<Command>(8);
     let heartbeat = crate::notify::Heartbeat::default();
     let notify_status = status_rx.clone();
-    let metrics = Arc::new(crate::metrics::Metrics::new(&config.bench.targets));
+    let metrics = Arc::new(
+        crate::metrics::Metrics::new(&config.bench.targets).with_host_labels(&config.labels),
+    );
+    let upstreams = crate::upstream::Upstreams::build(
+        &config.upstreams,
+        &config.spill,
+        metrics.upstream.clone(),
+    )?;
+    for up in upstreams.iter() {
+        tracing::info!(upstream = %up.settings.name, url = %up.settings.url, "central tier configured");
+    }
+    let spill = config
+        .profiles
+        .get(&profile.name)
+        .map(|p| p.spill)
+        .unwrap_or_default();
+    if spill != crate::upstream::SpillMode::Never && upstreams.is_empty() {
+        tracing::warn!(profile = %profile.name, ?spill, "the profile may spill but no [[upstreams]] is configured: every request stays local");
+    }
     // The SLO sampler ends with `cancel`.
     crate::metrics::sampler::spawn(
         Arc::clone(&metrics),
@@ -169,11 +187,17 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         metrics,
         poison: proxy::poison::PoisonList::new(),
         situation: situation_reports,
+        spill: Arc::new(crate::upstream::spill::Spill::new(upstreams)),
     });
     if let Some(situation) = situation {
         let host = active.options.host;
         tokio::spawn(situation.run(Arc::clone(&shared), host, shutdown.clone()));
     }
+    crate::metrics::textfile::spawn(
+        Arc::clone(&shared),
+        config.metrics.clone(),
+        shutdown.clone(),
+    );
     let app = proxy::router(Arc::clone(&shared));
     println!("{}http://{local}", crate::status::LISTENING_PREFIX);
     tracing::info!(addr = %local, profile = %profile.name, model = %installed.model.display(), "listening");

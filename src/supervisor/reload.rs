@@ -235,6 +235,15 @@ pub fn live(active: &Active, generation: u64) -> proxy::Live {
                     .chain(&options.profile.extra_args),
             ),
         },
+        spill: options
+            .config
+            .profiles
+            .get(&options.profile.name)
+            .map(|p| crate::upstream::SpillPolicy {
+                mode: p.spill,
+                deadline: p.deadline,
+            })
+            .unwrap_or_default(),
     }
 }
 

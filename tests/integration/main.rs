@@ -1,6 +1,7 @@
 //! The integration tests: the real binary, started on port 0, against a fake backend for
 //! fault injection and against the real llama-server with the default model.
 
+mod central;
 mod support;
 
 mod bench;
@@ -23,6 +24,7 @@ mod properties;
 mod proxy;
 mod setup;
 mod situation;
+mod spill;
 mod status_command;
 mod supervisor;
 mod trust;
