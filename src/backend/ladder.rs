@@ -131,6 +131,9 @@ pub struct Ladder<'a> {
     /// Start at the portable rung: a portable llama-server came from a bundle and there is no
     /// native build, so a fleet endpoint never compiles one (`backend::bundle`).
     pub from_bundle: bool,
+    /// The model this host will serve (`--model`): the smoke test's model when the small
+    /// default one is not in the cache, so a host given its own model needs no download.
+    pub model: Option<&'a Path>,
 }
 
 /// The ladder's answer: the rung in use, and what it found on the way.
@@ -249,7 +252,11 @@ impl Ladder<'_> {
             tracing::debug!(rung = %rung.name(), passed = v.passed, "smoke-test verdict reused");
             return Ok((v, false));
         }
-        let model = model::ensure_default(self.cache, &ModelPin::builtin())?;
+        let default = model::default_model_path(self.cache, &ModelPin::builtin());
+        let model = match self.model {
+            Some(given) if !default.is_file() => given.to_path_buf(),
+            _ => model::ensure_default(self.cache, &ModelPin::builtin())?,
+        };
         let installed = Installed {
             server: program.to_path_buf(),
             model,

@@ -126,6 +126,7 @@ pub fn ensure_reporting(options: &SetupOptions) -> Result<(Installed, Vec<String
                 cpu: CpuSignature::detect(),
                 all_rungs: options.all_rungs,
                 from_bundle,
+                model: options.model.as_deref(),
             }
             .climb()?;
             tried = climbed.tried.iter().map(|t| t.describe()).collect();
