@@ -62,6 +62,13 @@ pub fn check_gguf(path: &Path) -> Result<(), ModelError> {
     }
 }
 
+/// Whether `stamp` records that the model beside it matched `pin.sha256`.
+fn is_verified(stamp: &Path, pin: &ModelPin) -> bool {
+    std::fs::read_to_string(stamp)
+        .map(|s| s.trim() == pin.sha256)
+        .unwrap_or(false)
+}
+
 /// Where the default model lives in the cache.
 pub fn default_model_path(cache: &Path, pin: &ModelPin) -> PathBuf {
     cache.join("models").join(&pin.file)
@@ -71,11 +78,7 @@ pub fn default_model_path(cache: &Path, pin: &ModelPin) -> PathBuf {
 pub fn ensure_default(cache: &Path, pin: &ModelPin) -> Result<PathBuf, ModelError> {
     let path = default_model_path(cache, pin);
     let stamp = path.with_extension("gguf.verified");
-    let verified = |stamp: &Path| {
-        std::fs::read_to_string(stamp)
-            .map(|s| s.trim() == pin.sha256)
-            .unwrap_or(false)
-    };
+    let verified = |stamp: &Path| is_verified(stamp, pin);
     if path.is_file() && verified(&stamp) {
         return Ok(path);
     }
@@ -149,11 +152,7 @@ pub fn install_default(
 ) -> Result<PathBuf, ModelError> {
     let path = default_model_path(cache, pin);
     let stamp = path.with_extension("gguf.verified");
-    let verified = |stamp: &Path| {
-        std::fs::read_to_string(stamp)
-            .map(|s| s.trim() == pin.sha256)
-            .unwrap_or(false)
-    };
+    let verified = |stamp: &Path| is_verified(stamp, pin);
     let dir = cache.join("models");
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let _lock = super::lock::FileLock::acquire(&dir.join(".lock"))?;
