@@ -268,8 +268,9 @@ impl Ladder<'_> {
         };
         let (v, conclusive) = test(&installed, self.launch, &self.cpu);
         if !conclusive {
-            // A timeout on a busy host says nothing about the CPU: use the rung untested and
-            // test it again at the next start, rather than climb for nothing.
+            // A timeout on a busy host or an exit of the program's own says nothing about the
+            // CPU: use the rung untested (the real start reports the cause) and test it again
+            // at the next start, rather than climb for nothing.
             tracing::warn!(rung = %rung.name(), reason = %v.reason, "the smoke test was inconclusive; using this rung untested");
             let used = Verdict {
                 passed: true,
@@ -285,7 +286,10 @@ impl Ladder<'_> {
 }
 
 /// Smoke-tests `installed` and turns the outcome into a verdict for its rung, and whether it
-/// is conclusive (a timeout is not: the host may just be busy).
+/// is conclusive about this CPU: a pass, a CPU fault or a wrong answer is; a timeout (the host
+/// may just be busy), an exit status (a bad model, flag or environment: the program decided to
+/// stop) and a failed spawn are not, and are never recorded, so that they are reported as they
+/// are at the real start and tested again at the next.
 pub fn test(installed: &Installed, launch: &SmokeLaunch, cpu: &CpuSignature) -> (Verdict, bool) {
     eprintln!(
         "smoke test: {} ({})",
@@ -293,7 +297,12 @@ pub fn test(installed: &Installed, launch: &SmokeLaunch, cpu: &CpuSignature) -> 
         installed.server.display()
     );
     let result = smoke::run(installed, launch);
-    let conclusive = !matches!(result, Err(smoke::Failure::Timeout { .. }));
+    let conclusive = !matches!(
+        result,
+        Err(smoke::Failure::Timeout { .. }
+            | smoke::Failure::BadExit { .. }
+            | smoke::Failure::Spawn(_))
+    );
     let (passed, reason, tokens_per_second, cpu_variant) = match result {
         Ok(p) => (
             true,

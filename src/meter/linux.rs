@@ -150,17 +150,31 @@ pub fn thread_count(pid: i32) -> Option<usize> {
 /// (`/proc/<pid>/task/*/schedstat`); `None` when the process is gone or the kernel keeps no
 /// per-thread scheduler statistics.
 pub fn thread_run_times(pid: i32) -> Option<Vec<(i32, Duration)>> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let times: Vec<(i32, Duration)> = tasks
-        .filter_map(|t| {
-            let t = t.ok()?;
-            let tid = t.file_name().to_str()?.parse::<i32>().ok()?;
-            let stat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
-            let ns = stat.split_whitespace().next()?.parse::<u64>().ok()?;
-            Some((tid, Duration::from_nanos(ns)))
-        })
+    let times: Vec<(i32, Duration)> = thread_schedstats(pid)?
+        .map(|(tid, [run, _])| (tid, Duration::from_nanos(run)))
         .collect();
     (!times.is_empty()).then_some(times)
+}
+
+/// How long the threads of a process have waited on a run queue, runnable but not running,
+/// summed over its live threads (`/proc/<pid>/task/*/schedstat`, second field): what a process
+/// at background or idle priority loses to other work. `None` when the process is gone or the
+/// kernel keeps no scheduler statistics.
+pub fn run_queue_wait(pid: i32) -> Option<Duration> {
+    let waits: Vec<u64> = thread_schedstats(pid)?.map(|(_, [_, wait])| wait).collect();
+    (!waits.is_empty()).then(|| Duration::from_nanos(waits.iter().sum()))
+}
+
+/// `(thread id, [run time ns, run-queue wait ns])` of each live thread of a process.
+fn thread_schedstats(pid: i32) -> Option<impl Iterator<Item = (i32, [u64; 2])>> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    Some(tasks.filter_map(|t| {
+        let t = t.ok()?;
+        let tid = t.file_name().to_str()?.parse::<i32>().ok()?;
+        let stat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+        let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().ok());
+        Some((tid, [fields.next()??, fields.next()??]))
+    }))
 }
 
 /// Peak resident set size of one process (`VmHWM`), in bytes.
@@ -173,6 +187,22 @@ pub fn peak_rss_bytes(pid: i32) -> Option<u64> {
 pub fn rss_bytes(pid: i32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     super::parse_status_kib(&status, "VmRSS:").map(|k| k * 1024)
+}
+
+/// Whether a SIGKILL is pending for a process (`SigPnd`/`ShdPnd` of `/proc/<pid>/status`): it
+/// is dying, though it has not run yet to exit (at idle priority on a busy machine that may take
+/// a while).
+pub fn kill_pending(pid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status.lines().any(|l| {
+        let mask = l
+            .strip_prefix("SigPnd:")
+            .or_else(|| l.strip_prefix("ShdPnd:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok());
+        mask.is_some_and(|m| m & (1 << (libc::SIGKILL - 1)) != 0)
+    })
 }
 
 /// The OOM-kill counter of the memory cgroup `pid` is in: cgroup v2 `memory.events` or v1

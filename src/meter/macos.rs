@@ -102,6 +102,16 @@ pub fn thread_run_times(_pid: i32) -> Option<Vec<(i32, Duration)>> {
     None
 }
 
+/// Not known on this platform (no per-thread run-queue statistics).
+pub fn run_queue_wait(_pid: i32) -> Option<Duration> {
+    None
+}
+
+/// Not known on this platform: a killed process is seen once it has exited.
+pub fn kill_pending(_pid: i32) -> bool {
+    false
+}
+
 /// No memory cgroups on macOS.
 pub fn oom_counter(_pid: i32) -> Option<super::OomCounter> {
     None

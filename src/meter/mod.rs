@@ -13,16 +13,18 @@ use std::time::Duration;
 mod linux;
 #[cfg(target_os = "linux")]
 pub use linux::{
-    oom_counter, peak_rss_bytes, process_cpu, process_state, read_oom_kills, rss_bytes,
-    system_source, system_times, system_times_from, thread_count, thread_run_times, tree_usage,
+    kill_pending, oom_counter, peak_rss_bytes, process_cpu, process_state, read_oom_kills,
+    rss_bytes, run_queue_wait, system_source, system_times, system_times_from, thread_count,
+    thread_run_times, tree_usage,
 };
 
 #[cfg(target_os = "macos")]
 mod macos;
 #[cfg(target_os = "macos")]
 pub use macos::{
-    oom_counter, peak_rss_bytes, process_cpu, process_state, read_oom_kills, rss_bytes,
-    system_source, system_times, system_times_from, thread_count, thread_run_times, tree_usage,
+    kill_pending, oom_counter, peak_rss_bytes, process_cpu, process_state, read_oom_kills,
+    rss_bytes, run_queue_wait, system_source, system_times, system_times_from, thread_count,
+    thread_run_times, tree_usage,
 };
 
 /// A memory cgroup's count of processes the kernel's OOM killer killed, and where it was read.

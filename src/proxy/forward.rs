@@ -455,8 +455,11 @@ async fn backend_error(resp: Response<hyper::body::Incoming>) -> Result<Response
 /// Whether the backend process is gone (or a zombie). A process that was just killed may close
 /// its sockets a moment before it shows as dead: it is given up to 100 ms to.
 async fn backend_gone(backend: &BackendInfo) -> bool {
-    for _ in 0..5 {
-        if !matches!(crate::meter::process_state(backend.pid), Some(s) if s != 'Z' && s != 'X') {
+    // A killed backend at idle priority on a busy machine can take a while to run its exit.
+    for _ in 0..40 {
+        let alive =
+            matches!(crate::meter::process_state(backend.pid), Some(s) if s != 'Z' && s != 'X');
+        if !alive || crate::meter::kill_pending(backend.pid) {
             return true;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;

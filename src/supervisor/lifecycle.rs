@@ -582,6 +582,7 @@ impl Lifecycle {
                 }
             }
             self.heartbeat.beat();
+            let (probed_at, held_before) = (Instant::now(), liveness::held_back(running.info.pid));
             let result = tokio::select! {
                 status = running.child.wait() => break Outcome::Exited(status),
                 _ = self.cancel.cancelled() => break Outcome::Cancelled,
@@ -598,6 +599,11 @@ impl Lifecycle {
                     }
                 }
                 Probe::Down(why) => {
+                    let held = liveness::held_back(running.info.pid).saturating_sub(held_before);
+                    if liveness::starved(held, probed_at.elapsed()) {
+                        tracing::info!(pid = running.info.pid, %why, ?held, "liveness probe unanswered while the backend waited for a CPU (starved by other work, not hung): not counted");
+                        continue;
+                    }
                     failed += 1;
                     tracing::warn!(pid = running.info.pid, failed, %why, "liveness probe failed");
                     if failed >= cur.plan.config.liveness_failures {

@@ -11,6 +11,12 @@
 //! - `supervisor.liveness_failures` completions in a row were answered with a server error
 //!   (5xx other than 503, which is llama-server's "busy").
 //!
+//! Neither counts a backend that was *starved* rather than hung ([`held_back`], [`starved`]):
+//! at background or idle priority the user's work wins the CPU, and a backend kept waiting on
+//! the run queue (or stopped by the governor) for a quarter of the window answers late and
+//! computes little, yet is working. A hung backend sleeps or is stopped from outside: it does
+//! not wait for a CPU.
+//!
 //! It also keeps the OOM-kill counter of the backend's memory cgroup, so an exit by SIGKILL
 //! that the supervisor did not send can be told apart: [`describe_exit`].
 
@@ -23,6 +29,18 @@ use tokio::time::Instant;
 
 /// Below this share of the window in CPU time, a silent backend counts as idle (hung).
 pub const MIN_CPU_SHARE: f64 = 0.01;
+
+/// How long the backend `pid` has been kept from running so far: its threads' wait on the run
+/// queue plus the time the governor's duty cycle held it stopped. Compare two readings.
+pub fn held_back(pid: i32) -> Duration {
+    crate::meter::run_queue_wait(pid).unwrap_or_default()
+        + crate::governor::duty_cycle::total_stopped()
+}
+
+/// Whether a backend held back for `held` during `window` was starved of CPU (not hung).
+pub fn starved(held: Duration, window: Duration) -> bool {
+    held >= window / 4
+}
 
 /// What the proxy and the watchdog share.
 #[derive(Debug, Default)]
@@ -172,8 +190,8 @@ pub async fn watchdog(
 ) -> Stall {
     let tick = (timeout / 5).clamp(Duration::from_millis(20), Duration::from_secs(1));
     let min_cpu = timeout.mul_f64(MIN_CPU_SHARE);
-    // CPU readings over the last window, oldest first.
-    let mut samples: std::collections::VecDeque<(Instant, Duration)> = Default::default();
+    // CPU and held-back readings over the last window, oldest first.
+    let mut samples: std::collections::VecDeque<(Instant, Duration, Duration)> = Default::default();
     let mut ticks = 0u64;
     loop {
         tokio::time::sleep(tick).await;
@@ -189,7 +207,8 @@ pub async fn watchdog(
         let Some(cpu) = crate::meter::process_cpu(pid) else {
             continue;
         };
-        samples.push_back((now, cpu));
+        let held = held_back(pid);
+        samples.push_back((now, cpu, held));
         while samples.len() > 1 && now.duration_since(samples[1].0) >= timeout {
             samples.pop_front();
         }
@@ -197,10 +216,12 @@ pub async fn watchdog(
             continue;
         };
         let silent_for = now.duration_since(since);
-        let (first_at, first_cpu) = samples[0];
-        if silent_for >= timeout && now.duration_since(first_at) >= timeout {
+        let (first_at, first_cpu, first_held) = samples[0];
+        let window = now.duration_since(first_at);
+        if silent_for >= timeout && window >= timeout {
             let cpu_used = cpu.saturating_sub(first_cpu);
-            if cpu_used < min_cpu {
+            let starved = starved(held.saturating_sub(first_held), window);
+            if cpu_used < min_cpu && !starved {
                 tracing::warn!(
                     pid,
                     generation,

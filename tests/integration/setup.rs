@@ -54,7 +54,6 @@ fn missing_prerequisites_are_named_with_the_package_to_install() {
 /// The real thing: cmake and ninja absent from PATH are installed from PyPI (hash-checked
 /// wheels, ~30 MB) into a venv in a fresh cache, run, and are reused without python or network.
 #[test]
-#[ignore = "open defect: failed in the merged fresh-clone run (setup.rs:84) after the runner/ladder merge; not yet diagnosed"]
 fn absent_cmake_and_ninja_are_installed_from_pypi_then_reused_offline() {
     let cache = tempfile::tempdir().unwrap();
     let empty = tempfile::tempdir().unwrap();
