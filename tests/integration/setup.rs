@@ -55,6 +55,9 @@ fn missing_prerequisites_are_named_with_the_package_to_install() {
 /// wheels, ~30 MB) into a venv in a fresh cache, run, and are reused without python or network.
 #[test]
 fn absent_cmake_and_ninja_are_installed_from_pypi_then_reused_offline() {
+    // Its pip and venv run through setup's runner, which `stop_all` (another test of this
+    // process) stops everywhere: not at the same time.
+    let _lock = crate::support::exclusive();
     let cache = tempfile::tempdir().unwrap();
     let empty = tempfile::tempdir().unwrap();
     let pins = ToolsPin::builtin();
