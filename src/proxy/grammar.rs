@@ -38,6 +38,8 @@ pub enum Unbounded {
         found: u64,
         limit: u64,
     },
+    #[error("`{field}`: `{part}` repeats, a counted number of times, something that can match nothing; preparing such a grammar takes time exponential in the count (`[a-z]{{0,16}}` repeated {{0,16}} times: 24 s before the first token). Make the repeated part non-empty (`{{1,n}}` inside), or use `*` instead of the count")]
+    EmptyRepetition { field: String, part: String },
     #[error("`{field}`: `$ref` \"{reference}\" refers back to itself (a recursive schema); send a schema without reference cycles")]
     Cycle { field: String, reference: String },
     #[error("`{field}`: `$ref` \"{reference}\" does not name a part of this schema (only local references such as \"#/$defs/name\" are followed)")]
@@ -48,7 +50,7 @@ impl Unbounded {
     /// The `code` of the OpenAI error body.
     pub fn code(&self) -> &'static str {
         match self {
-            Unbounded::Over { .. } => "grammar_too_complex",
+            Unbounded::Over { .. } | Unbounded::EmptyRepetition { .. } => "grammar_too_complex",
             Unbounded::Cycle { .. } => "schema_ref_cycle",
             Unbounded::Unresolved { .. } => "schema_ref_unresolved",
         }
@@ -172,7 +174,14 @@ pub fn check_grammar(field: &str, text: &str, l: &Limits) -> Result<(), Unbounde
         "max_repeat",
         size.repeat,
         l.max_repeat,
-    )
+    )?;
+    match super::gbnf::empty_repetition(text) {
+        Some(part) => Err(Unbounded::EmptyRepetition {
+            field: field.to_string(),
+            part,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The schema keywords whose value is a repetition bound.
@@ -390,6 +399,12 @@ mod tests {
         assert!(e.to_string().contains("proxy.grammar.max_depth"), "{e}");
         let e = check_grammar("grammar", "root ::= \"a\"{0,99999}", &l).unwrap_err();
         assert!(e.to_string().contains("proxy.grammar.max_repeat"), "{e}");
+        let e = check_grammar("grammar", "root ::= ([a-z]{0,16}){0,16}", &l).unwrap_err();
+        assert_eq!(e.code(), "grammar_too_complex");
+        assert!(
+            e.to_string().contains("`([a-z]{0,16}){0,16}` repeats"),
+            "{e}"
+        );
         let many: String = (0..=l.max_rules)
             .map(|i| format!("r{i} ::= \"a\"\n"))
             .collect();

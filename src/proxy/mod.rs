@@ -5,6 +5,7 @@ pub mod admission;
 pub mod auth;
 pub mod error;
 pub mod forward;
+mod gbnf;
 pub mod grammar;
 pub mod poison;
 pub mod server;
