@@ -368,7 +368,7 @@ fn bench_battery_and_idle_budgets() {
     let laptop = Laptop::new(false);
     let typing = Typing::start(&laptop);
     let config = format!(
-        "[situation]\nroot = \"{}\"\nstate_hold = \"2s\"\nidle_after = \"3s\"\npoll_interval = \"200ms\"\n[profiles.balanced]\ncpus = 1.0\nthreads = 2\nthreads_batch = 2\npriority = \"{}\"\n",
+        "[situation]\nroot = \"{}\"\nstate_hold = \"2s\"\nidle_after = \"3s\"\npoll_interval = \"200ms\"\n[profiles.balanced]\npriority = \"{}\"\n",
         laptop.root().display(),
         // On a machine others load, `background` (nice 19) starves the model's load.
         std::env::var("BENCH_LAPTOP_PRIORITY").unwrap_or_else(|_| "background".into())
@@ -471,7 +471,7 @@ fn bench_battery_and_idle_budgets() {
     stop.store(true, Ordering::Relaxed);
     worker.join().unwrap();
     println!(
-        "balanced, threads 2: active 1.0 core, battery 0.5, idle 2.0 (state_hold 2s, idle_after 3s); {}",
+        "balanced as shipped (threads sized for the idle budget): active 1.0 core, battery 0.5, idle 2.0 (state_hold 2s, idle_after 3s); {}",
         std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
     );
     for f in [&active, &battery, &idle] {
