@@ -136,13 +136,25 @@ pub fn cpu_fault(status: ExitStatus, ready: bool, lines: &[String]) -> Option<Fa
 
 /// The CPU variant from ggml's `load_backend: loaded CPU backend from .../libggml-cpu-<v>.so`.
 pub fn cpu_variant(lines: &[String]) -> Option<String> {
-    lines.iter().find_map(|line| {
-        let path = line.split("loaded CPU backend from").nth(1)?.trim();
-        let name = std::path::Path::new(path).file_name()?.to_str()?;
-        let variant = name.strip_prefix("libggml-cpu-")?;
-        let variant = variant.split(".so").next()?.split(".dylib").next()?;
-        Some(variant.to_string())
-    })
+    lines
+        .iter()
+        .find_map(|line| variant_of(line.split("loaded CPU backend from").nth(1)?.trim()))
+}
+
+/// The CPU variant a running portable build has loaded: the `libggml-cpu-<variant>` library
+/// among its mappings (`/proc/<pid>/maps`), whatever its log says. `None` elsewhere.
+fn mapped_cpu_variant(pid: i32) -> Option<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    maps.lines()
+        .find_map(|line| variant_of(line.split_whitespace().last()?))
+}
+
+/// `sapphirerapids` from `.../libggml-cpu-sapphirerapids.so` (or `.dylib`).
+fn variant_of(path: &str) -> Option<String> {
+    let name = std::path::Path::new(path).file_name()?.to_str()?;
+    let variant = name.strip_prefix("libggml-cpu-")?;
+    let variant = variant.split(".so").next()?.split(".dylib").next()?;
+    Some(variant.to_string())
 }
 
 /// Runs the test of `installed` (its program, rung arguments and model). Blocking: call it
@@ -199,6 +211,7 @@ async fn run_spec(spec: LaunchSpec) -> Result<Passed, Failure> {
             });
         }
     };
+    let mapped_variant = mapped_cpu_variant(child.pid());
     child.signal_group(nix::sys::signal::Signal::SIGTERM);
     let status = match tokio::time::timeout(STOP_GRACE, child.wait()).await {
         Ok(status) => status,
@@ -223,7 +236,7 @@ async fn run_spec(spec: LaunchSpec) -> Result<Passed, Failure> {
         );
     }
     Ok(Passed {
-        cpu_variant: cpu_variant(&lines()),
+        cpu_variant: mapped_variant.or_else(|| cpu_variant(&lines())),
         took: started.elapsed(),
         ..passed
     })
@@ -351,6 +364,13 @@ mod tests {
              main: loading model",
         );
         assert_eq!(cpu_variant(&out).as_deref(), Some("sapphirerapids"));
+        assert_eq!(
+            variant_of("/c/x-portable/build/bin/libggml-cpu-skylakex.so").as_deref(),
+            Some("skylakex")
+        );
+        assert_eq!(variant_of("/usr/lib/x86_64-linux-gnu/libc.so.6"), None);
+        // This test process maps no ggml library.
+        assert_eq!(mapped_cpu_variant(std::process::id() as i32), None);
         assert_eq!(cpu_variant(&lines("main: loading model")), None);
     }
 

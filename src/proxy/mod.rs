@@ -142,7 +142,7 @@ impl Shared {
             uptime_s: self.started.elapsed().as_secs_f64().round(),
             config_generation: live.generation,
             tokens: self.metrics.tokens(),
-            backend_rung: Some(live.info.rung.clone()),
+            backend_rung: Some(status.climbed.unwrap_or_else(|| live.info.rung.clone())),
             situation: self.situation.borrow().clone(),
             upstreams: self.spill.upstreams.report(),
         }

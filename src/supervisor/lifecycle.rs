@@ -29,9 +29,13 @@ pub type SpecFactory = Box<dyn Fn() -> std::io::Result<LaunchSpec> + Send + Sync
 
 /// After a CPU fault of the backend (`backend::smoke::cpu_fault`): records its rung as failed
 /// and climbs the backend ladder to the next rung that passes the smoke test, returning its
-/// launches and its name. Blocking (it may build and test).
+/// launches and how `/status` names it. Blocking (it may build and test).
 pub type LadderStep = std::sync::Arc<
-    dyn Fn(&crate::backend::smoke::Failure) -> Result<(SpecFactory, String), String> + Send + Sync,
+    dyn Fn(
+            &crate::backend::smoke::Failure,
+        ) -> Result<(SpecFactory, crate::status::BackendRung), String>
+        + Send
+        + Sync,
 >;
 
 /// What each launch is made of; a reload replaces it.
@@ -175,11 +179,13 @@ impl Current {
 
     /// Takes the reload's plan (a fresh restart policy too: a reload is a human's fix),
     /// makes it visible and answers.
-    fn adopt(&mut self, reload: Box<Reload>, applied: Applied) {
+    /// Takes a reload's plan; the rung setup chose for it is the one in use again.
+    fn adopt(&mut self, reload: Box<Reload>, applied: Applied, status: &watch::Sender<Status>) {
         let Reload {
             plan, apply, done, ..
         } = *reload;
         *self = Current::new(plan);
+        status.send_modify(|s| s.climbed = None);
         apply();
         tracing::info!(?applied, "configuration reloaded");
         let _ = done.send(Ok(applied));
@@ -247,7 +253,7 @@ impl Lifecycle {
             match outcome {
                 Outcome::Cancelled => break End::Stopped,
                 Outcome::Reloaded(reload) => {
-                    cur.adopt(reload, Applied::NextLaunch);
+                    cur.adopt(reload, Applied::NextLaunch, &self.status);
                     continue;
                 }
                 Outcome::Replaced => continue,
@@ -282,7 +288,8 @@ impl Lifecycle {
                 };
                 match climbed {
                     Ok((make_spec, rung)) => {
-                        tracing::info!(%rung, "backend in use");
+                        tracing::info!(rung = %rung.rung, why = %rung.why, "backend in use");
+                        self.status.send_modify(|s| s.climbed = Some(rung));
                         cur.plan.make_spec = make_spec;
                         restarts += 1;
                         continue;
@@ -305,7 +312,7 @@ impl Lifecycle {
                                 _ = self.cancel.cancelled() => break 'outer End::Stopped,
                                 command = next_command(&mut commands) => {
                                     if let Command::Reload(reload) = command {
-                                        cur.adopt(reload, Applied::NextLaunch);
+                                        cur.adopt(reload, Applied::NextLaunch, &self.status);
                                         break;
                                     }
                                 }
@@ -387,7 +394,7 @@ impl Lifecycle {
                     _ = self.cancel.cancelled() => break 'outer End::Stopped,
                     command = next_command(&mut commands) => match command {
                         Command::Reload(reload) => {
-                            cur.adopt(reload, Applied::NextLaunch);
+                            cur.adopt(reload, Applied::NextLaunch, &self.status);
                             break;
                         }
                         Command::Retry { why } if failed => {
@@ -574,7 +581,7 @@ impl Lifecycle {
                             self.publish(State::Starting { attempt: *attempt + 1 }, None, restarts);
                             let drain = reload.plan.config.drain_timeout;
                             self.drain(running.info.generation, drain).await;
-                            cur.adopt(reload, Applied::NextLaunch);
+                            cur.adopt(reload, Applied::NextLaunch, &self.status);
                             break Outcome::Replaced;
                         }
                     }
@@ -664,7 +671,7 @@ impl Lifecycle {
         if let Some(mut g) = running.governor.take() {
             g.stop();
         }
-        cur.adopt(reload, Applied::Live);
+        cur.adopt(reload, Applied::Live, &self.status);
         running.governor = self.start_governor(&cur.plan, pid, self.governor.clone());
         let priority = cur.plan.governor_settings.priority;
         if priority != old_priority {
@@ -735,7 +742,7 @@ impl Lifecycle {
         }
         new.governor = self.start_governor(&reload.plan, new.child.pid(), self.governor.clone());
         let generation = new.info.generation;
-        cur.adopt(reload, Applied::Switched { generation });
+        cur.adopt(reload, Applied::Switched { generation }, &self.status);
         self.publish(State::Ready, Some(new.info.clone()), restarts);
         let old = std::mem::replace(running, new);
         tracing::info!(

@@ -193,7 +193,7 @@ pub fn plan(active: &Active) -> Plan {
                 )
                 .map_err(|e| e.to_string())?;
                 let next = setup::ensure(&setup_options).map_err(|e| e.to_string())?;
-                let rung = next.rung.name.clone();
+                let rung = rung_report(&next);
                 *current.lock().unwrap_or_else(|e| e.into_inner()) = next.clone();
                 Ok((factory(next), rung))
             });
@@ -209,6 +209,16 @@ pub fn plan(active: &Active) -> Plan {
     }
 }
 
+/// How `/status` names the backend `installed` runs.
+fn rung_report(installed: &setup::Installed) -> crate::status::BackendRung {
+    crate::status::BackendRung {
+        rung: installed.rung.name.clone(),
+        program: installed.server.display().to_string(),
+        args: installed.rung.args.clone(),
+        why: installed.rung.why.clone(),
+    }
+}
+
 /// The proxy's live settings for `active`, as configuration `generation`.
 pub fn live(active: &Active, generation: u64) -> proxy::Live {
     let options = &active.options;
@@ -219,12 +229,7 @@ pub fn live(active: &Active, generation: u64) -> proxy::Live {
             model_id: launch::model_id(&options.config, &active.installed.model),
             model: active.installed.model.display().to_string(),
             profile: options.profile.clone(),
-            rung: crate::status::BackendRung {
-                rung: active.installed.rung.name.clone(),
-                program: active.installed.server.display().to_string(),
-                args: active.installed.rung.args.clone(),
-                why: active.installed.rung.why.clone(),
-            },
+            rung: rung_report(&active.installed),
             vocab_size: crate::backend::gguf::vocab_size(&active.installed.model),
             projector: launch::has_projector(
                 options

@@ -152,6 +152,9 @@ pub struct Status {
     pub restarts: u32,
     /// How the previous launch ended (`None` until one has failed).
     pub last_exit: Option<String>,
+    /// The rung of the backend ladder climbed to at run time, after a CPU fault (`None`: the
+    /// one setup chose, which the proxy's live settings name; a reload resets it).
+    pub climbed: Option<crate::status::BackendRung>,
 }
 
 impl Status {
@@ -161,6 +164,7 @@ impl Status {
             backend: None,
             restarts: 0,
             last_exit: None,
+            climbed: None,
         }
     }
 }

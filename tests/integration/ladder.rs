@@ -121,6 +121,37 @@ fn a_sigill_climbs_one_rung_records_it_and_is_skipped_next_start() {
     assert_eq!(verdicts(cache.path()), recorded);
 }
 
+/// A rung whose smoke test passed (at an earlier start) and that dies by SIGILL at run time:
+/// the lifecycle records it, climbs, and `/status` names the rung it climbed to.
+#[test]
+fn a_sigill_at_run_time_climbs_and_status_names_the_new_rung() {
+    let cache = tempfile::tempdir().unwrap();
+    let config = fake_cache(cache.path(), &[Flavor::Native]);
+    let options = |mode: &str| Options {
+        fake: true,
+        from_cache: true,
+        config: &config,
+        env: vec![("FAKE_BACKEND_MODE", mode.to_string())],
+        ..Default::default()
+    };
+    let s = Supervisor::start(options("response-delay=1ms"));
+    s.wait_health(200, Duration::from_secs(60));
+    assert_eq!(s.status().backend_rung.unwrap().rung, "native");
+    drop(s);
+
+    // The native verdict (passed) is reused: no smoke test; the backend SIGILLs as it loads.
+    let s = Supervisor::start(options("sigill-unless=--no-repack"));
+    s.wait_health(200, Duration::from_secs(60));
+    let logs = s.logs();
+    assert!(
+        logs.contains("moving to the next rung of the backend ladder"),
+        "{logs}"
+    );
+    let rung = s.status().backend_rung.expect("/status names the backend");
+    assert_eq!(rung.rung, "native --no-repack", "{logs}");
+    assert_eq!(rung.args, ["--no-repack"]);
+}
+
 #[test]
 fn a_sigill_on_every_rung_is_reported_rung_by_rung() {
     let cache = tempfile::tempdir().unwrap();
