@@ -377,7 +377,7 @@ mod tests {
     fn governor_priority_and_proxy_changes_are_live() {
         let base = active("");
         let new = active(
-            "[profiles.balanced]\ncpus = 0.5\npriority = \"idle\"\n[governor]\nperiod = \"15ms\"\n[proxy]\nqueue_len = 3\n",
+            "[profiles.balanced]\ncpus = 0.5\ncpus_when_idle = 2.0\npriority = \"idle\"\n[governor]\nperiod = \"15ms\"\n[proxy]\nqueue_len = 3\n",
         );
         let (change, changes) = classify(&base, &new);
         assert_eq!(change, Change::Live, "{changes:?}");
@@ -418,7 +418,7 @@ mod tests {
     fn threads_slots_context_and_model_need_a_new_backend() {
         let base = active("");
         for (user, what) in [
-            ("[profiles.balanced]\nthreads = 2\n", "threads"),
+            ("[profiles.balanced]\nthreads = 1\n", "threads"),
             ("[profiles.balanced]\nslots = 3\n", "slots"),
             ("[backend]\nctx_size = 2048\n", "ctx_size"),
             ("[backend]\nextra_args = [\"--no-mmap\"]\n", "extra_args"),
