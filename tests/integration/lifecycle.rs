@@ -204,7 +204,8 @@ fn sighup_with_a_governor_change_applies_live_to_the_same_backend() {
     write_config(
         &s,
         &config
-            .replace("cpus = 1.0", "cpus = 0.5")
+            // The idle budget kept: the threads (sized for it) stay, so the change is live.
+            .replace("cpus = 1.0", "cpus = 0.5\ncpus_when_idle = 2.0")
             .replace("queue_len = 64", "queue_len = 32"),
     );
     s.signal(libc::SIGHUP);
