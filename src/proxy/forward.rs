@@ -453,9 +453,9 @@ async fn backend_error(resp: Response<hyper::body::Incoming>) -> Result<Response
 }
 
 /// Whether the backend process is gone (or a zombie). A process that was just killed may close
-/// its sockets a moment before it shows as dead: it is given up to 100 ms to.
+/// its sockets a moment before it shows as dead, and one at idle priority on a busy machine may
+/// wait long to run its exit: a pending SIGKILL counts as gone, else it is given up to 1 s.
 async fn backend_gone(backend: &BackendInfo) -> bool {
-    // A killed backend at idle priority on a busy machine can take a while to run its exit.
     for _ in 0..40 {
         let alive =
             matches!(crate::meter::process_state(backend.pid), Some(s) if s != 'Z' && s != 'X');

@@ -178,8 +178,7 @@ impl Current {
     }
 
     /// Takes the reload's plan (a fresh restart policy too: a reload is a human's fix),
-    /// makes it visible and answers.
-    /// Takes a reload's plan; the rung setup chose for it is the one in use again.
+    /// makes it visible and answers; the rung setup chose for it is the one in use again.
     fn adopt(&mut self, reload: Box<Reload>, applied: Applied, status: &watch::Sender<Status>) {
         let Reload {
             plan, apply, done, ..

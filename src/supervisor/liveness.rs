@@ -11,7 +11,8 @@
 //! - `supervisor.liveness_failures` completions in a row were answered with a server error
 //!   (5xx other than 503, which is llama-server's "busy").
 //!
-//! Neither counts a backend that was *starved* rather than hung ([`held_back`], [`starved`]):
+//! The silence rule, like the lifecycle's `/health` probes, does not count a backend that was
+//! *starved* rather than hung ([`held_back`], [`starved`]):
 //! at background or idle priority the user's work wins the CPU, and a backend kept waiting on
 //! the run queue (or stopped by the governor) for a quarter of the window answers late and
 //! computes little, yet is working. A hung backend sleeps or is stopped from outside: it does
