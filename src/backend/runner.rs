@@ -136,6 +136,13 @@ impl Runner {
                 format!("setup was interrupted; `{program}` not started"),
             ));
         }
+        // The governor's cgroup exists before the program: it is born inside, and so is all it
+        // starts (moved after the spawn, cmake had already started ninja outside the cap).
+        let governor = Governor::prepare(&governor_config(), self.governor_settings())
+            .map_err(|source| self.governor_error(&program, source))?;
+        governor
+            .enter_on_exec(&mut cmd)
+            .map_err(|source| self.governor_error(&program, source))?;
         let child = crate::process_group::spawn_in_group(cmd, Signal::SIGKILL)?;
         let pid = child.id() as i32;
         groups.insert(pid);
@@ -150,24 +157,12 @@ impl Runner {
             governor: None,
             _busy: busy,
         };
-        match Governor::start(
-            pid,
-            &governor_config(),
-            self.governor_settings(),
-            activity,
-            tokio::sync::watch::Sender::new(None),
-        ) {
+        match governor.start(pid, activity, tokio::sync::watch::Sender::new(None)) {
             Ok(handle) => running.governor = Some(handle),
             // A program that finished at once is gone before it could be governed: that is
             // its exit, not an error.
             Err(_) if running.exited() => {}
-            Err(source) => {
-                return Err(io::Error::other(RunnerError::Governor {
-                    program,
-                    cpus: self.limits.cpus.map_or(0.0, Cores::get),
-                    source,
-                }))
-            }
+            Err(source) => return Err(self.governor_error(&program, source)),
         }
         if self.limits.cpus.is_some() && running.governor.is_some() && running.cgroup().is_none() {
             warn_cap_without_cgroup();
@@ -205,6 +200,14 @@ impl Runner {
         crate::process_group::spawn_in_group(cmd, Signal::SIGKILL)
             .and_then(|mut child| child.wait())
             .is_ok_and(|s| s.success())
+    }
+
+    fn governor_error(&self, program: &str, source: crate::governor::GovernorError) -> io::Error {
+        io::Error::other(RunnerError::Governor {
+            program: program.to_owned(),
+            cpus: self.limits.cpus.map_or(0.0, Cores::get),
+            source,
+        })
     }
 
     fn governor_settings(&self) -> GovernorSettings {
@@ -487,6 +490,42 @@ mod tests {
         }
         if let Some(group) = group {
             assert!(!group.exists(), "{} left behind", group.display());
+        }
+    }
+
+    /// A capped program that starts its children at once (cmake starting ninja, ninja its
+    /// compilers): the children are born in the capped group too. Moved after the spawn, the
+    /// leader had already forked and its children ran uncapped.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_capped_program_forking_at_once_keeps_its_children_in_the_cap() {
+        use std::io::BufRead;
+        let Some(_) = crate::governor::cgroup::detect() else {
+            eprintln!("skipped: no writable cgroup here");
+            return;
+        };
+        let runner = Runner::new(limits(Some(0.5), Some(2)), Host::detect());
+        for _ in 0..5 {
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", "sleep 30 & echo $!; sh -c 'sleep 30 & echo $!; wait' & wait"])
+                .stdout(Stdio::piped());
+            let mut running = runner.spawn(cmd).unwrap();
+            let group = running.cgroup().expect("a capped group");
+            let name = group.file_name().unwrap().to_str().unwrap().to_owned();
+            let quota = std::fs::read_to_string(group.join("cpu.cfs_quota_us"))
+                .or_else(|_| std::fs::read_to_string(group.join("cpu.max")))
+                .unwrap();
+            assert!(!quota.starts_with("-1") && !quota.starts_with("max"), "{quota}");
+            let out = std::io::BufReader::new(running.child().stdout.take().unwrap());
+            let pids: Vec<i32> = out
+                .lines()
+                .take(2)
+                .map(|l| l.unwrap().trim().parse().unwrap())
+                .collect();
+            for pid in pids.into_iter().chain([running.pid()]) {
+                let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+                assert!(cgroup.contains(&name), "pid {pid} escaped {name}: {cgroup}");
+            }
         }
     }
 

@@ -20,7 +20,8 @@
 use crate::cli::LimitArgs;
 use crate::config::Config;
 use crate::governor::{
-    priority, usage, Activity, Governor, GovernorConfig, GovernorSettings, Method, Priority,
+    priority, usage, Activity, Governor, GovernorConfig, GovernorSettings, Method, Prepared,
+    Priority,
 };
 use crate::host::Host;
 use crate::process_group::{signal_group, spawn_in_group_async};
@@ -187,9 +188,11 @@ pub async fn limit(options: &LimitOptions) -> anyhow::Result<ExitCode> {
         LimitTarget::Command(command) => command,
     };
 
-    let (pid, mut child) = spawn_command(command, options.priority)?;
+    // The cgroup exists before the command, so the command and all it starts are born inside.
+    let governor = Governor::prepare(&config, settings)?;
+    let (pid, mut child) = spawn_command(command, options.priority, &governor)?;
     let _usage = follow_usage(pid, options, &activity);
-    let mut handle = match Governor::start(pid, &config, settings, activity.clone(), unread()) {
+    let mut handle = match governor.start(pid, activity.clone(), unread()) {
         Ok(handle) => handle,
         Err(err) => {
             // A command that finished at once is gone before it could be governed: that is
@@ -260,6 +263,7 @@ fn kill_group(pid: i32, signal: Signal) {
 fn spawn_command(
     command: &[String],
     priority: Priority,
+    governor: &Prepared,
 ) -> Result<(i32, tokio::process::Child), LimitError> {
     use std::os::unix::process::CommandExt;
     let shown = command.join(" ");
@@ -270,6 +274,12 @@ fn spawn_command(
         cmd.as_std_mut()
             .pre_exec(move || priority::apply_to_current_process(priority));
     }
+    governor
+        .enter_on_exec(cmd.as_std_mut())
+        .map_err(|err| LimitError::Spawn {
+            command: shown.clone(),
+            source: io::Error::other(err),
+        })?;
     let child = spawn_in_group_async(cmd, Signal::SIGKILL).map_err(|source| LimitError::Spawn {
         command: shown.clone(),
         source,

@@ -64,9 +64,10 @@ pub enum Layout {
 pub const SUPERVISOR_LEAF: &str = "supervisor";
 
 impl CgroupSupport {
-    /// The name of the group for the backend `pid`.
-    pub fn group_name(&self, pid: i32) -> String {
-        format!("{}{pid}", self.prefix())
+    /// The name of the group for `key`: a child's pid, or `<own pid>-<n>` for a group made
+    /// before its child.
+    pub fn group_name(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix())
     }
 
     fn prefix(&self) -> &'static str {
@@ -282,7 +283,9 @@ impl CpuCgroup {
         period: Duration,
         priority: Priority,
     ) -> Result<Self, CgroupError> {
-        Self::create_with(support, pid, Some((cpus, period)), priority)
+        let group = Self::prepare(support, &pid.to_string(), Some((cpus, period)), priority)?;
+        group.adopt(pid)?;
+        Ok(group)
     }
 
     /// Creates the group with no cap, only the scheduling weight of `priority`: under the
@@ -295,12 +298,18 @@ impl CpuCgroup {
         pid: i32,
         priority: Priority,
     ) -> Result<Self, CgroupError> {
-        Self::create_with(support, pid, None, priority)
+        let group = Self::prepare(support, &pid.to_string(), None, priority)?;
+        group.adopt(pid)?;
+        Ok(group)
     }
 
-    fn create_with(
+    /// Creates `sentinel-supervisor-<key>` with `budget` (cores per period; `None` = no cap)
+    /// and the weight of `priority`, empty: a child enters it with [`CpuCgroup::adopt`], or
+    /// before its first instruction with [`CpuCgroup::enter_on_exec`]. `key` starts with the
+    /// pid whose death makes the group stale (see [`sweep_stale`]).
+    pub fn prepare(
         support: &CgroupSupport,
-        pid: i32,
+        key: &str,
         budget: Option<(f64, Duration)>,
         priority: Priority,
     ) -> Result<Self, CgroupError> {
@@ -308,7 +317,7 @@ impl CpuCgroup {
             enter_delegated(support)?;
         }
         sweep_stale(support);
-        let path = support.parent.join(support.group_name(pid));
+        let path = support.parent.join(support.group_name(key));
         match std::fs::create_dir(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -324,9 +333,40 @@ impl CpuCgroup {
             None => group.lift_budget()?,
         }
         group.set_priority(priority)?;
-        write(&group.path.join("cgroup.procs"), &pid.to_string())?;
-        tracing::debug!(path = %group.path.display(), pid, cpus = ?budget.map(|b| b.0), %priority, "child moved into its cgroup");
         Ok(group)
+    }
+
+    /// Moves `pid` (all its threads) into the group. What it started before stays where it
+    /// is: a child that may start others enters with [`CpuCgroup::enter_on_exec`] instead.
+    pub fn adopt(&self, pid: i32) -> Result<(), CgroupError> {
+        write(&self.path.join("cgroup.procs"), &pid.to_string())?;
+        tracing::debug!(path = %self.path.display(), pid, "process moved into its cgroup");
+        Ok(())
+    }
+
+    /// Makes the process `cmd` starts enter the group between its fork and its exec, so
+    /// everything it ever starts (cmake's ninja, ninja's compilers) is born inside: moved after
+    /// the spawn, a child that forks at once leaves its first children behind.
+    pub fn enter_on_exec(&self, cmd: &mut std::process::Command) -> Result<(), CgroupError> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let path = self.path.join("cgroup.procs");
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|source| CgroupError::Write { path, source })?;
+        // SAFETY: the hook makes one write(2) on a descriptor it owns (opened close-on-exec
+        // above, alive as long as the command): async-signal-safe. "0" is the writing process.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) == 1 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            });
+        }
+        Ok(())
     }
 
     /// The cgroup directory.
@@ -429,8 +469,8 @@ fn weight_for(version: CgroupVersion, priority: Priority) -> (&'static str, &'st
     }
 }
 
-/// Removes empty `sentinel-supervisor-<pid>` (`backend-<pid>` in a delegated subtree) groups
-/// whose process is gone: what a supervisor killed with SIGKILL (no chance to run its drop)
+/// Removes empty `sentinel-supervisor-<pid>[-<n>]` (`backend-<pid>[-<n>]` in a delegated
+/// subtree) groups whose process is gone: what a supervisor killed with SIGKILL (no chance to run its drop)
 /// leaves behind.
 pub fn sweep_stale(support: &CgroupSupport) {
     let Ok(entries) = std::fs::read_dir(&support.parent) else {
@@ -441,6 +481,7 @@ pub fn sweep_stale(support: &CgroupSupport) {
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix(support.prefix()))
+            .and_then(|key| key.split('-').next())
             .and_then(|p| p.parse::<i32>().ok())
         else {
             continue;

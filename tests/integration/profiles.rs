@@ -104,7 +104,7 @@ fn a_profile_with_method_signals_is_governed_by_signals_even_where_a_cgroup_is_w
     // compete with the user's other sessions at the weight of the supervisor's group.
     if let Some(support) = sentinel_supervisor::governor::cgroup::detect() {
         let pid = s.backend_pid();
-        let group = support.parent.join(support.group_name(pid));
+        let group = support.parent.join(support.group_name(&pid.to_string()));
         let procs = std::fs::read_to_string(group.join("cgroup.procs"))
             .unwrap_or_else(|e| panic!("backend {pid} has no cgroup at {}: {e}", group.display()));
         assert!(
