@@ -42,17 +42,17 @@ const SHIPPED: [(&str, &str, bool); 4] = [
     ("config.toml", crate::config::BUILTIN, false),
     (
         "scripts/install-service",
-        include_str!("../../scripts/install-service"),
+        include_str!("../../../../scripts/install-service"),
         true,
     ),
     (
         "scripts/sentinel-supervisor.service",
-        include_str!("../../scripts/sentinel-supervisor.service"),
+        include_str!("../../../../scripts/sentinel-supervisor.service"),
         false,
     ),
     (
         "scripts/com.sentinel.supervisor.plist",
-        include_str!("../../scripts/com.sentinel.supervisor.plist"),
+        include_str!("../../../../scripts/com.sentinel.supervisor.plist"),
         false,
     ),
 ];

@@ -5,9 +5,9 @@
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-const LLAMA_PIN: &str = include_str!("../../vendor/llama.cpp.toml");
-const MODEL_PIN: &str = include_str!("../../vendor/default-model.toml");
-const TOOLS_PIN: &str = include_str!("../../vendor/build-tools.toml");
+const LLAMA_PIN: &str = include_str!("../../../../vendor/llama.cpp.toml");
+const MODEL_PIN: &str = include_str!("../../../../vendor/default-model.toml");
+const TOOLS_PIN: &str = include_str!("../../../../vendor/build-tools.toml");
 
 /// `vendor/llama.cpp.toml`.
 #[derive(Debug, Clone, Deserialize)]
