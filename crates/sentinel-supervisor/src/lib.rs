@@ -17,6 +17,7 @@ pub mod notify;
 pub mod process_group;
 pub mod profile;
 pub mod proxy;
+pub mod requests;
 pub mod situation;
 pub mod status;
 pub mod supervisor;

@@ -34,8 +34,13 @@ pub struct StatusReport {
     pub last_exit: Option<String>,
     /// The governor of the running backend (`null` while none runs).
     pub governor: Option<GovernorSnapshot>,
-    /// Requests being forwarded now.
+    /// Requests holding an admission slot now (the requests' registry, the number the drain
+    /// waits for).
     pub in_flight: usize,
+    /// What the governor counts as work now: the requests in flight plus model loads and
+    /// warm-ups.
+    #[serde(default)]
+    pub busy: usize,
     /// Requests waiting for a slot.
     pub queued: usize,
     /// Seconds since the supervisor started, rounded.
@@ -207,6 +212,7 @@ pub(crate) fn example() -> StatusReport {
             priority: Priority::Background,
         }),
         in_flight: 1,
+        busy: 1,
         queued: 0,
         uptime_s: 12.0,
         upstreams: vec![UpstreamReport {

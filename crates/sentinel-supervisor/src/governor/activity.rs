@@ -1,6 +1,8 @@
-//! The activity signal: one in-flight counter shared by the proxy (which admits requests), the
-//! supervisor (which counts a model load as activity) and the governor (which throttles only
-//! while the counter is above zero and rests otherwise).
+//! The activity signal: what the governor counts as work, throttling only while it is above
+//! zero and resting otherwise. It is wider than the requests in flight on purpose: each
+//! request's ticket (`crate::requests::Ticket`) holds one mark, and a model load or a warm-up
+//! (the lifecycle), a build step (`backend::runner`) or a limited program's CPU use (`limit`)
+//! takes its own. The requests alone are counted by `crate::requests`, never here.
 
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -23,7 +25,8 @@ impl Activity {
         Self { tx: Arc::new(tx) }
     }
 
-    /// Marks one unit of work as started; it ends when the guard is dropped.
+    /// Marks one unit of work (a request's ticket, a model load, a warm-up) as started; it ends
+    /// when the guard is dropped.
     pub fn begin(&self) -> ActivityGuard {
         self.tx.send_modify(|n| *n += 1);
         ActivityGuard {
@@ -31,7 +34,7 @@ impl Activity {
         }
     }
 
-    /// How many units of work are in flight now.
+    /// How many units of work are in flight now (`/status` `busy`).
     pub fn in_flight(&self) -> usize {
         *self.tx.borrow()
     }

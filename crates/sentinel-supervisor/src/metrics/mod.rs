@@ -434,7 +434,7 @@ impl Collector for Live {
         gauge(
             &mut enc,
             "sentinel_requests_in_flight",
-            "Requests holding an admission slot, and model loads (what the governor throttles).",
+            "Requests holding an admission slot (the number a drain waits for).",
             self.in_flight as i64,
         )?;
         gauge(
@@ -585,6 +585,7 @@ mod tests {
             last_exit: None,
             governor: None,
             in_flight: 2,
+            busy: 2,
             queued: 1,
             uptime_s: 3.0,
             tokens: Default::default(),

@@ -226,15 +226,17 @@ fn walk<'a>(
     objects: &mut u64,
     refs: &mut Vec<&'a str>,
 ) -> Result<(), Unbounded> {
+    if v.is_object() || v.is_array() {
+        within(
+            field,
+            "nesting depth",
+            "max_depth",
+            depth,
+            l.max_depth as u64,
+        )?;
+    }
     match v {
         Value::Object(m) => {
-            within(
-                field,
-                "nesting depth",
-                "max_depth",
-                depth,
-                l.max_depth as u64,
-            )?;
             *objects += 1;
             if let Some(Value::Array(values)) = m.get("enum") {
                 within(
@@ -274,13 +276,6 @@ fn walk<'a>(
             }
         }
         Value::Array(items) => {
-            within(
-                field,
-                "nesting depth",
-                "max_depth",
-                depth,
-                l.max_depth as u64,
-            )?;
             for child in items {
                 walk(field, child, depth + 1, l, objects, refs)?;
             }

@@ -7,8 +7,12 @@ pub mod error;
 pub mod forward;
 mod gbnf;
 pub mod grammar;
+mod outbound;
 pub mod poison;
+mod relay;
+mod retry;
 pub mod server;
+mod serving;
 pub mod validate;
 
 use crate::config::ProxyConfig;
@@ -62,10 +66,12 @@ pub struct Shared {
     /// The configuration in force (replaced by a reload).
     pub live: watch::Sender<Arc<Live>>,
     pub status: watch::Receiver<Status>,
-    /// Requests in flight per backend generation, for draining.
-    pub inflight: crate::supervisor::inflight::InFlight,
+    /// The requests in flight, one ticket each (`crate::requests`): `/status` `in_flight`, the
+    /// lifecycle's drains and its watchdog read them.
+    pub inflight: crate::requests::Requests,
     /// Asks the supervisor for a reload (`POST /admin/reload`); `None`: the route is off.
     pub reload: Option<tokio::sync::mpsc::Sender<crate::supervisor::reload::ReloadRequest>>,
+    /// The governor's activity: each ticket holds a mark, model loads and warm-ups their own.
     pub activity: Activity,
     pub admission: Admission,
     pub keys: auth::Keys,
@@ -74,7 +80,7 @@ pub struct Shared {
     pub client: std::sync::Mutex<forward::Upstream>,
     /// The running governor's last snapshot (`None` when none runs).
     pub governor: watch::Receiver<Option<GovernorSnapshot>>,
-    /// What forwarded requests show of the backend's liveness, for the lifecycle's watchdog.
+    /// The lifecycle's watchdog's view of the requests (it reads `inflight`: see [`router`]).
     pub liveness: std::sync::Arc<crate::supervisor::liveness::Liveness>,
     pub started: std::time::Instant,
     /// What `/metrics` shows; its layer counts every answer.
@@ -137,7 +143,8 @@ impl Shared {
             restarts: status.restarts,
             last_exit: status.last_exit,
             governor: self.governor.borrow().clone(),
-            in_flight: self.activity.in_flight(),
+            in_flight: self.inflight.total(),
+            busy: self.activity.in_flight(),
             queued: self.admission.waiting(),
             uptime_s: self.started.elapsed().as_secs_f64().round(),
             config_generation: live.generation,
@@ -150,8 +157,10 @@ impl Shared {
 }
 
 /// The router with every route. `/health` and unknown routes are open; every other route
-/// needs an API key when keys are configured.
+/// needs an API key when keys are configured. The watchdog's view is pointed at this proxy's
+/// request registry here, before the first request.
 pub fn router(state: AppState) -> Router {
+    state.liveness.follow(&state.inflight);
     let mut keyed = Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))

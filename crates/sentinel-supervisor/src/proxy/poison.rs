@@ -7,6 +7,9 @@
 //! among them is alone at the next crash. The log shows a fingerprint's route and fields,
 //! never the content.
 
+use super::error::ApiError;
+use super::AppState;
+use crate::supervisor::state::BackendInfo;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -154,6 +157,61 @@ impl PoisonList {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// 400 before admission for a request identical to one a backend died serving.
+pub(super) fn refuse(state: &AppState, fp: &Fingerprint) -> Result<(), ApiError> {
+    let Some(left) = state.poison.refused_for(fp) else {
+        return Ok(());
+    };
+    state.metrics.poison_refused();
+    tracing::warn!(route = fp.route, fields = %fp.describe_fields(), fingerprint = %fp.short(), "refused: identical to a request a backend died serving");
+    Err(ApiError::invalid_request(
+        "poison_request",
+        format!(
+            "An identical request made the model backend die; it is refused for another {} (proxy.poison_ttl). Change the request, or ask the operator to look at the backend's crash in the log.",
+            humantime::format_duration(Duration::from_secs(left.as_secs().max(1)))
+        ),
+    ))
+}
+
+/// Remembers the request the backend of `backend` died serving and answers it.
+pub(super) fn poisoned(
+    state: &AppState,
+    backend: &BackendInfo,
+    fp: Option<&Fingerprint>,
+    at_death: usize,
+) -> ApiError {
+    let ttl = remember_crash(state, backend.generation, fp, at_death);
+    let why = if at_death <= 1 {
+        "it was the only request in flight"
+    } else {
+        "it was in flight at two crashes"
+    };
+    ApiError::invalid_request(
+        "backend_died_on_request",
+        format!(
+            "The model backend crashed while serving this request ({why}); it is not sent again, and identical requests are refused for {} (proxy.poison_ttl).",
+            humantime::format_duration(ttl)
+        ),
+    )
+}
+
+/// Counts and remembers a request the backend of `generation` crashed serving; returns for
+/// how long it is refused.
+pub(super) fn remember_crash(
+    state: &AppState,
+    generation: u64,
+    fp: Option<&Fingerprint>,
+    at_death: usize,
+) -> Duration {
+    let ttl = state.live().config.poison_ttl;
+    state.metrics.request_poisoned();
+    if let Some(fp) = fp {
+        state.poison.remember(fp, ttl);
+        tracing::error!(generation, route = fp.route, fields = %fp.describe_fields(), fingerprint = %fp.short(), in_flight = at_death, ttl = ?ttl, "the backend crashed while serving this request: not sent again; identical requests are refused");
+    }
+    ttl
 }
 
 #[cfg(test)]

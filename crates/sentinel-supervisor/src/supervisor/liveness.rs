@@ -1,7 +1,7 @@
 //! Liveness beyond `/health`: a backend whose `/health` answers 200 may still never produce a
-//! token, or fail every completion. The proxy reports what it sees of each request it forwards
-//! ([`Liveness::begin`], [`Pending::progress`], [`Pending::answered`]); the lifecycle runs a
-//! [`watchdog`] per launch that declares the backend hung when
+//! token, or fail every completion. Each request's ticket ([`crate::requests::Ticket`]) records
+//! what the proxy sees of it (sent, each byte, the answer's status); the lifecycle runs a
+//! [`watchdog`] per launch that reads them and declares the backend hung when
 //!
 //! - a request has been outstanding with no byte from the backend for
 //!   `supervisor.first_token_timeout`, **and** the backend used (almost) no CPU during that time
@@ -21,10 +21,11 @@
 //! It also keeps the OOM-kill counter of the backend's memory cgroup, so an exit by SIGKILL
 //! that the supervisor did not send can be told apart: [`describe_exit`].
 
+use crate::requests::Requests;
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -43,108 +44,62 @@ pub fn starved(held: Duration, window: Duration) -> bool {
     held >= window / 4
 }
 
-/// What the proxy and the watchdog share.
+/// What the watchdog reads of a backend: the requests sent to it (from the registry of
+/// [`crate::requests`]) and its memory cgroup's OOM-kill counter.
 #[derive(Debug, Default)]
 pub struct Liveness {
-    inner: Mutex<Inner>,
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    next_id: u64,
-    /// Requests forwarded and not finished: generation and the time of their last byte (or of
-    /// sending, before the first).
-    outstanding: HashMap<u64, (u64, Instant)>,
-    /// Server errors in a row, per generation (reset by any other answer).
-    failures: HashMap<u64, u32>,
+    /// The registry the proxy's tickets report to; until it is set ([`Liveness::follow`]) no
+    /// request is outstanding.
+    requests: OnceLock<Requests>,
     /// The backend's memory cgroup OOM-kill counter, as last read, per generation.
-    oom: HashMap<u64, crate::meter::OomCounter>,
-}
-
-/// One forwarded request, from sending it to the end of its body. Dropping it ends it.
-#[derive(Debug)]
-pub struct Pending {
-    liveness: Arc<Liveness>,
-    id: u64,
-    generation: u64,
+    oom: Mutex<HashMap<u64, crate::meter::OomCounter>>,
 }
 
 impl Liveness {
+    /// A watchdog's view that reads no request until [`Liveness::follow`] names the registry.
     pub fn new() -> Arc<Liveness> {
         Arc::new(Liveness::default())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    /// A watchdog's view of the requests of `requests`.
+    pub fn over(requests: Requests) -> Arc<Liveness> {
+        let liveness = Liveness::default();
+        liveness.follow(&requests);
+        Arc::new(liveness)
     }
 
-    /// A request is being sent to the backend of `generation`.
-    pub fn begin(self: &Arc<Self>, generation: u64) -> Pending {
-        let mut inner = self.lock();
-        inner.next_id += 1;
-        let id = inner.next_id;
-        inner.outstanding.insert(id, (generation, Instant::now()));
-        Pending {
-            liveness: Arc::clone(self),
-            id,
-            generation,
+    /// Reads the requests of `requests` from now on (the first registry named wins: the proxy
+    /// names its own when it builds its router).
+    pub fn follow(&self, requests: &Requests) {
+        if self.requests.set(requests.clone()).is_err() {
+            tracing::debug!("the watchdog already reads a request registry");
         }
     }
 
-    /// Since when the backend of `generation` has been silent on an outstanding request: the
-    /// oldest last-byte time among them (`None` when none is outstanding).
+    fn oom(&self) -> std::sync::MutexGuard<'_, HashMap<u64, crate::meter::OomCounter>> {
+        self.oom.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn silent_since(&self, generation: u64) -> Option<Instant> {
-        self.lock()
-            .outstanding
-            .values()
-            .filter(|(g, _)| *g == generation)
-            .map(|(_, t)| *t)
-            .min()
+        self.requests.get()?.silent_since(generation)
     }
 
     fn failures(&self, generation: u64) -> u32 {
-        self.lock().failures.get(&generation).copied().unwrap_or(0)
+        self.requests.get().map_or(0, |r| r.failures(generation))
     }
 
     /// Forgets a finished launch.
     pub fn forget(&self, generation: u64) -> Option<crate::meter::OomCounter> {
-        let mut inner = self.lock();
-        inner.outstanding.retain(|_, (g, _)| *g != generation);
-        inner.failures.remove(&generation);
-        inner.oom.remove(&generation)
+        if let Some(requests) = self.requests.get() {
+            requests.forget(generation);
+        }
+        self.oom().remove(&generation)
     }
 
     fn note_oom_counter(&self, generation: u64, pid: i32) {
         if let Some(counter) = crate::meter::oom_counter(pid) {
-            self.lock().oom.insert(generation, counter);
+            self.oom().insert(generation, counter);
         }
-    }
-}
-
-impl Pending {
-    /// A byte (the response head or a body frame) came from the backend.
-    pub fn progress(&self) {
-        if let Some(entry) = self.liveness.lock().outstanding.get_mut(&self.id) {
-            entry.1 = Instant::now();
-        }
-    }
-
-    /// The backend answered with `status`: a server error counts towards the failures in a row,
-    /// anything else resets them.
-    pub fn answered(&self, status: u16) {
-        let mut inner = self.liveness.lock();
-        let failures = inner.failures.entry(self.generation).or_insert(0);
-        if status >= 500 && status != 503 {
-            *failures += 1;
-        } else {
-            *failures = 0;
-        }
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        self.liveness.lock().outstanding.remove(&self.id);
     }
 }
 
@@ -295,14 +250,55 @@ pub fn with_last_line(reason: String, last_lines: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::requests::Ticket;
+
+    /// The registry a proxy would report to, and the watchdog's view of it.
+    struct Proxy {
+        requests: Requests,
+        liveness: Arc<Liveness>,
+        activity: crate::governor::Activity,
+        slots: Arc<tokio::sync::Semaphore>,
+    }
+
+    impl Proxy {
+        fn new() -> Proxy {
+            let requests = Requests::new();
+            Proxy {
+                liveness: Liveness::over(requests.clone()),
+                requests,
+                activity: crate::governor::Activity::new(),
+                slots: Arc::new(tokio::sync::Semaphore::new(64)),
+            }
+        }
+
+        /// A request sent to the backend of `generation`.
+        fn sent(&self, generation: u64) -> Ticket {
+            let slot = Arc::clone(&self.slots).try_acquire_owned().unwrap();
+            let mut ticket = self.requests.issue(slot, self.activity.begin());
+            ticket.bind(generation);
+            ticket.sent();
+            ticket
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_registry_nothing_is_outstanding() {
+        let liveness = Liveness::new();
+        assert_eq!((liveness.silent_since(1), liveness.failures(1)), (None, 0));
+        let p = Proxy::new();
+        let _sent = p.sent(1);
+        liveness.follow(&p.requests);
+        assert!(liveness.silent_since(1).is_some());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn an_outstanding_request_of_an_idle_process_is_a_stall() {
         // This test process is the "backend": it uses almost no CPU while the clock is paused.
-        let liveness = Liveness::new();
+        let p = Proxy::new();
+        let liveness = Arc::clone(&p.liveness);
         let pid = std::process::id() as i32;
         let timeout = Duration::from_secs(10);
-        let pending = liveness.begin(1);
+        let pending = p.sent(1);
         let dog = watchdog(Arc::clone(&liveness), pid, 1, timeout, 3);
         let stall = tokio::time::timeout(Duration::from_secs(30), dog)
             .await
@@ -317,12 +313,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn progress_and_other_generations_keep_it_alive() {
-        let liveness = Liveness::new();
+        let p = Proxy::new();
+        let liveness = Arc::clone(&p.liveness);
         let pid = std::process::id() as i32;
         let timeout = Duration::from_secs(10);
-        let pending = liveness.begin(1);
+        let pending = p.sent(1);
         // A request to another launch does not count for this one.
-        let _other = liveness.begin(2);
+        let _other = p.sent(2);
         let dog = watchdog(Arc::clone(&liveness), pid, 1, timeout, 3);
         tokio::pin!(dog);
         for _ in 0..10 {
@@ -340,13 +337,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn server_errors_in_a_row_are_a_stall_and_a_success_resets_them() {
-        let liveness = Liveness::new();
+        let p = Proxy::new();
+        let liveness = Arc::clone(&p.liveness);
         let pid = std::process::id() as i32;
         for status in [500, 500, 200, 503, 500, 502] {
-            liveness.begin(7).answered(status);
+            p.sent(7).answered(status);
         }
         assert_eq!(liveness.failures(7), 2);
-        liveness.begin(7).answered(500);
+        p.sent(7).answered(500);
         let stall = watchdog(Arc::clone(&liveness), pid, 7, Duration::from_secs(5), 3).await;
         assert_eq!(stall, Stall::Failing { in_a_row: 3 });
         assert!(stall.to_string().contains("liveness_failures"));

@@ -1,6 +1,6 @@
 //! Warm prefixes against the fake backend: the warm-up request (the prefix as the system
 //! message) reaches every new backend before it is reported ready, at the first start and
-//! after a SIGKILL restart, while it counts as activity (`in_flight` in `/status`); and the
+//! after a SIGKILL restart, while it counts as activity (`busy` in `/status`) and not as a request (`in_flight`); and the
 //! token totals in `/status` move with a request.
 
 use crate::support::{Options, Supervisor};
@@ -65,8 +65,12 @@ stop_grace = "1s"
         }
         if !warm_ups(&log).is_empty() && status["state"] == "starting" {
             assert!(
-                status["in_flight"].as_u64() >= Some(1),
+                status["busy"].as_u64() >= Some(1),
                 "the warm-up must count as activity: {status}"
+            );
+            assert_eq!(
+                status["in_flight"], 0,
+                "the warm-up is not a request: {status}"
             );
             seen_warming = true;
         }
@@ -87,7 +91,12 @@ stop_grace = "1s"
     assert_eq!(body["messages"][0]["content"], PREFIX);
     assert_eq!(body["cache_prompt"], true);
     assert_eq!(body["max_tokens"], 1);
-    assert_eq!(s.status().in_flight, 0, "the warm-up's activity ended");
+    let after = s.status();
+    assert_eq!(
+        (after.busy, after.in_flight),
+        (0, 0),
+        "the warm-up's activity ended"
+    );
 
     // A restart warms the new backend before it is published as ready.
     unsafe { libc::kill(first, libc::SIGKILL) };
