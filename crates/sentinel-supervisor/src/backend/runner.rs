@@ -507,21 +507,15 @@ mod tests {
         let runner = Runner::new(limits(Some(0.5), Some(2)), Host::detect());
         for _ in 0..5 {
             let mut cmd = Command::new("sh");
-            cmd.args([
-                "-c",
-                "sleep 30 & echo $!; sh -c 'sleep 30 & echo $!; wait' & wait",
-            ])
-            .stdout(Stdio::piped());
+            cmd.args(["-c", "sleep 30 & echo $!; sh -c 'sleep 30 & echo $!; wait' & wait"])
+                .stdout(Stdio::piped());
             let mut running = runner.spawn(cmd).unwrap();
             let group = running.cgroup().expect("a capped group");
             let name = group.file_name().unwrap().to_str().unwrap().to_owned();
             let quota = std::fs::read_to_string(group.join("cpu.cfs_quota_us"))
                 .or_else(|_| std::fs::read_to_string(group.join("cpu.max")))
                 .unwrap();
-            assert!(
-                !quota.starts_with("-1") && !quota.starts_with("max"),
-                "{quota}"
-            );
+            assert!(!quota.starts_with("-1") && !quota.starts_with("max"), "{quota}");
             let out = std::io::BufReader::new(running.child().stdout.take().unwrap());
             let pids: Vec<i32> = out
                 .lines()
