@@ -152,23 +152,13 @@ pub fn find_download(dir: &Path, stem: &str, suffix: &str) -> Option<PathBuf> {
         })
 }
 
-/// The sha256 of a file, hex-encoded.
-pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
-    let f = std::fs::File::open(path).map_err(io_err(path))?;
-    sha256_reader(f, path)
-}
-
-/// The sha256 of everything `f` reads, hex-encoded (`path` names it in an error).
-pub fn sha256_reader(mut f: impl Read, path: &Path) -> Result<String, FetchError> {
+/// The sha256 of everything `f` reads, hex-encoded (`path` names it in an error). The one
+/// hasher of setup's files: a caller that shows progress passes its `Step::wrap_read` reader.
+pub fn sha256_reader(f: impl Read, path: &Path) -> Result<String, FetchError> {
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
+    // Read in large chunks: the progress bar counts each read.
+    std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, f), &mut h)
+        .map_err(io_err(path))?;
     Ok(hex::encode(h.finalize()))
 }
 

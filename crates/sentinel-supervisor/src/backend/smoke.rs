@@ -81,15 +81,6 @@ fn variant_note(variant: &Option<String>) -> String {
 }
 
 impl Failure {
-    /// A failure a different build or flag may avoid (an instruction this CPU refuses, a crash
-    /// while loading), as opposed to a hang or a bad answer.
-    pub fn is_cpu_fault(&self) -> bool {
-        matches!(
-            self,
-            Failure::IllegalInstruction { .. } | Failure::CrashedLoading { .. }
-        )
-    }
-
     /// The CPU variant the failing process had loaded, when it said.
     pub fn cpu_variant(&self) -> Option<&str> {
         match self {
@@ -115,7 +106,7 @@ impl Failure {
 pub fn cpu_fault(status: ExitStatus, ready: bool, lines: &[String]) -> Option<Failure> {
     let signal = status.signal()?;
     let cpu_variant = cpu_variant(lines);
-    let tail = lines[lines.len().saturating_sub(8)..].join("\n");
+    let tail = tail_of(lines);
     if signal == libc::SIGILL {
         return Some(Failure::IllegalInstruction { cpu_variant, tail });
     }
@@ -344,6 +335,7 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
+/// The last lines of a backend's output, for a failure's message.
 fn tail_of(lines: &[String]) -> String {
     lines[lines.len().saturating_sub(8)..].join("\n")
 }
@@ -381,7 +373,7 @@ mod tests {
             "load_backend: loaded CPU backend from /b/libggml-cpu-icelake.so\nllama_model_load: loading",
         );
         let f = cpu_fault(sigill, true, &out).unwrap();
-        assert!(f.is_cpu_fault());
+        assert!(matches!(f, Failure::IllegalInstruction { .. }), "{f:?}");
         assert_eq!(f.cpu_variant(), Some("icelake"));
         let text = f.to_string();
         assert!(

@@ -7,7 +7,6 @@
 use crate::host::CpuSignature;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// One smoke test's outcome for one binary, rung and host.
@@ -116,7 +115,6 @@ pub fn binary_hash(program: &Path) -> Result<String, VerdictError> {
         files.extend(libs);
     }
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
     for file in &files {
         let err = |source| VerdictError::Hash {
             path: file.clone(),
@@ -129,13 +127,7 @@ pub fn binary_hash(program: &Path) -> Result<String, VerdictError> {
                 .unwrap_or(b""),
         );
         h.update([0]);
-        loop {
-            let n = f.read(&mut buf).map_err(err)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
+        std::io::copy(&mut f, &mut h).map_err(err)?;
     }
     Ok(hex::encode(h.finalize()))
 }
