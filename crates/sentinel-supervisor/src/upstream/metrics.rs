@@ -77,16 +77,20 @@ impl UpstreamMetrics {
             "Tries at an upstream that failed before its answer (connect, tls, timeout, rate_limited, server_error, other), by upstream",
             m.failures.clone(),
         );
-        registry.register(
-            "sentinel_upstream_request_duration_seconds",
-            "Time from sending a request to an upstream to the end of its answer, by upstream",
-            m.duration.clone(),
-        );
-        registry.register(
-            "sentinel_upstream_time_to_first_token_seconds",
-            "Time from sending a streamed request to an upstream to its first body bytes, by upstream",
-            m.ttft.clone(),
-        );
+        for (name, help, family) in [
+            (
+                "sentinel_upstream_request_duration_seconds",
+                "Time from sending a request to an upstream to the end of its answer, by upstream",
+                &m.duration,
+            ),
+            (
+                "sentinel_upstream_time_to_first_token_seconds",
+                "Time from sending a streamed request to an upstream to its first body bytes, by upstream",
+                &m.ttft,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
         m
     }
 
@@ -99,15 +103,6 @@ impl UpstreamMetrics {
             .inc();
     }
 
-    pub fn spills(&self, reason: super::SpillReason, upstream: &str) -> u64 {
-        self.spills
-            .get_or_create(&SpillLabels {
-                reason: reason.as_str(),
-                upstream: upstream.to_string(),
-            })
-            .get()
-    }
-
     pub fn failed(&self, upstream: &str, reason: &'static str) {
         self.failures
             .get_or_create(&FailureLabels {
@@ -118,18 +113,19 @@ impl UpstreamMetrics {
     }
 
     pub fn first_token(&self, upstream: &str, after: Duration) {
-        self.ttft
-            .get_or_create(&UpstreamLabel {
-                upstream: upstream.to_string(),
-            })
-            .observe(after.as_secs_f64());
+        observe(&self.ttft, upstream, after);
     }
 
     pub fn finished(&self, upstream: &str, after: Duration) {
-        self.duration
-            .get_or_create(&UpstreamLabel {
-                upstream: upstream.to_string(),
-            })
-            .observe(after.as_secs_f64());
+        observe(&self.duration, upstream, after);
     }
+}
+
+/// One observation of `upstream` in a per-upstream histogram.
+fn observe(family: &Family<UpstreamLabel, Histogram, Buckets>, upstream: &str, after: Duration) {
+    family
+        .get_or_create(&UpstreamLabel {
+            upstream: upstream.to_string(),
+        })
+        .observe(after.as_secs_f64());
 }

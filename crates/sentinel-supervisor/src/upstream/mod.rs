@@ -1,12 +1,15 @@
 //! The central tier: OpenAI-compatible endpoints (`[[upstreams]]`) a request may spill to when
 //! the local backend cannot serve it in time. `client` sends one request (rustls, a private CA,
 //! a client certificate, the upstream's own key, its timeouts), `breaker` decides whether an
-//! upstream may be tried, `spill` decides local or remote for a request and serves the remote
-//! answer. The set is built once at start ([`Upstreams::build`]) and shared by every request.
+//! upstream may be tried, `spill` asks `decision` local or remote for a request at the proxy's
+//! three points and `remote` serves the remote answer. The set is built once at start
+//! ([`Upstreams::build`]) and shared by every request.
 
 pub mod breaker;
 pub mod client;
+mod decision;
 pub mod metrics;
+mod remote;
 pub mod spill;
 
 use serde::{Deserialize, Serialize};
@@ -14,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use spill::{SpillMode, SpillPolicy, SpillReason};
+pub use decision::{SpillMode, SpillPolicy, SpillReason};
 
 /// What `check-config`, `Debug` and the log show in place of an upstream's API key.
 pub const REDACTED: &str = "<redacted>";
