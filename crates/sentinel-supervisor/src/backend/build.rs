@@ -57,7 +57,7 @@ pub enum Flavor {
 impl Flavor {
     pub const ALL: [Flavor; 3] = [Flavor::Native, Flavor::Portable, Flavor::Baseline];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Flavor::Native => "native",
             Flavor::Portable => "portable",
@@ -67,7 +67,7 @@ impl Flavor {
 
     /// Every cmake flag of this flavor for this architecture: the pin's, then the flavor's
     /// own (a later `-D` wins).
-    pub fn cmake_flags(self, pin: &SourcePin, arch: &str) -> Vec<String> {
+    pub(crate) fn cmake_flags(self, pin: &SourcePin, arch: &str) -> Vec<String> {
         let own = match self {
             Flavor::Native => Vec::new(),
             Flavor::Portable => pin.flavor.portable.for_arch(arch),
@@ -78,7 +78,7 @@ impl Flavor {
 
     /// The build directory's name under `<cache>/llama.cpp/`: the pin's key, with the flavor
     /// appended except for the native build (whose directory predates the flavors).
-    pub fn dir_name(self, pin: &SourcePin) -> String {
+    pub(crate) fn dir_name(self, pin: &SourcePin) -> String {
         match self {
             Flavor::Native => pin.cache_key(),
             other => format!("{}-{}", pin.cache_key(), other.name()),
@@ -125,28 +125,32 @@ impl BuildDir {
         self.bin_dir().join(&pin.target)
     }
     /// The built binary, when a previous build of this pin completed.
-    pub fn existing(&self, pin: &SourcePin) -> Option<PathBuf> {
+    pub(crate) fn existing(&self, pin: &SourcePin) -> Option<PathBuf> {
         let bin = self.binary(pin);
         (self.stamp().is_file() && bin.is_file()).then_some(bin)
     }
 }
 
 /// The bin directory of a finished build of `flavor`, if the cache holds one (never builds).
-pub fn existing_build(cache: &Path, pin: &SourcePin, flavor: Flavor) -> Option<PathBuf> {
+pub(crate) fn existing_build(cache: &Path, pin: &SourcePin, flavor: Flavor) -> Option<PathBuf> {
     let dir = BuildDir::new(cache, pin, flavor);
     dir.existing(pin).map(|_| dir.bin_dir())
 }
 
 /// Returns the pinned llama-server of the native flavor, building it first when the cache has
 /// no build of this pin.
-pub fn ensure_server(cache: &Path, pin: &SourcePin) -> Result<PathBuf, BuildError> {
+pub(crate) fn ensure_server(cache: &Path, pin: &SourcePin) -> Result<PathBuf, BuildError> {
     ensure_build(cache, pin, Flavor::Native).map(|bin_dir| bin_dir.join(&pin.target))
 }
 
 /// Returns the bin directory (`build/bin/`) of the pinned llama-server's `flavor`, building it
 /// first when the cache has no finished build of it. Missing cmake or ninja are installed into
 /// the cache first (see [`super::tools`]).
-pub fn ensure_build(cache: &Path, pin: &SourcePin, flavor: Flavor) -> Result<PathBuf, BuildError> {
+pub(crate) fn ensure_build(
+    cache: &Path,
+    pin: &SourcePin,
+    flavor: Flavor,
+) -> Result<PathBuf, BuildError> {
     let dir = BuildDir::new(cache, pin, flavor);
     if let Some(bin) = dir.existing(pin) {
         tracing::debug!(bin = %bin.display(), %flavor, "reusing the cached llama-server build");

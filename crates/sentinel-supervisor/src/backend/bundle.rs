@@ -17,9 +17,11 @@ mod install;
 mod manifest;
 mod pack;
 
-pub use install::{install, open, Bundle, Installed};
+pub(crate) use install::{install, open};
+pub use install::{Bundle, Installed};
 pub use manifest::{FileEntry, LinkEntry, Manifest};
-pub use pack::{create, BundleOptions, Written};
+pub(crate) use pack::create;
+pub use pack::{BundleOptions, Written};
 
 use super::fetch::FetchError;
 use super::model::ModelError;
@@ -126,7 +128,7 @@ fn bin_dir(rung: &Path) -> PathBuf {
 }
 
 /// The portable rung's `build/bin/`, when a build or an install of it completed.
-pub fn existing_portable(cache: &Path, pin: &SourcePin) -> Option<PathBuf> {
+pub(crate) fn existing_portable(cache: &Path, pin: &SourcePin) -> Option<PathBuf> {
     let rung = portable_dir(cache, pin);
     let bin = bin_dir(&rung);
     (stamp(&rung).is_file() && bin.join(&pin.target).is_file()).then_some(bin)
@@ -134,7 +136,7 @@ pub fn existing_portable(cache: &Path, pin: &SourcePin) -> Option<PathBuf> {
 
 /// The bundle laid out beside the running binary (its symlinks resolved): the `.deb`'s
 /// `/usr/lib/sentinel-supervisor/`, or an extracted archive run in place.
-pub fn packaged_backend() -> Option<PathBuf> {
+pub(crate) fn packaged_backend() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?.canonicalize().ok()?;
     let dir = exe.parent()?;
     dir.join(MANIFEST).is_file().then(|| dir.to_path_buf())
@@ -142,7 +144,7 @@ pub fn packaged_backend() -> Option<PathBuf> {
 
 /// The portable llama-server for setup: the installed portable rung, else the bundle packaged
 /// beside this binary, installed now (verified, once); `None` when there is neither.
-pub fn portable_server(
+pub(crate) fn portable_server(
     cache: &Path,
     pin: &SourcePin,
     model_pin: &ModelPin,

@@ -55,7 +55,7 @@ pub enum Outcome {
 
 impl Tried {
     /// One line for `setup`: `native: failed: llama-server used ... (recorded 2026-...)`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match &self.outcome {
             Outcome::Verdict { verdict, fresh } => format!(
                 "{}: {}{}",
@@ -99,7 +99,7 @@ pub struct Climbed {
 impl Ladder<'_> {
     /// Climbs from the fastest rung to the first whose smoke test passes on this host (a
     /// recorded verdict counts; a recorded failure is skipped). Blocking: builds and tests.
-    pub fn climb(&self) -> Result<Climbed, LadderError> {
+    pub(crate) fn climb(&self) -> Result<Climbed, LadderError> {
         let mut tried: Vec<Tried> = Vec::new();
         let mut chosen: Option<(PathBuf, RungInUse)> = None;
         let mut failed_variant: Option<String> = None;
@@ -242,7 +242,11 @@ impl Ladder<'_> {
 /// may just be busy), an exit status (a bad model, flag or environment: the program decided to
 /// stop) and a failed spawn are not, and are never recorded, so that they are reported as they
 /// are at the real start and tested again at the next.
-pub fn test(installed: &Installed, launch: &SmokeLaunch, cpu: &CpuSignature) -> (Verdict, bool) {
+pub(crate) fn test(
+    installed: &Installed,
+    launch: &SmokeLaunch,
+    cpu: &CpuSignature,
+) -> (Verdict, bool) {
     eprintln!(
         "smoke test: {} ({})",
         installed.rung.name,
@@ -291,7 +295,7 @@ pub fn test(installed: &Installed, launch: &SmokeLaunch, cpu: &CpuSignature) -> 
 
 /// Records that `installed` failed at run time (a SIGILL, a crash while loading), so the ladder
 /// skips its rung from now on.
-pub fn record_failure(
+pub(crate) fn record_failure(
     cache: &Path,
     installed: &Installed,
     reason: &str,
@@ -321,7 +325,7 @@ pub fn record_failure(
 
 /// The backend a start would use, from what is recorded (never builds or tests): for
 /// `profiles` and `check-config`.
-pub fn recorded(cache: &Path, backend_bin: Option<&Path>) -> String {
+pub(crate) fn recorded(cache: &Path, backend_bin: Option<&Path>) -> String {
     if let Some(bin) = backend_bin {
         return format!("backend.bin {} (used as given)", bin.display());
     }

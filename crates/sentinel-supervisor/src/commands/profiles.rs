@@ -5,7 +5,7 @@ use crate::cli::ConfigArgs;
 use crate::host::Host;
 use std::process::ExitCode;
 
-pub fn run(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
     let config = super::load_config(args)?;
     println!(
         "backend: {}",

@@ -33,7 +33,7 @@ pub enum SpillReason {
 }
 
 impl SpillReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SpillReason::Unavailable => "unavailable",
             SpillReason::Late => "late",
@@ -52,7 +52,7 @@ pub struct SpillPolicy {
 
 /// The routes that may spill: completions only (`/tokenize`, `/props` are llama.cpp's own, and
 /// another model's embeddings would not match the local ones).
-pub fn route_spills(path: &str) -> bool {
+pub(crate) fn route_spills(path: &str) -> bool {
     matches!(path, "/v1/chat/completions" | "/v1/completions")
 }
 
@@ -62,12 +62,12 @@ const SAMPLE_TTL: Duration = Duration::from_secs(60);
 
 /// Service times of recent local requests (admission to the end of the body).
 #[derive(Debug, Default)]
-pub struct ServiceTimes {
+pub(crate) struct ServiceTimes {
     samples: std::sync::Mutex<VecDeque<(Instant, Duration)>>,
 }
 
 impl ServiceTimes {
-    pub fn record(&self, took: Duration) {
+    pub(crate) fn record(&self, took: Duration) {
         let mut s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         if s.len() == SAMPLES {
             s.pop_front();
@@ -77,7 +77,7 @@ impl ServiceTimes {
 
     /// The mean of the samples younger than a minute; `None` without any (then nothing is
     /// known to be late, and the next request is served locally and measured).
-    pub fn mean(&self, now: Instant) -> Option<Duration> {
+    pub(crate) fn mean(&self, now: Instant) -> Option<Duration> {
         let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         let recent: Vec<Duration> = s
             .iter()
@@ -90,22 +90,22 @@ impl ServiceTimes {
 
 /// When a request that arrives now would finish locally: the rounds of service ahead of it
 /// (requests holding a slot and waiting, per slot) plus its own.
-pub fn estimate(mean: Duration, busy: usize, waiting: usize, slots: usize) -> Duration {
+pub(crate) fn estimate(mean: Duration, busy: usize, waiting: usize, slots: usize) -> Duration {
     let rounds = (busy + waiting) / slots.max(1);
     mean * (rounds as u32 + 1)
 }
 
 /// What the local side looks like when a request arrives.
 #[derive(Debug, Clone, Copy)]
-pub struct LocalView {
-    pub serving: bool,
-    pub busy: usize,
-    pub waiting: usize,
-    pub slots: usize,
+pub(crate) struct LocalView {
+    pub(crate) serving: bool,
+    pub(crate) busy: usize,
+    pub(crate) waiting: usize,
+    pub(crate) slots: usize,
 }
 
 /// Whether a request goes to the central tier before it tries the local backend.
-pub fn decide(
+pub(crate) fn decide(
     policy: SpillPolicy,
     local: LocalView,
     deadline: Option<Duration>,
@@ -124,7 +124,7 @@ pub fn decide(
 }
 
 /// `X-Sentinel-Deadline`: seconds (`2.5`) or a duration (`2500ms`).
-pub fn parse_deadline(value: &str) -> Option<Duration> {
+pub(crate) fn parse_deadline(value: &str) -> Option<Duration> {
     let value = value.trim();
     value
         .parse::<f64>()

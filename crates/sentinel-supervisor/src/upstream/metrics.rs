@@ -65,7 +65,7 @@ impl Default for UpstreamMetrics {
 
 impl UpstreamMetrics {
     /// The families, registered in `registry`.
-    pub fn register(registry: &mut Registry) -> UpstreamMetrics {
+    pub(crate) fn register(registry: &mut Registry) -> UpstreamMetrics {
         let m = UpstreamMetrics::default();
         registry.register(
             "sentinel_spills",
@@ -94,7 +94,7 @@ impl UpstreamMetrics {
         m
     }
 
-    pub fn spilled(&self, reason: super::SpillReason, upstream: &str) {
+    pub(crate) fn spilled(&self, reason: super::SpillReason, upstream: &str) {
         self.spills
             .get_or_create(&SpillLabels {
                 reason: reason.as_str(),
@@ -103,7 +103,7 @@ impl UpstreamMetrics {
             .inc();
     }
 
-    pub fn failed(&self, upstream: &str, reason: &'static str) {
+    pub(crate) fn failed(&self, upstream: &str, reason: &'static str) {
         self.failures
             .get_or_create(&FailureLabels {
                 upstream: upstream.to_string(),
@@ -112,11 +112,11 @@ impl UpstreamMetrics {
             .inc();
     }
 
-    pub fn first_token(&self, upstream: &str, after: Duration) {
+    pub(crate) fn first_token(&self, upstream: &str, after: Duration) {
         observe(&self.ttft, upstream, after);
     }
 
-    pub fn finished(&self, upstream: &str, after: Duration) {
+    pub(crate) fn finished(&self, upstream: &str, after: Duration) {
         observe(&self.duration, upstream, after);
     }
 }

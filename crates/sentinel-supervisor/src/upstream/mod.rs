@@ -29,12 +29,8 @@ pub const REDACTED: &str = "<redacted>";
 pub struct ApiKey(String);
 
 impl ApiKey {
-    pub fn new(key: impl Into<String>) -> ApiKey {
-        ApiKey(key.into())
-    }
-
     /// The key itself, for the `Authorization` header.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -212,7 +208,7 @@ pub struct Upstreams {
 impl Upstreams {
     /// Builds every upstream of `config` (reads key files and certificates now, so a mistake
     /// stops the start with a message that names the upstream and the key).
-    pub fn build(
+    pub(crate) fn build(
         config: &[UpstreamConfig],
         defaults: &SpillDefaults,
         metrics: metrics::UpstreamMetrics,
@@ -236,16 +232,16 @@ impl Upstreams {
         Ok(Upstreams { list, metrics })
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
         self.list.iter()
     }
 
     /// Each upstream's state now, for `/status` and `/metrics`.
-    pub fn report(&self) -> Vec<crate::status::UpstreamReport> {
+    pub(crate) fn report(&self) -> Vec<crate::status::UpstreamReport> {
         let now = tokio::time::Instant::now();
         self.list
             .iter()

@@ -36,7 +36,7 @@ pub struct Spill {
 }
 
 impl Spill {
-    pub fn new(upstreams: super::Upstreams) -> Spill {
+    pub(crate) fn new(upstreams: super::Upstreams) -> Spill {
         Spill {
             upstreams,
             service: ServiceTimes::default(),
@@ -44,7 +44,7 @@ impl Spill {
     }
 
     /// Times a local answer from admission to the end of its body, for the estimate.
-    pub fn track_local(
+    pub(crate) fn track_local(
         self: &Arc<Self>,
         resp: Response<Body>,
         admitted: Instant,
@@ -64,7 +64,7 @@ impl Spill {
 
 /// The first hook of `forward`: the request goes to an upstream when the profile allows it
 /// and the local backend is not serving or would make it late; `None`: serve it locally.
-pub async fn before_local(
+pub(crate) async fn before_local(
     state: &AppState,
     policy: SpillPolicy,
     parts: &axum::http::request::Parts,
@@ -101,7 +101,7 @@ pub async fn before_local(
 
 /// After admission: the local backend stopped serving while the request queued for its slot
 /// (a restart began); it goes to an upstream instead of waiting for the next backend.
-pub async fn if_not_serving(
+pub(crate) async fn if_not_serving(
     state: &AppState,
     policy: SpillPolicy,
     parts: &axum::http::request::Parts,
@@ -121,7 +121,7 @@ pub async fn if_not_serving(
 
 /// The second hook of `forward`: the local attempt failed before its response head; one
 /// remote try when the profile allows it.
-pub async fn after_local_failure(
+pub(crate) async fn after_local_failure(
     state: &AppState,
     policy: SpillPolicy,
     parts: &axum::http::request::Parts,
@@ -200,7 +200,7 @@ impl Drop for Timed {
 
 /// Marks a response the local side answered (the router's outermost layer; a spilled
 /// response already names its upstream).
-pub async fn mark_local(mut resp: axum::response::Response) -> axum::response::Response {
+pub(crate) async fn mark_local(mut resp: axum::response::Response) -> axum::response::Response {
     resp.headers_mut()
         .entry(SERVED_BY)
         .or_insert(HeaderValue::from_static("local"));

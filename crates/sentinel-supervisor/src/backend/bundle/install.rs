@@ -25,7 +25,7 @@ pub struct Bundle {
 
 /// Opens a bundle: a `.tar.gz` (extracted into a scratch directory under `scratch_in`), or a
 /// directory holding `manifest.json` (or holding the one directory that does).
-pub fn open(path: &Path, scratch_in: &Path) -> Result<Bundle, BundleError> {
+pub(crate) fn open(path: &Path, scratch_in: &Path) -> Result<Bundle, BundleError> {
     let meta = std::fs::metadata(path).map_err(|_| BundleError::NotABundle(path.to_path_buf()))?;
     let (root, scratch) = if meta.is_dir() {
         (find_root(path)?, None)
@@ -95,7 +95,7 @@ pub(super) fn extract(archive: &Path, dest: &Path) -> Result<(), BundleError> {
 impl Bundle {
     /// Checks the bundle is for this binary (target, pin, format) and that every file the
     /// manifest lists is there with its sha256.
-    pub fn verify(&self, pin: &SourcePin, target: &str) -> Result<(), BundleError> {
+    pub(crate) fn verify(&self, pin: &SourcePin, target: &str) -> Result<(), BundleError> {
         self.manifest.check_compatible(pin, target)?;
         let total = self.manifest.files.iter().map(|f| f.size).sum();
         let step = Step::bar("verify", total, Unit::Bytes);
@@ -143,7 +143,7 @@ pub struct Installed {
 /// Verifies `bundle` and installs it into `cache`: the llama.cpp files as the portable rung
 /// (assembled in a scratch directory, then renamed into place, so an interrupted install leaves
 /// no half rung), the default model where `model::ensure_default` finds it.
-pub fn install(
+pub(crate) fn install(
     bundle: &Bundle,
     cache: &Path,
     pin: &SourcePin,

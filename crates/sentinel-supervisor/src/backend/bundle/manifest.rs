@@ -105,7 +105,11 @@ impl Manifest {
 
     /// Refuses a bundle made for another target or another llama.cpp pin, or without the
     /// llama-server binary.
-    pub fn check_compatible(&self, pin: &SourcePin, target: &str) -> Result<(), BundleError> {
+    pub(crate) fn check_compatible(
+        &self,
+        pin: &SourcePin,
+        target: &str,
+    ) -> Result<(), BundleError> {
         if self.target != target {
             return Err(BundleError::WrongTarget {
                 found: self.target.clone(),
@@ -129,7 +133,7 @@ impl Manifest {
 
     /// The sha256 of the manifest's canonical JSON: the bundle's identity, recorded in the
     /// installed rung's `BUILD-OK` so installing the same bundle again changes nothing.
-    pub fn digest(&self) -> String {
+    pub(crate) fn digest(&self) -> String {
         use sha2::{Digest, Sha256};
         let json = serde_json::to_vec(self).expect("a manifest serializes");
         hex::encode(Sha256::digest(json))

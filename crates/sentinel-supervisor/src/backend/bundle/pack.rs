@@ -103,7 +103,7 @@ impl Item {
 
 /// Writes `<out>/sentinel-supervisor-<version>-<arch>-<os>.tar.gz` (through a `.partial` file,
 /// renamed when complete).
-pub fn create(options: &BundleOptions, pin: &SourcePin) -> Result<Written, BundleError> {
+pub(crate) fn create(options: &BundleOptions, pin: &SourcePin) -> Result<Written, BundleError> {
     let Contents {
         items,
         links,
