@@ -4,13 +4,14 @@
 //! unchanged. Three [`Flavor`]s of the build (native, portable, baseline), each in a
 //! directory of its own; which one runs is the backend ladder's choice (`backend::ladder`).
 
+mod cmake;
+mod source;
+
 use super::fetch::{self, io_err, FetchError};
 use super::pin::{SourcePin, ToolsPin};
-use super::progress::{Step, Unit};
 use super::tools::{self, ToolsError};
-use std::io::{BufRead, BufReader, Write};
+use cmake::BuildLog;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -56,7 +57,7 @@ pub enum Flavor {
 impl Flavor {
     pub const ALL: [Flavor; 3] = [Flavor::Native, Flavor::Portable, Flavor::Baseline];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Flavor::Native => "native",
             Flavor::Portable => "portable",
@@ -66,7 +67,7 @@ impl Flavor {
 
     /// Every cmake flag of this flavor for this architecture: the pin's, then the flavor's
     /// own (a later `-D` wins).
-    pub fn cmake_flags(self, pin: &SourcePin, arch: &str) -> Vec<String> {
+    pub(crate) fn cmake_flags(self, pin: &SourcePin, arch: &str) -> Vec<String> {
         let own = match self {
             Flavor::Native => Vec::new(),
             Flavor::Portable => pin.flavor.portable.for_arch(arch),
@@ -77,7 +78,7 @@ impl Flavor {
 
     /// The build directory's name under `<cache>/llama.cpp/`: the pin's key, with the flavor
     /// appended except for the native build (whose directory predates the flavors).
-    pub fn dir_name(self, pin: &SourcePin) -> String {
+    pub(crate) fn dir_name(self, pin: &SourcePin) -> String {
         match self {
             Flavor::Native => pin.cache_key(),
             other => format!("{}-{}", pin.cache_key(), other.name()),
@@ -124,28 +125,32 @@ impl BuildDir {
         self.bin_dir().join(&pin.target)
     }
     /// The built binary, when a previous build of this pin completed.
-    pub fn existing(&self, pin: &SourcePin) -> Option<PathBuf> {
+    pub(crate) fn existing(&self, pin: &SourcePin) -> Option<PathBuf> {
         let bin = self.binary(pin);
         (self.stamp().is_file() && bin.is_file()).then_some(bin)
     }
 }
 
 /// The bin directory of a finished build of `flavor`, if the cache holds one (never builds).
-pub fn existing_build(cache: &Path, pin: &SourcePin, flavor: Flavor) -> Option<PathBuf> {
+pub(crate) fn existing_build(cache: &Path, pin: &SourcePin, flavor: Flavor) -> Option<PathBuf> {
     let dir = BuildDir::new(cache, pin, flavor);
     dir.existing(pin).map(|_| dir.bin_dir())
 }
 
 /// Returns the pinned llama-server of the native flavor, building it first when the cache has
 /// no build of this pin.
-pub fn ensure_server(cache: &Path, pin: &SourcePin) -> Result<PathBuf, BuildError> {
+pub(crate) fn ensure_server(cache: &Path, pin: &SourcePin) -> Result<PathBuf, BuildError> {
     ensure_build(cache, pin, Flavor::Native).map(|bin_dir| bin_dir.join(&pin.target))
 }
 
 /// Returns the bin directory (`build/bin/`) of the pinned llama-server's `flavor`, building it
 /// first when the cache has no finished build of it. Missing cmake or ninja are installed into
 /// the cache first (see [`super::tools`]).
-pub fn ensure_build(cache: &Path, pin: &SourcePin, flavor: Flavor) -> Result<PathBuf, BuildError> {
+pub(crate) fn ensure_build(
+    cache: &Path,
+    pin: &SourcePin,
+    flavor: Flavor,
+) -> Result<PathBuf, BuildError> {
     let dir = BuildDir::new(cache, pin, flavor);
     if let Some(bin) = dir.existing(pin) {
         tracing::debug!(bin = %bin.display(), %flavor, "reusing the cached llama-server build");
@@ -154,88 +159,38 @@ pub fn ensure_build(cache: &Path, pin: &SourcePin, flavor: Flavor) -> Result<Pat
     std::fs::create_dir_all(&dir.root).map_err(io_err(&dir.root))?;
     // One build at a time per pin and flavor, across processes.
     let _lock = super::lock::FileLock::acquire(&dir.root.join(".lock"))?;
-    if dir.existing(pin).is_some() {
-        return Ok(dir.bin_dir());
+    if dir.existing(pin).is_none() {
+        build_from_source(cache, pin, &dir)?;
     }
+    Ok(dir.bin_dir())
+}
+
+/// Builds `dir`'s flavor from the pinned source, then stamps it.
+fn build_from_source(cache: &Path, pin: &SourcePin, dir: &BuildDir) -> Result<(), BuildError> {
     // What setup cannot install itself comes first, before any download.
     fetch::require_pip()?;
     fetch::require_compilers()?;
     let started = std::time::Instant::now();
-
-    let downloads = cache.join("downloads");
-    let cached = fetch::find_download(&downloads, &pin.sdist_name(), "")
-        .filter(|a| fetch::verify_sha256(a, &pin.sha256).is_ok());
-    let archive = match cached {
-        Some(a) => a,
-        None => {
-            let step = Step::spinner(
-                "download",
-                format!("{} (sdist) from PyPI", pin.requirement()),
-            );
-            fetch::pip_download(&pin.requirement(), &downloads, true)?;
-            let a = fetch::find_download(&downloads, &pin.sdist_name(), "").ok_or_else(|| {
-                FetchError::NotFound {
-                    requirement: pin.requirement(),
-                    dir: downloads.clone(),
-                }
-            })?;
-            step.finish(format!("{}", a.display()));
-            fetch::verify_sha256(&a, &pin.sha256)?;
-            a
-        }
-    };
+    let archive = source::sdist(cache, pin)?;
     let src = dir.src();
     if src.exists() {
         std::fs::remove_dir_all(&src).map_err(io_err(&src))?;
     }
-    extract_subdirectory(&archive, &pin.subdirectory, &src)?;
+    source::extract_subdirectory(&archive, &pin.subdirectory, &src)?;
 
     let path = std::env::var_os("PATH").unwrap_or_default();
     let tools = tools::ensure(cache, &fetch::python(), &path, &ToolsPin::builtin())?;
     eprintln!("tools: {}", tools.describe());
-
-    let log_path = dir.root.join("build.log");
-    let mut log = std::fs::File::create(&log_path).map_err(io_err(&log_path))?;
-    let _ = writeln!(log, "tools: {}", tools.describe());
-    let mut configure = Command::new(&tools.cmake.path);
-    configure
-        .arg("-S")
-        .arg(&src)
-        .arg("-B")
-        .arg(dir.build())
-        .args(["-G", "Ninja"])
-        .arg(format!(
-            "-DCMAKE_MAKE_PROGRAM={}",
-            tools.ninja.path.display()
-        ));
-    let flags = flavor.cmake_flags(pin, std::env::consts::ARCH);
-    let _ = writeln!(log, "flavor {flavor}: {}", flags.join(" "));
-    configure.args(&flags);
-    let step = Step::spinner("configure", format!("cmake ({flavor})"));
-    run_logged(configure, "configure", &mut log, &log_path, |line| {
-        step.set_message(line.trim().to_string())
-    })?;
-    step.finish("cmake configured the build");
-
-    let jobs = super::runner::current().jobs();
-    let mut build = Command::new(&tools.cmake.path);
-    build
-        .arg("--build")
-        .arg(dir.build())
-        .args(["--target", &pin.target, "-j", &jobs.to_string()]);
-    let step = Step::bar("build", 0, Unit::Count("objects"));
-    run_logged(build, "build", &mut log, &log_path, |line| {
-        if let Some((done, total)) = parse_progress(line) {
-            step.set_length(total);
-            step.set_position(done);
-        }
-    })?;
+    let mut log = BuildLog::create(dir)?;
+    log.note(format_args!("tools: {}", tools.describe()));
+    let step = cmake::configure_and_build(&tools, pin, dir, &src, &mut log)?;
 
     let bin = dir.binary(pin);
     if !bin.is_file() {
         return Err(BuildError::MissingBinary(bin));
     }
-    let _ = writeln!(log, "built in {:.1?}", started.elapsed());
+    log.note(format_args!("built in {:.1?}", started.elapsed()));
+    let flavor = dir.flavor;
     let stamp = match flavor {
         // The native stamp's text is what it always was.
         Flavor::Native => pin.cache_key(),
@@ -249,123 +204,7 @@ pub fn ensure_build(cache: &Path, pin: &SourcePin, flavor: Flavor) -> Result<Pat
         pin.target,
         bin.display()
     ));
-    Ok(dir.bin_dir())
-}
-
-/// Extracts `<top>/<subdirectory>/**` of a `.tar.gz` sdist into `dest`.
-fn extract_subdirectory(archive: &Path, subdirectory: &str, dest: &Path) -> Result<(), BuildError> {
-    let ext = |source| BuildError::Extract {
-        archive: archive.to_path_buf(),
-        source,
-    };
-    let file = std::fs::File::open(archive).map_err(ext)?;
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let step = Step::bar("extract", len, Unit::Bytes);
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(step.wrap_read(file)));
-    let mut files = 0u64;
-    let prefix = Path::new(subdirectory);
-    let mut found = false;
-    for entry in tar.entries().map_err(ext)? {
-        let mut entry = entry.map_err(ext)?;
-        let path = entry.path().map_err(ext)?.into_owned();
-        // Drop the sdist's top directory (`llama_cpp_python-0.3.36/`).
-        let inner: PathBuf = path.components().skip(1).collect();
-        let Ok(rel) = inner.strip_prefix(prefix) else {
-            continue;
-        };
-        if rel.as_os_str().is_empty() {
-            continue;
-        }
-        found = true;
-        files += 1;
-        let target = dest.join(rel);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(ext)?;
-        }
-        entry.unpack(&target).map_err(ext)?;
-    }
-    if !found {
-        return Err(BuildError::MissingSubdirectory {
-            archive: archive.to_path_buf(),
-            subdirectory: subdirectory.to_string(),
-        });
-    }
-    step.finish(format!(
-        "{files} files of {subdirectory} into {}",
-        dest.display()
-    ));
     Ok(())
-}
-
-/// Runs a command through the setup's runner (idle priority, its own group, the build's CPU
-/// cap: [`super::runner`]), appending its output to the log and passing each line to `on_line`.
-fn run_logged(
-    mut cmd: Command,
-    step: &'static str,
-    log: &mut std::fs::File,
-    log_path: &Path,
-    mut on_line: impl FnMut(&str),
-) -> Result<(), BuildError> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut running = super::runner::current()
-        .spawn(cmd)
-        .map_err(io_err(log_path))
-        .map_err(BuildError::Fetch)?;
-    let child = running.child();
-    let stderr = child.stderr.take();
-    let err_thread = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        if let Some(s) = stderr {
-            for line in BufReader::new(s).lines().map_while(Result::ok) {
-                lines.push(line);
-            }
-        }
-        lines
-    });
-    let mut tail = std::collections::VecDeque::new();
-    if let Some(out) = child.stdout.take() {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = writeln!(log, "{line}");
-            on_line(&line);
-            tail.push_back(line);
-            if tail.len() > 20 {
-                tail.pop_front();
-            }
-        }
-    }
-    let status = running.wait().map_err(io_err(log_path))?;
-    for line in err_thread.join().unwrap_or_default() {
-        let _ = writeln!(log, "{line}");
-        tail.push_back(line);
-        if tail.len() > 20 {
-            tail.pop_front();
-        }
-    }
-    if status.success() {
-        return Ok(());
-    }
-    Err(BuildError::Cmake {
-        step,
-        code: status.code(),
-        tail: Vec::from(tail).join("\n"),
-        log: log_path.to_path_buf(),
-    })
-}
-
-/// Steps done and total from a build-tool line: ninja's `[93/206] ...`, or make's `[ 45%] ...`
-/// as a count out of 100.
-pub fn parse_progress(line: &str) -> Option<(u64, u64)> {
-    let inner = line.trim_start().strip_prefix('[')?;
-    let inner = &inner[..inner.find(']')?];
-    if let Some((done, total)) = inner.split_once('/') {
-        let done: u64 = done.trim().parse().ok()?;
-        let total: u64 = total.trim().parse().ok()?;
-        return (total > 0 && done <= total).then_some((done, total));
-    }
-    let pct: u64 = inner.trim().strip_suffix('%')?.trim().parse().ok()?;
-    (pct <= 100).then_some((pct, 100))
 }
 
 #[cfg(test)]
@@ -447,63 +286,5 @@ mod tests {
             Some(dir.bin_dir())
         );
         assert_eq!(existing_build(cache.path(), &pin, Flavor::Native), None);
-    }
-
-    #[test]
-    fn progress_from_ninja_and_make() {
-        assert_eq!(
-            parse_progress("[93/206] Building CXX object x.o"),
-            Some((93, 206))
-        );
-        assert_eq!(
-            parse_progress("[206/206] Linking CXX executable bin/llama-server"),
-            Some((206, 206))
-        );
-        assert_eq!(
-            parse_progress("[ 45%] Building CXX object"),
-            Some((45, 100))
-        );
-        assert_eq!(
-            parse_progress("[100%] Built target llama-server"),
-            Some((100, 100))
-        );
-        assert_eq!(parse_progress("[7/3] impossible"), None);
-        assert_eq!(parse_progress("-- Configuring done"), None);
-        assert_eq!(parse_progress("[x/y] nope"), None);
-    }
-
-    #[test]
-    fn extracts_only_the_subdirectory() {
-        let dir = tempfile::tempdir().unwrap();
-        let archive = dir.path().join("pkg-1.0.tar.gz");
-        {
-            let f = std::fs::File::create(&archive).unwrap();
-            let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
-            let mut b = tar::Builder::new(gz);
-            for (path, body) in [
-                ("pkg-1.0/setup.py", "x"),
-                ("pkg-1.0/vendor/llama.cpp/CMakeLists.txt", "cmake"),
-                ("pkg-1.0/vendor/llama.cpp/src/a.cpp", "int a;"),
-            ] {
-                let mut h = tar::Header::new_gnu();
-                h.set_size(body.len() as u64);
-                h.set_mode(0o644);
-                h.set_cksum();
-                b.append_data(&mut h, path, body.as_bytes()).unwrap();
-            }
-            b.into_inner().unwrap().finish().unwrap();
-        }
-        let dest = dir.path().join("out");
-        extract_subdirectory(&archive, "vendor/llama.cpp", &dest).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(dest.join("CMakeLists.txt")).unwrap(),
-            "cmake"
-        );
-        assert!(dest.join("src/a.cpp").is_file());
-        assert!(!dest.join("setup.py").exists());
-        let err = extract_subdirectory(&archive, "vendor/nope", &dir.path().join("o2"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("vendor/nope"), "{err}");
     }
 }

@@ -29,7 +29,7 @@ pub enum FetchError {
     },
 }
 
-pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
     move |source| FetchError::Io {
         path: path.to_path_buf(),
         source,
@@ -37,7 +37,7 @@ pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
 }
 
 /// The Python interpreter used to run pip.
-pub fn python() -> String {
+pub(crate) fn python() -> String {
     std::env::var("SENTINEL_PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
 
@@ -53,7 +53,7 @@ fn install_hint(debian: &str, macos: &str) -> String {
 
 /// Fails with an install hint when python3 or its pip is unavailable (pip fetches the pinned
 /// source, the default model and, when missing, cmake and ninja).
-pub fn require_pip() -> Result<(), FetchError> {
+pub(crate) fn require_pip() -> Result<(), FetchError> {
     let py = python();
     if !runs(&py, &["--version"]) {
         return Err(FetchError::MissingTool {
@@ -75,7 +75,7 @@ pub fn require_pip() -> Result<(), FetchError> {
 
 /// Fails with an install hint when no C or C++ compiler is available (cmake and ninja are not
 /// checked here: missing ones are installed from PyPI, see `backend::tools`).
-pub fn require_compilers() -> Result<(), FetchError> {
+pub(crate) fn require_compilers() -> Result<(), FetchError> {
     let any = |env: &str, names: [&str; 3]| {
         let from_env = std::env::var(env).ok();
         let found = from_env
@@ -102,7 +102,7 @@ pub fn require_compilers() -> Result<(), FetchError> {
 
 /// Downloads one pinned requirement (`name==version`) into `dir` with pip, as an sdist when
 /// `sdist` is set (the package itself only; its build dependencies may be wheels).
-pub fn pip_download(requirement: &str, dir: &Path, sdist: bool) -> Result<(), FetchError> {
+pub(crate) fn pip_download(requirement: &str, dir: &Path, sdist: bool) -> Result<(), FetchError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let name = requirement.split("==").next().unwrap_or(requirement);
     let mut cmd = Command::new(python());
@@ -138,7 +138,7 @@ pub fn pip_download(requirement: &str, dir: &Path, sdist: bool) -> Result<(), Fe
 }
 
 /// Finds a downloaded file whose normalised name starts with `stem` and ends with `suffix`.
-pub fn find_download(dir: &Path, stem: &str, suffix: &str) -> Option<PathBuf> {
+pub(crate) fn find_download(dir: &Path, stem: &str, suffix: &str) -> Option<PathBuf> {
     let norm = |s: &str| s.to_ascii_lowercase().replace('-', "_");
     let stem = norm(stem);
     std::fs::read_dir(dir)
@@ -152,29 +152,19 @@ pub fn find_download(dir: &Path, stem: &str, suffix: &str) -> Option<PathBuf> {
         })
 }
 
-/// The sha256 of a file, hex-encoded.
-pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
-    let f = std::fs::File::open(path).map_err(io_err(path))?;
-    sha256_reader(f, path)
-}
-
-/// The sha256 of everything `f` reads, hex-encoded (`path` names it in an error).
-pub fn sha256_reader(mut f: impl Read, path: &Path) -> Result<String, FetchError> {
+/// The sha256 of everything `f` reads, hex-encoded (`path` names it in an error). The one
+/// hasher of setup's files: a caller that shows progress passes its `Step::wrap_read` reader.
+pub fn sha256_reader(f: impl Read, path: &Path) -> Result<String, FetchError> {
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
+    // Read in large chunks: the progress bar counts each read.
+    std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, f), &mut h)
+        .map_err(io_err(path))?;
     Ok(hex::encode(h.finalize()))
 }
 
 /// Verifies a file's sha256 (a `verify` progress step); a mismatching file is removed so the
 /// next run fetches it again.
-pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), FetchError> {
+pub(crate) fn verify_sha256(path: &Path, expected: &str) -> Result<(), FetchError> {
     let f = std::fs::File::open(path).map_err(io_err(path))?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let step = Step::bar("verify", len, Unit::Bytes);

@@ -48,7 +48,7 @@ pub struct Header {
 
 impl Header {
     /// Reads the header of the GGUF file at `path`.
-    pub fn read(path: &Path) -> Result<Header, GgufError> {
+    pub(crate) fn read(path: &Path) -> Result<Header, GgufError> {
         let file = std::fs::File::open(path).map_err(|source| GgufError::Read {
             path: path.to_path_buf(),
             source,
@@ -57,7 +57,7 @@ impl Header {
     }
 
     /// Parses a header from `r` (`path` names it in errors).
-    pub fn parse(r: &mut impl Read, path: &Path) -> Result<Header, GgufError> {
+    pub(crate) fn parse(r: &mut impl Read, path: &Path) -> Result<Header, GgufError> {
         let mut reader = Reader { r, path };
         let mut magic = [0u8; 4];
         reader.bytes(&mut magic)?;
@@ -93,7 +93,7 @@ impl Header {
     }
 
     /// `general.architecture` (`llama`, `gemma3`, ...).
-    pub fn architecture(&self) -> Option<&str> {
+    pub(crate) fn architecture(&self) -> Option<&str> {
         match self.metadata.get("general.architecture") {
             Some(Value::Str(s)) => Some(s),
             _ => None,
@@ -102,7 +102,7 @@ impl Header {
 
     /// An integer hyperparameter of the architecture, `<arch>.<key>` (the largest element
     /// when it is given per layer).
-    pub fn arch_int(&self, key: &str) -> Option<u64> {
+    pub(crate) fn arch_int(&self, key: &str) -> Option<u64> {
         let arch = self.architecture()?;
         match self.metadata.get(&format!("{arch}.{key}"))? {
             Value::Int(v) => u64::try_from(*v).ok(),
@@ -114,7 +114,7 @@ impl Header {
 
 /// The vocabulary size of the model at `path` (`tokenizer.ggml.tokens`), `None` when its
 /// header cannot be read or has no vocabulary.
-pub fn vocab_size(path: &Path) -> Option<u64> {
+pub(crate) fn vocab_size(path: &Path) -> Option<u64> {
     match Header::read(path)
         .ok()?
         .metadata

@@ -6,6 +6,8 @@
 //! ([`super::smoke`]), its verdict recorded ([`super::verdict`]), and a failed rung is skipped
 //! next time; a rung's build happens only when the ladder reaches it.
 
+mod rung;
+
 use super::build::{self, BuildError, Flavor};
 use super::model::{self, ModelError};
 use super::pin::{ModelPin, SourcePin};
@@ -13,58 +15,8 @@ use super::setup::{Installed, RungInUse};
 use super::smoke::{self, SmokeLaunch};
 use super::verdict::{self, Verdict, VerdictError, VerdictKey};
 use crate::host::CpuSignature;
+use rung::{rungs, without_variant, Rung};
 use std::path::{Path, PathBuf};
-
-/// One configuration of the pinned llama-server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rung {
-    Native,
-    /// The native binary with `--no-repack`.
-    NativeNoRepack,
-    Portable,
-    /// The portable build without `libggml-cpu-<variant>.so`, the variant that failed here.
-    PortableWithout(String),
-    Baseline,
-}
-
-impl Rung {
-    pub fn name(&self) -> String {
-        match self {
-            Rung::Native => "native".into(),
-            Rung::NativeNoRepack => "native --no-repack".into(),
-            Rung::Portable => "portable".into(),
-            Rung::PortableWithout(v) => format!("portable without {v}"),
-            Rung::Baseline => "baseline".into(),
-        }
-    }
-
-    /// llama-server flags this rung adds to every launch.
-    pub fn args(&self) -> Vec<String> {
-        match self {
-            Rung::NativeNoRepack => vec!["--no-repack".into()],
-            _ => Vec::new(),
-        }
-    }
-
-    fn flavor(&self) -> Flavor {
-        match self {
-            Rung::Native | Rung::NativeNoRepack => Flavor::Native,
-            Rung::Portable | Rung::PortableWithout(_) => Flavor::Portable,
-            Rung::Baseline => Flavor::Baseline,
-        }
-    }
-}
-
-/// The rungs in the order they are climbed. `failed_variant` is the CPU variant the portable
-/// rung failed in on this host, when it did: only then is there a rung without it.
-pub fn rungs(failed_variant: Option<&str>) -> Vec<Rung> {
-    let mut rungs = vec![Rung::Native, Rung::NativeNoRepack, Rung::Portable];
-    if let Some(v) = failed_variant {
-        rungs.push(Rung::PortableWithout(v.to_string()));
-    }
-    rungs.push(Rung::Baseline);
-    rungs
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LadderError {
@@ -103,7 +55,7 @@ pub enum Outcome {
 
 impl Tried {
     /// One line for `setup`: `native: failed: llama-server used ... (recorded 2026-...)`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match &self.outcome {
             Outcome::Verdict { verdict, fresh } => format!(
                 "{}: {}{}",
@@ -147,7 +99,7 @@ pub struct Climbed {
 impl Ladder<'_> {
     /// Climbs from the fastest rung to the first whose smoke test passes on this host (a
     /// recorded verdict counts; a recorded failure is skipped). Blocking: builds and tests.
-    pub fn climb(&self) -> Result<Climbed, LadderError> {
+    pub(crate) fn climb(&self) -> Result<Climbed, LadderError> {
         let mut tried: Vec<Tried> = Vec::new();
         let mut chosen: Option<(PathBuf, RungInUse)> = None;
         let mut failed_variant: Option<String> = None;
@@ -290,7 +242,11 @@ impl Ladder<'_> {
 /// may just be busy), an exit status (a bad model, flag or environment: the program decided to
 /// stop) and a failed spawn are not, and are never recorded, so that they are reported as they
 /// are at the real start and tested again at the next.
-pub fn test(installed: &Installed, launch: &SmokeLaunch, cpu: &CpuSignature) -> (Verdict, bool) {
+pub(crate) fn test(
+    installed: &Installed,
+    launch: &SmokeLaunch,
+    cpu: &CpuSignature,
+) -> (Verdict, bool) {
     eprintln!(
         "smoke test: {} ({})",
         installed.rung.name,
@@ -339,7 +295,7 @@ pub fn test(installed: &Installed, launch: &SmokeLaunch, cpu: &CpuSignature) -> 
 
 /// Records that `installed` failed at run time (a SIGILL, a crash while loading), so the ladder
 /// skips its rung from now on.
-pub fn record_failure(
+pub(crate) fn record_failure(
     cache: &Path,
     installed: &Installed,
     reason: &str,
@@ -369,7 +325,7 @@ pub fn record_failure(
 
 /// The backend a start would use, from what is recorded (never builds or tests): for
 /// `profiles` and `check-config`.
-pub fn recorded(cache: &Path, backend_bin: Option<&Path>) -> String {
+pub(crate) fn recorded(cache: &Path, backend_bin: Option<&Path>) -> String {
     if let Some(bin) = backend_bin {
         return format!("backend.bin {} (used as given)", bin.display());
     }
@@ -424,92 +380,4 @@ fn why(rung: &Rung, verdict: &Verdict, below: &[Tried]) -> String {
 
 fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().to_string()
-}
-
-/// Fills `dest` with hard links (copies where linking fails) of every file in `src` but
-/// `libggml-cpu-<variant>.*`. ggml looks for its CPU variants in the executable's own
-/// directory (`/proc/self/exe`, so symbolic links would lead back to `src`).
-fn without_variant(src: &Path, dest: &Path, variant: &str) -> std::io::Result<()> {
-    let skip = format!("libggml-cpu-{variant}.");
-    std::fs::create_dir_all(dest)?;
-    for entry in std::fs::read_dir(src)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name_str = name.to_string_lossy();
-        // Following links: a file linked in counts as a file.
-        if name_str.starts_with(&skip) || !std::fs::metadata(entry.path())?.is_file() {
-            continue;
-        }
-        let target = dest.join(&name);
-        if target.exists() {
-            continue;
-        }
-        if std::fs::hard_link(entry.path(), &target).is_err() {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rungs_climb_from_fastest_to_safest() {
-        let names: Vec<String> = rungs(None).iter().map(Rung::name).collect();
-        assert_eq!(
-            names,
-            ["native", "native --no-repack", "portable", "baseline"]
-        );
-        let names: Vec<String> = rungs(Some("sapphirerapids"))
-            .iter()
-            .map(Rung::name)
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "native",
-                "native --no-repack",
-                "portable",
-                "portable without sapphirerapids",
-                "baseline"
-            ]
-        );
-        assert_eq!(Rung::NativeNoRepack.args(), ["--no-repack"]);
-        assert!(Rung::Portable.args().is_empty());
-        assert_eq!(Rung::NativeNoRepack.flavor(), Flavor::Native);
-        assert_eq!(
-            Rung::PortableWithout("zen4".into()).flavor(),
-            Flavor::Portable
-        );
-    }
-
-    #[test]
-    fn the_rung_without_a_variant_links_everything_else() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src");
-        std::fs::create_dir_all(&src).unwrap();
-        for f in [
-            "llama-server",
-            "libggml-base.so",
-            "libggml-cpu-haswell.so",
-            "libggml-cpu-sapphirerapids.so",
-        ] {
-            std::fs::write(src.join(f), f).unwrap();
-        }
-        let dest = dir.path().join("dest");
-        without_variant(&src, &dest, "sapphirerapids").unwrap();
-        let mut names: Vec<String> = std::fs::read_dir(&dest)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert_eq!(
-            names,
-            ["libggml-base.so", "libggml-cpu-haswell.so", "llama-server"]
-        );
-        // Again: nothing to do, no error.
-        without_variant(&src, &dest, "sapphirerapids").unwrap();
-    }
 }

@@ -10,7 +10,7 @@ pub struct FileLock {
 
 impl FileLock {
     /// Blocks until the lock on `path` (created if needed) is held.
-    pub fn acquire(path: &Path) -> Result<FileLock, FetchError> {
+    pub(crate) fn acquire(path: &Path) -> Result<FileLock, FetchError> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -54,12 +54,12 @@ pub struct Estimate {
 }
 
 impl Estimate {
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.model_bytes + self.kv_bytes.unwrap_or(0) + self.cache_bytes + self.overhead_bytes
     }
 
     /// `model 241.4 MiB + KV cache 72.0 MiB + prompt cache 256.0 MiB + overhead 256.0 MiB`.
-    pub fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         let kv = self.kv_bytes.map_or("unknown".to_string(), |b| {
             ByteSize::from_bytes(b).to_string()
         });
@@ -76,7 +76,7 @@ impl Estimate {
 /// 2 bytes (f16), from the header's `<arch>.*` keys. Key and value lengths default to
 /// embedding_length / head_count, as in llama.cpp. An upper bound for models with sliding-window
 /// layers, whose cache llama.cpp makes smaller.
-pub fn kv_cache_bytes(header: &Header, ctx: u32) -> Result<(u64, String), String> {
+pub(crate) fn kv_cache_bytes(header: &Header, ctx: u32) -> Result<(u64, String), String> {
     let need = |key: &str| {
         header
             .arch_int(key)
@@ -113,7 +113,7 @@ pub fn kv_cache_bytes(header: &Header, ctx: u32) -> Result<(u64, String), String
 }
 
 /// Estimates what llama-server will use for `model` with `profile`'s context and prompt cache.
-pub fn estimate(model: &Path, profile: &Resolved) -> Result<Estimate, MemoryError> {
+pub(crate) fn estimate(model: &Path, profile: &Resolved) -> Result<Estimate, MemoryError> {
     let model_bytes = std::fs::metadata(model)
         .map_err(|source| MemoryError::Model {
             path: model.to_path_buf(),
@@ -144,7 +144,11 @@ pub enum Verdict {
 }
 
 /// Checks `estimate` against `limit`: an error over it, `Close` within [`WARN_SHARE`] of it.
-pub fn check(estimate: &Estimate, limit: ByteSize, profile: &str) -> Result<Verdict, MemoryError> {
+pub(crate) fn check(
+    estimate: &Estimate,
+    limit: ByteSize,
+    profile: &str,
+) -> Result<Verdict, MemoryError> {
     let total = estimate.total();
     if total > limit.bytes() {
         return Err(MemoryError::OverLimit {
@@ -162,7 +166,7 @@ pub fn check(estimate: &Estimate, limit: ByteSize, profile: &str) -> Result<Verd
 }
 
 /// At start: estimates, logs, and refuses when over `limit`.
-pub fn check_at_start(
+pub(crate) fn check_at_start(
     model: &Path,
     profile: &Resolved,
     limit: ByteSize,

@@ -28,7 +28,7 @@ pub enum ModelError {
 }
 
 /// Checks that `path` exists and starts with the GGUF magic.
-pub fn check_gguf(path: &Path) -> Result<(), ModelError> {
+pub(crate) fn check_gguf(path: &Path) -> Result<(), ModelError> {
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -75,7 +75,7 @@ pub fn default_model_path(cache: &Path, pin: &ModelPin) -> PathBuf {
 }
 
 /// Returns the default model, fetching and assembling it first when the cache lacks it.
-pub fn ensure_default(cache: &Path, pin: &ModelPin) -> Result<PathBuf, ModelError> {
+pub(crate) fn ensure_default(cache: &Path, pin: &ModelPin) -> Result<PathBuf, ModelError> {
     let path = default_model_path(cache, pin);
     let stamp = path.with_extension("gguf.verified");
     let verified = |stamp: &Path| is_verified(stamp, pin);
@@ -145,7 +145,7 @@ pub fn ensure_default(cache: &Path, pin: &ModelPin) -> Result<PathBuf, ModelErro
 /// (a bundle's) where [`ensure_default`] finds it, with its verified stamp, so no download
 /// happens. `place` writes the file to the path it is given (moved or copied); the result is
 /// renamed into place. Returns the model's path; an already verified model is left alone.
-pub fn install_default(
+pub(crate) fn install_default(
     cache: &Path,
     pin: &ModelPin,
     place: impl FnOnce(&Path) -> std::io::Result<()>,

@@ -46,7 +46,7 @@ impl LogTail {
     }
 
     /// The last `n` lines, oldest first.
-    pub fn last(&self, n: usize) -> Vec<String> {
+    pub(crate) fn last(&self, n: usize) -> Vec<String> {
         let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let q = &lines.tail;
         q.iter().skip(q.len().saturating_sub(n)).cloned().collect()
@@ -54,7 +54,7 @@ impl LogTail {
 
     /// Every line kept, in order: the first [`HEAD_LINES`], then the last [`TAIL_LINES`]
     /// (each line once where the two overlap).
-    pub fn kept(&self) -> Vec<String> {
+    pub(crate) fn kept(&self) -> Vec<String> {
         let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let overlap = (lines.head.len() + lines.tail.len()).saturating_sub(lines.pushed);
         lines
@@ -66,7 +66,7 @@ impl LogTail {
     }
 
     /// The last lines that look like errors, or else the last lines.
-    pub fn errors(&self, n: usize) -> Vec<String> {
+    pub(crate) fn errors(&self, n: usize) -> Vec<String> {
         let all = self.last(TAIL_LINES);
         let errs: Vec<String> = all
             .iter()
@@ -92,7 +92,7 @@ pub struct OutputLimit {
 }
 
 impl OutputLimit {
-    pub fn from_config(config: &crate::config::SupervisorConfig) -> OutputLimit {
+    pub(crate) fn from_config(config: &crate::config::SupervisorConfig) -> OutputLimit {
         OutputLimit {
             burst: config.backend_log_burst,
             lines_per_sec: config.backend_log_lines_per_sec,
@@ -111,7 +111,7 @@ pub enum LineLevel {
 /// Reads a line's level. llama-server writes `0.03.208.633 W load: ...` (elapsed time, then
 /// one of `D`/`I`/`W`/`E`); lines without that shape (its argument errors, other programs)
 /// count as errors when they say "error"/"fatal"/"abort" and as warnings when they say "warn".
-pub fn classify(line: &str) -> LineLevel {
+pub(crate) fn classify(line: &str) -> LineLevel {
     let mut words = line.split_whitespace();
     let first = words.next().unwrap_or("");
     let marker = if is_timestamp(first) {
@@ -157,7 +157,7 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    pub fn new(limit: OutputLimit, now: Instant) -> Bucket {
+    pub(crate) fn new(limit: OutputLimit, now: Instant) -> Bucket {
         Bucket {
             limit,
             tokens: f64::from(limit.burst),
@@ -168,7 +168,7 @@ impl Bucket {
     }
 
     /// Whether one more line may be forwarded now; a refused line is counted.
-    pub fn admit(&mut self, now: Instant) -> bool {
+    pub(crate) fn admit(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
         self.tokens =
             (self.tokens + elapsed * self.limit.lines_per_sec).min(f64::from(self.limit.burst));
@@ -185,7 +185,7 @@ impl Bucket {
 
     /// The count of lines dropped since the last report, once a report is due (or at once when
     /// `force`, e.g. when the stream ends). Taking it resets the count.
-    pub fn take_report(&mut self, now: Instant, force: bool) -> Option<u64> {
+    pub(crate) fn take_report(&mut self, now: Instant, force: bool) -> Option<u64> {
         let since = self.suppressed_since?;
         if !force && now.saturating_duration_since(since) < REPORT_EVERY {
             return None;
@@ -195,7 +195,7 @@ impl Bucket {
     }
 
     /// When the pending report falls due, if lines are being dropped.
-    pub fn report_due(&self) -> Option<Instant> {
+    pub(crate) fn report_due(&self) -> Option<Instant> {
         self.suppressed_since.map(|since| since + REPORT_EVERY)
     }
 }
@@ -205,7 +205,7 @@ impl Bucket {
 pub struct Limiter(Arc<Mutex<Bucket>>);
 
 impl Limiter {
-    pub fn new(limit: OutputLimit) -> Limiter {
+    pub(crate) fn new(limit: OutputLimit) -> Limiter {
         Limiter(Arc::new(Mutex::new(Bucket::new(limit, Instant::now()))))
     }
 
@@ -217,7 +217,7 @@ impl Limiter {
 /// Forwards `stream` line by line until it closes: every line to `tail`, and to the log as
 /// far as `limiter` allows, with a "suppressed N lines" line at most once a second while it
 /// drops lines and once more at the end.
-pub async fn forward(
+pub(crate) async fn forward(
     stream: impl AsyncRead + Unpin,
     pid: i32,
     stream_name: &'static str,

@@ -33,7 +33,7 @@ pub enum Mode {
 
 impl Mode {
     /// Bars when stderr is a terminal, else plain lines on stderr every [`PLAIN_INTERVAL`].
-    pub fn detect() -> Mode {
+    pub(crate) fn detect() -> Mode {
         if std::io::stderr().is_terminal() {
             Mode::Terminal
         } else {
@@ -62,17 +62,17 @@ pub struct Step {
 
 impl Step {
     /// A step with a known amount of work (`len` may be set later with [`Step::set_length`]).
-    pub fn bar(label: &'static str, len: u64, unit: Unit) -> Step {
+    pub(crate) fn bar(label: &'static str, len: u64, unit: Unit) -> Step {
         Step::start(label, Some(unit), len, String::new(), Mode::detect())
     }
 
     /// A step whose amount of work is unknown; `message` says what it is doing.
-    pub fn spinner(label: &'static str, message: impl Into<String>) -> Step {
+    pub(crate) fn spinner(label: &'static str, message: impl Into<String>) -> Step {
         Step::start(label, None, 0, message.into(), Mode::detect())
     }
 
     /// [`Step::bar`] or [`Step::spinner`] (`unit` is `None`) in an explicit mode.
-    pub fn start(
+    pub(crate) fn start(
         label: &'static str,
         unit: Option<Unit>,
         len: u64,
@@ -138,33 +138,29 @@ impl Step {
     }
 
     /// The plain line for the current state.
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         plain_line(self.label, self.unit, &self.bar, self.started)
     }
 
-    pub fn set_length(&self, len: u64) {
+    pub(crate) fn set_length(&self, len: u64) {
         self.bar.set_length(len);
     }
 
-    pub fn set_position(&self, pos: u64) {
+    pub(crate) fn set_position(&self, pos: u64) {
         self.bar.set_position(pos);
     }
 
-    pub fn inc(&self, delta: u64) {
-        self.bar.inc(delta);
-    }
-
-    pub fn set_message(&self, message: impl Into<String>) {
+    pub(crate) fn set_message(&self, message: impl Into<String>) {
         self.bar.set_message(message.into());
     }
 
     /// Wraps a reader so that every byte read advances the bar.
-    pub fn wrap_read<R: std::io::Read>(&self, reader: R) -> impl std::io::Read {
+    pub(crate) fn wrap_read<R: std::io::Read>(&self, reader: R) -> impl std::io::Read {
         self.bar.wrap_read(reader)
     }
 
     /// Ends the step with a closing line: `extract: done in 3.2s`.
-    pub fn finish(mut self, outcome: impl AsRef<str>) {
+    pub(crate) fn finish(mut self, outcome: impl AsRef<str>) {
         let line = format!(
             "{}: {} ({:.1?})",
             self.label,

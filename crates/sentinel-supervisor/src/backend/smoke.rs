@@ -81,17 +81,8 @@ fn variant_note(variant: &Option<String>) -> String {
 }
 
 impl Failure {
-    /// A failure a different build or flag may avoid (an instruction this CPU refuses, a crash
-    /// while loading), as opposed to a hang or a bad answer.
-    pub fn is_cpu_fault(&self) -> bool {
-        matches!(
-            self,
-            Failure::IllegalInstruction { .. } | Failure::CrashedLoading { .. }
-        )
-    }
-
     /// The CPU variant the failing process had loaded, when it said.
-    pub fn cpu_variant(&self) -> Option<&str> {
+    pub(crate) fn cpu_variant(&self) -> Option<&str> {
         match self {
             Failure::IllegalInstruction { cpu_variant, .. }
             | Failure::CrashedLoading { cpu_variant, .. } => cpu_variant.as_deref(),
@@ -100,7 +91,7 @@ impl Failure {
     }
 
     /// The first line of the message (without the output tail).
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         self.to_string()
             .lines()
             .next()
@@ -112,10 +103,10 @@ impl Failure {
 /// Names a backend's death by signal: what the smoke test and the lifecycle both say. `None`
 /// for an exit that is not a CPU fault (a SIGSEGV or SIGBUS counts only before the backend
 /// became ready).
-pub fn cpu_fault(status: ExitStatus, ready: bool, lines: &[String]) -> Option<Failure> {
+pub(crate) fn cpu_fault(status: ExitStatus, ready: bool, lines: &[String]) -> Option<Failure> {
     let signal = status.signal()?;
     let cpu_variant = cpu_variant(lines);
-    let tail = lines[lines.len().saturating_sub(8)..].join("\n");
+    let tail = tail_of(lines);
     if signal == libc::SIGILL {
         return Some(Failure::IllegalInstruction { cpu_variant, tail });
     }
@@ -135,7 +126,7 @@ pub fn cpu_fault(status: ExitStatus, ready: bool, lines: &[String]) -> Option<Fa
 }
 
 /// The CPU variant from ggml's `load_backend: loaded CPU backend from .../libggml-cpu-<v>.so`.
-pub fn cpu_variant(lines: &[String]) -> Option<String> {
+pub(crate) fn cpu_variant(lines: &[String]) -> Option<String> {
     lines
         .iter()
         .find_map(|line| variant_of(line.split("loaded CPU backend from").nth(1)?.trim()))
@@ -159,7 +150,7 @@ fn variant_of(path: &str) -> Option<String> {
 
 /// Runs the test of `installed` (its program, rung arguments and model). Blocking: call it
 /// from a blocking context (it uses the current tokio runtime when there is one).
-pub fn run(installed: &Installed, launch: &SmokeLaunch) -> Result<Passed, Failure> {
+pub(crate) fn run(installed: &Installed, launch: &SmokeLaunch) -> Result<Passed, Failure> {
     let spec = launch::spec(installed, &launch.profile, &launch.config)
         .map_err(|e| Failure::Spawn(e.to_string()))?;
     match tokio::runtime::Handle::try_current() {
@@ -344,6 +335,7 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
+/// The last lines of a backend's output, for a failure's message.
 fn tail_of(lines: &[String]) -> String {
     lines[lines.len().saturating_sub(8)..].join("\n")
 }
@@ -381,7 +373,7 @@ mod tests {
             "load_backend: loaded CPU backend from /b/libggml-cpu-icelake.so\nllama_model_load: loading",
         );
         let f = cpu_fault(sigill, true, &out).unwrap();
-        assert!(f.is_cpu_fault());
+        assert!(matches!(f, Failure::IllegalInstruction { .. }), "{f:?}");
         assert_eq!(f.cpu_variant(), Some("icelake"));
         let text = f.to_string();
         assert!(

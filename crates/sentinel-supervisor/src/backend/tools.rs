@@ -78,7 +78,7 @@ impl BuildTools {
 }
 
 /// The first executable file called `name` in the directories of `path` (a `PATH` value).
-pub fn find_on_path(name: &str, path: &OsStr) -> Option<PathBuf> {
+pub(crate) fn find_on_path(name: &str, path: &OsStr) -> Option<PathBuf> {
     std::env::split_paths(path)
         .filter(|dir| !dir.as_os_str().is_empty())
         .map(|dir| dir.join(name))
@@ -103,7 +103,7 @@ pub struct ToolEnv {
 }
 
 impl ToolEnv {
-    pub fn new(cache: &Path, pins: &ToolsPin) -> ToolEnv {
+    pub(crate) fn new(cache: &Path, pins: &ToolsPin) -> ToolEnv {
         ToolEnv {
             root: cache.join("tools").join(pins.cache_key()),
         }
@@ -137,7 +137,7 @@ impl ToolEnv {
     }
 
     /// The installed tool, when it is there and runs.
-    pub fn installed(&self, pin: &ToolPin) -> Option<PathBuf> {
+    pub(crate) fn installed(&self, pin: &ToolPin) -> Option<PathBuf> {
         self.candidates(pin)
             .into_iter()
             .find(|p| is_executable(p) && runs(p))
@@ -145,7 +145,7 @@ impl ToolEnv {
 
     /// Installs `pins` with pip (hash-checked wheels only) into a venv, or with
     /// `pip install --target` when `python -m venv` fails.
-    pub fn install(&self, python: &str, pins: &[&ToolPin]) -> Result<(), ToolsError> {
+    pub(crate) fn install(&self, python: &str, pins: &[&ToolPin]) -> Result<(), ToolsError> {
         std::fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
         let requirements: Vec<String> = pins.iter().map(|p| p.requirement_line()).collect();
         let req_file = self.root.join("requirements.txt");

@@ -7,7 +7,6 @@
 use crate::host::CpuSignature;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// One smoke test's outcome for one binary, rung and host.
@@ -31,7 +30,7 @@ pub struct Verdict {
 
 impl Verdict {
     /// One line for `setup`: `passed (38.2 tokens/s, CPU variant icelake)` or `failed: why`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         if self.passed {
             let mut s = format!(
                 "passed ({:.1} tokens/s",
@@ -60,7 +59,7 @@ pub struct VerdictKey {
 }
 
 impl VerdictKey {
-    pub fn new(binary_hash: &str, cpu: &CpuSignature, rung: &str) -> VerdictKey {
+    pub(crate) fn new(binary_hash: &str, cpu: &CpuSignature, rung: &str) -> VerdictKey {
         VerdictKey {
             binary: binary_hash.chars().take(16).collect(),
             cpu: cpu.key(),
@@ -75,7 +74,7 @@ impl VerdictKey {
         }
     }
 
-    pub fn path(&self, cache: &Path) -> PathBuf {
+    pub(crate) fn path(&self, cache: &Path) -> PathBuf {
         cache
             .join("verdicts")
             .join(format!("{}-{}-{}.toml", self.binary, self.cpu, self.rung))
@@ -98,7 +97,7 @@ pub enum VerdictError {
 
 /// The sha256 of `program` and of every shared library in its directory (`lib*.so*`,
 /// `*.dylib`), in name order.
-pub fn binary_hash(program: &Path) -> Result<String, VerdictError> {
+pub(crate) fn binary_hash(program: &Path) -> Result<String, VerdictError> {
     let mut files = vec![program.to_path_buf()];
     if let Some(dir) = program.parent() {
         let mut libs: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -116,7 +115,6 @@ pub fn binary_hash(program: &Path) -> Result<String, VerdictError> {
         files.extend(libs);
     }
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
     for file in &files {
         let err = |source| VerdictError::Hash {
             path: file.clone(),
@@ -129,19 +127,13 @@ pub fn binary_hash(program: &Path) -> Result<String, VerdictError> {
                 .unwrap_or(b""),
         );
         h.update([0]);
-        loop {
-            let n = f.read(&mut buf).map_err(err)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
+        std::io::copy(&mut f, &mut h).map_err(err)?;
     }
     Ok(hex::encode(h.finalize()))
 }
 
 /// The verdict recorded under `key`, if any (an unreadable file counts as none: test again).
-pub fn load(cache: &Path, key: &VerdictKey) -> Option<Verdict> {
+pub(crate) fn load(cache: &Path, key: &VerdictKey) -> Option<Verdict> {
     let path = key.path(cache);
     let text = std::fs::read_to_string(&path).ok()?;
     match toml::from_str(&text) {
@@ -154,7 +146,11 @@ pub fn load(cache: &Path, key: &VerdictKey) -> Option<Verdict> {
 }
 
 /// Records `verdict` under `key` (written whole, then renamed into place).
-pub fn store(cache: &Path, key: &VerdictKey, verdict: &Verdict) -> Result<PathBuf, VerdictError> {
+pub(crate) fn store(
+    cache: &Path,
+    key: &VerdictKey,
+    verdict: &Verdict,
+) -> Result<PathBuf, VerdictError> {
     let path = key.path(cache);
     let write = |source| VerdictError::Write {
         path: path.clone(),
@@ -169,7 +165,7 @@ pub fn store(cache: &Path, key: &VerdictKey, verdict: &Verdict) -> Result<PathBu
 }
 
 /// Now, as RFC 3339 UTC to the second.
-pub fn now() -> String {
+pub(crate) fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 

@@ -8,7 +8,7 @@ use crate::cli::BundleArgs;
 use anyhow::Context;
 use std::process::ExitCode;
 
-pub async fn run(args: BundleArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: BundleArgs) -> anyhow::Result<ExitCode> {
     let config = super::load_config(&args.config)?;
     let cache = config.cache_dir();
     let supervisor = std::env::current_exe().context("cannot find this binary to bundle it")?;

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 /// What an API key is printed as.
 pub const REDACTED: &str = "<redacted>";
 
-pub fn run(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
     match check(args, &Host::detect()) {
         Ok(text) => {
             print!("{text}");

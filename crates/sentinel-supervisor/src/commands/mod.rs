@@ -6,7 +6,7 @@
 //! - `setup` -> [`crate::backend::setup::SetupOptions`] -> [`crate::backend::setup::ensure`]
 //!   (`setup --from` and `install` first [`crate::backend::bundle::install`])
 //! - `bundle` -> [`crate::backend::bundle::BundleOptions`] -> [`crate::backend::bundle::create`]
-//! - `profiles` -> the loaded [`Config`] -> [`crate::profile::print_profiles`]
+//! - `profiles` -> the loaded [`Config`], every profile [`crate::profile::resolve`]d -> stdout
 //! - `check-config` -> the loaded [`Config`], every profile resolved -> TOML on stdout
 //! - `status` -> [`status::StatusOptions`] -> a running supervisor's `/status`, summarised
 //! - `limit` -> [`limit::LimitOptions`] -> [`limit::limit`]

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 /// `--model`, `--backend-bin`, `--cpus` and `--jobs` over `model`, `backend.bin` and `[setup]`
 /// of the configuration; the smoke test launches the default profile as resolved on this host
 /// (`run` puts its own profile there).
-pub fn options(config: &Config, args: &SetupArgs) -> SetupOptions {
+pub(crate) fn options(config: &Config, args: &SetupArgs) -> SetupOptions {
     let profile = crate::profile::resolve(
         config,
         &config.default_profile,
@@ -39,7 +39,7 @@ pub fn options(config: &Config, args: &SetupArgs) -> SetupOptions {
     }
 }
 
-pub async fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: SetupArgs) -> anyhow::Result<ExitCode> {
     let config = super::load_config(&args.config)?;
     let options = options(&config, &args);
     let started = std::time::Instant::now();
@@ -82,7 +82,10 @@ async fn interrupted() -> i32 {
 
 /// `setup --from FILE` and `install FILE`: verify and install the bundle into the cache, then
 /// the normal setup (which finds the installed llama-server).
-pub async fn run_from(args: SetupArgs, from: std::path::PathBuf) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run_from(
+    args: SetupArgs,
+    from: std::path::PathBuf,
+) -> anyhow::Result<ExitCode> {
     let config = super::load_config(&args.config)?;
     let options = options(&config, &args);
     let started = std::time::Instant::now();

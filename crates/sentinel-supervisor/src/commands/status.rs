@@ -44,7 +44,7 @@ pub enum StatusError {
 }
 
 /// The command line over the configuration (loaded only when `--url` is not given).
-pub fn options(args: &StatusArgs) -> anyhow::Result<StatusOptions> {
+pub(crate) fn options(args: &StatusArgs) -> anyhow::Result<StatusOptions> {
     let url = match &args.url {
         Some(url) => url.trim_end_matches('/').to_string(),
         None => {
@@ -60,7 +60,7 @@ pub fn options(args: &StatusArgs) -> anyhow::Result<StatusOptions> {
     })
 }
 
-pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let options = options(&args)?;
     let report = fetch(&options).await?;
     if options.json {
@@ -76,7 +76,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `GET URL/status`, typed.
-pub async fn fetch(options: &StatusOptions) -> Result<StatusReport, StatusError> {
+pub(crate) async fn fetch(options: &StatusOptions) -> Result<StatusReport, StatusError> {
     let url = options.url.clone();
     let client = reqwest::Client::builder()
         .timeout(TIMEOUT)
@@ -120,7 +120,7 @@ pub async fn fetch(options: &StatusOptions) -> Result<StatusReport, StatusError>
 }
 
 /// The report as a few aligned lines.
-pub fn summary(r: &StatusReport) -> String {
+pub(crate) fn summary(r: &StatusReport) -> String {
     let mut lines: Vec<(&str, String)> = Vec::new();
     let uptime = humantime::format_duration(Duration::from_secs(r.uptime_s.max(0.0) as u64));
     let state = match &r.state {

@@ -68,7 +68,7 @@ pub struct Breaker {
 }
 
 impl Breaker {
-    pub fn new(settings: BreakerSettings) -> Breaker {
+    pub(crate) fn new(settings: BreakerSettings) -> Breaker {
         Breaker {
             settings,
             state: State::Closed { failures: 0 },
@@ -79,7 +79,7 @@ impl Breaker {
 
     /// Whether a request may go to this upstream now; an open breaker whose cool-down has
     /// passed lets exactly one through as its probe.
-    pub fn try_acquire(&mut self, now: Instant) -> Option<Pass> {
+    pub(crate) fn try_acquire(&mut self, now: Instant) -> Option<Pass> {
         match self.state {
             State::Closed { .. } => Some(Pass::Normal),
             State::Open { until } if now >= until => {
@@ -91,7 +91,7 @@ impl Breaker {
     }
 
     /// The upstream answered (any status but 429 and 5xx).
-    pub fn success(&mut self) {
+    pub(crate) fn success(&mut self) {
         self.state = State::Closed { failures: 0 };
         self.failures = 0;
         self.cool_down = self.settings.cool_down;
@@ -99,7 +99,7 @@ impl Breaker {
 
     /// The upstream failed; `retry_after` is its own `Retry-After`, which opens the breaker at
     /// once for at least that long (capped at `cool_down_max`).
-    pub fn failure(&mut self, now: Instant, retry_after: Option<Duration>) {
+    pub(crate) fn failure(&mut self, now: Instant, retry_after: Option<Duration>) {
         self.failures = self.failures.saturating_add(1);
         let open_for = match self.state {
             State::Closed { failures } => {
@@ -125,13 +125,13 @@ impl Breaker {
 
     /// A request that passed ended without telling anything about the upstream (the client
     /// went away first): a probe's place goes to the next request.
-    pub fn release(&mut self, now: Instant) {
+    pub(crate) fn release(&mut self, now: Instant) {
         if self.state == State::HalfOpen {
             self.state = State::Open { until: now };
         }
     }
 
-    pub fn state_name(&self) -> BreakerState {
+    pub(crate) fn state_name(&self) -> BreakerState {
         match self.state {
             State::Closed { .. } => BreakerState::Closed,
             State::Open { .. } => BreakerState::Open,
@@ -139,12 +139,12 @@ impl Breaker {
         }
     }
 
-    pub fn consecutive_failures(&self) -> u32 {
+    pub(crate) fn consecutive_failures(&self) -> u32 {
         self.failures
     }
 
     /// How long until an open breaker lets a probe through (`None` unless open).
-    pub fn retry_in(&self, now: Instant) -> Option<Duration> {
+    pub(crate) fn retry_in(&self, now: Instant) -> Option<Duration> {
         match self.state {
             State::Open { until } => Some(until.saturating_duration_since(now)),
             _ => None,

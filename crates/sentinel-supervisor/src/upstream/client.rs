@@ -112,7 +112,7 @@ pub enum Failure {
 
 impl Failure {
     /// The upstream's `Retry-After`, when it sent one.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             Failure::Status { retry_after, .. } => *retry_after,
             _ => None,
@@ -120,7 +120,7 @@ impl Failure {
     }
 
     /// The `reason` label of `sentinel_upstream_failures_total`.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Failure::Connect(_) => "connect",
             Failure::Tls(_) => "tls",
@@ -136,7 +136,11 @@ impl Failure {
 /// `<url>/chat/completions`) and returns once the response head is in: a 429 or a 5xx is a
 /// [`Failure`], any other status is the upstream's answer (a 4xx included: the request's own
 /// fault, passed to the client).
-pub async fn send(up: &Upstream, path: &str, body: Bytes) -> Result<reqwest::Response, Failure> {
+pub(crate) async fn send(
+    up: &Upstream,
+    path: &str,
+    body: Bytes,
+) -> Result<reqwest::Response, Failure> {
     let s = &up.settings;
     let route = path.strip_prefix("/v1").unwrap_or(path);
     let mut request = up
@@ -178,7 +182,7 @@ pub async fn send(up: &Upstream, path: &str, body: Bytes) -> Result<reqwest::Res
 }
 
 /// An error with all its sources, `: `-separated.
-pub fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -65,7 +65,7 @@ impl Default for UpstreamMetrics {
 
 impl UpstreamMetrics {
     /// The families, registered in `registry`.
-    pub fn register(registry: &mut Registry) -> UpstreamMetrics {
+    pub(crate) fn register(registry: &mut Registry) -> UpstreamMetrics {
         let m = UpstreamMetrics::default();
         registry.register(
             "sentinel_spills",
@@ -77,20 +77,24 @@ impl UpstreamMetrics {
             "Tries at an upstream that failed before its answer (connect, tls, timeout, rate_limited, server_error, other), by upstream",
             m.failures.clone(),
         );
-        registry.register(
-            "sentinel_upstream_request_duration_seconds",
-            "Time from sending a request to an upstream to the end of its answer, by upstream",
-            m.duration.clone(),
-        );
-        registry.register(
-            "sentinel_upstream_time_to_first_token_seconds",
-            "Time from sending a streamed request to an upstream to its first body bytes, by upstream",
-            m.ttft.clone(),
-        );
+        for (name, help, family) in [
+            (
+                "sentinel_upstream_request_duration_seconds",
+                "Time from sending a request to an upstream to the end of its answer, by upstream",
+                &m.duration,
+            ),
+            (
+                "sentinel_upstream_time_to_first_token_seconds",
+                "Time from sending a streamed request to an upstream to its first body bytes, by upstream",
+                &m.ttft,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
         m
     }
 
-    pub fn spilled(&self, reason: super::SpillReason, upstream: &str) {
+    pub(crate) fn spilled(&self, reason: super::SpillReason, upstream: &str) {
         self.spills
             .get_or_create(&SpillLabels {
                 reason: reason.as_str(),
@@ -99,16 +103,7 @@ impl UpstreamMetrics {
             .inc();
     }
 
-    pub fn spills(&self, reason: super::SpillReason, upstream: &str) -> u64 {
-        self.spills
-            .get_or_create(&SpillLabels {
-                reason: reason.as_str(),
-                upstream: upstream.to_string(),
-            })
-            .get()
-    }
-
-    pub fn failed(&self, upstream: &str, reason: &'static str) {
+    pub(crate) fn failed(&self, upstream: &str, reason: &'static str) {
         self.failures
             .get_or_create(&FailureLabels {
                 upstream: upstream.to_string(),
@@ -117,19 +112,20 @@ impl UpstreamMetrics {
             .inc();
     }
 
-    pub fn first_token(&self, upstream: &str, after: Duration) {
-        self.ttft
-            .get_or_create(&UpstreamLabel {
-                upstream: upstream.to_string(),
-            })
-            .observe(after.as_secs_f64());
+    pub(crate) fn first_token(&self, upstream: &str, after: Duration) {
+        observe(&self.ttft, upstream, after);
     }
 
-    pub fn finished(&self, upstream: &str, after: Duration) {
-        self.duration
-            .get_or_create(&UpstreamLabel {
-                upstream: upstream.to_string(),
-            })
-            .observe(after.as_secs_f64());
+    pub(crate) fn finished(&self, upstream: &str, after: Duration) {
+        observe(&self.duration, upstream, after);
     }
+}
+
+/// One observation of `upstream` in a per-upstream histogram.
+fn observe(family: &Family<UpstreamLabel, Histogram, Buckets>, upstream: &str, after: Duration) {
+    family
+        .get_or_create(&UpstreamLabel {
+            upstream: upstream.to_string(),
+        })
+        .observe(after.as_secs_f64());
 }

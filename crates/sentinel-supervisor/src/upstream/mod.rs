@@ -1,12 +1,15 @@
 //! The central tier: OpenAI-compatible endpoints (`[[upstreams]]`) a request may spill to when
 //! the local backend cannot serve it in time. `client` sends one request (rustls, a private CA,
 //! a client certificate, the upstream's own key, its timeouts), `breaker` decides whether an
-//! upstream may be tried, `spill` decides local or remote for a request and serves the remote
-//! answer. The set is built once at start ([`Upstreams::build`]) and shared by every request.
+//! upstream may be tried, `spill` asks `decision` local or remote for a request at the proxy's
+//! three points and `remote` serves the remote answer. The set is built once at start
+//! ([`Upstreams::build`]) and shared by every request.
 
 pub mod breaker;
 pub mod client;
+mod decision;
 pub mod metrics;
+mod remote;
 pub mod spill;
 
 use serde::{Deserialize, Serialize};
@@ -14,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use spill::{SpillMode, SpillPolicy, SpillReason};
+pub use decision::{SpillMode, SpillPolicy, SpillReason};
 
 /// What `check-config`, `Debug` and the log show in place of an upstream's API key.
 pub const REDACTED: &str = "<redacted>";
@@ -26,12 +29,8 @@ pub const REDACTED: &str = "<redacted>";
 pub struct ApiKey(String);
 
 impl ApiKey {
-    pub fn new(key: impl Into<String>) -> ApiKey {
-        ApiKey(key.into())
-    }
-
     /// The key itself, for the `Authorization` header.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -209,7 +208,7 @@ pub struct Upstreams {
 impl Upstreams {
     /// Builds every upstream of `config` (reads key files and certificates now, so a mistake
     /// stops the start with a message that names the upstream and the key).
-    pub fn build(
+    pub(crate) fn build(
         config: &[UpstreamConfig],
         defaults: &SpillDefaults,
         metrics: metrics::UpstreamMetrics,
@@ -233,16 +232,16 @@ impl Upstreams {
         Ok(Upstreams { list, metrics })
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
         self.list.iter()
     }
 
     /// Each upstream's state now, for `/status` and `/metrics`.
-    pub fn report(&self) -> Vec<crate::status::UpstreamReport> {
+    pub(crate) fn report(&self) -> Vec<crate::status::UpstreamReport> {
         let now = tokio::time::Instant::now();
         self.list
             .iter()

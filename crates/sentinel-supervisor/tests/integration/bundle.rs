@@ -170,7 +170,11 @@ fn a_corrupted_bundle_is_refused_with_the_file_and_hashes_named() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(&victim, &bytes).unwrap();
-    let actual = sentinel_supervisor::backend::fetch::sha256_file(&victim).unwrap();
+    let actual = sentinel_supervisor::backend::fetch::sha256_reader(
+        std::fs::File::open(&victim).unwrap(),
+        &victim,
+    )
+    .unwrap();
     let expected = &manifest.file("llama.cpp/llama-server").unwrap().sha256;
 
     let cache = dir.path().join("cache");
