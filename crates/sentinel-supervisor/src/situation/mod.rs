@@ -412,3 +412,12 @@ impl Situation {
         }
     }
 }
+
+/// Writes fake sysfs files (`(name, text)`) into `dir`, for the Linux readers' tests.
+#[cfg(all(test, target_os = "linux"))]
+fn write_fake_files(dir: &std::path::Path, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}

@@ -149,12 +149,7 @@ POWER_SUPPLY_TYPE=Mains
 POWER_SUPPLY_ONLINE=0
 ";
 
-    fn write(dir: &Path, files: &[(&str, &str)]) {
-        std::fs::create_dir_all(dir).unwrap();
-        for (name, text) in files {
-            std::fs::write(dir.join(name), text).unwrap();
-        }
-    }
+    use super::super::write_fake_files as write;
 
     #[test]
     fn a_captured_uevent_parses() {

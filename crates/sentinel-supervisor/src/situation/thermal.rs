@@ -120,12 +120,7 @@ impl Sysfs {
 mod tests {
     use super::*;
 
-    fn write(dir: &Path, files: &[(&str, &str)]) {
-        std::fs::create_dir_all(dir).unwrap();
-        for (name, text) in files {
-            std::fs::write(dir.join(name), text).unwrap();
-        }
-    }
+    use super::super::write_fake_files as write;
 
     #[test]
     fn trip_points_and_cpu_cooling_make_pressure_fans_do_not() {
