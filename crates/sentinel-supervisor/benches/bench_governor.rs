@@ -142,12 +142,14 @@ async fn run_scenario(
     let backend =
         limiters::start_backend(&args.backend_bin, &args.model, scenario, host, http).await?;
     let pid = backend.process.pid();
-    let limiter = limiters::attach(supervisor, scenario, pid)?;
+    let limiter = limiters::attach(supervisor, scenario, pid).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     complete(http, &backend.url, 1000, 8)
         .await
         .context("warm-up request")?;
-    let sampler = CounterSampler::start(pid, SAMPLE_EVERY).context("start the CPU sampler")?;
+    let cpus = host.online_cpus;
+    let sampler =
+        CounterSampler::start(pid, SAMPLE_EVERY, cpus).context("start the CPU sampler")?;
 
     let (idle_from, idle_cpu0) = (Instant::now(), cpu_s(pid));
     tokio::time::sleep(args.idle).await;
@@ -156,7 +158,6 @@ async fn run_scenario(
     let after_idle_from = Instant::now();
     complete(http, &backend.url, 2000, args.max_tokens).await?;
     let first_second = sampler.between(after_idle_from, after_idle_from + Duration::from_secs(1));
-    let cpus = sentinel_supervisor::host::online_cpus();
     let after_idle = AfterIdle {
         system: stats::max(&first_second.system_percent(WINDOW_100MS)),
         system_ticks: stats::max(&first_second.system_ticks_percent(WINDOW_100MS)),
@@ -243,7 +244,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    let cpus = sentinel_supervisor::host::online_cpus();
+    let cpus = host.online_cpus;
     let rows: Vec<ScenarioRow> = selected
         .iter()
         .zip(runs.iter().zip(failures))

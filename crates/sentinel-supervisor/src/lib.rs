@@ -14,7 +14,7 @@ pub mod logging;
 pub mod meter;
 pub mod metrics;
 pub mod notify;
-pub mod process_group;
+pub mod os;
 pub mod profile;
 pub mod proxy;
 pub mod requests;

@@ -5,7 +5,7 @@
 
 use super::launch::LaunchSpec;
 use super::output::{self, Limiter};
-use crate::process_group::{signal_group, spawn_in_group_async};
+use crate::os::process::{signal_group, spawn_in_group_async};
 use nix::sys::signal::Signal;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -23,9 +23,9 @@ pub struct BackendProcess {
 
 impl BackendProcess {
     /// Spawns the child in its own process group with `PR_SET_PDEATHSIG(SIGKILL)` on Linux, so
-    /// it dies with the supervisor even on SIGKILL ([`crate::process_group`] spawns it from the
+    /// it dies with the supervisor even on SIGKILL ([`crate::os::process`] spawns it from the
     /// thread that death signal follows). Call it from within the runtime.
-    pub fn spawn(spec: &LaunchSpec) -> std::io::Result<BackendProcess> {
+    pub async fn spawn(spec: &LaunchSpec) -> std::io::Result<BackendProcess> {
         let mut cmd = tokio::process::Command::new(&spec.program);
         cmd.args(&spec.args)
             .envs(spec.environment())
@@ -51,7 +51,7 @@ impl BackendProcess {
                 Ok(())
             });
         }
-        let mut child = spawn_in_group_async(cmd, Signal::SIGKILL)?;
+        let mut child = spawn_in_group_async(cmd, Signal::SIGKILL).await?;
         let pid = child.id().map(|p| p as i32).unwrap_or(-1);
         if let Some(cpu) = pin_cpu {
             // The spawn returns once exec succeeded, so pre_exec has run.

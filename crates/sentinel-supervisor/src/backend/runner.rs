@@ -2,7 +2,7 @@
 //! compilers cmake starts): the way the product runs its model, so an install on an endpoint is
 //! as quiet as the endpoint itself.
 //!
-//! Every program goes through the one spawn path, [`crate::process_group::spawn_in_group`] (its
+//! Every program goes through the one spawn path, [`crate::os::process::spawn_in_group`] (its
 //! own process group, a death signal), at idle priority from its first instruction
 //! ([`crate::governor::priority`]: `SCHED_IDLE` and nice 19 on Linux, nice 19 alone where
 //! `SCHED_IDLE` is refused, Darwin background on macOS), and is handed to the governor `limit`
@@ -143,7 +143,7 @@ impl Runner {
         governor
             .enter_on_exec(&mut cmd)
             .map_err(|source| self.governor_error(&program, source))?;
-        let child = crate::process_group::spawn_in_group(cmd, Signal::SIGKILL)?;
+        let child = crate::os::process::spawn_in_group(cmd, Signal::SIGKILL)?;
         let pid = child.id() as i32;
         groups.insert(pid);
         drop(groups);
@@ -157,7 +157,13 @@ impl Runner {
             governor: None,
             _busy: busy,
         };
-        match governor.start(pid, activity, tokio::sync::watch::Sender::new(None)) {
+        // Nothing reads a setup program's stopped time or snapshots.
+        match governor.start(
+            pid,
+            activity,
+            Default::default(),
+            tokio::sync::watch::Sender::new(None),
+        ) {
             Ok(handle) => running.governor = Some(handle),
             // A program that finished at once is gone before it could be governed: that is
             // its exit, not an error.
@@ -197,7 +203,7 @@ impl Runner {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         at_idle_priority(&mut cmd);
-        crate::process_group::spawn_in_group(cmd, Signal::SIGKILL)
+        crate::os::process::spawn_in_group(cmd, Signal::SIGKILL)
             .and_then(|mut child| child.wait())
             .is_ok_and(|s| s.success())
     }
@@ -243,7 +249,7 @@ pub fn stop_all() {
     // No program starts after this, until the setup returns (it fails at its next step).
     STOPPED.store(true, std::sync::atomic::Ordering::SeqCst);
     for pid in groups.iter().copied() {
-        if let Err(err) = crate::process_group::signal_group(pid, Signal::SIGTERM) {
+        if let Err(err) = crate::os::process::signal_group(pid, Signal::SIGTERM) {
             tracing::debug!(pid, error = %err, "could not stop a setup program's group");
         }
     }
@@ -346,7 +352,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // Abandoned before its end (an error or a panic of the caller): stop the group.
-            if let Err(err) = crate::process_group::signal_group(self.pid, Signal::SIGKILL) {
+            if let Err(err) = crate::os::process::signal_group(self.pid, Signal::SIGKILL) {
                 tracing::debug!(pid = self.pid, error = %err, "could not kill the setup program's group");
             }
             let _ = child.wait();

@@ -167,6 +167,7 @@ async fn run_spec(spec: LaunchSpec) -> Result<Passed, Failure> {
     let started = Instant::now();
     let deadline = started + DEADLINE;
     let mut child = BackendProcess::spawn(&spec)
+        .await
         .map_err(|e| Failure::Spawn(format!("{}: {e}", spec.program.display())))?;
     let result = exercise(&mut child, &spec, deadline).await;
     let logs = child.logs.clone();

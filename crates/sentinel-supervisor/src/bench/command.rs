@@ -116,6 +116,7 @@ pub fn run(
 ) -> Result<CommandReport, CommandBenchError> {
     use std::os::unix::process::CommandExt;
     let shown = command.join(" ");
+    let online = crate::host::Host::detect().online_cpus.max(1);
     let accounting = Accounting::create(std::process::id());
     let procs = accounting.as_ref().and_then(|a| {
         std::fs::OpenOptions::new()
@@ -143,12 +144,12 @@ pub fn run(
         source,
     };
     let started = Instant::now();
-    let mut child = crate::process_group::spawn_in_group(cmd, nix::sys::signal::Signal::SIGKILL)
+    let mut child = crate::os::process::spawn_in_group(cmd, nix::sys::signal::Signal::SIGKILL)
         .map_err(spawn_err)?;
     let read = |at: Instant| -> Result<Reading, CommandBenchError> {
         Ok(Reading {
             at,
-            system: crate::meter::system_times().map_err(CommandBenchError::Meter)?,
+            system: crate::meter::system_times(online).map_err(CommandBenchError::Meter)?,
             command: accounting.as_ref().and_then(Accounting::cpu),
         })
     };
@@ -163,7 +164,6 @@ pub fn run(
         }
     };
     let wall = started.elapsed();
-    let online = crate::host::online_cpus().max(1);
     let system: Vec<f64> = readings
         .windows(2)
         .map(|w| w[1].system.busy_fraction_since(&w[0].system) * 100.0)

@@ -202,11 +202,13 @@ pub async fn start_backend(
         return Err(LimiterError::NoAffinity);
     }
     let command = backend_command(bin, model, port, scenario, host.last_allowed_cpu);
-    let process = GroupChild::spawn(command).map_err(|source| LimiterError::Spawn {
-        program: bin.to_path_buf(),
-        hint: "",
-        source,
-    })?;
+    let process = GroupChild::spawn(command)
+        .await
+        .map_err(|source| LimiterError::Spawn {
+            program: bin.to_path_buf(),
+            hint: "",
+            source,
+        })?;
     let url = format!("http://127.0.0.1:{port}");
     Stack::attach(&url, None)
         .wait_ready(client, READY_TIMEOUT)
@@ -266,7 +268,11 @@ pub fn limiter_command(
 }
 
 /// Attaches `scenario`'s limiter to the backend `pid`.
-pub fn attach(supervisor: &Path, scenario: &Scenario, pid: i32) -> Result<Attached, LimiterError> {
+pub async fn attach(
+    supervisor: &Path,
+    scenario: &Scenario,
+    pid: i32,
+) -> Result<Attached, LimiterError> {
     if let Limiter::Cgroup { cpus } = scenario.limiter {
         let support = cgroup::detect().ok_or(cgroup::CgroupError::Unavailable)?;
         // The plain kernel cap, the baseline the governor is compared with: default weight.
@@ -285,6 +291,7 @@ pub fn attach(supervisor: &Path, scenario: &Scenario, pid: i32) -> Result<Attach
     };
     let program = PathBuf::from(cmd.as_std().get_program());
     GroupChild::spawn(cmd)
+        .await
         .map(Attached::Process)
         .map_err(|source| LimiterError::Spawn {
             program,

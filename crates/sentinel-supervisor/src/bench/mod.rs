@@ -474,7 +474,7 @@ impl Session<'_> {
         if pid.is_none() {
             tracing::warn!(profile = %name, "/status reports no backend pid; backend CPU and RSS will be n/a");
         }
-        let sampler = Sampler::start(settings.sample_interval, pid)
+        let sampler = Sampler::start(settings.sample_interval, pid, self.host.online_cpus)
             .context("cannot read system CPU counters")?;
         eprintln!(
             "bench: {name}: measuring idle for {}",

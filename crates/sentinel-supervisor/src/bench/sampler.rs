@@ -24,8 +24,13 @@ struct Shared {
 }
 
 impl Sampler {
-    /// Starts sampling every `interval` (phase `Idle` until [`Sampler::set_phase`]).
-    pub fn start(interval: Duration, backend_pid: Option<i32>) -> std::io::Result<Sampler> {
+    /// Starts sampling every `interval` (phase `Idle` until [`Sampler::set_phase`]); the
+    /// machine has `online_cpus` ([`crate::host::Host::online_cpus`]).
+    pub fn start(
+        interval: Duration,
+        backend_pid: Option<i32>,
+        online_cpus: usize,
+    ) -> std::io::Result<Sampler> {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             active: AtomicBool::new(false),
@@ -33,7 +38,7 @@ impl Sampler {
             max_tree_rss: AtomicU64::new(0),
         });
         let started = Instant::now();
-        let mut previous = crate::meter::system_times()?;
+        let mut previous = crate::meter::system_times(online_cpus)?;
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("bench-sampler".into())
@@ -42,7 +47,7 @@ impl Sampler {
                 while !worker.stop.load(Ordering::Relaxed) {
                     std::thread::sleep(next.saturating_duration_since(Instant::now()));
                     next += interval;
-                    let Ok(now) = crate::meter::system_times() else {
+                    let Ok(now) = crate::meter::system_times(online_cpus) else {
                         continue;
                     };
                     let percent = now.busy_fraction_since(&previous) * 100.0;
@@ -142,8 +147,13 @@ pub struct CounterSampler {
 }
 
 impl CounterSampler {
-    /// Starts reading the machine's counters and `pid`'s CPU clock every `interval`.
-    pub fn start(pid: i32, interval: Duration) -> std::io::Result<CounterSampler> {
+    /// Starts reading the machine's counters (of `online_cpus`) and `pid`'s CPU clock every
+    /// `interval`.
+    pub fn start(
+        pid: i32,
+        interval: Duration,
+        online_cpus: usize,
+    ) -> std::io::Result<CounterSampler> {
         let readings = Arc::new(Mutex::new(Vec::with_capacity(10_000)));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -153,7 +163,7 @@ impl CounterSampler {
                 .spawn(move || {
                     let mut next = Instant::now();
                     while !stop.load(Ordering::Relaxed) {
-                        if let Some(reading) = read_counters(pid) {
+                        if let Some(reading) = read_counters(pid, online_cpus) {
                             readings
                                 .lock()
                                 .unwrap_or_else(|e| e.into_inner())
@@ -202,11 +212,11 @@ impl Drop for CounterSampler {
 
 /// Both machine counters and the process clock back to back; `None` if the machine's could not
 /// be read (a process that is gone reads zero).
-fn read_counters(pid: i32) -> Option<CounterReading> {
+fn read_counters(pid: i32, online_cpus: usize) -> Option<CounterReading> {
     let before = Instant::now();
     let process_cpu = crate::meter::process_cpu(pid).unwrap_or_default();
-    let system = crate::meter::system_times().ok()?;
-    let system_ticks = crate::meter::system_times_from(SystemSource::ProcStat).ok()?;
+    let system = crate::meter::system_times(online_cpus).ok()?;
+    let system_ticks = crate::meter::system_times_from(SystemSource::ProcStat, online_cpus).ok()?;
     let after = Instant::now();
     Some(CounterReading {
         at: before + (after - before) / 2,
@@ -290,7 +300,8 @@ mod tests {
     #[test]
     fn samples_at_the_interval_with_phases() {
         let me = std::process::id() as i32;
-        let s = Sampler::start(Duration::from_millis(20), Some(me)).unwrap();
+        let online = crate::host::Host::detect().online_cpus;
+        let s = Sampler::start(Duration::from_millis(20), Some(me), online).unwrap();
         std::thread::sleep(Duration::from_millis(150));
         s.set_phase(Phase::Active);
         std::thread::sleep(Duration::from_millis(150));
@@ -363,7 +374,8 @@ mod tests {
     #[test]
     fn counter_sampler_reads_its_own_process() {
         let me = std::process::id() as i32;
-        let s = CounterSampler::start(me, Duration::from_millis(10)).unwrap();
+        let cpus = crate::host::Host::detect().online_cpus;
+        let s = CounterSampler::start(me, Duration::from_millis(10), cpus).unwrap();
         let from = Instant::now();
         let spin_until = from + Duration::from_millis(200);
         while Instant::now() < spin_until {
@@ -377,7 +389,6 @@ mod tests {
             "{}",
             r.readings.len()
         );
-        let cpus = crate::host::online_cpus();
         let me_percent = r.process_percent(Duration::from_millis(100), cpus);
         assert!(!me_percent.is_empty());
         // This process spun the whole time: it ran, and never more than the machine has.

@@ -1,9 +1,9 @@
 //! The supervisor stack under test: a `sentinel-supervisor run` child started for one profile
 //! (or an already running one given with `--url`), its readiness, its `/status`, and its stop.
 //! Also [`GroupChild`], how the bench drivers hold any child they start (through
-//! [`crate::process_group`]).
+//! [`crate::os::process`]).
 
-use crate::process_group::{signal_group, spawn_in_group_async};
+use crate::os::process::{signal_group, spawn_in_group_async};
 use crate::status::{HealthReport, StatusReport, LISTENING_PREFIX};
 use crate::supervisor::state::StateName;
 use nix::sys::signal::Signal;
@@ -108,7 +108,9 @@ impl Stack {
             .kill_on_drop(true);
         // SIGTERM as the death signal: a supervisor whose bench died shuts down gracefully and
         // stops its own backend (which has its own SIGKILL death signal).
-        let mut child = spawn_in_group_async(cmd, Signal::SIGTERM).map_err(spawn_err)?;
+        let mut child = spawn_in_group_async(cmd, Signal::SIGTERM)
+            .await
+            .map_err(spawn_err)?;
         tracing::info!(profile = %launch.profile, pid = child.id(), "started supervisor");
         let Some(stdout) = child.stdout.take() else {
             return Err(spawn_err(std::io::Error::other("no stdout pipe")));
@@ -284,8 +286,8 @@ pub struct GroupChild {
 
 impl GroupChild {
     /// Starts `cmd` (stdio as the caller set it up).
-    pub fn spawn(cmd: tokio::process::Command) -> std::io::Result<GroupChild> {
-        let child = spawn_in_group_async(cmd, Signal::SIGKILL)?;
+    pub async fn spawn(cmd: tokio::process::Command) -> std::io::Result<GroupChild> {
+        let child = spawn_in_group_async(cmd, Signal::SIGKILL).await?;
         let pid = child
             .id()
             .and_then(|p| i32::try_from(p).ok())
@@ -433,7 +435,7 @@ mod tests {
         let mut cmd = tokio::process::Command::new("/bin/sh");
         cmd.args(["-c", "sleep 30 & echo $!; wait"])
             .stdout(Stdio::piped());
-        let mut child = GroupChild::spawn(cmd).unwrap();
+        let mut child = GroupChild::spawn(cmd).await.unwrap();
         let stdout = child.child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let grandchild: i32 = lines.next_line().await.unwrap().unwrap().parse().unwrap();

@@ -21,10 +21,10 @@ use crate::cli::LimitArgs;
 use crate::config::Config;
 use crate::governor::{
     priority, usage, Activity, Governor, GovernorConfig, GovernorSettings, Method, Prepared,
-    Priority,
+    Priority, StoppedTime,
 };
 use crate::host::Host;
-use crate::process_group::{signal_group, spawn_in_group_async};
+use crate::os::process::{signal_group, spawn_in_group_async};
 use crate::units::{Cores, Share};
 use nix::sys::signal::Signal;
 use std::io;
@@ -149,50 +149,98 @@ pub async fn run(args: LimitArgs) -> anyhow::Result<ExitCode> {
 /// Limits the target until it exits (or, for a running process, until SIGINT/SIGTERM).
 pub async fn limit(options: &LimitOptions) -> anyhow::Result<ExitCode> {
     let config = options.governor_config(Config::builtin()?.governor);
-    let settings = options.governor_settings();
-    let mut sigint = signal(SignalKind::interrupt()).map_err(LimitError::Signals)?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(LimitError::Signals)?;
-    let activity = Activity::new();
+    let interrupts = Interrupts::new()?;
+    match &options.target {
+        LimitTarget::Pid(pid) => limit_pid(*pid, options, &config, interrupts).await,
+        LimitTarget::Command(command) => limit_command(command, options, &config, interrupts).await,
+    }
+}
 
-    let command = match &options.target {
-        LimitTarget::Pid(pid) => {
-            let pid = *pid;
-            if options.priority != Priority::Normal {
-                priority::apply_to_process_threads(pid, options.priority).map_err(|source| {
-                    LimitError::Priority {
-                        pid,
-                        priority: options.priority,
-                        source,
-                    }
-                })?;
+/// SIGINT and SIGTERM, the two ways a user ends `limit`: watched from the start, so neither
+/// kills the limiter while the target is stopped.
+struct Interrupts {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn new() -> Result<Interrupts, LimitError> {
+        Ok(Interrupts {
+            interrupt: signal(SignalKind::interrupt()).map_err(LimitError::Signals)?,
+            terminate: signal(SignalKind::terminate()).map_err(LimitError::Signals)?,
+        })
+    }
+
+    /// The next of the two to arrive.
+    async fn recv(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.interrupt.recv() => Signal::SIGINT,
+            _ = self.terminate.recv() => Signal::SIGTERM,
+        }
+    }
+}
+
+/// `--pid`: limits a running process (on every thread at `--priority`) until it exits or
+/// SIGINT/SIGTERM arrives, then continues it.
+async fn limit_pid(
+    pid: i32,
+    options: &LimitOptions,
+    config: &GovernorConfig,
+    mut interrupts: Interrupts,
+) -> anyhow::Result<ExitCode> {
+    if options.priority != Priority::Normal {
+        priority::apply_to_process_threads(pid, options.priority).map_err(|source| {
+            LimitError::Priority {
+                pid,
+                priority: options.priority,
+                source,
             }
-            let _usage = follow_usage(pid, options, &activity);
-            let mut handle = Governor::start(pid, &config, settings, activity.clone(), unread())?;
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
-            loop {
-                tokio::select! {
-                    _ = sigint.recv() => break,
-                    _ = sigterm.recv() => break,
-                    _ = tick.tick() => {
-                        let gone = matches!(crate::meter::process_state(pid), None | Some('Z'));
-                        if gone || handle.is_finished() {
-                            tracing::info!(pid, "limited process exited");
-                            break;
-                        }
-                    }
+        })?;
+    }
+    let activity = Activity::new();
+    let _usage = follow_usage(pid, options, &activity);
+    let settings = options.governor_settings();
+    // `limit` serves no `/status` or `/metrics`: nothing reads the stopped time.
+    let mut handle = Governor::start(
+        pid,
+        config,
+        settings,
+        activity.clone(),
+        StoppedTime::default(),
+        unread(),
+    )?;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = interrupts.recv() => break,
+            _ = tick.tick() => {
+                let gone = matches!(crate::meter::process_state(pid), None | Some('Z'));
+                if gone || handle.is_finished() {
+                    tracing::info!(pid, "limited process exited");
+                    break;
                 }
             }
-            handle.stop();
-            return Ok(ExitCode::SUCCESS);
         }
-        LimitTarget::Command(command) => command,
-    };
+    }
+    handle.stop();
+    Ok(ExitCode::SUCCESS)
+}
 
+/// `-- CMD`: starts the command inside the governor's cgroup, limits it and exits with its
+/// exit code; SIGINT/SIGTERM go on to its group, SIGKILL after [`GRACE`].
+async fn limit_command(
+    command: &[String],
+    options: &LimitOptions,
+    config: &GovernorConfig,
+    mut interrupts: Interrupts,
+) -> anyhow::Result<ExitCode> {
+    let activity = Activity::new();
     // The cgroup exists before the command, so the command and all it starts are born inside.
-    let governor = Governor::prepare(&config, settings)?;
-    let (pid, mut child) = spawn_command(command, options.priority, &governor)?;
+    let governor = Governor::prepare(config, options.governor_settings())?;
+    let (pid, mut child) = spawn_command(command, options.priority, &governor).await?;
     let _usage = follow_usage(pid, options, &activity);
-    let mut handle = match governor.start(pid, activity.clone(), unread()) {
+    let started = governor.start(pid, activity.clone(), StoppedTime::default(), unread());
+    let mut handle = match started {
         Ok(handle) => handle,
         Err(err) => {
             // A command that finished at once is gone before it could be governed: that is
@@ -211,8 +259,7 @@ pub async fn limit(options: &LimitOptions) -> anyhow::Result<ExitCode> {
             handle.stop();
             return Ok(exit_code(status));
         }
-        _ = sigint.recv() => Signal::SIGINT,
-        _ = sigterm.recv() => Signal::SIGTERM,
+        signal = interrupts.recv() => signal,
     };
     handle.stop();
     tracing::info!(
@@ -235,13 +282,13 @@ pub async fn limit(options: &LimitOptions) -> anyhow::Result<ExitCode> {
     Ok(exit_code(status))
 }
 
-/// Starts following the target's CPU use (the activity signal of `limit`); the task ends with
-/// the target or when the returned guard drops.
 /// `limit` serves no `/status`: the governor's snapshots go nowhere.
 fn unread() -> crate::governor::SnapshotSender {
     tokio::sync::watch::Sender::new(None)
 }
 
+/// Starts following the target's CPU use (the activity signal of `limit`); the task ends with
+/// the target or when the returned guard drops.
 fn follow_usage(pid: i32, options: &LimitOptions, activity: &Activity) -> AbortOnDropHandle<()> {
     AbortOnDropHandle::new(tokio::spawn(usage::follow(
         pid,
@@ -259,8 +306,8 @@ fn kill_group(pid: i32, signal: Signal) {
 }
 
 /// Starts the command in its own process group, with a SIGKILL when the limiter dies
-/// ([`crate::process_group`]), in the scheduling class `priority` from its first instruction.
-fn spawn_command(
+/// ([`crate::os::process`]), in the scheduling class `priority` from its first instruction.
+async fn spawn_command(
     command: &[String],
     priority: Priority,
     governor: &Prepared,
@@ -280,10 +327,12 @@ fn spawn_command(
             command: shown.clone(),
             source: io::Error::other(err),
         })?;
-    let child = spawn_in_group_async(cmd, Signal::SIGKILL).map_err(|source| LimitError::Spawn {
-        command: shown.clone(),
-        source,
-    })?;
+    let child = spawn_in_group_async(cmd, Signal::SIGKILL)
+        .await
+        .map_err(|source| LimitError::Spawn {
+            command: shown.clone(),
+            source,
+        })?;
     let pid = child
         .id()
         .and_then(|p| i32::try_from(p).ok())

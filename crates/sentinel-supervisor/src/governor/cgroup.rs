@@ -112,25 +112,12 @@ const V1_ROOTS: [&str; 2] = ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"]
 /// Finds a writable cgroup hierarchy with CPU bandwidth control, without side effects: this
 /// process's own delegated v2 cgroup first, then a root.
 pub fn detect() -> Option<CgroupSupport> {
-    let own = std::fs::read_to_string("/proc/self/cgroup")
-        .ok()
-        .and_then(|text| own_v2_path(&text));
+    let own = crate::os::procfs::own_cgroups().unwrap_or_default();
     detect_in(
         &V2_ROOTS.map(PathBuf::from),
         &V1_ROOTS.map(PathBuf::from),
-        own.as_deref(),
+        crate::os::procfs::unified_path(&own),
     )
-}
-
-/// This process's v2 cgroup from `/proc/self/cgroup` (the `0::/path` line), relative to the v2
-/// mount; `None` at the root (nothing delegated) or without a v2 line.
-pub fn own_v2_path(proc_self_cgroup: &str) -> Option<PathBuf> {
-    let path = proc_self_cgroup
-        .lines()
-        .find_map(|line| line.strip_prefix("0::"))?
-        .trim()
-        .trim_start_matches('/');
-    (!path.is_empty()).then(|| PathBuf::from(path))
 }
 
 /// The delegated subtree `own` (relative to a v2 root) when it can take the cap: writable, with
@@ -202,7 +189,7 @@ fn enter_delegated(support: &CgroupSupport) -> Result<(), CgroupError> {
         .find(|&&pid| pid != me && parent_of(pid) != Some(me))
     {
         // A pid that exited meanwhile has no parent to read: not a stranger.
-        if crate::meter::process_state(pid).is_some() {
+        if crate::os::procfs::stat(pid).is_some() {
             return Err(CgroupError::Shared {
                 path: own.clone(),
                 pid,
@@ -240,17 +227,12 @@ fn enter_delegated(support: &CgroupSupport) -> Result<(), CgroupError> {
 
 /// The parent pid of `pid`, from `/proc/<pid>/stat`.
 fn parent_of(pid: i32) -> Option<i32> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    crate::meter::parse_pid_stat(&text).map(|s| s.ppid)
+    crate::os::procfs::stat(pid).map(|s| s.ppid)
 }
 
-fn writable(dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: a valid NUL-terminated path; access only checks permissions.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+/// Whether this process may write `path` (access(2): permissions only, nothing is opened).
+fn writable(path: &Path) -> bool {
+    nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
 /// The CFS quota for `cpus` cores over `period`, both in microseconds, respecting the kernel's
@@ -348,7 +330,6 @@ impl CpuCgroup {
     /// everything it ever starts (cmake's ninja, ninja's compilers) is born inside: moved after
     /// the spawn, a child that forks at once leaves its first children behind.
     pub fn enter_on_exec(&self, cmd: &mut std::process::Command) -> Result<(), CgroupError> {
-        use std::os::fd::AsRawFd;
         use std::os::unix::process::CommandExt;
         let path = self.path.join("cgroup.procs");
         let procs = std::fs::OpenOptions::new()
@@ -358,12 +339,10 @@ impl CpuCgroup {
         // SAFETY: the hook makes one write(2) on a descriptor it owns (opened close-on-exec
         // above, alive as long as the command): async-signal-safe. "0" is the writing process.
         unsafe {
-            cmd.pre_exec(move || {
-                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) == 1 {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
+            cmd.pre_exec(move || match nix::unistd::write(&procs, b"0") {
+                Ok(1) => Ok(()),
+                Ok(_) => Err(io::Error::other("short write to cgroup.procs")),
+                Err(errno) => Err(io::Error::from(errno)),
             });
         }
         Ok(())
@@ -486,9 +465,7 @@ pub fn sweep_stale(support: &CgroupSupport) {
         else {
             continue;
         };
-        // SAFETY: kill with signal 0 only checks existence.
-        let alive = unsafe { libc::kill(pid, 0) } == 0
-            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        let alive = crate::os::process::exists(pid);
         let empty = std::fs::read_to_string(entry.path().join("cgroup.procs"))
             .is_ok_and(|p| p.trim().is_empty());
         if !alive && empty && std::fs::remove_dir(entry.path()).is_ok() {
@@ -505,183 +482,4 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quota_follows_budget_and_respects_minimum() {
-        assert_eq!(quota_for(0.5, Duration::from_millis(10)), (5_000, 10_000));
-        assert_eq!(quota_for(1.0, Duration::from_millis(10)), (10_000, 10_000));
-        assert_eq!(quota_for(0.05, Duration::from_millis(10)), (1_000, 20_000));
-        assert_eq!(quota_for(2.0, Duration::from_micros(100)), (2_000, 1_000));
-    }
-
-    #[test]
-    fn detects_v2_then_v1_from_fake_trees() {
-        let dir = tempfile::tempdir().unwrap();
-        let v2 = dir.path().join("v2");
-        let v1 = dir.path().join("v1");
-        std::fs::create_dir_all(&v2).unwrap();
-        std::fs::create_dir_all(&v1).unwrap();
-        let (v2s, v1s) = (vec![v2.clone()], vec![v1.clone()]);
-        let detect_in = |v2: &[PathBuf], v1: &[PathBuf]| detect_in(v2, v1, None);
-        assert_eq!(detect_in(&v2s, &v1s), None);
-        std::fs::write(v1.join("cpu.cfs_quota_us"), "-1").unwrap();
-        assert_eq!(
-            detect_in(&v2s, &v1s).map(|s| s.version),
-            Some(CgroupVersion::V1)
-        );
-        std::fs::write(v2.join("cgroup.subtree_control"), "memory pids").unwrap();
-        assert_eq!(
-            detect_in(&v2s, &v1s).map(|s| s.version),
-            Some(CgroupVersion::V1)
-        );
-        std::fs::write(v2.join("cgroup.subtree_control"), "cpu memory").unwrap();
-        let found = detect_in(&v2s, &v1s).unwrap();
-        assert_eq!(found.version, CgroupVersion::V2);
-        assert_eq!(found.parent, v2);
-    }
-
-    #[test]
-    fn own_v2_cgroup_comes_from_the_zero_line() {
-        let text = "12:cpu:/\n0::/system.slice/sentinel-supervisor.service\n";
-        assert_eq!(
-            own_v2_path(text),
-            Some(PathBuf::from("system.slice/sentinel-supervisor.service"))
-        );
-        assert_eq!(own_v2_path("1:cpu:/x\n0::/\n"), None);
-        assert_eq!(own_v2_path("1:cpu:/x\n"), None);
-    }
-
-    /// A fake v2 tree with the service's cgroup at `system.slice/s.service`, offering `cpu`.
-    fn delegated_tree() -> (tempfile::TempDir, PathBuf, PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("v2");
-        let own = root.join("system.slice/s.service");
-        std::fs::create_dir_all(&own).unwrap();
-        std::fs::write(root.join("cgroup.subtree_control"), "cpu memory").unwrap();
-        std::fs::write(own.join("cgroup.controllers"), "cpu memory pids").unwrap();
-        std::fs::write(own.join("cgroup.subtree_control"), "").unwrap();
-        std::fs::write(own.join("cgroup.procs"), "").unwrap();
-        (dir, root, own)
-    }
-
-    #[test]
-    fn detects_the_own_delegated_subtree_before_the_roots() {
-        let (_dir, root, own) = delegated_tree();
-        let roots = vec![root.clone()];
-        let rel = Path::new("system.slice/s.service");
-        let found = detect_in(&roots, &[], Some(rel)).unwrap();
-        assert_eq!(found.layout, Layout::Delegated);
-        assert_eq!(found.parent, own);
-        // After the first cap the supervisor sits in the leaf: the subtree is its parent.
-        let again = detect_in(&roots, &[], Some(&rel.join(SUPERVISOR_LEAF))).unwrap();
-        assert_eq!(again, found);
-        // Without cpu among its controllers (not delegated): the root is used.
-        std::fs::write(own.join("cgroup.controllers"), "memory pids").unwrap();
-        let root_found = detect_in(&roots, &[], Some(rel)).unwrap();
-        assert_eq!(root_found.layout, Layout::Root);
-        assert_eq!(root_found.parent, root);
-    }
-
-    #[test]
-    fn a_delegated_subtree_gets_a_supervisor_leaf_and_backend_groups() {
-        let (_dir, root, own) = delegated_tree();
-        let support = detect_in(&[root], &[], Some(Path::new("system.slice/s.service"))).unwrap();
-        let mut backend = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let pid = backend.id() as i32;
-        let me = std::process::id();
-        std::fs::write(own.join("cgroup.procs"), format!("{me}\n{pid}\n")).unwrap();
-        let mut group = CpuCgroup::create(
-            &support,
-            pid,
-            0.5,
-            Duration::from_millis(10),
-            Priority::Idle,
-        )
-        .unwrap();
-        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
-        assert_eq!(group.path(), own.join(format!("backend-{pid}")));
-        assert_eq!(read(own.join("cgroup.subtree_control")), "+cpu");
-        assert!(own.join(SUPERVISOR_LEAF).is_dir());
-        assert_eq!(read(group.path().join("cpu.max")), "5000 10000");
-        // No cpu.idle in the fake tree: the lowest weight stands in for it.
-        assert_eq!(read(group.path().join("cpu.weight")), "1");
-        assert_eq!(read(group.path().join("cgroup.procs")), pid.to_string());
-        // A leftover goes back to the supervisor's leaf, never to the inner node.
-        let _ = group.remove();
-        assert_eq!(
-            read(own.join(SUPERVISOR_LEAF).join("cgroup.procs")),
-            pid.to_string()
-        );
-        // A process that is not this supervisor's in the subtree: refused, with the pid named.
-        std::fs::write(own.join("cgroup.procs"), "1\n").unwrap();
-        let err = CpuCgroup::create(
-            &support,
-            pid,
-            0.5,
-            Duration::from_millis(10),
-            Priority::Idle,
-        )
-        .unwrap_err();
-        assert!(matches!(err, CgroupError::Shared { pid: 1, .. }), "{err}");
-        backend.kill().unwrap();
-        backend.wait().unwrap();
-    }
-
-    /// Runs only where a real writable cgroup exists (root on this CI machine).
-    #[test]
-    fn caps_a_real_child_and_cleans_up() {
-        let Some(support) = detect() else {
-            eprintln!("no writable cgroup here; skipping");
-            return;
-        };
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
-        let mut group = CpuCgroup::create(
-            &support,
-            pid,
-            0.5,
-            Duration::from_millis(10),
-            Priority::Idle,
-        )
-        .unwrap();
-        let procs = std::fs::read_to_string(group.path().join("cgroup.procs")).unwrap();
-        assert!(procs.split_whitespace().any(|p| p == pid.to_string()));
-        let dir = group.path().to_owned();
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).map(|s| s.trim().to_owned());
-        let (weight_file, _) = weight_for(support.version, Priority::Normal);
-        match read("cpu.idle") {
-            Ok(idle) => assert_eq!(idle, "1"),
-            Err(_) => assert_eq!(
-                read(weight_file).unwrap(),
-                weight_for(support.version, Priority::Idle).1
-            ),
-        }
-        group.set_priority(Priority::Background).unwrap();
-        assert_eq!(
-            read(weight_file).unwrap(),
-            weight_for(support.version, Priority::Background).1
-        );
-        if let Ok(idle) = read("cpu.idle") {
-            assert_eq!(idle, "0");
-        }
-        group.set_priority(Priority::Normal).unwrap();
-        assert_eq!(
-            read(weight_file).unwrap(),
-            weight_for(support.version, Priority::Normal).1
-        );
-        let path = group.path().to_owned();
-        group.remove().unwrap();
-        assert!(!path.exists());
-        group.remove().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-}
+mod tests;

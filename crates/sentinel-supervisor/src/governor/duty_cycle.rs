@@ -22,15 +22,18 @@ use super::pinned::{is_gone, PinnedPid};
 use super::threads::{thread_cap, FollowThreads, THREAD_CHECK_PERIODS};
 use super::Activity;
 use crate::host::Host;
+use crate::meter::SystemTimes;
+use readings::store;
+pub use readings::{LimiterReadings, LimiterSnapshot, StoppedTime};
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// What the limiter needs to know.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct LimiterParams {
     /// Budget in cores.
     pub cpus: f64,
@@ -42,59 +45,11 @@ pub struct LimiterParams {
     pub feedback: Feedback,
     /// Shrink the budget while other processes load the machine.
     pub adaptive: Option<AdaptiveParams>,
-    /// What this process may use (thread caps, the adaptive budget's arithmetic).
+    /// What this process may use (thread caps, the adaptive budget's arithmetic) and the
+    /// machine's online CPUs (its CPU counters).
     pub host: Host,
-}
-
-/// Live readings published by the limiter thread (for the governor's snapshot, see
-/// [`super::snapshot`]).
-#[derive(Debug, Default)]
-pub struct LimiterReadings {
-    budget: AtomicU64,
-    fraction: AtomicU64,
-    throttling: AtomicBool,
-    finished: AtomicBool,
-}
-
-/// A copy of the readings at one moment.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LimiterSnapshot {
-    /// The budget in force (lower than the profile's in adaptive mode), in cores.
-    pub budget: f64,
-    /// Share of each period the child runs.
-    pub fraction: f64,
-    /// True while requests are in flight and the child is being duty-cycled.
-    pub throttling: bool,
-    /// True once the thread has ended (child gone, stopped, or an error).
-    pub finished: bool,
-}
-
-fn store(a: &AtomicU64, v: f64) {
-    a.store(v.to_bits(), Ordering::Relaxed);
-}
-
-fn load(a: &AtomicU64) -> f64 {
-    f64::from_bits(a.load(Ordering::Relaxed))
-}
-
-impl LimiterReadings {
-    /// A copy of the readings now.
-    pub fn snapshot(&self) -> LimiterSnapshot {
-        LimiterSnapshot {
-            budget: load(&self.budget),
-            fraction: load(&self.fraction),
-            throttling: self.throttling.load(Ordering::Relaxed),
-            finished: self.finished.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// Nanoseconds every limiter of this process has held its child stopped, SIGSTOP to SIGCONT.
-static STOPPED_NS: AtomicU64 = AtomicU64::new(0);
-
-/// How long the duty cycle has held children stopped, summed over this process's limiters.
-pub fn total_stopped() -> Duration {
-    Duration::from_nanos(STOPPED_NS.load(Ordering::Relaxed))
+    /// Where the limiter adds the time it holds the child stopped.
+    pub stopped: StoppedTime,
 }
 
 /// A running duty-cycle limiter; stopping or dropping it continues the child.
@@ -125,7 +80,10 @@ impl SignalLimiter {
                 .name("governor-signals".into())
                 .spawn(move || {
                     let _resume = ResumeOnDrop(&target);
-                    raise_own_priority();
+                    // Its stop deadlines fall while the child keeps every CPU busy; at
+                    // normal priority the scheduler may wake it milliseconds late, and the
+                    // child runs on for that long, so the budget overshoots.
+                    super::priority::raise_current_thread();
                     let mut lp = Loop {
                         target: &target,
                         ctl: DutyController::new(
@@ -144,6 +102,7 @@ impl SignalLimiter {
                         }),
                         follow_threads: params.usable.is_none(),
                         host: params.host,
+                        stopped: params.stopped,
                         window: params.feedback.window,
                         activity: activity_rx,
                         stop: stop_rx,
@@ -223,6 +182,7 @@ struct Loop<'a> {
     adaptive: Option<(AdaptiveBudget, LoadWindow)>,
     follow_threads: bool,
     host: Host,
+    stopped: StoppedTime,
     window: Duration,
     activity: watch::Receiver<usize>,
     stop: watch::Receiver<bool>,
@@ -267,15 +227,12 @@ impl Loop<'_> {
     /// Duty-cycles the child until nothing is in flight or the limiter is stopped.
     fn throttle(&mut self, rt: &tokio::runtime::Runtime) -> io::Result<()> {
         let pid = self.target.pid();
-        let gone = || io::Error::from_raw_os_error(libc::ESRCH);
         let mut next = Instant::now();
-        let mut window_start = next;
-        let mut cpu_start = crate::meter::process_cpu(pid).ok_or_else(gone)?;
-        let mut sys_start = crate::meter::system_times().ok();
+        let mut window = self.window_at(pid, next)?;
         // The partial feedback window of the last request carries over; the load window keeps
         // running across the rest (or starts again after a long one).
         if let Some((_, load)) = &mut self.adaptive {
-            if let Some(reading) = load_reading(pid, window_start) {
+            if let Some(reading) = load_reading(pid, window.start, self.host.online_cpus) {
                 load.begin(reading);
             }
         }
@@ -289,47 +246,15 @@ impl Loop<'_> {
             self.ctl.set_usable(f.cap);
         }
         while !*self.stop.borrow() && *self.activity.borrow() > 0 {
-            let check: bool;
-            if self.ctl.unthrottled() {
-                // Unknown programs are checked as often while unthrottled as while throttled: a
-                // thread that starts computing must not run free until the window ends.
-                let nap = if follow.is_some() {
-                    self.window
-                        .min(self.ctl.period() * THREAD_CHECK_PERIODS as u32)
-                } else {
-                    self.window
-                };
-                // Wake for the adaptive window too: the budget may have to drop below usable.
-                let nap = match &self.adaptive {
-                    Some((_, load)) => nap.min(load.until_due(Instant::now())),
-                    None => nap,
-                };
-                let (activity, stop) = (&mut self.activity, &mut self.stop);
-                rt.block_on(async {
-                    tokio::select! {
-                        _ = tokio::time::sleep(nap) => {}
-                        _ = activity.changed() => {}
-                        _ = stop.changed() => {}
-                    }
-                });
+            let check = if self.ctl.unthrottled() {
+                self.wait_unthrottled(rt, follow.is_some());
                 next = Instant::now();
-                check = true;
+                true
             } else {
-                let period = self.ctl.period();
-                sleep_until(next + self.ctl.run_time());
-                let stopped = Instant::now();
-                self.target.stop()?;
-                sleep_until(next + period);
-                self.target.resume()?;
-                STOPPED_NS.fetch_add(stopped.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                next += period;
-                let now = Instant::now();
-                if now > next + period {
-                    next = now;
-                }
+                self.one_period(&mut next)?;
                 periods += 1;
-                check = periods % THREAD_CHECK_PERIODS == 0;
-            }
+                periods % THREAD_CHECK_PERIODS == 0
+            };
             let now = Instant::now();
             // A program we know nothing about may start threads, or set idle ones computing, at
             // any time: follow it every few periods, and start a fresh feedback window when the
@@ -338,53 +263,119 @@ impl Loop<'_> {
                 if let Some(usable) = f.check(pid, now, &self.ctl, &self.host) {
                     self.ctl.set_usable(usable);
                     self.ctl.reset_window();
-                    window_start = now;
-                    cpu_start = crate::meter::process_cpu(pid).ok_or_else(gone)?;
-                    sys_start = crate::meter::system_times().ok();
+                    window = self.window_at(pid, now)?;
                 }
             }
             self.adapt_if_due(pid, now);
-            let wall = now.duration_since(window_start);
-            if wall < self.window.saturating_sub(self.ctl.window_wall()) {
-                continue;
+            let wall = now.duration_since(window.start);
+            if wall >= self.window.saturating_sub(self.ctl.window_wall()) {
+                window = self.close_window(pid, now, &window, follow.as_mut())?;
             }
-            let cpu = crate::meter::process_cpu(pid).ok_or_else(gone)?;
-            let used = cpu.saturating_sub(cpu_start);
-            let (machine, sys) = machine_since(sys_start);
-            sys_start = sys;
-            let measured = self.ctl.observe_on(wall, used, machine);
-            if let Some(f) = &mut follow {
-                let allowed = wall.mul_f64(self.ctl.fraction());
-                if let Some(n) = f.computing.count(pid, allowed) {
-                    // On a saturated machine computing threads fall short of their time for
-                    // other processes' sake, not because they stopped: count up, never down.
-                    let n = n.clamp(1, f.cap.max(1));
-                    if machine == Machine::HasRoom || n as f64 > self.ctl.usable() {
-                        self.ctl.set_usable(n);
-                    }
-                }
-            }
-            store(&self.readings.budget, self.ctl.cpus());
-            store(&self.readings.fraction, self.ctl.fraction());
-            tracing::trace!(
-                pid,
-                ?measured,
-                budget = self.ctl.cpus(),
-                fraction = self.ctl.fraction(),
-                correction = self.ctl.correction(),
-                "governor window"
-            );
-            window_start = now;
-            cpu_start = cpu;
         }
         // The rest of this request's throttled time joins the next request's window.
         if let Some(cpu) = crate::meter::process_cpu(pid) {
-            let (machine, _) = machine_since(sys_start);
-            let wall = Instant::now().duration_since(window_start);
+            let (machine, _) = machine_since(window.system, self.host.online_cpus);
+            let wall = Instant::now().duration_since(window.start);
             self.ctl
-                .observe_on(wall, cpu.saturating_sub(cpu_start), machine);
+                .observe_on(wall, cpu.saturating_sub(window.cpu), machine);
         }
         Ok(())
+    }
+
+    /// A feedback window starting at `start`, with the child's and the machine's clocks now.
+    fn window_at(&self, pid: i32, start: Instant) -> io::Result<Window> {
+        Ok(Window {
+            start,
+            cpu: crate::meter::process_cpu(pid).ok_or_else(gone)?,
+            system: crate::meter::system_times(self.host.online_cpus).ok(),
+        })
+    }
+
+    /// Waits while the budget leaves the child unthrottled, until activity or the limiter
+    /// changes, the window ends, or (for an unknown program) its threads are due a check.
+    fn wait_unthrottled(&mut self, rt: &tokio::runtime::Runtime, following: bool) {
+        // Unknown programs are checked as often while unthrottled as while throttled: a
+        // thread that starts computing must not run free until the window ends.
+        let nap = if following {
+            self.window
+                .min(self.ctl.period() * THREAD_CHECK_PERIODS as u32)
+        } else {
+            self.window
+        };
+        // Wake for the adaptive window too: the budget may have to drop below usable.
+        let nap = match &self.adaptive {
+            Some((_, load)) => nap.min(load.until_due(Instant::now())),
+            None => nap,
+        };
+        let (activity, stop) = (&mut self.activity, &mut self.stop);
+        rt.block_on(async {
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {}
+                _ = activity.changed() => {}
+                _ = stop.changed() => {}
+            }
+        });
+    }
+
+    /// One period from the deadline `next`: run, stop, continue at the next deadline (counted
+    /// in [`StoppedTime`]); after a stall the schedule re-anchors instead of catching up.
+    fn one_period(&mut self, next: &mut Instant) -> io::Result<()> {
+        let period = self.ctl.period();
+        sleep_until(*next + self.ctl.run_time());
+        let stopped = Instant::now();
+        self.target.stop()?;
+        sleep_until(*next + period);
+        self.target.resume()?;
+        self.stopped.add(stopped.elapsed());
+        *next += period;
+        let now = Instant::now();
+        if now > *next + period {
+            *next = now;
+        }
+        Ok(())
+    }
+
+    /// Closes the feedback window `window` at `now`: the controller observes the child's CPU
+    /// against the wall time (and, for an unknown program, how many of its threads computed);
+    /// the readings are published. Returns the next window.
+    fn close_window(
+        &mut self,
+        pid: i32,
+        now: Instant,
+        window: &Window,
+        follow: Option<&mut FollowThreads>,
+    ) -> io::Result<Window> {
+        let wall = now.duration_since(window.start);
+        let cpu = crate::meter::process_cpu(pid).ok_or_else(gone)?;
+        let used = cpu.saturating_sub(window.cpu);
+        let (machine, system) = machine_since(window.system, self.host.online_cpus);
+        let measured = self.ctl.observe_on(wall, used, machine);
+        if let Some(f) = follow {
+            let allowed = wall.mul_f64(self.ctl.fraction());
+            if let Some(n) = f.computing.count(pid, allowed) {
+                // On a saturated machine computing threads fall short of their time for
+                // other processes' sake, not because they stopped: count up, never down.
+                let n = n.clamp(1, f.cap.max(1));
+                if machine == Machine::HasRoom || n as f64 > self.ctl.usable() {
+                    self.ctl.set_usable(n);
+                }
+            }
+        }
+        store(&self.readings.budget, self.ctl.cpus());
+        store(&self.readings.fraction, self.ctl.fraction());
+        tracing::trace!(
+            pid,
+            ?measured,
+            budget = self.ctl.cpus(),
+            fraction = self.ctl.fraction(),
+            correction = self.ctl.correction(),
+            "governor window"
+        );
+        Ok(Window {
+            start: now,
+            cpu,
+            system,
+        })
     }
 
     /// Closes the adaptive load window when it has lasted its length and moves the budget.
@@ -395,7 +386,8 @@ impl Loop<'_> {
         if !load.due(now) {
             return;
         }
-        let Some(sample) = load_reading(pid, now).and_then(|r| load.observe(r)) else {
+        let online = self.host.online_cpus;
+        let Some(sample) = load_reading(pid, now, online).and_then(|r| load.observe(r)) else {
             return;
         };
         let cpus = adapt(
@@ -418,20 +410,34 @@ impl Loop<'_> {
     }
 }
 
+/// The feedback window in progress: when it started, and the child's CPU clock and the
+/// machine's counters then.
+struct Window {
+    start: Instant,
+    cpu: Duration,
+    system: Option<SystemTimes>,
+}
+
+/// The error of a child that is gone.
+fn gone() -> io::Error {
+    io::Error::from_raw_os_error(libc::ESRCH)
+}
+
 /// The child's CPU clock and the machine's, read now (`None` when either cannot be read).
-fn load_reading(pid: i32, at: Instant) -> Option<LoadReading> {
+fn load_reading(pid: i32, at: Instant, online_cpus: usize) -> Option<LoadReading> {
     Some(LoadReading {
         at,
         own_cpu: crate::meter::process_cpu(pid)?,
-        system: crate::meter::system_times().ok()?,
+        system: crate::meter::system_times(online_cpus).ok()?,
     })
 }
 
 /// How busy the machine was since `before`, and the reading now (for the next window).
 fn machine_since(
-    before: Option<crate::meter::SystemTimes>,
-) -> (Machine, Option<crate::meter::SystemTimes>) {
-    let sys = crate::meter::system_times().ok();
+    before: Option<SystemTimes>,
+    online_cpus: usize,
+) -> (Machine, Option<SystemTimes>) {
+    let sys = crate::meter::system_times(online_cpus).ok();
     let busy = match (sys, before) {
         (Some(now), Some(before)) => Some(now.busy_fraction_since(&before)),
         _ => None,
@@ -476,185 +482,6 @@ fn sleep_until(deadline: Instant) {
     }
 }
 
-/// Gives the limiter thread a real-time priority where allowed (else the highest nice it may
-/// take). Its stop deadlines fall while the child keeps every CPU busy; at normal priority the
-/// scheduler may wake it milliseconds late (wakeup granularity), and the child runs on for that
-/// long, so the budget overshoots. The thread sleeps between deadlines, so this costs nothing.
-fn raise_own_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain system calls on the calling thread.
-    unsafe {
-        let param = libc::sched_param { sched_priority: 10 };
-        if libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 {
-            tracing::debug!("governor thread runs SCHED_FIFO");
-            return;
-        }
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        if libc::setpriority(libc::PRIO_PROCESS, tid, -10) != 0 {
-            tracing::debug!(
-                "governor thread keeps its normal priority (no permission to raise it)"
-            );
-        }
-    }
-    #[cfg(target_os = "macos")]
-    // SAFETY: plain system call on the calling thread.
-    unsafe {
-        libc::pthread_set_qos_class_self_np(libc::qos_class_t::QOS_CLASS_USER_INTERACTIVE, 0);
-    }
-}
-
+mod readings;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::process::CommandExt;
-    use std::process::{Child, Command};
-
-    /// Others keep one core busy on an 8-CPU machine whose affinity mask (or quota) leaves this
-    /// process 2 cores; the child uses 0.5. Adaptive at 75 % of what this process may use:
-    /// room = 0.75 * 2 - 1 = 0.5 cores, whatever the machine's other 6 CPUs do.
-    #[test]
-    fn adaptive_counts_others_in_cores_on_a_restricted_host() {
-        use crate::host::{CpuQuota, QuotaSource};
-        let params = AdaptiveParams {
-            base: 1.0,
-            target: 0.75,
-            floor: 0.1,
-            recover_per_sec: 0.1,
-        };
-        let machine_busy = 1.5 / 8.0;
-        let pinned = Host {
-            online_cpus: 8,
-            affinity_cpus: 2,
-            last_allowed_cpu: Some(1),
-            quota: None,
-        };
-        let quota = Host {
-            online_cpus: 8,
-            affinity_cpus: 8,
-            last_allowed_cpu: Some(7),
-            quota: Some(CpuQuota {
-                cores: 2.0,
-                source: QuotaSource::CgroupV2,
-            }),
-        };
-        for host in [pinned, quota] {
-            let mut budget = AdaptiveBudget::new(params);
-            let now = adapt(
-                &mut budget,
-                &host,
-                machine_busy,
-                0.5,
-                Duration::from_secs(1),
-            );
-            assert!((now - 0.5).abs() < 1e-9, "{host:?}: budget {now}");
-        }
-        // An unrestricted machine: the same readings mean the same thing as before.
-        let mut budget = AdaptiveBudget::new(params);
-        let now = adapt(
-            &mut budget,
-            &Host::unrestricted(2),
-            0.75,
-            0.5,
-            Duration::from_secs(1),
-        );
-        assert!((now - 0.5).abs() < 1e-9, "budget {now}");
-    }
-
-    fn spawn_sleep() -> (Child, PinnedPid) {
-        let child = Command::new("sleep")
-            .arg("30")
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let target = PinnedPid::open(child.id() as i32).unwrap();
-        (child, target)
-    }
-
-    fn params(cpus: f64) -> LimiterParams {
-        LimiterParams {
-            cpus,
-            usable: Some(1),
-            period: Duration::from_millis(20),
-            feedback: crate::config::Config::builtin()
-                .unwrap()
-                .governor
-                .feedback(),
-            adaptive: None,
-            host: Host::detect(),
-        }
-    }
-
-    /// Continued: sleeping, or momentarily runnable right after SIGCONT woke it.
-    fn running(pid: i32) -> bool {
-        matches!(crate::meter::process_state(pid), Some('S' | 'R'))
-    }
-
-    fn wait_state(pid: i32, pred: impl Fn(Option<char>) -> bool) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if pred(crate::meter::process_state(pid)) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        false
-    }
-
-    #[test]
-    fn rests_when_idle_and_throttles_when_active() {
-        let (mut child, target) = spawn_sleep();
-        let pid = child.id() as i32;
-        let activity = Activity::new();
-        // A tiny budget: the child is stopped ~98 % of each period while active.
-        let mut limiter = SignalLimiter::start(target, params(0.02), &activity).unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(!limiter.snapshot().throttling);
-        assert!(wait_state(pid, |s| s == Some('S')));
-        let guard = activity.begin();
-        assert!(wait_state(pid, |s| s == Some('T')), "never stopped");
-        assert!(limiter.snapshot().throttling);
-        drop(guard);
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(!limiter.snapshot().throttling);
-        for _ in 0..20 {
-            assert!(running(pid), "{:?}", crate::meter::process_state(pid));
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _busy = activity.begin();
-        assert!(wait_state(pid, |s| s == Some('T')));
-        limiter.stop();
-        limiter.stop();
-        assert!(running(pid), "{:?}", crate::meter::process_state(pid));
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    #[test]
-    fn drop_continues_the_child() {
-        let (mut child, target) = spawn_sleep();
-        let pid = child.id() as i32;
-        let activity = Activity::new();
-        let _busy = activity.begin();
-        let limiter = SignalLimiter::start(target, params(0.02), &activity).unwrap();
-        assert!(wait_state(pid, |s| s == Some('T')));
-        drop(limiter);
-        assert!(running(pid), "{:?}", crate::meter::process_state(pid));
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    #[test]
-    fn ends_when_the_child_is_gone() {
-        let (mut child, target) = spawn_sleep();
-        let activity = Activity::new();
-        let _busy = activity.begin();
-        let limiter = SignalLimiter::start(target, params(0.5), &activity).unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while !limiter.snapshot().finished {
-            assert!(Instant::now() < deadline, "limiter kept running");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
+mod tests;

@@ -11,7 +11,7 @@
 
 use super::adaptive::AdaptiveParams;
 use super::cgroup::{self, CgroupError, CpuCgroup};
-use super::duty_cycle::{LimiterParams, SignalLimiter};
+use super::duty_cycle::{LimiterParams, SignalLimiter, StoppedTime};
 use super::pinned::{PinnedPid, PinnedPidError};
 use super::settings::{GovernorConfig, GovernorSettings, Method};
 use super::snapshot::{GovernorSnapshot, Publisher, SnapshotSender, Source};
@@ -70,18 +70,20 @@ pub struct Prepared {
 
 impl Governor {
     /// Starts limiting `child_pid` (and its process group when it leads one), publishing its
-    /// snapshot on `report` at once and then once per feedback window. What the child started
-    /// before this call stays outside its cgroup: a child that starts others is spawned with
-    /// [`Governor::prepare`] instead.
+    /// snapshot on `report` at once and then once per feedback window, and adding the time the
+    /// duty cycle holds it stopped to `stopped`. What the child started before this call stays
+    /// outside its cgroup: a child that starts others is spawned with [`Governor::prepare`]
+    /// instead.
     pub fn start(
         child_pid: i32,
         config: &GovernorConfig,
         settings: GovernorSettings,
         activity: Activity,
+        stopped: StoppedTime,
         report: SnapshotSender,
     ) -> Result<GovernorHandle, GovernorError> {
         Self::prepare_keyed(config, settings, &child_pid.to_string())?
-            .start(child_pid, activity, report)
+            .start(child_pid, activity, stopped, report)
     }
 
     /// Chooses the method and makes its cgroup, before the child exists.
@@ -149,11 +151,13 @@ impl Prepared {
         }
     }
 
-    /// Governs `child_pid` (moved into the cgroup if it is not born there).
+    /// Governs `child_pid` (moved into the cgroup if it is not born there), as
+    /// [`Governor::start`] does.
     pub fn start(
         self,
         child_pid: i32,
         activity: Activity,
+        stopped: StoppedTime,
         report: SnapshotSender,
     ) -> Result<GovernorHandle, GovernorError> {
         let Prepared {
@@ -184,7 +188,8 @@ impl Prepared {
             }
             Plan::Signals(cpus, group) => {
                 let group = group.and_then(|g| adopt_for_priority(g, child_pid, settings));
-                let limiter = start_duty_cycle(child_pid, &config, settings, cpus, &activity)?;
+                let limiter =
+                    start_duty_cycle(child_pid, &config, settings, cpus, &activity, stopped)?;
                 Mechanism::Signals(limiter, group)
             }
         };
@@ -213,6 +218,7 @@ fn start_duty_cycle(
     settings: GovernorSettings,
     cpus: f64,
     activity: &Activity,
+    stopped: StoppedTime,
 ) -> Result<SignalLimiter, GovernorError> {
     let target = PinnedPid::open(child_pid)?;
     let params = LimiterParams {
@@ -229,6 +235,7 @@ fn start_duty_cycle(
             recover_per_sec: config.adaptive_recover_per_sec,
         }),
         host: settings.host,
+        stopped,
     };
     let group = target.is_group();
     let limiter = SignalLimiter::start(target, params, activity).map_err(GovernorError::Thread)?;
@@ -419,7 +426,15 @@ mod tests {
             .unwrap();
         let pid = child.id() as i32;
         let cfg = shipped();
-        let off = Governor::start(pid, &cfg, settings(None), Activity::new(), report()).unwrap();
+        let off = Governor::start(
+            pid,
+            &cfg,
+            settings(None),
+            Activity::new(),
+            Default::default(),
+            report(),
+        )
+        .unwrap();
         let snap = off.snapshot().unwrap();
         assert_eq!(snap.method, Method::Off);
         assert_eq!(snap.state, GovernorState::Off);
@@ -427,8 +442,15 @@ mod tests {
         assert_eq!(cfg.method, Method::Auto);
         let tx = report();
         let rx = tx.subscribe();
-        let mut handle =
-            Governor::start(pid, &cfg, settings(Some(0.5)), Activity::new(), tx).unwrap();
+        let mut handle = Governor::start(
+            pid,
+            &cfg,
+            settings(Some(0.5)),
+            Activity::new(),
+            Default::default(),
+            tx,
+        )
+        .unwrap();
         std::thread::sleep(Duration::from_millis(50));
         let status = rx.borrow().clone().unwrap();
         assert_eq!(status.method, Method::Signals);
@@ -452,6 +474,7 @@ mod tests {
             &cfg,
             settings(Some(0.5)),
             Activity::new(),
+            Default::default(),
             report(),
         )
         .unwrap_err();
@@ -464,8 +487,15 @@ mod tests {
             period: Duration::from_secs(2),
             ..settings(Some(0.5))
         };
-        let err =
-            Governor::start(i32::MAX - 1, &shipped(), bad, Activity::new(), report()).unwrap_err();
+        let err = Governor::start(
+            i32::MAX - 1,
+            &shipped(),
+            bad,
+            Activity::new(),
+            Default::default(),
+            report(),
+        )
+        .unwrap_err();
         assert!(
             err.to_string().contains("period 2s is out of range"),
             "{err}"

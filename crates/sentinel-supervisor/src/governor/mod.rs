@@ -30,6 +30,7 @@ pub mod threads;
 pub mod usage;
 
 pub use activity::{Activity, ActivityGuard};
+pub use duty_cycle::StoppedTime;
 pub use handle::{Governor, GovernorError, GovernorHandle, Prepared};
 pub use priority::{apply_to_current_process, Priority};
 pub use settings::{GovernorConfig, GovernorSettings, Method};

@@ -36,17 +36,14 @@ impl PinnedPid {
         if pid <= 1 {
             return Err(PinnedPidError::InvalidPid { pid });
         }
-        // SAFETY: kill with signal 0 only checks existence and permission.
-        if unsafe { libc::kill(pid, 0) } != 0 {
-            let err = io::Error::last_os_error();
+        if let Err(err) = crate::os::process::signal_process(pid, None) {
             return Err(match err.raw_os_error() {
                 Some(libc::ESRCH) => PinnedPidError::NoSuchProcess { pid },
                 Some(libc::EPERM) => PinnedPidError::NotPermitted { pid },
                 _ => PinnedPidError::Open { pid, source: err },
             });
         }
-        // SAFETY: getpgid has no preconditions.
-        let group = unsafe { libc::getpgid(pid) } == pid;
+        let group = crate::os::process::group_of(pid) == Some(pid);
         Ok(Self {
             pid,
             group,
@@ -86,7 +83,7 @@ impl PinnedPid {
         if self.group {
             let signal = nix::sys::signal::Signal::try_from(sig).map_err(io::Error::from)?;
             // The group the live leader still owns (SIGCONT first for anything but STOP/CONT).
-            crate::process_group::signal_group(self.pid, signal)?;
+            crate::os::process::signal_group(self.pid, signal)?;
         }
         Ok(())
     }
@@ -105,15 +102,17 @@ impl PinnedPid {
     }
 }
 
-/// `kill` after a liveness check (the fallback where no pidfd exists).
+/// `kill` after a liveness check (the fallback where no pidfd exists); `sig` 0 only checks.
 fn kill_checked(pid: i32, sig: i32) -> io::Result<()> {
-    // SAFETY: kill with signal 0 only checks existence; then a plain kill(2).
-    unsafe {
-        if libc::kill(pid, 0) != 0 || libc::kill(pid, sig) != 0 {
-            return Err(io::Error::last_os_error());
-        }
+    use crate::os::process::signal_process;
+    signal_process(pid, None)?;
+    match sig {
+        0 => Ok(()),
+        sig => signal_process(
+            pid,
+            Some(nix::sys::signal::Signal::try_from(sig).map_err(io::Error::from)?),
+        ),
     }
-    Ok(())
 }
 
 /// True when an error means the process no longer exists.

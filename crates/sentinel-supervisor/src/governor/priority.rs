@@ -47,6 +47,13 @@ pub fn apply_to_process_threads(pid: i32, priority: Priority) -> io::Result<()> 
     imp::apply_to_threads(pid, priority)
 }
 
+/// Gives the calling thread a real-time priority where allowed (else the highest nice it may
+/// take; on macOS the user-interactive QoS class). For a thread that sleeps between deadlines
+/// and must wake on time (the duty cycle's): it costs nothing while it sleeps.
+pub fn raise_current_thread() {
+    imp::raise_thread();
+}
+
 #[cfg(target_os = "linux")]
 mod imp {
     use super::Priority;
@@ -63,14 +70,14 @@ mod imp {
         };
         for (tid, _) in threads {
             let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: plain system calls on a thread id; a valid sched_param for the policy.
-            unsafe {
-                if libc::sched_setscheduler(tid, policy, &param) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+            // nix wraps neither sched_setscheduler nor setpriority.
+            // SAFETY: `param` is a valid sched_param for `policy` that outlives the call.
+            if unsafe { libc::sched_setscheduler(tid, policy, &param) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: setpriority takes plain integers; on Linux a thread id names that thread.
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } != 0 {
+                return Err(io::Error::last_os_error());
             }
         }
         Ok(())
@@ -89,6 +96,21 @@ mod imp {
                 }
                 Ok(())
             }
+        }
+    }
+
+    pub fn raise_thread() {
+        // nix wraps neither sched_setscheduler nor setpriority.
+        let param = libc::sched_param { sched_priority: 10 };
+        // SAFETY: `param` is a valid sched_param that outlives the call; pid 0 is this thread.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
+            tracing::debug!("thread runs SCHED_FIFO");
+            return;
+        }
+        let tid = nix::unistd::gettid().as_raw() as libc::id_t;
+        // SAFETY: setpriority takes plain integers; on Linux a thread id names that thread.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, -10) } != 0 {
+            tracing::debug!("thread keeps its normal priority (no permission to raise it)");
         }
     }
 
@@ -117,6 +139,13 @@ mod imp {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    pub fn raise_thread() {
+        // SAFETY: sets the calling thread's QoS class from a constant; no pointers involved.
+        unsafe {
+            libc::pthread_set_qos_class_self_np(libc::qos_class_t::QOS_CLASS_USER_INTERACTIVE, 0);
+        }
     }
 
     pub fn apply(priority: Priority) -> io::Result<()> {
@@ -166,7 +195,7 @@ mod tests {
     #[test]
     fn applies_in_pre_exec() {
         let normal = child_nice_and_policy(Priority::Normal);
-        // SAFETY: getpriority has no preconditions.
+        // SAFETY: getpriority takes plain integers and touches no memory of ours.
         let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
         assert!(normal.starts_with(&own.to_string()), "{normal}");
         let bg = child_nice_and_policy(Priority::Background);

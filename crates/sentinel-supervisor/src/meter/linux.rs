@@ -1,16 +1,19 @@
-//! Linux readings from `/proc` and the cgroup v1 `cpuacct` root; a process's CPU time from its
-//! POSIX CPU-time clock (exact, one system call).
+//! Linux readings: the machine's counters from the cgroup v1 `cpuacct` root or `/proc/stat`, a
+//! process's files through [`crate::os::procfs`], a process's CPU time from its POSIX CPU-time
+//! clock (exact, one system call).
 
-use super::{parse_pid_stat, parse_proc_stat, tree_pids_from, ProcStat, SystemSource};
-use super::{SystemTimes, TreeUsage};
+use super::{parse_proc_stat, SystemSource, SystemTimes, TreeUsage};
+use crate::os::procfs::{self, CgroupEntry, ProcStat};
+use nix::time::{clock_getcpuclockid, ClockId};
+use nix::unistd::{sysconf, Pid, SysconfVar};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Reads the machine's cumulative CPU counters from the most precise source available
-/// ([`system_source`]).
-pub fn system_times() -> std::io::Result<SystemTimes> {
-    system_times_from(system_source())
+/// ([`system_source`]); `online_cpus` is the host's ([`crate::host::Host::online_cpus`]).
+pub fn system_times(online_cpus: usize) -> std::io::Result<SystemTimes> {
+    system_times_from(system_source(), online_cpus)
 }
 
 /// The source [`system_times`] reads: `cpuacct` when the cgroup v1 hierarchy root is mounted
@@ -23,10 +26,12 @@ pub fn system_source() -> SystemSource {
     }
 }
 
-/// Reads the machine's cumulative CPU counters from one source.
-pub fn system_times_from(source: SystemSource) -> std::io::Result<SystemTimes> {
+/// Reads the machine's cumulative CPU counters from one source. The `cpuacct` counter is the
+/// run time of every task on every online CPU: its total is the wall time since the first
+/// reading times `online_cpus`.
+pub fn system_times_from(source: SystemSource, online_cpus: usize) -> std::io::Result<SystemTimes> {
     match source {
-        SystemSource::Cpuacct => cpuacct_times(),
+        SystemSource::Cpuacct => cpuacct_times(online_cpus),
         SystemSource::ProcStat | SystemSource::Platform => {
             let stat = std::fs::read_to_string("/proc/stat")?;
             parse_proc_stat(&stat, 1_000_000_000 / ticks_per_second())
@@ -50,7 +55,7 @@ fn read_u64(path: &std::path::Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-fn cpuacct_times() -> std::io::Result<SystemTimes> {
+fn cpuacct_times(online_cpus: usize) -> std::io::Result<SystemTimes> {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
     let file = cpuacct_root()
@@ -62,39 +67,45 @@ fn cpuacct_times() -> std::io::Result<SystemTimes> {
     Ok(SystemTimes {
         busy,
         // The counter is the run time of every task on every online CPU.
-        total: elapsed * crate::host::online_cpus() as u64,
+        total: elapsed * online_cpus.max(1) as u64,
     })
+}
+
+/// A positive `sysconf` value, else `fallback`.
+fn sysconf_or(var: SysconfVar, fallback: u64) -> u64 {
+    match sysconf(var) {
+        Ok(Some(v)) if v > 0 => v as u64,
+        _ => fallback,
+    }
 }
 
 /// Clock ticks per second used by `/proc/stat` counters.
 fn ticks_per_second() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as u64
-    } else {
-        100
+    sysconf_or(SysconfVar::CLK_TCK, 100)
+}
+
+/// The pids of `root` and all its descendants.
+fn tree_pids_from(root: i32, procs: &[ProcStat]) -> Vec<i32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        out.extend(
+            procs
+                .iter()
+                .filter(|p| p.ppid == parent && p.pid != parent)
+                .map(|p| p.pid),
+        );
+        i += 1;
     }
-}
-
-fn read_pid_stat(pid: i32) -> Option<ProcStat> {
-    parse_pid_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-/// All live processes.
-fn all_processes() -> Vec<ProcStat> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(read_pid_stat)
-        .collect()
+    out.retain(|pid| procs.iter().any(|p| p.pid == *pid));
+    out
 }
 
 /// CPU time and resident memory of `root` and its descendants. `None` when `root` is gone.
 pub fn tree_usage(root: i32) -> Option<TreeUsage> {
-    let root_stat = read_pid_stat(root)?;
-    let procs = all_processes();
+    let root_stat = procfs::stat(root)?;
+    let procs = procfs::all_stats();
     let mut pids = tree_pids_from(root, &procs);
     let page = page_size();
     let mut rss: u64 = procs
@@ -119,31 +130,18 @@ pub fn tree_usage(root: i32) -> Option<TreeUsage> {
 /// CPU time of a whole process (every thread, live and exited) with nanosecond precision, in one
 /// system call: its POSIX CPU-time clock (`clock_getcpuclockid`). `None` once it is reaped.
 pub fn process_cpu(pid: i32) -> Option<Duration> {
-    let mut clock: libc::clockid_t = 0;
-    // SAFETY: clock_getcpuclockid writes one clockid_t into the variable we pass.
-    if unsafe { libc::clock_getcpuclockid(pid, &mut clock) } != 0 {
-        return None;
-    }
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into the variable we pass.
-    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
-        return None;
-    }
-    Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    let clock: ClockId = clock_getcpuclockid(Pid::from_raw(pid)).ok()?;
+    Some(Duration::from(clock.now().ok()?))
 }
 
 /// The state letter of a process (`T` = stopped), if it exists.
 pub fn process_state(pid: i32) -> Option<char> {
-    read_pid_stat(pid).map(|s| s.state)
+    procfs::stat(pid).map(|s| s.state)
 }
 
 /// Number of threads of a process (`Threads:` of `/proc/<pid>/status`).
 pub fn thread_count(pid: i32) -> Option<usize> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    super::parse_status_kib(&status, "Threads:").map(|n| n as usize)
+    procfs::status_number(&procfs::status(pid)?, "Threads:").map(|n| n as usize)
 }
 
 /// Run time of each thread of a process, `(thread id, run time)`, with nanosecond precision
@@ -179,21 +177,19 @@ fn thread_schedstats(pid: i32) -> Option<impl Iterator<Item = (i32, [u64; 2])>> 
 
 /// Peak resident set size of one process (`VmHWM`), in bytes.
 pub fn peak_rss_bytes(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    super::parse_status_kib(&status, "VmHWM:").map(|k| k * 1024)
+    procfs::status_number(&procfs::status(pid)?, "VmHWM:").map(|k| k * 1024)
 }
 
 /// Current resident set size of one process (`VmRSS`), in bytes.
 pub fn rss_bytes(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    super::parse_status_kib(&status, "VmRSS:").map(|k| k * 1024)
+    procfs::status_number(&procfs::status(pid)?, "VmRSS:").map(|k| k * 1024)
 }
 
 /// Whether a SIGKILL is pending for a process (`SigPnd`/`ShdPnd` of `/proc/<pid>/status`): it
 /// is dying, though it has not run yet to exit (at idle priority on a busy machine that may take
 /// a while).
 pub fn kill_pending(pid: i32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+    let Some(status) = procfs::status(pid) else {
         return false;
     };
     status.lines().any(|l| {
@@ -208,8 +204,7 @@ pub fn kill_pending(pid: i32) -> bool {
 /// The OOM-kill counter of the memory cgroup `pid` is in: cgroup v2 `memory.events` or v1
 /// `memory.oom_control` (key `oom_kill`). `None` without a memory controller or such a key.
 pub fn oom_counter(pid: i32) -> Option<super::OomCounter> {
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let (file, kills) = super::memory_event_files(&cgroups)
+    let (file, kills) = memory_event_files(&procfs::cgroups(pid)?)
         .into_iter()
         .find_map(|file| read_oom_kills(&file).map(|k| (file, k)))?;
     Some(super::OomCounter { file, kills })
@@ -221,12 +216,69 @@ pub fn read_oom_kills(file: &std::path::Path) -> Option<u64> {
     super::parse_flat_key(&text, "oom_kill")
 }
 
+/// The files holding the OOM-kill count of the memory cgroups a process is in: v1
+/// `memory.oom_control` under `/sys/fs/cgroup/memory`, v2 `memory.events`.
+fn memory_event_files(cgroups: &[CgroupEntry]) -> Vec<PathBuf> {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    cgroups
+        .iter()
+        .filter_map(|cgroup| {
+            if cgroup.has_controller("memory") {
+                Some(
+                    root.join("memory")
+                        .join(cgroup.relative())
+                        .join("memory.oom_control"),
+                )
+            } else if cgroup.is_unified() {
+                Some(root.join(cgroup.relative()).join("memory.events"))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
 fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as u64
-    } else {
-        4096
+    sysconf_or(SysconfVar::PAGE_SIZE, 4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_memory_cgroup_event_files_and_oom_kills() {
+        let v1 = procfs::parse_cgroups("4:memory:/process_api/abc\n1:cpu:/\n0::/\n");
+        assert_eq!(
+            memory_event_files(&v1),
+            vec![
+                PathBuf::from("/sys/fs/cgroup/memory/process_api/abc/memory.oom_control"),
+                PathBuf::from("/sys/fs/cgroup/memory.events"),
+            ]
+        );
+        let control = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        assert_eq!(super::super::parse_flat_key(control, "oom_kill"), Some(2));
+        assert_eq!(super::super::parse_flat_key(control, "oom"), None);
+    }
+
+    #[test]
+    fn finds_descendants() {
+        let p = |pid, ppid| ProcStat {
+            pid,
+            ppid,
+            state: 'S',
+            rss_pages: 0,
+        };
+        let procs = [p(1, 0), p(10, 1), p(11, 10), p(12, 10), p(20, 1), p(13, 11)];
+        let mut tree = tree_pids_from(10, &procs);
+        tree.sort();
+        assert_eq!(tree, vec![10, 11, 12, 13]);
+        assert!(tree_pids_from(99, &procs).is_empty());
+    }
+
+    #[test]
+    fn system_constants_are_sane() {
+        assert!(ticks_per_second() >= 100);
+        assert!(page_size() >= 4096 && page_size().is_power_of_two());
     }
 }

@@ -14,8 +14,9 @@ fn with_system<T>(f: impl FnOnce(&mut System) -> T) -> T {
     f(guard.get_or_insert_with(System::new))
 }
 
-/// The machine's CPU load as synthetic cumulative counters.
-pub fn system_times() -> std::io::Result<SystemTimes> {
+/// The machine's CPU load as synthetic cumulative counters (a share already: the count of
+/// online CPUs is not needed).
+pub fn system_times(_online_cpus: usize) -> std::io::Result<SystemTimes> {
     // sysinfo reports usage between refreshes; turn it into synthetic cumulative ticks.
     static LAST: Mutex<(u64, u64)> = Mutex::new((0, 0));
     let usage = with_system(|s| {
@@ -37,8 +38,11 @@ pub fn system_source() -> SystemSource {
 }
 
 /// There is one source on macOS.
-pub fn system_times_from(_source: SystemSource) -> std::io::Result<SystemTimes> {
-    system_times()
+pub fn system_times_from(
+    _source: SystemSource,
+    online_cpus: usize,
+) -> std::io::Result<SystemTimes> {
+    system_times(online_cpus)
 }
 
 fn refresh(pid: i32) -> Option<(Duration, u64, char)> {

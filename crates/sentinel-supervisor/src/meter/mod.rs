@@ -1,11 +1,13 @@
 //! Precise CPU and memory readings: system-wide CPU, a process's and a process tree's CPU time
 //! and memory.
 //!
-//! This is the one place that reads `/proc` (`linux.rs`) or asks the kernel through `sysinfo`
-//! (`macos.rs`); the governor, `/status`, the bench and the integration tests consume what it
-//! returns. A process's CPU time has one reader, [`process_cpu`], exact on Linux (the process's
-//! CPU-time clock, nanoseconds), never the 10 ms tick counts of `/proc/<pid>/stat`. This module
-//! holds the platform-neutral types and parsers; the CPU count comes from [`crate::host`].
+//! This is where CPU is measured: the governor, `/status`, the bench and the integration tests
+//! consume what it returns. On Linux (`linux.rs`) it reads the machine's counters itself and a
+//! process's files through [`crate::os::procfs`]; on macOS (`macos.rs`) it asks `sysinfo`. A
+//! process's CPU time has one reader, [`process_cpu`], exact on Linux (the process's CPU-time
+//! clock, nanoseconds), never the 10 ms tick counts of `/proc/<pid>/stat`. This module holds the
+//! platform-neutral types and parsers; the count of online CPUs is the caller's
+//! ([`crate::host::Host::online_cpus`], detected once and passed down).
 
 use std::time::Duration;
 
@@ -32,27 +34,6 @@ pub use macos::{
 pub struct OomCounter {
     pub file: std::path::PathBuf,
     pub kills: u64,
-}
-
-/// The files holding the OOM-kill count of the memory cgroups named in a `/proc/<pid>/cgroup`:
-/// v1 `memory.oom_control` under `/sys/fs/cgroup/memory`, v2 `memory.events`.
-pub fn memory_event_files(proc_cgroup: &str) -> Vec<std::path::PathBuf> {
-    let root = std::path::Path::new("/sys/fs/cgroup");
-    proc_cgroup
-        .lines()
-        .filter_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            let rel = path.trim_start_matches('/');
-            if controllers.split(',').any(|c| c == "memory") {
-                Some(root.join("memory").join(rel).join("memory.oom_control"))
-            } else if controllers.is_empty() {
-                Some(root.join(rel).join("memory.events"))
-            } else {
-                None
-            }
-        })
-        .collect()
 }
 
 /// The number after `key` in a flat keyed file (`oom_kill 3`).
@@ -144,51 +125,6 @@ pub fn parse_cpuacct_mount(mountinfo: &str) -> Option<std::path::PathBuf> {
     })
 }
 
-/// One process as seen in `/proc/<pid>/stat`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProcStat {
-    pub pid: i32,
-    pub ppid: i32,
-    /// Process state letter (`R`, `S`, `T` for stopped, `Z` for zombie, ...).
-    pub state: char,
-    pub rss_pages: u64,
-}
-
-/// Parses `/proc/<pid>/stat`, whose second field (the command name) may hold spaces and parens.
-pub fn parse_pid_stat(text: &str) -> Option<ProcStat> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let pid = text[..open].trim().parse().ok()?;
-    let rest: Vec<&str> = text[close + 1..].split_whitespace().collect();
-    // rest[0] = state (field 3); rss = field 24. (CPU time is read from the process's clock,
-    // not from the tick counts of fields 14 and 15.)
-    let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<u64>().ok());
-    Some(ProcStat {
-        pid,
-        ppid: rest.get(1)?.parse().ok()?,
-        state: rest.first()?.chars().next()?,
-        rss_pages: field(24)?,
-    })
-}
-
-/// The pids of `root` and all its descendants.
-pub fn tree_pids_from(root: i32, procs: &[ProcStat]) -> Vec<i32> {
-    let mut out = vec![root];
-    let mut i = 0;
-    while i < out.len() {
-        let parent = out[i];
-        out.extend(
-            procs
-                .iter()
-                .filter(|p| p.ppid == parent && p.pid != parent)
-                .map(|p| p.pid),
-        );
-        i += 1;
-    }
-    out.retain(|pid| procs.iter().any(|p| p.pid == *pid));
-    out
-}
-
 /// A reading of one process tree: CPU time used so far and resident memory now.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct TreeUsage {
@@ -197,37 +133,9 @@ pub struct TreeUsage {
     pub processes: usize,
 }
 
-/// Reads a `Key:   1234 kB` line of `/proc/<pid>/status`.
-pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
-    status
-        .lines()
-        .find(|l| l.starts_with(key))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_memory_cgroup_event_files_and_oom_kills() {
-        let v1 = "4:memory:/process_api/abc\n1:cpu:/\n0::/\n";
-        assert_eq!(
-            memory_event_files(v1),
-            vec![
-                std::path::PathBuf::from(
-                    "/sys/fs/cgroup/memory/process_api/abc/memory.oom_control"
-                ),
-                std::path::PathBuf::from("/sys/fs/cgroup/memory.events"),
-            ]
-        );
-        let control = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
-        assert_eq!(parse_flat_key(control, "oom_kill"), Some(2));
-        assert_eq!(parse_flat_key(control, "oom"), None);
-    }
 
     #[test]
     fn parses_proc_stat_aggregate_line() {
@@ -278,18 +186,18 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn every_source_reads_the_machine() {
+        let online = crate::host::Host::detect().online_cpus;
         for source in [system_source(), SystemSource::ProcStat] {
-            let a = system_times_from(source).unwrap();
+            let a = system_times_from(source, online).unwrap();
             let mut x = 0u64;
             let t = std::time::Instant::now();
             while t.elapsed() < std::time::Duration::from_millis(100) {
                 x = std::hint::black_box(x.wrapping_add(1));
             }
-            let b = system_times_from(source).unwrap();
+            let b = system_times_from(source, online).unwrap();
             assert!(b.total > a.total, "{source:?}: time moves on");
             let f = b.busy_fraction_since(&a);
             // This thread kept one CPU busy the whole time.
-            let online = crate::host::online_cpus();
             let one_cpu = 1.0 / online as f64;
             assert!(
                 (one_cpu * 0.6..=1.0).contains(&f),
@@ -298,51 +206,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn parses_pid_stat_with_spaces_in_name() {
-        let text = "1234 (llama server (x)) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 39 19 4 0 100 1000000 2560 18446744073709551615";
-        let s = parse_pid_stat(text).unwrap();
-        assert_eq!(s.pid, 1234);
-        assert_eq!(s.ppid, 1);
-        assert_eq!(s.state, 'S');
-        assert_eq!(s.rss_pages, 2560);
-    }
-
-    #[test]
-    fn finds_descendants() {
-        let p = |pid, ppid| ProcStat {
-            pid,
-            ppid,
-            state: 'S',
-            rss_pages: 0,
-        };
-        let procs = [p(1, 0), p(10, 1), p(11, 10), p(12, 10), p(20, 1), p(13, 11)];
-        let mut tree = tree_pids_from(10, &procs);
-        tree.sort();
-        assert_eq!(tree, vec![10, 11, 12, 13]);
-        assert!(tree_pids_from(99, &procs).is_empty());
-    }
-
-    #[test]
-    fn parses_status_lines() {
-        let status = "Name:\tllama\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n";
-        assert_eq!(parse_status_kib(status, "VmHWM:"), Some(204800));
-        assert_eq!(parse_status_kib(status, "VmRSS:"), Some(102400));
-        assert_eq!(parse_status_kib(status, "VmSwap:"), None);
-    }
-
     /// CPU time of this process as `getrusage` reports it (microseconds, the same scheduler
     /// accounting the CPU clock reads).
     #[cfg(target_os = "linux")]
     fn rusage_cpu() -> Duration {
-        // SAFETY: getrusage writes one rusage into the zeroed variable we pass.
-        let ru = unsafe {
-            let mut ru: libc::rusage = std::mem::zeroed();
-            assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut ru), 0);
-            ru
+        use nix::sys::resource::{getrusage, UsageWho};
+        let ru = getrusage(UsageWho::RUSAGE_SELF).unwrap();
+        let tv = |t: nix::sys::time::TimeVal| {
+            Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000)
         };
-        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-        tv(ru.ru_utime) + tv(ru.ru_stime)
+        tv(ru.user_time()) + tv(ru.system_time())
     }
 
     #[cfg(target_os = "linux")]
@@ -385,7 +258,7 @@ mod tests {
         let usage = tree_usage(me).unwrap();
         assert!(usage.rss_bytes > 0);
         assert!(usage.cpu_time > Duration::ZERO && usage.processes >= 1);
-        assert!(system_times().unwrap().total > 0);
+        assert!(system_times(1).unwrap().total > 0);
         assert!(process_state(me).is_some());
     }
 }

@@ -56,9 +56,9 @@ mod tests {
             ("group".to_string(), "soc".to_string()),
         ]
         .into();
+        let targets = crate::config::Config::builtin().unwrap().bench.targets;
         let m =
-            crate::metrics::Metrics::new(&crate::config::Config::builtin().unwrap().bench.targets)
-                .with_host_labels(&labels);
+            crate::metrics::Metrics::new(&targets, 2, Default::default()).with_host_labels(&labels);
         let mut report = crate::status::example();
         report.backend = None;
         let text = m.render(&report, None).await;

@@ -146,12 +146,22 @@ pub struct Metrics {
     pub upstream: crate::upstream::metrics::UpstreamMetrics,
     /// `labels` of the configuration, for `sentinel_host_info`.
     host_labels: Vec<(String, String)>,
+    /// The host's online CPUs ([`crate::host::Host::online_cpus`]): `sentinel_system_cpus`, and
+    /// the denominator of the machine's CPU counters.
+    online_cpus: usize,
+    /// Where the governors add the time they hold the backend stopped
+    /// (`sentinel_governor_throttled_seconds_total`).
+    throttled: crate::governor::StoppedTime,
 }
 
 impl Metrics {
     /// The registry, with the SLO bands taken from the bench targets (`[bench.targets]`: the
     /// idle, active-mean and active-p99 limits on system CPU).
-    pub fn new(targets: &Targets) -> Metrics {
+    pub fn new(
+        targets: &Targets,
+        online_cpus: usize,
+        throttled: crate::governor::StoppedTime,
+    ) -> Metrics {
         let mut registry = Registry::default();
         let restarts = Family::<ReasonLabel, Counter>::default();
         registry.register(
@@ -240,6 +250,8 @@ impl Metrics {
             client,
             upstream,
             host_labels: Vec::new(),
+            online_cpus,
+            throttled,
         }
     }
 
@@ -302,7 +314,12 @@ impl Metrics {
             Some(b) => Some(llamacpp::scrape(&self.client, b).await),
             None => None,
         };
-        let live = Live::read(report, llamacpp.as_ref().map(Result::is_ok));
+        let live = Live::read(
+            report,
+            llamacpp.as_ref().map(Result::is_ok),
+            self.online_cpus,
+            self.throttled.total(),
+        );
         let mut out = String::with_capacity(16 * 1024);
         let mut scrape = Registry::default();
         scrape.register_collector(Box::new(live));
@@ -373,7 +390,12 @@ struct Live {
 }
 
 impl Live {
-    fn read(report: &StatusReport, llamacpp_up: Option<bool>) -> Live {
+    fn read(
+        report: &StatusReport,
+        llamacpp_up: Option<bool>,
+        online_cpus: usize,
+        throttled: Duration,
+    ) -> Live {
         let backend = report.backend.as_ref().map(|b| b.pid);
         let me = std::process::id() as i32;
         let governor = report.governor.as_ref();
@@ -384,13 +406,13 @@ impl Live {
             budget_cores: governor.and_then(|g| g.budget_cpus),
             measured_cores: governor.and_then(|g| g.measured_cpus),
             duty: governor.and_then(|g| g.duty),
-            throttled: crate::governor::duty_cycle::total_stopped(),
+            throttled,
             backend_cpu: backend.and_then(crate::meter::process_cpu),
             backend_rss: backend.and_then(crate::meter::rss_bytes),
-            system_busy: crate::meter::system_times()
+            system_busy: crate::meter::system_times(online_cpus)
                 .ok()
                 .map(|t| Duration::from_nanos(t.busy)),
-            system_cpus: crate::host::online_cpus(),
+            system_cpus: online_cpus,
             supervisor_cpu: crate::meter::process_cpu(me),
             supervisor_rss: crate::meter::rss_bytes(me),
             llamacpp_up,
@@ -628,7 +650,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_scrape_shows_events_and_readings() {
-        let m = Metrics::new(&targets());
+        let online = crate::host::Host::detect().online_cpus;
+        let m = Metrics::new(&targets(), online, Default::default());
         m.backend_restarted(RestartReason::Signal);
         m.backend_restarted(RestartReason::Signal);
         m.backend_restarted(RestartReason::Hang);
@@ -667,10 +690,7 @@ mod tests {
         assert_eq!(sample(&text, "sentinel_requests_queued"), Some(1.0));
         assert!(sample(&text, "sentinel_supervisor_resident_memory_bytes").unwrap() > 0.0);
         assert!(sample(&text, "sentinel_system_cpu_busy_seconds_total").unwrap() > 0.0);
-        assert_eq!(
-            sample(&text, "sentinel_system_cpus"),
-            Some(crate::host::online_cpus() as f64)
-        );
+        assert_eq!(sample(&text, "sentinel_system_cpus"), Some(online as f64));
         // No backend, no governor: their samples are left out rather than reported as 0.
         assert!(!text.contains("sentinel_backend_cpu_seconds"), "{text}");
         assert!(!text.contains("sentinel_governor_budget_cores"));

@@ -94,9 +94,9 @@ struct Edge {
     backend: Option<(i32, Duration)>,
 }
 
-fn read_edge(source: SystemSource, pid: Option<i32>) -> Option<Edge> {
+fn read_edge(source: SystemSource, online_cpus: usize, pid: Option<i32>) -> Option<Edge> {
     let at = Instant::now();
-    let system = crate::meter::system_times_from(source).ok()?;
+    let system = crate::meter::system_times_from(source, online_cpus).ok()?;
     let backend = pid.and_then(|pid| crate::meter::process_cpu(pid).map(|cpu| (pid, cpu)));
     Some(Edge {
         at,
@@ -139,7 +139,7 @@ pub fn spawn(
                 _ = ticker.tick() => {}
                 _ = cancel.cancelled() => return,
             }
-            let Some(edge) = read_edge(source, pid()) else {
+            let Some(edge) = read_edge(source, metrics.online_cpus, pid()) else {
                 last = None;
                 continue;
             };
@@ -173,7 +173,7 @@ mod tests {
 
     #[tokio::test]
     async fn windows_are_counted_by_band_and_against_the_budget() {
-        let m = super::super::Metrics::new(&targets());
+        let m = super::super::Metrics::new(&targets(), 2, Default::default());
         for share in [0.01, 0.01, 0.2, 0.4, 0.9] {
             m.slo.observe(share, None);
         }
@@ -250,7 +250,12 @@ mod tests {
 
     #[tokio::test]
     async fn the_task_counts_real_windows_and_stops_when_cancelled() {
-        let m = Arc::new(super::super::Metrics::new(&targets()));
+        let online = crate::host::Host::detect().online_cpus;
+        let m = Arc::new(super::super::Metrics::new(
+            &targets(),
+            online,
+            Default::default(),
+        ));
         let (_status_tx, status) = watch::channel(Status::initial());
         let (_gov_tx, governor) = watch::channel(None);
         let cancel = CancellationToken::new();

@@ -412,3 +412,39 @@ impl Situation {
         }
     }
 }
+
+/// Writes fake sysfs files (`(name, text)`) into `dir`, for the Linux readers' tests.
+#[cfg(all(test, target_os = "linux"))]
+fn write_fake_files(dir: &std::path::Path, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
+/// One device class of sysfs under a root (`<root>/sys/class/<name>`): the power supplies,
+/// the thermal zones and cooling devices. The root is `/` but for tests.
+#[cfg(target_os = "linux")]
+#[derive(Debug, Clone)]
+struct SysClass {
+    dir: std::path::PathBuf,
+}
+
+#[cfg(target_os = "linux")]
+impl SysClass {
+    fn new(root: &std::path::Path, name: &str) -> SysClass {
+        SysClass {
+            dir: root.join("sys/class").join(name),
+        }
+    }
+
+    /// The class's devices, sorted by path; none when the class is missing.
+    fn devices(&self) -> Vec<std::path::PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut dirs: Vec<std::path::PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        dirs.sort();
+        dirs
+    }
+}

@@ -7,9 +7,9 @@
 //! Each supply's attributes come from its own files (`type`, `online`, `status`, `scope`), and
 //! from `uevent`'s `POWER_SUPPLY_*` lines for any file that is missing.
 
-use super::PowerSource;
+use super::{PowerSource, SysClass};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// One entry of `/sys/class/power_supply`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -90,25 +90,20 @@ pub(crate) fn decide(supplies: &[Supply]) -> PowerSource {
 
 /// The power supplies under `root`.
 #[derive(Debug, Clone)]
-pub(crate) struct Sysfs {
-    dir: PathBuf,
-}
+pub(crate) struct Sysfs(SysClass);
 
 impl Sysfs {
     pub(crate) fn new(root: &Path) -> Sysfs {
-        Sysfs {
-            dir: root.join("sys/class/power_supply"),
-        }
+        Sysfs(SysClass::new(root, "power_supply"))
     }
 
     /// Every supply now (none when the directory is missing: no battery, on mains).
     pub(crate) fn supplies(&self) -> Vec<Supply> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut all: Vec<Supply> = entries
-            .flatten()
-            .filter_map(|e| Supply::read(&e.path()))
+        let mut all: Vec<Supply> = self
+            .0
+            .devices()
+            .iter()
+            .filter_map(|dir| Supply::read(dir))
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
@@ -149,12 +144,7 @@ POWER_SUPPLY_TYPE=Mains
 POWER_SUPPLY_ONLINE=0
 ";
 
-    fn write(dir: &Path, files: &[(&str, &str)]) {
-        std::fs::create_dir_all(dir).unwrap();
-        for (name, text) in files {
-            std::fs::write(dir.join(name), text).unwrap();
-        }
-    }
+    use super::super::write_fake_files as write;
 
     #[test]
     fn a_captured_uevent_parses() {

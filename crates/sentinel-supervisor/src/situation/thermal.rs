@@ -4,7 +4,8 @@
 //! `intel_powerclamp`, `thermal-cpufreq-*`) is engaged. Fans (`active` trips, `Fan` devices) do
 //! not count: a fan turning at its first step is normal. No thermal zone: no pressure known.
 
-use std::path::{Path, PathBuf};
+use super::SysClass;
+use std::path::Path;
 
 /// What one zone says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,23 +80,16 @@ impl Cooling {
 
 /// The thermal class under a root.
 #[derive(Debug, Clone)]
-pub(crate) struct Sysfs {
-    dir: PathBuf,
-}
+pub(crate) struct Sysfs(SysClass);
 
 impl Sysfs {
     pub(crate) fn new(root: &Path) -> Sysfs {
-        Sysfs {
-            dir: root.join("sys/class/thermal"),
-        }
+        Sysfs(SysClass::new(root, "thermal"))
     }
 
     /// Whether any zone or CPU cooling device reports pressure, and which (`None`: none does).
     pub(crate) fn pressure(&self) -> Option<String> {
-        let entries = std::fs::read_dir(&self.dir).ok()?;
-        let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        dirs.sort();
-        for dir in dirs {
+        for dir in self.0.devices() {
             let name = dir.file_name().unwrap_or_default().to_string_lossy();
             if name.starts_with("thermal_zone") {
                 if let Some(zone) = Zone::read(&dir).filter(Zone::hot) {
@@ -120,12 +114,7 @@ impl Sysfs {
 mod tests {
     use super::*;
 
-    fn write(dir: &Path, files: &[(&str, &str)]) {
-        std::fs::create_dir_all(dir).unwrap();
-        for (name, text) in files {
-            std::fs::write(dir.join(name), text).unwrap();
-        }
-    }
+    use super::super::write_fake_files as write;
 
     #[test]
     fn trip_points_and_cpu_cooling_make_pressure_fans_do_not() {

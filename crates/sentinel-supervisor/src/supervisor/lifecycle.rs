@@ -111,6 +111,8 @@ pub enum End {
 
 pub struct Lifecycle {
     pub activity: Activity,
+    /// Where the governors add the time they hold the backend stopped (the watchdog reads it).
+    pub stopped: crate::governor::StoppedTime,
     /// Where the serving launch's governor publishes its snapshots (`None` between launches).
     pub governor: SnapshotSender,
     pub status: watch::Sender<Status>,
@@ -427,7 +429,7 @@ impl Lifecycle {
         interrupt: impl Future<Output = Outcome>,
     ) -> Result<Running, (Outcome, Option<LogTail>)> {
         let spec = (plan.make_spec)().map_err(|e| (Outcome::SpawnFailed(e.to_string()), None))?;
-        let mut child = BackendProcess::spawn(&spec).map_err(|e| {
+        let mut child = BackendProcess::spawn(&spec).await.map_err(|e| {
             let msg = format!("cannot start {}: {e}", spec.program.display());
             (Outcome::SpawnFailed(msg), None)
         })?;
@@ -529,6 +531,7 @@ impl Lifecycle {
         let watch = |info: &BackendInfo, c: &SupervisorConfig| {
             Box::pin(liveness::watchdog(
                 self.liveness.clone(),
+                self.stopped.clone(),
                 info.pid,
                 info.generation,
                 c.first_token_timeout,
@@ -588,7 +591,8 @@ impl Lifecycle {
                 }
             }
             self.heartbeat.beat();
-            let (probed_at, held_before) = (Instant::now(), liveness::held_back(running.info.pid));
+            let held_before = liveness::held_back(running.info.pid, &self.stopped);
+            let probed_at = Instant::now();
             let result = tokio::select! {
                 status = running.child.wait() => break Outcome::Exited(status),
                 _ = self.cancel.cancelled() => break Outcome::Cancelled,
@@ -605,7 +609,8 @@ impl Lifecycle {
                     }
                 }
                 Probe::Down(why) => {
-                    let held = liveness::held_back(running.info.pid).saturating_sub(held_before);
+                    let held = liveness::held_back(running.info.pid, &self.stopped)
+                        .saturating_sub(held_before);
                     if liveness::starved(held, probed_at.elapsed()) {
                         tracing::info!(pid = running.info.pid, %why, ?held, "liveness probe unanswered while the backend waited for a CPU (starved by other work, not hung): not counted");
                         continue;
@@ -796,6 +801,7 @@ impl Lifecycle {
             &plan.governor_config,
             self.budget.settings(plan.governor_settings),
             self.activity.clone(),
+            self.stopped.clone(),
             report.clone(),
         ) {
             Ok(h) => Some(h),

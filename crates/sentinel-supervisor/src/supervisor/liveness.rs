@@ -33,10 +33,10 @@ use tokio::time::Instant;
 pub const MIN_CPU_SHARE: f64 = 0.01;
 
 /// How long the backend `pid` has been kept from running so far: its threads' wait on the run
-/// queue plus the time the governor's duty cycle held it stopped. Compare two readings.
-pub fn held_back(pid: i32) -> Duration {
-    crate::meter::run_queue_wait(pid).unwrap_or_default()
-        + crate::governor::duty_cycle::total_stopped()
+/// queue plus the time the governors' duty cycles held it stopped (`stopped`, where they add
+/// it). Compare two readings.
+pub fn held_back(pid: i32, stopped: &crate::governor::StoppedTime) -> Duration {
+    crate::meter::run_queue_wait(pid).unwrap_or_default() + stopped.total()
 }
 
 /// Whether a backend held back for `held` during `window` was starved of CPU (not hung).
@@ -139,6 +139,7 @@ impl std::fmt::Display for Stall {
 /// in a `select!` beside the child's exit and the probes).
 pub async fn watchdog(
     liveness: Arc<Liveness>,
+    stopped: crate::governor::StoppedTime,
     pid: i32,
     generation: u64,
     timeout: Duration,
@@ -163,7 +164,7 @@ pub async fn watchdog(
         let Some(cpu) = crate::meter::process_cpu(pid) else {
             continue;
         };
-        let held = held_back(pid);
+        let held = held_back(pid, &stopped);
         samples.push_back((now, cpu, held));
         while samples.len() > 1 && now.duration_since(samples[1].0) >= timeout {
             samples.pop_front();
@@ -299,7 +300,14 @@ mod tests {
         let pid = std::process::id() as i32;
         let timeout = Duration::from_secs(10);
         let pending = p.sent(1);
-        let dog = watchdog(Arc::clone(&liveness), pid, 1, timeout, 3);
+        let dog = watchdog(
+            Arc::clone(&liveness),
+            Default::default(),
+            pid,
+            1,
+            timeout,
+            3,
+        );
         let stall = tokio::time::timeout(Duration::from_secs(30), dog)
             .await
             .expect("a stall within the timeout and a tick");
@@ -320,7 +328,14 @@ mod tests {
         let pending = p.sent(1);
         // A request to another launch does not count for this one.
         let _other = p.sent(2);
-        let dog = watchdog(Arc::clone(&liveness), pid, 1, timeout, 3);
+        let dog = watchdog(
+            Arc::clone(&liveness),
+            Default::default(),
+            pid,
+            1,
+            timeout,
+            3,
+        );
         tokio::pin!(dog);
         for _ in 0..10 {
             tokio::select! {
@@ -345,7 +360,15 @@ mod tests {
         }
         assert_eq!(liveness.failures(7), 2);
         p.sent(7).answered(500);
-        let stall = watchdog(Arc::clone(&liveness), pid, 7, Duration::from_secs(5), 3).await;
+        let stall = watchdog(
+            Arc::clone(&liveness),
+            Default::default(),
+            pid,
+            7,
+            Duration::from_secs(5),
+            3,
+        )
+        .await;
         assert_eq!(stall, Stall::Failing { in_a_row: 3 });
         assert!(stall.to_string().contains("liveness_failures"));
         liveness.forget(7);

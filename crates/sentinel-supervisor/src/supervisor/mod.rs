@@ -116,6 +116,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     let server_cancel = CancellationToken::new();
     let activity = Activity::new();
+    let stopped = crate::governor::StoppedTime::default();
     let inflight = inflight::InFlight::new();
     let (status_tx, status_rx) = watch::channel(state::Status::initial());
     let (governor_tx, governor_rx) = watch::channel(None);
@@ -123,7 +124,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     let heartbeat = crate::notify::Heartbeat::default();
     let notify_status = status_rx.clone();
     let metrics = Arc::new(
-        crate::metrics::Metrics::new(&config.bench.targets).with_host_labels(&config.labels),
+        crate::metrics::Metrics::new(
+            &config.bench.targets,
+            active.options.host.online_cpus,
+            stopped.clone(),
+        )
+        .with_host_labels(&config.labels),
     );
     let upstreams = crate::upstream::Upstreams::build(
         &config.upstreams,
@@ -157,6 +163,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     );
     let lifecycle = lifecycle::Lifecycle {
         activity: activity.clone(),
+        stopped,
         governor: governor_tx,
         status: status_tx,
         inflight: inflight.clone(),

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use sentinel_supervisor::process_group::signal_group;
+use sentinel_supervisor::os::process::signal_group;
 
 const SUPERVISOR: &str = env!("CARGO_BIN_EXE_sentinel-supervisor");
 const BURNER: &str = env!("CARGO_BIN_EXE_cpu-burner");
@@ -77,15 +77,16 @@ fn child_of(parent: u32) -> i32 {
 
 /// Measures `pid`'s CPU in cores over `window`, and what the rest of the machine used (in cores).
 fn measure(pid: i32, window: Duration) -> (f64, f64) {
+    let host = Host::detect();
     let cpu0 = meter::process_cpu(pid).expect("target alive");
-    let sys0 = meter::system_times().expect("system times");
+    let sys0 = meter::system_times(host.online_cpus).expect("system times");
     let t0 = Instant::now();
     std::thread::sleep(window);
     let cpu1 = meter::process_cpu(pid).expect("target alive");
-    let sys1 = meter::system_times().expect("system times");
+    let sys1 = meter::system_times(host.online_cpus).expect("system times");
     let wall = t0.elapsed().as_secs_f64();
     let cores = (cpu1 - cpu0).as_secs_f64() / wall;
-    let machine = Host::detect().machine_share_to_cores(sys1.busy_fraction_since(&sys0));
+    let machine = host.machine_share_to_cores(sys1.busy_fraction_since(&sys0));
     let others = (machine - cores).max(0.0);
     (cores, others)
 }

@@ -176,11 +176,14 @@ fn a_capped_build_program_stays_near_its_budget() {
     }
     std::thread::sleep(Duration::from_millis(500));
     let (t0, c0) = (Instant::now(), meter::process_cpu(pid).unwrap());
-    let s0 = meter::system_times().unwrap();
+    let online = Host::detect().online_cpus;
+    let s0 = meter::system_times(online).unwrap();
     std::thread::sleep(Duration::from_secs(4));
     let used = (meter::process_cpu(pid).unwrap() - c0).as_secs_f64() / t0.elapsed().as_secs_f64();
-    let busy = meter::system_times().unwrap().busy_fraction_since(&s0)
-        * sentinel_supervisor::host::online_cpus() as f64;
+    let busy = meter::system_times(online)
+        .unwrap()
+        .busy_fraction_since(&s0)
+        * online as f64;
     drop(running);
     let others = busy - used;
     eprintln!(

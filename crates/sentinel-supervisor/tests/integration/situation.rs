@@ -380,8 +380,8 @@ fn bench_battery_and_idle_budgets() {
     });
     s.wait_health(200, Duration::from_secs(300));
     let pid = s.backend_pid();
-    let cpus = sentinel_supervisor::host::online_cpus();
-    let counters = CounterSampler::start(pid, Duration::from_millis(100)).unwrap();
+    let cpus = sentinel_supervisor::host::Host::detect().online_cpus;
+    let counters = CounterSampler::start(pid, Duration::from_millis(100), cpus).unwrap();
     let done = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let worker = {

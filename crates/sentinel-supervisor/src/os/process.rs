@@ -11,10 +11,14 @@
 //!   every spawn runs on one dedicated thread that lives as long as the process: callers hand it
 //!   the command over a channel and get the child back. (Tokio's worker threads and
 //!   `spawn_blocking` threads come and go; a child spawned from one could be killed at random.)
+//!   The async form awaits the answer, so a tokio worker is never blocked while a fork runs.
 //! - [`signal_group`] sends SIGCONT before any other signal: a stopped process (the duty cycle
 //!   stops the backend many times a second) ignores SIGTERM until it is continued.
+//! - [`signal_process`] signals one process, [`exists`] is the one liveness probe by pid
+//!   (`kill(pid, 0)`), [`group_of`] the one `getpgid`.
 
-use nix::sys::signal::{killpg, Signal};
+use nix::errno::Errno;
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -27,13 +31,20 @@ pub fn spawn_in_group(
     death_signal: Signal,
 ) -> io::Result<std::process::Child> {
     prepare(&mut cmd, death_signal);
-    on_spawning_thread(move || cmd.spawn())?
+    let (done_tx, done_rx) = mpsc::sync_channel(1);
+    on_spawning_thread(
+        move || cmd.spawn(),
+        move |result| {
+            let _ = done_tx.send(result);
+        },
+    )?;
+    finish(done_rx.recv().map_err(|_| thread_gone())?)
 }
 
 /// [`spawn_in_group`] for a tokio command: the child is registered with the caller's runtime
-/// (entered on the spawning thread), so its `wait` and pipes are async. Call it from within a
-/// runtime.
-pub fn spawn_in_group_async(
+/// (entered on the spawning thread), so its `wait` and pipes are async; the caller awaits the
+/// spawning thread instead of blocking its worker. Call it from within a runtime.
+pub async fn spawn_in_group_async(
     mut cmd: tokio::process::Command,
     death_signal: Signal,
 ) -> io::Result<tokio::process::Child> {
@@ -41,10 +52,17 @@ pub fn spawn_in_group_async(
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
         io::Error::other("spawn_in_group_async must be called from within a tokio runtime")
     })?;
-    on_spawning_thread(move || {
-        let _entered = runtime.enter();
-        cmd.spawn()
-    })?
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    on_spawning_thread(
+        move || {
+            let _entered = runtime.enter();
+            cmd.spawn()
+        },
+        move |result| {
+            let _ = done_tx.send(result);
+        },
+    )?;
+    finish(done_rx.await.map_err(|_| thread_gone())?)
 }
 
 /// Sends `signal` to the process group `pgid`, SIGCONT first unless the signal is itself
@@ -62,6 +80,26 @@ pub fn signal_group(pgid: i32, signal: Signal) -> io::Result<()> {
         killpg(pgid, Signal::SIGCONT).map_err(io::Error::from)?;
     }
     killpg(pgid, signal).map_err(io::Error::from)
+}
+
+/// Whether a process with `pid` exists: `kill(pid, 0)` succeeds, or fails only for want of
+/// permission (someone else's process is still a process).
+pub fn exists(pid: i32) -> bool {
+    pid > 0 && matches!(kill(Pid::from_raw(pid), None), Ok(()) | Err(Errno::EPERM))
+}
+
+/// Sends `signal` to the one process `pid` (not its group: [`signal_group`] does that); `None`
+/// only checks that it exists and may be signalled. The error says why not (`ESRCH`: gone,
+/// `EPERM`: not ours).
+pub fn signal_process(pid: i32, signal: Option<Signal>) -> io::Result<()> {
+    kill(Pid::from_raw(pid), signal).map_err(io::Error::from)
+}
+
+/// The process group `pid` belongs to (`None` once it is gone).
+pub fn group_of(pid: i32) -> Option<i32> {
+    nix::unistd::getpgid(Some(Pid::from_raw(pid)))
+        .ok()
+        .map(Pid::as_raw)
 }
 
 /// Own process group; on Linux the death signal and the parent re-check.
@@ -92,10 +130,20 @@ fn prepare(cmd: &mut std::process::Command, death_signal: Signal) {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Runs `job` on the spawning thread and returns its result.
+fn thread_gone() -> io::Error {
+    io::Error::other("the process-spawning thread is gone")
+}
+
+/// The spawn's outcome as the caller sees it: a panic on the spawning thread is an error.
+fn finish<T>(result: std::thread::Result<io::Result<T>>) -> io::Result<T> {
+    result.unwrap_or_else(|_| Err(io::Error::other("spawning the child panicked")))
+}
+
+/// Runs `job` on the spawning thread and hands its result (or its panic) to `reply`, there.
 fn on_spawning_thread<T: Send + 'static>(
     job: impl FnOnce() -> T + Send + 'static,
-) -> io::Result<T> {
+    reply: impl FnOnce(std::thread::Result<T>) + Send + 'static,
+) -> io::Result<()> {
     static SPAWNER: OnceLock<Result<mpsc::Sender<Job>, String>> = OnceLock::new();
     let spawner = SPAWNER
         .get_or_init(|| {
@@ -118,20 +166,11 @@ fn on_spawning_thread<T: Send + 'static>(
                 "could not start the process-spawning thread: {e} (the system may be out of threads)"
             ))
         })?;
-    let (done_tx, done_rx) = mpsc::sync_channel(1);
     let job: Job = Box::new(move || {
         // A panic must not end the thread the children's death signal is tied to.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-        let _ = done_tx.send(result);
+        reply(std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)));
     });
-    spawner
-        .send(job)
-        .map_err(|_| io::Error::other("the process-spawning thread is gone"))?;
-    match done_rx.recv() {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(_)) => Err(io::Error::other("spawning the child panicked")),
-        Err(_) => Err(io::Error::other("the process-spawning thread is gone")),
-    }
+    spawner.send(job).map_err(|_| thread_gone())
 }
 
 #[cfg(test)]
@@ -156,8 +195,7 @@ mod tests {
         a.arg("30");
         let mut a = spawn_in_group(a, Signal::SIGKILL).unwrap();
         let pid = a.id() as i32;
-        // SAFETY: getpgid has no preconditions.
-        assert_eq!(unsafe { libc::getpgid(pid) }, pid);
+        assert_eq!(group_of(pid), Some(pid));
         // From a short-lived thread: the child outlives it (the death signal follows the
         // spawning thread, which is not this one).
         let b = std::thread::spawn(|| {
@@ -203,12 +241,31 @@ mod tests {
     async fn a_tokio_command_is_spawned_on_the_caller_runtime() {
         let mut cmd = tokio::process::Command::new("sh");
         cmd.args(["-c", "exit 7"]);
-        let mut child = spawn_in_group_async(cmd, Signal::SIGKILL).unwrap();
+        let mut child = spawn_in_group_async(cmd, Signal::SIGKILL).await.unwrap();
         let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
             .await
             .expect("exit seen by the runtime")
             .unwrap();
         assert_eq!(status.code(), Some(7));
+    }
+
+    #[test]
+    fn one_process_is_probed_and_signalled_alone() {
+        assert!(exists(std::process::id() as i32));
+        // pid 1 is someone else's when not root: EPERM still means it exists.
+        assert!(exists(1));
+        // pid_max is at most 2^22 on Linux: no such process.
+        assert!(!exists(i32::MAX - 1));
+        assert_eq!(group_of(i32::MAX - 1), None);
+        let err = signal_process(i32::MAX - 1, None).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ESRCH));
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        let mut child = spawn_in_group(cmd, Signal::SIGKILL).unwrap();
+        let pid = child.id() as i32;
+        signal_process(pid, Some(Signal::SIGKILL)).unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
     }
 
     #[test]
