@@ -59,8 +59,8 @@ pub struct Live {
 
 /// Shared by every request.
 pub struct Shared {
-    /// The configuration in force (replaced by a reload).
-    pub live: watch::Sender<Arc<Live>>,
+    /// The configuration in force, as the lifecycle publishes it (a reload replaces it).
+    pub live: watch::Receiver<Arc<crate::supervisor::lifecycle::InForce>>,
     pub status: watch::Receiver<Status>,
     /// Requests in flight per backend generation, for draining.
     pub inflight: crate::supervisor::inflight::InFlight,
@@ -92,12 +92,7 @@ pub type AppState = Arc<Shared>;
 impl Shared {
     /// The configuration in force now.
     pub fn live(&self) -> Arc<Live> {
-        Arc::clone(&self.live.borrow())
-    }
-
-    /// Puts a reloaded configuration in force.
-    pub fn set_live(&self, live: Live) {
-        self.live.send_replace(Arc::new(live));
+        Arc::clone(&self.live.borrow().live)
     }
 
     /// A handle on the upstream client (cheap: shares the pool).

@@ -1,0 +1,89 @@
+//! The governor on a real `sleep` child: off and duty-cycle snapshots, and the errors
+//! that come before anything is touched.
+
+use super::*;
+use crate::governor::snapshot::GovernorState;
+use crate::governor::Priority;
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+fn report() -> SnapshotSender {
+    tokio::sync::watch::channel(None).0
+}
+
+fn shipped() -> GovernorConfig {
+    crate::config::Config::builtin().unwrap().governor
+}
+
+fn settings(cpus: Option<f64>) -> GovernorSettings {
+    GovernorSettings {
+        cpus: cpus.map(|c| Cores::new(c).unwrap()),
+        threads: Some(1),
+        priority: Priority::Background,
+        adaptive: None,
+        host: crate::host::Host::detect(),
+        method: Method::Signals,
+        period: Duration::from_millis(20),
+    }
+}
+
+#[test]
+fn unlimited_is_off_and_signals_reports_resting() {
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let cfg = shipped();
+    let off = Governor::start(pid, &cfg, settings(None), Activity::new(), report()).unwrap();
+    let snap = off.snapshot().unwrap();
+    assert_eq!(snap.method, Method::Off);
+    assert_eq!(snap.state, GovernorState::Off);
+    // The shipped `governor.method` is `auto`: the settings' method (a profile's) wins.
+    assert_eq!(cfg.method, Method::Auto);
+    let tx = report();
+    let rx = tx.subscribe();
+    let mut handle = Governor::start(pid, &cfg, settings(Some(0.5)), Activity::new(), tx).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let status = rx.borrow().clone().unwrap();
+    assert_eq!(status.method, Method::Signals);
+    assert_eq!(status.state, GovernorState::Resting);
+    assert_eq!(status.budget_cpus, Some(0.5));
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["method"], "signals");
+    assert_eq!(json["priority"], "background");
+    handle.stop();
+    handle.stop();
+    assert_eq!(rx.borrow().as_ref().unwrap().state, GovernorState::Stopped);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn missing_child_is_a_clear_error() {
+    let cfg = shipped();
+    let err = Governor::start(
+        i32::MAX - 1,
+        &cfg,
+        settings(Some(0.5)),
+        Activity::new(),
+        report(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no process"), "{err}");
+}
+
+#[test]
+fn a_period_out_of_range_is_refused_before_anything_is_touched() {
+    let bad = GovernorSettings {
+        period: Duration::from_secs(2),
+        ..settings(Some(0.5))
+    };
+    let err =
+        Governor::start(i32::MAX - 1, &shipped(), bad, Activity::new(), report()).unwrap_err();
+    assert!(
+        err.to_string().contains("period 2s is out of range"),
+        "{err}"
+    );
+}
