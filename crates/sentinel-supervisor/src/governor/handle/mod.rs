@@ -172,6 +172,11 @@ impl GovernorHandle {
         Ok(true)
     }
 
+    /// Whether it publishes on `report`.
+    pub fn reports_to(&self, report: &SnapshotSender) -> bool {
+        self.report.same_channel(report)
+    }
+
     /// Publishes on `report` from now on (the old place gets no last snapshot); the
     /// mechanism goes on untouched. Blue-green moves `/status` to the new backend this way.
     pub fn report_to(&mut self, report: SnapshotSender) -> Result<(), GovernorError> {

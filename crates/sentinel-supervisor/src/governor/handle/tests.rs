@@ -1,5 +1,5 @@
-//! The governor on a real `sleep` child: off and duty-cycle snapshots, and the errors
-//! that come before anything is touched.
+//! The governor on a real `sleep` child: off and duty-cycle snapshots, retuning and moving
+//! its reports, and the errors that come before anything is touched.
 
 use super::*;
 use crate::governor::snapshot::GovernorState;
@@ -56,6 +56,45 @@ fn unlimited_is_off_and_signals_reports_resting() {
     handle.stop();
     handle.stop();
     assert_eq!(rx.borrow().as_ref().unwrap().state, GovernorState::Stopped);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn retune_and_report_to_keep_the_same_child() {
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let (first, second) = (report(), report());
+    let mut handle = Governor::start(
+        pid,
+        &shipped(),
+        settings(None),
+        Activity::new(),
+        first.clone(),
+    )
+    .unwrap();
+    assert_eq!(first.borrow().as_ref().unwrap().method, Method::Off);
+    handle.report_to(second.clone()).unwrap();
+    assert!(handle.reports_to(&second) && !handle.reports_to(&first));
+    // The old place got no last snapshot: it still shows the governor as it was.
+    assert_eq!(first.borrow().as_ref().unwrap().state, GovernorState::Off);
+    assert_eq!(second.borrow().as_ref().unwrap().state, GovernorState::Off);
+    handle.retune(&shipped(), settings(Some(0.5))).unwrap();
+    assert_eq!(handle.pid(), pid);
+    let snap = second.borrow().clone().unwrap();
+    assert_eq!(
+        (snap.method, snap.budget_cpus),
+        (Method::Signals, Some(0.5))
+    );
+    handle.stop();
+    assert_eq!(
+        second.borrow().as_ref().unwrap().state,
+        GovernorState::Stopped
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -24,11 +24,14 @@ impl<B: Backend> Lifecycle<B> {
     }
 
     /// Stops a backend: governor first (it continues the child), then SIGTERM, grace,
-    /// SIGKILL. Returns its log tail.
+    /// SIGKILL. Returns its log tail. `/status` shows no governor from then on if this one
+    /// reported there (a blue-green backend that failed to start did not).
     pub(super) async fn retire(&self, mut running: Running<B::Child>, grace: Duration) -> LogTail {
         if let Some(mut g) = running.governor.take() {
             g.stop();
-            self.governor.send_replace(None);
+            if g.reports_to(&self.governor) {
+                self.governor.send_replace(None);
+            }
         }
         let logs = running.child.logs();
         let status = running.child.stop(grace).await;
