@@ -11,6 +11,15 @@ fn report() -> SnapshotSender {
     tokio::sync::watch::channel(None).0
 }
 
+/// A child that does nothing for 30 s, leading its own process group.
+fn sleep_child() -> std::process::Child {
+    std::process::Command::new("sleep")
+        .arg("30")
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
 fn shipped() -> GovernorConfig {
     crate::config::Config::builtin().unwrap().governor
 }
@@ -29,11 +38,7 @@ fn settings(cpus: Option<f64>) -> GovernorSettings {
 
 #[test]
 fn unlimited_is_off_and_signals_reports_resting() {
-    let mut child = std::process::Command::new("sleep")
-        .arg("30")
-        .process_group(0)
-        .spawn()
-        .unwrap();
+    let mut child = sleep_child();
     let pid = child.id() as i32;
     let cfg = shipped();
     let off = Governor::start(pid, &cfg, settings(None), Activity::new(), report()).unwrap();
@@ -62,11 +67,7 @@ fn unlimited_is_off_and_signals_reports_resting() {
 
 #[test]
 fn retune_and_report_to_keep_the_same_child() {
-    let mut child = std::process::Command::new("sleep")
-        .arg("30")
-        .process_group(0)
-        .spawn()
-        .unwrap();
+    let mut child = sleep_child();
     let pid = child.id() as i32;
     let (first, second) = (report(), report());
     let mut handle = Governor::start(
