@@ -133,17 +133,8 @@ async fn start(active: Active, listener: tokio::net::TcpListener) -> anyhow::Res
     let (in_force_tx, in_force_rx) = watch::channel(Arc::new(InForce::new(active.clone(), 1)));
     let (commands_tx, commands_rx) = mpsc::channel::<Command>(8);
     let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
-    let metrics = Arc::new(
-        crate::metrics::Metrics::new(&config.bench.targets).with_host_labels(&config.labels),
-    );
+    let metrics = metrics(&config, &status_rx, &governor_rx, &shutdown);
     let upstreams = upstreams(&active, &metrics)?;
-    // The SLO sampler ends with `shutdown`.
-    crate::metrics::sampler::spawn(
-        Arc::clone(&metrics),
-        status_rx.clone(),
-        governor_rx.clone(),
-        shutdown.clone(),
-    );
     let (profile, host) = (&active.options.profile, active.options.host);
     let situation = crate::situation::Situation::start(&config.situation, profile, &host).await;
     let reloader = active.options.reloader.clone();
@@ -258,6 +249,25 @@ fn proxy_state(
         situation: readers.situation,
         spill: Arc::new(crate::upstream::spill::Spill::new(upstreams)),
     })
+}
+
+/// The metrics registry, with the SLO sampler that feeds it until `shutdown`.
+fn metrics(
+    config: &Config,
+    status: &watch::Receiver<state::Status>,
+    governor: &watch::Receiver<Option<crate::governor::GovernorSnapshot>>,
+    shutdown: &CancellationToken,
+) -> Arc<crate::metrics::Metrics> {
+    let metrics = Arc::new(
+        crate::metrics::Metrics::new(&config.bench.targets).with_host_labels(&config.labels),
+    );
+    crate::metrics::sampler::spawn(
+        Arc::clone(&metrics),
+        status.clone(),
+        governor.clone(),
+        shutdown.clone(),
+    );
+    metrics
 }
 
 /// The central tier (`[[upstreams]]`) and whether the running profile may spill to it.
