@@ -44,8 +44,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut run_options = options(config, &args, &host)?;
     // A reload reads the file again and merges the same command line over it.
     run_options.reloader = Some(Reloader(Arc::new(move || {
-        let config = super::load_config(&args.setup.config).map_err(|e| e.to_string())?;
-        options(config, &args, &host).map_err(|e| e.to_string())
+        let config = super::load_config(&args.setup.config)?;
+        options(config, &args, &host)
     })));
     supervisor::run(run_options).await
 }

@@ -180,13 +180,22 @@ impl Publisher {
         })
     }
 
+    /// Ends the thread without a last snapshot: the governor goes on, reporting elsewhere
+    /// (see [`super::GovernorHandle::report_to`]). Returns whether a thread was running.
+    pub(super) fn detach(&mut self) -> bool {
+        drop(self.stop_tx.take());
+        let Some(thread) = self.thread.take() else {
+            return false;
+        };
+        if thread.join().is_err() {
+            tracing::error!("governor status thread panicked");
+        }
+        true
+    }
+
     /// Ends the thread and publishes the final snapshot (state `stopped`). Idempotent.
     pub(super) fn stop(&mut self) {
-        drop(self.stop_tx.take());
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("governor status thread panicked");
-            }
+        if self.detach() {
             let mut snap = self.last.source.snapshot(&self.last.settings, None);
             snap.measured_cpus = self.last.tx.borrow().as_ref().and_then(|s| s.measured_cpus);
             snap.state = GovernorState::Stopped;

@@ -63,8 +63,8 @@ pub struct Live {
 
 /// Shared by every request.
 pub struct Shared {
-    /// The configuration in force (replaced by a reload).
-    pub live: watch::Sender<Arc<Live>>,
+    /// The configuration in force, as the lifecycle publishes it (a reload replaces it).
+    pub live: watch::Receiver<Arc<crate::supervisor::lifecycle::InForce>>,
     pub status: watch::Receiver<Status>,
     /// The requests in flight, one ticket each (`crate::requests`): `/status` `in_flight`, the
     /// lifecycle's drains and its watchdog read them.
@@ -98,12 +98,7 @@ pub type AppState = Arc<Shared>;
 impl Shared {
     /// The configuration in force now.
     pub fn live(&self) -> Arc<Live> {
-        Arc::clone(&self.live.borrow())
-    }
-
-    /// Puts a reloaded configuration in force.
-    pub fn set_live(&self, live: Live) {
-        self.live.send_replace(Arc::new(live));
+        Arc::clone(&self.live.borrow().live)
     }
 
     /// A handle on the upstream client (cheap: shares the pool).
@@ -157,10 +152,8 @@ impl Shared {
 }
 
 /// The router with every route. `/health` and unknown routes are open; every other route
-/// needs an API key when keys are configured. The watchdog's view is pointed at this proxy's
-/// request registry here, before the first request.
+/// needs an API key when keys are configured.
 pub fn router(state: AppState) -> Router {
-    state.liveness.follow(&state.inflight);
     let mut keyed = Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))

@@ -25,7 +25,7 @@ use crate::requests::Requests;
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -46,34 +46,21 @@ pub fn starved(held: Duration, window: Duration) -> bool {
 
 /// What the watchdog reads of a backend: the requests sent to it (from the registry of
 /// [`crate::requests`]) and its memory cgroup's OOM-kill counter.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Liveness {
-    /// The registry the proxy's tickets report to; until it is set ([`Liveness::follow`]) no
-    /// request is outstanding.
-    requests: OnceLock<Requests>,
+    /// The registry the proxy's tickets report to.
+    requests: Requests,
     /// The backend's memory cgroup OOM-kill counter, as last read, per generation.
     oom: Mutex<HashMap<u64, crate::meter::OomCounter>>,
 }
 
 impl Liveness {
-    /// A watchdog's view that reads no request until [`Liveness::follow`] names the registry.
-    pub fn new() -> Arc<Liveness> {
-        Arc::new(Liveness::default())
-    }
-
-    /// A watchdog's view of the requests of `requests`.
+    /// A watchdog's view of the requests of `requests` (the proxy's registry).
     pub fn over(requests: Requests) -> Arc<Liveness> {
-        let liveness = Liveness::default();
-        liveness.follow(&requests);
-        Arc::new(liveness)
-    }
-
-    /// Reads the requests of `requests` from now on (the first registry named wins: the proxy
-    /// names its own when it builds its router).
-    pub fn follow(&self, requests: &Requests) {
-        if self.requests.set(requests.clone()).is_err() {
-            tracing::debug!("the watchdog already reads a request registry");
-        }
+        Arc::new(Liveness {
+            requests,
+            oom: Mutex::default(),
+        })
     }
 
     fn oom(&self) -> std::sync::MutexGuard<'_, HashMap<u64, crate::meter::OomCounter>> {
@@ -81,18 +68,16 @@ impl Liveness {
     }
 
     fn silent_since(&self, generation: u64) -> Option<Instant> {
-        self.requests.get()?.silent_since(generation)
+        self.requests.silent_since(generation)
     }
 
     fn failures(&self, generation: u64) -> u32 {
-        self.requests.get().map_or(0, |r| r.failures(generation))
+        self.requests.failures(generation)
     }
 
     /// Forgets a finished launch.
     pub fn forget(&self, generation: u64) -> Option<crate::meter::OomCounter> {
-        if let Some(requests) = self.requests.get() {
-            requests.forget(generation);
-        }
+        self.requests.forget(generation);
         self.oom().remove(&generation)
     }
 
@@ -280,16 +265,6 @@ mod tests {
             ticket.sent();
             ticket
         }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn without_a_registry_nothing_is_outstanding() {
-        let liveness = Liveness::new();
-        assert_eq!((liveness.silent_since(1), liveness.failures(1)), (None, 0));
-        let p = Proxy::new();
-        let _sent = p.sent(1);
-        liveness.follow(&p.requests);
-        assert!(liveness.silent_since(1).is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,16 +13,16 @@ pub mod state;
 pub mod warmup;
 
 use crate::backend::setup;
-use crate::config::Config;
+use crate::config::{Config, SupervisorConfig};
 use crate::governor::Activity;
 use crate::profile;
 use crate::proxy;
 use anyhow::Context;
-use lifecycle::{Command, End};
+use lifecycle::{Command, End, InForce};
 use reload::{Active, ReloadRequest, Reloader, Reloads};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -68,18 +68,23 @@ pub struct RunOptions {
 /// `sentinel-supervisor run`: serves until SIGTERM/SIGINT (exit 0), or until the crash-loop
 /// breaker trips with `on_crash_loop = "exit"` (exit [`CRASH_LOOP_EXIT`]).
 pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
-    let listen = options.listen;
-    let keys = options.api_keys.clone();
-    let profile = options.profile.clone();
-    let config = options.config.clone();
-    if !listen.ip().is_loopback() && keys.is_empty() {
+    let (active, listener) = prepare(options).await?;
+    let supervisor = active.options.config.supervisor.clone();
+    let mut tasks = start(active, listener).await?;
+    let ended = serve_signals(&mut tasks.lifecycle, &tasks.reload_requests).await;
+    Ok(tasks.shut_down(ended, &supervisor).await)
+}
+
+/// Checks the options, sets up llama-server and the model, and binds the endpoint.
+async fn prepare(options: RunOptions) -> anyhow::Result<(Active, tokio::net::TcpListener)> {
+    let (listen, profile) = (options.listen, &options.profile);
+    if !listen.ip().is_loopback() && options.api_keys.is_empty() {
         return Err(StartError::OpenListener { addr: listen }.into());
     }
     tracing::info!(profile = %profile.summary(), "profile resolved");
     for note in &profile.notes {
         tracing::info!(profile = %profile.name, "{note}");
     }
-
     let setup_options = options.setup.clone();
     crate::notify::status(&format!("setting up - {}", profile.name));
     let setup_task = tokio::task::spawn_blocking(move || setup::ensure(&setup_options));
@@ -93,44 +98,196 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         why = %installed.rung.why,
         "backend in use"
     );
-    crate::backend::memory::check_at_start(
-        &installed.model,
-        &profile,
-        config.backend.memory_limit,
-    )?;
-
+    let memory_limit = options.config.backend.memory_limit;
+    crate::backend::memory::check_at_start(&installed.model, profile, memory_limit)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| StartError::Bind {
             addr: listen,
             source,
         })?;
-    let local = listener.local_addr()?;
+    Ok((Active { options, installed }, listener))
+}
 
-    let reloader = options.reloader.clone();
-    let active = Active {
-        options,
-        installed: installed.clone(),
-    };
-    // Stops the lifecycle (which drains first); the server stops after it.
+/// What runs once everything is started, and how it is stopped.
+struct Tasks {
+    lifecycle: tokio::task::JoinHandle<End>,
+    reload_requests: mpsc::Sender<ReloadRequest>,
+    reloads: tokio::task::JoinHandle<()>,
+    watcher: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<()>,
+    /// Stops the lifecycle (which drains first) and the background tasks.
+    shutdown: CancellationToken,
+    /// Stops the HTTP server, after the lifecycle.
+    server_cancel: CancellationToken,
+    shared: Arc<proxy::Shared>,
+}
+
+/// Starts the lifecycle, the proxy and the tasks around them.
+async fn start(active: Active, listener: tokio::net::TcpListener) -> anyhow::Result<Tasks> {
+    let local = listener.local_addr()?;
+    let config = active.options.config.clone();
     let shutdown = CancellationToken::new();
-    let server_cancel = CancellationToken::new();
-    let activity = Activity::new();
-    let stopped = crate::governor::StoppedTime::default();
-    let inflight = inflight::InFlight::new();
     let (status_tx, status_rx) = watch::channel(state::Status::initial());
     let (governor_tx, governor_rx) = watch::channel(None);
+    let (in_force_tx, in_force_rx) = watch::channel(Arc::new(InForce::new(active.clone(), 1)));
     let (commands_tx, commands_rx) = mpsc::channel::<Command>(8);
+    let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    // Where every governor adds the time it holds a backend stopped (the watchdog reads it).
+    let stopped = crate::governor::StoppedTime::default();
+    let metrics = metrics(&active, &stopped, &status_rx, &governor_rx, &shutdown);
+    let upstreams = upstreams(&active, &metrics)?;
+    let (profile, host) = (&active.options.profile, active.options.host);
+    let situation = crate::situation::Situation::start(&config.situation, profile, &host).await;
+    let reloader = active.options.reloader.clone();
+    let readers = Readers {
+        status: status_rx,
+        governor: governor_rx,
+        in_force: in_force_rx.clone(),
+        reload: reloader.is_some().then(|| reload_tx.clone()),
+        situation: situation.as_ref().map_or_else(
+            || watch::Sender::new(None).subscribe(),
+            crate::situation::Situation::reports,
+        ),
+    };
+    let shared = proxy_state(&active, readers, metrics, upstreams);
     let heartbeat = crate::notify::Heartbeat::default();
-    let notify_status = status_rx.clone();
+    let lifecycle = lifecycle::Lifecycle {
+        backend: lifecycle::Llama,
+        activity: shared.activity.clone(),
+        stopped,
+        governor: governor_tx,
+        status: status_tx,
+        in_force: in_force_tx,
+        inflight: shared.inflight.clone(),
+        heartbeat: heartbeat.clone(),
+        cancel: shutdown.clone(),
+        metrics: Arc::clone(&shared.metrics),
+        liveness: shared.liveness.clone(),
+        budget: situation.as_ref().map_or_else(
+            crate::situation::Follow::off,
+            crate::situation::Situation::follow,
+        ),
+    };
+    let lifecycle = tokio::spawn(lifecycle.run(reload::plan(&active), commands_rx));
+    spawn_notify(&shared, heartbeat, local, &config, &shutdown);
+    if let Some(situation) = situation {
+        tokio::spawn(situation.run(Arc::clone(&shared), host, shutdown.clone()));
+    }
+    crate::metrics::textfile::spawn(
+        Arc::clone(&shared),
+        config.metrics.clone(),
+        shutdown.clone(),
+    );
+    let server_cancel = CancellationToken::new();
+    let server = serve_http(listener, &shared, &active, server_cancel.clone());
+    let reloads = Reloads {
+        reloader,
+        in_force: in_force_rx,
+        shared: Arc::clone(&shared),
+        lifecycle: commands_tx,
+    };
+    let (reloads, watcher) = spawn_reloads(reloads, reload_rx, reload_tx.clone(), &shutdown);
+    Ok(Tasks {
+        lifecycle,
+        reload_requests: reload_tx,
+        reloads,
+        watcher,
+        server,
+        shutdown,
+        server_cancel,
+        shared,
+    })
+}
+
+/// The reload task (one reload at a time) and, beside it, the watcher that reloads or
+/// retries when a file changes while the backend has failed.
+fn spawn_reloads(
+    reloads: Reloads,
+    requests: mpsc::Receiver<ReloadRequest>,
+    requester: mpsc::Sender<ReloadRequest>,
+    shutdown: &CancellationToken,
+) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
+    let watcher = tokio::spawn(watch_files_while_failed(
+        reloads.in_force.clone(),
+        reloads.shared.status.clone(),
+        requester,
+        reloads.lifecycle.clone(),
+        shutdown.clone(),
+    ));
+    (tokio::spawn(reloads.serve(requests)), watcher)
+}
+
+/// What the proxy reads of the lifecycle, the reloads and the situation.
+struct Readers {
+    status: watch::Receiver<state::Status>,
+    governor: watch::Receiver<Option<crate::governor::GovernorSnapshot>>,
+    in_force: watch::Receiver<Arc<InForce>>,
+    reload: Option<mpsc::Sender<ReloadRequest>>,
+    situation: watch::Receiver<Option<crate::situation::SituationReport>>,
+}
+
+/// The proxy's shared state for `active`.
+fn proxy_state(
+    active: &Active,
+    readers: Readers,
+    metrics: Arc<crate::metrics::Metrics>,
+    upstreams: crate::upstream::Upstreams,
+) -> Arc<proxy::Shared> {
+    let (profile, config) = (&active.options.profile, &active.options.config);
+    // The one registry of requests: the proxy issues the tickets, the drain and the watchdog
+    // read them.
+    let requests = inflight::InFlight::new();
+    Arc::new(proxy::Shared {
+        live: readers.in_force,
+        admission: proxy::admission::Admission::new(profile.slots, config.proxy.queue_len),
+        status: readers.status,
+        inflight: requests.clone(),
+        reload: readers.reload,
+        activity: Activity::new(),
+        keys: proxy::auth::Keys::new(active.options.api_keys.clone()),
+        client: std::sync::Mutex::new(proxy::forward::upstream_client()),
+        governor: readers.governor,
+        liveness: liveness::Liveness::over(requests),
+        started: std::time::Instant::now(),
+        metrics,
+        poison: proxy::poison::PoisonList::new(),
+        situation: readers.situation,
+        spill: Arc::new(crate::upstream::spill::Spill::new(upstreams)),
+    })
+}
+
+/// The metrics registry, with the SLO sampler that feeds it until `shutdown`.
+fn metrics(
+    active: &Active,
+    stopped: &crate::governor::StoppedTime,
+    status: &watch::Receiver<state::Status>,
+    governor: &watch::Receiver<Option<crate::governor::GovernorSnapshot>>,
+    shutdown: &CancellationToken,
+) -> Arc<crate::metrics::Metrics> {
     let metrics = Arc::new(
         crate::metrics::Metrics::new(
-            &config.bench.targets,
+            &active.options.config.bench.targets,
             active.options.host.online_cpus,
             stopped.clone(),
         )
-        .with_host_labels(&config.labels),
+        .with_host_labels(&active.options.config.labels),
     );
+    crate::metrics::sampler::spawn(
+        Arc::clone(&metrics),
+        status.clone(),
+        governor.clone(),
+        shutdown.clone(),
+    );
+    metrics
+}
+
+/// The central tier (`[[upstreams]]`) and whether the running profile may spill to it.
+fn upstreams(
+    active: &Active,
+    metrics: &crate::metrics::Metrics,
+) -> anyhow::Result<crate::upstream::Upstreams> {
+    let (config, profile) = (&active.options.config, &active.options.profile);
     let upstreams = crate::upstream::Upstreams::build(
         &config.upstreams,
         &config.spill,
@@ -147,103 +304,38 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     if spill != crate::upstream::SpillMode::Never && upstreams.is_empty() {
         tracing::warn!(profile = %profile.name, ?spill, "the profile may spill but no [[upstreams]] is configured: every request stays local");
     }
-    // The SLO sampler ends with `cancel`.
-    crate::metrics::sampler::spawn(
-        Arc::clone(&metrics),
-        status_rx.clone(),
-        governor_rx.clone(),
-        shutdown.clone(),
-    );
-    let liveness = liveness::Liveness::new();
-    let situation =
-        crate::situation::Situation::start(&config.situation, &profile, &active.options.host).await;
-    let situation_reports = situation.as_ref().map_or_else(
-        || watch::Sender::new(None).subscribe(),
-        crate::situation::Situation::reports,
-    );
-    let lifecycle = lifecycle::Lifecycle {
-        activity: activity.clone(),
-        stopped,
-        governor: governor_tx,
-        status: status_tx,
-        inflight: inflight.clone(),
-        heartbeat: heartbeat.clone(),
-        cancel: shutdown.clone(),
-        metrics: Arc::clone(&metrics),
-        liveness: liveness.clone(),
-        budget: situation.as_ref().map_or_else(
-            crate::situation::Follow::off,
-            crate::situation::Situation::follow,
-        ),
-    };
-    let mut lifecycle_task = tokio::spawn(lifecycle.run(reload::plan(&active), commands_rx));
+    Ok(upstreams)
+}
 
-    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
-    let shared = Arc::new(proxy::Shared {
-        live: watch::Sender::new(Arc::new(reload::live(&active, 1))),
-        admission: proxy::admission::Admission::new(profile.slots, config.proxy.queue_len),
-        status: status_rx,
-        inflight,
-        reload: reloader.is_some().then(|| reload_tx.clone()),
-        activity,
-        keys: proxy::auth::Keys::new(keys),
-        client: std::sync::Mutex::new(proxy::forward::upstream_client()),
-        governor: governor_rx,
-        liveness,
-        started: std::time::Instant::now(),
-        metrics,
-        poison: proxy::poison::PoisonList::new(),
-        situation: situation_reports,
-        spill: Arc::new(crate::upstream::spill::Spill::new(upstreams)),
-    });
-    if let Some(situation) = situation {
-        let host = active.options.host;
-        tokio::spawn(situation.run(Arc::clone(&shared), host, shutdown.clone()));
+/// Serves the router on `listener` until `cancel`; says where on stdout.
+fn serve_http(
+    listener: tokio::net::TcpListener,
+    shared: &Arc<proxy::Shared>,
+    active: &Active,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let app = proxy::router(Arc::clone(shared));
+    if let Ok(local) = listener.local_addr() {
+        println!("{}http://{local}", crate::status::LISTENING_PREFIX);
+        tracing::info!(addr = %local, profile = %active.options.profile.name, model = %active.installed.model.display(), "listening");
     }
-    crate::metrics::textfile::spawn(
-        Arc::clone(&shared),
-        config.metrics.clone(),
-        shutdown.clone(),
-    );
-    let app = proxy::router(Arc::clone(&shared));
-    println!("{}http://{local}", crate::status::LISTENING_PREFIX);
-    tracing::info!(addr = %local, profile = %profile.name, model = %installed.model.display(), "listening");
+    let proxy_config = active.options.config.proxy.clone();
+    tokio::spawn(proxy::server::serve(listener, app, proxy_config, cancel))
+}
 
-    let server = tokio::spawn(proxy::server::serve(
-        listener,
-        app,
-        config.proxy.clone(),
-        server_cancel.clone(),
-    ));
-
-    let active = Arc::new(Mutex::new(active));
-    let reloads = Reloads {
-        reloader,
-        active: Arc::clone(&active),
-        shared: Arc::clone(&shared),
-        lifecycle: commands_tx.clone(),
-    };
-    let reload_task = tokio::spawn(async move {
-        while let Some(request) = reload_rx.recv().await {
-            let result = reloads.reload(request.trigger).await;
-            if let Some(reply) = request.reply {
-                let _ = reply.send(result);
-            }
-        }
-    });
-    let watcher = tokio::spawn(watch_files_while_failed(
-        Arc::clone(&active),
-        shared.status.clone(),
-        reload_tx.clone(),
-        commands_tx,
-        shutdown.clone(),
-    ));
-
-    let report_shared = Arc::clone(&shared);
+/// The service manager's protocol: READY, STATUS and WATCHDOG until `shutdown`.
+fn spawn_notify(
+    shared: &Arc<proxy::Shared>,
+    heartbeat: crate::notify::Heartbeat,
+    local: std::net::SocketAddr,
+    config: &Config,
+    shutdown: &CancellationToken,
+) {
+    let report_shared = Arc::clone(shared);
     tokio::spawn(
         crate::notify::Service {
             report: Arc::new(move || report_shared.report()),
-            status: notify_status,
+            status: shared.status.clone(),
             heartbeat,
             health_url: crate::notify::health_url(local),
             config: config.supervisor.clone(),
@@ -251,47 +343,52 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
         }
         .run(),
     );
+}
 
-    let ended = serve_signals(&mut lifecycle_task, &reload_tx).await;
-    let code = match ended {
-        Some(End::CrashLoop { ref reason }) => {
-            tracing::error!(%reason, exit_code = CRASH_LOOP_EXIT, "exiting: the backend is in a crash loop");
-            ExitCode::from(CRASH_LOOP_EXIT)
+impl Tasks {
+    /// Stops everything once the lifecycle ended (`Some`) or a signal asked (`None`: the
+    /// lifecycle drains, then stops the backend, within a deadline); the exit code.
+    async fn shut_down(mut self, ended: Option<End>, config: &SupervisorConfig) -> ExitCode {
+        let code = match ended {
+            Some(End::CrashLoop { ref reason }) => {
+                tracing::error!(%reason, exit_code = CRASH_LOOP_EXIT, "exiting: the backend is in a crash loop");
+                ExitCode::from(CRASH_LOOP_EXIT)
+            }
+            Some(End::Stopped) | None => ExitCode::SUCCESS,
+        };
+        self.shutdown.cancel();
+        if ended.is_none() {
+            crate::notify::stopping();
+            let drain = config.drain_timeout;
+            tracing::info!(
+                ?drain,
+                in_flight = self.shared.inflight.total(),
+                "shutting down: new requests get 503, those in flight may finish"
+            );
+            // Idle keep-alive connections would make llama-server wait for them before exiting.
+            self.shared.close_idle_upstream();
+            // The lifecycle task drains, then stops the backend (SIGCONT, SIGTERM, grace, SIGKILL).
+            let stop_deadline = drain + config.stop_grace + Duration::from_secs(5);
+            if tokio::time::timeout(stop_deadline, &mut self.lifecycle)
+                .await
+                .is_err()
+            {
+                tracing::error!("the backend did not stop in time");
+            }
         }
-        Some(End::Stopped) | None => ExitCode::SUCCESS,
-    };
-    shutdown.cancel();
-    if ended.is_none() {
-        crate::notify::stopping();
-        let drain = config.supervisor.drain_timeout;
-        tracing::info!(
-            ?drain,
-            in_flight = shared.inflight.total(),
-            "shutting down: new requests get 503, those in flight may finish"
-        );
-        // Idle keep-alive connections would make llama-server wait for them before exiting.
-        shared.close_idle_upstream();
-        // The lifecycle task drains, then stops the backend (SIGCONT, SIGTERM, grace, SIGKILL).
-        let stop_deadline = drain + config.supervisor.stop_grace + Duration::from_secs(5);
-        if tokio::time::timeout(stop_deadline, &mut lifecycle_task)
+        self.reloads.abort();
+        self.watcher.abort();
+        self.server_cancel.cancel();
+        if tokio::time::timeout(SHUTDOWN_DEADLINE, self.server)
             .await
             .is_err()
         {
-            tracing::error!("the backend did not stop in time");
+            tracing::warn!(
+                "open connections did not finish within {SHUTDOWN_DEADLINE:?}; closing them"
+            );
         }
+        code
     }
-    reload_task.abort();
-    watcher.abort();
-    server_cancel.cancel();
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, server)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "open connections did not finish within {SHUTDOWN_DEADLINE:?}; closing them"
-        );
-    }
-    Ok(code)
 }
 
 /// Handles signals until SIGTERM/SIGINT (`None`) or the lifecycle ending by itself; SIGHUP
@@ -335,14 +432,15 @@ fn fingerprint(path: Option<&Path>) -> Fingerprint {
 /// While the backend has failed, polls the config file and the model file: a changed config
 /// is reloaded (which tries again with it), a changed model is tried again at once.
 async fn watch_files_while_failed(
-    active: Arc<Mutex<Active>>,
+    in_force: watch::Receiver<Arc<InForce>>,
     status: watch::Receiver<state::Status>,
     reloads: mpsc::Sender<ReloadRequest>,
     lifecycle: mpsc::Sender<Command>,
     cancel: CancellationToken,
 ) {
     let paths = || {
-        let a = active.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Arc::clone(&in_force.borrow());
+        let a = &now.active;
         (
             a.options.config_path.clone(),
             a.installed.model.clone(),

@@ -4,17 +4,18 @@
 //! ([`classify`]), and handed to the lifecycle task as a [`Reload`]. An invalid file is
 //! refused with the error logged and the old configuration kept.
 
-use super::lifecycle::{Applied, Change, Command, Plan, Reload};
+use super::lifecycle::{Applied, Change, Command, InForce, Plan, Refused, Reload};
 use super::RunOptions;
 use crate::backend::{launch, setup};
+use crate::config::ConfigError;
 use crate::proxy;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Reads the configuration again and merges the original command line over it, exactly as
 /// at start (built by `commands::run`).
 #[derive(Clone)]
-pub struct Reloader(pub Arc<dyn Fn() -> Result<RunOptions, String> + Send + Sync>);
+pub struct Reloader(pub Arc<dyn Fn() -> Result<RunOptions, ConfigError> + Send + Sync>);
 
 impl std::fmt::Debug for Reloader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -23,16 +24,36 @@ impl std::fmt::Debug for Reloader {
 }
 
 /// Why a reload was refused; the old configuration stays in every case.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     #[error("the new configuration is invalid, keeping the old one: {0}")]
-    Invalid(String),
-    #[error("{0}")]
-    BackendFailed(String),
+    Invalid(#[source] Invalid),
+    #[error(transparent)]
+    BackendFailed(Refused),
     #[error("the supervisor is shutting down; nothing was reloaded")]
     ShuttingDown,
     #[error("this supervisor was started without a way to re-read its configuration (restart it instead)")]
     Unsupported,
+}
+
+/// Why the new configuration could not be read or set up.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Setup(#[from] setup::SetupError),
+    #[error("reading the configuration panicked: {0} (a bug: please report it with the log)")]
+    Panicked(String),
+}
+
+impl From<Refused> for ReloadError {
+    fn from(refused: Refused) -> ReloadError {
+        match refused {
+            Refused::ShuttingDown => ReloadError::ShuttingDown,
+            other @ Refused::BackendFailed { .. } => ReloadError::BackendFailed(other),
+        }
+    }
 }
 
 /// One request for a reload.
@@ -51,104 +72,62 @@ pub struct Active {
     pub installed: setup::Installed,
 }
 
-/// Whether `new` needs a new backend compared with `old`, and which values differ (for the
-/// log). The backend's command line comes from the binary, the model, the model id and the
-/// profile's threads, context, slots, embeddings and extra arguments, and its CPU pin is set
-/// at spawn; everything else (governor method, period and budget, priority, supervisor and
-/// proxy settings) applies to the running one: the governor restarts on the same child.
+/// One compared value of a configuration: its name in the log and how it reads.
+type Field = (&'static str, fn(&Active) -> String);
+
+/// What makes the backend's command line (the binary, the model, the model id and the
+/// profile's threads, context, slots, embeddings and extra arguments) or is set at its spawn
+/// (the CPU pin): a change needs a new backend.
+const BACKEND_FIELDS: &[Field] = &[
+    ("backend", |a| a.installed.server.display().to_string()),
+    ("model", |a| a.installed.model.display().to_string()),
+    ("model id", |a| {
+        launch::model_id(&a.options.config, &a.installed.model)
+    }),
+    ("threads", |a| a.options.profile.threads.to_string()),
+    ("threads_batch", |a| {
+        a.options.profile.threads_batch.to_string()
+    }),
+    ("ctx_size", |a| a.options.profile.ctx_size.to_string()),
+    ("slots", |a| a.options.profile.slots.to_string()),
+    ("embeddings", |a| a.options.profile.embeddings.to_string()),
+    ("extra_args", |a| {
+        let (config, profile) = (&a.options.config, &a.options.profile);
+        format!("{:?} {:?}", config.backend.extra_args, profile.extra_args)
+    }),
+    ("pin_cpu", |a| format!("{:?}", a.options.profile.pin_cpu)),
+];
+
+/// Everything else that is compared (governor method, period and budget, priority,
+/// supervisor and proxy settings): applied to the running backend.
+const LIVE_FIELDS: &[Field] = &[
+    ("profile", |a| a.options.profile.summary()),
+    ("governor", |a| format!("{:?}", a.options.config.governor)),
+    ("proxy", |a| format!("{:?}", a.options.config.proxy)),
+    ("supervisor", |a| {
+        format!("{:?}", a.options.config.supervisor)
+    }),
+];
+
+/// Whether `new` needs a new backend compared with `old` ([`BACKEND_FIELDS`]) or applies to
+/// the running one ([`LIVE_FIELDS`]: the governor is retuned on the same child), and which
+/// values differ (for the log).
 pub fn classify(old: &Active, new: &Active) -> (Change, Vec<String>) {
-    let (o, n) = (&old.options, &new.options);
-    let mut backend = Vec::new();
-    let diff = |name: &str, a: String, b: String, out: &mut Vec<String>| {
-        if a != b {
-            out.push(format!("{name}: {a} -> {b}"));
-        }
+    let differ = |fields: &[Field]| -> Vec<String> {
+        fields
+            .iter()
+            .filter_map(|(name, read)| {
+                let (a, b) = (read(old), read(new));
+                (a != b).then(|| format!("{name}: {a} -> {b}"))
+            })
+            .collect()
     };
-    let (op, np) = (&o.profile, &n.profile);
-    diff(
-        "backend",
-        old.installed.server.display().to_string(),
-        new.installed.server.display().to_string(),
-        &mut backend,
-    );
-    diff(
-        "model",
-        old.installed.model.display().to_string(),
-        new.installed.model.display().to_string(),
-        &mut backend,
-    );
-    diff(
-        "model id",
-        launch::model_id(&o.config, &old.installed.model),
-        launch::model_id(&n.config, &new.installed.model),
-        &mut backend,
-    );
-    diff(
-        "threads",
-        op.threads.to_string(),
-        np.threads.to_string(),
-        &mut backend,
-    );
-    diff(
-        "threads_batch",
-        op.threads_batch.to_string(),
-        np.threads_batch.to_string(),
-        &mut backend,
-    );
-    diff(
-        "ctx_size",
-        op.ctx_size.to_string(),
-        np.ctx_size.to_string(),
-        &mut backend,
-    );
-    diff(
-        "slots",
-        op.slots.to_string(),
-        np.slots.to_string(),
-        &mut backend,
-    );
-    diff(
-        "embeddings",
-        op.embeddings.to_string(),
-        np.embeddings.to_string(),
-        &mut backend,
-    );
-    diff(
-        "extra_args",
-        format!("{:?} {:?}", o.config.backend.extra_args, op.extra_args),
-        format!("{:?} {:?}", n.config.backend.extra_args, np.extra_args),
-        &mut backend,
-    );
-    diff(
-        "pin_cpu",
-        format!("{:?}", op.pin_cpu),
-        format!("{:?}", np.pin_cpu),
-        &mut backend,
-    );
-    if !backend.is_empty() {
-        return (Change::Backend, backend);
+    let backend = differ(BACKEND_FIELDS);
+    if backend.is_empty() {
+        (Change::Live, differ(LIVE_FIELDS))
+    } else {
+        (Change::Backend, backend)
     }
-    let mut live = Vec::new();
-    diff("profile", op.summary(), np.summary(), &mut live);
-    diff(
-        "governor",
-        format!("{:?}", o.config.governor),
-        format!("{:?}", n.config.governor),
-        &mut live,
-    );
-    diff(
-        "proxy",
-        format!("{:?}", o.config.proxy),
-        format!("{:?}", n.config.proxy),
-        &mut live,
-    );
-    diff(
-        "supervisor",
-        format!("{:?}", o.config.supervisor),
-        format!("{:?}", n.config.supervisor),
-        &mut live,
-    );
-    (Change::Live, live)
 }
 
 /// The lifecycle's plan for `active`.
@@ -255,12 +234,23 @@ pub fn live(active: &Active, generation: u64) -> proxy::Live {
 /// Performs reloads one at a time.
 pub struct Reloads {
     pub reloader: Option<Reloader>,
-    pub active: Arc<Mutex<Active>>,
+    /// The configuration in force, as the lifecycle publishes it.
+    pub in_force: watch::Receiver<Arc<InForce>>,
     pub shared: Arc<proxy::Shared>,
     pub lifecycle: mpsc::Sender<Command>,
 }
 
 impl Reloads {
+    /// Serves reload requests one at a time until every sender is gone.
+    pub async fn serve(self, mut requests: mpsc::Receiver<ReloadRequest>) {
+        while let Some(request) = requests.recv().await {
+            let result = self.reload(request.trigger).await;
+            if let Some(reply) = request.reply {
+                let _ = reply.send(result);
+            }
+        }
+    }
+
     /// Re-reads the configuration and applies it; `trigger` says why (for the log).
     pub async fn reload(&self, trigger: &str) -> Result<Applied, ReloadError> {
         crate::notify::reloading();
@@ -283,19 +273,15 @@ impl Reloads {
     async fn reload_inner(&self, trigger: &str) -> Result<Applied, ReloadError> {
         let reloader = self.reloader.clone().ok_or(ReloadError::Unsupported)?;
         tracing::info!(trigger, "reloading the configuration");
-        let active = tokio::task::spawn_blocking(move || -> Result<Active, String> {
+        let active = tokio::task::spawn_blocking(move || -> Result<Active, Invalid> {
             let options = (reloader.0)()?;
-            let installed = setup::ensure(&options.setup).map_err(|e| e.to_string())?;
+            let installed = setup::ensure(&options.setup)?;
             Ok(Active { options, installed })
         })
         .await
-        .map_err(|e| ReloadError::Invalid(format!("reading the configuration panicked: {e}")))?
+        .map_err(|e| ReloadError::Invalid(Invalid::Panicked(e.to_string())))?
         .map_err(ReloadError::Invalid)?;
-        let old = self
-            .active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let old = self.in_force.borrow().active.clone();
         if active.options.listen != old.options.listen {
             tracing::warn!(old = %old.options.listen, new = %active.options.listen, "`listen` changes only with a restart; keeping the old address");
         }
@@ -304,46 +290,40 @@ impl Reloads {
         }
         let (change, changes) = classify(&old, &active);
         tracing::info!(?change, changes = ?changes, "configuration changes");
+        let (slots, queue_len) = (
+            active.options.profile.slots,
+            active.options.config.proxy.queue_len,
+        );
         let (done, answer) = oneshot::channel();
         let plan = plan(&active);
-        let shared = Arc::clone(&self.shared);
-        let slot = Arc::clone(&self.active);
-        let apply = Box::new(move || {
-            let profile = &active.options.profile;
-            shared
-                .admission
-                .resize(profile.slots, active.options.config.proxy.queue_len);
-            let generation = shared.live().generation + 1;
-            shared.set_live(live(&active, generation));
-            // Idle keep-alive connections to an old backend would delay its exit.
-            shared.close_idle_upstream();
-            *slot.lock().unwrap_or_else(|e| e.into_inner()) = active;
-        });
+        let reload = Reload {
+            plan,
+            active,
+            change,
+            done,
+        };
         self.lifecycle
-            .send(Command::Reload(Box::new(Reload {
-                plan,
-                change,
-                apply,
-                done,
-            })))
+            .send(Command::Reload(Box::new(reload)))
             .await
             .map_err(|_| ReloadError::ShuttingDown)?;
-        match answer.await {
-            Ok(Ok(applied)) => Ok(applied),
-            Ok(Err(why)) => Err(ReloadError::BackendFailed(why)),
-            Err(_) => Err(ReloadError::ShuttingDown),
-        }
+        let applied = answer.await.map_err(|_| ReloadError::ShuttingDown)??;
+        // The proxy's admission follows the configuration now in force; idle keep-alive
+        // connections to an old backend would delay its exit.
+        self.shared.admission.resize(slots, queue_len);
+        self.shared.close_idle_upstream();
+        Ok(applied)
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::config::Config;
     use crate::host::Host;
     use std::path::Path;
 
-    fn active(user: &str) -> Active {
+    /// The configuration of `user` (a config file's text) as setup would install it.
+    pub(crate) fn active(user: &str) -> Active {
         let config = Config::from_layers(Some((Path::new("/etc/s.toml"), user))).unwrap();
         let host = Host::unrestricted(4);
         let profile = crate::profile::resolve(&config, &config.default_profile, &host).unwrap();

@@ -1,52 +1,16 @@
-//! Starting the governor on a child and holding it: picks the method, starts the duty-cycle
-//! limiter (with an uncapped cgroup carrying a low priority, see `priority_group`) or creates
-//! the capped cgroup, publishes its [`GovernorSnapshot`] for `/status` (see
-//! [`super::snapshot`]), and undoes everything on stop or drop.
-//!
-//! `auto` decides per launch: with the adaptive mode on it uses the duty cycle (the budget
-//! moves every second and must follow activity); otherwise a writable cgroup wins (the kernel
-//! enforces the cap with a 10 ms period, no userspace wakeups, and the cap outlives a crashed
-//! supervisor) and the duty cycle is the fallback. The two are never stacked: each alone holds
-//! the budget, and stacking would cut the child to the product of both.
+//! Choosing the method and starting it: [`Governor::prepare`] picks it and makes its cgroup
+//! before the child exists, [`Prepared::start`] governs the child (see the parent module for
+//! how `auto` picks).
 
-use super::adaptive::AdaptiveParams;
-use super::cgroup::{self, CgroupError, CpuCgroup};
-use super::duty_cycle::{LimiterParams, SignalLimiter, StoppedTime};
-use super::pinned::{PinnedPid, PinnedPidError};
-use super::settings::{GovernorConfig, GovernorSettings, Method};
-use super::snapshot::{GovernorSnapshot, Publisher, SnapshotSender, Source};
-use super::Activity;
+use super::{source_of, GovernorError, GovernorHandle, Mechanism};
+use crate::governor::adaptive::AdaptiveParams;
+use crate::governor::cgroup::{self, CgroupError, CpuCgroup};
+use crate::governor::duty_cycle::{LimiterParams, SignalLimiter, StoppedTime};
+use crate::governor::pinned::PinnedPid;
+use crate::governor::settings::{GovernorConfig, GovernorSettings, Method};
+use crate::governor::snapshot::{Publisher, SnapshotSender};
+use crate::governor::{Activity, Priority};
 use crate::units::Cores;
-
-/// Why the governor could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum GovernorError {
-    #[error("invalid [governor] configuration: {0}")]
-    Config(String),
-    #[error(transparent)]
-    PinnedPid(#[from] PinnedPidError),
-    #[error(transparent)]
-    Cgroup(#[from] CgroupError),
-    #[error("could not start a governor thread: {0} (the system may be out of threads)")]
-    Thread(std::io::Error),
-}
-
-enum Mechanism {
-    /// The duty cycle, and the uncapped cgroup that carries the priority where one is writable.
-    Signals(SignalLimiter, Option<CpuCgroup>),
-    Cgroup(CpuCgroup),
-    Off(Option<CpuCgroup>),
-}
-
-/// A running governor. [`GovernorHandle::stop`] or drop continues the child, removes the
-/// cgroup and publishes a last snapshot in state `stopped`.
-pub struct GovernorHandle {
-    pid: i32,
-    mechanism: Mechanism,
-    publisher: Publisher,
-    report: SnapshotSender,
-    stopped: bool,
-}
 
 /// Entry point.
 pub struct Governor;
@@ -188,25 +152,36 @@ impl Prepared {
             }
             Plan::Signals(cpus, group) => {
                 let group = group.and_then(|g| adopt_for_priority(g, child_pid, settings));
-                let limiter =
-                    start_duty_cycle(child_pid, &config, settings, cpus, &activity, stopped)?;
+                let limiter = start_duty_cycle(
+                    child_pid,
+                    &config,
+                    settings,
+                    cpus,
+                    &activity,
+                    stopped.clone(),
+                )?;
                 Mechanism::Signals(limiter, group)
             }
         };
-        let source = match &mechanism {
-            Mechanism::Signals(limiter, _) => Source::Signals(limiter.readings()),
-            Mechanism::Cgroup(group) => Source::Cgroup(group.version()),
-            Mechanism::Off(_) => Source::Off,
-        };
         let window = config.feedback().window;
-        let publisher = Publisher::start(child_pid, window, source, settings, report.clone())
-            .map_err(GovernorError::Thread)?;
+        let publisher = Publisher::start(
+            child_pid,
+            window,
+            source_of(&mechanism),
+            settings,
+            report.clone(),
+        )
+        .map_err(GovernorError::Thread)?;
         Ok(GovernorHandle {
             pid: child_pid,
             mechanism,
             publisher,
             report,
             stopped: false,
+            config,
+            settings,
+            activity,
+            held: stopped,
         })
     }
 }
@@ -276,7 +251,7 @@ fn capped_group(
     key: &str,
     config: &GovernorConfig,
     cpus: f64,
-    priority: super::Priority,
+    priority: Priority,
 ) -> Result<CpuCgroup, GovernorError> {
     let support = cgroup::detect().ok_or(CgroupError::Unavailable)?;
     Ok(CpuCgroup::prepare(
@@ -294,9 +269,9 @@ fn capped_group(
 /// sessions at normal weight (measured: a user's CPU-bound process in another session kept 44 %
 /// of the CPU it shared with the model, 100 % with the group). `None` for a normal priority, or
 /// where no cgroup is writable (a warning says so, once per launch).
-fn priority_group(key: &str, priority: super::Priority) -> Option<CpuCgroup> {
+fn priority_group(key: &str, priority: Priority) -> Option<CpuCgroup> {
     // macOS has no cgroups and no autogroups: the priority (Darwin background) holds as set.
-    if priority == super::Priority::Normal || cfg!(not(target_os = "linux")) {
+    if priority == Priority::Normal || cfg!(not(target_os = "linux")) {
         return None;
     }
     let Some(support) = cgroup::detect() else {
@@ -314,191 +289,5 @@ fn priority_group(key: &str, priority: super::Priority) -> Option<CpuCgroup> {
             tracing::warn!(%priority, error = %err, "could not give the backend a cgroup for its priority; it holds only within the supervisor's own group");
             None
         }
-    }
-}
-
-impl GovernorHandle {
-    /// The child's pid.
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
-    /// True when the duty-cycle thread has ended by itself (the child is gone).
-    pub fn is_finished(&self) -> bool {
-        match &self.mechanism {
-            Mechanism::Signals(l, _) => l.snapshot().finished,
-            _ => false,
-        }
-    }
-
-    /// The cgroup the child was moved into (its cap, or only its priority), if any.
-    pub fn cgroup(&self) -> Option<std::path::PathBuf> {
-        match &self.mechanism {
-            Mechanism::Cgroup(group) => Some(group),
-            Mechanism::Signals(_, group) | Mechanism::Off(group) => group.as_ref(),
-        }
-        .map(|group| group.path().to_path_buf())
-    }
-
-    /// The last snapshot the governor published (`None` once the lifecycle has cleared it).
-    pub fn snapshot(&self) -> Option<GovernorSnapshot> {
-        self.report.borrow().clone()
-    }
-
-    /// Continues the child, removes the cgroup and publishes a last snapshot in state
-    /// `stopped`. Idempotent.
-    pub fn stop(&mut self) {
-        if self.stopped {
-            return;
-        }
-        self.stopped = true;
-        let group = match &mut self.mechanism {
-            Mechanism::Signals(limiter, group) => {
-                limiter.stop();
-                group.as_mut()
-            }
-            Mechanism::Cgroup(group) => Some(group),
-            Mechanism::Off(group) => group.as_mut(),
-        };
-        if let Some(group) = group {
-            if let Err(err) = group.remove() {
-                tracing::warn!(
-                    path = %group.path().display(),
-                    error = %err,
-                    "could not remove the cgroup; rmdir it once its processes exit"
-                );
-            }
-        }
-        self.publisher.stop();
-        tracing::debug!(pid = self.pid, "CPU governor stopped");
-    }
-}
-
-impl Drop for GovernorHandle {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-impl std::fmt::Debug for GovernorHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GovernorHandle")
-            .field("pid", &self.pid)
-            .field("snapshot", &self.snapshot())
-            .finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::governor::snapshot::GovernorState;
-    use crate::governor::Priority;
-    use std::os::unix::process::CommandExt;
-    use std::time::Duration;
-
-    fn report() -> SnapshotSender {
-        tokio::sync::watch::channel(None).0
-    }
-
-    fn shipped() -> GovernorConfig {
-        crate::config::Config::builtin().unwrap().governor
-    }
-
-    fn settings(cpus: Option<f64>) -> GovernorSettings {
-        GovernorSettings {
-            cpus: cpus.map(|c| Cores::new(c).unwrap()),
-            threads: Some(1),
-            priority: Priority::Background,
-            adaptive: None,
-            host: crate::host::Host::detect(),
-            method: Method::Signals,
-            period: Duration::from_millis(20),
-        }
-    }
-
-    #[test]
-    fn unlimited_is_off_and_signals_reports_resting() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
-        let cfg = shipped();
-        let off = Governor::start(
-            pid,
-            &cfg,
-            settings(None),
-            Activity::new(),
-            Default::default(),
-            report(),
-        )
-        .unwrap();
-        let snap = off.snapshot().unwrap();
-        assert_eq!(snap.method, Method::Off);
-        assert_eq!(snap.state, GovernorState::Off);
-        // The shipped `governor.method` is `auto`: the settings' method (a profile's) wins.
-        assert_eq!(cfg.method, Method::Auto);
-        let tx = report();
-        let rx = tx.subscribe();
-        let mut handle = Governor::start(
-            pid,
-            &cfg,
-            settings(Some(0.5)),
-            Activity::new(),
-            Default::default(),
-            tx,
-        )
-        .unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        let status = rx.borrow().clone().unwrap();
-        assert_eq!(status.method, Method::Signals);
-        assert_eq!(status.state, GovernorState::Resting);
-        assert_eq!(status.budget_cpus, Some(0.5));
-        let json = serde_json::to_value(&status).unwrap();
-        assert_eq!(json["method"], "signals");
-        assert_eq!(json["priority"], "background");
-        handle.stop();
-        handle.stop();
-        assert_eq!(rx.borrow().as_ref().unwrap().state, GovernorState::Stopped);
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    #[test]
-    fn missing_child_is_a_clear_error() {
-        let cfg = shipped();
-        let err = Governor::start(
-            i32::MAX - 1,
-            &cfg,
-            settings(Some(0.5)),
-            Activity::new(),
-            Default::default(),
-            report(),
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("no process"), "{err}");
-    }
-
-    #[test]
-    fn a_period_out_of_range_is_refused_before_anything_is_touched() {
-        let bad = GovernorSettings {
-            period: Duration::from_secs(2),
-            ..settings(Some(0.5))
-        };
-        let err = Governor::start(
-            i32::MAX - 1,
-            &shipped(),
-            bad,
-            Activity::new(),
-            Default::default(),
-            report(),
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("period 2s is out of range"),
-            "{err}"
-        );
     }
 }
