@@ -56,9 +56,8 @@ mod tests {
             ("group".to_string(), "soc".to_string()),
         ]
         .into();
-        let m =
-            crate::metrics::Metrics::new(&crate::config::Config::builtin().unwrap().bench.targets)
-                .with_host_labels(&labels);
+        let m = crate::metrics::Metrics::new(&crate::config::Config::builtin().unwrap().slo)
+            .with_host_labels(&labels);
         let mut report = crate::status::example();
         report.backend = None;
         let text = m.render(&report, None).await;

@@ -183,8 +183,8 @@ mod tests {
 
     #[tokio::test]
     async fn answers_are_counted_by_route_status_and_error_code() {
-        let targets = crate::config::Config::builtin().unwrap().bench.targets;
-        let metrics = Arc::new(Metrics::new(&targets));
+        let slo = crate::config::Config::builtin().unwrap().slo;
+        let metrics = Arc::new(Metrics::new(&slo));
         let app = app(Arc::clone(&metrics));
         let (code, body) = call(&app, "POST", "/v1/chat/completions").await;
         assert_eq!(code, 200);

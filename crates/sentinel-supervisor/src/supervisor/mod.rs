@@ -122,9 +122,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     let (commands_tx, commands_rx) = mpsc::channel::<Command>(8);
     let heartbeat = crate::notify::Heartbeat::default();
     let notify_status = status_rx.clone();
-    let metrics = Arc::new(
-        crate::metrics::Metrics::new(&config.bench.targets).with_host_labels(&config.labels),
-    );
+    let metrics =
+        Arc::new(crate::metrics::Metrics::new(&config.slo).with_host_labels(&config.labels));
     let upstreams = crate::upstream::Upstreams::build(
         &config.upstreams,
         &config.spill,
