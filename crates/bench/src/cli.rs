@@ -3,7 +3,7 @@
 //! the product's own (`--config`, `-v`, `-q`, `--log-format`), so the product can pass them on.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sentinel_supervisor::cli::{ConfigArgs, LogArgs};
+use sentinel_supervisor::cli::{ApiKeyArgs, ConfigArgs, LogArgs};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -70,14 +70,8 @@ pub struct BenchArgs {
     /// Upper bound on generated tokens per task (default: `[bench] max_tokens` of the settings).
     #[arg(long, value_name = "N")]
     pub max_tokens: Option<u32>,
-    /// API key for the supervisor, sent as `Authorization: Bearer KEY`.
-    #[arg(
-        long,
-        env = "SENTINEL_API_KEY",
-        value_name = "KEY",
-        hide_env_values = true
-    )]
-    pub api_key: Option<String>,
+    #[command(flatten)]
+    pub key: ApiKeyArgs,
     /// Send each category's tasks behind one shared prefix with K solved examples (held out of
     /// the scored tasks); every run is done without and with it, and once with caching off.
     #[arg(long, value_name = "K")]

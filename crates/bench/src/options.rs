@@ -78,6 +78,7 @@ pub fn options(
         host: sentinel_supervisor::host::Host::detect(),
         // The key of a supervisor started here comes from the same configuration.
         api_key: args
+            .key
             .api_key
             .or_else(|| config.effective_api_keys().into_iter().next()),
     })

@@ -94,6 +94,14 @@ pub struct StatusArgs {
     /// Print the whole `/status` report as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub key: ApiKeyArgs,
+}
+
+/// How a client of a running supervisor authenticates (`status`, and `sentinel-bench`'s
+/// `bench --url`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ApiKeyArgs {
     /// API key for the supervisor, sent as `Authorization: Bearer KEY`.
     #[arg(
         long,
