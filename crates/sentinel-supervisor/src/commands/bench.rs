@@ -6,7 +6,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::Command;
 
 /// The bench crate's binary.
 pub const BENCH_BIN: &str = "sentinel-bench";
@@ -55,7 +55,8 @@ pub enum BenchLaunchError {
 }
 
 /// Replaces this process with `sentinel-bench`, given `args` (this program's command line,
-/// its name first) with the command's name in its place; returns only when that failed.
+/// its name first) with the command's name in its place; returns only when that failed, with
+/// why (the caller reports it and exits 2).
 pub fn exec(command: BenchCommand, args: impl IntoIterator<Item = OsString>) -> BenchLaunchError {
     use std::os::unix::process::CommandExt;
     let own = std::env::current_exe().ok();
@@ -90,15 +91,6 @@ fn argv(command: BenchCommand, args: impl IntoIterator<Item = OsString>) -> Vec<
         *name = command.name().into();
     }
     argv
-}
-
-/// Runs `sentinel-bench` in place of this process; returns (exit code 2, after saying why) only
-/// when it could not be run.
-pub fn run(command: BenchCommand) -> ExitCode {
-    let err = exec(command, std::env::args_os());
-    tracing::error!(%err, "bench not run");
-    eprintln!("error: {err}");
-    ExitCode::from(2)
 }
 
 #[cfg(test)]

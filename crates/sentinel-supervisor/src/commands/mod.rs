@@ -42,8 +42,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig(args) => check_config::run(&args),
         Command::Status(args) => status::run(args).await,
         Command::Limit(args) => limit::run(args).await,
-        Command::Bench(_) => Ok(bench::run(BenchCommand::Bench)),
-        Command::BenchProbe(_) => Ok(bench::run(BenchCommand::Probe)),
+        Command::Bench(_) => Err(bench::exec(BenchCommand::Bench, std::env::args_os()).into()),
+        Command::BenchProbe(_) => Err(bench::exec(BenchCommand::Probe, std::env::args_os()).into()),
     }
 }
 
