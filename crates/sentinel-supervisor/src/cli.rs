@@ -1,5 +1,5 @@
 //! The command line: `run` (the default), `setup`, `install`, `bundle`, `profiles`,
-//! `check-config`, `status`, `limit` and `bench`.
+//! `check-config`, `status`, `limit`, and `bench`, which runs the bench crate's `sentinel-bench`.
 //!
 //! Only clap types live here, with their own value enums; [`crate::commands`] turns them into the
 //! domain's options (merging them over the configuration), so no domain module sees clap.
@@ -51,11 +51,26 @@ pub enum Command {
     Status(StatusArgs),
     /// Hold any process to a CPU budget, like cpulimit but smooth.
     Limit(LimitArgs),
-    /// Measure profiles: CPU, memory, latency and correctness on endpoint-security tasks.
-    Bench(BenchArgs),
-    /// Internal: one foreground-impact probe of `bench --foreground`, run as its own process.
-    #[command(hide = true)]
-    BenchProbe(ProbeArgs),
+    /// Measure profiles: CPU, memory, latency and correctness on endpoint-security tasks (runs
+    /// `sentinel-bench bench`, built with `cargo build --release -p sentinel-bench`; every
+    /// argument, --help too, is its).
+    #[command(disable_help_flag = true)]
+    Bench(PassThroughArgs),
+    /// Internal: one foreground-impact probe of `bench --foreground` (`sentinel-bench probe`).
+    #[command(hide = true, disable_help_flag = true)]
+    BenchProbe(PassThroughArgs),
+}
+
+/// The arguments of a command that the bench crate's `sentinel-bench` runs: accepted whatever
+/// they are, and passed on as typed (`commands::bench` takes them from the raw command line).
+#[derive(Args, Debug, Clone, Default)]
+pub struct PassThroughArgs {
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 /// Where the configuration comes from.
@@ -79,6 +94,14 @@ pub struct StatusArgs {
     /// Print the whole `/status` report as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub key: ApiKeyArgs,
+}
+
+/// How a client of a running supervisor authenticates (`status`, and `sentinel-bench`'s
+/// `bench --url`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ApiKeyArgs {
     /// API key for the supervisor, sent as `Authorization: Bearer KEY`.
     #[arg(
         long,
@@ -242,102 +265,4 @@ pub enum Priority {
     Background,
     /// Only spare cycles (`SCHED_IDLE` / Darwin background), `cpu.idle` cgroup.
     Idle,
-}
-
-/// `bench`: measure one or more profiles.
-#[derive(Args, Debug, Clone)]
-pub struct BenchArgs {
-    #[command(flatten)]
-    pub config: ConfigArgs,
-    /// GGUF models to measure, each under every profile (repeat the flag; default: the
-    /// configured model).
-    #[arg(long = "model", value_name = "PATH")]
-    pub models: Vec<PathBuf>,
-    /// Use this llama-server binary instead of building the pinned one.
-    #[arg(long, value_name = "PATH")]
-    pub backend_bin: Option<PathBuf>,
-    /// Profiles to measure, in order (repeat the flag).
-    #[arg(long = "profile", short = 'p', value_name = "NAME")]
-    pub profiles: Vec<String>,
-    /// Measure an already running supervisor instead of starting one per profile.
-    #[arg(long, value_name = "URL")]
-    pub url: Option<String>,
-    /// A JSONL task file (defaults to the shipped endpoint-security task set).
-    #[arg(long, value_name = "FILE")]
-    pub tasks: Option<PathBuf>,
-    /// Run only the first N tasks.
-    #[arg(long, value_name = "N")]
-    pub limit: Option<usize>,
-    /// Where to write report.json, report.md and the CPU chart.
-    #[arg(long, value_name = "DIR", default_value = "bench-out")]
-    pub out: PathBuf,
-    /// Idle window measured before the tasks.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub idle: std::time::Duration,
-    /// Send tasks' JSON schemas as `response_format` (off, on, or both: every task twice).
-    #[arg(long, value_enum, value_name = "MODE", default_value_t = SchemaMode::Both)]
-    pub schema_mode: SchemaMode,
-    /// Upper bound on generated tokens per task (default: [bench] max_tokens).
-    #[arg(long, value_name = "N")]
-    pub max_tokens: Option<u32>,
-    /// API key for the supervisor, sent as `Authorization: Bearer KEY`.
-    #[arg(
-        long,
-        env = "SENTINEL_API_KEY",
-        value_name = "KEY",
-        hide_env_values = true
-    )]
-    pub api_key: Option<String>,
-    /// Send each category's tasks behind one shared prefix with K solved examples (held out of
-    /// the scored tasks); every run is done without and with it, and once with caching off.
-    #[arg(long, value_name = "K")]
-    pub shots: Option<usize>,
-    /// The shared prefix's system text from this file instead of the built-in policy and format.
-    #[arg(long, value_name = "FILE")]
-    pub prefix: Option<PathBuf>,
-    /// Solved examples from this task file (same format as --tasks) instead of held-out tasks.
-    #[arg(long, value_name = "FILE", requires = "shots")]
-    pub examples: Option<PathBuf>,
-    /// With --shots or --prefix, skip the comparison run with `cache_prompt: false`.
-    #[arg(long)]
-    pub no_cache_off: bool,
-    /// Measure what a user at the machine feels: an interactive loop and a wake-up probe, alone
-    /// and during each profile's tasks.
-    #[arg(long)]
-    pub foreground: bool,
-    /// Instead of profiles: run this command (after `--`) and report the machine's CPU and the
-    /// command's own (all it starts) per sample window, e.g. an install:
-    /// `bench -- sentinel-supervisor setup --cpus 0.5`.
-    #[arg(last = true, value_name = "COMMAND")]
-    pub command: Vec<String>,
-}
-
-/// `bench-probe`: one foreground probe; prints its samples as JSON when stdin closes.
-#[derive(Args, Debug, Clone)]
-pub struct ProbeArgs {
-    #[arg(value_enum)]
-    pub probe: ProbeKind,
-    /// Work probe: spin iterations of one work unit (default: calibrate to about 5 ms).
-    #[arg(long, value_name = "N")]
-    pub iterations: Option<u64>,
-    /// Stop after this long instead of when stdin closes.
-    #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub run_for: Option<std::time::Duration>,
-}
-
-/// Which foreground probe.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeKind {
-    /// 5 ms of work, 5 ms of sleep; records each work unit's wall time.
-    Work,
-    /// Sleeps 1 ms again and again; records how late it wakes.
-    Wake,
-}
-
-/// `--schema-mode` of `bench` (the bench's `SchemaMode`).
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SchemaMode {
-    Off,
-    On,
-    Both,
 }

@@ -4,7 +4,6 @@
 //! See `ARCHITECTURE.md` for how the modules fit together.
 
 pub mod backend;
-pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -25,7 +24,7 @@ pub mod units;
 pub mod upstream;
 
 use anyhow::Context;
-use cli::{Cli, Command};
+use cli::Cli;
 use std::process::ExitCode;
 
 /// Runs the command the user asked for and returns the process exit code.
@@ -35,6 +34,5 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("could not start the async runtime")?;
-    let command = cli.command.unwrap_or(Command::Run(cli.run));
-    runtime.block_on(commands::dispatch(command))
+    runtime.block_on(commands::dispatch(cli))
 }

@@ -101,32 +101,23 @@ pub fn spec(
 ) -> std::io::Result<LaunchSpec> {
     let port = free_port()?;
     let api_key = BackendKey::generate();
-    let mut args: Vec<String> = vec![
-        "--model".into(),
-        installed.model.display().to_string(),
+    let mut args = core_args(
+        &installed.model,
+        port,
+        (profile.threads, profile.threads_batch),
+        profile.ctx_size,
+        profile.slots,
+    );
+    args.extend([
         "--alias".into(),
         model_id(config, &installed.model),
-        "--host".into(),
-        "127.0.0.1".into(),
-        "--port".into(),
-        port.to_string(),
-        "-ngl".into(),
-        "0".into(),
-        "--threads".into(),
-        profile.threads.to_string(),
-        "--threads-batch".into(),
-        profile.threads_batch.to_string(),
-        "--ctx-size".into(),
-        profile.ctx_size.to_string(),
-        "--parallel".into(),
-        profile.slots.to_string(),
         "--threads-http".into(),
         http_threads(profile.slots).to_string(),
         // Its own counters, re-exported by our /metrics (crate::metrics::llamacpp).
         "--metrics".into(),
         "--cache-ram".into(),
         profile.cache_ram_mib.to_string(),
-    ];
+    ]);
     args.extend(child_args().iter().map(|s| s.to_string()));
     // The backend ladder's run-time flags for this build on this host (`--no-repack`).
     args.extend(installed.rung.args.iter().cloned());
@@ -155,6 +146,36 @@ pub fn spec(
             .map(|k| k.to_string())
             .collect(),
     })
+}
+
+/// The core of every llama-server command line: the model, loopback on `port`, CPU only, the
+/// thread counts (generation, batch), the context and the slots. [`spec`] adds the rest; the
+/// bench's limiter comparison starts bare backends with it, so both say it the same way.
+pub fn core_args(
+    model: &std::path::Path,
+    port: u16,
+    (threads, threads_batch): (usize, usize),
+    ctx_size: u32,
+    slots: usize,
+) -> Vec<String> {
+    vec![
+        "--model".into(),
+        model.display().to_string(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string(),
+        "-ngl".into(),
+        "0".into(),
+        "--threads".into(),
+        threads.to_string(),
+        "--threads-batch".into(),
+        threads_batch.to_string(),
+        "--ctx-size".into(),
+        ctx_size.to_string(),
+        "--parallel".into(),
+        slots.to_string(),
+    ]
 }
 
 /// Environment for the child so its worker threads sleep instead of spinning when idle:

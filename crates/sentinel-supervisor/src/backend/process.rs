@@ -189,7 +189,7 @@ impl Drop for BackendProcess {
 /// Pinning the child to one CPU. Linux sets the affinity of the forked process before exec, so
 /// every thread the program creates inherits it. macOS has no CPU affinity (profiles resolve
 /// `pin_cpu` to `None` there), so nothing is pinned.
-pub(crate) mod affinity {
+pub mod affinity {
     #[cfg(target_os = "linux")]
     pub fn pin_current_process(cpu: usize) -> nix::Result<()> {
         use nix::sched::{sched_setaffinity, CpuSet};

@@ -1,148 +1,160 @@
-//! `sentinel-supervisor bench`: what to measure (`--profile`s or `--url`), `--max-tokens` and
-//! `--api-key` over the configuration, then the harness.
+//! `sentinel-supervisor bench` and `bench-probe`: the experiment harness lives in its own crate
+//! (`crates/bench`, binary `sentinel-bench`), which depends on this one, so this crate cannot
+//! link it. These commands run `sentinel-bench` instead, found beside this executable (where
+//! cargo builds both) and then on `PATH`, with every argument passed through: users keep one
+//! command name, and what `cargo install` puts on their machine is the supervisor alone.
 
-use crate::bench::{self, BenchOptions, LaunchFlags, Subject};
-use crate::cli::BenchArgs;
-use crate::config::Config;
-use std::process::ExitCode;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-/// Why the arguments of `bench` cannot be measured.
-#[derive(Debug, PartialEq, thiserror::Error)]
-pub enum BenchArgsError {
-    #[error("nothing to measure: pass --profile NAME (repeatable) or --url URL")]
-    NothingToMeasure,
-    #[error(
-        "--url measures the one running supervisor; pass at most one --profile with it (its name \
-         in the report)"
-    )]
-    ProfilesWithUrl,
-    #[error("--limit 0 leaves no task to run (use N >= 1)")]
-    NoTasks,
-    #[error(
-        "--url measures the one running supervisor and its model; pass at most one --model with it"
-    )]
-    ModelsWithUrl,
+/// The bench crate's binary.
+pub const BENCH_BIN: &str = "sentinel-bench";
+
+/// Which `sentinel-bench` command to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchCommand {
+    /// `bench`: measure profiles or a command.
+    Bench,
+    /// `bench-probe`: one foreground probe (`sentinel-bench probe`).
+    Probe,
 }
 
-/// The command line over `config`.
-pub fn options(config: &Config, args: BenchArgs) -> Result<BenchOptions, BenchArgsError> {
-    if args.limit == Some(0) {
-        return Err(BenchArgsError::NoTasks);
+impl BenchCommand {
+    /// Its name on this program's command line.
+    fn cli_name(self) -> &'static str {
+        match self {
+            BenchCommand::Bench => "bench",
+            BenchCommand::Probe => "bench-probe",
+        }
     }
-    if args.url.is_some() && args.models.len() > 1 {
-        return Err(BenchArgsError::ModelsWithUrl);
+
+    /// Its name on `sentinel-bench`'s.
+    fn name(self) -> &'static str {
+        match self {
+            BenchCommand::Bench => "bench",
+            BenchCommand::Probe => "probe",
+        }
     }
-    let subject = match (args.url, args.profiles.as_slice()) {
-        (None, []) => return Err(BenchArgsError::NothingToMeasure),
-        (Some(_), [_, _, ..]) => return Err(BenchArgsError::ProfilesWithUrl),
-        (Some(url), profiles) => Subject::Running {
-            url,
-            profile: profiles.first().cloned(),
-        },
-        (None, _) => Subject::Start {
-            profiles: args.profiles,
-        },
-    };
-    Ok(BenchOptions {
-        settings: config.bench.clone(),
-        subject,
-        launch: LaunchFlags {
-            config: args.config.config,
-            backend_bin: args.backend_bin,
-        },
-        models: args.models,
-        shots: args.shots.unwrap_or(0),
-        prefix: args.prefix,
-        examples: args.examples,
-        cache_off_run: !args.no_cache_off,
-        foreground: args.foreground,
-        tasks: args.tasks,
-        task_limit: args.limit,
-        out: args.out,
-        idle: args.idle,
-        schema_mode: args.schema_mode.into(),
-        max_tokens: args.max_tokens.unwrap_or(config.bench.max_tokens),
-        host: crate::host::Host::detect(),
-        // The key of a supervisor started here comes from the same configuration.
-        api_key: args
-            .api_key
-            .or_else(|| config.effective_api_keys().into_iter().next()),
-    })
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let config = super::load_config(&args.config)?;
-    if !args.command.is_empty() {
-        let (command, window, out) = (args.command, config.bench.sample_interval, args.out);
-        let report =
-            tokio::task::spawn_blocking(move || bench::command::run(&command, window, &out))
-                .await??;
-        println!("{}", report.describe());
-        return Ok(ExitCode::SUCCESS);
+/// Why `sentinel-bench` could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchLaunchError {
+    #[error(
+        "`{BENCH_BIN}` was found neither at {beside} nor on PATH (build it with \
+         `cargo build --release -p sentinel-bench`, or install it with \
+         `cargo install --path crates/bench`)"
+    )]
+    Missing { beside: String },
+    #[error("cannot run {program}: {source} (check that it is an executable file)")]
+    Exec {
+        program: String,
+        source: std::io::Error,
+    },
+}
+
+/// Replaces this process with `sentinel-bench`, given `args` (this program's command line,
+/// its name first) with the command's name in its place; returns only when that failed, with
+/// why (the caller reports it and exits 2).
+pub fn exec(command: BenchCommand, args: impl IntoIterator<Item = OsString>) -> BenchLaunchError {
+    use std::os::unix::process::CommandExt;
+    let own = std::env::current_exe().ok();
+    let beside = own
+        .as_deref()
+        .and_then(Path::parent)
+        .map(|d| d.join(BENCH_BIN));
+    let program = beside
+        .as_ref()
+        .filter(|p| p.is_file())
+        .map_or_else(|| PathBuf::from(BENCH_BIN), Clone::clone);
+    let argv = argv(command, args);
+    tracing::debug!(program = %program.display(), ?argv, "running the bench crate's binary");
+    let source = Command::new(&program).args(argv).exec();
+    if source.kind() == std::io::ErrorKind::NotFound {
+        let beside = beside.map_or_else(|| "this executable".into(), |p| p.display().to_string());
+        return BenchLaunchError::Missing { beside };
     }
-    let options = options(&config, args)?;
-    bench::run(options).await
+    BenchLaunchError::Exec {
+        program: program.display().to_string(),
+        source,
+    }
+}
+
+/// `sentinel-bench`'s arguments: this program's, as the user typed them (clap would drop a
+/// `--` that follows the command at once), with the command's name replaced by
+/// `sentinel-bench`'s. Nothing comes before the name: this program takes no option before a
+/// command.
+fn argv(command: BenchCommand, args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut argv: Vec<OsString> = args.into_iter().skip(1).collect();
+    if let Some(name) = argv.iter_mut().find(|a| *a == command.cli_name()) {
+        *name = command.name().into();
+    }
+    argv
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Cli;
+    use crate::cli::{Cli, Command as CliCommand};
     use clap::Parser;
 
-    fn parse(args: &[&str]) -> BenchArgs {
-        let cli = Cli::try_parse_from(["s", "bench"].iter().chain(args)).unwrap();
-        match cli.command {
-            Some(crate::cli::Command::Bench(args)) => args,
+    /// What `sentinel-bench` is given for `line`, which this program must accept.
+    fn passed(line: &[&str]) -> Vec<OsString> {
+        let command = match Cli::try_parse_from(line).unwrap().command {
+            Some(CliCommand::Bench(_)) => BenchCommand::Bench,
+            Some(CliCommand::BenchProbe(_)) => BenchCommand::Probe,
             other => panic!("not bench: {other:?}"),
-        }
+        };
+        argv(command, line.iter().map(OsString::from))
     }
 
     #[test]
-    fn profiles_or_one_url_and_the_flags_over_the_file() {
-        let config = Config::builtin().unwrap();
-        let o = options(&config, parse(&["-p", "fast", "-p", "balanced"])).unwrap();
+    fn every_argument_reaches_the_harness_in_order() {
         assert_eq!(
-            o.subject,
-            Subject::Start {
-                profiles: vec!["fast".into(), "balanced".into()]
-            }
+            passed(&["s", "bench", "-p", "fast", "--config", "c.toml", "--", "make", "-j2"]),
+            ["bench", "-p", "fast", "--config", "c.toml", "--", "make", "-j2"]
         );
-        assert_eq!(o.max_tokens, config.bench.max_tokens);
-        assert_eq!(o.schema_mode, bench::SchemaMode::Both);
-
-        let o = options(
-            &config,
-            parse(&["--url", "http://x", "-p", "mine", "--max-tokens", "7"]),
-        )
-        .unwrap();
+        assert_eq!(passed(&["s", "bench", "--help"]), ["bench", "--help"]);
         assert_eq!(
-            o.subject,
-            Subject::Running {
-                url: "http://x".into(),
-                profile: Some("mine".into())
-            }
+            passed(&["s", "bench", "--", "make"]),
+            ["bench", "--", "make"]
         );
-        assert_eq!(o.max_tokens, 7);
+        assert_eq!(
+            passed(&["s", "bench-probe", "work", "--for", "2s"]),
+            ["probe", "work", "--for", "2s"]
+        );
     }
 
     #[test]
-    fn a_command_after_the_double_dash_is_measured_as_is() {
-        let args = parse(&["--out", "o", "--", "make", "-j2", "--cpus"]);
-        assert_eq!(args.command, ["make", "-j2", "--cpus"]);
-        assert!(parse(&["-p", "fast"]).command.is_empty());
+    fn options_after_the_command_go_along_as_typed() {
+        assert_eq!(
+            passed(&["s", "bench", "-vv", "--config", "bench", "-p", "fast"]),
+            ["bench", "-vv", "--config", "bench", "-p", "fast"]
+        );
+        assert_eq!(
+            passed(&[
+                "s",
+                "bench",
+                "--log-format",
+                "json",
+                "-q",
+                "--url",
+                "http://x"
+            ]),
+            ["bench", "--log-format", "json", "-q", "--url", "http://x"]
+        );
     }
 
     #[test]
-    fn impossible_requests_say_what_to_pass() {
-        let config = Config::builtin().unwrap();
-        let err = |args: &[&str]| options(&config, parse(args)).unwrap_err();
-        assert_eq!(err(&[]), BenchArgsError::NothingToMeasure);
-        assert!(err(&[]).to_string().contains("--profile NAME"));
-        assert_eq!(
-            err(&["--url", "http://x", "-p", "a", "-p", "b"]),
-            BenchArgsError::ProfilesWithUrl
+    fn a_missing_harness_says_how_to_build_it() {
+        let err = BenchLaunchError::Missing {
+            beside: "/x/sentinel-supervisor".into(),
+        };
+        let msg = err.to_string();
+        assert!(
+            msg.contains("cargo build --release -p sentinel-bench") && msg.contains("PATH"),
+            "{msg}"
         );
-        assert_eq!(err(&["-p", "a", "--limit", "0"]), BenchArgsError::NoTasks);
     }
 }

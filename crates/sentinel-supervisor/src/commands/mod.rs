@@ -10,7 +10,8 @@
 //! - `check-config` -> the loaded [`Config`], every profile resolved -> TOML on stdout
 //! - `status` -> [`status::StatusOptions`] -> a running supervisor's `/status`, summarised
 //! - `limit` -> [`limit::LimitOptions`] -> [`limit::limit`]
-//! - `bench` -> [`crate::bench::BenchOptions`] -> [`crate::bench::run`]
+//! - `bench`, `bench-probe` -> [`bench::exec`]: the bench crate's `sentinel-bench`, arguments
+//!   passed through
 
 pub mod bench;
 pub mod bundle;
@@ -21,14 +22,15 @@ pub mod run;
 pub mod setup;
 pub mod status;
 
-use crate::cli::{self, Command, ConfigArgs, LogArgs};
+use crate::cli::{self, Cli, Command, ConfigArgs, LogArgs};
 use crate::config::{Config, ConfigError};
 use crate::logging::{LogFormat, LogOptions};
+use bench::BenchCommand;
 use std::process::ExitCode;
 
-/// Runs one command to its exit code.
-pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
-    match command {
+/// Runs the command of `cli` (`run` when none is named) to its exit code.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Run(args) => run::run(args).await,
         Command::Setup(args) => match args.from {
             Some(from) => setup::run_from(args.setup, from).await,
@@ -40,14 +42,8 @@ pub async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::CheckConfig(args) => check_config::run(&args),
         Command::Status(args) => status::run(args).await,
         Command::Limit(args) => limit::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
-        Command::BenchProbe(args) => {
-            let probe = match args.probe {
-                crate::cli::ProbeKind::Work => crate::bench::foreground::Probe::Work,
-                crate::cli::ProbeKind::Wake => crate::bench::foreground::Probe::Wake,
-            };
-            crate::bench::foreground::probe_main(probe, args.iterations, args.run_for)
-        }
+        Command::Bench(_) => Err(bench::exec(BenchCommand::Bench, std::env::args_os()).into()),
+        Command::BenchProbe(_) => Err(bench::exec(BenchCommand::Probe, std::env::args_os()).into()),
     }
 }
 
@@ -88,16 +84,6 @@ impl From<cli::Priority> for crate::governor::Priority {
             cli::Priority::Normal => Self::Normal,
             cli::Priority::Background => Self::Background,
             cli::Priority::Idle => Self::Idle,
-        }
-    }
-}
-
-impl From<cli::SchemaMode> for crate::bench::SchemaMode {
-    fn from(mode: cli::SchemaMode) -> Self {
-        match mode {
-            cli::SchemaMode::Off => Self::Off,
-            cli::SchemaMode::On => Self::On,
-            cli::SchemaMode::Both => Self::Both,
         }
     }
 }

@@ -56,7 +56,7 @@ pub(crate) fn options(args: &StatusArgs) -> anyhow::Result<StatusOptions> {
     Ok(StatusOptions {
         url,
         json: args.json,
-        api_key: args.api_key.clone().filter(|k| !k.trim().is_empty()),
+        api_key: args.key.api_key.clone().filter(|k| !k.trim().is_empty()),
     })
 }
 
@@ -327,7 +327,9 @@ mod tests {
             config: crate::cli::ConfigArgs { config: Some(file) },
             url: None,
             json: false,
-            api_key: Some("  ".into()),
+            key: crate::cli::ApiKeyArgs {
+                api_key: Some("  ".into()),
+            },
         };
         let o = options(&args).unwrap();
         assert_eq!(o.url, "http://127.0.0.1:9555");

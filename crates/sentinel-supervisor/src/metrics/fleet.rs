@@ -56,7 +56,7 @@ mod tests {
             ("group".to_string(), "soc".to_string()),
         ]
         .into();
-        let targets = crate::config::Config::builtin().unwrap().bench.targets;
+        let targets = crate::config::Config::builtin().unwrap().slo;
         let m =
             crate::metrics::Metrics::new(&targets, 2, Default::default()).with_host_labels(&labels);
         let mut report = crate::status::example();

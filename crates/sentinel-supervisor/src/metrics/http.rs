@@ -183,7 +183,7 @@ mod tests {
 
     #[tokio::test]
     async fn answers_are_counted_by_route_status_and_error_code() {
-        let targets = crate::config::Config::builtin().unwrap().bench.targets;
+        let targets = crate::config::Config::builtin().unwrap().slo;
         let metrics = Arc::new(Metrics::new(&targets, 2, Default::default()));
         let app = app(Arc::clone(&metrics));
         let (code, body) = call(&app, "POST", "/v1/chat/completions").await;

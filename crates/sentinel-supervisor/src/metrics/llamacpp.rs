@@ -134,38 +134,42 @@ fn unescape(s: &str) -> String {
 /// Splits a sample line into its name, labels and value (`None` for a line it cannot read).
 fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
     let name_end = line.find(|c: char| c == '{' || c.is_whitespace())?;
-    let name = &line[..name_end];
-    let mut rest = &line[name_end..];
-    let mut labels = Vec::new();
-    if let Some(inner) = rest.strip_prefix('{') {
-        rest = inner;
-        loop {
-            rest = rest.trim_start_matches([' ', ',']);
-            if let Some(after) = rest.strip_prefix('}') {
-                rest = after;
-                break;
-            }
-            let (key, after) = rest.split_once("=\"")?;
-            // The value ends at the first quote not escaped by a backslash.
-            let mut end = None;
-            let mut escaped = false;
-            for (i, c) in after.char_indices() {
-                match (escaped, c) {
-                    (false, '\\') => escaped = true,
-                    (false, '"') => {
-                        end = Some(i);
-                        break;
-                    }
-                    _ => escaped = false,
-                }
-            }
-            let end = end?;
-            labels.push((key.trim().to_string(), unescape(&after[..end])));
-            rest = &after[end + 1..];
-        }
-    }
+    let (name, rest) = line.split_at(name_end);
+    let (labels, rest) = match rest.strip_prefix('{') {
+        Some(inner) => parse_labels(inner)?,
+        None => (Vec::new(), rest),
+    };
     let value = rest.split_whitespace().next()?.parse().ok()?;
     Some((name, labels, value))
+}
+
+/// Reads `key="value", ...}` (the opening brace already taken) into labels, and returns what
+/// follows the closing brace.
+fn parse_labels(mut rest: &str) -> Option<(Labels, &str)> {
+    let mut labels = Vec::new();
+    loop {
+        rest = rest.trim_start_matches([' ', ',']);
+        if let Some(after) = rest.strip_prefix('}') {
+            return Some((labels, after));
+        }
+        let (key, after) = rest.split_once("=\"")?;
+        let end = closing_quote(after)?;
+        labels.push((key.trim().to_string(), unescape(&after[..end])));
+        rest = &after[end + 1..];
+    }
+}
+
+/// Where a label value ends: the first quote not escaped by a backslash.
+fn closing_quote(value: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in value.char_indices() {
+        match (escaped, c) {
+            (false, '\\') => escaped = true,
+            (false, '"') => return Some(i),
+            _ => escaped = false,
+        }
+    }
+    None
 }
 
 /// The declared type of the family a sample belongs to: its own `# TYPE`, that of the

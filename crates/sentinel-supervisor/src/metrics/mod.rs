@@ -7,7 +7,7 @@
 //!   reason (from the lifecycle, [`Metrics::backend_restarted`]), requests, durations,
 //!   time to first token, tokens and rejections (from the HTTP layer, [`http`]), and the
 //!   invisibility SLO's 100 ms windows (from [`sampler`]);
-//! - **readings**, taken at each scrape from their one owner ([`Live`]): the lifecycle state and
+//! - **readings**, taken at each scrape from their one owner ([`live`]): the lifecycle state and
 //!   admission counts from the [`StatusReport`], the governor's snapshot, the duty cycle's
 //!   stopped time, the backend's and the supervisor's CPU clocks and memory from
 //!   [`crate::meter`], and llama-server's own `/metrics` re-exported by [`llamacpp`].
@@ -17,23 +17,21 @@
 
 pub mod fleet;
 pub mod http;
+mod live;
 pub mod llamacpp;
 pub mod sampler;
+pub mod slo;
 pub mod textfile;
-mod tokens;
+pub mod tokens;
 
-use crate::bench::target::Targets;
 use crate::status::StatusReport;
-use crate::supervisor::state::{BackendInfo, StateName};
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
-};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use crate::supervisor::state::BackendInfo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use slo::Slo;
 use std::time::Duration;
 
 pub use tokens::Tokens;
@@ -114,6 +112,9 @@ struct RouteLabel {
     route: String,
 }
 
+/// One histogram per route, with fixed buckets.
+type RouteHistograms = Family<RouteLabel, Histogram, Buckets>;
+
 /// Builds one histogram per label set with fixed buckets.
 #[derive(Clone, Debug)]
 struct Buckets(&'static [f64]);
@@ -131,8 +132,8 @@ pub struct Metrics {
     registry: Registry,
     restarts: Family<ReasonLabel, Counter>,
     requests: Family<RequestLabels, Counter>,
-    duration: Family<RouteLabel, Histogram, Buckets>,
-    ttft: Family<RouteLabel, Histogram, Buckets>,
+    duration: RouteHistograms,
+    ttft: RouteHistograms,
     rejections: Family<ReasonLabel, Counter>,
     prompt_tokens: Counter,
     cached_tokens: Counter,
@@ -155,80 +156,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The registry, with the SLO bands taken from the bench targets (`[bench.targets]`: the
-    /// idle, active-mean and active-p99 limits on system CPU).
-    pub fn new(
-        targets: &Targets,
-        online_cpus: usize,
-        throttled: crate::governor::StoppedTime,
-    ) -> Metrics {
+    /// The registry, with the SLO bands taken from `[slo]` (the idle, active-mean and active-p99
+    /// limits on system CPU).
+    pub fn new(slo: &Slo, online_cpus: usize, throttled: crate::governor::StoppedTime) -> Metrics {
         let mut registry = Registry::default();
-        let restarts = Family::<ReasonLabel, Counter>::default();
-        registry.register(
-            "sentinel_backend_restarts",
-            "Backend restarts, by why the previous launch ended (exit_code, signal, hang, start_timeout, spawn_failure)",
-            restarts.clone(),
-        );
-        for reason in RestartReason::ALL {
-            drop(restarts.get_or_create(&ReasonLabel {
-                reason: reason.as_str(),
-            }));
-        }
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "sentinel_requests",
-            "HTTP requests answered, by route and status code",
-            requests.clone(),
-        );
-        let duration = Family::new_with_constructor(Buckets(&DURATION_BUCKETS));
-        registry.register(
-            "sentinel_request_duration_seconds",
-            "Time from a request's arrival to the end of its response body, by route",
-            duration.clone(),
-        );
-        let ttft = Family::new_with_constructor(Buckets(&TTFT_BUCKETS));
-        registry.register(
-            "sentinel_time_to_first_token_seconds",
-            "Time from a streamed completion's arrival to its first generated token, by route",
-            ttft.clone(),
-        );
-        let rejections = Family::<ReasonLabel, Counter>::default();
-        registry.register(
-            "sentinel_rejections",
-            "Requests the proxy answered with an error itself, by error code (queue_full, queue_timeout, invalid_api_key, request_too_large, backend_unavailable, ...)",
-            rejections.clone(),
-        );
-        let prompt_tokens = Counter::default();
-        registry.register(
-            "sentinel_prompt_tokens",
-            "Prompt tokens of answered requests, cached ones included",
-            prompt_tokens.clone(),
-        );
-        let cached_tokens = Counter::default();
-        registry.register(
-            "sentinel_prompt_cached_tokens",
-            "Prompt tokens llama-server reused from its cache instead of evaluating",
-            cached_tokens.clone(),
-        );
-        let generated_tokens = Counter::default();
-        registry.register(
-            "sentinel_generated_tokens",
-            "Tokens generated by the model",
-            generated_tokens.clone(),
-        );
-        let poisoned = Counter::default();
-        registry.register(
-            "sentinel_poisoned_requests",
-            "Requests a backend died while serving (alone, or at a second death), not sent again and remembered for proxy.poison_ttl",
-            poisoned.clone(),
-        );
-        let poison_refusals = Counter::default();
-        registry.register(
-            "sentinel_poison_refusals",
-            "Requests refused with 400 before the backend because an identical one made a backend die",
-            poison_refusals.clone(),
-        );
-        let slo = sampler::Windows::register(&mut registry, targets);
+        let restarts = register_restarts(&mut registry);
+        let (requests, duration, ttft, rejections) = register_requests(&mut registry);
+        let [prompt_tokens, cached_tokens, generated_tokens] = register_tokens(&mut registry);
+        let [poisoned, poison_refusals] = register_poison(&mut registry);
+        let slo = sampler::Windows::register(&mut registry, slo);
         let upstream = crate::upstream::metrics::UpstreamMetrics::register(&mut registry);
         let client = reqwest::Client::builder()
             .timeout(LLAMACPP_TIMEOUT)
@@ -314,7 +250,7 @@ impl Metrics {
             Some(b) => Some(llamacpp::scrape(&self.client, b).await),
             None => None,
         };
-        let live = Live::read(
+        let live = live::Live::read(
             report,
             llamacpp.as_ref().map(Result::is_ok),
             self.online_cpus,
@@ -340,244 +276,98 @@ impl Metrics {
     }
 }
 
-/// Every backend state, in the order of [`state_index`].
-const STATES: [StateName; 7] = [
-    StateName::Starting,
-    StateName::Ready,
-    StateName::Unhealthy,
-    StateName::Backoff,
-    StateName::Failed,
-    StateName::Stopping,
-    StateName::Stopped,
-];
-
-/// A state's place in [`STATES`]; being a `match`, a new state fails to compile here until it
-/// is listed.
-const fn state_index(state: StateName) -> usize {
-    match state {
-        StateName::Starting => 0,
-        StateName::Ready => 1,
-        StateName::Unhealthy => 2,
-        StateName::Backoff => 3,
-        StateName::Failed => 4,
-        StateName::Stopping => 5,
-        StateName::Stopped => 6,
-    }
-}
-
-/// The readings of one scrape, each from its one owner. `None` = cannot be read now (no
-/// backend, no governor, or the reading failed): the sample is left out, not faked as 0.
-#[derive(Debug)]
-struct Live {
-    state: StateName,
-    in_flight: usize,
-    queued: usize,
-    budget_cores: Option<f64>,
-    measured_cores: Option<f64>,
-    duty: Option<f64>,
-    throttled: Duration,
-    backend_cpu: Option<Duration>,
-    backend_rss: Option<u64>,
-    /// The machine's busy time (the counter's own origin: boot for both sources).
-    system_busy: Option<Duration>,
-    system_cpus: usize,
-    supervisor_cpu: Option<Duration>,
-    supervisor_rss: Option<u64>,
-    /// Whether llama-server's `/metrics` answered (`None` without a backend).
-    llamacpp_up: Option<bool>,
-    /// The machine's situation (`None`: not followed, `situation.enabled = false`).
-    situation: Option<crate::situation::SituationReport>,
-}
-
-impl Live {
-    fn read(
-        report: &StatusReport,
-        llamacpp_up: Option<bool>,
-        online_cpus: usize,
-        throttled: Duration,
-    ) -> Live {
-        let backend = report.backend.as_ref().map(|b| b.pid);
-        let me = std::process::id() as i32;
-        let governor = report.governor.as_ref();
-        Live {
-            state: report.state.name(),
-            in_flight: report.in_flight,
-            queued: report.queued,
-            budget_cores: governor.and_then(|g| g.budget_cpus),
-            measured_cores: governor.and_then(|g| g.measured_cpus),
-            duty: governor.and_then(|g| g.duty),
-            throttled,
-            backend_cpu: backend.and_then(crate::meter::process_cpu),
-            backend_rss: backend.and_then(crate::meter::rss_bytes),
-            system_busy: crate::meter::system_times(online_cpus)
-                .ok()
-                .map(|t| Duration::from_nanos(t.busy)),
-            system_cpus: online_cpus,
-            supervisor_cpu: crate::meter::process_cpu(me),
-            supervisor_rss: crate::meter::rss_bytes(me),
-            llamacpp_up,
-            situation: report.situation.clone(),
-        }
-    }
-}
-
-/// Writes one unlabelled gauge.
-fn gauge<N: EncodeGaugeValue>(
-    enc: &mut DescriptorEncoder,
+/// Registers `metric` under `name` and returns the handle the counting side keeps.
+fn registered<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
     name: &str,
     help: &str,
-    value: N,
-) -> std::fmt::Result {
-    let gauge = ConstGauge::new(value);
-    gauge.encode(enc.encode_descriptor(name, help, None, gauge.metric_type())?)
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
-/// Writes one unlabelled counter; `name` without `_total`, which the encoder adds.
-fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: f64) -> std::fmt::Result {
-    let counter = ConstCounter::new(value);
-    counter.encode(enc.encode_descriptor(name, help, None, counter.metric_type())?)
-}
-
-impl Collector for Live {
-    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
-        {
-            let mut family = enc.encode_descriptor(
-                "sentinel_backend_state",
-                "The backend's lifecycle state: 1 for the current one, 0 for the others.",
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
-            for state in STATES {
-                let labels = [("state", state.as_str())];
-                let value = i64::from(state_index(state) == state_index(self.state));
-                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        gauge(
-            &mut enc,
-            "sentinel_requests_in_flight",
-            "Requests holding an admission slot (the number a drain waits for).",
-            self.in_flight as i64,
-        )?;
-        gauge(
-            &mut enc,
-            "sentinel_requests_queued",
-            "Requests waiting for an admission slot.",
-            self.queued as i64,
-        )?;
-        if let Some(v) = self.budget_cores {
-            gauge(
-                &mut enc,
-                "sentinel_governor_budget_cores",
-                "The CPU budget in force for the backend, in cores.",
-                v,
-            )?;
-        }
-        if let Some(s) = &self.situation {
-            use crate::situation::{PowerSource, Presence, Thermal};
-            gauge(
-                &mut enc,
-                "sentinel_power_on_battery",
-                "1 while the machine runs on battery, 0 on mains.",
-                i64::from(s.power == PowerSource::Battery),
-            )?;
-            gauge(
-                &mut enc,
-                "sentinel_user_idle",
-                "1 while nobody has touched the keyboard or mouse for situation.idle_after.",
-                i64::from(s.presence == Presence::Idle),
-            )?;
-            gauge(
-                &mut enc,
-                "sentinel_thermal_pressure",
-                "1 while the machine reports thermal pressure (the budget is halved).",
-                i64::from(s.thermal == Thermal::Pressure),
-            )?;
-            gauge(
-                &mut enc,
-                "sentinel_budget_paused",
-                "1 while the budget in force is a pause (new requests wait in the queue).",
-                i64::from(s.paused),
-            )?;
-        }
-        if let Some(v) = self.measured_cores {
-            gauge(
-                &mut enc,
-                "sentinel_governor_measured_cores",
-                "The backend's CPU over the governor's last feedback window, in cores.",
-                v,
-            )?;
-        }
-        if let Some(v) = self.duty {
-            gauge(
-                &mut enc,
-                "sentinel_governor_duty_ratio",
-                "Share of each duty-cycle period the backend may run.",
-                v,
-            )?;
-        }
-        counter(
-            &mut enc,
-            "sentinel_governor_throttled_seconds",
-            "Time the duty cycle held the backend stopped, SIGSTOP to SIGCONT (the signals method; a kernel cap throttles inside the cgroup, see its cpu.stat).",
-            self.throttled.as_secs_f64(),
-        )?;
-        if let Some(v) = self.backend_cpu {
-            counter(
-                &mut enc,
-                "sentinel_backend_cpu_seconds",
-                "CPU time of the running backend process (its exact CPU clock); starts again at 0 with each launch.",
-                v.as_secs_f64(),
-            )?;
-        }
-        if let Some(v) = self.backend_rss {
-            gauge(
-                &mut enc,
-                "sentinel_backend_resident_memory_bytes",
-                "Resident memory of the running backend process.",
-                v as i64,
-            )?;
-        }
-        if let Some(busy) = self.system_busy {
-            counter(
-                &mut enc,
-                "sentinel_system_cpu_busy_seconds",
-                "CPU time the whole machine spent busy, summed over every CPU (cgroup v1 cpuacct root when mounted, else /proc/stat).",
-                busy.as_secs_f64(),
-            )?;
-        }
-        gauge(
-            &mut enc,
-            "sentinel_system_cpus",
-            "Online CPUs: the machine's busy share is rate(sentinel_system_cpu_busy_seconds_total) divided by this.",
-            self.system_cpus as i64,
-        )?;
-        if let Some(v) = self.supervisor_cpu {
-            counter(
-                &mut enc,
-                "sentinel_supervisor_cpu_seconds",
-                "CPU time of the supervisor process itself.",
-                v.as_secs_f64(),
-            )?;
-        }
-        if let Some(v) = self.supervisor_rss {
-            gauge(
-                &mut enc,
-                "sentinel_supervisor_resident_memory_bytes",
-                "Resident memory of the supervisor process itself.",
-                v as i64,
-            )?;
-        }
-        if let Some(up) = self.llamacpp_up {
-            gauge(
-                &mut enc,
-                "sentinel_llamacpp_scrape_success",
-                "Whether llama-server's own /metrics answered this scrape (its samples follow as sentinel_backend_llamacpp_*).",
-                i64::from(up),
-            )?;
-        }
-        Ok(())
+/// Restarts by reason, every reason present from the start (at 0).
+fn register_restarts(registry: &mut Registry) -> Family<ReasonLabel, Counter> {
+    let restarts = registered(
+        registry,
+        "sentinel_backend_restarts",
+        "Backend restarts, by why the previous launch ended (exit_code, signal, hang, start_timeout, spawn_failure)",
+        Family::<ReasonLabel, Counter>::default(),
+    );
+    for reason in RestartReason::ALL {
+        drop(restarts.get_or_create(&ReasonLabel {
+            reason: reason.as_str(),
+        }));
     }
+    restarts
+}
+
+/// Requests answered, their durations and time to first token, and the proxy's own refusals.
+fn register_requests(
+    registry: &mut Registry,
+) -> (
+    Family<RequestLabels, Counter>,
+    RouteHistograms,
+    RouteHistograms,
+    Family<ReasonLabel, Counter>,
+) {
+    let requests = registered(
+        registry,
+        "sentinel_requests",
+        "HTTP requests answered, by route and status code",
+        Family::<RequestLabels, Counter>::default(),
+    );
+    let duration = registered(
+        registry,
+        "sentinel_request_duration_seconds",
+        "Time from a request's arrival to the end of its response body, by route",
+        Family::new_with_constructor(Buckets(&DURATION_BUCKETS)),
+    );
+    let ttft = registered(
+        registry,
+        "sentinel_time_to_first_token_seconds",
+        "Time from a streamed completion's arrival to its first generated token, by route",
+        Family::new_with_constructor(Buckets(&TTFT_BUCKETS)),
+    );
+    let rejections = registered(
+        registry,
+        "sentinel_rejections",
+        "Requests the proxy answered with an error itself, by error code (queue_full, queue_timeout, invalid_api_key, request_too_large, backend_unavailable, ...)",
+        Family::<ReasonLabel, Counter>::default(),
+    );
+    (requests, duration, ttft, rejections)
+}
+
+/// Prompt, cached and generated tokens.
+fn register_tokens(registry: &mut Registry) -> [Counter; 3] {
+    [
+        (
+            "sentinel_prompt_tokens",
+            "Prompt tokens of answered requests, cached ones included",
+        ),
+        (
+            "sentinel_prompt_cached_tokens",
+            "Prompt tokens llama-server reused from its cache instead of evaluating",
+        ),
+        ("sentinel_generated_tokens", "Tokens generated by the model"),
+    ]
+    .map(|(name, help)| registered(registry, name, help, Counter::default()))
+}
+
+/// Requests remembered as poison, and the identical ones refused for it.
+fn register_poison(registry: &mut Registry) -> [Counter; 2] {
+    [
+        (
+            "sentinel_poisoned_requests",
+            "Requests a backend died while serving (alone, or at a second death), not sent again and remembered for proxy.poison_ttl",
+        ),
+        (
+            "sentinel_poison_refusals",
+            "Requests refused with 400 before the backend because an identical one made a backend die",
+        ),
+    ]
+    .map(|(name, help)| registered(registry, name, help, Counter::default()))
 }
 
 #[cfg(test)]
@@ -586,8 +376,8 @@ mod tests {
     use crate::supervisor::state::State;
     use std::os::unix::process::ExitStatusExt;
 
-    fn targets() -> Targets {
-        crate::config::Config::builtin().unwrap().bench.targets
+    fn slo() -> Slo {
+        crate::config::Config::builtin().unwrap().slo
     }
 
     /// A report of a supervisor in `state` with nothing running.
@@ -625,13 +415,6 @@ mod tests {
     }
 
     #[test]
-    fn states_are_listed_in_index_order() {
-        for (i, state) in STATES.iter().enumerate() {
-            assert_eq!(state_index(*state), i, "{state}");
-        }
-    }
-
-    #[test]
     fn exit_statuses_classify_by_signal_or_code() {
         // Raw wait statuses: a signal in the low bits, an exit code in the second byte.
         assert_eq!(
@@ -651,7 +434,7 @@ mod tests {
     #[tokio::test]
     async fn a_scrape_shows_events_and_readings() {
         let online = crate::host::Host::detect().online_cpus;
-        let m = Metrics::new(&targets(), online, Default::default());
+        let m = Metrics::new(&slo(), online, Default::default());
         m.backend_restarted(RestartReason::Signal);
         m.backend_restarted(RestartReason::Signal);
         m.backend_restarted(RestartReason::Hang);

@@ -1,12 +1,12 @@
 //! The invisibility SLO, live: a background task reads the machine's CPU counters every 100 ms
 //! (the meter's exact `cpuacct` source when mounted, see [`crate::meter::system_source`]) and
 //! counts each window by the share of the machine it was busy, in a histogram whose buckets
-//! are the bench targets (`[bench.targets]`: idle, active mean, active p99), and counts the
+//! are the SLO thresholds (`[slo]`: idle, active mean, active p99), and counts the
 //! windows in which the backend used more CPU than the governor's budget (its exact CPU clock
 //! over the same window). An alert on either says the model became visible, at once, not at the
 //! next benchmark.
 
-use crate::bench::target::Targets;
+use super::slo::Slo;
 use crate::governor::{GovernorSnapshot, Method};
 use crate::meter::{SystemSource, SystemTimes};
 use crate::supervisor::state::Status;
@@ -29,12 +29,12 @@ pub(super) struct Windows {
     over_budget: Counter,
 }
 
-/// The band limits, as shares of the machine: the bench targets on system CPU, sorted, once.
-pub fn bands(targets: &Targets) -> Vec<f64> {
+/// The band limits, as shares of the machine: the `[slo]` thresholds on system CPU, sorted, once.
+pub fn bands(slo: &Slo) -> Vec<f64> {
     let mut bands: Vec<f64> = [
-        targets.idle_cpu_max_percent,
-        targets.active_cpu_mean_max_percent,
-        targets.active_cpu_p99_max_percent,
+        slo.idle_cpu_max_percent,
+        slo.active_cpu_mean_max_percent,
+        slo.active_cpu_p99_max_percent,
     ]
     .into_iter()
     .filter(|p| p.is_finite() && *p > 0.0)
@@ -46,11 +46,11 @@ pub fn bands(targets: &Targets) -> Vec<f64> {
 }
 
 impl Windows {
-    pub(super) fn register(registry: &mut Registry, targets: &Targets) -> Windows {
-        let system = Histogram::new(bands(targets));
+    pub(super) fn register(registry: &mut Registry, slo: &Slo) -> Windows {
+        let system = Histogram::new(bands(slo));
         registry.register(
             "sentinel_slo_system_cpu_window_ratio",
-            "Busy share of the whole machine in each 100 ms window; the buckets are the bench targets (idle, active mean, active p99)",
+            "Busy share of the whole machine in each 100 ms window; the buckets are the [slo] thresholds (idle, active mean, active p99)",
             system.clone(),
         );
         let budgeted = Counter::default();
@@ -159,21 +159,21 @@ mod tests {
     use super::super::tests::sample;
     use super::*;
 
-    fn targets() -> Targets {
-        crate::config::Config::builtin().unwrap().bench.targets
+    fn slo() -> Slo {
+        crate::config::Config::builtin().unwrap().slo
     }
 
     #[test]
-    fn bands_are_the_bench_targets_as_shares() {
-        assert_eq!(bands(&targets()), vec![0.02, 0.35, 0.5]);
-        let mut t = targets();
+    fn bands_are_the_slo_thresholds_as_shares() {
+        assert_eq!(bands(&slo()), vec![0.02, 0.35, 0.5]);
+        let mut t = slo();
         t.active_cpu_mean_max_percent = 50.0;
         assert_eq!(bands(&t), vec![0.02, 0.5]);
     }
 
     #[tokio::test]
     async fn windows_are_counted_by_band_and_against_the_budget() {
-        let m = super::super::Metrics::new(&targets(), 2, Default::default());
+        let m = super::super::Metrics::new(&slo(), 2, Default::default());
         for share in [0.01, 0.01, 0.2, 0.4, 0.9] {
             m.slo.observe(share, None);
         }
@@ -252,7 +252,7 @@ mod tests {
     async fn the_task_counts_real_windows_and_stops_when_cancelled() {
         let online = crate::host::Host::detect().online_cpus;
         let m = Arc::new(super::super::Metrics::new(
-            &targets(),
+            &slo(),
             online,
             Default::default(),
         ));

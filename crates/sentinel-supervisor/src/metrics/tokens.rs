@@ -1,11 +1,20 @@
 //! Token counts and the first generated token of one answer, read from llama-server's response
-//! as it passes to the client, without holding it back.
+//! as it passes to the client, without holding it back. The one reader of a response's token
+//! accounting: `/metrics` and `/status` count with it, and `sentinel-bench` reads each task's
+//! prompt, cached and prefilled tokens and prefill time with [`PromptUsage`].
 //!
 //! llama-server puts `timings` (`prompt_n` evaluated, `cache_n` reused from the cache,
-//! `predicted_n` generated) in a whole answer and in the last event of a stream, and the OpenAI
-//! `usage` object in a whole answer (and in a stream's usage event when
-//! `stream_options.include_usage` is set). `timings` wins when both are there: only it tells
-//! cached tokens apart in every llama-server version. A stream is split into SSE events as its
+//! `predicted_n` generated, `prompt_ms` the prefill time) in a whole answer and in the last
+//! event of a stream, and the OpenAI `usage` object in a whole answer (and in a stream's usage
+//! event when `stream_options.include_usage` is set):
+//! ```text
+//! "usage":   {"prompt_tokens": 53, "completion_tokens": 4,
+//!             "prompt_tokens_details": {"cached_tokens": 48}},
+//! "timings": {"cache_n": 48, "prompt_n": 5, "prompt_ms": 215.5, "predicted_n": 4, ...}
+//! ```
+//! `timings` wins, figure by figure, when both are there: only it tells cached tokens apart in
+//! every llama-server version; `usage` fills what it lacks, so an OpenAI-style backend without
+//! `timings` still reports what it can. A stream is split into SSE events as its
 //! frames pass, keeping only the unfinished line; a JSON answer's frames are kept (shared, not
 //! copied) up to [`MAX_JSON_BYTES`] and parsed once it has ended.
 
@@ -36,36 +45,90 @@ enum Source {
     Timings,
 }
 
+/// The token accounting of one response object or stream event; a figure it does not carry is
+/// `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct PromptUsage {
+    /// Every token of the prompt, cached or not.
+    pub prompt_tokens: Option<u64>,
+    /// Prompt tokens reused from the backend's prompt cache (not prefilled again).
+    pub cached_tokens: Option<u64>,
+    /// Prompt tokens this request prefilled.
+    pub prefilled_tokens: Option<u64>,
+    /// Time the backend spent prefilling them, in milliseconds (`timings.prompt_ms`).
+    pub prefill_ms: Option<f64>,
+    /// Tokens generated.
+    pub predicted_tokens: Option<u64>,
+}
+
+impl PromptUsage {
+    /// Reads `timings` and `usage` of one response object or stream event; `None` when it has
+    /// neither (an ordinary content chunk).
+    pub fn from_response(v: &Value) -> Option<PromptUsage> {
+        Self::read(v).map(|(usage, _)| usage)
+    }
+
+    fn read(v: &Value) -> Option<(PromptUsage, Source)> {
+        let usage = v.get("usage").filter(|u| u.is_object());
+        let timings = v.get("timings").filter(|t| t.is_object());
+        let source = match (timings, usage) {
+            (Some(_), _) => Source::Timings,
+            (None, Some(_)) => Source::Usage,
+            (None, None) => return None,
+        };
+        let u = |k: &str| usage.and_then(|u| count(u, k));
+        let t = |k: &str| timings.and_then(|t| count(t, k));
+        let (prompt_n, cache_n) = (t("prompt_n"), t("cache_n"));
+        let prompt_tokens = prompt_n
+            .map(|p| p + cache_n.unwrap_or(0))
+            .or(u("prompt_tokens"));
+        let cached_tokens = cache_n
+            .or_else(|| usage.and_then(|u| count(u.get("prompt_tokens_details")?, "cached_tokens")))
+            .or(u("cached_tokens"));
+        let prefilled_tokens = prompt_n.or(prompt_tokens
+            .zip(cached_tokens)
+            .map(|(p, c)| p.saturating_sub(c)));
+        let usage = PromptUsage {
+            prompt_tokens,
+            cached_tokens,
+            prefilled_tokens,
+            prefill_ms: timings
+                .and_then(|t| t.get("prompt_ms"))
+                .and_then(Value::as_f64),
+            predicted_tokens: t("predicted_n").or(u("completion_tokens")),
+        };
+        Some((usage, source))
+    }
+
+    /// Keeps every figure `later` has, and ours where it has none (a stream may send `usage`
+    /// and `timings` in different events).
+    pub fn merge(self, later: PromptUsage) -> PromptUsage {
+        PromptUsage {
+            prompt_tokens: later.prompt_tokens.or(self.prompt_tokens),
+            cached_tokens: later.cached_tokens.or(self.cached_tokens),
+            prefilled_tokens: later.prefilled_tokens.or(self.prefilled_tokens),
+            prefill_ms: later.prefill_ms.or(self.prefill_ms),
+            predicted_tokens: later.predicted_tokens.or(self.predicted_tokens),
+        }
+    }
+
+    /// The counts `/metrics` adds up (a missing figure counts 0).
+    pub fn tokens(self) -> Tokens {
+        Tokens {
+            prompt: self.prompt_tokens.unwrap_or(0),
+            cached: self.cached_tokens.unwrap_or(0),
+            generated: self.predicted_tokens.unwrap_or(0),
+        }
+    }
+}
+
 fn count(v: &Value, key: &str) -> Option<u64> {
     v.get(key)?.as_u64()
 }
 
 /// The counts one response object (a whole answer or one stream event) carries.
 fn from_value(v: &Value) -> Option<(Tokens, Source)> {
-    if let Some(t) = v.get("timings").filter(|t| t.is_object()) {
-        let evaluated = count(t, "prompt_n").unwrap_or(0);
-        let cached = count(t, "cache_n").unwrap_or(0);
-        return Some((
-            Tokens {
-                prompt: evaluated + cached,
-                cached,
-                generated: count(t, "predicted_n").unwrap_or(0),
-            },
-            Source::Timings,
-        ));
-    }
-    let u = v.get("usage").filter(|u| u.is_object())?;
-    Some((
-        Tokens {
-            prompt: count(u, "prompt_tokens").unwrap_or(0),
-            cached: u
-                .get("prompt_tokens_details")
-                .and_then(|d| count(d, "cached_tokens"))
-                .unwrap_or(0),
-            generated: count(u, "completion_tokens").unwrap_or(0),
-        },
-        Source::Usage,
-    ))
+    PromptUsage::read(v).map(|(usage, source)| (usage.tokens(), source))
 }
 
 /// Whether a stream event carries generated text (OpenAI chat `delta.content`, OpenAI text
@@ -351,5 +414,37 @@ mod tests {
         assert_eq!(feed_in(&mut r, &long, 4096), None);
         assert_eq!(feed_in(&mut r, STREAM, 64), None);
         assert_eq!(r.finish(), None);
+    }
+
+    #[test]
+    fn openai_usage_alone_or_timings_alone_still_count() {
+        // OpenAI's shape: no timings, cached tokens only in the details.
+        let openai = serde_json::json!({"usage": {"prompt_tokens": 1200, "completion_tokens": 3,
+            "prompt_tokens_details": {"cached_tokens": 1024}}});
+        let u = PromptUsage::from_response(&openai).unwrap();
+        assert_eq!(u.cached_tokens, Some(1024));
+        assert_eq!(u.prefilled_tokens, Some(176));
+        assert_eq!(u.prefill_ms, None);
+        assert_eq!(u.predicted_tokens, Some(3));
+        // Timings alone: the prompt is what was prefilled plus what was reused.
+        let timings =
+            serde_json::json!({"timings": {"prompt_n": 7, "cache_n": 40, "prompt_ms": 9.5}});
+        let u = PromptUsage::from_response(&timings).unwrap();
+        assert_eq!(u.prompt_tokens, Some(47));
+        // A content chunk carries neither.
+        let chunk = serde_json::json!({"choices": [{"delta": {"content": "x"}}]});
+        assert_eq!(PromptUsage::from_response(&chunk), None);
+        // Split across events, the later figure wins and the earlier fills gaps.
+        let merged = PromptUsage::from_response(&openai).unwrap().merge(u);
+        assert_eq!(merged.prompt_tokens, Some(47));
+        assert_eq!(merged.prefill_ms, Some(9.5));
+        assert_eq!(
+            merged.tokens(),
+            Tokens {
+                prompt: 47,
+                cached: 40,
+                generated: 3
+            }
+        );
     }
 }

@@ -267,7 +267,7 @@ fn metrics(
 ) -> Arc<crate::metrics::Metrics> {
     let metrics = Arc::new(
         crate::metrics::Metrics::new(
-            &active.options.config.bench.targets,
+            &active.options.config.slo,
             active.options.host.online_cpus,
             stopped.clone(),
         )

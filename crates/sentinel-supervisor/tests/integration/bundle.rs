@@ -3,7 +3,7 @@
 //! Python), twice, then `run` against that cache; a corrupted and an incomplete bundle refused
 //! with the file (and the hashes) named, nothing installed.
 
-use crate::support::{Options, Supervisor, BIN, FAKE};
+use crate::support::{fake, Options, Supervisor, BIN};
 use sentinel_supervisor::backend::bundle::{self, Manifest};
 use sentinel_supervisor::backend::pin::SourcePin;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ fn shared_bundle() -> &'static (PathBuf, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let server = dir.path().join("server");
         std::fs::create_dir_all(&server).unwrap();
-        std::fs::copy(FAKE, server.join("llama-server")).unwrap();
+        std::fs::copy(fake(), server.join("llama-server")).unwrap();
         let cfg = config(dir.path(), &dir.path().join("cache"));
         let out = Command::new(BIN)
             .args(["bundle", "--config"])
@@ -115,7 +115,7 @@ fn a_bundle_installs_without_a_compiler_twice_and_serves() {
     );
     assert_eq!(
         std::fs::read(&server).unwrap(),
-        std::fs::read(FAKE).unwrap()
+        std::fs::read(fake()).unwrap()
     );
     let stamp = std::fs::read_to_string(portable_rung(&cache).join("BUILD-OK")).unwrap();
     assert!(stamp.contains("installed from a bundle"), "{stamp}");

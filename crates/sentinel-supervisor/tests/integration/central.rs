@@ -4,7 +4,7 @@
 //! the wrong-CA test. The fake backend logs each request it gets (`requests-file`), so a test
 //! can assert the upstream saw nothing.
 
-use crate::support::FAKE;
+use crate::support::fake;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -45,7 +45,7 @@ impl Central {
             directives.push(',');
             directives.push_str(mode);
         }
-        let mut backend = Command::new(FAKE)
+        let mut backend = Command::new(fake())
             .args(["--host", "127.0.0.1", "--port", "0", "--api-key", KEY, "-m"])
             .arg(&model)
             .env("FAKE_BACKEND_MODE", directives)

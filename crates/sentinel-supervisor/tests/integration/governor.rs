@@ -11,7 +11,6 @@ use nix::sys::signal::Signal;
 use sentinel_supervisor::os::process::signal_group;
 
 const SUPERVISOR: &str = env!("CARGO_BIN_EXE_sentinel-supervisor");
-const BURNER: &str = env!("CARGO_BIN_EXE_cpu-burner");
 
 /// Kills the process (group) on drop, so a failed assertion leaves nothing spinning.
 struct Killed(Child, bool);
@@ -30,7 +29,7 @@ impl Drop for Killed {
 }
 
 fn burner(threads: u32) -> Killed {
-    let child = Command::new(BURNER)
+    let child = Command::new(crate::support::burner())
         .args(["--threads", &threads.to_string(), "--seconds", "60"])
         .process_group(0)
         .spawn()
@@ -50,7 +49,7 @@ fn limiter(args: &[&str]) -> Killed {
 
 /// `limit --cpus 0.5 -- cpu-burner ARGS`.
 fn burner_at_half_core(burner_args: &[&str]) -> Killed {
-    let mut args = vec!["--cpus", "0.5", "--", BURNER];
+    let mut args = vec!["--cpus", "0.5", "--", crate::support::burner()];
     args.extend_from_slice(burner_args);
     limiter(&args)
 }
@@ -222,7 +221,10 @@ fn switches(pid: i32) -> u64 {
 fn limit_rests_on_an_idle_target_and_throttles_it_again_when_it_works() {
     let _cpu = crate::support::exclusive();
     // Idle for 3 s (a shell waiting for `sleep`), then the same pid becomes a busy burner.
-    let script = format!("sleep 3; exec {BURNER} --threads 1 --seconds 30");
+    let script = format!(
+        "sleep 3; exec {} --threads 1 --seconds 30",
+        crate::support::burner()
+    );
     let limiter = limiter(&["--cpus", "0.5", "--", "sh", "-c", &script]);
     let pid = child_of(limiter.0.id());
     // Throttling from the start: the idle shell is stopped and continued every period.
@@ -260,7 +262,14 @@ fn limit_rests_on_an_idle_target_and_throttles_it_again_when_it_works() {
 #[test]
 fn sigkill_of_the_limiter_kills_the_command_it_started() {
     let _cpu = crate::support::exclusive();
-    let mut limiter = limiter(&["--cpus", "0.2", "--", BURNER, "--threads", "2"]);
+    let mut limiter = limiter(&[
+        "--cpus",
+        "0.2",
+        "--",
+        crate::support::burner(),
+        "--threads",
+        "2",
+    ]);
     let pid = child_of(limiter.0.id());
     let deadline = Instant::now() + Duration::from_secs(3);
     while meter::process_state(pid) != Some('T') {
@@ -378,7 +387,12 @@ fn the_user_wins_a_shared_cpu_at_low_priority_under_every_method() {
         for priority in ["idle", "background"] {
             let user = Killed(
                 own_session(pin(
-                    Command::new(BURNER).args(["--threads", "1", "--seconds", "60"]),
+                    Command::new(crate::support::burner()).args([
+                        "--threads",
+                        "1",
+                        "--seconds",
+                        "60",
+                    ]),
                     cpu,
                 ))
                 .spawn()
@@ -389,7 +403,14 @@ fn the_user_wins_a_shared_cpu_at_low_priority_under_every_method() {
                 pin(
                     Command::new(SUPERVISOR)
                         .args(["limit", "-q", "--cpus", "0.5", "--threads", "1"])
-                        .args(["--method", method, "--priority", priority, "--", BURNER])
+                        .args([
+                            "--method",
+                            method,
+                            "--priority",
+                            priority,
+                            "--",
+                            crate::support::burner(),
+                        ])
                         .stdout(Stdio::null()),
                     cpu,
                 )

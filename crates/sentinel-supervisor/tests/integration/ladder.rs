@@ -3,7 +3,7 @@
 //! recorded and reused at the next start; a user's `backend.bin` that SIGILLs is reported, never
 //! replaced.
 
-use crate::support::{Options, Supervisor, BIN, FAKE};
+use crate::support::{fake, Options, Supervisor, BIN};
 use sentinel_supervisor::backend::build::{BuildDir, Flavor};
 use sentinel_supervisor::backend::model::default_model_path;
 use sentinel_supervisor::backend::pin::{ModelPin, SourcePin};
@@ -18,7 +18,7 @@ fn fake_cache(cache: &Path, flavors: &[Flavor]) -> String {
     for &flavor in flavors {
         let dir = BuildDir::new(cache, &pin, flavor);
         std::fs::create_dir_all(dir.bin_dir()).unwrap();
-        std::os::unix::fs::symlink(FAKE, dir.binary(&pin)).unwrap();
+        std::os::unix::fs::symlink(fake(), dir.binary(&pin)).unwrap();
         std::fs::write(dir.stamp(), "fake build for a test").unwrap();
     }
     let models = ModelPin::builtin();
@@ -195,14 +195,14 @@ fn a_user_backend_bin_that_sigills_is_reported_and_never_replaced() {
         .arg("--config")
         .arg(&cfg)
         .arg("--backend-bin")
-        .arg(FAKE)
+        .arg(fake())
         .env("FAKE_BACKEND_MODE", "sigill-unless=--never-given")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains(&format!("the llama-server of `backend.bin` ({FAKE}) failed its smoke test on this CPU: llama-server used a CPU instruction this machine refuses (SIGILL)")),
+        stderr.contains(&format!("the llama-server of `backend.bin` ({}) failed its smoke test on this CPU: llama-server used a CPU instruction this machine refuses (SIGILL)", fake())),
         "{stderr}"
     );
     assert!(stderr.contains("never replaced"), "{stderr}");

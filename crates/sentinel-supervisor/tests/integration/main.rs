@@ -8,7 +8,6 @@ mod bench;
 mod bundle;
 mod check_config;
 mod e2e;
-mod fake_backend;
 mod faults;
 mod governor;
 mod ladder;

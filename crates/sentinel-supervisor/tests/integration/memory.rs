@@ -109,7 +109,7 @@ fn a_backend_estimated_over_the_memory_limit_is_refused_at_start() {
             "--listen",
             "127.0.0.1:0",
             "--backend-bin",
-            crate::support::FAKE,
+            crate::support::fake(),
         ])
         .arg("--model")
         .arg(&model)

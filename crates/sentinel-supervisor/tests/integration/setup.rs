@@ -149,7 +149,7 @@ fn a_capped_build_program_stays_near_its_budget() {
     };
     let runner = Runner::new(limits, Host::detect());
     assert_eq!(runner.jobs(), 1);
-    let mut burner = Command::new(env!("CARGO_BIN_EXE_cpu-burner"));
+    let mut burner = Command::new(crate::support::burner());
     burner.args(["--threads", "2", "--seconds", "30"]);
     let running = runner.spawn(burner).unwrap();
     let pid = running.pid();

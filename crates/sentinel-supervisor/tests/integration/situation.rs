@@ -358,7 +358,7 @@ fn percentile(values: &[f64], p: f64) -> f64 {
 #[test]
 #[ignore = "a benchmark: run scripts/bench-laptop on a quiet machine"]
 fn bench_battery_and_idle_budgets() {
-    use sentinel_supervisor::bench::sampler::CounterSampler;
+    use sentinel_bench::sampler::CounterSampler;
     let phase = Duration::from_secs(
         std::env::var("BENCH_LAPTOP_PHASE_S")
             .ok()

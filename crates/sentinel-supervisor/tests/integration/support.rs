@@ -9,7 +9,21 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sentinel-supervisor");
-pub const FAKE: &str = env!("CARGO_BIN_EXE_fake-backend");
+
+#[path = "sibling.rs"]
+mod sibling;
+
+/// The fake llama-server (fault injection), a binary of the bench crate.
+pub fn fake() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| sibling::sibling_bin(BIN, "sentinel-bench", "fake-backend"))
+}
+
+/// A process that keeps N threads busy, a binary of the bench crate.
+pub fn burner() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| sibling::sibling_bin(BIN, "sentinel-bench", "cpu-burner"))
+}
 
 /// A running supervisor.
 pub struct Supervisor {
@@ -74,7 +88,7 @@ impl Supervisor {
             let model = dir.path().join("fake.gguf");
             std::fs::write(&model, b"GGUF fake model for tests").expect("write model");
             if !opts.backend_from_cache {
-                cmd.arg("--backend-bin").arg(FAKE);
+                cmd.arg("--backend-bin").arg(fake());
             }
             cmd.arg("--model").arg(model);
         } else {

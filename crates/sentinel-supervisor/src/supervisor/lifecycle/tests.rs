@@ -101,7 +101,7 @@ impl Harness {
             heartbeat: crate::notify::Heartbeat::default(),
             cancel: cancel.clone(),
             metrics: Arc::new(crate::metrics::Metrics::new(
-                &Config::builtin().unwrap().bench.targets,
+                &Config::builtin().unwrap().slo,
                 2,
                 Default::default(),
             )),

@@ -1,0 +1,305 @@
+//! The readings of one scrape, each taken from its one owner at scrape time (the lifecycle
+//! state and admission counts from the `/status` report, the governor's snapshot, the duty
+//! cycle's stopped time, CPU clocks and memory from [`crate::meter`]) and written as gauges and
+//! counters, a group of related metrics per step.
+
+use crate::status::StatusReport;
+use crate::supervisor::state::StateName;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use std::time::Duration;
+
+/// Every backend state, in the order of [`state_index`].
+const STATES: [StateName; 7] = [
+    StateName::Starting,
+    StateName::Ready,
+    StateName::Unhealthy,
+    StateName::Backoff,
+    StateName::Failed,
+    StateName::Stopping,
+    StateName::Stopped,
+];
+
+/// A state's place in [`STATES`]; being a `match`, a new state fails to compile here until it
+/// is listed.
+const fn state_index(state: StateName) -> usize {
+    match state {
+        StateName::Starting => 0,
+        StateName::Ready => 1,
+        StateName::Unhealthy => 2,
+        StateName::Backoff => 3,
+        StateName::Failed => 4,
+        StateName::Stopping => 5,
+        StateName::Stopped => 6,
+    }
+}
+
+/// The readings of one scrape, each from its one owner. `None` = cannot be read now (no
+/// backend, no governor, or the reading failed): the sample is left out, not faked as 0.
+#[derive(Debug)]
+pub(super) struct Live {
+    state: StateName,
+    in_flight: usize,
+    queued: usize,
+    budget_cores: Option<f64>,
+    measured_cores: Option<f64>,
+    duty: Option<f64>,
+    throttled: Duration,
+    backend_cpu: Option<Duration>,
+    backend_rss: Option<u64>,
+    /// The machine's busy time (the counter's own origin: boot for both sources).
+    system_busy: Option<Duration>,
+    system_cpus: usize,
+    supervisor_cpu: Option<Duration>,
+    supervisor_rss: Option<u64>,
+    /// Whether llama-server's `/metrics` answered (`None` without a backend).
+    llamacpp_up: Option<bool>,
+    /// The machine's situation (`None`: not followed, `situation.enabled = false`).
+    situation: Option<crate::situation::SituationReport>,
+}
+
+impl Live {
+    pub(super) fn read(
+        report: &StatusReport,
+        llamacpp_up: Option<bool>,
+        online_cpus: usize,
+        throttled: Duration,
+    ) -> Live {
+        let backend = report.backend.as_ref().map(|b| b.pid);
+        let me = std::process::id() as i32;
+        let governor = report.governor.as_ref();
+        Live {
+            state: report.state.name(),
+            in_flight: report.in_flight,
+            queued: report.queued,
+            budget_cores: governor.and_then(|g| g.budget_cpus),
+            measured_cores: governor.and_then(|g| g.measured_cpus),
+            duty: governor.and_then(|g| g.duty),
+            throttled,
+            backend_cpu: backend.and_then(crate::meter::process_cpu),
+            backend_rss: backend.and_then(crate::meter::rss_bytes),
+            system_busy: crate::meter::system_times(online_cpus)
+                .ok()
+                .map(|t| Duration::from_nanos(t.busy)),
+            system_cpus: online_cpus,
+            supervisor_cpu: crate::meter::process_cpu(me),
+            supervisor_rss: crate::meter::rss_bytes(me),
+            llamacpp_up,
+            situation: report.situation.clone(),
+        }
+    }
+}
+
+/// Writes one unlabelled gauge.
+fn gauge<N: EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: N,
+) -> std::fmt::Result {
+    let gauge = ConstGauge::new(value);
+    gauge.encode(enc.encode_descriptor(name, help, None, gauge.metric_type())?)
+}
+
+/// Writes one unlabelled counter; `name` without `_total`, which the encoder adds.
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: f64) -> std::fmt::Result {
+    let counter = ConstCounter::new(value);
+    counter.encode(enc.encode_descriptor(name, help, None, counter.metric_type())?)
+}
+
+impl Live {
+    /// `sentinel_backend_state`: 1 for the current state, 0 for the others.
+    fn state(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        let mut family = enc.encode_descriptor(
+            "sentinel_backend_state",
+            "The backend's lifecycle state: 1 for the current one, 0 for the others.",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for state in STATES {
+            let labels = [("state", state.as_str())];
+            let value = i64::from(state_index(state) == state_index(self.state));
+            ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
+    /// Requests in flight and queued, and the budget in force.
+    fn admission(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        gauge(
+            enc,
+            "sentinel_requests_in_flight",
+            "Requests holding an admission slot (the number a drain waits for).",
+            self.in_flight as i64,
+        )?;
+        gauge(
+            enc,
+            "sentinel_requests_queued",
+            "Requests waiting for an admission slot.",
+            self.queued as i64,
+        )?;
+        if let Some(v) = self.budget_cores {
+            gauge(
+                enc,
+                "sentinel_governor_budget_cores",
+                "The CPU budget in force for the backend, in cores.",
+                v,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The laptop's situation, when it is followed.
+    fn situation(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        if let Some(s) = &self.situation {
+            use crate::situation::{PowerSource, Presence, Thermal};
+            gauge(
+                enc,
+                "sentinel_power_on_battery",
+                "1 while the machine runs on battery, 0 on mains.",
+                i64::from(s.power == PowerSource::Battery),
+            )?;
+            gauge(
+                enc,
+                "sentinel_user_idle",
+                "1 while nobody has touched the keyboard or mouse for situation.idle_after.",
+                i64::from(s.presence == Presence::Idle),
+            )?;
+            gauge(
+                enc,
+                "sentinel_thermal_pressure",
+                "1 while the machine reports thermal pressure (the budget is halved).",
+                i64::from(s.thermal == Thermal::Pressure),
+            )?;
+            gauge(
+                enc,
+                "sentinel_budget_paused",
+                "1 while the budget in force is a pause (new requests wait in the queue).",
+                i64::from(s.paused),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// What the governor measured and allowed, and the time it held the backend stopped.
+    fn governor(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        if let Some(v) = self.measured_cores {
+            gauge(
+                enc,
+                "sentinel_governor_measured_cores",
+                "The backend's CPU over the governor's last feedback window, in cores.",
+                v,
+            )?;
+        }
+        if let Some(v) = self.duty {
+            gauge(
+                enc,
+                "sentinel_governor_duty_ratio",
+                "Share of each duty-cycle period the backend may run.",
+                v,
+            )?;
+        }
+        counter(
+            enc,
+            "sentinel_governor_throttled_seconds",
+            "Time the duty cycle held the backend stopped, SIGSTOP to SIGCONT (the signals method; a kernel cap throttles inside the cgroup, see its cpu.stat).",
+            self.throttled.as_secs_f64(),
+        )?;
+        Ok(())
+    }
+
+    /// The backend's CPU clock and memory.
+    fn backend(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        if let Some(v) = self.backend_cpu {
+            counter(
+                enc,
+                "sentinel_backend_cpu_seconds",
+                "CPU time of the running backend process (its exact CPU clock); starts again at 0 with each launch.",
+                v.as_secs_f64(),
+            )?;
+        }
+        if let Some(v) = self.backend_rss {
+            gauge(
+                enc,
+                "sentinel_backend_resident_memory_bytes",
+                "Resident memory of the running backend process.",
+                v as i64,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The machine's busy time and CPUs (its busy share is their ratio).
+    fn machine(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        if let Some(busy) = self.system_busy {
+            counter(
+                enc,
+                "sentinel_system_cpu_busy_seconds",
+                "CPU time the whole machine spent busy, summed over every CPU (cgroup v1 cpuacct root when mounted, else /proc/stat).",
+                busy.as_secs_f64(),
+            )?;
+        }
+        gauge(
+            enc,
+            "sentinel_system_cpus",
+            "Online CPUs: the machine's busy share is rate(sentinel_system_cpu_busy_seconds_total) divided by this.",
+            self.system_cpus as i64,
+        )?;
+        Ok(())
+    }
+
+    /// The supervisor's own CPU and memory, and whether llama-server's `/metrics` answered.
+    fn supervisor(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        if let Some(v) = self.supervisor_cpu {
+            counter(
+                enc,
+                "sentinel_supervisor_cpu_seconds",
+                "CPU time of the supervisor process itself.",
+                v.as_secs_f64(),
+            )?;
+        }
+        if let Some(v) = self.supervisor_rss {
+            gauge(
+                enc,
+                "sentinel_supervisor_resident_memory_bytes",
+                "Resident memory of the supervisor process itself.",
+                v as i64,
+            )?;
+        }
+        if let Some(up) = self.llamacpp_up {
+            gauge(
+                enc,
+                "sentinel_llamacpp_scrape_success",
+                "Whether llama-server's own /metrics answered this scrape (its samples follow as sentinel_backend_llamacpp_*).",
+                i64::from(up),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Collector for Live {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        self.state(&mut enc)?;
+        self.admission(&mut enc)?;
+        self.situation(&mut enc)?;
+        self.governor(&mut enc)?;
+        self.backend(&mut enc)?;
+        self.machine(&mut enc)?;
+        self.supervisor(&mut enc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_are_listed_in_index_order() {
+        for (i, state) in STATES.iter().enumerate() {
+            assert_eq!(state_index(*state), i, "{state}");
+        }
+    }
+}
