@@ -12,7 +12,7 @@
 //! - [`threads_for_budget`] sizes llama-server's threads from the budget (the flags that stop
 //!   idle spinning in the child are in [`crate::backend::launch`]);
 //! - [`priority`] sets the scheduling class at spawn;
-//! - [`Governor::start`] enforces the budget with [`signals`] (duty cycle, gated by
+//! - [`Governor::start`] enforces the budget with [`duty_cycle`] (duty cycle, gated by
 //!   [`Activity`]) or [`cgroup`] (kernel cap), see [`handle`] for how `auto` picks;
 //! - [`snapshot`] publishes what the governor does, over its own window, for `/status`.
 
