@@ -19,8 +19,9 @@
 //! (the supervisor under test), `sampler` (CPU over time), `workload` (one streamed request, its token
 //! usage read by the product's `metrics::tokens`), `foreground` (the probes), `stats`, `target`, `settings`
 //! (`bench.toml`), `report` and `chart`; `limiters` and `limiter_report` are the limiter
-//! comparison of the `bench_governor` driver (`src/bin/`). The binaries: `sentinel-bench`, the
-//! drivers `bench_governor` and `bench_proxy`, and the test support `fake-backend` and
+//! comparison of the `bench_governor` driver (`src/bin/`), `wake` the stand-in scenarios of
+//! `bench_wake`. The binaries: `sentinel-bench`, the drivers `bench_governor`, `bench_wake` and
+//! `bench_proxy`, and the test support `fake-backend` and
 //! `cpu-burner`.
 
 pub mod chart;
@@ -39,6 +40,7 @@ pub mod stack;
 pub mod stats;
 pub mod target;
 pub mod task;
+pub mod wake;
 pub mod workload;
 
 use anyhow::Context;
