@@ -63,7 +63,7 @@ impl Host {
         let affinity = affinity_cpus();
         let host = Host {
             online_cpus: online,
-            affinity_cpus: affinity.as_ref().map_or(online, |cpus| cpus.len()),
+            affinity_cpus: affinity.as_ref().map_or(online, std::vec::Vec::len),
             last_allowed_cpu: affinity.and_then(|cpus| cpus.last().copied()),
             quota: cgroup_quota(),
         };
@@ -224,7 +224,7 @@ impl CpuSignature {
             flags: wanted
                 .iter()
                 .filter(|f| present.contains(**f))
-                .map(|f| f.to_string())
+                .map(std::string::ToString::to_string)
                 .collect(),
         }
     }
@@ -352,7 +352,7 @@ fn online_cpus() -> usize {
     use nix::unistd::{sysconf, SysconfVar};
     match sysconf(SysconfVar::_NPROCESSORS_ONLN) {
         Ok(Some(n)) if n > 0 => n as usize,
-        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        _ => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
     }
 }
 

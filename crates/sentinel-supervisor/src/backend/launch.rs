@@ -118,7 +118,7 @@ pub fn spec(
         "--cache-ram".into(),
         profile.cache_ram_mib.to_string(),
     ]);
-    args.extend(child_args().iter().map(|s| s.to_string()));
+    args.extend(child_args().iter().map(std::string::ToString::to_string));
     // The backend ladder's run-time flags for this build on this host (`--no-repack`).
     args.extend(installed.rung.args.iter().cloned());
     if profile.embeddings {
@@ -143,7 +143,7 @@ pub fn spec(
         output: OutputLimit::from_config(&config.supervisor),
         env_remove: crate::notify::CHILD_HIDDEN_ENV
             .iter()
-            .map(|k| k.to_string())
+            .map(std::string::ToString::to_string)
             .collect(),
     })
 }

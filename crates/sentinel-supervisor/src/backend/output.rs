@@ -34,7 +34,10 @@ struct Lines {
 
 impl LogTail {
     pub(crate) fn push(&self, line: String) {
-        let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lines = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         lines.pushed += 1;
         if lines.head.len() < HEAD_LINES {
             lines.head.push(line.clone());
@@ -47,7 +50,10 @@ impl LogTail {
 
     /// The last `n` lines, oldest first.
     pub(crate) fn last(&self, n: usize) -> Vec<String> {
-        let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let lines = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let q = &lines.tail;
         q.iter().skip(q.len().saturating_sub(n)).cloned().collect()
     }
@@ -55,7 +61,10 @@ impl LogTail {
     /// Every line kept, in order: the first [`HEAD_LINES`], then the last [`TAIL_LINES`]
     /// (each line once where the two overlap).
     pub(crate) fn kept(&self) -> Vec<String> {
-        let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let lines = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let overlap = (lines.head.len() + lines.tail.len()).saturating_sub(lines.pushed);
         lines
             .head
@@ -210,7 +219,10 @@ impl Limiter {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Bucket) -> T) -> T {
-        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&mut self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 }
 

@@ -120,14 +120,17 @@ impl Step {
         let t = ticker.clone();
         let (label, unit, bar, started) = (self.label, self.unit, self.bar.clone(), self.started);
         let handle = std::thread::spawn(move || {
-            let mut stop = t.stop.lock().unwrap_or_else(|e| e.into_inner());
+            let mut stop = t
+                .stop
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             // `stop` is checked before every wait: a stop set before this thread first took
             // the lock must not wait a whole interval.
             while !*stop {
                 let (guard, timeout) = t
                     .wake
                     .wait_timeout(stop, interval)
-                    .unwrap_or_else(|e| e.into_inner());
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 stop = guard;
                 if !*stop && timeout.timed_out() {
                     sink(&plain_line(label, unit, &bar, started));
@@ -179,7 +182,9 @@ impl Step {
 
     fn stop_ticker(&mut self) {
         if let Some((t, handle)) = self.ticker.take() {
-            *t.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            *t.stop
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
             t.wake.notify_all();
             let _ = handle.join();
         }

@@ -237,7 +237,9 @@ static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 fn live_groups() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<i32>> {
     static GROUPS: std::sync::Mutex<std::collections::BTreeSet<i32>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
-    GROUPS.lock().unwrap_or_else(|e| e.into_inner())
+    GROUPS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Sends SIGTERM to the group of every program a runner is running (continued first) and

@@ -129,7 +129,11 @@ pub fn ensure_reporting(options: &SetupOptions) -> Result<(Installed, Vec<String
                 model: options.model.as_deref(),
             }
             .climb()?;
-            tried = climbed.tried.iter().map(|t| t.describe()).collect();
+            tried = climbed
+                .tried
+                .iter()
+                .map(super::ladder::Tried::describe)
+                .collect();
             (climbed.server, climbed.rung)
         }
         (None, None) => {

@@ -205,16 +205,13 @@ async fn run_spec(spec: LaunchSpec) -> Result<Passed, Failure> {
     };
     let mapped_variant = mapped_cpu_variant(child.pid());
     child.signal_group(nix::sys::signal::Signal::SIGTERM);
-    let status = match tokio::time::timeout(STOP_GRACE, child.wait()).await {
-        Ok(status) => status,
-        Err(_) => {
-            child.stop(Duration::ZERO).await;
-            return Err(Failure::Timeout {
-                step: "exit on SIGTERM",
-                after: STOP_GRACE,
-                tail: tail_of(&lines()),
-            });
-        }
+    let Ok(status) = tokio::time::timeout(STOP_GRACE, child.wait()).await else {
+        child.stop(Duration::ZERO).await;
+        return Err(Failure::Timeout {
+            step: "exit on SIGTERM",
+            after: STOP_GRACE,
+            tail: tail_of(&lines()),
+        });
     };
     child.stop(Duration::ZERO).await;
     if !status.success() {
@@ -329,7 +326,7 @@ fn describe(status: ExitStatus) -> String {
         (None, Some(sig)) => format!(
             "was killed by signal {sig} ({})",
             nix::sys::signal::Signal::try_from(sig)
-                .map(|s| s.as_str())
+                .map(nix::sys::signal::Signal::as_str)
                 .unwrap_or("unknown")
         ),
         _ => format!("ended ({status})"),

@@ -123,7 +123,7 @@ pub(crate) fn binary_hash(program: &Path) -> Result<String, VerdictError> {
         let mut f = std::fs::File::open(file).map_err(err)?;
         h.update(
             file.file_name()
-                .map(|n| n.as_encoded_bytes())
+                .map(std::ffi::OsStr::as_encoded_bytes)
                 .unwrap_or(b""),
         );
         h.update([0]);

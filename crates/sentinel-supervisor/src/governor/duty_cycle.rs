@@ -111,7 +111,7 @@ impl SignalLimiter {
                     match lp.run() {
                         Ok(()) => tracing::debug!(pid = target.pid(), "duty-cycle limiter ended"),
                         Err(err) if is_gone(&err) => {
-                            tracing::info!(pid = target.pid(), "limited process is gone")
+                            tracing::info!(pid = target.pid(), "limited process is gone");
                         }
                         Err(err) => tracing::warn!(
                             pid = target.pid(),

@@ -127,7 +127,7 @@ mod linux {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
     /// Opens a pidfd; `Ok(None)` on kernels without pidfd support (before 5.3).
-    pub fn pidfd_open(pid: i32) -> io::Result<Option<OwnedFd>> {
+    pub(super) fn pidfd_open(pid: i32) -> io::Result<Option<OwnedFd>> {
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
         if fd < 0 {
@@ -141,7 +141,7 @@ mod linux {
         Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
     }
 
-    pub fn pidfd_send_signal(fd: &OwnedFd, sig: i32) -> io::Result<()> {
+    pub(super) fn pidfd_send_signal(fd: &OwnedFd, sig: i32) -> io::Result<()> {
         // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
         let rc = unsafe {
             libc::syscall(

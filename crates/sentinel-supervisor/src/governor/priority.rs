@@ -59,7 +59,7 @@ mod imp {
     use super::Priority;
     use std::io;
 
-    pub fn apply_to_threads(pid: i32, priority: Priority) -> io::Result<()> {
+    pub(super) fn apply_to_threads(pid: i32, priority: Priority) -> io::Result<()> {
         let threads = crate::meter::thread_run_times(pid).ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, format!("process {pid} is gone"))
         })?;
@@ -83,7 +83,7 @@ mod imp {
         Ok(())
     }
 
-    pub fn apply(priority: Priority) -> io::Result<()> {
+    pub(super) fn apply(priority: Priority) -> io::Result<()> {
         match priority {
             Priority::Normal => Ok(()),
             Priority::Background => nice_19(),
@@ -99,7 +99,7 @@ mod imp {
         }
     }
 
-    pub fn raise_thread() {
+    pub(super) fn raise_thread() {
         // nix wraps neither sched_setscheduler nor setpriority.
         let param = libc::sched_param { sched_priority: 10 };
         // SAFETY: `param` is a valid sched_param that outlives the call; pid 0 is this thread.

@@ -44,7 +44,10 @@ impl Admission {
     pub fn resize(&self, slots: usize, queue_len: usize) {
         self.queue_len.store(queue_len, Ordering::Relaxed);
         let slots = slots.max(1);
-        let mut size = self.size.lock().unwrap_or_else(|e| e.into_inner());
+        let mut size = self
+            .size
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if slots > *size {
             self.slots.add_permits(slots - *size);
         } else if slots < *size {
@@ -71,7 +74,10 @@ impl Admission {
 
     /// Slots held now, and slots in all (for the spill decision's queue estimate).
     pub fn load(&self) -> (usize, usize) {
-        let size = *self.size.lock().unwrap_or_else(|e| e.into_inner());
+        let size = *self
+            .size
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         (size.saturating_sub(self.slots.available_permits()), size)
     }
 

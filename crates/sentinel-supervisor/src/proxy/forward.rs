@@ -149,7 +149,7 @@ async fn send(
         .parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str())
+        .map(axum::http::uri::PathAndQuery::as_str)
         .unwrap_or("/");
     let timeout = out.live.config.upstream_timeout;
     let client = state.upstream();

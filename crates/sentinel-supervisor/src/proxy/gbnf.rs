@@ -219,7 +219,7 @@ fn find_ambiguous<'a>(alts: &'a [Vec<Item>], nullable: &HashMap<&str, bool>) -> 
 
 /// The first counted repetition (`{m,n}`, n >= 2) of a part that can match the empty string,
 /// as written; `None` when there is none.
-pub fn empty_repetition(text: &str) -> Option<String> {
+pub(super) fn empty_repetition(text: &str) -> Option<String> {
     let rules = parse(text);
     let mut nullable: HashMap<&str, bool> = rules.keys().map(|k| (k.as_str(), false)).collect();
     loop {

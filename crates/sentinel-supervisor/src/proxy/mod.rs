@@ -105,13 +105,16 @@ impl Shared {
     pub fn upstream(&self) -> forward::Upstream {
         self.client
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
     /// Drops the idle keep-alive connections to the backend.
     pub fn close_idle_upstream(&self) {
-        *self.client.lock().unwrap_or_else(|e| e.into_inner()) = forward::upstream_client();
+        *self
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = forward::upstream_client();
     }
 
     /// The supervisor's status now, from the lifecycle's and the governor's last publications.

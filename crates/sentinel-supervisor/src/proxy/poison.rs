@@ -113,7 +113,9 @@ impl PoisonList {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Instant>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Remembers `fp` for `ttl` from now.

@@ -130,7 +130,7 @@ impl Requests {
         self.inner
             .progress
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -243,7 +243,10 @@ impl Follow {
         if let Some(cpus) = wanted {
             settings.cpus = cpus;
         }
-        *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = wanted;
+        *self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = wanted;
         settings
     }
 
@@ -253,7 +256,12 @@ impl Follow {
     pub async fn changed(&mut self) {
         loop {
             self.decision.borrow_and_update();
-            if self.wanted() != *self.applied.lock().unwrap_or_else(|e| e.into_inner()) {
+            if self.wanted()
+                != *self
+                    .applied
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            {
                 return;
             }
             if self.decision.changed().await.is_err() {
@@ -416,9 +424,9 @@ impl Situation {
 /// Writes fake sysfs files (`(name, text)`) into `dir`, for the Linux readers' tests.
 #[cfg(all(test, target_os = "linux"))]
 fn write_fake_files(dir: &std::path::Path, files: &[(&str, &str)]) {
-    std::fs::create_dir_all(dir).unwrap();
+    std::fs::create_dir_all(dir).expect("a test's temp dir takes a directory");
     for (name, text) in files {
-        std::fs::write(dir.join(name), text).unwrap();
+        std::fs::write(dir.join(name), text).expect("a test's temp dir takes a file");
     }
 }
 

@@ -64,7 +64,9 @@ impl Liveness {
     }
 
     fn oom(&self) -> std::sync::MutexGuard<'_, HashMap<u64, crate::meter::OomCounter>> {
-        self.oom.lock().unwrap_or_else(|e| e.into_inner())
+        self.oom
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn silent_since(&self, generation: u64) -> Option<Instant> {

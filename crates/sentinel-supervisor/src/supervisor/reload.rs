@@ -163,7 +163,10 @@ pub fn plan(active: &Active) -> Plan {
             let setup_options = options.setup.clone();
             let factory = factory.clone();
             let step: super::lifecycle::LadderStep = Arc::new(move |fault| {
-                let failed = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let failed = current
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
                 crate::backend::ladder::record_failure(
                     &setup_options.cache_dir,
                     &failed,
@@ -173,7 +176,9 @@ pub fn plan(active: &Active) -> Plan {
                 .map_err(|e| e.to_string())?;
                 let next = setup::ensure(&setup_options).map_err(|e| e.to_string())?;
                 let rung = rung_report(&next);
-                *current.lock().unwrap_or_else(|e| e.into_inner()) = next.clone();
+                *current
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = next.clone();
                 Ok((factory(next), rung))
             });
             step
@@ -263,7 +268,7 @@ impl Reloads {
                 "reload done"
             ),
             Err(e) => {
-                tracing::error!(trigger, error = %e, "reload refused; the old configuration stays")
+                tracing::error!(trigger, error = %e, "reload refused; the old configuration stays");
             }
         }
         crate::notify::ready(&crate::notify::status_line(&self.shared.report()));

@@ -68,7 +68,10 @@ pub(crate) struct ServiceTimes {
 
 impl ServiceTimes {
     pub(crate) fn record(&self, took: Duration) {
-        let mut s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self
+            .samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if s.len() == SAMPLES {
             s.pop_front();
         }
@@ -78,7 +81,10 @@ impl ServiceTimes {
     /// The mean of the samples younger than a minute; `None` without any (then nothing is
     /// known to be late, and the next request is served locally and measured).
     pub(crate) fn mean(&self, now: Instant) -> Option<Duration> {
-        let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let s = self
+            .samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let recent: Vec<Duration> = s
             .iter()
             .filter(|(at, _)| now.saturating_duration_since(*at) < SAMPLE_TTL)

@@ -263,7 +263,9 @@ impl Upstreams {
 
 impl Upstream {
     fn breaker(&self) -> std::sync::MutexGuard<'_, breaker::Breaker> {
-        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
+        self.breaker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

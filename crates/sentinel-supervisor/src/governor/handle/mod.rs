@@ -117,7 +117,7 @@ impl GovernorHandle {
             match super::priority::apply_to_process_threads(pid, priority) {
                 Ok(()) => tracing::info!(pid, %priority, "backend priority changed"),
                 Err(e) => {
-                    tracing::warn!(pid, %priority, error = %e, "cannot change the running backend's priority (raising it needs privileges); the next backend starts with it")
+                    tracing::warn!(pid, %priority, error = %e, "cannot change the running backend's priority (raising it needs privileges); the next backend starts with it");
                 }
             }
         }

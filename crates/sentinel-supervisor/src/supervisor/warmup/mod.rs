@@ -211,10 +211,10 @@ impl Warmup {
             // it held, while each later prefill moves the previous prefix to the host-RAM cache.
             match self.warm_one(&client, backend, prefix, i == 0).await {
                 Ok(how) => {
-                    tracing::info!(prefix = %prefix.path.display(), generation = backend.generation, ?how, "warm prefix ready")
+                    tracing::info!(prefix = %prefix.path.display(), generation = backend.generation, ?how, "warm prefix ready");
                 }
                 Err(e) => {
-                    tracing::warn!(prefix = %prefix.path.display(), generation = backend.generation, error = %e, "warm-up failed; the first task behind this prefix pays its prefill")
+                    tracing::warn!(prefix = %prefix.path.display(), generation = backend.generation, error = %e, "warm-up failed; the first task behind this prefix pays its prefill");
                 }
             }
         }
@@ -229,7 +229,11 @@ impl Warmup {
     ) -> Result<Warmed, WarmupError> {
         let name = self.slots.file_name(prefix);
         if first {
-            if let Some(mut record) = self.slots.record(prefix).filter(|r| r.restore_pays()) {
+            if let Some(mut record) = self
+                .slots
+                .record(prefix)
+                .filter(slots::SlotRecord::restore_pays)
+            {
                 let t = Instant::now();
                 match slot_action(client, backend, "restore", &name).await {
                     Ok(()) => {

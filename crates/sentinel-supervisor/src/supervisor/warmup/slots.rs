@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 pub fn model_key(server: &Path, model: &Path) -> String {
     let identity = |p: &Path| {
         let meta = std::fs::metadata(p).ok();
-        let size = meta.as_ref().map(|m| m.len()).unwrap_or(0);
+        let size = meta.as_ref().map(std::fs::Metadata::len).unwrap_or(0);
         let mtime = meta
             .and_then(|m| m.modified().ok())
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
