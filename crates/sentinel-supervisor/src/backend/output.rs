@@ -12,10 +12,10 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::time::Instant;
 
 /// How many of the child's last output lines are kept for error reports.
-pub const TAIL_LINES: usize = 40;
+pub(crate) const TAIL_LINES: usize = 40;
 
 /// How many of the child's first output lines are kept.
-pub const HEAD_LINES: usize = 40;
+pub(crate) const HEAD_LINES: usize = 40;
 
 /// How often, at most, a "suppressed N lines" line is written while lines are being dropped.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -23,7 +23,7 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// The first and the last lines the child printed (the first say how it started: which CPU
 /// variant ggml loaded, for one).
 #[derive(Clone, Default, Debug)]
-pub struct LogTail(Arc<Mutex<Lines>>);
+pub(crate) struct LogTail(Arc<Mutex<Lines>>);
 
 #[derive(Default, Debug)]
 struct Lines {
@@ -95,7 +95,7 @@ impl LogTail {
 /// How many backend lines may reach the log: `burst` at once, then `lines_per_sec`
 /// (`[supervisor] backend_log_burst` and `backend_log_lines_per_sec`).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct OutputLimit {
+pub(crate) struct OutputLimit {
     pub burst: u32,
     pub lines_per_sec: f64,
 }
@@ -111,7 +111,7 @@ impl OutputLimit {
 
 /// The level a backend line is logged at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LineLevel {
+pub(crate) enum LineLevel {
     Error,
     Warn,
     Debug,
@@ -156,7 +156,7 @@ fn is_timestamp(word: &str) -> bool {
 
 /// A token bucket over forwarded lines, counting what it drops.
 #[derive(Debug)]
-pub struct Bucket {
+pub(crate) struct Bucket {
     limit: OutputLimit,
     tokens: f64,
     refilled: Instant,
@@ -211,7 +211,7 @@ impl Bucket {
 
 /// One bucket per child, shared by its stdout and stderr forwarders.
 #[derive(Debug, Clone)]
-pub struct Limiter(Arc<Mutex<Bucket>>);
+pub(crate) struct Limiter(Arc<Mutex<Bucket>>);
 
 impl Limiter {
     pub(crate) fn new(limit: OutputLimit) -> Limiter {

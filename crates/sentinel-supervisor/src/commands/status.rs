@@ -14,7 +14,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `status` is told: the command line over the configuration's `listen`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusOptions {
+pub(crate) struct StatusOptions {
     /// The supervisor's base URL (`http://127.0.0.1:8080`).
     pub url: String,
     pub json: bool,
@@ -22,7 +22,7 @@ pub struct StatusOptions {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum StatusError {
+pub(crate) enum StatusError {
     #[error("no supervisor at {url} (is it running? pass --url)")]
     NotListening { url: String },
     #[error("the supervisor at {url} did not answer within {TIMEOUT:?} (is it stopped, e.g. by SIGSTOP?)")]

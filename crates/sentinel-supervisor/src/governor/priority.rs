@@ -36,21 +36,21 @@ impl std::fmt::Display for Priority {
 /// Async-signal-safe (plain syscalls, no allocation, no locks): meant for `pre_exec` of the
 /// child spawn, where the forked process is single-threaded, so the per-thread Linux calls
 /// cover the whole future program.
-pub fn apply_to_current_process(priority: Priority) -> io::Result<()> {
+pub(crate) fn apply_to_current_process(priority: Priority) -> io::Result<()> {
     imp::apply(priority)
 }
 
 /// Applies `priority` to every thread of the running process `pid` (a reload's priority
 /// change). Lowering works unprivileged; raising (e.g. `background` -> `normal`) needs
 /// `CAP_SYS_NICE` and fails with `EPERM` otherwise.
-pub fn apply_to_process_threads(pid: i32, priority: Priority) -> io::Result<()> {
+pub(crate) fn apply_to_process_threads(pid: i32, priority: Priority) -> io::Result<()> {
     imp::apply_to_threads(pid, priority)
 }
 
 /// Gives the calling thread a real-time priority where allowed (else the highest nice it may
 /// take; on macOS the user-interactive QoS class). For a thread that sleeps between deadlines
 /// and must wake on time (the duty cycle's): it costs nothing while it sleeps.
-pub fn raise_current_thread() {
+pub(crate) fn raise_current_thread() {
     imp::raise_thread();
 }
 

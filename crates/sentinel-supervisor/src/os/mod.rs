@@ -4,4 +4,4 @@
 //! here instead of reading the kernel's files or calling `libc` themselves.
 
 pub mod process;
-pub mod procfs;
+pub(crate) mod procfs;

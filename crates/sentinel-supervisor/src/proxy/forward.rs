@@ -22,10 +22,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use tokio::time::Instant;
 
-pub use super::outbound::{strip_hop_by_hop, upstream_client, Upstream};
+pub(crate) use super::outbound::{strip_hop_by_hop, upstream_client, Upstream};
 
 /// Forwards `req` (already authenticated) to the backend.
-pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn forward(
+    state: &AppState,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
     refuse_while_stopping(state)?;
     let live = state.live();
     let (parts, body) = req.into_parts();

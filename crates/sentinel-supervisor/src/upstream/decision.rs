@@ -23,7 +23,7 @@ pub enum SpillMode {
 
 /// Why a request left the host: the `reason` of `sentinel_spills_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpillReason {
+pub(crate) enum SpillReason {
     /// The local backend was not serving (starting, restarting, backoff, failed).
     Unavailable,
     /// The queue would have made it later than its deadline.
@@ -45,7 +45,7 @@ impl SpillReason {
 /// The running profile's spill settings (part of the proxy's live settings, so a reload
 /// changes them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SpillPolicy {
+pub(crate) struct SpillPolicy {
     pub mode: SpillMode,
     pub deadline: Option<Duration>,
 }
