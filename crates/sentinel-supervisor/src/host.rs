@@ -149,6 +149,7 @@ impl Host {
 
 /// The ISA flags a llama.cpp build depends on, as `/proc/cpuinfo` spells them on x86-64: what
 /// `GGML_NATIVE` compiles for and what ggml's CPU variants are chosen by.
+#[cfg(any(target_os = "linux", test))]
 pub(crate) const X86_FLAGS: &[&str] = &[
     "sse4_2",
     "avx",
@@ -169,6 +170,7 @@ pub(crate) const X86_FLAGS: &[&str] = &[
 ];
 
 /// The same for aarch64 (`Features` in `/proc/cpuinfo`).
+#[cfg(any(target_os = "linux", test))]
 pub(crate) const ARM_FLAGS: &[&str] = &["asimd", "asimddp", "sve", "sve2", "i8mm", "sme"];
 
 /// What a compiled llama-server depends on about this CPU: its model and the ISA flags that
@@ -193,6 +195,7 @@ impl CpuSignature {
 
     /// The signature from the text of `/proc/cpuinfo` (the first processor's entry: every
     /// core of one machine has the same ISA).
+    #[cfg(any(target_os = "linux", test))]
     pub(crate) fn from_cpuinfo(arch: &str, cpuinfo: &str) -> CpuSignature {
         let field = |name: &str| {
             cpuinfo.lines().find_map(|line| {
@@ -361,7 +364,7 @@ fn online_cpus() -> usize {
 /// `hw.activecpu`, the online count, having no affinity masks or cgroup quotas to apply).
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 fn online_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// The CPUs in this process's affinity mask, in ascending order (`None` when it cannot be read
@@ -421,6 +424,7 @@ fn cgroup_quota() -> Option<CpuQuota> {
 }
 
 /// Parses cgroup v2 `cpu.max` (`"max 100000"` or `"50000 100000"`) into cores.
+#[cfg(any(target_os = "linux", test))]
 pub(crate) fn parse_cpu_max(text: &str) -> Option<f64> {
     let mut it = text.split_whitespace();
     let quota = it.next()?;

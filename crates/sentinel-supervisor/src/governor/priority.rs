@@ -128,7 +128,7 @@ mod imp {
     use super::Priority;
     use std::io;
 
-    pub fn apply_to_threads(pid: i32, priority: Priority) -> io::Result<()> {
+    pub(super) fn apply_to_threads(pid: i32, priority: Priority) -> io::Result<()> {
         let value = if priority == Priority::Normal {
             0
         } else {
@@ -141,14 +141,14 @@ mod imp {
         Ok(())
     }
 
-    pub fn raise_thread() {
+    pub(super) fn raise_thread() {
         // SAFETY: sets the calling thread's QoS class from a constant; no pointers involved.
         unsafe {
             libc::pthread_set_qos_class_self_np(libc::qos_class_t::QOS_CLASS_USER_INTERACTIVE, 0);
         }
     }
 
-    pub fn apply(priority: Priority) -> io::Result<()> {
+    pub(super) fn apply(priority: Priority) -> io::Result<()> {
         if priority == Priority::Normal {
             return Ok(());
         }

@@ -93,6 +93,7 @@ impl SystemSource {
 }
 
 /// Parses the aggregate `cpu` line of `/proc/stat` (counters in ticks of `ns_per_tick`).
+#[cfg(any(target_os = "linux", test))]
 pub(crate) fn parse_proc_stat(stat: &str, ns_per_tick: u64) -> Option<SystemTimes> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let fields: Vec<u64> = line

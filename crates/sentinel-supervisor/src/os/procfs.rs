@@ -39,6 +39,7 @@ pub(crate) fn stat(pid: i32) -> Option<ProcStat> {
 }
 
 /// The `stat` of every live process.
+#[cfg(target_os = "linux")]
 pub(crate) fn all_stats() -> Vec<ProcStat> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -49,12 +50,14 @@ pub(crate) fn all_stats() -> Vec<ProcStat> {
 }
 
 /// `/proc/<pid>/status` of a live process, whole (`None` once it is gone).
+#[cfg(target_os = "linux")]
 pub(crate) fn status(pid: i32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
 }
 
 /// The number in a `Key:   1234 kB` (or `Threads:  4`) line of a `status` text; `key` ends
 /// with its colon.
+#[cfg(any(target_os = "linux", test))]
 pub(crate) fn status_number(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
@@ -83,6 +86,7 @@ impl CgroupEntry {
     }
 
     /// Whether this v1 hierarchy carries `controller`.
+    #[cfg(any(target_os = "linux", test))]
     pub(crate) fn has_controller(&self, controller: &str) -> bool {
         self.controllers.iter().any(|c| c == controller)
     }
@@ -112,6 +116,7 @@ pub(crate) fn parse_cgroups(text: &str) -> Vec<CgroupEntry> {
 }
 
 /// The cgroups of process `pid` (`None` once it is gone).
+#[cfg(target_os = "linux")]
 pub(crate) fn cgroups(pid: i32) -> Option<Vec<CgroupEntry>> {
     Some(parse_cgroups(
         &std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?,
