@@ -107,17 +107,14 @@ fn prepare(cmd: &mut std::process::Command, death_signal: Signal) {
     cmd.process_group(0);
     #[cfg(target_os = "linux")]
     {
-        let parent = std::process::id() as libc::pid_t;
-        let signal = death_signal as libc::c_int;
+        let parent = Pid::this();
         // SAFETY: only async-signal-safe system calls (prctl, getppid, _exit) run between fork
         // and exec, on values copied into the closure.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                nix::sys::prctl::set_pdeathsig(death_signal)?;
                 // The parent may have died before the death signal was armed.
-                if libc::getppid() != parent {
+                if nix::unistd::getppid() != parent {
                     libc::_exit(1);
                 }
                 Ok(())
