@@ -136,7 +136,7 @@ impl Ladder<'_> {
             };
             let (verdict, fresh) = self.verdict(&rung, &program)?;
             if !verdict.passed && rung == Rung::Portable {
-                failed_variant = verdict.cpu_variant.clone();
+                failed_variant.clone_from(&verdict.cpu_variant);
             }
             if verdict.passed && chosen.is_none() {
                 let why = why(&rung, &verdict, &tried);

@@ -253,7 +253,7 @@ pub(crate) async fn forward(
                 continue;
             }
             Some(Ok(Some(line))) => line,
-            Some(Ok(None)) | Some(Err(_)) => break,
+            Some(Ok(None) | Err(_)) => break,
         };
         let level = classify(&line);
         if enabled(level) {

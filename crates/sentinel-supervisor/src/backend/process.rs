@@ -140,17 +140,16 @@ impl BackendProcess {
             return s;
         }
         self.signal_group(Signal::SIGTERM);
-        let status = match tokio::time::timeout(grace, self.wait()).await {
-            Ok(s) => s,
-            Err(_) => {
-                tracing::warn!(
-                    pid = self.pid,
-                    ?grace,
-                    "backend ignored SIGTERM; killing it"
-                );
-                self.signal_group(Signal::SIGKILL);
-                self.wait().await
-            }
+        let status = if let Ok(s) = tokio::time::timeout(grace, self.wait()).await {
+            s
+        } else {
+            tracing::warn!(
+                pid = self.pid,
+                ?grace,
+                "backend ignored SIGTERM; killing it"
+            );
+            self.signal_group(Signal::SIGKILL);
+            self.wait().await
         };
         self.kill_leftovers();
         self.drain_output().await;

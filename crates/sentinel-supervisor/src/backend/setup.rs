@@ -191,25 +191,24 @@ fn smoke_given(cache: &Path, path: &Path, launch: &SmokeLaunch) -> Result<RungIn
     }
     let cpu = CpuSignature::detect();
     let key = VerdictKey::new(&verdict::binary_hash(path)?, &cpu, "backend.bin");
-    let verdict = match verdict::load(cache, &key) {
-        Some(v) => v,
-        None => {
-            let installed = Installed {
-                server: path.to_path_buf(),
-                model,
-                rung: RungInUse::given("smoke test"),
-            };
-            let (v, conclusive) = super::ladder::test(&installed, launch, &cpu);
-            if !conclusive {
-                tracing::warn!(reason = %v.reason, "the smoke test of backend.bin was inconclusive; using it untested");
-                return Ok(RungInUse::given(format!(
-                    "set by `backend.bin` (not verified: {})",
-                    v.reason
-                )));
-            }
-            verdict::store(cache, &key, &v)?;
-            v
+    let verdict = if let Some(v) = verdict::load(cache, &key) {
+        v
+    } else {
+        let installed = Installed {
+            server: path.to_path_buf(),
+            model,
+            rung: RungInUse::given("smoke test"),
+        };
+        let (v, conclusive) = super::ladder::test(&installed, launch, &cpu);
+        if !conclusive {
+            tracing::warn!(reason = %v.reason, "the smoke test of backend.bin was inconclusive; using it untested");
+            return Ok(RungInUse::given(format!(
+                "set by `backend.bin` (not verified: {})",
+                v.reason
+            )));
         }
+        verdict::store(cache, &key, &v)?;
+        v
     };
     if !verdict.passed {
         return Err(SetupError::BinFailed {

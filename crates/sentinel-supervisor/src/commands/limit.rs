@@ -268,16 +268,15 @@ async fn limit_command(
         "passing the signal on to the command"
     );
     kill_group(pid, forwarded);
-    let status = match tokio::time::timeout(GRACE, child.wait()).await {
-        Ok(status) => status,
-        Err(_) => {
-            tracing::warn!(
-                pid,
-                "command did not exit within 5s of the signal; killing it"
-            );
-            kill_group(pid, Signal::SIGKILL);
-            child.wait().await
-        }
+    let status = if let Ok(status) = tokio::time::timeout(GRACE, child.wait()).await {
+        status
+    } else {
+        tracing::warn!(
+            pid,
+            "command did not exit within 5s of the signal; killing it"
+        );
+        kill_group(pid, Signal::SIGKILL);
+        child.wait().await
     };
     Ok(exit_code(status))
 }

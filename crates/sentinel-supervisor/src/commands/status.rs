@@ -45,13 +45,12 @@ pub(crate) enum StatusError {
 
 /// The command line over the configuration (loaded only when `--url` is not given).
 pub(crate) fn options(args: &StatusArgs) -> anyhow::Result<StatusOptions> {
-    let url = match &args.url {
-        Some(url) => url.trim_end_matches('/').to_string(),
-        None => {
-            let config = super::load_config(&args.config)?;
-            let health = crate::notify::health_url(config.listen);
-            health.trim_end_matches("/health").to_string()
-        }
+    let url = if let Some(url) = &args.url {
+        url.trim_end_matches('/').to_string()
+    } else {
+        let config = super::load_config(&args.config)?;
+        let health = crate::notify::health_url(config.listen);
+        health.trim_end_matches("/health").to_string()
     };
     Ok(StatusOptions {
         url,

@@ -124,7 +124,7 @@ impl http_body::Body for Tracked {
                     }
                 }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish(),
+            Poll::Ready(None | Some(Err(_))) => this.finish(),
             Poll::Pending => {}
         }
         polled

@@ -228,29 +228,26 @@ impl SseReader {
     fn feed(&mut self, mut chunk: &[u8]) -> bool {
         let mut first = false;
         while !self.gave_up && !chunk.is_empty() {
-            match chunk.iter().position(|&b| b == b'\n') {
-                Some(end) => {
-                    let line = if self.line.is_empty() {
-                        &chunk[..end]
-                    } else {
-                        self.line.extend_from_slice(&chunk[..end]);
-                        &self.line[..]
-                    };
-                    let line = line.strip_suffix(b"\r").unwrap_or(line).to_vec();
-                    self.line.clear();
-                    first |= self.on_line(&line);
-                    chunk = &chunk[end + 1..];
+            if let Some(end) = chunk.iter().position(|&b| b == b'\n') {
+                let line = if self.line.is_empty() {
+                    &chunk[..end]
+                } else {
+                    self.line.extend_from_slice(&chunk[..end]);
+                    &self.line[..]
+                };
+                let line = line.strip_suffix(b"\r").unwrap_or(line).to_vec();
+                self.line.clear();
+                first |= self.on_line(&line);
+                chunk = &chunk[end + 1..];
+            } else {
+                if self.line.len() + chunk.len() > MAX_LINE_BYTES {
+                    self.gave_up = true;
+                    self.line = Vec::new();
+                    self.data = Vec::new();
+                } else {
+                    self.line.extend_from_slice(chunk);
                 }
-                None => {
-                    if self.line.len() + chunk.len() > MAX_LINE_BYTES {
-                        self.gave_up = true;
-                        self.line = Vec::new();
-                        self.data = Vec::new();
-                    } else {
-                        self.line.extend_from_slice(chunk);
-                    }
-                    chunk = &[];
-                }
+                chunk = &[];
             }
         }
         first

@@ -253,12 +253,12 @@ fn real_hostile_requests_get_400_and_the_backend_lives() {
     let _cpu = crate::support::exclusive();
     let s = Supervisor::start(Options {
         args: vec!["--profile", "hostile"],
-        config: r#"
+        config: r"
 [profiles.hostile]
 cpus = 1.0
 slots = 1
 grammar = true
-"#,
+",
         ..Default::default()
     });
     s.wait_health(200, Duration::from_secs(180));
@@ -350,13 +350,13 @@ fn fuzz_real_backend_with_hostile_bodies() {
         .unwrap_or(20);
     let s = Supervisor::start(Options {
         args: vec!["--profile", "hostile"],
-        config: r#"
+        config: r"
 [profiles.hostile]
 cpus = 1.0
 slots = 1
 grammar = true
 max_tokens = 2
-"#,
+",
         ..Default::default()
     });
     s.wait_health(200, Duration::from_secs(180));
