@@ -398,9 +398,12 @@ async fn serve_signals(
     reloads: &mpsc::Sender<ReloadRequest>,
 ) -> Option<End> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+    // Installing a handler fails only for a forbidden signal or a runtime without its I/O
+    // driver; these three are allowed and `run` builds the runtime with `enable_all`.
+    let invariant = "the runtime has its I/O driver and the signal may be caught";
+    let mut term = signal(SignalKind::terminate()).expect(invariant);
+    let mut int = signal(SignalKind::interrupt()).expect(invariant);
+    let mut hup = signal(SignalKind::hangup()).expect(invariant);
     loop {
         tokio::select! {
             _ = term.recv() => return None,
