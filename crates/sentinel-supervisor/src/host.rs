@@ -63,7 +63,7 @@ impl Host {
         let affinity = affinity_cpus();
         let host = Host {
             online_cpus: online,
-            affinity_cpus: affinity.as_ref().map_or(online, |cpus| cpus.len()),
+            affinity_cpus: affinity.as_ref().map_or(online, std::vec::Vec::len),
             last_allowed_cpu: affinity.and_then(|cpus| cpus.last().copied()),
             quota: cgroup_quota(),
         };
@@ -88,7 +88,7 @@ impl Host {
     }
 
     /// The quota in cores, when one is set.
-    pub fn quota_cores(&self) -> Option<f64> {
+    pub(crate) fn quota_cores(&self) -> Option<f64> {
         self.quota.map(|q| q.cores)
     }
 
@@ -114,7 +114,7 @@ impl Host {
     }
 
     /// Why `allowed_cpus` is what it is, for messages.
-    pub fn limit_reason(&self) -> String {
+    pub(crate) fn limit_reason(&self) -> String {
         match self.quota {
             Some(q) if q.cores.ceil() < self.affinity_cpus as f64 => {
                 format!(
@@ -133,7 +133,7 @@ impl Host {
     }
 
     /// One line for humans: `4 online CPUs, 2 in affinity mask, cgroup quota none`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "{} online CPUs, {} in affinity mask, cgroup quota {}",
             self.online_cpus,
@@ -149,7 +149,8 @@ impl Host {
 
 /// The ISA flags a llama.cpp build depends on, as `/proc/cpuinfo` spells them on x86-64: what
 /// `GGML_NATIVE` compiles for and what ggml's CPU variants are chosen by.
-pub const X86_FLAGS: &[&str] = &[
+#[cfg(any(target_os = "linux", test))]
+pub(crate) const X86_FLAGS: &[&str] = &[
     "sse4_2",
     "avx",
     "avx2",
@@ -169,13 +170,14 @@ pub const X86_FLAGS: &[&str] = &[
 ];
 
 /// The same for aarch64 (`Features` in `/proc/cpuinfo`).
-pub const ARM_FLAGS: &[&str] = &["asimd", "asimddp", "sve", "sve2", "i8mm", "sme"];
+#[cfg(any(target_os = "linux", test))]
+pub(crate) const ARM_FLAGS: &[&str] = &["asimd", "asimddp", "sve", "sve2", "i8mm", "sme"];
 
 /// What a compiled llama-server depends on about this CPU: its model and the ISA flags that
 /// matter ([`X86_FLAGS`], [`ARM_FLAGS`]). A verdict on a binary holds for one signature: the
 /// cache may be copied to a host with another CPU, where the binary must be tested again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CpuSignature {
+pub(crate) struct CpuSignature {
     /// `x86_64`, `aarch64`, ...
     pub arch: String,
     /// `model name` on x86, the implementer and part numbers on ARM, the brand string on macOS.
@@ -186,14 +188,15 @@ pub struct CpuSignature {
 
 impl CpuSignature {
     /// This host's signature, read once per process.
-    pub fn detect() -> CpuSignature {
+    pub(crate) fn detect() -> CpuSignature {
         static SIGNATURE: std::sync::OnceLock<CpuSignature> = std::sync::OnceLock::new();
         SIGNATURE.get_or_init(detect_signature).clone()
     }
 
     /// The signature from the text of `/proc/cpuinfo` (the first processor's entry: every
     /// core of one machine has the same ISA).
-    pub fn from_cpuinfo(arch: &str, cpuinfo: &str) -> CpuSignature {
+    #[cfg(any(target_os = "linux", test))]
+    pub(crate) fn from_cpuinfo(arch: &str, cpuinfo: &str) -> CpuSignature {
         let field = |name: &str| {
             cpuinfo.lines().find_map(|line| {
                 let (key, value) = line.split_once(':')?;
@@ -224,19 +227,20 @@ impl CpuSignature {
             flags: wanted
                 .iter()
                 .filter(|f| present.contains(**f))
-                .map(|f| f.to_string())
+                .map(std::string::ToString::to_string)
                 .collect(),
         }
     }
 
     /// Whether the CPU has `flag` (as `/proc/cpuinfo` spells it).
-    pub fn has(&self, flag: &str) -> bool {
+    #[cfg(test)]
+    pub(crate) fn has(&self, flag: &str) -> bool {
         self.flags.iter().any(|f| f == flag)
     }
 
     /// A short stable key (12 hex digits of a sha256 of the architecture, model and flags):
     /// part of a verdict's file name.
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         for part in std::iter::once(&self.arch)
@@ -250,7 +254,7 @@ impl CpuSignature {
     }
 
     /// One line for humans: `AMD EPYC (x86_64: sse4_2 avx avx2 ...)`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let model = if self.model.is_empty() {
             "unknown CPU"
         } else {
@@ -352,7 +356,7 @@ fn online_cpus() -> usize {
     use nix::unistd::{sysconf, SysconfVar};
     match sysconf(SysconfVar::_NPROCESSORS_ONLN) {
         Ok(Some(n)) if n > 0 => n as usize,
-        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        _ => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
     }
 }
 
@@ -360,7 +364,7 @@ fn online_cpus() -> usize {
 /// `hw.activecpu`, the online count, having no affinity masks or cgroup quotas to apply).
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 fn online_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// The CPUs in this process's affinity mask, in ascending order (`None` when it cannot be read
@@ -420,7 +424,8 @@ fn cgroup_quota() -> Option<CpuQuota> {
 }
 
 /// Parses cgroup v2 `cpu.max` (`"max 100000"` or `"50000 100000"`) into cores.
-pub fn parse_cpu_max(text: &str) -> Option<f64> {
+#[cfg(any(target_os = "linux", test))]
+pub(crate) fn parse_cpu_max(text: &str) -> Option<f64> {
     let mut it = text.split_whitespace();
     let quota = it.next()?;
     let period: f64 = it.next()?.parse().ok()?;

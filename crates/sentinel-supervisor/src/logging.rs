@@ -7,20 +7,20 @@ use tracing_subscriber::EnvFilter;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
 
 /// What the logger is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LogOptions {
+pub(crate) struct LogOptions {
     /// 0 = info; each step up is more (debug, trace), each step down less (warn, error).
     pub verbosity: i16,
     pub format: LogFormat,
 }
 
-pub fn init(options: &LogOptions) {
+pub(crate) fn init(options: &LogOptions) {
     let level = match options.verbosity {
         i16::MIN..=-2 => "error",
         -1 => "warn",

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The service manager's variables, removed from the backend's environment.
-pub const CHILD_HIDDEN_ENV: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+pub(crate) const CHILD_HIDDEN_ENV: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
 /// How often the `STATUS=` line is refreshed (and the watchdog pinged, at least).
 const REFRESH: Duration = Duration::from_secs(1);
@@ -31,18 +31,18 @@ const REFRESH: Duration = Duration::from_secs(1);
 const STATUS_MAX: usize = 240;
 
 /// Whether a service manager listens (`NOTIFY_SOCKET` is set).
-pub fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some_and(|s| !s.is_empty())
 }
 
 /// `READY=1` with a `STATUS=` line: the service is up (first start, or a reload done).
-pub fn ready(status: &str) {
+pub(crate) fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 /// `RELOADING=1` (with the `MONOTONIC_USEC=` that `Type=notify-reload` asks for): a reload
 /// starts; call [`ready`] once it is done.
-pub fn reloading() {
+pub(crate) fn reloading() {
     let now = NotifyState::monotonic_usec_now();
     let mut states = vec![NotifyState::Reloading, NotifyState::Status("reloading")];
     if let Ok(now) = now {
@@ -52,12 +52,12 @@ pub fn reloading() {
 }
 
 /// `STOPPING=1`: shutdown has begun.
-pub fn stopping() {
+pub(crate) fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
 /// A `STATUS=` line alone.
-pub fn status(line: &str) {
+pub(crate) fn status(line: &str) {
     send(&[NotifyState::Status(line)]);
 }
 
@@ -84,7 +84,7 @@ fn send(states: &[NotifyState]) {
 
 /// How often to ping the watchdog: half of `WatchdogSec=` (`WATCHDOG_USEC`, when
 /// `WATCHDOG_PID` is this process), or `None` when no watchdog is set.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     let mut usec = 0u64;
     (sd_notify::watchdog_enabled(false, &mut usec) && usec > 0)
         .then(|| Duration::from_micros(usec / 2))
@@ -93,7 +93,7 @@ pub fn watchdog_interval() -> Option<Duration> {
 /// Awaits `work` (set-up: fetching and building llama-server can take minutes before the
 /// endpoint exists), pinging the watchdog meanwhile so a first start is not killed for it;
 /// `TimeoutStartSec=` still bounds it.
-pub async fn while_setting_up<F: std::future::Future>(work: F) -> F::Output {
+pub(crate) async fn while_setting_up<F: std::future::Future>(work: F) -> F::Output {
     let Some(every) = watchdog_interval() else {
         return work.await;
     };
@@ -108,7 +108,7 @@ pub async fn while_setting_up<F: std::future::Future>(work: F) -> F::Output {
 }
 
 /// One line for `systemctl status`: `ready - balanced, 1.00 cores (cgroup), restarts 0`.
-pub fn status_line(r: &StatusReport) -> String {
+pub(crate) fn status_line(r: &StatusReport) -> String {
     let budget = match &r.governor {
         Some(g) => match g.budget_cpus {
             Some(b) => format!("{b:.2} cores ({})", g.method),
@@ -144,7 +144,7 @@ pub fn status_line(r: &StatusReport) -> String {
 
 /// When the lifecycle task last showed it runs: it beats at every readiness or liveness probe.
 #[derive(Debug, Clone)]
-pub struct Heartbeat(Arc<Mutex<Instant>>);
+pub(crate) struct Heartbeat(Arc<Mutex<Instant>>);
 
 impl Default for Heartbeat {
     fn default() -> Self {
@@ -153,12 +153,18 @@ impl Default for Heartbeat {
 }
 
 impl Heartbeat {
-    pub fn beat(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    pub(crate) fn beat(&self) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
     }
 
     fn last(&self) -> Instant {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -167,7 +173,7 @@ impl Heartbeat {
 /// backend adds up to `stop_grace`; a backoff ends after its delay; failed, stopping and stopped
 /// wait for someone else. `quiet_for` is the time since the last beat or state change,
 /// `in_state_for` the time since the last state change.
-pub fn stalled(
+pub(crate) fn stalled(
     state: &State,
     quiet_for: Duration,
     in_state_for: Duration,
@@ -198,7 +204,7 @@ pub fn stalled(
 /// The supervisor's liveness loop: refreshes `STATUS=`, sends `READY=1` the first time the
 /// backend serves, and pings the watchdog while the supervisor is responsive. Runs until
 /// `cancel`.
-pub struct Service {
+pub(crate) struct Service {
     /// The `/status` report, built as the endpoint builds it.
     pub report: Arc<dyn Fn() -> StatusReport + Send + Sync>,
     pub status: watch::Receiver<Status>,
@@ -210,7 +216,7 @@ pub struct Service {
 }
 
 impl Service {
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         let ping_every = watchdog_interval();
         let period = ping_every.map_or(REFRESH, |w| w.min(REFRESH));
         tracing::debug!(
@@ -299,7 +305,7 @@ impl Service {
 
 /// The URL of the endpoint's own `/health` for a listener bound to `addr` (a wildcard address
 /// is reached on loopback).
-pub fn health_url(addr: std::net::SocketAddr) -> String {
+pub(crate) fn health_url(addr: std::net::SocketAddr) -> String {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let ip = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),

@@ -52,7 +52,7 @@ pub struct Resolved {
 }
 
 /// Resolves a named profile of `config` against `host`.
-pub fn resolve(
+pub(crate) fn resolve(
     config: &Config,
     name: &str,
     host: &Host,
@@ -267,7 +267,7 @@ fn pin_cpu(
 
 impl Resolved {
     /// One human line: `balanced: threads 1, threads_batch 1, cpus 1.0, priority background...`.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let cpus = self
             .cpus
             .map_or("unlimited".to_string(), |c| format!("{c:.2} cores"));
@@ -294,7 +294,7 @@ impl Resolved {
     }
 
     /// What each launch of this profile asks of the governor on `host`.
-    pub fn governor_settings(&self, host: Host) -> GovernorSettings {
+    pub(crate) fn governor_settings(&self, host: Host) -> GovernorSettings {
         GovernorSettings {
             cpus: self.cpus,
             threads: Some(self.threads.max(self.threads_batch)),

@@ -14,7 +14,7 @@ use cmake::BuildLog;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
-pub enum BuildError {
+pub(crate) enum BuildError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error(transparent)]

@@ -18,10 +18,9 @@ mod manifest;
 mod pack;
 
 pub(crate) use install::{install, open};
-pub use install::{Bundle, Installed};
-pub use manifest::{FileEntry, LinkEntry, Manifest};
+pub use manifest::Manifest;
 pub(crate) use pack::create;
-pub use pack::{BundleOptions, Written};
+pub(crate) use pack::BundleOptions;
 
 use super::fetch::FetchError;
 use super::model::ModelError;
@@ -29,19 +28,19 @@ use super::pin::{ModelPin, SourcePin};
 use std::path::{Path, PathBuf};
 
 /// The manifest format this binary writes and reads.
-pub const FORMAT: u32 = 1;
+pub(crate) const FORMAT: u32 = 1;
 /// The manifest's name at the bundle's top.
-pub const MANIFEST: &str = "manifest.json";
+pub(crate) const MANIFEST: &str = "manifest.json";
 /// The supervisor binary's name at the bundle's top.
-pub const SUPERVISOR: &str = "sentinel-supervisor";
+pub(crate) const SUPERVISOR: &str = "sentinel-supervisor";
 /// The directory holding llama-server and its libraries (the portable rung's `build/bin/`).
-pub const SERVER_DIR: &str = "llama.cpp";
+pub(crate) const SERVER_DIR: &str = "llama.cpp";
 /// The directory holding the default model, when bundled.
-pub const MODEL_DIR: &str = "models";
+pub(crate) const MODEL_DIR: &str = "models";
 
 /// The target this binary was built for (`x86_64-unknown-linux-gnu`): a bundle installs only
 /// on the target it was made for.
-pub const TARGET: &str = env!("SENTINEL_TARGET");
+pub(crate) const TARGET: &str = env!("SENTINEL_TARGET");
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {

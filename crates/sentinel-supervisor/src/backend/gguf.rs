@@ -9,7 +9,7 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
-pub enum GgufError {
+pub(crate) enum GgufError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -25,7 +25,7 @@ pub enum GgufError {
 
 /// A metadata value, as far as the memory estimate cares.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Value {
+pub(crate) enum Value {
     Int(i64),
     Float(f64),
     Bool(bool),
@@ -40,7 +40,7 @@ pub enum Value {
 
 /// The header of a GGUF file.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Header {
+pub(crate) struct Header {
     pub version: u32,
     pub tensor_count: u64,
     pub metadata: BTreeMap<String, Value>,

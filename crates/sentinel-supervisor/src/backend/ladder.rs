@@ -19,7 +19,7 @@ use rung::{rungs, without_variant, Rung};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
-pub enum LadderError {
+pub(crate) enum LadderError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
@@ -40,13 +40,13 @@ pub enum LadderError {
 
 /// What the ladder found for one rung.
 #[derive(Debug, Clone)]
-pub struct Tried {
+pub(crate) struct Tried {
     pub rung: String,
     pub outcome: Outcome,
 }
 
 #[derive(Debug, Clone)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Tested now or before (`fresh` says which).
     Verdict { verdict: Verdict, fresh: bool },
     /// The rung could not be built.
@@ -73,7 +73,7 @@ impl Tried {
 }
 
 /// Where the ladder climbs and how it tests.
-pub struct Ladder<'a> {
+pub(crate) struct Ladder<'a> {
     pub cache: &'a Path,
     pub pin: &'a SourcePin,
     pub launch: &'a SmokeLaunch,
@@ -90,7 +90,7 @@ pub struct Ladder<'a> {
 
 /// The ladder's answer: the rung in use, and what it found on the way.
 #[derive(Debug, Clone)]
-pub struct Climbed {
+pub(crate) struct Climbed {
     pub server: PathBuf,
     pub rung: RungInUse,
     pub tried: Vec<Tried>,
@@ -136,7 +136,7 @@ impl Ladder<'_> {
             };
             let (verdict, fresh) = self.verdict(&rung, &program)?;
             if !verdict.passed && rung == Rung::Portable {
-                failed_variant = verdict.cpu_variant.clone();
+                failed_variant.clone_from(&verdict.cpu_variant);
             }
             if verdict.passed && chosen.is_none() {
                 let why = why(&rung, &verdict, &tried);

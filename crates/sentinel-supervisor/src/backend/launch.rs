@@ -14,21 +14,21 @@ use std::path::PathBuf;
 
 /// The environment variable llama-server reads its API key from (`--api-key`'s `set_env`
 /// in llama.cpp's `common/arg.cpp`).
-pub const KEY_ENV: &str = "LLAMA_API_KEY";
+pub(crate) const KEY_ENV: &str = "LLAMA_API_KEY";
 
 /// The backend's per-launch secret. Its `Debug` and `Display` print `<redacted>`, so no log
 /// line, `/status` or error message can carry it; only [`BackendKey::expose`] reads it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct BackendKey(String);
+pub(crate) struct BackendKey(String);
 
 impl BackendKey {
     /// A fresh random key (40 alphanumeric characters).
-    pub fn generate() -> BackendKey {
+    pub(crate) fn generate() -> BackendKey {
         BackendKey(Alphanumeric.sample_string(&mut rand::rng(), 40))
     }
 
     /// The key itself, for the child's environment and the forwarded `Authorization` header.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -41,7 +41,7 @@ impl std::fmt::Debug for BackendKey {
 
 /// Everything needed to start one llama-server.
 #[derive(Debug, Clone)]
-pub struct LaunchSpec {
+pub(crate) struct LaunchSpec {
     pub program: PathBuf,
     pub args: Vec<String>,
     /// The child's extra environment, without the key (see [`LaunchSpec::environment`]).
@@ -61,12 +61,12 @@ pub struct LaunchSpec {
 
 impl LaunchSpec {
     /// `http://127.0.0.1:PORT`.
-    pub fn base_url(&self) -> String {
+    pub(crate) fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// The child's extra environment including `LLAMA_API_KEY` (only for the spawn: never log it).
-    pub fn environment(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub(crate) fn environment(&self) -> impl Iterator<Item = (&str, &str)> {
         self.env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -82,7 +82,7 @@ pub fn free_port() -> std::io::Result<u16> {
 }
 
 /// The model id clients see: `model_alias`, else the file name without `.gguf`.
-pub fn model_id(config: &Config, model: &std::path::Path) -> String {
+pub(crate) fn model_id(config: &Config, model: &std::path::Path) -> String {
     if !config.model_alias.trim().is_empty() {
         return config.model_alias.trim().to_string();
     }
@@ -94,7 +94,7 @@ pub fn model_id(config: &Config, model: &std::path::Path) -> String {
 }
 
 /// Builds the launch for `profile` on a fresh port with a fresh key.
-pub fn spec(
+pub(crate) fn spec(
     installed: &Installed,
     profile: &Resolved,
     config: &Config,
@@ -118,7 +118,7 @@ pub fn spec(
         "--cache-ram".into(),
         profile.cache_ram_mib.to_string(),
     ]);
-    args.extend(child_args().iter().map(|s| s.to_string()));
+    args.extend(child_args().iter().map(std::string::ToString::to_string));
     // The backend ladder's run-time flags for this build on this host (`--no-repack`).
     args.extend(installed.rung.args.iter().cloned());
     if profile.embeddings {
@@ -143,7 +143,7 @@ pub fn spec(
         output: OutputLimit::from_config(&config.supervisor),
         env_remove: crate::notify::CHILD_HIDDEN_ENV
             .iter()
-            .map(|k| k.to_string())
+            .map(std::string::ToString::to_string)
             .collect(),
     })
 }
@@ -199,7 +199,7 @@ pub fn child_args() -> [&'static str; 4] {
 /// full-size sliding-window cache (without `--swa-full`, a model with sliding-window attention
 /// such as Gemma 3 keeps only its window of a restored slot: measured here, the first request
 /// after restoring a 1 140-token prefix got `cache_n` 0 without it, 1 125 with it).
-pub fn warm_args(slots: &std::path::Path) -> Vec<String> {
+pub(crate) fn warm_args(slots: &std::path::Path) -> Vec<String> {
     vec![
         "--slot-save-path".into(),
         slots.display().to_string(),
@@ -209,7 +209,7 @@ pub fn warm_args(slots: &std::path::Path) -> Vec<String> {
 
 /// Whether llama-server's arguments give it a multimodal projector (`--mmproj FILE`,
 /// `--mmproj-url URL`): without one it answers an image or audio part with a 500.
-pub fn has_projector<'a>(args: impl IntoIterator<Item = &'a String>) -> bool {
+pub(crate) fn has_projector<'a>(args: impl IntoIterator<Item = &'a String>) -> bool {
     args.into_iter().any(|a| {
         let flag = a.split('=').next().unwrap_or("");
         matches!(flag, "--mmproj" | "-mm" | "--mmproj-url" | "-mmu")

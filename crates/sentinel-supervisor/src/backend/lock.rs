@@ -4,7 +4,7 @@
 use super::fetch::{io_err, FetchError};
 use std::path::Path;
 
-pub struct FileLock {
+pub(crate) struct FileLock {
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 

@@ -12,16 +12,16 @@ use std::path::{Path, PathBuf};
 /// buffers, the tokenizer, HTTP threads, the C++ runtime (measured with the 270M default model
 /// at ctx 4096: 363 MB RSS for a 253 MB file and a 74 MB KV cache, i.e. about 36 MB; a bigger
 /// model's compute buffers grow with its width, hence the margin).
-pub const OVERHEAD_BYTES: u64 = 256 << 20;
+pub(crate) const OVERHEAD_BYTES: u64 = 256 << 20;
 
 /// Above this share of the limit the estimate is logged as a warning.
-pub const WARN_SHARE: f64 = 0.9;
+pub(crate) const WARN_SHARE: f64 = 0.9;
 
 /// Bytes per KV cache element: llama-server's default cache type is f16.
 const KV_ELEMENT_BYTES: u64 = 2;
 
 #[derive(Debug, thiserror::Error)]
-pub enum MemoryError {
+pub(crate) enum MemoryError {
     #[error(
         "the backend would need about {total} ({detail}), more than backend.memory_limit = \
          {limit}. Lower `profiles.{profile}.cache_ram_mib` (or `backend.cache_ram_mib`), lower \
@@ -43,7 +43,7 @@ pub enum MemoryError {
 
 /// The parts of the estimate.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Estimate {
+pub(crate) struct Estimate {
     pub model_bytes: u64,
     /// `None` when the GGUF header lacks the hyperparameters (the reason is in `note`).
     pub kv_bytes: Option<u64>,
@@ -138,7 +138,7 @@ pub(crate) fn estimate(model: &Path, profile: &Resolved) -> Result<Estimate, Mem
 
 /// How the estimate compares with the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Fits,
     Close,
 }

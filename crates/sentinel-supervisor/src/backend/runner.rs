@@ -45,7 +45,7 @@ pub struct BuildLimits {
 
 /// Why a program could not be run under the setup's limits.
 #[derive(Debug, thiserror::Error)]
-pub enum RunnerError {
+pub(crate) enum RunnerError {
     #[error(
         "could not hold `{program}` to the build's CPU cap of {cpus} cores: {source} (remove \
          `cpus` from [setup] in config.toml or the --cpus flag to build without a cap)"
@@ -70,7 +70,7 @@ thread_local! {
 
 /// The runner entered on this thread ([`Runner::enter`]), else the default one (idle priority,
 /// no cap).
-pub fn current() -> Runner {
+pub(crate) fn current() -> Runner {
     CURRENT
         .with(|c| c.borrow().clone())
         .unwrap_or_else(|| Runner::new(BuildLimits::default(), Host::detect()))
@@ -106,7 +106,8 @@ impl Runner {
         }
     }
 
-    pub fn limits(&self) -> BuildLimits {
+    #[cfg(test)]
+    pub(crate) fn limits(&self) -> BuildLimits {
         self.limits
     }
 
@@ -189,7 +190,7 @@ impl Runner {
     }
 
     /// Runs `cmd` to its end (stdin closed) and returns its status and output.
-    pub fn output(&self, mut cmd: Command) -> io::Result<Output> {
+    pub(crate) fn output(&self, mut cmd: Command) -> io::Result<Output> {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -198,7 +199,7 @@ impl Runner {
 
     /// Whether `cmd` runs and succeeds, output discarded: for `--version` checks, which last
     /// milliseconds, so only the spawn path and the priority apply (no governor).
-    pub fn probe(&self, mut cmd: Command) -> bool {
+    pub(crate) fn probe(&self, mut cmd: Command) -> bool {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -237,7 +238,9 @@ static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 fn live_groups() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<i32>> {
     static GROUPS: std::sync::Mutex<std::collections::BTreeSet<i32>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
-    GROUPS.lock().unwrap_or_else(|e| e.into_inner())
+    GROUPS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Sends SIGTERM to the group of every program a runner is running (continued first) and
@@ -329,7 +332,7 @@ impl Running {
     }
 
     /// Waits for the program and collects its output (piped by the caller).
-    pub fn wait_with_output(mut self) -> io::Result<Output> {
+    pub(crate) fn wait_with_output(mut self) -> io::Result<Output> {
         let child = self
             .child
             .take()

@@ -14,7 +14,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
-pub enum SetupError {
+pub(crate) enum SetupError {
     #[error("llama-server binary not found: {0} (fix `backend.bin` in config.toml or --backend-bin, or leave both empty to build the pinned one)")]
     BinNotFound(PathBuf),
     #[error("{0} is not an executable file (fix `backend.bin` in config.toml or --backend-bin)")]
@@ -35,7 +35,7 @@ pub enum SetupError {
 
 /// What a launch needs.
 #[derive(Debug, Clone)]
-pub struct Installed {
+pub(crate) struct Installed {
     pub server: PathBuf,
     pub model: PathBuf,
     /// Which configuration of llama-server this is, its run-time flags and why it was chosen.
@@ -44,7 +44,7 @@ pub struct Installed {
 
 /// The backend in use: the ladder's rung (`backend::ladder`), or the user's `backend.bin`.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct RungInUse {
+pub(crate) struct RungInUse {
     /// `native`, `native --no-repack`, `portable`, ..., or `backend.bin`.
     pub name: String,
     /// llama-server flags the rung adds to every launch (`--no-repack`).
@@ -55,7 +55,7 @@ pub struct RungInUse {
 
 impl RungInUse {
     /// The user's `backend.bin`, as given.
-    pub fn given(why: impl Into<String>) -> RungInUse {
+    pub(crate) fn given(why: impl Into<String>) -> RungInUse {
         RungInUse {
             name: "backend.bin".into(),
             args: Vec::new(),
@@ -65,14 +65,14 @@ impl RungInUse {
 
     /// Whether this is a rung of the ladder (which can move to the next one), not the user's
     /// own binary.
-    pub fn is_ladder(&self) -> bool {
+    pub(crate) fn is_ladder(&self) -> bool {
         self.name != "backend.bin"
     }
 }
 
 /// Where the backend comes from: the command line merged over the configuration.
 #[derive(Debug, Clone)]
-pub struct SetupOptions {
+pub(crate) struct SetupOptions {
     /// Where builds and the default model are kept.
     pub cache_dir: PathBuf,
     /// A GGUF model (`--model` or `model`); `None` = the pinned default model.
@@ -92,12 +92,14 @@ pub struct SetupOptions {
 /// smoke launch, the pinned build is the ladder's choice for this host (`backend::ladder`),
 /// and a given `backend.bin` is smoke-tested when the default model is at hand.
 /// Blocking (it may build for minutes): call from a blocking context.
-pub fn ensure(options: &SetupOptions) -> Result<Installed, SetupError> {
+pub(crate) fn ensure(options: &SetupOptions) -> Result<Installed, SetupError> {
     Ok(ensure_reporting(options)?.0)
 }
 
 /// [`ensure`], with one line per rung the ladder tried (for `setup` to print).
-pub fn ensure_reporting(options: &SetupOptions) -> Result<(Installed, Vec<String>), SetupError> {
+pub(crate) fn ensure_reporting(
+    options: &SetupOptions,
+) -> Result<(Installed, Vec<String>), SetupError> {
     // Every program setup starts runs at idle priority under the build's limits.
     let _runner = Runner::new(options.limits, crate::host::Host::detect()).enter();
     let cache = &options.cache_dir;
@@ -129,7 +131,11 @@ pub fn ensure_reporting(options: &SetupOptions) -> Result<(Installed, Vec<String
                 model: options.model.as_deref(),
             }
             .climb()?;
-            tried = climbed.tried.iter().map(|t| t.describe()).collect();
+            tried = climbed
+                .tried
+                .iter()
+                .map(super::ladder::Tried::describe)
+                .collect();
             (climbed.server, climbed.rung)
         }
         (None, None) => {
@@ -185,25 +191,24 @@ fn smoke_given(cache: &Path, path: &Path, launch: &SmokeLaunch) -> Result<RungIn
     }
     let cpu = CpuSignature::detect();
     let key = VerdictKey::new(&verdict::binary_hash(path)?, &cpu, "backend.bin");
-    let verdict = match verdict::load(cache, &key) {
-        Some(v) => v,
-        None => {
-            let installed = Installed {
-                server: path.to_path_buf(),
-                model,
-                rung: RungInUse::given("smoke test"),
-            };
-            let (v, conclusive) = super::ladder::test(&installed, launch, &cpu);
-            if !conclusive {
-                tracing::warn!(reason = %v.reason, "the smoke test of backend.bin was inconclusive; using it untested");
-                return Ok(RungInUse::given(format!(
-                    "set by `backend.bin` (not verified: {})",
-                    v.reason
-                )));
-            }
-            verdict::store(cache, &key, &v)?;
-            v
+    let verdict = if let Some(v) = verdict::load(cache, &key) {
+        v
+    } else {
+        let installed = Installed {
+            server: path.to_path_buf(),
+            model,
+            rung: RungInUse::given("smoke test"),
+        };
+        let (v, conclusive) = super::ladder::test(&installed, launch, &cpu);
+        if !conclusive {
+            tracing::warn!(reason = %v.reason, "the smoke test of backend.bin was inconclusive; using it untested");
+            return Ok(RungInUse::given(format!(
+                "set by `backend.bin` (not verified: {})",
+                v.reason
+            )));
         }
+        verdict::store(cache, &key, &v)?;
+        v
     };
     if !verdict.passed {
         return Err(SetupError::BinFailed {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// The tools every llama.cpp build needs, by executable name.
-pub const REQUIRED: [&str; 2] = ["cmake", "ninja"];
+pub(crate) const REQUIRED: [&str; 2] = ["cmake", "ninja"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ToolsError {
@@ -98,7 +98,7 @@ fn runs(path: &Path) -> bool {
 
 /// The private environment for one set of tool pins: `<cache>/tools/<key>/`.
 #[derive(Debug, Clone)]
-pub struct ToolEnv {
+pub(crate) struct ToolEnv {
     pub root: PathBuf,
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// One smoke test's outcome for one binary, rung and host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// The rung's name (`native`, `native --no-repack`, `portable`, ...).
     pub rung: String,
     pub passed: bool,
@@ -49,7 +49,7 @@ impl Verdict {
 
 /// Where one verdict is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerdictKey {
+pub(crate) struct VerdictKey {
     /// The first 16 hex digits of [`binary_hash`].
     pub binary: String,
     /// [`CpuSignature::key`].
@@ -82,7 +82,7 @@ impl VerdictKey {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum VerdictError {
+pub(crate) enum VerdictError {
     #[error("cannot read {path} to hash it: {source} (check the backend's files)")]
     Hash {
         path: PathBuf,
@@ -123,7 +123,7 @@ pub(crate) fn binary_hash(program: &Path) -> Result<String, VerdictError> {
         let mut f = std::fs::File::open(file).map_err(err)?;
         h.update(
             file.file_name()
-                .map(|n| n.as_encoded_bytes())
+                .map(std::ffi::OsStr::as_encoded_bytes)
                 .unwrap_or(b""),
         );
         h.update([0]);

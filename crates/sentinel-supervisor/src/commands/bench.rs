@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The bench crate's binary.
-pub const BENCH_BIN: &str = "sentinel-bench";
+pub(crate) const BENCH_BIN: &str = "sentinel-bench";
 
 /// Which `sentinel-bench` command to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BenchCommand {
+pub(crate) enum BenchCommand {
     /// `bench`: measure profiles or a command.
     Bench,
     /// `bench-probe`: one foreground probe (`sentinel-bench probe`).
@@ -40,7 +40,7 @@ impl BenchCommand {
 
 /// Why `sentinel-bench` could not be run.
 #[derive(Debug, thiserror::Error)]
-pub enum BenchLaunchError {
+pub(crate) enum BenchLaunchError {
     #[error(
         "`{BENCH_BIN}` was found neither at {beside} nor on PATH (build it with \
          `cargo build --release -p sentinel-bench`, or install it with \
@@ -57,7 +57,10 @@ pub enum BenchLaunchError {
 /// Replaces this process with `sentinel-bench`, given `args` (this program's command line,
 /// its name first) with the command's name in its place; returns only when that failed, with
 /// why (the caller reports it and exits 2).
-pub fn exec(command: BenchCommand, args: impl IntoIterator<Item = OsString>) -> BenchLaunchError {
+pub(crate) fn exec(
+    command: BenchCommand,
+    args: impl IntoIterator<Item = OsString>,
+) -> BenchLaunchError {
     use std::os::unix::process::CommandExt;
     let own = std::env::current_exe().ok();
     let beside = own

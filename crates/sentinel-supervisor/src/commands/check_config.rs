@@ -10,7 +10,7 @@ use crate::profile::{self, Resolved};
 use std::process::ExitCode;
 
 /// What an API key is printed as.
-pub const REDACTED: &str = "<redacted>";
+pub(crate) const REDACTED: &str = "<redacted>";
 
 pub(crate) fn run(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
     match check(args, &Host::detect()) {

@@ -35,7 +35,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 /// Why `limit` could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum LimitError {
+pub(crate) enum LimitError {
     #[error(
         "--cpus {cpus} is out of range: use a number of cores at most {available} \
          (the CPUs this process may use)"
@@ -66,7 +66,7 @@ const GRACE: Duration = Duration::from_secs(5);
 
 /// What to limit.
 #[derive(Debug, Clone, PartialEq)]
-pub enum LimitTarget {
+pub(crate) enum LimitTarget {
     /// A running process (its whole group when it leads one).
     Pid(i32),
     /// A command to start in its own group: the program, then its arguments.
@@ -75,7 +75,7 @@ pub enum LimitTarget {
 
 /// `limit`'s arguments, checked and completed.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LimitOptions {
+pub(crate) struct LimitOptions {
     pub cpus: Cores,
     pub target: LimitTarget,
     /// Duty-cycle period.
@@ -93,7 +93,7 @@ pub struct LimitOptions {
 impl LimitOptions {
     /// Checks the budget against the CPUs this process may use (`available`) and that there is
     /// something to limit.
-    pub fn from_args(args: LimitArgs, host: Host) -> Result<LimitOptions, LimitError> {
+    pub(crate) fn from_args(args: LimitArgs, host: Host) -> Result<LimitOptions, LimitError> {
         let available = host.allowed_cpus();
         if args.cpus.get() > available as f64 {
             return Err(LimitError::Budget {
@@ -141,13 +141,13 @@ impl LimitOptions {
 }
 
 /// `sentinel-supervisor limit`.
-pub async fn run(args: LimitArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: LimitArgs) -> anyhow::Result<ExitCode> {
     let options = LimitOptions::from_args(args, Host::detect())?;
     limit(&options).await
 }
 
 /// Limits the target until it exits (or, for a running process, until SIGINT/SIGTERM).
-pub async fn limit(options: &LimitOptions) -> anyhow::Result<ExitCode> {
+pub(crate) async fn limit(options: &LimitOptions) -> anyhow::Result<ExitCode> {
     let config = options.governor_config(Config::builtin()?.governor);
     let interrupts = Interrupts::new()?;
     match &options.target {
@@ -268,16 +268,15 @@ async fn limit_command(
         "passing the signal on to the command"
     );
     kill_group(pid, forwarded);
-    let status = match tokio::time::timeout(GRACE, child.wait()).await {
-        Ok(status) => status,
-        Err(_) => {
-            tracing::warn!(
-                pid,
-                "command did not exit within 5s of the signal; killing it"
-            );
-            kill_group(pid, Signal::SIGKILL);
-            child.wait().await
-        }
+    let status = if let Ok(status) = tokio::time::timeout(GRACE, child.wait()).await {
+        status
+    } else {
+        tracing::warn!(
+            pid,
+            "command did not exit within 5s of the signal; killing it"
+        );
+        kill_group(pid, Signal::SIGKILL);
+        child.wait().await
     };
     Ok(exit_code(status))
 }

@@ -13,14 +13,14 @@
 //! - `bench`, `bench-probe` -> [`bench::exec`]: the bench crate's `sentinel-bench`, arguments
 //!   passed through
 
-pub mod bench;
-pub mod bundle;
-pub mod check_config;
-pub mod limit;
-pub mod profiles;
-pub mod run;
-pub mod setup;
-pub mod status;
+pub(crate) mod bench;
+pub(crate) mod bundle;
+pub(crate) mod check_config;
+pub(crate) mod limit;
+pub(crate) mod profiles;
+pub(crate) mod run;
+pub(crate) mod setup;
+pub(crate) mod status;
 
 use crate::cli::{self, Cli, Command, ConfigArgs, LogArgs};
 use crate::config::{Config, ConfigError};
@@ -29,7 +29,7 @@ use bench::BenchCommand;
 use std::process::ExitCode;
 
 /// Runs the command of `cli` (`run` when none is named) to its exit code.
-pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Run(args) => run::run(args).await,
         Command::Setup(args) => match args.from {

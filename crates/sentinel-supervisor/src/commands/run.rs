@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 /// The command line over `config`, with the profile resolved against `host`.
-pub fn options(config: Config, args: &RunArgs, host: &Host) -> Result<RunOptions, ConfigError> {
+pub(crate) fn options(
+    config: Config,
+    args: &RunArgs,
+    host: &Host,
+) -> Result<RunOptions, ConfigError> {
     let name = args.profile.as_deref().unwrap_or(&config.default_profile);
     let profile = profile::resolve(&config, name, host)?;
     let mut setup = super::setup::options(&config, &args.setup);
@@ -38,7 +42,7 @@ pub fn options(config: Config, args: &RunArgs, host: &Host) -> Result<RunOptions
     })
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = super::load_config(&args.setup.config)?;
     let host = Host::detect();
     let mut run_options = options(config, &args, &host)?;

@@ -153,7 +153,7 @@ mod tests {
             ..Default::default()
         };
         let limits = options(&config, &args).limits;
-        assert_eq!(limits.cpus.map(|c| c.get()), Some(1.5));
-        assert_eq!(limits.jobs.map(|j| j.get()), Some(3));
+        assert_eq!(limits.cpus.map(crate::units::Cores::get), Some(1.5));
+        assert_eq!(limits.jobs.map(std::num::NonZero::get), Some(3));
     }
 }

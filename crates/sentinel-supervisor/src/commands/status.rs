@@ -14,7 +14,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `status` is told: the command line over the configuration's `listen`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusOptions {
+pub(crate) struct StatusOptions {
     /// The supervisor's base URL (`http://127.0.0.1:8080`).
     pub url: String,
     pub json: bool,
@@ -22,7 +22,7 @@ pub struct StatusOptions {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum StatusError {
+pub(crate) enum StatusError {
     #[error("no supervisor at {url} (is it running? pass --url)")]
     NotListening { url: String },
     #[error("the supervisor at {url} did not answer within {TIMEOUT:?} (is it stopped, e.g. by SIGSTOP?)")]
@@ -45,13 +45,12 @@ pub enum StatusError {
 
 /// The command line over the configuration (loaded only when `--url` is not given).
 pub(crate) fn options(args: &StatusArgs) -> anyhow::Result<StatusOptions> {
-    let url = match &args.url {
-        Some(url) => url.trim_end_matches('/').to_string(),
-        None => {
-            let config = super::load_config(&args.config)?;
-            let health = crate::notify::health_url(config.listen);
-            health.trim_end_matches("/health").to_string()
-        }
+    let url = if let Some(url) = &args.url {
+        url.trim_end_matches('/').to_string()
+    } else {
+        let config = super::load_config(&args.config)?;
+        let health = crate::notify::health_url(config.listen);
+        health.trim_end_matches("/health").to_string()
     };
     Ok(StatusOptions {
         url,

@@ -36,13 +36,13 @@ impl<'a> Layers<'a> {
     }
 
     /// The first file over the built-in text (the user's main file), if any.
-    pub fn first_path(&self) -> Option<&'a Path> {
+    pub(crate) fn first_path(&self) -> Option<&'a Path> {
         self.files.first().map(|(path, _)| *path)
     }
 
     /// The last file that set the dotted `key` (the built-in text when none did; the last file
     /// for the top level, `""`).
-    pub fn file_of(&self, key: &str) -> String {
+    pub(crate) fn file_of(&self, key: &str) -> String {
         if key.is_empty() {
             if let Some((path, _)) = self.files.last() {
                 return path.display().to_string();

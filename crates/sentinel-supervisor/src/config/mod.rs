@@ -18,7 +18,7 @@ use crate::units::{Cores, Share};
 /// The shipped defaults, compiled in so the binary works from any directory.
 pub const BUILTIN: &str = include_str!("../../config.toml");
 /// How the built-in file is named in error messages.
-pub const BUILTIN_NAME: &str = "built-in config.toml";
+pub(crate) const BUILTIN_NAME: &str = "built-in config.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -300,7 +300,10 @@ impl Config {
     }
 
     /// [`Config::load`] with the drop-in directories given.
-    pub fn load_with(explicit: Option<&Path>, drop_in: &[PathBuf]) -> Result<Config, ConfigError> {
+    pub(crate) fn load_with(
+        explicit: Option<&Path>,
+        drop_in: &[PathBuf],
+    ) -> Result<Config, ConfigError> {
         let path = match explicit {
             Some(p) => Some(p.to_path_buf()),
             None => default_user_path().filter(|p| p.is_file()),
@@ -329,7 +332,7 @@ impl Config {
 
     /// Parses the built-in defaults with `layers` merged over them in order (the main file,
     /// then the drop-ins); an error names the last file that set the key.
-    pub fn from_files(layers: &[(&Path, &str)]) -> Result<Config, ConfigError> {
+    pub(crate) fn from_files(layers: &[(&Path, &str)]) -> Result<Config, ConfigError> {
         let layers = Layers::parse(BUILTIN_NAME, BUILTIN, layers)?;
         let mut config: Config = layers.deserialize()?;
         config.validate(&|key| layers.file_of(key))?;
@@ -337,12 +340,12 @@ impl Config {
         Ok(config)
     }
 
-    pub fn profile_names(&self) -> String {
+    pub(crate) fn profile_names(&self) -> String {
         self.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
     }
 
     /// The named profile's table, or a clear error listing the known ones.
-    pub fn profile(&self, name: &str) -> Result<&ProfileConfig, ConfigError> {
+    pub(crate) fn profile(&self, name: &str) -> Result<&ProfileConfig, ConfigError> {
         self.profiles
             .get(name)
             .ok_or_else(|| ConfigError::UnknownProfile {
@@ -352,7 +355,7 @@ impl Config {
     }
 
     /// Where setup keeps builds and models.
-    pub fn cache_dir(&self) -> PathBuf {
+    pub(crate) fn cache_dir(&self) -> PathBuf {
         self.backend
             .cache_dir
             .clone()
@@ -374,7 +377,7 @@ impl Config {
 /// The drop-in directories, merged after the main file in this order, each file in name
 /// order: `/etc/sentinel-supervisor/conf.d/` (what a fleet's MDM or Ansible drops), then
 /// `$XDG_CONFIG_HOME/sentinel-supervisor/conf.d/`.
-pub fn drop_in_dirs() -> Vec<PathBuf> {
+pub(crate) fn drop_in_dirs() -> Vec<PathBuf> {
     let mut dirs = vec![PathBuf::from("/etc/sentinel-supervisor/conf.d")];
     if let Some(d) = dirs::config_dir() {
         dirs.push(d.join("sentinel-supervisor").join("conf.d"));
@@ -383,7 +386,7 @@ pub fn drop_in_dirs() -> Vec<PathBuf> {
 }
 
 /// The `*.toml` files of each existing directory in `dirs`, in name order per directory.
-pub fn drop_in_files(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
+pub(crate) fn drop_in_files(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
     let mut files = Vec::new();
     for dir in dirs {
         let entries = match std::fs::read_dir(dir) {
@@ -407,14 +410,14 @@ pub fn drop_in_files(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
 }
 
 /// `$XDG_CONFIG_HOME/sentinel-supervisor/config.toml`.
-pub fn default_user_path() -> Option<PathBuf> {
+pub(crate) fn default_user_path() -> Option<PathBuf> {
     dirs::config_dir().map(|d| d.join("sentinel-supervisor").join("config.toml"))
 }
 
 /// The cache when `backend.cache_dir` is empty: `$CACHE_DIRECTORY` (set by systemd's
 /// `CacheDirectory=`; the first of its `:`-separated paths), else
 /// `$XDG_CACHE_HOME/sentinel-supervisor` (or `~/.cache/sentinel-supervisor`).
-pub fn default_cache_dir() -> PathBuf {
+pub(crate) fn default_cache_dir() -> PathBuf {
     cache_dir_from(std::env::var_os("CACHE_DIRECTORY"))
 }
 

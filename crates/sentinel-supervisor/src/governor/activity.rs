@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 /// A cheap, cloneable handle on the in-flight counter.
 #[derive(Clone, Debug)]
-pub struct Activity {
+pub(crate) struct Activity {
     tx: Arc<watch::Sender<usize>>,
 }
 
@@ -20,14 +20,14 @@ impl Default for Activity {
 }
 
 impl Activity {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let (tx, _rx) = watch::channel(0);
         Self { tx: Arc::new(tx) }
     }
 
     /// Marks one unit of work (a request's ticket, a model load, a warm-up) as started; it ends
     /// when the guard is dropped.
-    pub fn begin(&self) -> ActivityGuard {
+    pub(crate) fn begin(&self) -> ActivityGuard {
         self.tx.send_modify(|n| *n += 1);
         ActivityGuard {
             tx: Arc::clone(&self.tx),
@@ -35,19 +35,19 @@ impl Activity {
     }
 
     /// How many units of work are in flight now (`/status` `busy`).
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         *self.tx.borrow()
     }
 
     /// A receiver that wakes whenever the counter changes.
-    pub fn subscribe(&self) -> watch::Receiver<usize> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<usize> {
         self.tx.subscribe()
     }
 }
 
 /// Ends one unit of work on drop.
 #[derive(Debug)]
-pub struct ActivityGuard {
+pub(crate) struct ActivityGuard {
     tx: Arc<watch::Sender<usize>>,
 }
 

@@ -24,11 +24,11 @@ use crate::meter::SystemTimes;
 use std::time::{Duration, Instant};
 
 /// A window open this many window lengths is stale: started again rather than closed.
-pub const STALE_WINDOWS: u32 = 3;
+pub(crate) const STALE_WINDOWS: u32 = 3;
 
 /// One reading of the clocks the adaptive budget compares.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LoadReading {
+pub(crate) struct LoadReading {
     pub at: Instant,
     /// The child's CPU time so far.
     pub own_cpu: Duration,
@@ -38,7 +38,7 @@ pub struct LoadReading {
 
 /// What one closed window measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LoadSample {
+pub(crate) struct LoadSample {
     pub wall: Duration,
     /// Busy share of the whole machine (every online CPU), 0.0..=1.0.
     pub machine_busy: f64,
@@ -48,13 +48,13 @@ pub struct LoadSample {
 
 /// The adaptive budget's window of wall time, which survives the duty cycle's rests.
 #[derive(Clone, Debug)]
-pub struct LoadWindow {
+pub(crate) struct LoadWindow {
     window: Duration,
     start: Option<LoadReading>,
 }
 
 impl LoadWindow {
-    pub fn new(window: Duration) -> Self {
+    pub(crate) fn new(window: Duration) -> Self {
         Self {
             window,
             start: None,
@@ -63,20 +63,20 @@ impl LoadWindow {
 
     /// True when a reading at `now` would close the window or open one (so the caller reads
     /// the clocks only then, about once per window).
-    pub fn due(&self, now: Instant) -> bool {
+    pub(crate) fn due(&self, now: Instant) -> bool {
         self.start
             .map_or(true, |s| now.saturating_duration_since(s.at) >= self.window)
     }
 
     /// How long until [`Self::due`] (zero when it is).
-    pub fn until_due(&self, now: Instant) -> Duration {
+    pub(crate) fn until_due(&self, now: Instant) -> Duration {
         self.start.map_or(Duration::ZERO, |s| {
             (s.at + self.window).saturating_duration_since(now)
         })
     }
 
     /// Opens a window at `reading` unless one is open and fresh (call when throttling starts).
-    pub fn begin(&mut self, reading: LoadReading) {
+    pub(crate) fn begin(&mut self, reading: LoadReading) {
         let stale = self.start.map_or(true, |s| {
             reading.at.saturating_duration_since(s.at) > self.window * STALE_WINDOWS
         });
@@ -87,7 +87,7 @@ impl LoadWindow {
 
     /// Feeds a reading: closes the window when it has lasted its length (a stale one is
     /// restarted instead), returning what it measured, and opens the next at `reading`.
-    pub fn observe(&mut self, reading: LoadReading) -> Option<LoadSample> {
+    pub(crate) fn observe(&mut self, reading: LoadReading) -> Option<LoadSample> {
         let Some(start) = self.start else {
             self.start = Some(reading);
             return None;
@@ -111,7 +111,7 @@ impl LoadWindow {
 
 /// Settings of the adaptive budget.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AdaptiveParams {
+pub(crate) struct AdaptiveParams {
     /// The profile's budget in cores: the ceiling.
     pub base: f64,
     /// Total CPU to stay under, as a share of the cores this process may use (0.0..=1.0; on a
@@ -125,13 +125,13 @@ pub struct AdaptiveParams {
 
 /// The current adaptive budget.
 #[derive(Clone, Debug)]
-pub struct AdaptiveBudget {
+pub(crate) struct AdaptiveBudget {
     params: AdaptiveParams,
     current: f64,
 }
 
 impl AdaptiveBudget {
-    pub fn new(params: AdaptiveParams) -> Self {
+    pub(crate) fn new(params: AdaptiveParams) -> Self {
         let floor = params.floor.min(params.base).max(0.0);
         let params = AdaptiveParams { floor, ..params };
         Self {
@@ -141,14 +141,15 @@ impl AdaptiveBudget {
     }
 
     /// The budget in cores now.
-    pub fn current(&self) -> f64 {
+    #[cfg(test)]
+    pub(crate) fn current(&self) -> f64 {
         self.current
     }
 
     /// Updates the budget from one window's readings, all in cores: `machine_cores` (what every
     /// process on the machine ran, the child included), `own_cores` (what the child ran) and
     /// `capacity_cores` (what this process may use), over a window of `dt`.
-    pub fn update(
+    pub(crate) fn update(
         &mut self,
         machine_cores: f64,
         own_cores: f64,

@@ -61,7 +61,7 @@ pub enum Layout {
 }
 
 /// The leaf of a delegated subtree that holds the supervisor itself.
-pub const SUPERVISOR_LEAF: &str = "supervisor";
+pub(crate) const SUPERVISOR_LEAF: &str = "supervisor";
 
 impl CgroupSupport {
     /// The name of the group for `key`: a child's pid, or `<own pid>-<n>` for a group made
@@ -237,7 +237,7 @@ fn writable(path: &Path) -> bool {
 
 /// The CFS quota for `cpus` cores over `period`, both in microseconds, respecting the kernel's
 /// 1 ms minimum quota (the period grows instead when the budget is tiny).
-pub fn quota_for(cpus: f64, period: Duration) -> (u64, u64) {
+pub(crate) fn quota_for(cpus: f64, period: Duration) -> (u64, u64) {
     let mut period_us = (period.as_micros() as u64).clamp(1_000, 1_000_000);
     let mut quota_us = (cpus * period_us as f64).round() as u64;
     if quota_us < 1_000 {
@@ -270,26 +270,11 @@ impl CpuCgroup {
         Ok(group)
     }
 
-    /// Creates the group with no cap, only the scheduling weight of `priority`: under the
-    /// signal duty cycle the child must still compete with the user's processes as an idle or
-    /// background group, not with the normal weight of the session's autogroup or the
-    /// service's cgroup it would otherwise share (where its own `SCHED_IDLE` counts for
-    /// nothing against the user's other sessions).
-    pub fn for_priority(
-        support: &CgroupSupport,
-        pid: i32,
-        priority: Priority,
-    ) -> Result<Self, CgroupError> {
-        let group = Self::prepare(support, &pid.to_string(), None, priority)?;
-        group.adopt(pid)?;
-        Ok(group)
-    }
-
     /// Creates `sentinel-supervisor-<key>` with `budget` (cores per period; `None` = no cap)
     /// and the weight of `priority`, empty: a child enters it with [`CpuCgroup::adopt`], or
     /// before its first instruction with [`CpuCgroup::enter_on_exec`]. `key` starts with the
     /// pid whose death makes the group stale (see [`sweep_stale`]).
-    pub fn prepare(
+    pub(crate) fn prepare(
         support: &CgroupSupport,
         key: &str,
         budget: Option<(f64, Duration)>,
@@ -320,7 +305,7 @@ impl CpuCgroup {
 
     /// Moves `pid` (all its threads) into the group. What it started before stays where it
     /// is: a child that may start others enters with [`CpuCgroup::enter_on_exec`] instead.
-    pub fn adopt(&self, pid: i32) -> Result<(), CgroupError> {
+    pub(crate) fn adopt(&self, pid: i32) -> Result<(), CgroupError> {
         write(&self.path.join("cgroup.procs"), &pid.to_string())?;
         tracing::debug!(path = %self.path.display(), pid, "process moved into its cgroup");
         Ok(())
@@ -329,7 +314,7 @@ impl CpuCgroup {
     /// Makes the process `cmd` starts enter the group between its fork and its exec, so
     /// everything it ever starts (cmake's ninja, ninja's compilers) is born inside: moved after
     /// the spawn, a child that forks at once leaves its first children behind.
-    pub fn enter_on_exec(&self, cmd: &mut std::process::Command) -> Result<(), CgroupError> {
+    pub(crate) fn enter_on_exec(&self, cmd: &mut std::process::Command) -> Result<(), CgroupError> {
         use std::os::unix::process::CommandExt;
         let path = self.path.join("cgroup.procs");
         let procs = std::fs::OpenOptions::new()
@@ -354,12 +339,12 @@ impl CpuCgroup {
     }
 
     /// The interface in use.
-    pub fn version(&self) -> CgroupVersion {
+    pub(crate) fn version(&self) -> CgroupVersion {
         self.support.version
     }
 
     /// Sets the cap to `cpus` cores per `period`.
-    pub fn set_budget(&mut self, cpus: f64, period: Duration) -> Result<(), CgroupError> {
+    pub(crate) fn set_budget(&mut self, cpus: f64, period: Duration) -> Result<(), CgroupError> {
         let (quota, period_us) = quota_for(cpus, period);
         match self.support.version {
             CgroupVersion::V2 => write(&self.path.join("cpu.max"), &format!("{quota} {period_us}")),
@@ -382,7 +367,7 @@ impl CpuCgroup {
 
     /// Gives the group the scheduling weight of `priority` (see the module docs), so the group
     /// competes with the user's processes as its child does.
-    pub fn set_priority(&mut self, priority: Priority) -> Result<(), CgroupError> {
+    pub(crate) fn set_priority(&mut self, priority: Priority) -> Result<(), CgroupError> {
         let idle_file = self.path.join("cpu.idle");
         let has_idle = idle_file.exists();
         let idle = priority == Priority::Idle && has_idle;
@@ -400,7 +385,7 @@ impl CpuCgroup {
     }
 
     /// Moves every process back to the parent group and deletes the cgroup. Idempotent.
-    pub fn remove(&mut self) -> io::Result<()> {
+    pub(crate) fn remove(&mut self) -> io::Result<()> {
         if self.removed {
             return Ok(());
         }
@@ -451,7 +436,7 @@ fn weight_for(version: CgroupVersion, priority: Priority) -> (&'static str, &'st
 /// Removes empty `sentinel-supervisor-<pid>[-<n>]` (`backend-<pid>[-<n>]` in a delegated
 /// subtree) groups whose process is gone: what a supervisor killed with SIGKILL (no chance to run its drop)
 /// leaves behind.
-pub fn sweep_stale(support: &CgroupSupport) {
+pub(crate) fn sweep_stale(support: &CgroupSupport) {
     let Ok(entries) = std::fs::read_dir(&support.parent) else {
         return;
     };

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// How busy the whole machine was during a feedback window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Machine {
+pub(crate) enum Machine {
     /// Other processes left room: a shortfall of the child is the model's error.
     HasRoom,
     /// Every CPU was busy: a shortfall is other processes' doing, not the model's.
@@ -23,7 +23,7 @@ pub enum Machine {
 
 /// Tuning of the feedback loop (from the `[governor]` config section).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Feedback {
+pub(crate) struct Feedback {
     /// Wall time over which measured CPU is averaged before one correction step.
     pub window: Duration,
     /// Integral gain: correction change per unit of relative error per window.
@@ -45,7 +45,7 @@ const DEMAND_THRESHOLD: f64 = 0.6;
 
 /// Computes the run time per period for one child.
 #[derive(Clone, Debug)]
-pub struct DutyController {
+pub(crate) struct DutyController {
     cpus: f64,
     period: Duration,
     usable: f64,
@@ -60,7 +60,7 @@ pub struct DutyController {
 impl DutyController {
     /// A controller for a budget of `cpus` cores, a child that can keep `usable` CPUs busy
     /// (`min(threads, allowed cpus)`, at least 1) and a period.
-    pub fn new(cpus: f64, usable: usize, period: Duration, feedback: Feedback) -> Self {
+    pub(crate) fn new(cpus: f64, usable: usize, period: Duration, feedback: Feedback) -> Self {
         let max = feedback.max_correction.abs();
         Self {
             cpus: cpus.max(0.0),
@@ -75,37 +75,37 @@ impl DutyController {
     }
 
     /// The budget in cores.
-    pub fn cpus(&self) -> f64 {
+    pub(crate) fn cpus(&self) -> f64 {
         self.cpus
     }
 
     /// Changes the budget (adaptive mode) without losing the learned correction.
-    pub fn set_cpus(&mut self, cpus: f64) {
+    pub(crate) fn set_cpus(&mut self, cpus: f64) {
         self.cpus = cpus.max(0.0);
     }
 
     /// CPUs the child can keep busy, as the controller counts them.
-    pub fn usable(&self) -> f64 {
+    pub(crate) fn usable(&self) -> f64 {
         self.usable
     }
 
     /// Changes the number of CPUs the child can keep busy (its thread count changed).
-    pub fn set_usable(&mut self, usable: usize) {
+    pub(crate) fn set_usable(&mut self, usable: usize) {
         self.usable = usable.max(1) as f64;
     }
 
     /// The run fraction from the budget alone.
-    pub fn feed_forward(&self) -> f64 {
+    pub(crate) fn feed_forward(&self) -> f64 {
         self.cpus / self.usable
     }
 
     /// The current relative correction, within `+-max_correction`.
-    pub fn correction(&self) -> f64 {
+    pub(crate) fn correction(&self) -> f64 {
         self.correction
     }
 
     /// The share of each period the child may run, in `MIN_FRACTION..=1.0`.
-    pub fn fraction(&self) -> f64 {
+    pub(crate) fn fraction(&self) -> f64 {
         if self.unthrottled() {
             return 1.0;
         }
@@ -114,30 +114,38 @@ impl DutyController {
 
     /// True when the budget covers every CPU the child can keep busy: it cannot exceed the
     /// budget, so it is never stopped (whatever the correction says).
-    pub fn unthrottled(&self) -> bool {
+    pub(crate) fn unthrottled(&self) -> bool {
         self.feed_forward() >= 1.0 - 1e-9
     }
 
     /// The run time of the next period.
-    pub fn run_time(&self) -> Duration {
+    pub(crate) fn run_time(&self) -> Duration {
         self.period.mul_f64(self.fraction())
     }
 
     /// The period.
-    pub fn period(&self) -> Duration {
+    pub(crate) fn period(&self) -> Duration {
         self.period
     }
 
     /// Feeds one measurement: `cpu` used by the child during `wall` of throttling. Returns the
     /// measured cores when a feedback window closed.
-    pub fn observe(&mut self, wall: Duration, cpu: Duration) -> Option<f64> {
+    #[cfg(test)]
+    pub(crate) fn observe(&mut self, wall: Duration, cpu: Duration) -> Option<f64> {
         self.observe_on(wall, cpu, Machine::HasRoom)
     }
 
-    /// Like [`Self::observe`], telling how busy the machine was during the window: when it was
-    /// [`Machine::Saturated`] a shortfall is other processes' doing, not the model's, and the
-    /// correction is not raised (no wind-up that would overshoot once they stop).
-    pub fn observe_on(&mut self, wall: Duration, cpu: Duration, machine: Machine) -> Option<f64> {
+    /// Feeds one measurement (`cpu` used by the child during `wall` of throttling), telling how
+    /// busy the machine was during the window: when it was [`Machine::Saturated`] a shortfall
+    /// is other processes' doing, not the model's, and the correction is not raised (no
+    /// wind-up that would overshoot once they stop). Returns the measured cores when a feedback
+    /// window closed.
+    pub(crate) fn observe_on(
+        &mut self,
+        wall: Duration,
+        cpu: Duration,
+        machine: Machine,
+    ) -> Option<f64> {
         self.window_allowed += self.fraction() * wall.as_secs_f64();
         self.window_wall += wall;
         self.window_cpu += cpu;
@@ -162,12 +170,12 @@ impl DutyController {
     }
 
     /// Throttled wall time gathered in the current (partial) window.
-    pub fn window_wall(&self) -> Duration {
+    pub(crate) fn window_wall(&self) -> Duration {
         self.window_wall
     }
 
     /// Forgets a partial window (call when throttling pauses, so rest time is not averaged in).
-    pub fn reset_window(&mut self) {
+    pub(crate) fn reset_window(&mut self) {
         self.window_wall = Duration::ZERO;
         self.window_cpu = Duration::ZERO;
         self.window_allowed = 0.0;

@@ -24,7 +24,7 @@ use super::Activity;
 use crate::host::Host;
 use crate::meter::SystemTimes;
 use readings::store;
-pub use readings::{LimiterReadings, LimiterSnapshot, StoppedTime};
+pub(crate) use readings::{LimiterReadings, LimiterSnapshot, StoppedTime};
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ use tokio::sync::watch;
 
 /// What the limiter needs to know.
 #[derive(Clone, Debug)]
-pub struct LimiterParams {
+pub(crate) struct LimiterParams {
     /// Budget in cores.
     pub cpus: f64,
     /// CPUs the child can keep busy: `min(threads, allowed cpus)`; `None` follows the child's
@@ -54,7 +54,7 @@ pub struct LimiterParams {
 
 /// A running duty-cycle limiter; stopping or dropping it continues the child.
 #[derive(Debug)]
-pub struct SignalLimiter {
+pub(crate) struct SignalLimiter {
     stop_tx: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
     target: Arc<PinnedPid>,
@@ -63,7 +63,7 @@ pub struct SignalLimiter {
 
 impl SignalLimiter {
     /// Starts the limiter thread on `target`.
-    pub fn start(
+    pub(crate) fn start(
         target: PinnedPid,
         params: LimiterParams,
         activity: &Activity,
@@ -111,7 +111,7 @@ impl SignalLimiter {
                     match lp.run() {
                         Ok(()) => tracing::debug!(pid = target.pid(), "duty-cycle limiter ended"),
                         Err(err) if is_gone(&err) => {
-                            tracing::info!(pid = target.pid(), "limited process is gone")
+                            tracing::info!(pid = target.pid(), "limited process is gone");
                         }
                         Err(err) => tracing::warn!(
                             pid = target.pid(),
@@ -132,17 +132,17 @@ impl SignalLimiter {
     }
 
     /// The current readings.
-    pub fn snapshot(&self) -> LimiterSnapshot {
+    pub(crate) fn snapshot(&self) -> LimiterSnapshot {
         self.readings.snapshot()
     }
 
     /// The live readings, shared with the thread that updates them.
-    pub fn readings(&self) -> Arc<LimiterReadings> {
+    pub(crate) fn readings(&self) -> Arc<LimiterReadings> {
         Arc::clone(&self.readings)
     }
 
     /// Ends the thread and continues the child. Idempotent.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.stop_tx.send_replace(true);
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {

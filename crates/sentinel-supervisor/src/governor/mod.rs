@@ -16,25 +16,28 @@
 //!   [`Activity`]) or [`cgroup`] (kernel cap), see [`handle`] for how `auto` picks;
 //! - [`snapshot`] publishes what the governor does, over its own window, for `/status`.
 
-pub mod activity;
-pub mod adaptive;
+pub(crate) mod activity;
+pub(crate) mod adaptive;
 pub mod cgroup;
-pub mod controller;
-pub mod duty_cycle;
-pub mod handle;
-pub mod pinned;
-pub mod priority;
-pub mod settings;
-pub mod snapshot;
-pub mod threads;
-pub mod usage;
+pub(crate) mod controller;
+pub(crate) mod duty_cycle;
+pub(crate) mod handle;
+pub(crate) mod pinned;
+pub(crate) mod priority;
+pub(crate) mod settings;
+pub(crate) mod snapshot;
+pub(crate) mod threads;
+pub(crate) mod usage;
 
-pub use activity::{Activity, ActivityGuard};
-pub use duty_cycle::StoppedTime;
-pub use handle::{Governor, GovernorError, GovernorHandle, Prepared};
-pub use priority::{apply_to_current_process, Priority};
-pub use settings::{GovernorConfig, GovernorSettings, Method};
-pub use snapshot::{GovernorSnapshot, GovernorState, SnapshotSender};
+pub(crate) use activity::{Activity, ActivityGuard};
+pub(crate) use duty_cycle::StoppedTime;
+pub(crate) use handle::{Governor, GovernorError, GovernorHandle, Prepared};
+pub(crate) use priority::apply_to_current_process;
+pub use priority::Priority;
+pub use settings::Method;
+pub(crate) use settings::{GovernorConfig, GovernorSettings};
+pub(crate) use snapshot::SnapshotSender;
+pub use snapshot::{GovernorSnapshot, GovernorState};
 
 /// Threads for llama-server under a budget of `cpus` cores: one per started core (1.0 -> 1,
 /// 1.5 -> 2), never more than the CPUs the process may use, at least 1. `None` (unlimited) uses

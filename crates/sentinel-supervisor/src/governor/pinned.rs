@@ -10,7 +10,7 @@ use std::io;
 
 /// A process (group) the governor may stop and continue.
 #[derive(Debug)]
-pub struct PinnedPid {
+pub(crate) struct PinnedPid {
     pid: i32,
     group: bool,
     #[cfg(target_os = "linux")]
@@ -19,7 +19,7 @@ pub struct PinnedPid {
 
 /// Why a process cannot be limited.
 #[derive(Debug, thiserror::Error)]
-pub enum PinnedPidError {
+pub(crate) enum PinnedPidError {
     #[error("no process with pid {pid} (check the pid with `ps -p {pid}`)")]
     NoSuchProcess { pid: i32 },
     #[error("not allowed to signal pid {pid} (run as the process owner or as root)")]
@@ -32,7 +32,7 @@ pub enum PinnedPidError {
 
 impl PinnedPid {
     /// Pins `pid`. Fails when it does not exist or may not be signalled.
-    pub fn open(pid: i32) -> Result<Self, PinnedPidError> {
+    pub(crate) fn open(pid: i32) -> Result<Self, PinnedPidError> {
         if pid <= 1 {
             return Err(PinnedPidError::InvalidPid { pid });
         }
@@ -56,27 +56,27 @@ impl PinnedPid {
     }
 
     /// The process id.
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.pid
     }
 
     /// True when the whole process group is signalled.
-    pub fn is_group(&self) -> bool {
+    pub(crate) fn is_group(&self) -> bool {
         self.group
     }
 
     /// Stops the process (group). `ESRCH` means it is gone.
-    pub fn stop(&self) -> io::Result<()> {
+    pub(crate) fn stop(&self) -> io::Result<()> {
         self.signal(libc::SIGSTOP)
     }
 
     /// Continues the process (group).
-    pub fn resume(&self) -> io::Result<()> {
+    pub(crate) fn resume(&self) -> io::Result<()> {
         self.signal(libc::SIGCONT)
     }
 
     /// Sends `sig` to the pinned process, then to its group when it leads one.
-    pub fn signal(&self, sig: i32) -> io::Result<()> {
+    pub(crate) fn signal(&self, sig: i32) -> io::Result<()> {
         // For a group, the pidfd only proves the leader is alive (signal 0): the group kill
         // reaches the leader too, and signalling it twice would double the kernel's work.
         self.signal_leader(if self.group { 0 } else { sig })?;
@@ -116,7 +116,7 @@ fn kill_checked(pid: i32, sig: i32) -> io::Result<()> {
 }
 
 /// True when an error means the process no longer exists.
-pub fn is_gone(err: &io::Error) -> bool {
+pub(crate) fn is_gone(err: &io::Error) -> bool {
     err.raw_os_error() == Some(libc::ESRCH)
 }
 
@@ -127,7 +127,7 @@ mod linux {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
     /// Opens a pidfd; `Ok(None)` on kernels without pidfd support (before 5.3).
-    pub fn pidfd_open(pid: i32) -> io::Result<Option<OwnedFd>> {
+    pub(super) fn pidfd_open(pid: i32) -> io::Result<Option<OwnedFd>> {
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
         if fd < 0 {
@@ -141,7 +141,7 @@ mod linux {
         Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
     }
 
-    pub fn pidfd_send_signal(fd: &OwnedFd, sig: i32) -> io::Result<()> {
+    pub(super) fn pidfd_send_signal(fd: &OwnedFd, sig: i32) -> io::Result<()> {
         // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
         let rc = unsafe {
             libc::syscall(

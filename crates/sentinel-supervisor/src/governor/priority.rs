@@ -36,21 +36,21 @@ impl std::fmt::Display for Priority {
 /// Async-signal-safe (plain syscalls, no allocation, no locks): meant for `pre_exec` of the
 /// child spawn, where the forked process is single-threaded, so the per-thread Linux calls
 /// cover the whole future program.
-pub fn apply_to_current_process(priority: Priority) -> io::Result<()> {
+pub(crate) fn apply_to_current_process(priority: Priority) -> io::Result<()> {
     imp::apply(priority)
 }
 
 /// Applies `priority` to every thread of the running process `pid` (a reload's priority
 /// change). Lowering works unprivileged; raising (e.g. `background` -> `normal`) needs
 /// `CAP_SYS_NICE` and fails with `EPERM` otherwise.
-pub fn apply_to_process_threads(pid: i32, priority: Priority) -> io::Result<()> {
+pub(crate) fn apply_to_process_threads(pid: i32, priority: Priority) -> io::Result<()> {
     imp::apply_to_threads(pid, priority)
 }
 
 /// Gives the calling thread a real-time priority where allowed (else the highest nice it may
 /// take; on macOS the user-interactive QoS class). For a thread that sleeps between deadlines
 /// and must wake on time (the duty cycle's): it costs nothing while it sleeps.
-pub fn raise_current_thread() {
+pub(crate) fn raise_current_thread() {
     imp::raise_thread();
 }
 
@@ -59,7 +59,7 @@ mod imp {
     use super::Priority;
     use std::io;
 
-    pub fn apply_to_threads(pid: i32, priority: Priority) -> io::Result<()> {
+    pub(super) fn apply_to_threads(pid: i32, priority: Priority) -> io::Result<()> {
         let threads = crate::meter::thread_run_times(pid).ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, format!("process {pid} is gone"))
         })?;
@@ -83,7 +83,7 @@ mod imp {
         Ok(())
     }
 
-    pub fn apply(priority: Priority) -> io::Result<()> {
+    pub(super) fn apply(priority: Priority) -> io::Result<()> {
         match priority {
             Priority::Normal => Ok(()),
             Priority::Background => nice_19(),
@@ -99,7 +99,7 @@ mod imp {
         }
     }
 
-    pub fn raise_thread() {
+    pub(super) fn raise_thread() {
         // nix wraps neither sched_setscheduler nor setpriority.
         let param = libc::sched_param { sched_priority: 10 };
         // SAFETY: `param` is a valid sched_param that outlives the call; pid 0 is this thread.
@@ -128,7 +128,7 @@ mod imp {
     use super::Priority;
     use std::io;
 
-    pub fn apply_to_threads(pid: i32, priority: Priority) -> io::Result<()> {
+    pub(super) fn apply_to_threads(pid: i32, priority: Priority) -> io::Result<()> {
         let value = if priority == Priority::Normal {
             0
         } else {
@@ -141,14 +141,14 @@ mod imp {
         Ok(())
     }
 
-    pub fn raise_thread() {
+    pub(super) fn raise_thread() {
         // SAFETY: sets the calling thread's QoS class from a constant; no pointers involved.
         unsafe {
             libc::pthread_set_qos_class_self_np(libc::qos_class_t::QOS_CLASS_USER_INTERACTIVE, 0);
         }
     }
 
-    pub fn apply(priority: Priority) -> io::Result<()> {
+    pub(super) fn apply(priority: Priority) -> io::Result<()> {
         if priority == Priority::Normal {
             return Ok(());
         }

@@ -64,7 +64,7 @@ pub struct GovernorConfig {
 
 impl GovernorConfig {
     /// The feedback tuning of the duty controller.
-    pub fn feedback(&self) -> Feedback {
+    pub(crate) fn feedback(&self) -> Feedback {
         Feedback {
             window: self.feedback_window,
             gain: self.feedback_gain,
@@ -74,7 +74,7 @@ impl GovernorConfig {
     }
 
     /// Checks ranges; the message names the key to fix.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         if !period_in_range(self.period) {
             return Err("governor.period must be between 1ms and 1s (20ms is a good value)".into());
@@ -114,7 +114,7 @@ impl GovernorConfig {
     /// Checks a profile's own duty-cycle period (`profiles.NAME.period`): within 1 ms..1 s and
     /// at most a fifth of `governor.feedback_window`. The message says what to write; the
     /// caller names the key and the file.
-    pub fn check_profile_period(&self, period: Duration) -> Result<(), String> {
+    pub(crate) fn check_profile_period(&self, period: Duration) -> Result<(), String> {
         if !period_in_range(period) {
             return Err(format!(
                 "{period:?} is out of range; use 1ms to 1s (2ms-20ms are good values)"
@@ -138,7 +138,7 @@ fn period_in_range(period: Duration) -> bool {
 
 /// What one launch of the backend asks of the governor (resolved from the profile).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct GovernorSettings {
+pub(crate) struct GovernorSettings {
     /// The budget in cores; `None` = unlimited.
     pub cpus: Option<Cores>,
     /// Threads the child keeps busy (llama-server's `--threads`); `None` follows the child's

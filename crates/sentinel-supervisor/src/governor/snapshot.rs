@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 /// Where the governor publishes: `None` while no governor runs (between launches, or when it
 /// could not start).
-pub type SnapshotSender = watch::Sender<Option<GovernorSnapshot>>;
+pub(crate) type SnapshotSender = watch::Sender<Option<GovernorSnapshot>>;
 
 /// What the governor is doing with the child.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,7 +105,7 @@ impl Source {
 }
 
 /// How often per window the thread looks for changed readings.
-pub const TICKS_PER_WINDOW: u32 = 4;
+pub(crate) const TICKS_PER_WINDOW: u32 = 4;
 
 /// The publishing thread of one governor; [`Publisher::stop`] (or drop) ends it and publishes
 /// a last snapshot in state `stopped`.

@@ -13,7 +13,7 @@ use super::{Activity, ActivityGuard};
 use std::time::{Duration, Instant};
 
 /// How long the target must stay (almost) idle before the limiter rests.
-pub const IDLE_WINDOW: Duration = Duration::from_secs(1);
+pub(crate) const IDLE_WINDOW: Duration = Duration::from_secs(1);
 /// Idle means using less than this share of a core over [`IDLE_WINDOW`] (what the stops and
 /// continues themselves cost a many-threaded program stays below it) ...
 const IDLE_SHARE: f64 = 0.05;
@@ -30,7 +30,7 @@ const MAX_POLL: Duration = Duration::from_millis(20);
 
 /// Whether the limiter should throttle, from the target's cumulative CPU time.
 #[derive(Debug)]
-pub struct UsageGate {
+pub(crate) struct UsageGate {
     poll: Duration,
     idle_max: Duration,
     active: bool,
@@ -42,7 +42,7 @@ impl UsageGate {
     /// A gate for a budget of `cpus` cores and the limiter's `period` (it polls once per period
     /// while resting, at most [`MAX_POLL`] apart); it starts active (the budget holds from the
     /// first period) with the target's CPU time `cpu` at `now`.
-    pub fn new(cpus: f64, period: Duration, now: Instant, cpu: Duration) -> Self {
+    pub(crate) fn new(cpus: f64, period: Duration, now: Instant, cpu: Duration) -> Self {
         let idle_share = IDLE_SHARE.min(cpus * IDLE_BUDGET_PART);
         Self {
             poll: period.min(MAX_POLL),
@@ -53,13 +53,13 @@ impl UsageGate {
     }
 
     /// True while the limiter should throttle.
-    pub fn active(&self) -> bool {
+    pub(crate) fn active(&self) -> bool {
         self.active
     }
 
     /// How long to wait before the next [`observe`](Self::observe): one poll interval while
     /// resting (to notice work quickly), the idle window while throttling.
-    pub fn next_check(&self) -> Duration {
+    pub(crate) fn next_check(&self) -> Duration {
         if self.active {
             IDLE_WINDOW
         } else {
@@ -69,7 +69,7 @@ impl UsageGate {
 
     /// Takes a reading of the target's cumulative CPU time; returns the new state when it
     /// changed (`Some(true)`: throttle, `Some(false)`: rest).
-    pub fn observe(&mut self, now: Instant, cpu: Duration) -> Option<bool> {
+    pub(crate) fn observe(&mut self, now: Instant, cpu: Duration) -> Option<bool> {
         let (t0, cpu0) = self.since;
         let wall = now.saturating_duration_since(t0);
         let used = cpu.saturating_sub(cpu0);
@@ -101,7 +101,7 @@ impl UsageGate {
 /// Follows `pid`'s CPU time and holds an activity mark on `activity` while it works (see
 /// [`UsageGate`]), starting with `first`, taken by the caller so that the budget holds from the
 /// first period; returns when the target is gone.
-pub async fn follow(
+pub(crate) async fn follow(
     pid: i32,
     cpus: f64,
     period: Duration,

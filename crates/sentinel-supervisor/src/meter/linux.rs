@@ -158,7 +158,7 @@ pub fn thread_run_times(pid: i32) -> Option<Vec<(i32, Duration)>> {
 /// summed over its live threads (`/proc/<pid>/task/*/schedstat`, second field): what a process
 /// at background or idle priority loses to other work. `None` when the process is gone or the
 /// kernel keeps no scheduler statistics.
-pub fn run_queue_wait(pid: i32) -> Option<Duration> {
+pub(crate) fn run_queue_wait(pid: i32) -> Option<Duration> {
     let waits: Vec<u64> = thread_schedstats(pid)?.map(|(_, [_, wait])| wait).collect();
     (!waits.is_empty()).then(|| Duration::from_nanos(waits.iter().sum()))
 }
@@ -181,14 +181,14 @@ pub fn peak_rss_bytes(pid: i32) -> Option<u64> {
 }
 
 /// Current resident set size of one process (`VmRSS`), in bytes.
-pub fn rss_bytes(pid: i32) -> Option<u64> {
+pub(crate) fn rss_bytes(pid: i32) -> Option<u64> {
     procfs::status_number(&procfs::status(pid)?, "VmRSS:").map(|k| k * 1024)
 }
 
 /// Whether a SIGKILL is pending for a process (`SigPnd`/`ShdPnd` of `/proc/<pid>/status`): it
 /// is dying, though it has not run yet to exit (at idle priority on a busy machine that may take
 /// a while).
-pub fn kill_pending(pid: i32) -> bool {
+pub(crate) fn kill_pending(pid: i32) -> bool {
     let Some(status) = procfs::status(pid) else {
         return false;
     };
@@ -203,7 +203,7 @@ pub fn kill_pending(pid: i32) -> bool {
 
 /// The OOM-kill counter of the memory cgroup `pid` is in: cgroup v2 `memory.events` or v1
 /// `memory.oom_control` (key `oom_kill`). `None` without a memory controller or such a key.
-pub fn oom_counter(pid: i32) -> Option<super::OomCounter> {
+pub(crate) fn oom_counter(pid: i32) -> Option<super::OomCounter> {
     let (file, kills) = memory_event_files(&procfs::cgroups(pid)?)
         .into_iter()
         .find_map(|file| read_oom_kills(&file).map(|k| (file, k)))?;
@@ -211,7 +211,7 @@ pub fn oom_counter(pid: i32) -> Option<super::OomCounter> {
 }
 
 /// The `oom_kill` count in a `memory.events` or `memory.oom_control` file.
-pub fn read_oom_kills(file: &std::path::Path) -> Option<u64> {
+pub(crate) fn read_oom_kills(file: &std::path::Path) -> Option<u64> {
     let text = std::fs::read_to_string(file).ok()?;
     super::parse_flat_key(&text, "oom_kill")
 }

@@ -10,7 +10,9 @@ use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 static SYSTEM: Mutex<Option<System>> = Mutex::new(None);
 
 fn with_system<T>(f: impl FnOnce(&mut System) -> T) -> T {
-    let mut guard = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
+    let mut guard = SYSTEM
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     f(guard.get_or_insert_with(System::new))
 }
 
@@ -21,9 +23,11 @@ pub fn system_times(_online_cpus: usize) -> std::io::Result<SystemTimes> {
     static LAST: Mutex<(u64, u64)> = Mutex::new((0, 0));
     let usage = with_system(|s| {
         s.refresh_cpu_usage();
-        s.global_cpu_usage() as f64 / 100.0
+        f64::from(s.global_cpu_usage()) / 100.0
     });
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     last.1 += 1000;
     last.0 += (usage * 1000.0) as u64;
     Ok(SystemTimes {
@@ -87,7 +91,7 @@ pub fn process_state(pid: i32) -> Option<char> {
     refresh(pid).map(|r| r.2)
 }
 
-pub fn rss_bytes(pid: i32) -> Option<u64> {
+pub(crate) fn rss_bytes(pid: i32) -> Option<u64> {
     refresh(pid).map(|r| r.1)
 }
 
@@ -107,21 +111,21 @@ pub fn thread_run_times(_pid: i32) -> Option<Vec<(i32, Duration)>> {
 }
 
 /// Not known on this platform (no per-thread run-queue statistics).
-pub fn run_queue_wait(_pid: i32) -> Option<Duration> {
+pub(crate) fn run_queue_wait(_pid: i32) -> Option<Duration> {
     None
 }
 
 /// Not known on this platform: a killed process is seen once it has exited.
-pub fn kill_pending(_pid: i32) -> bool {
+pub(crate) fn kill_pending(_pid: i32) -> bool {
     false
 }
 
 /// No memory cgroups on macOS.
-pub fn oom_counter(_pid: i32) -> Option<super::OomCounter> {
+pub(crate) fn oom_counter(_pid: i32) -> Option<super::OomCounter> {
     None
 }
 
 /// No memory cgroups on macOS.
-pub fn read_oom_kills(_file: &std::path::Path) -> Option<u64> {
+pub(crate) fn read_oom_kills(_file: &std::path::Path) -> Option<u64> {
     None
 }

@@ -14,24 +14,26 @@ use std::time::Duration;
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
+pub(crate) use linux::{kill_pending, oom_counter, read_oom_kills, rss_bytes, run_queue_wait};
+#[cfg(target_os = "linux")]
 pub use linux::{
-    kill_pending, oom_counter, peak_rss_bytes, process_cpu, process_state, read_oom_kills,
-    rss_bytes, run_queue_wait, system_source, system_times, system_times_from, thread_count,
-    thread_run_times, tree_usage,
+    peak_rss_bytes, process_cpu, process_state, system_source, system_times, system_times_from,
+    thread_count, thread_run_times, tree_usage,
 };
 
 #[cfg(target_os = "macos")]
 mod macos;
 #[cfg(target_os = "macos")]
+pub(crate) use macos::{kill_pending, oom_counter, read_oom_kills, rss_bytes, run_queue_wait};
+#[cfg(target_os = "macos")]
 pub use macos::{
-    kill_pending, oom_counter, peak_rss_bytes, process_cpu, process_state, read_oom_kills,
-    rss_bytes, run_queue_wait, system_source, system_times, system_times_from, thread_count,
-    thread_run_times, tree_usage,
+    peak_rss_bytes, process_cpu, process_state, system_source, system_times, system_times_from,
+    thread_count, thread_run_times, tree_usage,
 };
 
 /// A memory cgroup's count of processes the kernel's OOM killer killed, and where it was read.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OomCounter {
+pub(crate) struct OomCounter {
     pub file: std::path::PathBuf,
     pub kills: u64,
 }
@@ -91,7 +93,8 @@ impl SystemSource {
 }
 
 /// Parses the aggregate `cpu` line of `/proc/stat` (counters in ticks of `ns_per_tick`).
-pub fn parse_proc_stat(stat: &str, ns_per_tick: u64) -> Option<SystemTimes> {
+#[cfg(any(target_os = "linux", test))]
+pub(crate) fn parse_proc_stat(stat: &str, ns_per_tick: u64) -> Option<SystemTimes> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let fields: Vec<u64> = line
         .split_whitespace()

@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 /// The `route` of a request that matched no route (one label value for every unknown path).
-pub const UNMATCHED: &str = "unmatched";
+pub(crate) const UNMATCHED: &str = "unmatched";
 
 /// Routes whose answers carry generated tokens (read for token counts and time to first token).
 fn generates(route: &str) -> bool {
@@ -30,7 +30,11 @@ fn generates(route: &str) -> bool {
 }
 
 /// The middleware (`axum::middleware::from_fn_with_state(metrics, track)` on the router).
-pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+pub(crate) async fn track(
+    State(metrics): State<Arc<Metrics>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let route = req
         .extensions()
@@ -120,7 +124,7 @@ impl http_body::Body for Tracked {
                     }
                 }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish(),
+            Poll::Ready(None | Some(Err(_))) => this.finish(),
             Poll::Pending => {}
         }
         polled

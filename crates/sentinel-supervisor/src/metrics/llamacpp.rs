@@ -17,10 +17,10 @@ use prometheus_client::metrics::MetricType;
 use std::collections::HashMap;
 
 /// Every re-exported name starts with this.
-pub const PREFIX: &str = "sentinel_backend_llamacpp_";
+pub(crate) const PREFIX: &str = "sentinel_backend_llamacpp_";
 
 #[derive(Debug, thiserror::Error)]
-pub enum ScrapeError {
+pub(crate) enum ScrapeError {
     #[error("cannot read llama-server's metrics at {url}: {source}")]
     Request { url: String, source: reqwest::Error },
     #[error("llama-server's metrics at {url} answered {status} (it serves them only when started with --metrics)")]
@@ -31,7 +31,7 @@ pub enum ScrapeError {
 }
 
 /// Reads and renames the backend's metrics (the client carries the timeout).
-pub async fn scrape(
+pub(crate) async fn scrape(
     client: &reqwest::Client,
     backend: &BackendInfo,
 ) -> Result<Families, ScrapeError> {
@@ -77,11 +77,12 @@ struct Family {
 
 /// The renamed metrics of one scrape, written by the registry of that scrape.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Families(Vec<Family>);
+pub(crate) struct Families(Vec<Family>);
 
 impl Families {
     /// The names as they will be exposed.
-    pub fn exposed_names(&self) -> Vec<String> {
+    #[cfg(test)]
+    pub(crate) fn exposed_names(&self) -> Vec<String> {
         self.0
             .iter()
             .map(|f| match f.kind {
@@ -187,7 +188,7 @@ fn declared_kind<'a>(kinds: &HashMap<&str, &'a str>, sample: &str) -> &'a str {
 }
 
 /// Reads a text exposition and renames what it re-exports.
-pub fn parse(text: &str) -> Families {
+pub(crate) fn parse(text: &str) -> Families {
     let mut help: HashMap<&str, String> = HashMap::new();
     let mut kinds: HashMap<&str, &str> = HashMap::new();
     let mut samples: Vec<(&str, Labels, f64)> = Vec::new();

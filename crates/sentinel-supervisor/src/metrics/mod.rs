@@ -15,13 +15,13 @@
 //! Names follow Prometheus conventions: every name starts with `sentinel_`, counters end in
 //! `_total`, base units are in the name (`_seconds`, `_bytes`, `_cores`, `_ratio`).
 
-pub mod fleet;
-pub mod http;
+pub(crate) mod fleet;
+pub(crate) mod http;
 mod live;
-pub mod llamacpp;
-pub mod sampler;
+pub(crate) mod llamacpp;
+pub(crate) mod sampler;
 pub mod slo;
-pub mod textfile;
+pub(crate) mod textfile;
 pub mod tokens;
 
 use crate::status::StatusReport;
@@ -34,10 +34,10 @@ use prometheus_client::registry::Registry;
 use slo::Slo;
 use std::time::Duration;
 
-pub use tokens::Tokens;
+pub(crate) use tokens::Tokens;
 
 /// The `Content-Type` of a scrape.
-pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// How long a scrape waits for llama-server's own `/metrics`.
 const LLAMACPP_TIMEOUT: Duration = Duration::from_millis(500);
@@ -53,7 +53,7 @@ const TTFT_BUCKETS: [f64; 11] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0,
 
 /// Why the lifecycle restarted the backend: the `reason` of `sentinel_backend_restarts_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RestartReason {
+pub(crate) enum RestartReason {
     /// It exited by itself with an exit code.
     ExitCode,
     /// A signal killed it (`kill -9`, the OOM killer, a crash).
@@ -67,7 +67,7 @@ pub enum RestartReason {
 }
 
 impl RestartReason {
-    pub const ALL: [RestartReason; 5] = [
+    pub(crate) const ALL: [RestartReason; 5] = [
         RestartReason::ExitCode,
         RestartReason::Signal,
         RestartReason::Hang,
@@ -75,7 +75,7 @@ impl RestartReason {
         RestartReason::SpawnFailure,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RestartReason::ExitCode => "exit_code",
             RestartReason::Signal => "signal",
@@ -86,7 +86,7 @@ impl RestartReason {
     }
 
     /// How a process that ended by itself ended: killed by a signal, or with an exit code.
-    pub fn exited(status: std::process::ExitStatus) -> RestartReason {
+    pub(crate) fn exited(status: std::process::ExitStatus) -> RestartReason {
         use std::os::unix::process::ExitStatusExt;
         if status.signal().is_some() {
             RestartReason::Signal
@@ -128,7 +128,7 @@ impl prometheus_client::metrics::family::MetricConstructor<Histogram> for Bucket
 /// The supervisor's metrics: the registry of event counters, shared by the lifecycle, the HTTP
 /// layer and the SLO sampler, and what a scrape needs to read the rest.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     restarts: Family<ReasonLabel, Counter>,
     requests: Family<RequestLabels, Counter>,
@@ -158,7 +158,11 @@ pub struct Metrics {
 impl Metrics {
     /// The registry, with the SLO bands taken from `[slo]` (the idle, active-mean and active-p99
     /// limits on system CPU).
-    pub fn new(slo: &Slo, online_cpus: usize, throttled: crate::governor::StoppedTime) -> Metrics {
+    pub(crate) fn new(
+        slo: &Slo,
+        online_cpus: usize,
+        throttled: crate::governor::StoppedTime,
+    ) -> Metrics {
         let mut registry = Registry::default();
         let restarts = register_restarts(&mut registry);
         let (requests, duration, ttft, rejections) = register_requests(&mut registry);
@@ -192,17 +196,17 @@ impl Metrics {
     }
 
     /// Counts a request remembered as poison.
-    pub fn request_poisoned(&self) {
+    pub(crate) fn request_poisoned(&self) {
         self.poisoned.inc();
     }
 
     /// Counts a request refused as identical to a poison request.
-    pub fn poison_refused(&self) {
+    pub(crate) fn poison_refused(&self) {
         self.poison_refusals.inc();
     }
 
     /// The fleet labels (`labels = {site = ..., group = ...}`) `sentinel_host_info` carries.
-    pub fn with_host_labels(
+    pub(crate) fn with_host_labels(
         mut self,
         labels: &std::collections::BTreeMap<String, String>,
     ) -> Metrics {
@@ -211,7 +215,7 @@ impl Metrics {
     }
 
     /// Counts one restart of the backend (the lifecycle calls it when it decides to restart).
-    pub fn backend_restarted(&self, reason: RestartReason) {
+    pub(crate) fn backend_restarted(&self, reason: RestartReason) {
         self.restarts
             .get_or_create(&ReasonLabel {
                 reason: reason.as_str(),
@@ -220,7 +224,8 @@ impl Metrics {
     }
 
     /// Restarts counted so far for `reason`.
-    pub fn restarts(&self, reason: RestartReason) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn restarts(&self, reason: RestartReason) -> u64 {
         self.restarts
             .get_or_create(&ReasonLabel {
                 reason: reason.as_str(),
@@ -229,7 +234,7 @@ impl Metrics {
     }
 
     /// Token totals since start, as `/metrics` counts them (`/status` reads them here).
-    pub fn tokens(&self) -> crate::status::TokenTotals {
+    pub(crate) fn tokens(&self) -> crate::status::TokenTotals {
         crate::status::TokenTotals {
             prompt: self.prompt_tokens.get(),
             cached: self.cached_tokens.get(),
@@ -245,7 +250,11 @@ impl Metrics {
 
     /// One scrape: the event counters, the readings now (from `report` and `backend`, the
     /// lifecycle's running backend), and llama-server's own metrics when it answers in time.
-    pub async fn render(&self, report: &StatusReport, backend: Option<&BackendInfo>) -> String {
+    pub(crate) async fn render(
+        &self,
+        report: &StatusReport,
+        backend: Option<&BackendInfo>,
+    ) -> String {
         let llamacpp = match backend {
             Some(b) => Some(llamacpp::scrape(&self.client, b).await),
             None => None,

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// The length of one window.
-pub const WINDOW: Duration = Duration::from_millis(100);
+pub(crate) const WINDOW: Duration = Duration::from_millis(100);
 
 /// The SLO's counters.
 #[derive(Debug)]
@@ -30,7 +30,7 @@ pub(super) struct Windows {
 }
 
 /// The band limits, as shares of the machine: the `[slo]` thresholds on system CPU, sorted, once.
-pub fn bands(slo: &Slo) -> Vec<f64> {
+pub(crate) fn bands(slo: &Slo) -> Vec<f64> {
     let mut bands: Vec<f64> = [
         slo.idle_cpu_max_percent,
         slo.active_cpu_mean_max_percent,
@@ -121,7 +121,7 @@ fn enforced_budget(snapshot: Option<&GovernorSnapshot>) -> Option<f64> {
 }
 
 /// Starts the sampler; it ends with `cancel`.
-pub fn spawn(
+pub(crate) fn spawn(
     metrics: Arc<super::Metrics>,
     status: watch::Receiver<Status>,
     governor: watch::Receiver<Option<GovernorSnapshot>>,

@@ -22,7 +22,7 @@ pub struct Slo {
 
 impl Slo {
     /// Each threshold with its key under `[slo]`.
-    pub fn thresholds(&self) -> [(&'static str, f64); 3] {
+    pub(crate) fn thresholds(&self) -> [(&'static str, f64); 3] {
         [
             ("idle_cpu_max_percent", self.idle_cpu_max_percent),
             (
@@ -38,7 +38,7 @@ impl Slo {
 
     /// The first threshold that is not a share of the machine (above 0, at most 100 %), as
     /// its key and why.
-    pub fn invalid(&self) -> Option<(&'static str, String)> {
+    pub(crate) fn invalid(&self) -> Option<(&'static str, String)> {
         self.thresholds().into_iter().find_map(|(key, percent)| {
             (!(percent > 0.0 && percent <= 100.0)).then(|| {
                 (

@@ -35,7 +35,7 @@ fn none_is_empty<S: serde::Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::O
 }
 
 /// Writes `text` to `path` atomically (temporary file beside it, then rename).
-pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -49,7 +49,11 @@ pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 
 /// Writes the metrics of `shared` every interval until `cancel`; a failed write is logged
 /// (once until a write succeeds again) and tried again at the next tick.
-pub fn spawn(shared: crate::proxy::AppState, config: TextfileConfig, cancel: CancellationToken) {
+pub(crate) fn spawn(
+    shared: crate::proxy::AppState,
+    config: TextfileConfig,
+    cancel: CancellationToken,
+) {
     let Some(path) = config.textfile else {
         return;
     };

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 /// Largest JSON answer whose token counts are read (larger ones pass uncounted).
-pub const MAX_JSON_BYTES: usize = 1 << 20;
+pub(crate) const MAX_JSON_BYTES: usize = 1 << 20;
 
 /// Longest SSE line kept while waiting for its end (a longer one stops the reading, not the
 /// stream).
@@ -30,7 +30,7 @@ const MAX_LINE_BYTES: usize = 256 * 1024;
 
 /// Tokens of one answer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Tokens {
+pub(crate) struct Tokens {
     /// Prompt tokens, cached ones included.
     pub prompt: u64,
     /// Prompt tokens reused from the cache.
@@ -113,7 +113,7 @@ impl PromptUsage {
     }
 
     /// The counts `/metrics` adds up (a missing figure counts 0).
-    pub fn tokens(self) -> Tokens {
+    pub(crate) fn tokens(self) -> Tokens {
         Tokens {
             prompt: self.prompt_tokens.unwrap_or(0),
             cached: self.cached_tokens.unwrap_or(0),
@@ -146,7 +146,7 @@ fn has_token(v: &Value) -> bool {
 
 /// Reads one response body as it passes.
 #[derive(Debug)]
-pub enum Reader {
+pub(crate) enum Reader {
     Sse(SseReader),
     Json {
         frames: Vec<Bytes>,
@@ -157,7 +157,7 @@ pub enum Reader {
 
 impl Reader {
     /// A reader for a body of `content_type`; `None` when it cannot carry token counts.
-    pub fn for_content_type(content_type: Option<&str>) -> Option<Reader> {
+    pub(crate) fn for_content_type(content_type: Option<&str>) -> Option<Reader> {
         let ct = content_type?.trim().to_ascii_lowercase();
         if ct.starts_with("text/event-stream") {
             Some(Reader::Sse(SseReader::default()))
@@ -173,7 +173,7 @@ impl Reader {
     }
 
     /// Takes one data frame; true when it held a stream's first generated token.
-    pub fn feed(&mut self, data: &Bytes) -> bool {
+    pub(crate) fn feed(&mut self, data: &Bytes) -> bool {
         match self {
             Reader::Sse(sse) => sse.feed(data),
             Reader::Json {
@@ -194,7 +194,7 @@ impl Reader {
     }
 
     /// The answer's counts, once its body has ended (or been cut off).
-    pub fn finish(self) -> Option<Tokens> {
+    pub(crate) fn finish(self) -> Option<Tokens> {
         match self {
             Reader::Sse(sse) => sse.best.map(|(t, _)| t),
             Reader::Json {
@@ -213,7 +213,7 @@ impl Reader {
 
 /// Splits a stream into SSE events, looking into those that may matter.
 #[derive(Debug, Default)]
-pub struct SseReader {
+pub(crate) struct SseReader {
     /// The unfinished line.
     line: Vec<u8>,
     /// The `data:` lines of the unfinished event.
@@ -228,29 +228,26 @@ impl SseReader {
     fn feed(&mut self, mut chunk: &[u8]) -> bool {
         let mut first = false;
         while !self.gave_up && !chunk.is_empty() {
-            match chunk.iter().position(|&b| b == b'\n') {
-                Some(end) => {
-                    let line = if self.line.is_empty() {
-                        &chunk[..end]
-                    } else {
-                        self.line.extend_from_slice(&chunk[..end]);
-                        &self.line[..]
-                    };
-                    let line = line.strip_suffix(b"\r").unwrap_or(line).to_vec();
-                    self.line.clear();
-                    first |= self.on_line(&line);
-                    chunk = &chunk[end + 1..];
+            if let Some(end) = chunk.iter().position(|&b| b == b'\n') {
+                let line = if self.line.is_empty() {
+                    &chunk[..end]
+                } else {
+                    self.line.extend_from_slice(&chunk[..end]);
+                    &self.line[..]
+                };
+                let line = line.strip_suffix(b"\r").unwrap_or(line).to_vec();
+                self.line.clear();
+                first |= self.on_line(&line);
+                chunk = &chunk[end + 1..];
+            } else {
+                if self.line.len() + chunk.len() > MAX_LINE_BYTES {
+                    self.gave_up = true;
+                    self.line = Vec::new();
+                    self.data = Vec::new();
+                } else {
+                    self.line.extend_from_slice(chunk);
                 }
-                None => {
-                    if self.line.len() + chunk.len() > MAX_LINE_BYTES {
-                        self.gave_up = true;
-                        self.line = Vec::new();
-                        self.data = Vec::new();
-                    } else {
-                        self.line.extend_from_slice(chunk);
-                    }
-                    chunk = &[];
-                }
+                chunk = &[];
             }
         }
         first

@@ -6,4 +6,4 @@
 //! `host`, `/proc/interrupts` in `situation::presence`.
 
 pub mod process;
-pub mod procfs;
+pub(crate) mod procfs;

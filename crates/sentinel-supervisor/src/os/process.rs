@@ -84,19 +84,19 @@ pub fn signal_group(pgid: i32, signal: Signal) -> io::Result<()> {
 
 /// Whether a process with `pid` exists: `kill(pid, 0)` succeeds, or fails only for want of
 /// permission (someone else's process is still a process).
-pub fn exists(pid: i32) -> bool {
+pub(crate) fn exists(pid: i32) -> bool {
     pid > 0 && matches!(kill(Pid::from_raw(pid), None), Ok(()) | Err(Errno::EPERM))
 }
 
 /// Sends `signal` to the one process `pid` (not its group: [`signal_group`] does that); `None`
 /// only checks that it exists and may be signalled. The error says why not (`ESRCH`: gone,
 /// `EPERM`: not ours).
-pub fn signal_process(pid: i32, signal: Option<Signal>) -> io::Result<()> {
+pub(crate) fn signal_process(pid: i32, signal: Option<Signal>) -> io::Result<()> {
     kill(Pid::from_raw(pid), signal).map_err(io::Error::from)
 }
 
 /// The process group `pid` belongs to (`None` once it is gone).
-pub fn group_of(pid: i32) -> Option<i32> {
+pub(crate) fn group_of(pid: i32) -> Option<i32> {
     nix::unistd::getpgid(Some(Pid::from_raw(pid)))
         .ok()
         .map(Pid::as_raw)
@@ -107,17 +107,14 @@ fn prepare(cmd: &mut std::process::Command, death_signal: Signal) {
     cmd.process_group(0);
     #[cfg(target_os = "linux")]
     {
-        let parent = std::process::id() as libc::pid_t;
-        let signal = death_signal as libc::c_int;
+        let parent = Pid::this();
         // SAFETY: only async-signal-safe system calls (prctl, getppid, _exit) run between fork
         // and exec, on values copied into the closure.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                nix::sys::prctl::set_pdeathsig(death_signal)?;
                 // The parent may have died before the death signal was armed.
-                if libc::getppid() != parent {
+                if nix::unistd::getppid() != parent {
                     libc::_exit(1);
                 }
                 Ok(())

@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// One process as seen in `/proc/<pid>/stat`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProcStat {
+pub(crate) struct ProcStat {
     pub pid: i32,
     pub ppid: i32,
     /// Process state letter (`R`, `S`, `T` for stopped, `Z` for zombie, ...).
@@ -17,7 +17,7 @@ pub struct ProcStat {
 }
 
 /// Parses `/proc/<pid>/stat`, whose second field (the command name) may hold spaces and parens.
-pub fn parse_stat(text: &str) -> Option<ProcStat> {
+pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
     let open = text.find('(')?;
     let close = text.rfind(')')?;
     let pid = text[..open].trim().parse().ok()?;
@@ -34,12 +34,13 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
 }
 
 /// `/proc/<pid>/stat` of a live process (`None` once it is gone).
-pub fn stat(pid: i32) -> Option<ProcStat> {
+pub(crate) fn stat(pid: i32) -> Option<ProcStat> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// The `stat` of every live process.
-pub fn all_stats() -> Vec<ProcStat> {
+#[cfg(target_os = "linux")]
+pub(crate) fn all_stats() -> Vec<ProcStat> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -49,13 +50,15 @@ pub fn all_stats() -> Vec<ProcStat> {
 }
 
 /// `/proc/<pid>/status` of a live process, whole (`None` once it is gone).
-pub fn status(pid: i32) -> Option<String> {
+#[cfg(target_os = "linux")]
+pub(crate) fn status(pid: i32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
 }
 
 /// The number in a `Key:   1234 kB` (or `Threads:  4`) line of a `status` text; `key` ends
 /// with its colon.
-pub fn status_number(status: &str, key: &str) -> Option<u64> {
+#[cfg(any(target_os = "linux", test))]
+pub(crate) fn status_number(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
         .find(|l| l.starts_with(key))?
@@ -67,7 +70,7 @@ pub fn status_number(status: &str, key: &str) -> Option<u64> {
 
 /// One line of `/proc/<pid>/cgroup`: `hierarchy-ID:controller-list:cgroup-path`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CgroupEntry {
+pub(crate) struct CgroupEntry {
     /// The v1 controllers of the hierarchy (`cpu`, `cpuacct`, `memory`, ...); empty for the
     /// v2 unified hierarchy.
     pub controllers: Vec<String>,
@@ -78,23 +81,24 @@ pub struct CgroupEntry {
 
 impl CgroupEntry {
     /// The cgroup v2 unified hierarchy (`0::/path`).
-    pub fn is_unified(&self) -> bool {
+    pub(crate) fn is_unified(&self) -> bool {
         self.controllers.is_empty()
     }
 
     /// Whether this v1 hierarchy carries `controller`.
-    pub fn has_controller(&self, controller: &str) -> bool {
+    #[cfg(any(target_os = "linux", test))]
+    pub(crate) fn has_controller(&self, controller: &str) -> bool {
         self.controllers.iter().any(|c| c == controller)
     }
 
     /// The path as a relative [`Path`], to join to a mount point.
-    pub fn relative(&self) -> &Path {
+    pub(crate) fn relative(&self) -> &Path {
         Path::new(&self.path)
     }
 }
 
 /// Parses the text of `/proc/<pid>/cgroup`, skipping malformed lines.
-pub fn parse_cgroups(text: &str) -> Vec<CgroupEntry> {
+pub(crate) fn parse_cgroups(text: &str) -> Vec<CgroupEntry> {
     text.lines()
         .filter_map(|line| {
             let mut parts = line.splitn(3, ':');
@@ -112,14 +116,15 @@ pub fn parse_cgroups(text: &str) -> Vec<CgroupEntry> {
 }
 
 /// The cgroups of process `pid` (`None` once it is gone).
-pub fn cgroups(pid: i32) -> Option<Vec<CgroupEntry>> {
+#[cfg(target_os = "linux")]
+pub(crate) fn cgroups(pid: i32) -> Option<Vec<CgroupEntry>> {
     Some(parse_cgroups(
         &std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?,
     ))
 }
 
 /// The cgroups of this process.
-pub fn own_cgroups() -> Option<Vec<CgroupEntry>> {
+pub(crate) fn own_cgroups() -> Option<Vec<CgroupEntry>> {
     Some(parse_cgroups(
         &std::fs::read_to_string("/proc/self/cgroup").ok()?,
     ))
@@ -127,7 +132,7 @@ pub fn own_cgroups() -> Option<Vec<CgroupEntry>> {
 
 /// This process's v2 cgroup (the unified line), relative to the v2 mount; `None` at the root
 /// (nothing delegated) or without a v2 line.
-pub fn unified_path(cgroups: &[CgroupEntry]) -> Option<&Path> {
+pub(crate) fn unified_path(cgroups: &[CgroupEntry]) -> Option<&Path> {
     cgroups
         .iter()
         .find(|c| c.is_unified())

@@ -10,7 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     slots: Arc<Semaphore>,
     /// How many permits the semaphore is meant to hold (held ones included).
     size: std::sync::Mutex<usize>,
@@ -29,7 +29,7 @@ impl Drop for Waiting<'_> {
 }
 
 impl Admission {
-    pub fn new(slots: usize, queue_len: usize) -> Admission {
+    pub(crate) fn new(slots: usize, queue_len: usize) -> Admission {
         Admission {
             slots: Arc::new(Semaphore::new(slots.max(1))),
             size: std::sync::Mutex::new(slots.max(1)),
@@ -41,10 +41,13 @@ impl Admission {
 
     /// Changes the number of slots and the queue's length. Fewer slots take effect as the
     /// requests holding the extra ones finish (none is cut). Call it within the runtime.
-    pub fn resize(&self, slots: usize, queue_len: usize) {
+    pub(crate) fn resize(&self, slots: usize, queue_len: usize) {
         self.queue_len.store(queue_len, Ordering::Relaxed);
         let slots = slots.max(1);
-        let mut size = self.size.lock().unwrap_or_else(|e| e.into_inner());
+        let mut size = self
+            .size
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if slots > *size {
             self.slots.add_permits(slots - *size);
         } else if slots < *size {
@@ -64,25 +67,28 @@ impl Admission {
     }
 
     /// Holds new requests in the queue (`true`) or lets them through again.
-    pub fn set_paused(&self, paused: bool) {
+    pub(crate) fn set_paused(&self, paused: bool) {
         self.paused
             .send_if_modified(|p| std::mem::replace(p, paused) != paused);
     }
 
     /// Slots held now, and slots in all (for the spill decision's queue estimate).
-    pub fn load(&self) -> (usize, usize) {
-        let size = *self.size.lock().unwrap_or_else(|e| e.into_inner());
+    pub(crate) fn load(&self) -> (usize, usize) {
+        let size = *self
+            .size
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         (size.saturating_sub(self.slots.available_permits()), size)
     }
 
     /// Requests waiting for a slot now.
-    pub fn waiting(&self) -> usize {
+    pub(crate) fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
     }
 
     /// Takes a slot, waiting in FIFO order until `deadline`; 429 when the queue is full or
     /// the wait runs out.
-    pub async fn admit(&self, deadline: Instant) -> Result<OwnedSemaphorePermit, ApiError> {
+    pub(crate) async fn admit(&self, deadline: Instant) -> Result<OwnedSemaphorePermit, ApiError> {
         let mut paused = self.paused.subscribe();
         if !*paused.borrow_and_update() {
             if let Ok(p) = Arc::clone(&self.slots).try_acquire_owned() {

@@ -5,19 +5,19 @@ use axum::http::HeaderMap;
 use subtle::ConstantTimeEq;
 
 #[derive(Debug, Clone, Default)]
-pub struct Keys(Vec<Vec<u8>>);
+pub(crate) struct Keys(Vec<Vec<u8>>);
 
 impl Keys {
-    pub fn new(keys: Vec<String>) -> Keys {
+    pub(crate) fn new(keys: Vec<String>) -> Keys {
         Keys(keys.into_iter().map(String::into_bytes).collect())
     }
 
-    pub fn required(&self) -> bool {
+    pub(crate) fn required(&self) -> bool {
         !self.0.is_empty()
     }
 
     /// Whether the request carries an accepted key (always true when no key is configured).
-    pub fn allows(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn allows(&self, headers: &HeaderMap) -> bool {
         if self.0.is_empty() {
             return true;
         }

@@ -5,7 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 /// `Retry-After` (seconds) of a 429 or 503 whose cause gives no better figure.
-pub const DEFAULT_RETRY_AFTER: u64 = 5;
+pub(crate) const DEFAULT_RETRY_AFTER: u64 = 5;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -31,11 +31,11 @@ impl ApiError {
             retry_after: None,
         }
     }
-    pub fn retry_after(mut self, secs: u64) -> Self {
+    pub(crate) fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs.max(1));
         self
     }
-    pub fn not_found(what: impl Into<String>) -> Self {
+    pub(crate) fn not_found(what: impl Into<String>) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
@@ -43,7 +43,7 @@ impl ApiError {
             what,
         )
     }
-    pub fn unauthorized() -> Self {
+    pub(crate) fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
             "invalid_request_error",
@@ -51,7 +51,7 @@ impl ApiError {
             "Incorrect or missing API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY`.",
         )
     }
-    pub fn too_large(limit: u64) -> Self {
+    pub(crate) fn too_large(limit: u64) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request_error",
@@ -62,7 +62,7 @@ impl ApiError {
         )
     }
     /// A 400 for a body the proxy refused (see `validate`), with a specific `code`.
-    pub fn invalid_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
@@ -70,7 +70,7 @@ impl ApiError {
             message,
         )
     }
-    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+    pub(crate) fn method_not_allowed(method: &str, path: &str) -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "invalid_request_error",
@@ -78,7 +78,7 @@ impl ApiError {
             format!("{method} is not allowed on {path} (the OpenAI routes take POST; /v1/models, /props, /health and /status take GET)."),
         )
     }
-    pub fn body_timeout(limit: std::time::Duration) -> Self {
+    pub(crate) fn body_timeout(limit: std::time::Duration) -> Self {
         Self::new(
             StatusCode::REQUEST_TIMEOUT,
             "invalid_request_error",
@@ -86,7 +86,7 @@ impl ApiError {
             format!("The request body did not arrive within {limit:?} (proxy.body_read_timeout)."),
         )
     }
-    pub fn headers_too_large(message: impl Into<String>) -> Self {
+    pub(crate) fn headers_too_large(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "invalid_request_error",
@@ -95,7 +95,7 @@ impl ApiError {
         )
     }
     /// The answer to a connection beyond `proxy.max_connections`.
-    pub fn too_many_connections(limit: usize) -> Self {
+    pub(crate) fn too_many_connections(limit: usize) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
@@ -104,7 +104,7 @@ impl ApiError {
         )
         .retry_after(1)
     }
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
@@ -112,7 +112,7 @@ impl ApiError {
             message,
         )
     }
-    pub fn queue_full() -> Self {
+    pub(crate) fn queue_full() -> Self {
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
@@ -121,7 +121,7 @@ impl ApiError {
         )
         .retry_after(1)
     }
-    pub fn queue_timeout(waited: std::time::Duration) -> Self {
+    pub(crate) fn queue_timeout(waited: std::time::Duration) -> Self {
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
@@ -131,7 +131,7 @@ impl ApiError {
         .retry_after(2)
     }
     /// A 503; `Retry-After` is 5 s unless the caller knows better.
-    pub fn unavailable(message: impl Into<String>) -> Self {
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
@@ -140,7 +140,7 @@ impl ApiError {
         )
         .retry_after(DEFAULT_RETRY_AFTER)
     }
-    pub fn internal(message: impl Into<String>) -> Self {
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
@@ -148,7 +148,7 @@ impl ApiError {
             message,
         )
     }
-    pub fn bad_gateway(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_gateway(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_GATEWAY,
             "server_error",
@@ -156,7 +156,7 @@ impl ApiError {
             message,
         )
     }
-    pub fn gateway_timeout(message: impl Into<String>) -> Self {
+    pub(crate) fn gateway_timeout(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::GATEWAY_TIMEOUT,
             "server_error",
@@ -166,7 +166,7 @@ impl ApiError {
     }
 
     /// The JSON body.
-    pub fn body(&self) -> serde_json::Value {
+    pub(crate) fn body(&self) -> serde_json::Value {
         serde_json::json!({
             "error": {"message": self.message, "type": self.kind, "code": self.code}
         })
@@ -176,7 +176,7 @@ impl ApiError {
 /// The `code` of an error the proxy answered itself, left in the response's extensions for
 /// the metrics layer (`sentinel_rejections_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ErrorCode(pub &'static str);
+pub(crate) struct ErrorCode(pub &'static str);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

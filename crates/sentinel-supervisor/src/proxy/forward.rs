@@ -22,10 +22,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use tokio::time::Instant;
 
-pub use super::outbound::{strip_hop_by_hop, upstream_client, Upstream};
+pub(crate) use super::outbound::{strip_hop_by_hop, upstream_client, Upstream};
 
 /// Forwards `req` (already authenticated) to the backend.
-pub async fn forward(state: &AppState, req: Request<Body>) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn forward(
+    state: &AppState,
+    req: Request<Body>,
+) -> Result<Response<Body>, ApiError> {
     refuse_while_stopping(state)?;
     let live = state.live();
     let (parts, body) = req.into_parts();
@@ -149,7 +152,7 @@ async fn send(
         .parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str())
+        .map(axum::http::uri::PathAndQuery::as_str)
         .unwrap_or("/");
     let timeout = out.live.config.upstream_timeout;
     let client = state.upstream();

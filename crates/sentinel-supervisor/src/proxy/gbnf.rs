@@ -110,7 +110,7 @@ impl Parser<'_> {
             }
             let start = self.pos;
             let atom = match self.peek() {
-                None | Some(b'|') | Some(b')') => return items,
+                None | Some(b'|' | b')') => return items,
                 Some(b'"') => Atom::Terminal {
                     empty: self.quoted(b'"'),
                 },
@@ -131,14 +131,15 @@ impl Parser<'_> {
                     }
                     Atom::Group(group)
                 }
-                Some(_) => match self.name() {
-                    Some(name) => Atom::Rule(name),
-                    None => {
+                Some(_) => {
+                    if let Some(name) = self.name() {
+                        Atom::Rule(name)
+                    } else {
                         // Not GBNF: llama-server refuses it with its own 400.
                         self.pos += 1;
                         continue;
                     }
-                },
+                }
             };
             let repeat = self.repetition();
             let text = self.text[start..self.pos].to_string();
@@ -219,7 +220,7 @@ fn find_ambiguous<'a>(alts: &'a [Vec<Item>], nullable: &HashMap<&str, bool>) -> 
 
 /// The first counted repetition (`{m,n}`, n >= 2) of a part that can match the empty string,
 /// as written; `None` when there is none.
-pub fn empty_repetition(text: &str) -> Option<String> {
+pub(super) fn empty_repetition(text: &str) -> Option<String> {
     let rules = parse(text);
     let mut nullable: HashMap<&str, bool> = rules.keys().map(|k| (k.as_str(), false)).collect();
     loop {

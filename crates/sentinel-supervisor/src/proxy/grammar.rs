@@ -48,7 +48,7 @@ pub enum Unbounded {
 
 impl Unbounded {
     /// The `code` of the OpenAI error body.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Unbounded::Over { .. } | Unbounded::EmptyRepetition { .. } => "grammar_too_complex",
             Unbounded::Cycle { .. } => "schema_ref_cycle",
@@ -82,7 +82,7 @@ fn within(
 
 /// What a GBNF grammar measures.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct GrammarSize {
+pub(crate) struct GrammarSize {
     pub depth: u64,
     pub rules: u64,
     pub repeat: u64,
@@ -90,7 +90,7 @@ pub struct GrammarSize {
 
 /// Scans a GBNF grammar: parentheses outside literals, character classes and comments,
 /// `::=` definitions, and the numbers of `{m,n}` repetitions.
-pub fn measure_grammar(text: &str) -> GrammarSize {
+pub(crate) fn measure_grammar(text: &str) -> GrammarSize {
     let b = text.as_bytes();
     let mut size = GrammarSize::default();
     let mut depth = 0u64;
@@ -145,7 +145,7 @@ fn largest_number(s: &str) -> u64 {
 }
 
 /// Checks a GBNF grammar sent as `field`.
-pub fn check_grammar(field: &str, text: &str, l: &Limits) -> Result<(), Unbounded> {
+pub(crate) fn check_grammar(field: &str, text: &str, l: &Limits) -> Result<(), Unbounded> {
     within(
         field,
         "size in bytes",
@@ -196,7 +196,7 @@ const REPEAT_KEYS: [&str; 6] = [
 
 /// Checks a JSON schema sent as `field`: size, depth, objects, `enum` lengths, repetition
 /// bounds (also inside `pattern`s), and its `$ref`s (local, acyclic).
-pub fn check_schema(field: &str, schema: &Value, l: &Limits) -> Result<(), Unbounded> {
+pub(crate) fn check_schema(field: &str, schema: &Value, l: &Limits) -> Result<(), Unbounded> {
     let bytes = serde_json::to_vec(schema).map(|v| v.len()).unwrap_or(0);
     within(
         field,

@@ -1,17 +1,17 @@
 //! The HTTP front door: OpenAI-compatible routes forwarded to llama-server, the supervisor's
 //! own `/health`, `/status` and `/metrics`, API keys, admission, and OpenAI-style errors.
 
-pub mod admission;
-pub mod auth;
+pub(crate) mod admission;
+pub(crate) mod auth;
 pub mod error;
-pub mod forward;
+pub(crate) mod forward;
 mod gbnf;
 pub mod grammar;
 mod outbound;
-pub mod poison;
+pub(crate) mod poison;
 mod relay;
 mod retry;
-pub mod server;
+pub(crate) mod server;
 mod serving;
 pub mod validate;
 
@@ -34,7 +34,7 @@ use tokio::sync::watch;
 
 /// Facts about the running profile shown by `/status`.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Info {
+pub(crate) struct Info {
     pub profile: crate::profile::Resolved,
     pub model: String,
     pub model_id: String,
@@ -52,7 +52,7 @@ pub struct Info {
 
 /// What a reload can change while the proxy serves: its limits and the facts `/status` shows.
 #[derive(Debug, Clone)]
-pub struct Live {
+pub(crate) struct Live {
     /// 1 at start, +1 for each reload applied (`config_generation` in `/status`).
     pub generation: u64,
     pub config: ProxyConfig,
@@ -62,7 +62,7 @@ pub struct Live {
 }
 
 /// Shared by every request.
-pub struct Shared {
+pub(crate) struct Shared {
     /// The configuration in force, as the lifecycle publishes it (a reload replaces it).
     pub live: watch::Receiver<Arc<crate::supervisor::lifecycle::InForce>>,
     pub status: watch::Receiver<Status>,
@@ -93,29 +93,32 @@ pub struct Shared {
     pub spill: Arc<crate::upstream::spill::Spill>,
 }
 
-pub type AppState = Arc<Shared>;
+pub(crate) type AppState = Arc<Shared>;
 
 impl Shared {
     /// The configuration in force now.
-    pub fn live(&self) -> Arc<Live> {
+    pub(crate) fn live(&self) -> Arc<Live> {
         Arc::clone(&self.live.borrow().live)
     }
 
     /// A handle on the upstream client (cheap: shares the pool).
-    pub fn upstream(&self) -> forward::Upstream {
+    pub(crate) fn upstream(&self) -> forward::Upstream {
         self.client
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
     /// Drops the idle keep-alive connections to the backend.
-    pub fn close_idle_upstream(&self) {
-        *self.client.lock().unwrap_or_else(|e| e.into_inner()) = forward::upstream_client();
+    pub(crate) fn close_idle_upstream(&self) {
+        *self
+            .client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = forward::upstream_client();
     }
 
     /// The supervisor's status now, from the lifecycle's and the governor's last publications.
-    pub fn report(&self) -> StatusReport {
+    pub(crate) fn report(&self) -> StatusReport {
         let mut status = self.status.borrow().clone();
         status.state.refresh_retry_in(std::time::SystemTime::now());
         let live = self.live();
@@ -153,7 +156,7 @@ impl Shared {
 
 /// The router with every route. `/health` and unknown routes are open; every other route
 /// needs an API key when keys are configured.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let mut keyed = Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))

@@ -10,14 +10,14 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 
 /// The upstream HTTP client: keep-alive pool, no Nagle delay.
-pub type Upstream = hyper_util::client::legacy::Client<
+pub(crate) type Upstream = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
     Full<Bytes>,
 >;
 
 /// llama-server (cpp-httplib) closes idle keep-alive connections after 5 s; the pool lets go of
 /// them sooner (3 s), and a request that meets a connection closed under it is sent again.
-pub fn upstream_client() -> Upstream {
+pub(crate) fn upstream_client() -> Upstream {
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_nodelay(true);
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -37,7 +37,7 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// Removes hop-by-hop headers, including any named by `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

@@ -32,7 +32,7 @@ pub struct Fingerprint {
 
 impl Fingerprint {
     /// The fingerprint of a body already parsed into `obj`, sent to `route`.
-    pub fn of(route: &'static str, obj: &Map<String, Value>) -> Fingerprint {
+    pub(crate) fn of(route: &'static str, obj: &Map<String, Value>) -> Fingerprint {
         let mut fields: Vec<(String, usize)> = obj
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::to_vec(v).map_or(0, |b| b.len())))
@@ -54,7 +54,7 @@ impl Fingerprint {
     }
 
     /// `name(size), ...` for the log.
-    pub fn describe_fields(&self) -> String {
+    pub(crate) fn describe_fields(&self) -> String {
         self.fields
             .iter()
             .map(|(k, n)| format!("{k}({n} B)"))
@@ -63,7 +63,7 @@ impl Fingerprint {
     }
 
     /// A short id for the log (the first 8 bytes of the hash, hex).
-    pub fn short(&self) -> String {
+    pub(crate) fn short(&self) -> String {
         hex::encode(&self.hash[..8])
     }
 
@@ -99,7 +99,7 @@ fn canonicalize(v: &Value) -> Value {
 
 /// The fingerprints of requests that killed a backend, each until it expires.
 #[derive(Debug, Default)]
-pub struct PoisonList {
+pub(crate) struct PoisonList {
     entries: Mutex<HashMap<[u8; 32], Instant>>,
     /// Held by a request sent again after a crash it was in flight at, until its answer
     /// starts: suspects go one at a time, so the poison among them crashes the next backend
@@ -108,16 +108,18 @@ pub struct PoisonList {
 }
 
 impl PoisonList {
-    pub fn new() -> PoisonList {
+    pub(crate) fn new() -> PoisonList {
         PoisonList::default()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Instant>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Remembers `fp` for `ttl` from now.
-    pub fn remember(&self, fp: &Fingerprint, ttl: Duration) {
+    pub(crate) fn remember(&self, fp: &Fingerprint, ttl: Duration) {
         let now = Instant::now();
         let mut entries = self.lock();
         entries.retain(|_, until| *until > now);
@@ -130,7 +132,7 @@ impl PoisonList {
     }
 
     /// How long `fp` is still refused (`None`: not poisoned, or expired).
-    pub fn refused_for(&self, fp: &Fingerprint) -> Option<Duration> {
+    pub(crate) fn refused_for(&self, fp: &Fingerprint) -> Option<Duration> {
         let now = Instant::now();
         let mut entries = self.lock();
         let key = fp.key();
@@ -145,16 +147,18 @@ impl PoisonList {
     }
 
     /// Waits for the turn of a request sent again after a crash (see `suspects`).
-    pub async fn suspect_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+    pub(crate) async fn suspect_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.suspects.lock().await
     }
 
     /// Fingerprints remembered now (expired ones included until the next write).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

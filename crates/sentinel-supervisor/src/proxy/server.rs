@@ -43,7 +43,7 @@ struct HeadLimits {
 
 /// Serves `app` on `listener` until `shutdown`, then stops accepting and waits for the open
 /// connections to finish (the caller bounds that wait).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     config: ProxyConfig,

@@ -37,7 +37,7 @@ pub enum Route {
 
 impl Route {
     /// The route of a proxied path, if its body is checked (`/props` has none).
-    pub fn of(path: &str) -> Option<Route> {
+    pub(crate) fn of(path: &str) -> Option<Route> {
         match path {
             "/v1/chat/completions" => Some(Route::Chat),
             "/v1/completions" => Some(Route::Completions),
@@ -49,7 +49,7 @@ impl Route {
     }
 
     /// The path of the route.
-    pub fn path(self) -> &'static str {
+    pub(crate) fn path(self) -> &'static str {
         match self {
             Route::Chat => "/v1/chat/completions",
             Route::Completions => "/v1/completions",
@@ -99,7 +99,7 @@ pub struct Checked {
 
 /// The fields through which llama-server takes the number of tokens to generate
 /// (`n_predict` with its aliases, `server-schema.cpp`).
-pub const TOKEN_FIELDS: [&str; 3] = ["max_tokens", "max_completion_tokens", "n_predict"];
+pub(crate) const TOKEN_FIELDS: [&str; 3] = ["max_tokens", "max_completion_tokens", "n_predict"];
 
 /// Why a body was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -162,7 +162,7 @@ pub enum Invalid {
 
 impl Invalid {
     /// The `code` of the OpenAI error body.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Invalid::NotUtf8 { .. } => "invalid_utf8",
             Invalid::NotJson { .. } => "invalid_json",

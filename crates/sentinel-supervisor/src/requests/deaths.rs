@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 /// One backend's death, as far as requests go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Death {
+pub(crate) struct Death {
     /// Requests in flight on it when it died.
     pub in_flight: usize,
     /// The lifecycle's word: it crashed by itself (a fault signal), or not (killed, exited);
@@ -25,7 +25,7 @@ const DEATHS_KEPT: usize = 16;
 impl Requests {
     /// The backend of `generation` is gone: freezes how many requests were in flight on it
     /// (the first call for a generation wins) and returns that number.
-    pub fn died(&self, generation: u64) -> usize {
+    pub(crate) fn died(&self, generation: u64) -> usize {
         let now = self.count(generation);
         let mut frozen = now;
         self.inner.deaths.send_modify(|m| {
@@ -45,7 +45,7 @@ impl Requests {
 
     /// The lifecycle saw the backend of `generation` exit, by a crash of its own or not.
     /// Returns the requests in flight at its death.
-    pub fn exited(&self, generation: u64, crashed: bool) -> usize {
+    pub(crate) fn exited(&self, generation: u64, crashed: bool) -> usize {
         let n = self.died(generation);
         self.inner.deaths.send_modify(|m| {
             if let Some(d) = m.get_mut(&generation) {
@@ -57,7 +57,7 @@ impl Requests {
 
     /// Waits (up to `deadline`) for the lifecycle's word on how the backend of `generation`
     /// ended: `Some(true)` when it crashed by itself, `None` when no word came.
-    pub async fn crashed(&self, generation: u64, deadline: Instant) -> Option<bool> {
+    pub(crate) async fn crashed(&self, generation: u64, deadline: Instant) -> Option<bool> {
         let mut rx = self.inner.deaths.subscribe();
         let said = |m: &BTreeMap<u64, Death>| m.get(&generation).and_then(|d| d.crashed);
         let _ = tokio::time::timeout_at(deadline, rx.wait_for(|m| said(m).is_some())).await;

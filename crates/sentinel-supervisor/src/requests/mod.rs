@@ -17,14 +17,14 @@
 //! The governor's [`Activity`](crate::governor::Activity) is wider on purpose: a request *or* a
 //! model load or warm-up. A ticket holds one of its marks; loads and warm-ups take their own.
 
-pub mod deaths;
-pub mod progress;
+pub(crate) mod deaths;
+pub(crate) mod progress;
 #[cfg(test)]
 mod tests;
 mod ticket;
 
-pub use deaths::Death;
-pub use ticket::Ticket;
+pub(crate) use deaths::Death;
+pub(crate) use ticket::Ticket;
 
 use crate::governor::ActivityGuard;
 use std::collections::BTreeMap;
@@ -35,7 +35,7 @@ use tokio::time::Instant;
 
 /// The registry of the requests in flight (cheap to clone: every clone is the same registry).
 #[derive(Debug, Clone, Default)]
-pub struct Requests {
+pub(crate) struct Requests {
     inner: Arc<Inner>,
 }
 
@@ -71,31 +71,31 @@ impl Tally {
 }
 
 impl Requests {
-    pub fn new() -> Requests {
+    pub(crate) fn new() -> Requests {
         Requests::default()
     }
 
     /// Issues the ticket of a request that holds `slot` (its admission permit) and `busy` (its
     /// activity mark for the governor); both are let go with the ticket.
-    pub fn issue(&self, slot: OwnedSemaphorePermit, busy: ActivityGuard) -> Ticket {
+    pub(crate) fn issue(&self, slot: OwnedSemaphorePermit, busy: ActivityGuard) -> Ticket {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         self.inner.tally.send_modify(|t| t.issued += 1);
         Ticket::new(self.clone(), id, slot, busy)
     }
 
     /// Requests in flight now, on any backend or waiting for one: `/status` `in_flight`.
-    pub fn total(&self) -> usize {
+    pub(crate) fn total(&self) -> usize {
         self.inner.tally.borrow().issued
     }
 
     /// Requests bound to the backend of `generation` now.
-    pub fn count(&self, generation: u64) -> usize {
+    pub(crate) fn count(&self, generation: u64) -> usize {
         self.inner.tally.borrow().left(Some(generation))
     }
 
     /// Waits until `generation` (every request with `None`) has no request in flight, up to
     /// `deadline`. Returns how many were still in flight then (0 = drained).
-    pub async fn drained(&self, generation: Option<u64>, deadline: Instant) -> usize {
+    pub(crate) async fn drained(&self, generation: Option<u64>, deadline: Instant) -> usize {
         let mut rx = self.inner.tally.subscribe();
         let _ = tokio::time::timeout_at(deadline, rx.wait_for(|t| t.left(generation) == 0)).await;
         let left = self.inner.tally.borrow().left(generation);
@@ -130,7 +130,7 @@ impl Requests {
         self.inner
             .progress
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

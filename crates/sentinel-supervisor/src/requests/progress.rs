@@ -44,7 +44,7 @@ impl Progress {
 impl Requests {
     /// Since when the backend of `generation` has been silent on a request sent to it: the
     /// oldest last-byte time among them (`None` when none is outstanding).
-    pub fn silent_since(&self, generation: u64) -> Option<Instant> {
+    pub(crate) fn silent_since(&self, generation: u64) -> Option<Instant> {
         self.progress()
             .outstanding
             .values()
@@ -54,7 +54,7 @@ impl Requests {
     }
 
     /// Server errors in a row from the backend of `generation`.
-    pub fn failures(&self, generation: u64) -> u32 {
+    pub(crate) fn failures(&self, generation: u64) -> u32 {
         self.progress()
             .failures
             .get(&generation)
@@ -63,7 +63,7 @@ impl Requests {
     }
 
     /// Forgets what a finished launch's requests heard (its tickets still count until they end).
-    pub fn forget(&self, generation: u64) {
+    pub(crate) fn forget(&self, generation: u64) {
         let mut progress = self.progress();
         progress.outstanding.retain(|_, (g, _)| *g != generation);
         progress.failures.remove(&generation);

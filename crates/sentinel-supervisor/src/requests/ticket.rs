@@ -8,7 +8,7 @@ use tokio::sync::OwnedSemaphorePermit;
 /// ended, the client went away, the backend died) lets go of everything at once: the admission
 /// slot, the governor's activity mark, its count on its backend's generation and its progress.
 #[derive(Debug)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     requests: Requests,
     id: u64,
     /// The backend generation it is counted on (`None` while it waits for a backend).
@@ -38,32 +38,32 @@ impl Ticket {
     /// Counts the request on the backend of `generation` (and no longer on the one before).
     /// Call it while the published backend is read, so a drain that starts after a switch
     /// sees the request. The request is not outstanding for the watchdog until [`Ticket::sent`].
-    pub fn bind(&mut self, generation: u64) {
+    pub(crate) fn bind(&mut self, generation: u64) {
         self.requests.progress().forget_ticket(self.id);
         self.requests.rebind(self.generation, Some(generation));
         self.generation = Some(generation);
     }
 
     /// The backend generation the request is counted on.
-    pub fn generation(&self) -> Option<u64> {
+    pub(crate) fn generation(&self) -> Option<u64> {
         self.generation
     }
 
     /// The request was sent to its backend: the watchdog's silence clock starts now.
-    pub fn sent(&self) {
+    pub(crate) fn sent(&self) {
         if let Some(g) = self.generation {
             self.requests.progress().sent(self.id, g);
         }
     }
 
     /// A byte (the response head or a body frame) came from the backend.
-    pub fn progress(&self) {
+    pub(crate) fn progress(&self) {
         self.requests.progress().heard(self.id);
     }
 
     /// The backend answered with `status`: a server error counts towards its failures in a
     /// row, anything else resets them.
-    pub fn answered(&self, status: u16) {
+    pub(crate) fn answered(&self, status: u16) {
         if let Some(g) = self.generation {
             self.requests.progress().answered(g, status);
         }
@@ -71,7 +71,7 @@ impl Ticket {
 
     /// This request's backend died with it in flight: how many requests were in flight on it
     /// (see [`Requests::died`]); 0 when it was bound to none.
-    pub fn died(&self) -> usize {
+    pub(crate) fn died(&self) -> usize {
         self.generation.map_or(0, |g| self.requests.died(g))
     }
 }

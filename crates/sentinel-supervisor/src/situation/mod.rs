@@ -11,7 +11,7 @@
 //! `situation.root` (a fake tree for tests); macOS `power_macos` (IOKit power sources),
 //! `presence_macos` (`HIDIdleTime`), `thermal_macos` (the process info's thermal state).
 
-pub mod policy;
+pub(crate) mod policy;
 #[cfg(target_os = "linux")]
 mod power;
 #[cfg(target_os = "macos")]
@@ -25,7 +25,7 @@ mod thermal;
 #[cfg(target_os = "macos")]
 mod thermal_macos;
 
-pub use policy::{Budget, Budgets, Conditions, Decision, Policy, State};
+pub(crate) use policy::{Budgets, Conditions, Decision, Policy, State};
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -207,7 +207,7 @@ impl Sensors {
 /// What the lifecycle follows: the budget the governor holds instead of the plan's (see
 /// [`Decision::governor`]).
 #[derive(Debug, Clone)]
-pub struct Follow {
+pub(crate) struct Follow {
     decision: watch::Receiver<Option<Decision>>,
     /// The override last handed to a governor by [`Follow::settings`] (shared by the clones).
     applied: Arc<std::sync::Mutex<Override>>,
@@ -226,7 +226,7 @@ impl Follow {
     }
 
     /// Not following: the plan's budget always.
-    pub fn off() -> Follow {
+    pub(crate) fn off() -> Follow {
         Follow::new(watch::Sender::new(None).subscribe())
     }
 
@@ -235,7 +235,7 @@ impl Follow {
     }
 
     /// `settings` with the budget in force (remembered as the one applied).
-    pub fn settings(
+    pub(crate) fn settings(
         &self,
         mut settings: crate::governor::GovernorSettings,
     ) -> crate::governor::GovernorSettings {
@@ -243,17 +243,25 @@ impl Follow {
         if let Some(cpus) = wanted {
             settings.cpus = cpus;
         }
-        *self.applied.lock().unwrap_or_else(|e| e.into_inner()) = wanted;
+        *self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = wanted;
         settings
     }
 
     /// Resolves when the budget in force differs from the one last applied (the caller then
     /// restarts the governor through [`Follow::settings`]); never while not following or once
     /// the situation task has ended. Cancel-safe: it compares values, not notifications.
-    pub async fn changed(&mut self) {
+    pub(crate) async fn changed(&mut self) {
         loop {
             self.decision.borrow_and_update();
-            if self.wanted() != *self.applied.lock().unwrap_or_else(|e| e.into_inner()) {
+            if self.wanted()
+                != *self
+                    .applied
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            {
                 return;
             }
             if self.decision.changed().await.is_err() {
@@ -264,7 +272,7 @@ impl Follow {
 }
 
 /// The situation, read once at start; [`Situation::run`] follows it.
-pub struct Situation {
+pub(crate) struct Situation {
     config: SituationConfig,
     sensors: Sensors,
     reading: Reading,
@@ -275,7 +283,7 @@ pub struct Situation {
 
 impl Situation {
     /// Reads the sensors once and decides the first budget (`None` when `enabled = false`).
-    pub async fn start(
+    pub(crate) async fn start(
         config: &SituationConfig,
         profile: &crate::profile::Resolved,
         host: &crate::host::Host,
@@ -316,12 +324,12 @@ impl Situation {
     }
 
     /// What the lifecycle follows.
-    pub fn follow(&self) -> Follow {
+    pub(crate) fn follow(&self) -> Follow {
         Follow::new(self.decision.subscribe())
     }
 
     /// What `/status` shows.
-    pub fn reports(&self) -> watch::Receiver<Option<SituationReport>> {
+    pub(crate) fn reports(&self) -> watch::Receiver<Option<SituationReport>> {
         self.report.subscribe()
     }
 
@@ -357,7 +365,7 @@ impl Situation {
 
     /// Reads the situation every `poll_interval` until `cancel`; the profile comes from the
     /// proxy's live settings (a reload may change it), the pause goes to its admission.
-    pub async fn run(
+    pub(crate) async fn run(
         mut self,
         shared: Arc<crate::proxy::Shared>,
         host: crate::host::Host,
@@ -416,9 +424,9 @@ impl Situation {
 /// Writes fake sysfs files (`(name, text)`) into `dir`, for the Linux readers' tests.
 #[cfg(all(test, target_os = "linux"))]
 fn write_fake_files(dir: &std::path::Path, files: &[(&str, &str)]) {
-    std::fs::create_dir_all(dir).unwrap();
+    std::fs::create_dir_all(dir).expect("a test's temp dir takes a directory");
     for (name, text) in files {
-        std::fs::write(dir.join(name), text).unwrap();
+        std::fs::write(dir.join(name), text).expect("a test's temp dir takes a file");
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 /// A budget: a number of cores, no limit, or paused (requests wait in the queue).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Budget {
+pub(crate) enum Budget {
     Unlimited,
     Cores(Cores),
     Paused,
@@ -35,7 +35,7 @@ impl Budget {
     }
 
     /// In cores (`None`: no limit, or paused).
-    pub fn cores(self) -> Option<f64> {
+    pub(crate) fn cores(self) -> Option<f64> {
         match self {
             Budget::Cores(c) => Some(c.get()),
             _ => None,
@@ -55,7 +55,7 @@ impl std::fmt::Display for Budget {
 
 /// A profile's budget in each state.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Budgets {
+pub(crate) struct Budgets {
     pub active: Budget,
     pub on_battery: Budget,
     pub when_idle: Budget,
@@ -65,7 +65,7 @@ pub struct Budgets {
 
 impl Budgets {
     /// The resolved profile's budgets.
-    pub fn for_profile(profile: &Resolved, allowed_cores: f64) -> Budgets {
+    pub(crate) fn for_profile(profile: &Resolved, allowed_cores: f64) -> Budgets {
         Budgets {
             active: Budget::from_cores(profile.cpus),
             on_battery: match profile.cpus_on_battery {
@@ -80,7 +80,7 @@ impl Budgets {
 
 /// The machine's situation, as read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Conditions {
+pub(crate) struct Conditions {
     pub on_battery: bool,
     pub user_idle: bool,
     pub thermal_pressure: bool,
@@ -100,7 +100,7 @@ pub enum State {
 
 /// The budget in force and why.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Decision {
+pub(crate) struct Decision {
     pub budget: Budget,
     pub state: State,
     /// Halved for thermal pressure.
@@ -114,7 +114,7 @@ pub struct Decision {
 
 impl Decision {
     /// `"on battery"`, `"user idle, thermal pressure (halved)"`, ...
-    pub fn reason(&self) -> String {
+    pub(crate) fn reason(&self) -> String {
         let state = match self.state {
             State::Active => "user active on mains",
             State::Idle => "user idle",
@@ -128,7 +128,7 @@ impl Decision {
     }
 
     /// Whether new requests wait.
-    pub fn paused(&self) -> bool {
+    pub(crate) fn paused(&self) -> bool {
         self.budget == Budget::Paused
     }
 }
@@ -162,7 +162,7 @@ fn decide(budgets: &Budgets, c: Conditions, previous: Option<&Decision>) -> Deci
 
 /// The state machine: the decision in force, changed at most once per `hold`.
 #[derive(Debug, Clone)]
-pub struct Policy {
+pub(crate) struct Policy {
     hold: Duration,
     budgets: Budgets,
     in_force: Decision,
@@ -171,7 +171,12 @@ pub struct Policy {
 
 impl Policy {
     /// Starts with the decision for the situation now (no hold before the first).
-    pub fn new(hold: Duration, budgets: Budgets, conditions: Conditions, now: Instant) -> Policy {
+    pub(crate) fn new(
+        hold: Duration,
+        budgets: Budgets,
+        conditions: Conditions,
+        now: Instant,
+    ) -> Policy {
         Policy {
             hold,
             budgets,
@@ -180,18 +185,18 @@ impl Policy {
         }
     }
 
-    pub fn in_force(&self) -> Decision {
+    pub(crate) fn in_force(&self) -> Decision {
         self.in_force
     }
 
     /// When the hold since the last change ends (a change before then waits).
-    pub fn hold_ends(&self) -> Instant {
+    pub(crate) fn hold_ends(&self) -> Instant {
         self.changed_at + self.hold
     }
 
     /// Reads the situation again; `Some` with the new decision when the budget in force
     /// changes now.
-    pub fn update(
+    pub(crate) fn update(
         &mut self,
         budgets: Budgets,
         conditions: Conditions,

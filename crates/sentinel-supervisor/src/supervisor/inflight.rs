@@ -3,4 +3,4 @@
 //! how a backend ended ([`InFlight::exited`]). The counts live in [`crate::requests`]; this is
 //! its name on the lifecycle's side.
 
-pub use crate::requests::Requests as InFlight;
+pub(crate) use crate::requests::Requests as InFlight;

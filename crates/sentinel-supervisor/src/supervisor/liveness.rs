@@ -30,24 +30,24 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Below this share of the window in CPU time, a silent backend counts as idle (hung).
-pub const MIN_CPU_SHARE: f64 = 0.01;
+pub(crate) const MIN_CPU_SHARE: f64 = 0.01;
 
 /// How long the backend `pid` has been kept from running so far: its threads' wait on the run
 /// queue plus the time the governors' duty cycles held it stopped (`stopped`, where they add
 /// it). Compare two readings.
-pub fn held_back(pid: i32, stopped: &crate::governor::StoppedTime) -> Duration {
+pub(crate) fn held_back(pid: i32, stopped: &crate::governor::StoppedTime) -> Duration {
     crate::meter::run_queue_wait(pid).unwrap_or_default() + stopped.total()
 }
 
 /// Whether a backend held back for `held` during `window` was starved of CPU (not hung).
-pub fn starved(held: Duration, window: Duration) -> bool {
+pub(crate) fn starved(held: Duration, window: Duration) -> bool {
     held >= window / 4
 }
 
 /// What the watchdog reads of a backend: the requests sent to it (from the registry of
 /// [`crate::requests`]) and its memory cgroup's OOM-kill counter.
 #[derive(Debug)]
-pub struct Liveness {
+pub(crate) struct Liveness {
     /// The registry the proxy's tickets report to.
     requests: Requests,
     /// The backend's memory cgroup OOM-kill counter, as last read, per generation.
@@ -56,7 +56,7 @@ pub struct Liveness {
 
 impl Liveness {
     /// A watchdog's view of the requests of `requests` (the proxy's registry).
-    pub fn over(requests: Requests) -> Arc<Liveness> {
+    pub(crate) fn over(requests: Requests) -> Arc<Liveness> {
         Arc::new(Liveness {
             requests,
             oom: Mutex::default(),
@@ -64,7 +64,9 @@ impl Liveness {
     }
 
     fn oom(&self) -> std::sync::MutexGuard<'_, HashMap<u64, crate::meter::OomCounter>> {
-        self.oom.lock().unwrap_or_else(|e| e.into_inner())
+        self.oom
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn silent_since(&self, generation: u64) -> Option<Instant> {
@@ -76,7 +78,7 @@ impl Liveness {
     }
 
     /// Forgets a finished launch.
-    pub fn forget(&self, generation: u64) -> Option<crate::meter::OomCounter> {
+    pub(crate) fn forget(&self, generation: u64) -> Option<crate::meter::OomCounter> {
         self.requests.forget(generation);
         self.oom().remove(&generation)
     }
@@ -90,7 +92,7 @@ impl Liveness {
 
 /// Why the watchdog gave up on a backend.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Stall {
+pub(crate) enum Stall {
     /// Silent and idle with a request outstanding.
     Silent {
         silent_for: Duration,
@@ -122,7 +124,7 @@ impl std::fmt::Display for Stall {
 
 /// Watches the backend `pid` of `generation` until it stalls; never returns otherwise (run it
 /// in a `select!` beside the child's exit and the probes).
-pub async fn watchdog(
+pub(crate) async fn watchdog(
     liveness: Arc<Liveness>,
     stopped: crate::governor::StoppedTime,
     pid: i32,
@@ -183,7 +185,10 @@ pub async fn watchdog(
 /// How a launch's exit reads in `/status` `last_exit`: a SIGKILL the supervisor did not send
 /// says whether the memory cgroup's OOM killer struck (its counter rose since `before`), or
 /// else that it was possibly out of memory.
-pub fn describe_exit(status: ExitStatus, before: Option<&crate::meter::OomCounter>) -> String {
+pub(crate) fn describe_exit(
+    status: ExitStatus,
+    before: Option<&crate::meter::OomCounter>,
+) -> String {
     if status.signal() != Some(libc::SIGKILL) {
         return format!("llama-server exited ({status})");
     }
@@ -205,7 +210,7 @@ pub fn describe_exit(status: ExitStatus, before: Option<&crate::meter::OomCounte
 /// SIGABRT from a failed assertion or an uncaught exception, SIGFPE, SIGILL, SIGSYS, SIGTRAP).
 /// A SIGKILL or SIGTERM came from outside (an operator, the OOM killer, the supervisor), an
 /// exit status from the program's own decision.
-pub fn crashed(status: ExitStatus) -> bool {
+pub(crate) fn crashed(status: ExitStatus) -> bool {
     matches!(
         status.signal(),
         Some(
@@ -223,7 +228,7 @@ pub fn crashed(status: ExitStatus) -> bool {
 /// `reason`, followed by the backend's last error line when it printed one before a failed
 /// start, so `/status`, the backoff state and the proxy's 503 say *why* (`error: unknown
 /// argument: --bogus`).
-pub fn with_last_line(reason: String, last_lines: &[String]) -> String {
+pub(crate) fn with_last_line(reason: String, last_lines: &[String]) -> String {
     match last_lines.iter().rev().find(|l| {
         let l = l.to_ascii_lowercase();
         l.contains("error") || l.contains("fail")

@@ -4,13 +4,13 @@
 //! SIGTERM/SIGINT drains the requests in flight, then shuts everything down without leaving
 //! a child behind.
 
-pub mod inflight;
-pub mod lifecycle;
-pub mod liveness;
-pub mod policy;
-pub mod reload;
+pub(crate) mod inflight;
+pub(crate) mod lifecycle;
+pub(crate) mod liveness;
+pub(crate) mod policy;
+pub(crate) mod reload;
 pub mod state;
-pub mod warmup;
+pub(crate) mod warmup;
 
 use crate::backend::setup;
 use crate::config::{Config, SupervisorConfig};
@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub(crate) enum StartError {
     #[error("refusing to listen on {addr} without an API key: anyone on the network could use the model. Set `api_keys = [\"...\"]` in the config file or the SENTINEL_API_KEY environment variable, or listen on 127.0.0.1")]
     OpenListener { addr: std::net::SocketAddr },
     #[error("cannot listen on {addr}: {source} (pick another address with --listen or `listen` in config)")]
@@ -42,11 +42,11 @@ pub enum StartError {
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The exit status when the crash-loop breaker trips with `on_crash_loop = "exit"`.
-pub const CRASH_LOOP_EXIT: u8 = 3;
+pub(crate) const CRASH_LOOP_EXIT: u8 = 3;
 
 /// What `run` runs: the command line merged over the configuration, the profile resolved.
 #[derive(Debug, Clone)]
-pub struct RunOptions {
+pub(crate) struct RunOptions {
     pub config: Config,
     /// The profile (`--profile` or `default_profile`) resolved against this host.
     pub profile: profile::Resolved,
@@ -67,7 +67,7 @@ pub struct RunOptions {
 
 /// `sentinel-supervisor run`: serves until SIGTERM/SIGINT (exit 0), or until the crash-loop
 /// breaker trips with `on_crash_loop = "exit"` (exit [`CRASH_LOOP_EXIT`]).
-pub async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(options: RunOptions) -> anyhow::Result<ExitCode> {
     let (active, listener) = prepare(options).await?;
     let supervisor = active.options.config.supervisor.clone();
     let mut tasks = start(active, listener).await?;
@@ -398,9 +398,12 @@ async fn serve_signals(
     reloads: &mpsc::Sender<ReloadRequest>,
 ) -> Option<End> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+    // Installing a handler fails only for a forbidden signal or a runtime without its I/O
+    // driver; these three are allowed and `run` builds the runtime with `enable_all`.
+    let invariant = "the runtime has its I/O driver and the signal may be caught";
+    let mut term = signal(SignalKind::terminate()).expect(invariant);
+    let mut int = signal(SignalKind::interrupt()).expect(invariant);
+    let mut hup = signal(SignalKind::hangup()).expect(invariant);
     loop {
         tokio::select! {
             _ = term.recv() => return None,

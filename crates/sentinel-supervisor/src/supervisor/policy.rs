@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Start again after this delay.
     Restart(Duration),
     /// Too many failures in the window: stop restarting.
@@ -18,7 +18,7 @@ pub enum Decision {
 }
 
 #[derive(Debug)]
-pub struct RestartPolicy {
+pub(crate) struct RestartPolicy {
     initial: Duration,
     max: Duration,
     reset_after: Duration,
@@ -31,7 +31,7 @@ pub struct RestartPolicy {
 }
 
 impl RestartPolicy {
-    pub fn new(c: &SupervisorConfig) -> RestartPolicy {
+    pub(crate) fn new(c: &SupervisorConfig) -> RestartPolicy {
         RestartPolicy {
             initial: c.backoff_initial,
             max: c.backoff_max,
@@ -46,13 +46,13 @@ impl RestartPolicy {
 
     /// The launch that is ending crashed by itself with `requests` in flight: the next
     /// `on_failure` restarts after the initial delay without counting it.
-    pub fn crashed_serving(&mut self, requests: usize) {
+    pub(crate) fn crashed_serving(&mut self, requests: usize) {
         self.serving = requests;
     }
 
     /// Decides what to do after the backend failed at `now`, having been healthy for
     /// `healthy_for` (None when it never became ready).
-    pub fn on_failure(&mut self, now: Instant, healthy_for: Option<Duration>) -> Decision {
+    pub(crate) fn on_failure(&mut self, now: Instant, healthy_for: Option<Duration>) -> Decision {
         if std::mem::take(&mut self.serving) > 0 {
             return Decision::Restart(self.initial);
         }

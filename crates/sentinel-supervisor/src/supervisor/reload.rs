@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// Reads the configuration again and merges the original command line over it, exactly as
 /// at start (built by `commands::run`).
 #[derive(Clone)]
-pub struct Reloader(pub Arc<dyn Fn() -> Result<RunOptions, ConfigError> + Send + Sync>);
+pub(crate) struct Reloader(pub Arc<dyn Fn() -> Result<RunOptions, ConfigError> + Send + Sync>);
 
 impl std::fmt::Debug for Reloader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -25,7 +25,7 @@ impl std::fmt::Debug for Reloader {
 
 /// Why a reload was refused; the old configuration stays in every case.
 #[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
+pub(crate) enum ReloadError {
     #[error("the new configuration is invalid, keeping the old one: {0}")]
     Invalid(#[source] Invalid),
     #[error(transparent)]
@@ -38,7 +38,7 @@ pub enum ReloadError {
 
 /// Why the new configuration could not be read or set up.
 #[derive(Debug, thiserror::Error)]
-pub enum Invalid {
+pub(crate) enum Invalid {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -58,7 +58,7 @@ impl From<Refused> for ReloadError {
 
 /// One request for a reload.
 #[derive(Debug)]
-pub struct ReloadRequest {
+pub(crate) struct ReloadRequest {
     /// Why (for the log): `SIGHUP`, `POST /admin/reload`, `config file changed`.
     pub trigger: &'static str,
     /// Where the answer goes, when someone waits for it.
@@ -67,7 +67,7 @@ pub struct ReloadRequest {
 
 /// The configuration in force and what it was set up into.
 #[derive(Debug, Clone)]
-pub struct Active {
+pub(crate) struct Active {
     pub options: RunOptions,
     pub installed: setup::Installed,
 }
@@ -112,7 +112,7 @@ const LIVE_FIELDS: &[Field] = &[
 /// Whether `new` needs a new backend compared with `old` ([`BACKEND_FIELDS`]) or applies to
 /// the running one ([`LIVE_FIELDS`]: the governor is retuned on the same child), and which
 /// values differ (for the log).
-pub fn classify(old: &Active, new: &Active) -> (Change, Vec<String>) {
+pub(crate) fn classify(old: &Active, new: &Active) -> (Change, Vec<String>) {
     let differ = |fields: &[Field]| -> Vec<String> {
         fields
             .iter()
@@ -131,7 +131,7 @@ pub fn classify(old: &Active, new: &Active) -> (Change, Vec<String>) {
 }
 
 /// The lifecycle's plan for `active`.
-pub fn plan(active: &Active) -> Plan {
+pub(crate) fn plan(active: &Active) -> Plan {
     let options = &active.options;
     let profile = &options.profile;
     let warmup = super::warmup::Warmup::load(
@@ -163,7 +163,10 @@ pub fn plan(active: &Active) -> Plan {
             let setup_options = options.setup.clone();
             let factory = factory.clone();
             let step: super::lifecycle::LadderStep = Arc::new(move |fault| {
-                let failed = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let failed = current
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
                 crate::backend::ladder::record_failure(
                     &setup_options.cache_dir,
                     &failed,
@@ -173,7 +176,9 @@ pub fn plan(active: &Active) -> Plan {
                 .map_err(|e| e.to_string())?;
                 let next = setup::ensure(&setup_options).map_err(|e| e.to_string())?;
                 let rung = rung_report(&next);
-                *current.lock().unwrap_or_else(|e| e.into_inner()) = next.clone();
+                *current
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = next.clone();
                 Ok((factory(next), rung))
             });
             step
@@ -199,7 +204,7 @@ fn rung_report(installed: &setup::Installed) -> crate::status::BackendRung {
 }
 
 /// The proxy's live settings for `active`, as configuration `generation`.
-pub fn live(active: &Active, generation: u64) -> proxy::Live {
+pub(crate) fn live(active: &Active, generation: u64) -> proxy::Live {
     let options = &active.options;
     proxy::Live {
         generation,
@@ -232,7 +237,7 @@ pub fn live(active: &Active, generation: u64) -> proxy::Live {
 }
 
 /// Performs reloads one at a time.
-pub struct Reloads {
+pub(crate) struct Reloads {
     pub reloader: Option<Reloader>,
     /// The configuration in force, as the lifecycle publishes it.
     pub in_force: watch::Receiver<Arc<InForce>>,
@@ -242,7 +247,7 @@ pub struct Reloads {
 
 impl Reloads {
     /// Serves reload requests one at a time until every sender is gone.
-    pub async fn serve(self, mut requests: mpsc::Receiver<ReloadRequest>) {
+    pub(crate) async fn serve(self, mut requests: mpsc::Receiver<ReloadRequest>) {
         while let Some(request) = requests.recv().await {
             let result = self.reload(request.trigger).await;
             if let Some(reply) = request.reply {
@@ -252,7 +257,7 @@ impl Reloads {
     }
 
     /// Re-reads the configuration and applies it; `trigger` says why (for the log).
-    pub async fn reload(&self, trigger: &str) -> Result<Applied, ReloadError> {
+    pub(crate) async fn reload(&self, trigger: &str) -> Result<Applied, ReloadError> {
         crate::notify::reloading();
         let result = self.reload_inner(trigger).await;
         match &result {
@@ -263,7 +268,7 @@ impl Reloads {
                 "reload done"
             ),
             Err(e) => {
-                tracing::error!(trigger, error = %e, "reload refused; the old configuration stays")
+                tracing::error!(trigger, error = %e, "reload refused; the old configuration stays");
             }
         }
         crate::notify::ready(&crate::notify::status_line(&self.shared.report()));

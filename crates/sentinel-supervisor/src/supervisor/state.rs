@@ -54,7 +54,7 @@ pub enum StateName {
 }
 
 impl StateName {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             StateName::Starting => "starting",
             StateName::Ready => "ready",
@@ -75,7 +75,7 @@ impl std::fmt::Display for StateName {
 
 impl State {
     /// The state's name, as in `/health`.
-    pub fn name(&self) -> StateName {
+    pub(crate) fn name(&self) -> StateName {
         match self {
             State::Starting { .. } => StateName::Starting,
             State::Ready => StateName::Ready,
@@ -94,7 +94,7 @@ impl State {
 
     /// Seconds a client should wait before trying again while the backend does not serve
     /// (`Retry-After`): the time to the next try when failed, a few seconds otherwise.
-    pub fn retry_after_s(&self) -> u64 {
+    pub(crate) fn retry_after_s(&self) -> u64 {
         match self {
             State::Failed {
                 next_retry_in_s: Some(s),
@@ -106,7 +106,7 @@ impl State {
     }
 
     /// Recomputes `next_retry_in_s` of a failed state from `next_retry_at` as of `now`.
-    pub fn refresh_retry_in(&mut self, now: std::time::SystemTime) {
+    pub(crate) fn refresh_retry_in(&mut self, now: std::time::SystemTime) {
         if let State::Failed {
             next_retry_at: Some(at),
             next_retry_in_s,
@@ -124,7 +124,7 @@ impl State {
     }
 
     /// Whether requests should wait for a (re)start instead of failing now.
-    pub fn will_serve(&self) -> bool {
+    pub(crate) fn will_serve(&self) -> bool {
         matches!(
             self,
             State::Starting { .. } | State::Backoff { .. } | State::Ready | State::Unhealthy { .. }
@@ -135,7 +135,7 @@ impl State {
 /// The running backend, as the proxy needs to reach it (`/status` shows part of it, see
 /// [`crate::status::BackendReport`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct BackendInfo {
+pub(crate) struct BackendInfo {
     pub pid: i32,
     pub port: u16,
     pub base_url: String,
@@ -146,7 +146,7 @@ pub struct BackendInfo {
 
 /// What the lifecycle task publishes.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Status {
+pub(crate) struct Status {
     pub state: State,
     pub backend: Option<BackendInfo>,
     pub restarts: u32,
@@ -158,7 +158,7 @@ pub struct Status {
 }
 
 impl Status {
-    pub fn initial() -> Status {
+    pub(crate) fn initial() -> Status {
         Status {
             state: State::Starting { attempt: 0 },
             backend: None,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy)]
-pub struct BreakerSettings {
+pub(crate) struct BreakerSettings {
     pub failures_to_open: u32,
     pub cool_down: Duration,
     pub cool_down_max: Duration,
@@ -26,7 +26,7 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
-    pub const ALL: [BreakerState; 3] = [
+    pub(crate) const ALL: [BreakerState; 3] = [
         BreakerState::Closed,
         BreakerState::Open,
         BreakerState::HalfOpen,
@@ -50,7 +50,7 @@ enum State {
 
 /// What [`Breaker::try_acquire`] lets through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pass {
+pub(crate) enum Pass {
     /// The breaker is closed.
     Normal,
     /// The one request that probes an upstream after its cool-down.
@@ -58,7 +58,7 @@ pub enum Pass {
 }
 
 #[derive(Debug)]
-pub struct Breaker {
+pub(crate) struct Breaker {
     settings: BreakerSettings,
     state: State,
     /// The cool-down the next opening uses (doubles while probes fail).

@@ -94,7 +94,7 @@ fn pem_error(
 
 /// Why one try at an upstream failed (each counts against its breaker).
 #[derive(Debug, thiserror::Error)]
-pub enum Failure {
+pub(crate) enum Failure {
     #[error("cannot connect: {0}")]
     Connect(String),
     #[error("TLS handshake refused: {0} (the upstream's certificate is not trusted: set `ca_file` to the CA that signed it)")]

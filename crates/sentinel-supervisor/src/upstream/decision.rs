@@ -23,7 +23,7 @@ pub enum SpillMode {
 
 /// Why a request left the host: the `reason` of `sentinel_spills_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SpillReason {
+pub(crate) enum SpillReason {
     /// The local backend was not serving (starting, restarting, backoff, failed).
     Unavailable,
     /// The queue would have made it later than its deadline.
@@ -45,7 +45,7 @@ impl SpillReason {
 /// The running profile's spill settings (part of the proxy's live settings, so a reload
 /// changes them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SpillPolicy {
+pub(crate) struct SpillPolicy {
     pub mode: SpillMode,
     pub deadline: Option<Duration>,
 }
@@ -68,7 +68,10 @@ pub(crate) struct ServiceTimes {
 
 impl ServiceTimes {
     pub(crate) fn record(&self, took: Duration) {
-        let mut s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self
+            .samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if s.len() == SAMPLES {
             s.pop_front();
         }
@@ -78,7 +81,10 @@ impl ServiceTimes {
     /// The mean of the samples younger than a minute; `None` without any (then nothing is
     /// known to be late, and the next request is served locally and measured).
     pub(crate) fn mean(&self, now: Instant) -> Option<Duration> {
-        let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let s = self
+            .samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let recent: Vec<Duration> = s
             .iter()
             .filter(|(at, _)| now.saturating_duration_since(*at) < SAMPLE_TTL)

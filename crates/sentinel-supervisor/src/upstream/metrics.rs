@@ -45,7 +45,7 @@ impl MetricConstructor<Histogram> for Buckets {
 
 /// Cheap to clone: every clone counts into the same families.
 #[derive(Clone, Debug)]
-pub struct UpstreamMetrics {
+pub(crate) struct UpstreamMetrics {
     spills: Family<SpillLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     duration: Family<UpstreamLabel, Histogram, Buckets>,

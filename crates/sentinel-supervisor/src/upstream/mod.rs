@@ -5,10 +5,10 @@
 //! three points and `remote` serves the remote answer. The set is built once at start
 //! ([`Upstreams::build`]) and shared by every request.
 
-pub mod breaker;
-pub mod client;
+pub(crate) mod breaker;
+pub(crate) mod client;
 mod decision;
-pub mod metrics;
+pub(crate) mod metrics;
 mod remote;
 pub mod spill;
 
@@ -17,10 +17,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use decision::{SpillMode, SpillPolicy, SpillReason};
+pub(crate) use decision::{SpillMode, SpillPolicy, SpillReason};
 
 /// What `check-config`, `Debug` and the log show in place of an upstream's API key.
-pub const REDACTED: &str = "<redacted>";
+pub(crate) const REDACTED: &str = "<redacted>";
 
 /// An upstream's API key: only [`ApiKey::expose`] reads it; `Debug` and serialization (the
 /// effective configuration `check-config` prints) show [`REDACTED`].
@@ -129,7 +129,7 @@ pub struct UpstreamConfig {
 
 /// Why an upstream cannot be set up; each says what to change.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     #[error("upstream `{name}`: url `{url}` is not an http(s) URL ({reason}); use the OpenAI base URL, e.g. https://llm.example.internal/v1")]
     Url {
         name: String,
@@ -176,7 +176,7 @@ pub enum UpstreamError {
 
 /// One upstream's settings with `[spill]`'s defaults applied and its key read.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub name: String,
     /// The base URL without a trailing `/`.
     pub url: String,
@@ -191,7 +191,7 @@ pub struct Settings {
 
 /// One endpoint of the central tier: its client, its breaker and its in-flight cap.
 #[derive(Debug)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub settings: Settings,
     client: reqwest::Client,
     breaker: std::sync::Mutex<breaker::Breaker>,
@@ -200,7 +200,7 @@ pub struct Upstream {
 
 /// The central tier as configured: every upstream in the order they are tried.
 #[derive(Debug, Default)]
-pub struct Upstreams {
+pub(crate) struct Upstreams {
     list: Vec<Arc<Upstream>>,
     pub metrics: metrics::UpstreamMetrics,
 }
@@ -263,7 +263,9 @@ impl Upstreams {
 
 impl Upstream {
     fn breaker(&self) -> std::sync::MutexGuard<'_, breaker::Breaker> {
-        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
+        self.breaker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

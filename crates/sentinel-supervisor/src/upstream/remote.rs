@@ -32,7 +32,7 @@ pub(super) async fn serve(
         let request = with_model(body, up.settings.model.as_deref());
         match client::send(up, path, request).await {
             Ok(response) => {
-                attempt.settle(|b| b.success());
+                attempt.settle(super::breaker::Breaker::success);
                 let status = response.status().as_u16();
                 if status == 401 || status == 403 {
                     tracing::warn!(upstream = name, status, "the upstream refused its API key; check api_key / api_key_file / api_key_env of this [[upstreams]] entry");
@@ -52,10 +52,10 @@ pub(super) async fn serve(
                 spill.upstreams.metrics.failed(name, failure.kind());
                 match &failure {
                     Failure::Tls(_) => {
-                        tracing::error!(upstream = name, url = %up.settings.url, error = %failure, "upstream TLS refused")
+                        tracing::error!(upstream = name, url = %up.settings.url, error = %failure, "upstream TLS refused");
                     }
                     _ => {
-                        tracing::warn!(upstream = name, error = %failure, "upstream failed; trying the next tier")
+                        tracing::warn!(upstream = name, error = %failure, "upstream failed; trying the next tier");
                     }
                 }
             }

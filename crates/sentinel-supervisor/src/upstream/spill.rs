@@ -25,11 +25,11 @@ use tokio::time::Instant;
 /// Every response names who served it: `local` or the upstream's name.
 pub const SERVED_BY: &str = "x-sentinel-served-by";
 /// A client's own deadline for `spill = "when_late"` (`2.5`, seconds, or `2500ms`).
-pub const DEADLINE_HEADER: &str = "x-sentinel-deadline";
+pub(crate) const DEADLINE_HEADER: &str = "x-sentinel-deadline";
 
 /// The central tier and what the decision reads of the local one.
 #[derive(Debug)]
-pub struct Spill {
+pub(crate) struct Spill {
     pub upstreams: super::Upstreams,
     /// Recent local service times, for `spill = "when_late"`.
     service: ServiceTimes,

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The key the central tier's fake backend requires.
-pub const KEY: &str = "central-secret-key";
+pub(crate) const KEY: &str = "central-secret-key";
 
-pub struct Central {
+pub(crate) struct Central {
     backend: Child,
     /// `https://127.0.0.1:PORT/v1`.
     pub url: String,
@@ -35,7 +35,7 @@ pub struct Central {
 impl Central {
     /// Starts the fake backend (with `FAKE_BACKEND_MODE` directives `mode`, may be empty) and
     /// the terminator in front of it.
-    pub fn start(mode: &str) -> Central {
+    pub(crate) fn start(mode: &str) -> Central {
         let dir = tempfile::tempdir().unwrap();
         let requests_file = dir.path().join("requests.log");
         let model = dir.path().join("central.gguf");
@@ -109,12 +109,9 @@ impl Central {
                     let acceptor = acceptor.clone();
                     let handshake_failures = Arc::clone(&handshake_failures);
                     tokio::spawn(async move {
-                        let mut tls = match acceptor.accept(tcp).await {
-                            Ok(tls) => tls,
-                            Err(_) => {
-                                handshake_failures.fetch_add(1, Ordering::SeqCst);
-                                return;
-                            }
+                        let Ok(mut tls) = acceptor.accept(tcp).await else {
+                            handshake_failures.fetch_add(1, Ordering::SeqCst);
+                            return;
                         };
                         if let Ok(mut plain) =
                             tokio::net::TcpStream::connect(("127.0.0.1", port)).await
@@ -141,7 +138,7 @@ impl Central {
 
     /// The `[[upstreams]]` entry for this tier, named `name`, trusting `ca_file`, with a fast
     /// breaker (`failures_to_open = 2`, `cool_down = "1s"`).
-    pub fn entry(&self, name: &str, ca_file: &std::path::Path) -> String {
+    pub(crate) fn entry(&self, name: &str, ca_file: &std::path::Path) -> String {
         format!(
             "[[upstreams]]\nname = \"{name}\"\nurl = \"{}\"\nmodel = \"central-model\"\napi_key = \"{KEY}\"\nca_file = \"{}\"\nfailures_to_open = 2\ncool_down = \"1s\"\nconnect_timeout = \"1s\"\nfirst_byte_timeout = \"5s\"\n",
             self.url,
@@ -150,7 +147,7 @@ impl Central {
     }
 
     /// The requests the central fake backend received (one line each).
-    pub fn requests(&self) -> Vec<String> {
+    pub(crate) fn requests(&self) -> Vec<String> {
         std::fs::read_to_string(&self.requests_file)
             .unwrap_or_default()
             .lines()
@@ -158,13 +155,13 @@ impl Central {
             .collect()
     }
 
-    pub fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
 
     /// Waits up to `within` for the requests file to hold `n` lines (the fake backend writes a
     /// request's line as it arrives).
-    pub fn wait_requests(&self, n: usize, within: Duration) -> Vec<String> {
+    pub(crate) fn wait_requests(&self, n: usize, within: Duration) -> Vec<String> {
         let start = std::time::Instant::now();
         loop {
             let r = self.requests();

@@ -45,7 +45,7 @@ fn real_backend_serves_recovers_and_leaves_nothing_behind() {
     // kill -9 the llama-server: 503 while it restarts, then 200, and the next request works.
     let first = s.backend_pid();
     let killed = Instant::now();
-    unsafe { libc::kill(first, libc::SIGKILL) };
+    crate::support::kill(first, nix::sys::signal::Signal::SIGKILL);
     s.wait_health(503, Duration::from_secs(5));
     s.wait_health(200, Duration::from_secs(120));
     eprintln!("e2e: ready again {:?} after kill -9", killed.elapsed());

@@ -95,7 +95,7 @@ fn kill_9_while_idle() {
     s.wait_health(200, Duration::from_secs(20));
     let old = s.backend_pid();
     let killed = Instant::now();
-    unsafe { libc::kill(old, libc::SIGKILL) };
+    crate::support::kill(old, nix::sys::signal::Signal::SIGKILL);
     let (took, _) = wait_replaced(&s, old, 1, Duration::from_secs(10));
     eprintln!("fault: kill -9 idle: serving again after {took:?}");
     let last_exit = s.status().last_exit.unwrap_or_default();
@@ -125,7 +125,7 @@ fn kill_9_while_streaming_ends_the_stream_with_an_error_event() {
     let first = lines.next().unwrap().unwrap();
     assert!(first.starts_with("data: {"), "{first}");
     let killed = Instant::now();
-    unsafe { libc::kill(old, libc::SIGKILL) };
+    crate::support::kill(old, nix::sys::signal::Signal::SIGKILL);
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let ended = killed.elapsed();
     let events: Vec<&String> = rest.iter().filter(|l| l.starts_with("data: ")).collect();
@@ -179,7 +179,7 @@ fn kill_9_under_load_every_request_completes_or_gets_a_clean_error() {
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(700));
         let pid = s.backend_pid();
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        crate::support::kill(pid, nix::sys::signal::Signal::SIGKILL);
         killed.push(pid);
         s.wait_health(200, Duration::from_secs(10));
     }
@@ -217,7 +217,7 @@ fn sigstop_from_outside_is_a_hang_unless_the_governor_continues_it() {
     s.wait_health(200, Duration::from_secs(20));
     let old = s.backend_pid();
     let stopped = Instant::now();
-    unsafe { libc::kill(old, libc::SIGSTOP) };
+    crate::support::kill(old, nix::sys::signal::Signal::SIGSTOP);
     detected(
         &s,
         "SIGSTOP (governor off)",
@@ -244,7 +244,7 @@ fn sigstop_from_outside_is_a_hang_unless_the_governor_continues_it() {
             .map(|r| r.status().as_u16())
     });
     std::thread::sleep(Duration::from_millis(300));
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    crate::support::kill(pid, nix::sys::signal::Signal::SIGSTOP);
     assert_eq!(request.join().unwrap().unwrap(), 200);
     assert_eq!(
         s.status().restarts,

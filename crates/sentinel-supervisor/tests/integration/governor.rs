@@ -185,8 +185,7 @@ fn pid_mode_holds_half_a_core_and_sigterm_leaves_the_target_running() {
     let pid = burner.0.id() as i32;
     let mut limiter = limiter(&["--cpus", "0.5", "--pid", &pid.to_string()]);
     assert_half_core(pid);
-    // SAFETY: plain kill(2) on our child.
-    unsafe { libc::kill(limiter.0.id() as i32, libc::SIGTERM) };
+    crate::support::kill(limiter.0.id() as i32, nix::sys::signal::Signal::SIGTERM);
     let status = wait_exit(&mut limiter.0, Duration::from_secs(5));
     assert!(status.success(), "limit exited with {status}");
     for _ in 0..20 {

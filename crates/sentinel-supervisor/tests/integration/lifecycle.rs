@@ -222,7 +222,13 @@ fn sighup_with_a_governor_change_applies_live_to_the_same_backend() {
     let status = s.status();
     let backend = status.backend.unwrap();
     assert_eq!((backend.pid, backend.generation), (old.pid, old.generation));
-    assert_eq!(status.resolved_profile.cpus.map(|c| c.get()), Some(0.5));
+    assert_eq!(
+        status
+            .resolved_profile
+            .cpus
+            .map(sentinel_supervisor::units::Cores::get),
+        Some(0.5)
+    );
     assert!(n >= 8, "{n}");
 }
 
@@ -446,8 +452,7 @@ fn sigkill_of_the_supervisor_takes_a_stopped_backend_down_within_a_second() {
     let mut s = start("", &config);
     s.wait_health(200, Duration::from_secs(20));
     let backend = s.backend_pid();
-    // SAFETY: signalling the test's own grandchild.
-    unsafe { libc::kill(backend, libc::SIGSTOP) };
+    crate::support::kill(backend, nix::sys::signal::Signal::SIGSTOP);
     let deadline = Instant::now() + Duration::from_secs(2);
     while sentinel_supervisor::meter::process_state(backend) != Some('T') {
         assert!(Instant::now() < deadline, "backend {backend} did not stop");

@@ -196,7 +196,7 @@ fn soak_with_random_backend_kills() {
         }
         std::thread::sleep(wait);
         let pid = s.backend_pid();
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        crate::support::kill(pid, nix::sys::signal::Signal::SIGKILL);
         kills += 1;
         eprintln!(
             "soak: {:?}: killed backend {pid} (kill {kills})",

@@ -1,6 +1,8 @@
 //! The integration tests: the real binary, started on port 0, against a fake backend for
 //! fault injection and against the real llama-server with the default model.
 
+// Test-support code (helpers outside `#[test]` fns) may unwrap: a failure there is a failed test.
+#![allow(clippy::unwrap_used)]
 mod central;
 mod support;
 

@@ -19,7 +19,7 @@ const WORDS: [&str; 48] = [
 
 /// A distinct prompt of about 760 tokens with the default model's tokenizer (700 pseudo-random
 /// words after a unique header).
-pub fn prompt(i: usize) -> String {
+pub(crate) fn prompt(i: usize) -> String {
     let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut out = format!("Document {i}. Summarise the following list in one word.\n");
     for _ in 0..700 {

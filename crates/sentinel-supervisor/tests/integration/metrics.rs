@@ -186,7 +186,7 @@ fn requests_and_a_kill_move_their_counters_and_the_scrape_is_promtool_clean() {
     let (_, status) = get(&s, "/status", Some(KEY));
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     let first = status["backend"]["pid"].as_i64().unwrap() as i32;
-    unsafe { libc::kill(first, libc::SIGKILL) };
+    crate::support::kill(first, nix::sys::signal::Signal::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(30);
     let restarted = loop {
         let text = scrape(&s, Some(KEY));

@@ -49,7 +49,7 @@ fn metrics(s: &Supervisor) -> String {
     s.client()
         .get(format!("{}/metrics", s.url))
         .send()
-        .and_then(|r| r.text())
+        .and_then(reqwest::blocking::Response::text)
         .expect("/metrics")
 }
 
@@ -105,12 +105,12 @@ fn client_crashes_never_trip_the_breaker_but_idle_crashes_do() {
     assert_eq!(s.status().restarts, 3);
     // Two crashes with nothing in flight: more than crash_loop_restarts = 1 in the window.
     let pid = s.backend_pid();
-    unsafe { libc::kill(pid, libc::SIGABRT) };
+    crate::support::kill(pid, nix::sys::signal::Signal::SIGABRT);
     crate::support::wait_gone(pid, Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
     s.wait_state("ready", Duration::from_secs(10));
     let pid = s.backend_pid();
-    unsafe { libc::kill(pid, libc::SIGABRT) };
+    crate::support::kill(pid, nix::sys::signal::Signal::SIGABRT);
     s.wait_state("failed", Duration::from_secs(10));
 }
 
@@ -253,12 +253,12 @@ fn real_hostile_requests_get_400_and_the_backend_lives() {
     let _cpu = crate::support::exclusive();
     let s = Supervisor::start(Options {
         args: vec!["--profile", "hostile"],
-        config: r#"
+        config: r"
 [profiles.hostile]
 cpus = 1.0
 slots = 1
 grammar = true
-"#,
+",
         ..Default::default()
     });
     s.wait_health(200, Duration::from_secs(180));
@@ -350,13 +350,13 @@ fn fuzz_real_backend_with_hostile_bodies() {
         .unwrap_or(20);
     let s = Supervisor::start(Options {
         args: vec!["--profile", "hostile"],
-        config: r#"
+        config: r"
 [profiles.hostile]
 cpus = 1.0
 slots = 1
 grammar = true
 max_tokens = 2
-"#,
+",
         ..Default::default()
     });
     s.wait_health(200, Duration::from_secs(180));
@@ -604,7 +604,7 @@ mod fuzz {
     }
 
     /// One request: a route and a JSON body (sometimes not JSON at all).
-    pub fn body(rng: &mut impl Rng) -> (&'static str, Vec<u8>) {
+    pub(super) fn body(rng: &mut impl Rng) -> (&'static str, Vec<u8>) {
         let (path, mut base) = match rng.random_range(0..10) {
             0..=4 => (
                 "/v1/chat/completions",

@@ -133,7 +133,7 @@ proptest! {
                     serde_json::from_slice(checked.body.as_deref().unwrap_or(&body)).unwrap();
                 let asked: Vec<f64> = ["max_tokens", "max_completion_tokens", "n_predict"]
                     .iter()
-                    .filter_map(|k| sent.get(*k).and_then(|v| v.as_f64()))
+                    .filter_map(|k| sent.get(*k).and_then(serde_json::Value::as_f64))
                     .collect();
                 prop_assert!(!asked.is_empty(), "no cap in {sent}");
                 prop_assert!(asked.iter().all(|n| (0.0..=16.0).contains(n)), "{sent}");

@@ -248,7 +248,7 @@ fn a_request_while_the_backend_restarts_waits_for_the_next_one() {
     // before the next backend is up, so it takes the wait path.
     let s = start("", "[supervisor]\nbackoff_initial = \"1500ms\"\n", vec![]);
     let pid = s.backend_pid();
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    crate::support::kill(pid, nix::sys::signal::Signal::SIGKILL);
     let noticed = s.wait_health(503, Duration::from_secs(5));
     assert_ne!(noticed["state"], "ready", "{noticed}");
     let started = Instant::now();

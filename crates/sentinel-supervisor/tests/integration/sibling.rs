@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// `name`, a binary of `package`, beside `own` (a binary of the package under test).
-pub fn sibling_bin(own: &str, package: &str, name: &str) -> String {
+pub(super) fn sibling_bin(own: &str, package: &str, name: &str) -> String {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let dir = Path::new(own)
         .parent()

@@ -342,7 +342,7 @@ impl PhaseFigures {
 
 fn percentile(values: &[f64], p: f64) -> f64 {
     let mut v = values.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
+    v.sort_by(f64::total_cmp);
     if v.is_empty() {
         return f64::NAN;
     }

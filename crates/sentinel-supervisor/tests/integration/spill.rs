@@ -99,7 +99,7 @@ fn local_killed_is_served_by_the_central_tier_then_local_again() {
     assert_eq!(central.connections(), 0);
 
     let pid = s.backend_pid();
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    crate::support::kill(pid, nix::sys::signal::Signal::SIGKILL);
     wait_not_serving(&s, Duration::from_secs(5));
     let a = chat(&s, false, &[]);
     assert_eq!(

@@ -50,7 +50,10 @@ fn a_ready_supervisor_is_exit_0_with_its_state_and_profile() {
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["state"], "ready");
     assert_eq!(v["profile"], "invisible");
-    assert_eq!(v["backend"]["pid"].as_i64(), Some(s.backend_pid() as i64));
+    assert_eq!(
+        v["backend"]["pid"].as_i64(),
+        Some(i64::from(s.backend_pid()))
+    );
 }
 
 #[test]

@@ -119,7 +119,7 @@ fn restarts_after_the_backend_is_killed() {
     let s = fake("", FAST_RESTARTS);
     s.wait_health(200, Duration::from_secs(20));
     let first = s.backend_pid();
-    unsafe { libc::kill(first, libc::SIGKILL) };
+    crate::support::kill(first, nix::sys::signal::Signal::SIGKILL);
     s.wait_health(503, Duration::from_secs(5));
     s.wait_health(200, Duration::from_secs(20));
     let second = s.backend_pid();

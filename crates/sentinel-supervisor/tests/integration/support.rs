@@ -8,25 +8,25 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_sentinel-supervisor");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_sentinel-supervisor");
 
 #[path = "sibling.rs"]
 mod sibling;
 
 /// The fake llama-server (fault injection), a binary of the bench crate.
-pub fn fake() -> &'static str {
+pub(crate) fn fake() -> &'static str {
     static PATH: OnceLock<String> = OnceLock::new();
     PATH.get_or_init(|| sibling::sibling_bin(BIN, "sentinel-bench", "fake-backend"))
 }
 
 /// A process that keeps N threads busy, a binary of the bench crate.
-pub fn burner() -> &'static str {
+pub(crate) fn burner() -> &'static str {
     static PATH: OnceLock<String> = OnceLock::new();
     PATH.get_or_init(|| sibling::sibling_bin(BIN, "sentinel-bench", "cpu-burner"))
 }
 
 /// A running supervisor.
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     pub child: Child,
     pub url: String,
     _dir: tempfile::TempDir,
@@ -35,7 +35,7 @@ pub struct Supervisor {
 
 /// How to start one.
 #[derive(Default, Clone)]
-pub struct Options<'a> {
+pub(crate) struct Options<'a> {
     pub args: Vec<&'a str>,
     pub env: Vec<(&'a str, String)>,
     /// Extra TOML written to a config file passed with --config.
@@ -56,7 +56,7 @@ pub struct Options<'a> {
 }
 
 impl Supervisor {
-    pub fn start(opts: Options) -> Supervisor {
+    pub(crate) fn start(opts: Options) -> Supervisor {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("config.toml");
         std::fs::write(&config, opts.config).expect("write config");
@@ -134,26 +134,26 @@ impl Supervisor {
 
     /// The temp dir holding `config.toml` (passed with --config) and, with the fake
     /// backend, the model `fake.gguf`.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self._dir.path()
     }
 
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
 
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
-    pub fn client(&self) -> reqwest::blocking::Client {
+    pub(crate) fn client(&self) -> reqwest::blocking::Client {
         reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()
             .unwrap()
     }
 
-    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+    pub(crate) fn get(&self, path: &str) -> (u16, serde_json::Value) {
         match self.client().get(format!("{}{path}", self.url)).send() {
             Ok(r) => {
                 let code = r.status().as_u16();
@@ -163,7 +163,7 @@ impl Supervisor {
         }
     }
 
-    pub fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    pub(crate) fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
         let r = self
             .client()
             .post(format!("{}{path}", self.url))
@@ -175,7 +175,7 @@ impl Supervisor {
     }
 
     /// Waits until `/health` answers `code`, returning its body.
-    pub fn wait_health(&self, code: u16, within: Duration) -> serde_json::Value {
+    pub(crate) fn wait_health(&self, code: u16, within: Duration) -> serde_json::Value {
         let deadline = Instant::now() + within;
         loop {
             let (c, body) = self.get("/health");
@@ -193,7 +193,7 @@ impl Supervisor {
     }
 
     /// Waits until `/health` reports `state`.
-    pub fn wait_state(&self, state: &str, within: Duration) -> serde_json::Value {
+    pub(crate) fn wait_state(&self, state: &str, within: Duration) -> serde_json::Value {
         let deadline = Instant::now() + within;
         loop {
             let (_, body) = self.get("/health");
@@ -211,7 +211,7 @@ impl Supervisor {
     }
 
     /// `/status`, read as the typed report (panics with the log when it is not one).
-    pub fn status(&self) -> StatusReport {
+    pub(crate) fn status(&self) -> StatusReport {
         let (code, body) = self.get("/status");
         assert_eq!(code, 200, "GET /status: {body}\n{}", self.logs());
         serde_json::from_value(body.clone())
@@ -219,7 +219,7 @@ impl Supervisor {
     }
 
     /// The backend's pid from `/status`.
-    pub fn backend_pid(&self) -> i32 {
+    pub(crate) fn backend_pid(&self) -> i32 {
         let status = self.status();
         match status.backend {
             Some(backend) => backend.pid,
@@ -227,15 +227,14 @@ impl Supervisor {
         }
     }
 
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own child.
-        unsafe {
-            libc::kill(self.pid(), sig);
-        }
+    pub(crate) fn signal(&self, sig: i32) {
+        let sig =
+            nix::sys::signal::Signal::try_from(sig).expect("tests pass libc's signal constants");
+        kill(self.pid(), sig);
     }
 
     /// Waits for the supervisor to exit.
-    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+    pub(crate) fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -269,8 +268,14 @@ impl Drop for Supervisor {
     }
 }
 
+/// Sends `sig` to `pid` (a child or grandchild of the test); a process already gone is not an
+/// error here: what the test checks next tells.
+pub(crate) fn kill(pid: i32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
 /// Whether a process exists (and is not a zombie).
-pub fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     matches!(
         sentinel_supervisor::meter::process_state(pid),
         Some(state) if state != 'Z' && state != 'X'
@@ -278,7 +283,7 @@ pub fn alive(pid: i32) -> bool {
 }
 
 /// Waits until `pid` is gone; returns how long it took.
-pub fn wait_gone(pid: i32, within: Duration) -> Duration {
+pub(crate) fn wait_gone(pid: i32, within: Duration) -> Duration {
     let start = Instant::now();
     while alive(pid) {
         if start.elapsed() > within {
@@ -291,13 +296,13 @@ pub fn wait_gone(pid: i32, within: Duration) -> Duration {
 
 /// The real llama-server and default model, from `sentinel-supervisor setup` (which builds
 /// and fetches them into the cache the first time, and reuses them after).
-pub struct Real {
+pub(crate) struct Real {
     /// The backend ladder's rung in use on this host (`native`, `native --no-repack`, ...).
     pub rung: String,
     pub model: PathBuf,
 }
 
-pub fn real_backend() -> &'static Real {
+pub(crate) fn real_backend() -> &'static Real {
     static REAL: OnceLock<Real> = OnceLock::new();
     REAL.get_or_init(|| {
         let out = Command::new(BIN)
@@ -328,7 +333,8 @@ pub fn real_backend() -> &'static Real {
 
 /// Serialises tests that measure CPU or run the real model, so they do not disturb each other
 /// on a 2-core machine.
-pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -99,7 +99,7 @@ stop_grace = "1s"
     );
 
     // A restart warms the new backend before it is published as ready.
-    unsafe { libc::kill(first, libc::SIGKILL) };
+    crate::support::kill(first, nix::sys::signal::Signal::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(20);
     let second = loop {
         let status = s.status();
@@ -143,7 +143,7 @@ fn status_token_totals_move_with_a_request() {
         .client()
         .get(format!("{}/metrics", s.url))
         .send()
-        .and_then(|r| r.text())
+        .and_then(reqwest::blocking::Response::text)
         .expect("GET /metrics");
     let line = metrics
         .lines()
@@ -227,7 +227,7 @@ fn bench_first_task_after_restart() {
         s.wait_state("ready", Duration::from_secs(600));
         let started = Instant::now();
         let old = s.backend_pid();
-        unsafe { libc::kill(old, libc::SIGKILL) };
+        crate::support::kill(old, nix::sys::signal::Signal::SIGKILL);
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             let status = s.status();

@@ -117,7 +117,7 @@ pub(super) fn configure_and_build(
     configure.args(&flags);
     let step = Step::spinner("configure", format!("cmake ({flavor})"));
     log.run(configure, "configure", |line| {
-        step.set_message(line.trim().to_string())
+        step.set_message(line.trim().to_string());
     })?;
     step.finish("cmake configured the build");
 

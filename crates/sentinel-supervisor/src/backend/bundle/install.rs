@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 /// An opened bundle: its top directory and manifest (extracted into a scratch directory when
 /// it was an archive, removed when this is dropped).
 #[derive(Debug)]
-pub struct Bundle {
+pub(crate) struct Bundle {
     pub root: PathBuf,
     pub manifest: Manifest,
     /// Whether `root` is our own scratch copy (its files may be moved instead of copied).
@@ -131,7 +131,7 @@ impl Bundle {
 
 /// What [`install`] did.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Installed {
+pub(crate) struct Installed {
     /// The installed llama-server.
     pub server: PathBuf,
     /// The installed default model, when the bundle holds one.

@@ -35,7 +35,7 @@ const SHIPPED: [(&str, &str, bool); 4] = [
 
 /// What [`create`] packs.
 #[derive(Debug, Clone)]
-pub struct BundleOptions {
+pub(crate) struct BundleOptions {
     /// The directory the archive is written to (created when missing).
     pub out: PathBuf,
     /// The supervisor binary (the running one).
@@ -50,7 +50,7 @@ pub struct BundleOptions {
 
 /// A written bundle.
 #[derive(Debug)]
-pub struct Written {
+pub(crate) struct Written {
     pub archive: PathBuf,
     pub manifest: Manifest,
     /// The archive's size.

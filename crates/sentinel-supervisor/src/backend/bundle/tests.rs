@@ -1,7 +1,9 @@
 //! The manifest's checks and a whole bundle's round trip (create, open, verify, install twice)
 //! on small files standing in for the binaries.
 
-use super::install::{extract, find_root};
+use super::install::{extract, find_root, Installed};
+use super::manifest::LinkEntry;
+use super::pack::Written;
 use super::*;
 use crate::backend::model;
 use sha2::{Digest, Sha256};

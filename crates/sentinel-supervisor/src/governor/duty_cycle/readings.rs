@@ -8,7 +8,7 @@ use std::time::Duration;
 /// Live readings published by the limiter thread (for the governor's snapshot, see
 /// [`crate::governor::snapshot`]).
 #[derive(Debug, Default)]
-pub struct LimiterReadings {
+pub(crate) struct LimiterReadings {
     pub(super) budget: AtomicU64,
     pub(super) fraction: AtomicU64,
     pub(super) throttling: AtomicBool,
@@ -17,7 +17,7 @@ pub struct LimiterReadings {
 
 /// A copy of the readings at one moment.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LimiterSnapshot {
+pub(crate) struct LimiterSnapshot {
     /// The budget in force (lower than the profile's in adaptive mode), in cores.
     pub budget: f64,
     /// Share of each period the child runs.
@@ -38,7 +38,7 @@ fn load(a: &AtomicU64) -> f64 {
 
 impl LimiterReadings {
     /// A copy of the readings now.
-    pub fn snapshot(&self) -> LimiterSnapshot {
+    pub(crate) fn snapshot(&self) -> LimiterSnapshot {
         LimiterSnapshot {
             budget: load(&self.budget),
             fraction: load(&self.fraction),
@@ -54,11 +54,11 @@ impl LimiterReadings {
 /// supervisor makes one for its backends and hands it to each governor it starts and to the
 /// readers; clones share the count.
 #[derive(Clone, Debug, Default)]
-pub struct StoppedTime(Arc<AtomicU64>);
+pub(crate) struct StoppedTime(Arc<AtomicU64>);
 
 impl StoppedTime {
     /// The stopped time counted so far.
-    pub fn total(&self) -> Duration {
+    pub(crate) fn total(&self) -> Duration {
         Duration::from_nanos(self.0.load(Ordering::Relaxed))
     }
 

@@ -11,7 +11,7 @@
 
 mod prepare;
 
-pub use prepare::{Governor, Prepared};
+pub(crate) use prepare::{Governor, Prepared};
 
 use super::cgroup::{CgroupError, CpuCgroup};
 use super::duty_cycle::{SignalLimiter, StoppedTime};
@@ -23,7 +23,7 @@ use crate::units::Cores;
 
 /// Why the governor could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum GovernorError {
+pub(crate) enum GovernorError {
     #[error("invalid [governor] configuration: {0}")]
     Config(String),
     #[error(transparent)]
@@ -45,7 +45,7 @@ enum Mechanism {
 /// cgroup and publishes a last snapshot in state `stopped`. While it runs it takes new
 /// settings ([`GovernorHandle::retune`]) and a new place to report
 /// ([`GovernorHandle::report_to`]) without letting go of the child.
-pub struct GovernorHandle {
+pub(crate) struct GovernorHandle {
     pid: i32,
     mechanism: Mechanism,
     publisher: Publisher,
@@ -70,12 +70,12 @@ fn source_of(mechanism: &Mechanism) -> Source {
 
 impl GovernorHandle {
     /// The child's pid.
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.pid
     }
 
     /// True when the duty-cycle thread has ended by itself (the child is gone).
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         match &self.mechanism {
             Mechanism::Signals(l, _) => l.snapshot().finished,
             _ => false,
@@ -83,7 +83,7 @@ impl GovernorHandle {
     }
 
     /// The cgroup the child was moved into (its cap, or only its priority), if any.
-    pub fn cgroup(&self) -> Option<std::path::PathBuf> {
+    pub(crate) fn cgroup(&self) -> Option<std::path::PathBuf> {
         match &self.mechanism {
             Mechanism::Cgroup(group) => Some(group),
             Mechanism::Signals(_, group) | Mechanism::Off(group) => group.as_ref(),
@@ -92,7 +92,7 @@ impl GovernorHandle {
     }
 
     /// The last snapshot the governor published (`None` once the lifecycle has cleared it).
-    pub fn snapshot(&self) -> Option<GovernorSnapshot> {
+    pub(crate) fn snapshot(&self) -> Option<GovernorSnapshot> {
         self.report.borrow().clone()
     }
 
@@ -101,7 +101,7 @@ impl GovernorHandle {
     /// is never let go); any other change rebuilds the mechanism, this being the one place
     /// a governor is stopped and started again. A changed priority is set on the child's
     /// threads too. On error the governor is stopped (the child runs unthrottled).
-    pub fn retune(
+    pub(crate) fn retune(
         &mut self,
         config: &GovernorConfig,
         settings: GovernorSettings,
@@ -117,7 +117,7 @@ impl GovernorHandle {
             match super::priority::apply_to_process_threads(pid, priority) {
                 Ok(()) => tracing::info!(pid, %priority, "backend priority changed"),
                 Err(e) => {
-                    tracing::warn!(pid, %priority, error = %e, "cannot change the running backend's priority (raising it needs privileges); the next backend starts with it")
+                    tracing::warn!(pid, %priority, error = %e, "cannot change the running backend's priority (raising it needs privileges); the next backend starts with it");
                 }
             }
         }
@@ -176,13 +176,13 @@ impl GovernorHandle {
     }
 
     /// Whether it publishes on `report`.
-    pub fn reports_to(&self, report: &SnapshotSender) -> bool {
+    pub(crate) fn reports_to(&self, report: &SnapshotSender) -> bool {
         self.report.same_channel(report)
     }
 
     /// Publishes on `report` from now on (the old place gets no last snapshot); the
     /// mechanism goes on untouched. Blue-green moves `/status` to the new backend this way.
-    pub fn report_to(&mut self, report: SnapshotSender) -> Result<(), GovernorError> {
+    pub(crate) fn report_to(&mut self, report: SnapshotSender) -> Result<(), GovernorError> {
         self.report = report;
         self.restart_publisher()
     }
@@ -203,7 +203,7 @@ impl GovernorHandle {
 
     /// Continues the child, removes the cgroup and publishes a last snapshot in state
     /// `stopped`. Idempotent.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if self.stopped {
             return;
         }

@@ -13,7 +13,7 @@ use crate::governor::{Activity, Priority};
 use crate::units::Cores;
 
 /// Entry point.
-pub struct Governor;
+pub(crate) struct Governor;
 
 /// What a prepared governor will run, chosen before the child exists.
 enum Plan {
@@ -26,7 +26,7 @@ enum Plan {
 /// or only the priority) made, so the child can be born inside it
 /// ([`Prepared::enter_on_exec`]) and nothing it starts escapes; [`Prepared::start`] then
 /// governs the child.
-pub struct Prepared {
+pub(crate) struct Prepared {
     config: GovernorConfig,
     settings: GovernorSettings,
     plan: Plan,
@@ -38,7 +38,7 @@ impl Governor {
     /// duty cycle holds it stopped to `stopped`. What the child started before this call stays
     /// outside its cgroup: a child that starts others is spawned with [`Governor::prepare`]
     /// instead.
-    pub fn start(
+    pub(crate) fn start(
         child_pid: i32,
         config: &GovernorConfig,
         settings: GovernorSettings,
@@ -51,7 +51,7 @@ impl Governor {
     }
 
     /// Chooses the method and makes its cgroup, before the child exists.
-    pub fn prepare(
+    pub(crate) fn prepare(
         config: &GovernorConfig,
         settings: GovernorSettings,
     ) -> Result<Prepared, GovernorError> {
@@ -106,7 +106,10 @@ impl Governor {
 impl Prepared {
     /// Makes the process `cmd` starts enter the governor's cgroup before its first
     /// instruction, where the governor has one.
-    pub fn enter_on_exec(&self, cmd: &mut std::process::Command) -> Result<(), GovernorError> {
+    pub(crate) fn enter_on_exec(
+        &self,
+        cmd: &mut std::process::Command,
+    ) -> Result<(), GovernorError> {
         match &self.plan {
             Plan::Cgroup(group) | Plan::Off(Some(group)) | Plan::Signals(_, Some(group)) => {
                 Ok(group.enter_on_exec(cmd)?)
@@ -117,7 +120,7 @@ impl Prepared {
 
     /// Governs `child_pid` (moved into the cgroup if it is not born there), as
     /// [`Governor::start`] does.
-    pub fn start(
+    pub(crate) fn start(
         self,
         child_pid: i32,
         activity: Activity,

@@ -124,7 +124,7 @@ fn tools_tokenize_and_detokenize_types() {
         "invalid_type"
     );
     assert!(passed(Route::Tokenize, br#"{"content": "hi"}"#).is_none());
-    for body in [&br#"{"content": null}"#[..], br#"{}"#] {
+    for body in [&br#"{"content": null}"#[..], br"{}"] {
         assert_eq!(err(Route::Tokenize, body).code(), "missing_field");
     }
     assert!(err(Route::Detokenize, br#"{"tokens": "x"}"#)

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 /// What one `/health` probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Probe {
+pub(crate) enum Probe {
     /// 200: serving.
     Ready,
     /// 503: loading the model, or busy with every slot; alive either way.
@@ -23,7 +23,7 @@ pub enum Probe {
 }
 
 /// Starts backends and probes them.
-pub trait Backend: Send + Sync + 'static {
+pub(crate) trait Backend: Send + Sync + 'static {
     type Child: BackendChild;
 
     /// Starts one backend as `spec` says.
@@ -40,7 +40,7 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// One running backend, as the lifecycle holds it.
-pub trait BackendChild: Send + 'static {
+pub(crate) trait BackendChild: Send + 'static {
     fn pid(&self) -> i32;
 
     /// Its last output lines (kept after it exits, for `last_lines` and the CPU-fault check).
@@ -55,7 +55,7 @@ pub trait BackendChild: Send + 'static {
 
 /// The real backend: llama-server spawned by [`BackendProcess`], probed over HTTP.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Llama;
+pub(crate) struct Llama;
 
 impl Backend for Llama {
     type Child = BackendProcess;

@@ -25,8 +25,8 @@ mod testchild;
 #[cfg(test)]
 mod tests;
 
-pub use child::{Backend, BackendChild, Llama, Probe};
-pub use reload::{Applied, Change, Refused, Reload};
+pub(crate) use child::{Backend, BackendChild, Llama, Probe};
+pub(crate) use reload::{Applied, Change, Refused, Reload};
 
 use super::inflight::InFlight;
 use super::liveness::Liveness;
@@ -43,12 +43,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// Builds the launch spec for each attempt (fresh port and key every time).
-pub type SpecFactory = Box<dyn Fn() -> std::io::Result<LaunchSpec> + Send + Sync>;
+pub(crate) type SpecFactory = Box<dyn Fn() -> std::io::Result<LaunchSpec> + Send + Sync>;
 
 /// After a CPU fault of the backend (`backend::smoke::cpu_fault`): records its rung as failed
 /// and climbs the backend ladder to the next rung that passes the smoke test, returning its
 /// launches and how `/status` names it. Blocking (it may build and test).
-pub type LadderStep = Arc<
+pub(crate) type LadderStep = Arc<
     dyn Fn(
             &crate::backend::smoke::Failure,
         ) -> Result<(SpecFactory, crate::status::BackendRung), String>
@@ -57,7 +57,7 @@ pub type LadderStep = Arc<
 >;
 
 /// What each launch is made of; a reload replaces it.
-pub struct Plan {
+pub(crate) struct Plan {
     pub config: SupervisorConfig,
     pub make_spec: SpecFactory,
     pub governor_config: GovernorConfig,
@@ -73,14 +73,14 @@ pub struct Plan {
 /// proxy's part of it. Published once, by the lifecycle, when a reload takes effect; the
 /// proxy, the reload and the file watcher read it.
 #[derive(Debug)]
-pub struct InForce {
+pub(crate) struct InForce {
     pub active: Active,
     pub live: Arc<crate::proxy::Live>,
 }
 
 impl InForce {
     /// `active` as configuration `generation` (1 at start, +1 per reload applied).
-    pub fn new(active: Active, generation: u64) -> InForce {
+    pub(crate) fn new(active: Active, generation: u64) -> InForce {
         InForce {
             live: Arc::new(super::reload::live(&active, generation)),
             active,
@@ -90,7 +90,7 @@ impl InForce {
 
 /// Messages to the lifecycle task.
 #[derive(Debug)]
-pub enum Command {
+pub(crate) enum Command {
     Reload(Box<Reload>),
     /// Try a failed backend again now (the model file changed).
     Retry {
@@ -100,7 +100,7 @@ pub enum Command {
 
 /// How the lifecycle task ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     /// Cancelled; no backend left.
     Stopped,
     /// The crash-loop breaker tripped with `supervisor.on_crash_loop = "exit"`.
@@ -108,7 +108,7 @@ pub enum End {
 }
 
 /// The lifecycle task's inputs and outputs; [`Lifecycle::run`] is the task.
-pub struct Lifecycle<B: Backend = Llama> {
+pub(crate) struct Lifecycle<B: Backend = Llama> {
     /// How backends are started and probed.
     pub backend: B,
     pub activity: Activity,
@@ -183,7 +183,7 @@ async fn next_command(commands: &mut mpsc::Receiver<Command>) -> Command {
 impl<B: Backend> Lifecycle<B> {
     /// Runs until cancelled (or, with `on_crash_loop = "exit"`, until the breaker trips);
     /// always leaves no backend behind.
-    pub async fn run(self, plan: Plan, mut commands: mpsc::Receiver<Command>) -> End {
+    pub(crate) async fn run(self, plan: Plan, mut commands: mpsc::Receiver<Command>) -> End {
         let mut cur = Current::new(plan);
         let mut counts = Counts::default();
         let mut drains = JoinSet::new();

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 /// What a reload changes, decided by [`crate::supervisor::reload::classify`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// Governor, priority and supervisor settings: applied to the running backend.
     Live,
     /// Model, threads, context, slots, embeddings or arguments: needs a new backend.
@@ -23,7 +23,7 @@ pub enum Change {
 
 /// How an accepted reload took effect.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Applied {
+pub(crate) enum Applied {
     /// Applied to the running backend.
     Live,
     /// A new backend (this generation) serves; the old one drains.
@@ -34,7 +34,7 @@ pub enum Applied {
 
 /// Why the lifecycle refused a reload; the old configuration and backend stay.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
+pub(crate) enum Refused {
     #[error("the new backend did not start ({why}); the old configuration stays. Last lines: {last_lines:?}")]
     BackendFailed {
         why: String,
@@ -45,7 +45,7 @@ pub enum Refused {
 }
 
 /// A new configuration for the lifecycle.
-pub struct Reload {
+pub(crate) struct Reload {
     /// What each launch is made of from now on.
     pub plan: Plan,
     /// The configuration it comes from, put in force (published) when it takes effect.

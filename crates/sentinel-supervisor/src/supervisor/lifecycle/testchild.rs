@@ -139,12 +139,11 @@ impl Backend for Fake {
     }
 
     async fn health(&self, _client: &reqwest::Client, info: &BackendInfo) -> Probe {
-        match self.probe(info.pid) {
-            Some(probe) => probe,
-            None => {
-                tokio::time::sleep(PROBE_TIMEOUT).await;
-                Probe::Down("/health timed out".into())
-            }
+        if let Some(probe) = self.probe(info.pid) {
+            probe
+        } else {
+            tokio::time::sleep(PROBE_TIMEOUT).await;
+            Probe::Down("/health timed out".into())
         }
     }
 }

@@ -20,7 +20,7 @@
 
 mod slots;
 
-pub use slots::{model_key, secure_slot_dir, SlotDirError, SlotRecord, SlotStore};
+pub(crate) use slots::{model_key, secure_slot_dir, SlotRecord, SlotStore};
 
 use super::state::BackendInfo;
 use crate::backend::setup::Installed;
@@ -32,14 +32,14 @@ use tokio_util::sync::CancellationToken;
 
 /// The user message behind the prefix in the warm-up request. Anything short works: llama-server
 /// reuses the longest common token prefix, which ends where the real task's text begins.
-pub const WARM_SUFFIX: &str = ".";
+pub(crate) const WARM_SUFFIX: &str = ".";
 
 /// Changes whenever the warm-up request's shape changes, so slot files saved from an older
 /// shape are not restored (part of the prefix hash).
 const REQUEST_SHAPE: &str = "chat-system-v1";
 
 #[derive(Debug, thiserror::Error)]
-pub enum WarmupError {
+pub(crate) enum WarmupError {
     #[error(
         "cannot read the warm prefix {path}: {source} (fix or remove it in backend.warm_prefixes)"
     )]
@@ -64,7 +64,7 @@ pub enum WarmupError {
 
 /// One configured prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Prefix {
+pub(crate) struct Prefix {
     pub path: PathBuf,
     pub text: String,
     /// 16 hex digits of the SHA-256 of the request shape and the text.
@@ -72,13 +72,13 @@ pub struct Prefix {
 }
 
 impl Prefix {
-    pub fn new(path: PathBuf, text: String) -> Prefix {
+    pub(crate) fn new(path: PathBuf, text: String) -> Prefix {
         let hash = short_hash(&[REQUEST_SHAPE.as_bytes(), text.as_bytes()]);
         Prefix { path, text, hash }
     }
 
     /// Reads a prefix file.
-    pub fn read(path: &Path) -> Result<Prefix, WarmupError> {
+    pub(crate) fn read(path: &Path) -> Result<Prefix, WarmupError> {
         let text = std::fs::read_to_string(path).map_err(|source| WarmupError::Read {
             path: path.to_path_buf(),
             source,
@@ -94,7 +94,7 @@ impl Prefix {
 
 /// The body of the warm-up request for `prefix`: the prefix as the system message, as the
 /// tools send it, one token to generate, kept in the cache.
-pub fn chat_request(prefix: &str) -> serde_json::Value {
+pub(crate) fn chat_request(prefix: &str) -> serde_json::Value {
     serde_json::json!({
         "messages": [
             {"role": "system", "content": prefix},
@@ -119,7 +119,7 @@ fn short_hash(parts: &[&[u8]]) -> String {
 
 /// The warm-up of one plan: its prefixes and where their slots are kept.
 #[derive(Debug, Clone)]
-pub struct Warmup {
+pub(crate) struct Warmup {
     pub prefixes: Vec<Prefix>,
     pub slots: SlotStore,
     /// Per request (a slow prefill of a big model on one throttled core takes minutes).
@@ -128,7 +128,7 @@ pub struct Warmup {
 
 /// How one prefix was warmed.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Warmed {
+pub(crate) enum Warmed {
     Restored { ms: f64 },
     Prefilled { ms: f64, cached: u64, prompt: u64 },
 }
@@ -136,7 +136,7 @@ pub enum Warmed {
 impl Warmup {
     /// The warm-up for `paths` (`None` when there are none). An unreadable or empty file is
     /// logged and left out: the backend serves anyway, only colder.
-    pub fn load(
+    pub(crate) fn load(
         paths: &[PathBuf],
         installed: &Installed,
         cache_dir: &Path,
@@ -168,7 +168,7 @@ impl Warmup {
 
     /// Warms `backend` (counted as `activity`), beating `heartbeat` every `beat` meanwhile;
     /// stops early when `cancel` fires. Failures are logged: the backend serves anyway.
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         backend: &BackendInfo,
         activity: &Activity,
@@ -211,10 +211,10 @@ impl Warmup {
             // it held, while each later prefill moves the previous prefix to the host-RAM cache.
             match self.warm_one(&client, backend, prefix, i == 0).await {
                 Ok(how) => {
-                    tracing::info!(prefix = %prefix.path.display(), generation = backend.generation, ?how, "warm prefix ready")
+                    tracing::info!(prefix = %prefix.path.display(), generation = backend.generation, ?how, "warm prefix ready");
                 }
                 Err(e) => {
-                    tracing::warn!(prefix = %prefix.path.display(), generation = backend.generation, error = %e, "warm-up failed; the first task behind this prefix pays its prefill")
+                    tracing::warn!(prefix = %prefix.path.display(), generation = backend.generation, error = %e, "warm-up failed; the first task behind this prefix pays its prefill");
                 }
             }
         }
@@ -229,7 +229,11 @@ impl Warmup {
     ) -> Result<Warmed, WarmupError> {
         let name = self.slots.file_name(prefix);
         if first {
-            if let Some(mut record) = self.slots.record(prefix).filter(|r| r.restore_pays()) {
+            if let Some(mut record) = self
+                .slots
+                .record(prefix)
+                .filter(slots::SlotRecord::restore_pays)
+            {
                 let t = Instant::now();
                 match slot_action(client, backend, "restore", &name).await {
                     Ok(()) => {

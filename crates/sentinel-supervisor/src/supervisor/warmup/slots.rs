@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 /// What a saved slot depends on besides the prefix: the llama-server binary and the model
 /// (path, size and modification time of each; hashing a multi-GB model at every start would
 /// cost more than the prefill it saves).
-pub fn model_key(server: &Path, model: &Path) -> String {
+pub(crate) fn model_key(server: &Path, model: &Path) -> String {
     let identity = |p: &Path| {
         let meta = std::fs::metadata(p).ok();
-        let size = meta.as_ref().map(|m| m.len()).unwrap_or(0);
+        let size = meta.as_ref().map(std::fs::Metadata::len).unwrap_or(0);
         let mtime = meta
             .and_then(|m| m.modified().ok())
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -25,7 +25,7 @@ pub fn model_key(server: &Path, model: &Path) -> String {
 
 /// What was measured for a saved slot (the `.json` beside the `.bin`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct SlotRecord {
+pub(crate) struct SlotRecord {
     /// Wall time of the prefill that produced the slot.
     pub prefill_ms: f64,
     /// Wall time of the last restore, when there was one.
@@ -34,14 +34,14 @@ pub struct SlotRecord {
 
 impl SlotRecord {
     /// Whether restoring is worth it: no restore measured yet, or the last one beat the prefill.
-    pub fn restore_pays(&self) -> bool {
+    pub(crate) fn restore_pays(&self) -> bool {
         self.restore_ms.map_or(true, |r| r < self.prefill_ms)
     }
 }
 
 /// Why the slot directory cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum SlotDirError {
+pub(crate) enum SlotDirError {
     #[error("cannot create the slot directory {dir}: {source} (check the permissions of backend.cache_dir)")]
     Create {
         dir: PathBuf,
@@ -62,7 +62,7 @@ pub enum SlotDirError {
 
 /// Creates `dir` (and its parents) for `--slot-save-path`: 0700, owned by this process's user,
 /// not a symlink; an existing one with a looser mode is tightened to 0700.
-pub fn secure_slot_dir(dir: &Path) -> Result<(), SlotDirError> {
+pub(crate) fn secure_slot_dir(dir: &Path) -> Result<(), SlotDirError> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent).map_err(|source| SlotDirError::Create {
@@ -121,7 +121,7 @@ fn open_nofollow(path: &Path, write: bool) -> std::io::Result<std::fs::File> {
 
 /// The slot files of one model in `<cache>/slots/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotStore {
+pub(crate) struct SlotStore {
     pub dir: PathBuf,
     pub model_key: String,
 }
@@ -129,7 +129,7 @@ pub struct SlotStore {
 impl SlotStore {
     /// `<model-key>-<prefix-hash>.bin`, as llama-server's `filename` (a bare name, relative to
     /// `--slot-save-path`).
-    pub fn file_name(&self, prefix: &Prefix) -> String {
+    pub(crate) fn file_name(&self, prefix: &Prefix) -> String {
         format!("{}-{}.bin", self.model_key, prefix.hash)
     }
 
@@ -138,7 +138,7 @@ impl SlotStore {
     }
 
     /// The record of a usable saved slot for `prefix` (its file exists).
-    pub fn record(&self, prefix: &Prefix) -> Option<SlotRecord> {
+    pub(crate) fn record(&self, prefix: &Prefix) -> Option<SlotRecord> {
         let bin = std::fs::symlink_metadata(self.dir.join(self.file_name(prefix))).ok()?;
         if !bin.file_type().is_file() {
             return None;
@@ -147,12 +147,12 @@ impl SlotStore {
     }
 
     /// What was measured for `prefix`, whether or not its slot file is still there.
-    pub fn measured(&self, prefix: &Prefix) -> Option<SlotRecord> {
+    pub(crate) fn measured(&self, prefix: &Prefix) -> Option<SlotRecord> {
         let file = open_nofollow(&self.record_path(prefix), false).ok()?;
         serde_json::from_reader(std::io::BufReader::new(file)).ok()
     }
 
-    pub fn write_record(&self, prefix: &Prefix, record: SlotRecord) -> std::io::Result<()> {
+    pub(crate) fn write_record(&self, prefix: &Prefix, record: SlotRecord) -> std::io::Result<()> {
         let text = serde_json::to_string(&record).map_err(std::io::Error::other)?;
         std::io::Write::write_all(
             &mut open_nofollow(&self.record_path(prefix), true)?,
@@ -161,13 +161,13 @@ impl SlotStore {
     }
 
     /// Drops the slot file (the record stays, so a slower restore is not tried again).
-    pub fn drop_slot(&self, prefix: &Prefix) {
+    pub(crate) fn drop_slot(&self, prefix: &Prefix) {
         let _ = std::fs::remove_file(self.dir.join(self.file_name(prefix)));
     }
 
     /// Removes every slot file and record that is not one of `keep`'s: those of another model
     /// or binary, or of a prefix no longer configured (or changed). Returns how many.
-    pub fn prune(&self, keep: &[Prefix]) -> usize {
+    pub(crate) fn prune(&self, keep: &[Prefix]) -> usize {
         let wanted: Vec<String> = keep.iter().map(|p| self.file_name(p)).collect();
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return 0;

@@ -1,6 +1,7 @@
 //! The warm-up's request, its private slot directory, slot file names and records, when
 //! restoring gives way to prefilling, and the errors of a bad prefix file.
 
+use super::slots::SlotDirError;
 use super::*;
 
 fn store(dir: &Path) -> SlotStore {
