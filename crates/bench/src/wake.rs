@@ -300,6 +300,14 @@ pub async fn run(options: &WakeOptions) -> anyhow::Result<()> {
 }
 
 /// The CPUs this process may run on, ascending (the stand-in and pinned probes go there).
+/// Pinning is Linux's (`taskset`); elsewhere every CPU counts.
+#[cfg(not(target_os = "linux"))]
+fn allowed_cpus() -> Vec<usize> {
+    (0..std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)).collect()
+}
+
+/// The CPUs this process may run on, ascending (the stand-in and pinned probes go there).
+#[cfg(target_os = "linux")]
 fn allowed_cpus() -> Vec<usize> {
     match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
         Ok(set) => (0..nix::sched::CpuSet::count())
