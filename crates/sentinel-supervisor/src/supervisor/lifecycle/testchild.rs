@@ -2,9 +2,13 @@
 //! [`Script`] on tokio's clock (load, serve, crash, hang, die of SIGILL) and keeps a book of
 //! every spawn and stop, so the state machine's tests can say when each backend was stopped.
 
-use super::{Backend, BackendChild, Probe};
+use super::{Backend, BackendChild, InFlight, Plan, Probe};
+use crate::backend::launch::BackendKey;
 use crate::backend::launch::LaunchSpec;
+use crate::backend::output::OutputLimit;
 use crate::backend::process::LogTail;
+use crate::config::{Config, SupervisorConfig};
+use crate::governor::{Activity, GovernorSettings, Method, Priority};
 use crate::supervisor::state::BackendInfo;
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::process::ExitStatusExt;
@@ -190,4 +194,50 @@ impl BackendChild for FakeChild {
         book.events.push((now, Event::Stopped(self.pid)));
         *self.exited.get_or_insert(status)
     }
+}
+
+/// A plan whose backend is the fake (each launch on the next port), governor off.
+pub(super) fn plan(config: SupervisorConfig) -> Plan {
+    let port = std::sync::atomic::AtomicU16::new(40_000);
+    Plan {
+        config,
+        make_spec: Box::new(move || {
+            Ok(LaunchSpec {
+                program: "/fake/llama-server".into(),
+                args: vec![],
+                env: vec![],
+                priority: Priority::Normal,
+                pin_cpu: None,
+                port: port.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                api_key: BackendKey::generate(),
+                output: OutputLimit {
+                    burst: 10,
+                    lines_per_sec: 1.0,
+                },
+                env_remove: vec![],
+            })
+        }),
+        governor_config: Config::builtin().unwrap().governor,
+        governor_settings: GovernorSettings {
+            cpus: None,
+            threads: Some(1),
+            priority: Priority::Normal,
+            adaptive: None,
+            host: crate::host::Host::unrestricted(2),
+            method: Method::Off,
+            period: Duration::from_millis(20),
+        },
+        warmup: None,
+        ladder: None,
+    }
+}
+
+/// A request taken as the proxy takes one, counted on the backend of `generation`.
+pub(super) fn ticket(requests: &InFlight, generation: u64) -> crate::requests::Ticket {
+    let slot = Arc::new(tokio::sync::Semaphore::new(1))
+        .try_acquire_owned()
+        .expect("a free slot");
+    let mut ticket = requests.issue(slot, Activity::new().begin());
+    ticket.bind(generation);
+    ticket
 }

@@ -3,12 +3,9 @@
 //! states in virtual seconds and checks what the lifecycle published and when it stopped
 //! each backend.
 
-use super::testchild::{Event, Fake, Script, FIRST_PID, PROBE_TIMEOUT};
+use super::testchild::{plan, ticket, Event, Fake, Script, FIRST_PID, PROBE_TIMEOUT};
 use super::*;
-use crate::backend::launch::{BackendKey, LaunchSpec};
-use crate::backend::output::OutputLimit;
 use crate::config::{Config, OnCrashLoop, ReloadStrategy};
-use crate::governor::{Method, Priority};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -36,41 +33,6 @@ fn supervisor_config() -> SupervisorConfig {
     c.reload_strategy = ReloadStrategy::BlueGreen;
     c.first_token_timeout = secs(5);
     c
-}
-
-fn plan(config: SupervisorConfig) -> Plan {
-    let port = std::sync::atomic::AtomicU16::new(40_000);
-    Plan {
-        config,
-        make_spec: Box::new(move || {
-            Ok(LaunchSpec {
-                program: "/fake/llama-server".into(),
-                args: vec![],
-                env: vec![],
-                priority: Priority::Normal,
-                pin_cpu: None,
-                port: port.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                api_key: BackendKey::generate(),
-                output: OutputLimit {
-                    burst: 10,
-                    lines_per_sec: 1.0,
-                },
-                env_remove: vec![],
-            })
-        }),
-        governor_config: Config::builtin().unwrap().governor,
-        governor_settings: GovernorSettings {
-            cpus: None,
-            threads: Some(1),
-            priority: Priority::Normal,
-            adaptive: None,
-            host: crate::host::Host::unrestricted(2),
-            method: Method::Off,
-            period: Duration::from_millis(20),
-        },
-        warmup: None,
-        ladder: None,
-    }
 }
 
 /// A running lifecycle task over a [`Fake`] backend, and what the tests see of it.
@@ -496,14 +458,4 @@ async fn a_cpu_fault_of_the_users_own_binary_fails_until_a_reload() {
     assert_eq!(answer.await.unwrap(), Ok(Applied::NextLaunch));
     h.serving(2).await;
     assert_eq!(h.end().await, End::Stopped);
-}
-
-/// A request taken as the proxy takes one, counted on the backend of `generation`.
-fn ticket(requests: &InFlight, generation: u64) -> crate::requests::Ticket {
-    let slot = Arc::new(tokio::sync::Semaphore::new(1))
-        .try_acquire_owned()
-        .expect("a free slot");
-    let mut ticket = requests.issue(slot, Activity::new().begin());
-    ticket.bind(generation);
-    ticket
 }
