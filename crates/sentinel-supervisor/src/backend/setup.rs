@@ -138,32 +138,7 @@ pub(crate) fn ensure_reporting(
                 .collect();
             (climbed.server, climbed.rung)
         }
-        (None, None) => {
-            // No smoke test: the native build when there is one, else a portable llama-server
-            // installed from a bundle (or packaged beside this binary), else build the native one.
-            let pin = SourcePin::builtin();
-            if native_absent_portable_bundled(cache, &pin)? {
-                let server = bundle::portable_server(cache, &pin, &ModelPin::builtin())?
-                    .expect("a portable build was just found");
-                (
-                    server,
-                    RungInUse {
-                        name: "portable".into(),
-                        args: Vec::new(),
-                        why: "the portable build from a bundle (not smoke-tested)".into(),
-                    },
-                )
-            } else {
-                (
-                    build::ensure_server(cache, &pin)?,
-                    RungInUse {
-                        name: "native".into(),
-                        args: Vec::new(),
-                        why: "the native build (not smoke-tested)".into(),
-                    },
-                )
-            }
-        }
+        (None, None) => unverified_server(cache)?,
     };
     let model = match &options.model {
         Some(path) => path.clone(),
@@ -177,6 +152,33 @@ pub(crate) fn ensure_reporting(
         },
         tried,
     ))
+}
+
+/// Without a smoke test: the native build when there is one, else a portable llama-server
+/// installed from a bundle (or packaged beside this binary), else build the native one.
+fn unverified_server(cache: &Path) -> Result<(PathBuf, RungInUse), SetupError> {
+    let pin = SourcePin::builtin();
+    if native_absent_portable_bundled(cache, &pin)? {
+        let server = bundle::portable_server(cache, &pin, &ModelPin::builtin())?
+            .expect("a portable build was just found");
+        Ok((
+            server,
+            RungInUse {
+                name: "portable".into(),
+                args: Vec::new(),
+                why: "the portable build from a bundle (not smoke-tested)".into(),
+            },
+        ))
+    } else {
+        Ok((
+            build::ensure_server(cache, &pin)?,
+            RungInUse {
+                name: "native".into(),
+                args: Vec::new(),
+                why: "the native build (not smoke-tested)".into(),
+            },
+        ))
+    }
 }
 
 /// Smoke-tests the user's binary on the default model when it is at hand (never downloading
