@@ -3,7 +3,7 @@
 //! machine's CPU ([`sentinel_supervisor::meter::system_times`], as every bench figure) and the group's CPU
 //! every `[bench] sample_interval` until it exits. The report: system CPU and the command's own
 //! CPU per window (in % of the machine: mean, p50, p95, p99, max), its wall time and exit status,
-//! printed and written to `<out>/command.json`.
+//! printed and written to `<out>/command.json`, every window to `<out>/command-windows.csv`.
 //!
 //! The accounting group is `sentinel-bench-<pid>` under the cgroup v1 `cpuacct` root
 //! (`cpuacct.usage`, ns) or under the cgroup v2 root (`cpu.stat` `usage_usec`); the command
@@ -187,7 +187,7 @@ pub fn run(
         wall_s: wall.as_secs_f64(),
         window_ms: window.as_millis() as u64,
         system_cpu: Summary::of(&system),
-        command_cpu: own.map(|v| Summary::of(&v)),
+        command_cpu: own.as_ref().map(|v| Summary::of(v)),
         command_cpu_s: total.map(|d| d.as_secs_f64()),
         accounting: accounting.as_ref().map(|a| a.dir.clone()),
         online_cpus: online,
@@ -199,6 +199,18 @@ pub fn run(
     let path = out.join("command.json");
     let json = serde_json::to_string_pretty(&report).expect("the report serializes");
     std::fs::write(&path, json).map_err(|source| CommandBenchError::Write { path, source })?;
+    // Every window, to find where the high ones fall.
+    let mut csv = String::from("t_s,system_pct,command_pct\n");
+    for (i, (w, system)) in readings.windows(2).zip(&system).enumerate() {
+        let command = own
+            .as_ref()
+            .map(|v| format!("{:.2}", v[i]))
+            .unwrap_or_default();
+        let t = (w[1].at - started).as_secs_f64();
+        csv.push_str(&format!("{t:.2},{system:.2},{command}\n"));
+    }
+    let path = out.join("command-windows.csv");
+    std::fs::write(&path, csv).map_err(|source| CommandBenchError::Write { path, source })?;
     Ok(report)
 }
 
@@ -262,6 +274,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(written["exit_code"], 4);
+        let windows = std::fs::read_to_string(out.path().join("command-windows.csv")).unwrap();
+        assert_eq!(
+            windows.lines().count(),
+            report.system_cpu.count + 1,
+            "{windows}"
+        );
         assert!(report.describe().contains("system CPU: mean"));
     }
 }

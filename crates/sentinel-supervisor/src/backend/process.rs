@@ -26,6 +26,16 @@ impl BackendProcess {
     /// it dies with the supervisor even on SIGKILL ([`crate::os::process`] spawns it from the
     /// thread that death signal follows). Call it from within the runtime.
     pub(crate) async fn spawn(spec: &LaunchSpec) -> std::io::Result<BackendProcess> {
+        Self::spawn_with(spec, |_| Ok(())).await
+    }
+
+    /// [`BackendProcess::spawn`], with `confine` applied to the command last (its `pre_exec`
+    /// hooks run after the profile's priority and pin): how setup holds the smoke test to its
+    /// limits ([`super::runner::Runner::confine`]).
+    pub(crate) async fn spawn_with(
+        spec: &LaunchSpec,
+        confine: impl FnOnce(&mut std::process::Command) -> std::io::Result<()>,
+    ) -> std::io::Result<BackendProcess> {
         let mut cmd = tokio::process::Command::new(&spec.program);
         cmd.args(&spec.args)
             .envs(spec.environment())
@@ -51,6 +61,7 @@ impl BackendProcess {
                 Ok(())
             });
         }
+        confine(cmd.as_std_mut())?;
         let mut child = spawn_in_group_async(cmd, Signal::SIGKILL).await?;
         let pid = child.id().map(|p| p as i32).unwrap_or(-1);
         if let Some(cpu) = pin_cpu {

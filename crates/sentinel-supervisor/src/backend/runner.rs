@@ -20,7 +20,7 @@
 
 use crate::governor::{
     Activity, ActivityGuard, Governor, GovernorConfig, GovernorHandle, GovernorSettings, Method,
-    Priority,
+    Prepared, Priority,
 };
 use crate::host::Host;
 use crate::units::Cores;
@@ -129,7 +129,6 @@ impl Runner {
     /// waited for.
     pub fn spawn(&self, mut cmd: Command) -> io::Result<Running> {
         let program = cmd.get_program().to_string_lossy().into_owned();
-        at_idle_priority(&mut cmd);
         let mut groups = live_groups();
         if STOPPED.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(io::Error::new(
@@ -137,50 +136,49 @@ impl Runner {
                 format!("setup was interrupted; `{program}` not started"),
             ));
         }
-        // The governor's cgroup exists before the program: it is born inside, and so is all it
-        // starts (moved after the spawn, cmake had already started ninja outside the cap).
-        let governor = Governor::prepare(&governor_config(), self.governor_settings())
-            .map_err(|source| self.governor_error(&program, source))?;
-        governor
-            .enter_on_exec(&mut cmd)
-            .map_err(|source| self.governor_error(&program, source))?;
+        let confined = self.confine(&mut cmd)?;
         let child = crate::os::process::spawn_in_group(cmd, Signal::SIGKILL)?;
         let pid = child.id() as i32;
         groups.insert(pid);
         drop(groups);
-        let activity = Activity::new();
-        // The build works from start to end: the duty cycle (where it is the method) throttles
-        // all along.
-        let busy = activity.begin();
         let mut running = Running {
             child: Some(child),
             pid,
-            governor: None,
-            _busy: busy,
+            governed: None,
         };
-        // Nothing reads a setup program's stopped time or snapshots.
-        match governor.start(
-            pid,
-            activity,
-            Default::default(),
-            tokio::sync::watch::Sender::new(None),
-        ) {
-            Ok(handle) => running.governor = Some(handle),
-            // A program that finished at once is gone before it could be governed: that is
-            // its exit, not an error.
-            Err(_) if running.exited() => {}
-            Err(source) => return Err(self.governor_error(&program, source)),
-        }
-        if self.limits.cpus.is_some() && running.governor.is_some() && running.cgroup().is_none() {
-            warn_cap_without_cgroup();
-        }
-        tracing::debug!(
-            pid,
-            %program,
-            cpus = ?self.limits.cpus.map(Cores::get),
-            "setup program started at idle priority"
-        );
+        let governed = confined.govern(pid, || running.exited());
+        running.governed = Some(governed?);
         Ok(running)
+    }
+
+    /// Puts the program `cmd` will start under the setup's limits from its first instruction:
+    /// idle priority, and the governor's cgroup made before it exists, so that it is born
+    /// inside and so is all it starts (moved after the spawn, cmake had already started ninja
+    /// outside the cap). [`Confined::govern`] then hands the started program to the governor.
+    /// For programs that are not [`Runner::spawn`]'s, such as the smoke test's llama-server.
+    pub(crate) fn confine(&self, cmd: &mut Command) -> io::Result<Confined> {
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        at_idle_priority(cmd);
+        let governor = Governor::prepare(&governor_config(), self.governor_settings())
+            .map_err(|source| self.governor_error(&program, source))?;
+        governor
+            .enter_on_exec(cmd)
+            .map_err(|source| self.governor_error(&program, source))?;
+        Ok(Confined {
+            runner: self.clone(),
+            program,
+            governor,
+        })
+    }
+
+    /// `reader`, read no faster than the setup's CPU cap lets the calling thread work: the
+    /// setup's own work (extracting, hashing) keeps to the cap as its programs do.
+    pub(crate) fn paced<R: io::Read>(&self, reader: R) -> Paced<R> {
+        Paced {
+            inner: reader,
+            cores: self.limits.cpus.map(Cores::get).filter(|c| *c < 1.0),
+            from: None,
+        }
     }
 
     /// Runs `cmd` to its end (stdin closed) and returns its status.
@@ -294,12 +292,125 @@ fn at_idle_priority(cmd: &mut Command) {
     }
 }
 
+/// A program under the setup's limits, before it starts ([`Runner::confine`]).
+pub(crate) struct Confined {
+    runner: Runner,
+    program: String,
+    governor: Prepared,
+}
+
+impl Confined {
+    /// Hands the started program `pid` to the governor. A program that finished at once
+    /// (`exited`) is gone before it could be governed: that is its exit, not an error.
+    pub(crate) fn govern(self, pid: i32, exited: impl FnOnce() -> bool) -> io::Result<Governed> {
+        let Confined {
+            runner,
+            program,
+            governor,
+        } = self;
+        let activity = Activity::new();
+        // A setup program works from start to end: the duty cycle (where it is the method)
+        // throttles all along.
+        let busy = activity.begin();
+        // Nothing reads a setup program's stopped time or snapshots.
+        let handle = match governor.start(
+            pid,
+            activity,
+            Default::default(),
+            tokio::sync::watch::Sender::new(None),
+        ) {
+            Ok(handle) => Some(handle),
+            Err(_) if exited() => None,
+            Err(source) => return Err(runner.governor_error(&program, source)),
+        };
+        if runner.limits.cpus.is_some() && handle.as_ref().is_some_and(|h| h.cgroup().is_none()) {
+            warn_cap_without_cgroup();
+        }
+        tracing::debug!(
+            pid,
+            %program,
+            cpus = ?runner.limits.cpus.map(Cores::get),
+            "setup program started at idle priority"
+        );
+        Ok(Governed {
+            handle,
+            _busy: busy,
+        })
+    }
+}
+
+/// A started program held by the governor until [`Governed::stop`] or drop.
+pub(crate) struct Governed {
+    handle: Option<GovernorHandle>,
+    _busy: ActivityGuard,
+}
+
+impl Governed {
+    fn cgroup(&self) -> Option<std::path::PathBuf> {
+        self.handle.as_ref().and_then(GovernorHandle::cgroup)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut handle) = self.handle.take() {
+            handle.stop();
+        }
+    }
+}
+
+/// A reader held to a CPU cap below one core ([`Runner::paced`]): before each read, when the
+/// calling thread has used more CPU since the last pause than the cap allows for the time
+/// passed, it sleeps the difference. A pause, or a long wait in the read itself, starts the
+/// count again, so no credit builds up for a burst.
+pub(crate) struct Paced<R> {
+    inner: R,
+    cores: Option<f64>,
+    /// The thread's CPU clock and the wall clock when the count started.
+    from: Option<(std::time::Duration, std::time::Instant)>,
+}
+
+/// How far ahead of the cap the thread may run before it pauses: a tenth of a 100 ms window.
+const PACE_SLACK: std::time::Duration = std::time::Duration::from_millis(10);
+
+impl<R> Paced<R> {
+    fn pace(&mut self) {
+        let Some(cores) = self.cores else { return };
+        let Some(cpu) = thread_cpu() else { return };
+        let now = std::time::Instant::now();
+        let Some((cpu_from, wall_from)) = self.from else {
+            self.from = Some((cpu, now));
+            return;
+        };
+        let allowed = (cpu - cpu_from).div_f64(cores);
+        let passed = now - wall_from;
+        if allowed > passed + PACE_SLACK {
+            std::thread::sleep(allowed - passed);
+        } else if passed <= allowed + PACE_SLACK {
+            return;
+        }
+        self.from = Some((cpu, std::time::Instant::now()));
+    }
+}
+
+impl<R: io::Read> io::Read for Paced<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.pace();
+        self.inner.read(buf)
+    }
+}
+
+/// The calling thread's CPU time.
+fn thread_cpu() -> Option<std::time::Duration> {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .ok()
+        .map(std::time::Duration::from)
+}
+
 /// A program started by a [`Runner`], held by the governor until it exits.
 pub struct Running {
     child: Option<Child>,
     pid: i32,
-    governor: Option<GovernorHandle>,
-    _busy: ActivityGuard,
+    governed: Option<Governed>,
 }
 
 impl Running {
@@ -317,7 +428,7 @@ impl Running {
 
     /// The governor's cgroup, when it gave the program one.
     pub fn cgroup(&self) -> Option<std::path::PathBuf> {
-        self.governor.as_ref().and_then(GovernorHandle::cgroup)
+        self.governed.as_ref().and_then(Governed::cgroup)
     }
 
     fn exited(&mut self) -> bool {
@@ -345,8 +456,8 @@ impl Running {
     fn release(&mut self) {
         self.child = None;
         live_groups().remove(&self.pid);
-        if let Some(mut governor) = self.governor.take() {
-            governor.stop();
+        if let Some(mut governed) = self.governed.take() {
+            governed.stop();
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use super::launch::{self, LaunchSpec};
 use super::process::BackendProcess;
+use super::runner::{self, Runner};
 use super::setup::Installed;
 use crate::config::Config;
 use crate::profile::Resolved;
@@ -149,26 +150,44 @@ fn variant_of(path: &str) -> Option<String> {
 }
 
 /// Runs the test of `installed` (its program, rung arguments and model). Blocking: call it
-/// from a blocking context (it uses the current tokio runtime when there is one).
+/// from a blocking context (it uses the current tokio runtime when there is one). The test is
+/// part of the install: it runs under the setup's limits ([`runner::current`]), at idle
+/// priority and within `[setup] cpus`, as the build does.
 pub(crate) fn run(installed: &Installed, launch: &SmokeLaunch) -> Result<Passed, Failure> {
     let spec = launch::spec(installed, &launch.profile, &launch.config)
         .map_err(|e| Failure::Spawn(e.to_string()))?;
+    let runner = runner::current();
     match tokio::runtime::Handle::try_current() {
-        Ok(handle) => handle.block_on(run_spec(spec)),
+        Ok(handle) => handle.block_on(run_spec(spec, &runner)),
         Err(_) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Failure::Spawn(e.to_string()))?
-            .block_on(run_spec(spec)),
+            .block_on(run_spec(spec, &runner)),
     }
 }
 
-async fn run_spec(spec: LaunchSpec) -> Result<Passed, Failure> {
+async fn run_spec(spec: LaunchSpec, runner: &Runner) -> Result<Passed, Failure> {
     let started = Instant::now();
     let deadline = started + DEADLINE;
-    let mut child = BackendProcess::spawn(&spec)
-        .await
-        .map_err(|e| Failure::Spawn(format!("{}: {e}", spec.program.display())))?;
+    let spawn_error =
+        |e: std::io::Error| Failure::Spawn(format!("{}: {e}", spec.program.display()));
+    let mut confined = None;
+    let mut child = BackendProcess::spawn_with(&spec, |cmd| {
+        confined = Some(runner.confine(cmd)?);
+        Ok(())
+    })
+    .await
+    .map_err(spawn_error)?;
+    let pid = child.pid();
+    // Held to the end of the test: every path below stops the child before it returns.
+    let _governed = match confined.map(|c| c.govern(pid, || child.try_exited().is_some())) {
+        Some(Err(e)) => {
+            child.stop(Duration::ZERO).await;
+            return Err(spawn_error(e));
+        }
+        governed => governed,
+    };
     let result = exercise(&mut child, &spec, deadline).await;
     let logs = child.logs.clone();
     let lines = move || logs.kept();

@@ -242,3 +242,51 @@ fn a_user_backend_bin_that_sigills_at_run_time_fails_at_once_without_a_crash_loo
     assert_eq!(starts(&starts_file), 1, "{}", s.logs());
     assert_eq!(s.status().restarts, 0, "{}", s.logs());
 }
+
+/// The smoke test is part of the install: `setup` runs it as it runs the build, at idle
+/// priority and, where a cgroup is writable, in a cgroup of the governor's holding the
+/// `[setup] cpus` cap.
+#[cfg(target_os = "linux")]
+#[test]
+fn setup_runs_its_smoke_test_at_idle_priority_under_the_setup_cap() {
+    let cache = tempfile::tempdir().unwrap();
+    let config = fake_cache(cache.path(), &[Flavor::Native]);
+    let cfg = cache.path().join("config.toml");
+    std::fs::write(&cfg, format!("{config}\n[setup]\ncpus = 0.5\n")).unwrap();
+    let starts_file = cache.path().join("starts");
+    let out = Command::new(BIN)
+        .args(["setup", "--config"])
+        .arg(&cfg)
+        .env(
+            "FAKE_BACKEND_MODE",
+            format!("starts-file={}", starts_file.display()),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let started = std::fs::read_to_string(&starts_file).unwrap();
+    assert_eq!(started.lines().count(), 1, "{started}");
+    assert!(
+        started.contains(&format!(" policy={} ", libc::SCHED_IDLE)),
+        "the smoke test did not run at idle priority: {started}"
+    );
+    // A writable cgroup v1 `cpu` hierarchy (as on the CI machines): the governor's capped group.
+    if std::fs::metadata("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+        .is_ok_and(|m| !m.permissions().readonly())
+        && nix::unistd::geteuid().is_root()
+    {
+        let cpu = started
+            .split(';')
+            .find(|c| {
+                c.split(':')
+                    .nth(1)
+                    .is_some_and(|k| k.split(',').any(|k| k == "cpu"))
+            })
+            .unwrap_or_else(|| panic!("no cpu cgroup line: {started}"));
+        assert!(
+            cpu.contains("/sentinel-supervisor-"),
+            "the smoke test ran outside the setup's capped cgroup: {started}"
+        );
+    }
+}

@@ -19,7 +19,7 @@
 //! | `response-delay=DUR` | pause before a non-streamed answer or the first chunk               |
 //! | `die-mid-stream=N`   | exit(1) after sending N chunks of a stream                          |
 //! | `burn`               | spin one core while any request is being answered                   |
-//! | `starts-file=PATH`   | append this process's pid to PATH at every start                    |
+//! | `starts-file=PATH`   | append a line to PATH at every start: `PID policy=N cgroups=A;B...` |
 //! | `bad-model-unless=T` | exit(1) at start, as with a broken model, unless the model file     |
 //! |                      | (`-m`) contains the text T (a test "repairs" the model by adding it)|
 //! | `drop-request=N`     | close the connection of the Nth request (health probes not counted) |
@@ -272,7 +272,18 @@ fn main() {
         (_, Err(e)) => fail(&e),
     };
     if let Some(path) = &mode.starts_file {
-        let line = format!("{}\n", std::process::id());
+        // The pid, then how it was started: its scheduling policy and its cgroups.
+        let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        #[cfg(target_os = "linux")]
+        // SAFETY: sched_getscheduler(0) only reads this process's policy.
+        let policy = unsafe { libc::sched_getscheduler(0) };
+        #[cfg(not(target_os = "linux"))]
+        let policy = -1;
+        let line = format!(
+            "{} policy={policy} cgroups={}\n",
+            std::process::id(),
+            cgroups.trim().replace('\n', ";")
+        );
         let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -198,3 +198,41 @@ fn status_output_and_probe() {
         .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::NotFound);
 }
+
+/// A reader that burns about 2 ms of CPU per read, as decompressing does.
+struct Burning;
+
+impl io::Read for Burning {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let until = thread_cpu().unwrap() + std::time::Duration::from_millis(2);
+        while thread_cpu().unwrap() < until {
+            std::hint::black_box(0u64);
+        }
+        Ok(buf.len().min(1))
+    }
+}
+
+#[test]
+fn the_setups_own_work_is_paced_to_its_cap() {
+    use std::io::Read;
+    let mut buf = [0u8; 1];
+    // Capped at a quarter of a core: 200 ms of work take at least 800 ms less the slack,
+    // however fast or loaded the machine (load only makes it slower).
+    let runner = Runner::new(limits(Some(0.25), None), Host::detect());
+    let mut paced = runner.paced(Burning);
+    let (cpu, wall) = (thread_cpu().unwrap(), std::time::Instant::now());
+    for _ in 0..100 {
+        paced.read_exact(&mut buf).unwrap();
+    }
+    let used = thread_cpu().unwrap() - cpu;
+    assert!(
+        wall.elapsed() >= used.mul_f64(4.0) - 2 * PACE_SLACK,
+        "{used:?} of CPU in {:?}",
+        wall.elapsed()
+    );
+    // No cap, or one of a core or more (a thread uses at most one): no pause.
+    for cpus in [None, Some(1.0)] {
+        let runner = Runner::new(limits(cpus, None), Host::detect());
+        assert!(runner.paced(Burning).cores.is_none());
+    }
+}
