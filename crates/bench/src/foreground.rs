@@ -274,6 +274,42 @@ struct Running {
     child: tokio::process::Child,
 }
 
+impl Running {
+    /// One probe, through the product's one spawn path (its own process group, a death
+    /// signal), so that it never outlives the bench.
+    async fn start(
+        exe: &Path,
+        probe: Probe,
+        iterations: Option<u64>,
+    ) -> Result<Running, ForegroundError> {
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.args(["probe", probe.name()]);
+        if let (Probe::Work, Some(n)) = (probe, iterations) {
+            cmd.arg("--iterations").arg(n.to_string());
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = sentinel_supervisor::os::process::spawn_in_group_async(
+            cmd,
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .await
+        .map_err(|error| ForegroundError::Spawn {
+            probe: probe.name(),
+            exe: exe.display().to_string(),
+            error,
+        })?;
+        tracing::debug!(
+            probe = probe.name(),
+            pid = child.id(),
+            "foreground probe started"
+        );
+        Ok(Running { probe, child })
+    }
+}
+
 /// Both probes, running.
 pub struct Probes {
     started: Instant,
@@ -283,33 +319,11 @@ pub struct Probes {
 
 impl Probes {
     /// Starts both; `iterations` fixes the work unit (`None`: the work probe calibrates it).
-    pub fn start(exe: &Path, iterations: Option<u64>) -> Result<Probes, ForegroundError> {
-        let spawn = |probe: Probe| {
-            let mut cmd = tokio::process::Command::new(exe);
-            cmd.args(["probe", probe.name()]);
-            if let (Probe::Work, Some(n)) = (probe, iterations) {
-                cmd.arg("--iterations").arg(n.to_string());
-            }
-            cmd.stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true);
-            let child = cmd.spawn().map_err(|error| ForegroundError::Spawn {
-                probe: probe.name(),
-                exe: exe.display().to_string(),
-                error,
-            })?;
-            tracing::debug!(
-                probe = probe.name(),
-                pid = child.id(),
-                "foreground probe started"
-            );
-            Ok(Running { probe, child })
-        };
+    pub async fn start(exe: &Path, iterations: Option<u64>) -> Result<Probes, ForegroundError> {
         Ok(Probes {
             started: Instant::now(),
-            work: spawn(Probe::Work)?,
-            wake: spawn(Probe::Wake)?,
+            work: Running::start(exe, Probe::Work, iterations).await?,
+            wake: Running::start(exe, Probe::Wake, iterations).await?,
         })
     }
 

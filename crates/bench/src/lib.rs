@@ -313,7 +313,7 @@ async fn measure_foreground_alone(
         "bench: foreground probes alone for {}",
         humantime::format_duration(window)
     );
-    let probes = Probes::start(&own_executable()?, None)?;
+    let probes = Probes::start(&own_executable()?, None).await?;
     let before = probes_cpu(&probes);
     let started = Instant::now();
     tokio::time::sleep(window).await;
@@ -517,7 +517,7 @@ impl Session<'_> {
             .map(|(b, a)| share_of_machine(a.saturating_sub(b), idle_end, &self.host));
         sampler.set_phase(Phase::Active);
         let probes = match self.foreground_alone {
-            Some(alone) => Some(Probes::start(&own_executable()?, Some(alone.iterations))?),
+            Some(alone) => Some(Probes::start(&own_executable()?, Some(alone.iterations)).await?),
             None => None,
         };
         let probes_before = probes.as_ref().and_then(probes_cpu);
