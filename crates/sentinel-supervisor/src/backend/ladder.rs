@@ -286,7 +286,7 @@ fn why(rung: &Rung, verdict: &Verdict, below: &[String]) -> String {
     } else {
         "the fastest rung that"
     };
-    let failed: String = below.iter().map(|t| format!("; {t}")).collect();
+    let failed: String = below.iter().flat_map(|t| ["; ", t]).collect();
     format!(
         "{who} passed the smoke test on this CPU ({}){failed}",
         verdict.describe()
