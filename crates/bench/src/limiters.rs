@@ -157,8 +157,8 @@ pub fn backend_command(
     let mut cmd = tokio::process::Command::new(bin);
     cmd.args(launch::core_args(model, port, threads, 2048, 1));
     if scenario.no_spin {
-        cmd.args(launch::child_args());
-        cmd.envs(launch::child_env());
+        cmd.args(launch::CHILD_ARGS);
+        cmd.envs(launch::CHILD_ENV);
         cmd.args(["--threads-http", &launch::http_threads(1).to_string()]);
     }
     if let Some(cpu) = pin_cpu.filter(|_| scenario.pin) {

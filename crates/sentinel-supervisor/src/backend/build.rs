@@ -42,8 +42,7 @@ pub(crate) enum BuildError {
 
 /// One of the builds of the pinned source (`[flavor.*]` in `vendor/llama.cpp.toml`), in order of
 /// speed: what the backend ladder climbs when a faster one does not run on this host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Flavor {
     /// `GGML_NATIVE`: every instruction the build host has.
     Native,
@@ -55,16 +54,6 @@ pub enum Flavor {
 }
 
 impl Flavor {
-    pub const ALL: [Flavor; 3] = [Flavor::Native, Flavor::Portable, Flavor::Baseline];
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Flavor::Native => "native",
-            Flavor::Portable => "portable",
-            Flavor::Baseline => "baseline",
-        }
-    }
-
     /// Every cmake flag of this flavor for this architecture: the pin's, then the flavor's
     /// own (a later `-D` wins).
     pub(crate) fn cmake_flags(self, pin: &SourcePin, arch: &str) -> Vec<String> {
@@ -81,14 +70,18 @@ impl Flavor {
     pub(crate) fn dir_name(self, pin: &SourcePin) -> String {
         match self {
             Flavor::Native => pin.cache_key(),
-            other => format!("{}-{}", pin.cache_key(), other.name()),
+            other => format!("{}-{other}", pin.cache_key()),
         }
     }
 }
 
 impl std::fmt::Display for Flavor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        f.write_str(match self {
+            Flavor::Native => "native",
+            Flavor::Portable => "portable",
+            Flavor::Baseline => "baseline",
+        })
     }
 }
 
@@ -106,9 +99,6 @@ impl BuildDir {
             root: cache.join("llama.cpp").join(flavor.dir_name(pin)),
             flavor,
         }
-    }
-    fn src(&self) -> PathBuf {
-        self.root.join("src")
     }
     fn build(&self) -> PathBuf {
         self.root.join("build")
@@ -135,12 +125,6 @@ impl BuildDir {
 pub(crate) fn existing_build(cache: &Path, pin: &SourcePin, flavor: Flavor) -> Option<PathBuf> {
     let dir = BuildDir::new(cache, pin, flavor);
     dir.existing(pin).map(|_| dir.bin_dir())
-}
-
-/// Returns the pinned llama-server of the native flavor, building it first when the cache has
-/// no build of this pin.
-pub(crate) fn ensure_server(cache: &Path, pin: &SourcePin) -> Result<PathBuf, BuildError> {
-    ensure_build(cache, pin, Flavor::Native).map(|bin_dir| bin_dir.join(&pin.target))
 }
 
 /// Returns the bin directory (`build/bin/`) of the pinned llama-server's `flavor`, building it
@@ -172,7 +156,7 @@ fn build_from_source(cache: &Path, pin: &SourcePin, dir: &BuildDir) -> Result<()
     fetch::require_compilers()?;
     let started = std::time::Instant::now();
     let archive = source::sdist(cache, pin)?;
-    let src = dir.src();
+    let src = dir.root.join("src");
     if src.exists() {
         std::fs::remove_dir_all(&src).map_err(io_err(&src))?;
     }

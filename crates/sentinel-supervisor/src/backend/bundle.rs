@@ -19,12 +19,13 @@ mod pack;
 
 pub(crate) use install::{install, open};
 pub use manifest::Manifest;
-pub(crate) use pack::create;
-pub(crate) use pack::BundleOptions;
+pub(crate) use pack::{create, BundleOptions};
 
+use super::build::{self, Flavor};
 use super::fetch::FetchError;
 use super::model::ModelError;
 use super::pin::{ModelPin, SourcePin};
+use std::env::consts::{ARCH, OS};
 use std::path::{Path, PathBuf};
 
 /// The manifest format this binary writes and reads.
@@ -104,18 +105,13 @@ pub fn archive_name() -> String {
 
 /// The archive's one top directory: `sentinel-supervisor-<version>-<arch>-<os>`.
 fn top_dir_name() -> String {
-    format!(
-        "{SUPERVISOR}-{}-{}-{}",
-        env!("CARGO_PKG_VERSION"),
-        std::env::consts::ARCH,
-        std::env::consts::OS
-    )
+    format!("{SUPERVISOR}-{}-{ARCH}-{OS}", env!("CARGO_PKG_VERSION"))
 }
 
 /// The portable rung's directory, `<cache>/llama.cpp/<pin-key>-portable/` (the layout shared
 /// with `backend::build`'s portable flavor).
 pub fn portable_dir(cache: &Path, pin: &SourcePin) -> PathBuf {
-    super::build::BuildDir::new(cache, pin, super::build::Flavor::Portable).root
+    build::BuildDir::new(cache, pin, Flavor::Portable).root
 }
 
 fn stamp(rung: &Path) -> PathBuf {
@@ -124,13 +120,6 @@ fn stamp(rung: &Path) -> PathBuf {
 
 fn bin_dir(rung: &Path) -> PathBuf {
     rung.join("build").join("bin")
-}
-
-/// The portable rung's `build/bin/`, when a build or an install of it completed.
-pub(crate) fn existing_portable(cache: &Path, pin: &SourcePin) -> Option<PathBuf> {
-    let rung = portable_dir(cache, pin);
-    let bin = bin_dir(&rung);
-    (stamp(&rung).is_file() && bin.join(&pin.target).is_file()).then_some(bin)
 }
 
 /// The bundle laid out beside the running binary (its symlinks resolved): the `.deb`'s
@@ -148,7 +137,7 @@ pub(crate) fn portable_server(
     pin: &SourcePin,
     model_pin: &ModelPin,
 ) -> Result<Option<PathBuf>, BundleError> {
-    if let Some(bin) = existing_portable(cache, pin) {
+    if let Some(bin) = build::existing_build(cache, pin, Flavor::Portable) {
         return Ok(Some(bin.join(&pin.target)));
     }
     let Some(dir) = packaged_backend() else {

@@ -42,7 +42,6 @@ pub(crate) enum Value {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Header {
     pub version: u32,
-    pub tensor_count: u64,
     pub metadata: BTreeMap<String, Value>,
 }
 
@@ -73,7 +72,7 @@ impl Header {
                 version,
             });
         }
-        let tensor_count = reader.u64()?;
+        let _tensor_count = reader.u64()?;
         let kv_count = reader.u64()?;
         if kv_count > 1_000_000 {
             return Err(reader.corrupt(format!("{kv_count} metadata keys")));
@@ -82,14 +81,9 @@ impl Header {
         for _ in 0..kv_count {
             let key = reader.string()?;
             let kind = reader.u32()?;
-            let value = reader.value(kind)?;
-            metadata.insert(key, value);
+            metadata.insert(key, reader.value(kind)?);
         }
-        Ok(Header {
-            version,
-            tensor_count,
-            metadata,
-        })
+        Ok(Header { version, metadata })
     }
 
     /// `general.architecture` (`llama`, `gemma3`, ...).
@@ -115,11 +109,8 @@ impl Header {
 /// The vocabulary size of the model at `path` (`tokenizer.ggml.tokens`), `None` when its
 /// header cannot be read or has no vocabulary.
 pub(crate) fn vocab_size(path: &Path) -> Option<u64> {
-    match Header::read(path)
-        .ok()?
-        .metadata
-        .get("tokenizer.ggml.tokens")?
-    {
+    let header = Header::read(path).ok()?;
+    match header.metadata.get("tokenizer.ggml.tokens")? {
         Value::Array { len, .. } => Some(*len),
         _ => None,
     }
@@ -183,26 +174,27 @@ impl<R: Read> Reader<'_, R> {
         Ok(u64::from_le_bytes(self.array()?))
     }
 
-    fn string(&mut self) -> Result<String, GgufError> {
+    /// A string's length, checked against [`MAX_STRING`].
+    fn string_len(&mut self) -> Result<u64, GgufError> {
         let len = self.u64()?;
         if len > MAX_STRING {
             return Err(self.corrupt(format!("a string of {len} bytes")));
         }
-        let mut buf = vec![0u8; len as usize];
+        Ok(len)
+    }
+
+    fn string(&mut self) -> Result<String, GgufError> {
+        let mut buf = vec![0u8; self.string_len()? as usize];
         self.bytes(&mut buf)?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
 
-    fn skip(&mut self, n: u64) -> Result<(), GgufError> {
-        let copied =
-            std::io::copy(&mut (&mut *self.r).take(n), &mut std::io::sink()).map_err(|source| {
-                GgufError::Read {
-                    path: self.path.to_path_buf(),
-                    source,
-                }
-            })?;
-        if copied < n {
-            return Err(self.corrupt("the file ends inside the header (truncated?)".into()));
+    fn skip(&mut self, mut n: u64) -> Result<(), GgufError> {
+        let mut buf = [0u8; 8192];
+        while n > 0 {
+            let chunk = n.min(buf.len() as u64) as usize;
+            self.bytes(&mut buf[..chunk])?;
+            n -= chunk as u64;
         }
         Ok(())
     }
@@ -224,49 +216,25 @@ impl<R: Read> Reader<'_, R> {
             ARRAY => {
                 let elem = self.u32()?;
                 let len = self.u64()?;
-                let fixed = match elem {
-                    UINT8 | INT8 | BOOL => Some(1),
-                    UINT16 | INT16 => Some(2),
-                    UINT32 | INT32 | FLOAT32 => Some(4),
-                    UINT64 | INT64 | FLOAT64 => Some(8),
-                    _ => None,
-                };
-                let integer = matches!(
-                    elem,
-                    UINT8 | INT8 | UINT16 | INT16 | UINT32 | INT32 | UINT64 | INT64
-                );
-                match fixed {
-                    // Small integer arrays (per-layer values) are read for their maximum;
-                    // big ones (token types) are skipped.
-                    Some(_) if integer && len <= 4096 => {
-                        let mut max_int = None;
-                        for _ in 0..len {
-                            if let Value::Int(v) = self.value(elem)? {
-                                max_int = Some(max_int.map_or(v, |m: i64| m.max(v)));
-                            }
-                        }
-                        Value::Array { len, max_int }
-                    }
-                    Some(size) => {
-                        self.skip(len.saturating_mul(size))?;
-                        Value::Array { len, max_int: None }
-                    }
-                    None if elem == STRING => {
-                        for _ in 0..len {
-                            let n = self.u64()?;
-                            if n > MAX_STRING {
-                                return Err(self.corrupt(format!("a string of {n} bytes")));
-                            }
-                            self.skip(n)?;
-                        }
-                        Value::Array { len, max_int: None }
-                    }
-                    None => {
-                        return Err(self.corrupt(format!(
-                            "an array of element type {elem}, which GGUF does not define"
-                        )))
+                if elem == ARRAY || elem > FLOAT64 {
+                    return Err(self.corrupt(format!(
+                        "an array of element type {elem}, which GGUF does not define"
+                    )));
+                }
+                let mut max_int = None;
+                for _ in 0..len {
+                    if elem == STRING {
+                        // The vocabulary's strings are read past, not kept.
+                        let n = self.string_len()?;
+                        self.skip(n)?;
+                    } else if let Value::Int(v) = self.value(elem)? {
+                        max_int = max_int.max(Some(v));
                     }
                 }
+                // Small integer arrays are per-layer values, kept for their maximum; a big one
+                // (token types) is not.
+                let max_int = max_int.filter(|_| len <= 4096);
+                Value::Array { len, max_int }
             }
             other => {
                 return Err(self.corrupt(format!(

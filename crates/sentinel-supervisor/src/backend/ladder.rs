@@ -8,14 +8,15 @@
 
 mod rung;
 
-use super::build::{self, BuildError, Flavor};
+use super::build::{self, Flavor};
 use super::model::{self, ModelError};
 use super::pin::{ModelPin, SourcePin};
 use super::setup::{Installed, RungInUse};
-use super::smoke::{self, SmokeLaunch};
+use super::smoke::{self, Failure, SmokeLaunch};
 use super::verdict::{self, Verdict, VerdictError, VerdictKey};
 use crate::host::CpuSignature;
-use rung::{rungs, without_variant, Rung};
+pub(crate) use rung::Rung;
+use rung::{rungs, without_variant};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,40 +37,6 @@ pub(crate) enum LadderError {
         dir: PathBuf,
         source: std::io::Error,
     },
-}
-
-/// What the ladder found for one rung.
-#[derive(Debug, Clone)]
-pub(crate) struct Tried {
-    pub rung: String,
-    pub outcome: Outcome,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) enum Outcome {
-    /// Tested now or before (`fresh` says which).
-    Verdict { verdict: Verdict, fresh: bool },
-    /// The rung could not be built.
-    BuildFailed(String),
-}
-
-impl Tried {
-    /// One line for `setup`: `native: failed: llama-server used ... (recorded 2026-...)`.
-    pub(crate) fn describe(&self) -> String {
-        match &self.outcome {
-            Outcome::Verdict { verdict, fresh } => format!(
-                "{}: {}{}",
-                self.rung,
-                verdict.describe(),
-                if *fresh {
-                    String::new()
-                } else {
-                    format!(" (recorded {})", verdict.date)
-                }
-            ),
-            Outcome::BuildFailed(why) => format!("{}: not built: {why}", self.rung),
-        }
-    }
 }
 
 /// Where the ladder climbs and how it tests.
@@ -93,113 +60,89 @@ pub(crate) struct Ladder<'a> {
 pub(crate) struct Climbed {
     pub server: PathBuf,
     pub rung: RungInUse,
-    pub tried: Vec<Tried>,
+    /// What it found on each rung, one line each for `setup`: `native: failed: llama-server
+    /// used ... (recorded 2026-...)`, `baseline: not built: ...`.
+    pub tried: Vec<String>,
 }
 
 impl Ladder<'_> {
     /// Climbs from the fastest rung to the first whose smoke test passes on this host (a
     /// recorded verdict counts; a recorded failure is skipped). Blocking: builds and tests.
     pub(crate) fn climb(&self) -> Result<Climbed, LadderError> {
-        let mut tried: Vec<Tried> = Vec::new();
+        let mut tried: Vec<String> = Vec::new();
         let mut chosen: Option<(PathBuf, RungInUse)> = None;
-        let mut failed_variant: Option<String> = None;
+        // Grows by the rung without the portable rung's failed variant, once it fails.
+        let mut all = rungs(None);
         let mut index = 0;
-        loop {
-            let all = rungs(failed_variant.as_deref());
-            let Some(rung) = all.get(index).cloned() else {
-                break;
-            };
+        while let Some(rung) = all.get(index).cloned() {
             index += 1;
             if chosen.is_some() && !self.all_rungs {
                 break;
             }
-            if self.from_bundle && matches!(rung, Rung::Native | Rung::NativeNoRepack) {
+            if self.from_bundle && rung.flavor() == Flavor::Native {
                 continue;
             }
-            let program = match self.prepare(&rung) {
-                Ok(p) => p,
-                Err(PrepareError::Build(e)) => {
+            let bin_dir = match build::ensure_build(self.cache, self.pin, rung.flavor()) {
+                Ok(dir) => dir,
+                Err(e) => {
                     tracing::warn!(rung = %rung.name(), error = %e, "this rung cannot be built; trying the next");
-                    tried.push(Tried {
-                        rung: rung.name(),
-                        outcome: Outcome::BuildFailed(first_line(&e.to_string())),
-                    });
+                    let first_line = e.to_string().lines().next().unwrap_or_default().to_string();
+                    tried.push(format!("{}: not built: {first_line}", rung.name()));
                     continue;
                 }
-                Err(PrepareError::Io(dir, source)) => {
-                    return Err(LadderError::Prepare {
-                        rung: rung.name(),
-                        dir,
-                        source,
-                    })
-                }
             };
+            let program = self.program(&rung, bin_dir)?;
             let (verdict, fresh) = self.verdict(&rung, &program)?;
             if !verdict.passed && rung == Rung::Portable {
-                failed_variant.clone_from(&verdict.cpu_variant);
+                all = rungs(verdict.cpu_variant.as_deref());
             }
             if verdict.passed && chosen.is_none() {
-                let why = why(&rung, &verdict, &tried);
-                chosen = Some((
-                    program.clone(),
-                    RungInUse {
-                        name: rung.name(),
-                        args: rung.args(),
-                        why,
-                    },
-                ));
+                chosen = Some((program, rung.in_use(why(&rung, &verdict, &tried))));
             }
-            tried.push(Tried {
-                rung: rung.name(),
-                outcome: Outcome::Verdict { verdict, fresh },
-            });
+            let recorded = if fresh {
+                String::new()
+            } else {
+                format!(" (recorded {})", verdict.date)
+            };
+            tried.push(format!("{}: {}{recorded}", rung.name(), verdict.describe()));
         }
-        match chosen {
-            Some((server, rung)) => Ok(Climbed {
-                server,
-                rung,
-                tried,
-            }),
-            None => Err(LadderError::NoRung {
+        let Some((server, rung)) = chosen else {
+            return Err(LadderError::NoRung {
                 cpu: self.cpu.describe(),
-                tried: tried
-                    .iter()
-                    .map(|t| format!("  {}", t.describe()))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
+                tried: format!("  {}", tried.join("\n  ")),
                 verdicts: self.cache.join("verdicts"),
-            }),
-        }
+            });
+        };
+        Ok(Climbed {
+            server,
+            rung,
+            tried,
+        })
     }
 
-    /// The rung's program, building its flavor first when needed.
-    fn prepare(&self, rung: &Rung) -> Result<PathBuf, PrepareError> {
-        let bin_dir = build::ensure_build(self.cache, self.pin, rung.flavor())
-            .map_err(|e| PrepareError::Build(Box::new(e)))?;
-        match rung {
-            Rung::PortableWithout(variant) => {
-                let dir = self.without_dir(variant);
-                without_variant(&bin_dir, &dir, variant)
-                    .map_err(|e| PrepareError::Io(dir.clone(), e))?;
-                Ok(dir.join(&self.pin.target))
-            }
-            _ => Ok(bin_dir.join(&self.pin.target)),
-        }
-    }
-
-    /// This host's copy of the portable build without one variant:
+    /// The rung's program: in its flavor's `bin_dir`, or for the rung without a variant, in
+    /// this host's copy of it without that variant,
     /// `<cache>/llama.cpp/<key>-portable-<cpu key>-without-<variant>/`.
-    fn without_dir(&self, variant: &str) -> PathBuf {
-        self.cache.join("llama.cpp").join(format!(
+    fn program(&self, rung: &Rung, bin_dir: PathBuf) -> Result<PathBuf, LadderError> {
+        let Rung::PortableWithout(variant) = rung else {
+            return Ok(bin_dir.join(&self.pin.target));
+        };
+        let dir = self.cache.join("llama.cpp").join(format!(
             "{}-{}-without-{variant}",
             Flavor::Portable.dir_name(self.pin),
             self.cpu.key()
-        ))
+        ));
+        without_variant(&bin_dir, &dir, variant).map_err(|source| LadderError::Prepare {
+            rung: rung.name(),
+            dir: dir.clone(),
+            source,
+        })?;
+        Ok(dir.join(&self.pin.target))
     }
 
     /// The recorded verdict for this rung's binary on this CPU, else a fresh smoke test.
     fn verdict(&self, rung: &Rung, program: &Path) -> Result<(Verdict, bool), LadderError> {
-        let key = VerdictKey::new(&verdict::binary_hash(program)?, &self.cpu, &rung.name());
+        let key = VerdictKey::of(program, &self.cpu, &rung.name())?;
         if let Some(v) = verdict::load(self.cache, &key) {
             tracing::debug!(rung = %rung.name(), passed = v.passed, "smoke-test verdict reused");
             return Ok((v, false));
@@ -212,11 +155,7 @@ impl Ladder<'_> {
         let installed = Installed {
             server: program.to_path_buf(),
             model,
-            rung: RungInUse {
-                name: rung.name(),
-                args: rung.args(),
-                why: "smoke test".into(),
-            },
+            rung: rung.in_use("smoke test"),
         };
         let (v, conclusive) = test(&installed, self.launch, &self.cpu);
         if !conclusive {
@@ -255,42 +194,44 @@ pub(crate) fn test(
     let result = smoke::run(installed, launch);
     let conclusive = !matches!(
         result,
-        Err(smoke::Failure::Timeout { .. }
-            | smoke::Failure::BadExit { .. }
-            | smoke::Failure::Spawn(_))
+        Err(Failure::Timeout { .. } | Failure::BadExit { .. } | Failure::Spawn(_))
     );
-    let (passed, reason, tokens_per_second, cpu_variant) = match result {
-        Ok(p) => (
-            true,
-            format!(
+    let verdict = match result {
+        Ok(p) => Verdict {
+            passed: true,
+            reason: format!(
                 "generated {} tokens, clean exit in {:.1?}",
                 smoke::PREDICT,
                 p.took
             ),
-            Some(p.tokens_per_second),
-            p.cpu_variant,
-        ),
+            tokens_per_second: Some(p.tokens_per_second),
+            cpu_variant: p.cpu_variant,
+            ..failed_verdict(installed, cpu)
+        },
         Err(f) => {
             tracing::warn!(rung = %installed.rung.name, error = %f, "smoke test failed");
-            (
-                false,
-                f.summary(),
-                None,
-                f.cpu_variant().map(str::to_string),
-            )
+            Verdict {
+                reason: f.summary(),
+                cpu_variant: f.cpu_variant().map(str::to_string),
+                ..failed_verdict(installed, cpu)
+            }
         }
     };
-    let verdict = Verdict {
+    (verdict, conclusive)
+}
+
+/// A failed verdict for `installed` on `cpu`, dated now, its reason yet to be said.
+fn failed_verdict(installed: &Installed, cpu: &CpuSignature) -> Verdict {
+    Verdict {
         rung: installed.rung.name.clone(),
-        passed,
-        reason,
-        tokens_per_second,
-        cpu_variant,
+        passed: false,
+        reason: String::new(),
+        tokens_per_second: None,
+        cpu_variant: None,
         program: installed.server.clone(),
         cpu: cpu.describe(),
         date: verdict::now(),
-    };
-    (verdict, conclusive)
+    }
 }
 
 /// Records that `installed` failed at run time (a SIGILL, a crash while loading), so the ladder
@@ -302,25 +243,13 @@ pub(crate) fn record_failure(
     cpu_variant: Option<&str>,
 ) -> Result<PathBuf, VerdictError> {
     let cpu = CpuSignature::detect();
-    let key = VerdictKey::new(
-        &verdict::binary_hash(&installed.server)?,
-        &cpu,
-        &installed.rung.name,
-    );
-    verdict::store(
-        cache,
-        &key,
-        &Verdict {
-            rung: installed.rung.name.clone(),
-            passed: false,
-            reason: format!("at run time: {reason}"),
-            tokens_per_second: None,
-            cpu_variant: cpu_variant.map(str::to_string),
-            program: installed.server.clone(),
-            cpu: cpu.describe(),
-            date: verdict::now(),
-        },
-    )
+    let key = VerdictKey::of(&installed.server, &cpu, &installed.rung.name)?;
+    let verdict = Verdict {
+        reason: format!("at run time: {reason}"),
+        cpu_variant: cpu_variant.map(str::to_string),
+        ..failed_verdict(installed, &cpu)
+    };
+    verdict::store(cache, &key, &verdict)
 }
 
 /// The backend a start would use, from what is recorded (never builds or tests): for
@@ -333,14 +262,10 @@ pub(crate) fn recorded(cache: &Path, backend_bin: Option<&Path>) -> String {
     let cpu = CpuSignature::detect();
     let mut failed = Vec::new();
     for rung in rungs(None) {
-        let Some(bin_dir) = build::existing_build(cache, &pin, rung.flavor()) else {
-            continue;
-        };
-        let program = bin_dir.join(&pin.target);
-        let Ok(hash) = verdict::binary_hash(&program) else {
-            continue;
-        };
-        match verdict::load(cache, &VerdictKey::new(&hash, &cpu, &rung.name())) {
+        let program =
+            build::existing_build(cache, &pin, rung.flavor()).map(|d| d.join(&pin.target));
+        let key = program.and_then(|p| VerdictKey::of(&p, &cpu, &rung.name()).ok());
+        match key.and_then(|key| verdict::load(cache, &key)) {
             Some(v) if v.passed => {
                 let mut line = format!("{} ({})", rung.name(), v.describe());
                 if !failed.is_empty() {
@@ -355,29 +280,15 @@ pub(crate) fn recorded(cache: &Path, backend_bin: Option<&Path>) -> String {
     "not chosen yet: `setup` (or the first start) smoke-tests the builds on this CPU".into()
 }
 
-enum PrepareError {
-    Build(Box<BuildError>),
-    Io(PathBuf, std::io::Error),
-}
-
-fn why(rung: &Rung, verdict: &Verdict, below: &[Tried]) -> String {
-    let mut why = format!(
-        "the fastest rung that passed the smoke test on this CPU ({})",
+fn why(rung: &Rung, verdict: &Verdict, below: &[String]) -> String {
+    let who = if *rung == Rung::Native {
+        "the native build"
+    } else {
+        "the fastest rung that"
+    };
+    let failed: String = below.iter().flat_map(|t| ["; ", t]).collect();
+    format!(
+        "{who} passed the smoke test on this CPU ({}){failed}",
         verdict.describe()
-    );
-    if *rung == Rung::Native {
-        why = format!(
-            "the native build passed the smoke test on this CPU ({})",
-            verdict.describe()
-        );
-    }
-    let failed: Vec<String> = below.iter().map(Tried::describe).collect();
-    if !failed.is_empty() {
-        why.push_str(&format!("; {}", failed.join("; ")));
-    }
-    why
-}
-
-fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or_default().to_string()
+    )
 }

@@ -86,11 +86,10 @@ pub(crate) fn model_id(config: &Config, model: &std::path::Path) -> String {
     if !config.model_alias.trim().is_empty() {
         return config.model_alias.trim().to_string();
     }
-    model
-        .file_name()
-        .and_then(|n| n.to_str())
-        .map(|n| n.trim_end_matches(".gguf").to_string())
-        .unwrap_or_else(|| "model".to_string())
+    match model.file_name().and_then(|n| n.to_str()) {
+        Some(name) => name.trim_end_matches(".gguf").to_string(),
+        None => "model".to_string(),
+    }
 }
 
 /// Builds the launch for `profile` on a fresh port with a fresh key.
@@ -100,7 +99,6 @@ pub(crate) fn spec(
     config: &Config,
 ) -> std::io::Result<LaunchSpec> {
     let port = free_port()?;
-    let api_key = BackendKey::generate();
     let mut args = core_args(
         &installed.model,
         port,
@@ -118,7 +116,7 @@ pub(crate) fn spec(
         "--cache-ram".into(),
         profile.cache_ram_mib.to_string(),
     ]);
-    args.extend(child_args().iter().map(std::string::ToString::to_string));
+    args.extend(CHILD_ARGS.map(String::from));
     // The backend ladder's run-time flags for this build on this host (`--no-repack`).
     args.extend(installed.rung.args.iter().cloned());
     if profile.embeddings {
@@ -126,12 +124,10 @@ pub(crate) fn spec(
     }
     args.extend(config.backend.extra_args.iter().cloned());
     args.extend(profile.extra_args.iter().cloned());
-    let mut env: Vec<(String, String)> = vec![("GGML_METAL_DISABLE".into(), "1".into())];
-    env.extend(
-        child_env()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string())),
-    );
+    let env = std::iter::once(("GGML_METAL_DISABLE", "1"))
+        .chain(CHILD_ENV)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     Ok(LaunchSpec {
         program: installed.server.clone(),
         args,
@@ -139,12 +135,12 @@ pub(crate) fn spec(
         priority: profile.priority,
         pin_cpu: profile.pin_cpu,
         port,
-        api_key,
-        output: OutputLimit::from_config(&config.supervisor),
-        env_remove: crate::notify::CHILD_HIDDEN_ENV
-            .iter()
-            .map(std::string::ToString::to_string)
-            .collect(),
+        api_key: BackendKey::generate(),
+        output: OutputLimit {
+            burst: config.supervisor.backend_log_burst,
+            lines_per_sec: config.supervisor.backend_log_lines_per_sec,
+        },
+        env_remove: crate::notify::CHILD_HIDDEN_ENV.map(String::from).into(),
     })
 }
 
@@ -158,42 +154,34 @@ pub fn core_args(
     ctx_size: u32,
     slots: usize,
 ) -> Vec<String> {
-    vec![
-        "--model".into(),
-        model.display().to_string(),
-        "--host".into(),
-        "127.0.0.1".into(),
-        "--port".into(),
-        port.to_string(),
-        "-ngl".into(),
-        "0".into(),
-        "--threads".into(),
-        threads.to_string(),
-        "--threads-batch".into(),
-        threads_batch.to_string(),
-        "--ctx-size".into(),
-        ctx_size.to_string(),
-        "--parallel".into(),
-        slots.to_string(),
-    ]
+    let flags = [
+        ("--model", model.display().to_string()),
+        ("--host", "127.0.0.1".into()),
+        ("--port", port.to_string()),
+        ("-ngl", "0".into()),
+        ("--threads", threads.to_string()),
+        ("--threads-batch", threads_batch.to_string()),
+        ("--ctx-size", ctx_size.to_string()),
+        ("--parallel", slots.to_string()),
+    ];
+    flags
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_string(), value])
+        .collect()
 }
 
 /// Environment for the child so its worker threads sleep instead of spinning when idle:
 /// GNU OpenMP (`GOMP_SPINCOUNT`), LLVM/Intel OpenMP (`KMP_BLOCKTIME`) and the OpenMP standard
 /// (`OMP_WAIT_POLICY`). Harmless for builds without OpenMP.
-pub fn child_env() -> Vec<(&'static str, &'static str)> {
-    vec![
-        ("OMP_WAIT_POLICY", "passive"),
-        ("GOMP_SPINCOUNT", "0"),
-        ("KMP_BLOCKTIME", "0"),
-    ]
-}
+pub const CHILD_ENV: [(&str, &str); 3] = [
+    ("OMP_WAIT_POLICY", "passive"),
+    ("GOMP_SPINCOUNT", "0"),
+    ("KMP_BLOCKTIME", "0"),
+];
 
 /// llama-server flags that turn off busy-polling of its thread pool between work items
 /// (`--poll` and `--poll-batch` are 0-100 levels; 0 = no polling).
-pub fn child_args() -> [&'static str; 4] {
-    ["--poll", "0", "--poll-batch", "0"]
-}
+pub const CHILD_ARGS: [&str; 4] = ["--poll", "0", "--poll-batch", "0"];
 
 /// llama-server flags for warm prefixes: slot files saved to and restored from `slots`, and a
 /// full-size sliding-window cache (without `--swa-full`, a model with sliding-window attention
@@ -210,10 +198,9 @@ pub(crate) fn warm_args(slots: &std::path::Path) -> Vec<String> {
 /// Whether llama-server's arguments give it a multimodal projector (`--mmproj FILE`,
 /// `--mmproj-url URL`): without one it answers an image or audio part with a 500.
 pub(crate) fn has_projector<'a>(args: impl IntoIterator<Item = &'a String>) -> bool {
-    args.into_iter().any(|a| {
-        let flag = a.split('=').next().unwrap_or("");
-        matches!(flag, "--mmproj" | "-mm" | "--mmproj-url" | "-mmu")
-    })
+    let projectors = ["--mmproj", "-mm", "--mmproj-url", "-mmu"];
+    args.into_iter()
+        .any(|a| projectors.contains(&a.split('=').next().unwrap_or_default()))
 }
 
 /// HTTP worker threads for a llama-server with `slots` slots: one per slot plus one for the
@@ -278,8 +265,8 @@ mod tests {
 
     #[test]
     fn child_flags_disable_polling() {
-        assert_eq!(child_args(), ["--poll", "0", "--poll-batch", "0"]);
-        let env = child_env();
+        assert_eq!(CHILD_ARGS, ["--poll", "0", "--poll-batch", "0"]);
+        let env = CHILD_ENV;
         assert!(env.contains(&("GOMP_SPINCOUNT", "0")));
         assert!(env.contains(&("OMP_WAIT_POLICY", "passive")));
     }

@@ -17,12 +17,8 @@ impl FileLock {
             .write(true)
             .open(path)
             .map_err(io_err(path))?;
-        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(
-            |(_, errno)| FetchError::Io {
-                path: path.to_path_buf(),
-                source: std::io::Error::from(errno),
-            },
-        )?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| io_err(path)(errno.into()))?;
         Ok(FileLock { _lock: lock })
     }
 }

@@ -90,19 +90,15 @@ pub(crate) fn kv_cache_bytes(header: &Header, ctx: u32) -> Result<(u64, String),
     let kv_heads = header.arch_int("attention.head_count_kv").unwrap_or(heads);
     let head_dim = || {
         let embd = need("embedding_length")?;
-        if heads == 0 {
-            return Err("attention.head_count is 0".to_string());
-        }
-        Ok(embd / heads)
+        embd.checked_div(heads)
+            .ok_or_else(|| "attention.head_count is 0".to_string())
     };
-    let key_len = match header.arch_int("attention.key_length") {
-        Some(k) => k,
-        None => head_dim()?,
-    };
-    let value_len = match header.arch_int("attention.value_length") {
-        Some(v) => v,
-        None => head_dim()?,
-    };
+    let key_len = header
+        .arch_int("attention.key_length")
+        .map_or_else(head_dim, Ok)?;
+    let value_len = header
+        .arch_int("attention.value_length")
+        .map_or_else(head_dim, Ok)?;
     let bytes = u64::from(ctx) * layers * kv_heads * (key_len + value_len) * KV_ELEMENT_BYTES;
     Ok((
         bytes,
@@ -158,11 +154,8 @@ pub(crate) fn check(
             profile: profile.to_string(),
         });
     }
-    if total as f64 > limit.bytes() as f64 * WARN_SHARE {
-        Ok(Verdict::Close)
-    } else {
-        Ok(Verdict::Fits)
-    }
+    let close = total as f64 > limit.bytes() as f64 * WARN_SHARE;
+    Ok(if close { Verdict::Close } else { Verdict::Fits })
 }
 
 /// At start: estimates, logs, and refuses when over `limit`.

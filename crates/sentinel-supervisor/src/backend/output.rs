@@ -6,10 +6,11 @@
 //! "suppressed N lines" line; the tail always keeps the newest lines, suppressed or not.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::time::Instant;
+use tracing::Level;
 
 /// How many of the child's last output lines are kept for error reports.
 pub(crate) const TAIL_LINES: usize = 40;
@@ -33,11 +34,12 @@ struct Lines {
 }
 
 impl LogTail {
+    fn lines(&self) -> std::sync::MutexGuard<'_, Lines> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(crate) fn push(&self, line: String) {
-        let mut lines = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut lines = self.lines();
         lines.pushed += 1;
         if lines.head.len() < HEAD_LINES {
             lines.head.push(line.clone());
@@ -50,10 +52,7 @@ impl LogTail {
 
     /// The last `n` lines, oldest first.
     pub(crate) fn last(&self, n: usize) -> Vec<String> {
-        let lines = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let lines = self.lines();
         let q = &lines.tail;
         q.iter().skip(q.len().saturating_sub(n)).cloned().collect()
     }
@@ -61,10 +60,7 @@ impl LogTail {
     /// Every line kept, in order: the first [`HEAD_LINES`], then the last [`TAIL_LINES`]
     /// (each line once where the two overlap).
     pub(crate) fn kept(&self) -> Vec<String> {
-        let lines = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let lines = self.lines();
         let overlap = (lines.head.len() + lines.tail.len()).saturating_sub(lines.pushed);
         lines
             .head
@@ -79,12 +75,7 @@ impl LogTail {
         let all = self.last(TAIL_LINES);
         let errs: Vec<String> = all
             .iter()
-            .filter(|l| {
-                classify(l) == LineLevel::Error || {
-                    let l = l.to_ascii_lowercase();
-                    l.contains("error") || l.contains("fail") || l.contains("abort")
-                }
-            })
+            .filter(|l| classify(l) == Level::ERROR || mentions(l, &["error", "fail", "abort"]))
             .cloned()
             .collect();
         let pick = if errs.is_empty() { all } else { errs };
@@ -100,27 +91,11 @@ pub(crate) struct OutputLimit {
     pub lines_per_sec: f64,
 }
 
-impl OutputLimit {
-    pub(crate) fn from_config(config: &crate::config::SupervisorConfig) -> OutputLimit {
-        OutputLimit {
-            burst: config.backend_log_burst,
-            lines_per_sec: config.backend_log_lines_per_sec,
-        }
-    }
-}
-
-/// The level a backend line is logged at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LineLevel {
-    Error,
-    Warn,
-    Debug,
-}
-
-/// Reads a line's level. llama-server writes `0.03.208.633 W load: ...` (elapsed time, then
-/// one of `D`/`I`/`W`/`E`); lines without that shape (its argument errors, other programs)
-/// count as errors when they say "error"/"fatal"/"abort" and as warnings when they say "warn".
-pub(crate) fn classify(line: &str) -> LineLevel {
+/// The level a backend line is logged at: error, warn or debug. llama-server writes
+/// `0.03.208.633 W load: ...` (elapsed time, then one of `D`/`I`/`W`/`E`); lines without that
+/// shape (its argument errors, other programs) count as errors when they say
+/// "error"/"fatal"/"abort" and as warnings when they say "warn".
+pub(crate) fn classify(line: &str) -> Level {
     let mut words = line.split_whitespace();
     let first = words.next().unwrap_or("");
     let marker = if is_timestamp(first) {
@@ -129,22 +104,24 @@ pub(crate) fn classify(line: &str) -> LineLevel {
         Some(first)
     };
     match marker {
-        Some("E") => return LineLevel::Error,
-        Some("W") => return LineLevel::Warn,
-        Some("I" | "D" | "T") if is_timestamp(first) => return LineLevel::Debug,
+        Some("E") => return Level::ERROR,
+        Some("W") => return Level::WARN,
+        Some("I" | "D" | "T") if is_timestamp(first) => return Level::DEBUG,
         _ => {}
     }
-    let lower = line.to_ascii_lowercase();
-    if ["error", "fatal", "abort", "panic"]
-        .iter()
-        .any(|w| lower.contains(w))
-    {
-        LineLevel::Error
-    } else if lower.contains("warn") {
-        LineLevel::Warn
+    if mentions(line, &["error", "fatal", "abort", "panic"]) {
+        Level::ERROR
+    } else if mentions(line, &["warn"]) {
+        Level::WARN
     } else {
-        LineLevel::Debug
+        Level::DEBUG
     }
+}
+
+/// Whether `line` says one of `words` (given in lower case), in any case.
+fn mentions(line: &str, words: &[&str]) -> bool {
+    let lower = line.to_ascii_lowercase();
+    words.iter().any(|w| lower.contains(w))
 }
 
 /// `0.03.208.633`: digits and dots, starting with a digit.
@@ -219,10 +196,7 @@ impl Limiter {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Bucket) -> T) -> T {
-        f(&mut self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner))
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -238,8 +212,7 @@ pub(crate) async fn forward(
 ) {
     let mut lines = BufReader::new(stream).lines();
     loop {
-        let due = limiter.with(|b| b.report_due());
-        let next = match due {
+        let next = match limiter.with(|b| b.report_due()) {
             // `next_line` is cancel-safe: a partly read line stays buffered.
             Some(due) => tokio::select! {
                 line = lines.next_line() => Some(line),
@@ -258,10 +231,7 @@ pub(crate) async fn forward(
         let level = classify(&line);
         if enabled(level) {
             let now = Instant::now();
-            let (admitted, pending) = limiter.with(|b| {
-                let admitted = b.admit(now);
-                (admitted, b.take_report(now, false))
-            });
+            let (admitted, pending) = limiter.with(|b| (b.admit(now), b.take_report(now, false)));
             report(pid, pending);
             if admitted {
                 emit(level, pid, stream_name, &line);
@@ -273,19 +243,19 @@ pub(crate) async fn forward(
 }
 
 /// Whether a line at `level` would be written at all (lines the filter hides use no tokens).
-fn enabled(level: LineLevel) -> bool {
+fn enabled(level: Level) -> bool {
     match level {
-        LineLevel::Error => tracing::enabled!(target: "backend", tracing::Level::ERROR),
-        LineLevel::Warn => tracing::enabled!(target: "backend", tracing::Level::WARN),
-        LineLevel::Debug => tracing::enabled!(target: "backend", tracing::Level::DEBUG),
+        Level::ERROR => tracing::enabled!(target: "backend", Level::ERROR),
+        Level::WARN => tracing::enabled!(target: "backend", Level::WARN),
+        _ => tracing::enabled!(target: "backend", Level::DEBUG),
     }
 }
 
-fn emit(level: LineLevel, pid: i32, stream: &'static str, line: &str) {
+fn emit(level: Level, pid: i32, stream: &'static str, line: &str) {
     match level {
-        LineLevel::Error => tracing::error!(target: "backend", pid, stream, "{line}"),
-        LineLevel::Warn => tracing::warn!(target: "backend", pid, stream, "{line}"),
-        LineLevel::Debug => tracing::debug!(target: "backend", pid, stream, "{line}"),
+        Level::ERROR => tracing::error!(target: "backend", pid, stream, "{line}"),
+        Level::WARN => tracing::warn!(target: "backend", pid, stream, "{line}"),
+        _ => tracing::debug!(target: "backend", pid, stream, "{line}"),
     }
 }
 
@@ -347,26 +317,26 @@ mod tests {
         for (line, want) in [
             (
                 "0.00.001.575 I srv  llama_server: initializing ...",
-                LineLevel::Debug,
+                Level::DEBUG,
             ),
             (
                 "0.03.208.633 W load: control-looking token:    212 '</s>' was not control-type",
-                LineLevel::Warn,
+                Level::WARN,
             ),
             (
                 "0.00.031.825 E gguf_init_from_file: failed to open GGUF file '/x.gguf'",
-                LineLevel::Error,
+                Level::ERROR,
             ),
             // An info line mentioning an error is still info.
             (
                 "0.12.659.989 I slot print_timing: id  3 | error rate 0",
-                LineLevel::Debug,
+                Level::DEBUG,
             ),
-            ("error: invalid argument: --bogus", LineLevel::Error),
-            ("warning: no usable GPU found", LineLevel::Warn),
-            ("main: exiting due to model loading error", LineLevel::Error),
-            ("fake: listening on 127.0.0.1:1234", LineLevel::Debug),
-            ("", LineLevel::Debug),
+            ("error: invalid argument: --bogus", Level::ERROR),
+            ("warning: no usable GPU found", Level::WARN),
+            ("main: exiting due to model loading error", Level::ERROR),
+            ("fake: listening on 127.0.0.1:1234", Level::DEBUG),
+            ("", Level::DEBUG),
         ] {
             assert_eq!(classify(line), want, "{line:?}");
         }

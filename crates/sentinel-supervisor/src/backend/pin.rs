@@ -98,18 +98,23 @@ impl ToolsPin {
     /// A hash of every pin: the private environment's directory name, so a changed pin
     /// installs afresh instead of mixing versions.
     pub(crate) fn cache_key(&self) -> String {
-        let mut h = Sha256::new();
-        for t in &self.tools {
-            for part in [&t.name, &t.package, &t.version]
+        let parts = self.tools.iter().flat_map(|t| {
+            [&t.name, &t.package, &t.version]
                 .into_iter()
                 .chain(&t.sha256)
-            {
-                h.update(part.as_bytes());
-                h.update([0]);
-            }
-        }
-        hex::encode(h.finalize())[..12].to_string()
+        });
+        hash_parts(parts)[..12].to_string()
     }
+}
+
+/// The sha256 (hex) of `parts`, each followed by a NUL byte.
+fn hash_parts<'a>(parts: impl IntoIterator<Item = &'a String>) -> String {
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
 }
 
 impl ToolPin {
@@ -131,22 +136,15 @@ impl SourcePin {
 
     /// `<version>-<hash>`: changes whenever anything that affects the build changes.
     pub(crate) fn cache_key(&self) -> String {
-        let mut h = Sha256::new();
-        for part in [
+        let parts = [
             &self.package,
             &self.version,
             &self.sha256,
             &self.subdirectory,
             &self.target,
-        ] {
-            h.update(part.as_bytes());
-            h.update([0]);
-        }
-        for flag in &self.cmake_flags {
-            h.update(flag.as_bytes());
-            h.update([0]);
-        }
-        format!("{}-{}", self.version, &hex::encode(h.finalize())[..12])
+        ];
+        let hash = hash_parts(parts.into_iter().chain(&self.cmake_flags));
+        format!("{}-{}", self.version, &hash[..12])
     }
 
     /// `llama-cpp-python==0.3.36`.

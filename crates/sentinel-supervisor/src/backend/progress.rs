@@ -6,7 +6,7 @@
 
 use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// How often a step prints its plain line when stderr is not a terminal.
@@ -45,11 +45,6 @@ impl Mode {
     }
 }
 
-struct Ticker {
-    stop: Mutex<bool>,
-    wake: Condvar,
-}
-
 /// One running step. Dropped without [`Step::finish`] (an error), it clears its bar silently.
 pub(crate) struct Step {
     label: &'static str,
@@ -57,7 +52,8 @@ pub(crate) struct Step {
     bar: ProgressBar,
     mode: Mode,
     started: Instant,
-    ticker: Option<(Arc<Ticker>, std::thread::JoinHandle<()>)>,
+    /// Plain mode's thread printing the periodic line, stopped by dropping its sender.
+    ticker: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
 impl Step {
@@ -79,13 +75,11 @@ impl Step {
         message: String,
         mode: Mode,
     ) -> Step {
-        let bar = match &mode {
-            Mode::Terminal => {
-                ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
-            }
-            Mode::Plain { .. } => ProgressBar::hidden(),
+        let target = match &mode {
+            Mode::Terminal => ProgressDrawTarget::stderr(),
+            Mode::Plain { .. } => ProgressDrawTarget::hidden(),
         };
-        bar.set_length(len);
+        let bar = ProgressBar::with_draw_target(Some(len), target);
         bar.set_message(message);
         let mut step = Step {
             label,
@@ -95,49 +89,21 @@ impl Step {
             started: Instant::now(),
             ticker: None,
         };
-        match step.mode.clone() {
-            Mode::Terminal => {
-                step.bar.set_style(style(label, unit));
-                step.bar.enable_steady_tick(Duration::from_millis(120));
-            }
-            Mode::Plain { interval, sink } => {
-                sink(&step.line());
-                step.ticker = Some(step.spawn_ticker(interval, sink));
-            }
-        }
-        step
-    }
-
-    fn spawn_ticker(
-        &self,
-        interval: Duration,
-        sink: Sink,
-    ) -> (Arc<Ticker>, std::thread::JoinHandle<()>) {
-        let ticker = Arc::new(Ticker {
-            stop: Mutex::new(false),
-            wake: Condvar::new(),
-        });
-        let t = ticker.clone();
-        let (label, unit, bar, started) = (self.label, self.unit, self.bar.clone(), self.started);
-        let handle = std::thread::spawn(move || {
-            let mut stop = t
-                .stop
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            // `stop` is checked before every wait: a stop set before this thread first took
-            // the lock must not wait a whole interval.
-            while !*stop {
-                let (guard, timeout) = t
-                    .wake
-                    .wait_timeout(stop, interval)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                stop = guard;
-                if !*stop && timeout.timed_out() {
+        if let Mode::Plain { interval, sink } = step.mode.clone() {
+            sink(&step.line());
+            let (stop, stopped) = mpsc::channel::<()>();
+            let (bar, started) = (step.bar.clone(), step.started);
+            let ticker = std::thread::spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                     sink(&plain_line(label, unit, &bar, started));
                 }
-            }
-        });
-        (ticker, handle)
+            });
+            step.ticker = Some((stop, ticker));
+        } else {
+            step.bar.set_style(style(label, unit));
+            step.bar.enable_steady_tick(Duration::from_millis(120));
+        }
+        step
     }
 
     /// The plain line for the current state.
@@ -181,11 +147,8 @@ impl Step {
     }
 
     fn stop_ticker(&mut self) {
-        if let Some((t, handle)) = self.ticker.take() {
-            *t.stop
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
-            t.wake.notify_all();
+        if let Some((stop, handle)) = self.ticker.take() {
+            drop(stop);
             let _ = handle.join();
         }
     }
@@ -241,6 +204,7 @@ fn plain_line(label: &str, unit: Option<Unit>, bar: &ProgressBar, started: Insta
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
     fn collecting(interval: Duration) -> (Mode, Arc<Mutex<Vec<String>>>) {
         let lines = Arc::new(Mutex::new(Vec::new()));

@@ -3,13 +3,13 @@
 
 use super::build::{self, BuildError};
 use super::bundle::{self, BundleError};
-use super::ladder::{Ladder, LadderError};
+use super::ladder::{Ladder, LadderError, Rung};
 use super::model::{self, ModelError};
 use super::pin::{ModelPin, SourcePin};
 use super::runner::{BuildLimits, Runner};
 use super::smoke::SmokeLaunch;
 use super::verdict::{self, VerdictError, VerdictKey};
-use crate::host::CpuSignature;
+use crate::host::{CpuSignature, Host};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -86,6 +86,9 @@ pub(crate) struct SetupOptions {
     pub all_rungs: bool,
     /// How a build may use the machine (`--cpus`/`--jobs` over `[setup]`).
     pub limits: BuildLimits,
+    /// The host the command detected (the profile was resolved against it): the CPUs the
+    /// build's limits apply to.
+    pub host: Host,
 }
 
 /// Resolves the backend binary and the model: the ones given, else the pinned defaults. With a
@@ -101,7 +104,7 @@ pub(crate) fn ensure_reporting(
     options: &SetupOptions,
 ) -> Result<(Installed, Vec<String>), SetupError> {
     // Every program setup starts runs at idle priority under the build's limits.
-    let _runner = Runner::new(options.limits, crate::host::Host::detect()).enter();
+    let _runner = Runner::new(options.limits, options.host).enter();
     let cache = &options.cache_dir;
     // Cheap checks of what the user gave come first, then the build (so a missing build tool
     // is reported before a long model download), then the default model.
@@ -120,7 +123,7 @@ pub(crate) fn ensure_reporting(
         }
         (None, Some(launch)) => {
             let pin = SourcePin::builtin();
-            let from_bundle = native_absent_portable_bundled(cache, &pin)?;
+            let from_bundle = bundled_portable(cache, &pin)?.is_some();
             let climbed = Ladder {
                 cache,
                 pin: &pin,
@@ -131,11 +134,7 @@ pub(crate) fn ensure_reporting(
                 model: options.model.as_deref(),
             }
             .climb()?;
-            tried = climbed
-                .tried
-                .iter()
-                .map(super::ladder::Tried::describe)
-                .collect();
+            tried = climbed.tried;
             (climbed.server, climbed.rung)
         }
         (None, None) => unverified_server(cache)?,
@@ -144,41 +143,25 @@ pub(crate) fn ensure_reporting(
         Some(path) => path.clone(),
         None => model::ensure_default(cache, &ModelPin::builtin())?,
     };
-    Ok((
-        Installed {
-            server,
-            model,
-            rung,
-        },
-        tried,
-    ))
+    let installed = Installed {
+        server,
+        model,
+        rung,
+    };
+    Ok((installed, tried))
 }
 
 /// Without a smoke test: the native build when there is one, else a portable llama-server
 /// installed from a bundle (or packaged beside this binary), else build the native one.
 fn unverified_server(cache: &Path) -> Result<(PathBuf, RungInUse), SetupError> {
     let pin = SourcePin::builtin();
-    if native_absent_portable_bundled(cache, &pin)? {
-        let server = bundle::portable_server(cache, &pin, &ModelPin::builtin())?
-            .expect("a portable build was just found");
-        Ok((
-            server,
-            RungInUse {
-                name: "portable".into(),
-                args: Vec::new(),
-                why: "the portable build from a bundle (not smoke-tested)".into(),
-            },
-        ))
+    let (server, rung, what) = if let Some(server) = bundled_portable(cache, &pin)? {
+        (server, Rung::Portable, "the portable build from a bundle")
     } else {
-        Ok((
-            build::ensure_server(cache, &pin)?,
-            RungInUse {
-                name: "native".into(),
-                args: Vec::new(),
-                why: "the native build (not smoke-tested)".into(),
-            },
-        ))
-    }
+        let bin_dir = build::ensure_build(cache, &pin, build::Flavor::Native)?;
+        (bin_dir.join(&pin.target), Rung::Native, "the native build")
+    };
+    Ok((server, rung.in_use(format!("{what} (not smoke-tested)"))))
 }
 
 /// Smoke-tests the user's binary on the default model when it is at hand (never downloading
@@ -192,7 +175,7 @@ fn smoke_given(cache: &Path, path: &Path, launch: &SmokeLaunch) -> Result<RungIn
         ));
     }
     let cpu = CpuSignature::detect();
-    let key = VerdictKey::new(&verdict::binary_hash(path)?, &cpu, "backend.bin");
+    let key = VerdictKey::of(path, &cpu, "backend.bin")?;
     let verdict = if let Some(v) = verdict::load(cache, &key) {
         v
     } else {
@@ -224,27 +207,22 @@ fn smoke_given(cache: &Path, path: &Path, launch: &SmokeLaunch) -> Result<RungIn
     )))
 }
 
-/// True when there is no native build but a portable llama-server from a bundle: installed in
-/// the cache, or packaged beside this binary (installed now). The ladder then starts at the
+/// When there is no native build, a portable llama-server from a bundle: installed in the
+/// cache, or packaged beside this binary (installed now). The ladder then starts at the
 /// portable rung, so an endpoint installed from a bundle never compiles.
-fn native_absent_portable_bundled(cache: &Path, pin: &SourcePin) -> Result<bool, SetupError> {
-    if build::BuildDir::new(cache, pin, build::Flavor::Native)
-        .existing(pin)
-        .is_some()
-    {
-        return Ok(false);
+fn bundled_portable(cache: &Path, pin: &SourcePin) -> Result<Option<PathBuf>, SetupError> {
+    if build::existing_build(cache, pin, build::Flavor::Native).is_some() {
+        return Ok(None);
     }
-    Ok(bundle::portable_server(cache, pin, &ModelPin::builtin())?.is_some())
+    Ok(bundle::portable_server(cache, pin, &ModelPin::builtin())?)
 }
 
 fn check_executable(path: &Path) -> Result<(), SetupError> {
-    let meta = std::fs::metadata(path).map_err(|_| SetupError::BinNotFound(path.to_path_buf()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-            return Err(SetupError::BinNotExecutable(path.to_path_buf()));
-        }
+    if !path.exists() {
+        return Err(SetupError::BinNotFound(path.to_path_buf()));
+    }
+    if !super::tools::is_executable(path) {
+        return Err(SetupError::BinNotExecutable(path.to_path_buf()));
     }
     Ok(())
 }
@@ -265,6 +243,7 @@ mod tests {
             smoke: None,
             all_rungs: false,
             limits: BuildLimits::default(),
+            host: Host::unrestricted(2),
         };
         let e = ensure(&options(
             Some(model.clone()),

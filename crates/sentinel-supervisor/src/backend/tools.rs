@@ -69,11 +69,7 @@ impl BuildTools {
             };
             format!("{name} {} ({origin})", t.path.display())
         };
-        format!(
-            "{}, {}",
-            one("cmake", &self.cmake),
-            one("ninja", &self.ninja)
-        )
+        [one("cmake", &self.cmake), one("ninja", &self.ninja)].join(", ")
     }
 }
 
@@ -85,7 +81,7 @@ pub(crate) fn find_on_path(name: &str, path: &OsStr) -> Option<PathBuf> {
         .find(|candidate| is_executable(candidate))
 }
 
-fn is_executable(path: &Path) -> bool {
+pub(crate) fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
@@ -123,16 +119,17 @@ impl ToolEnv {
     /// directory (`bin/ninja` is the binary itself).
     fn candidates(&self, pin: &ToolPin) -> Vec<PathBuf> {
         let inside = |site: &Path| site.join(&pin.package).join("data/bin").join(&pin.name);
-        let mut out = Vec::new();
-        let lib = self.venv().join("lib");
-        if let Ok(entries) = std::fs::read_dir(&lib) {
-            for e in entries.flatten() {
-                out.push(inside(&e.path().join("site-packages")));
-            }
-        }
-        out.push(self.venv().join("bin").join(&pin.name));
-        out.push(inside(&self.target()));
-        out.push(self.target().join("bin").join(&pin.name));
+        let mut out: Vec<PathBuf> = std::fs::read_dir(self.venv().join("lib"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| inside(&e.path().join("site-packages")))
+            .collect();
+        out.extend([
+            self.venv().join("bin").join(&pin.name),
+            inside(&self.target()),
+            self.target().join("bin").join(&pin.name),
+        ]);
         out
     }
 
@@ -144,9 +141,9 @@ impl ToolEnv {
     }
 
     /// Installs `pins` with pip (hash-checked wheels only) into a venv, or with
-    /// `pip install --target` when `python -m venv` fails.
-    pub(crate) fn install(&self, python: &str, pins: &[&ToolPin]) -> Result<(), ToolsError> {
-        std::fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+    /// `pip install --target` when `python -m venv` fails. The caller has created `root` and
+    /// holds its lock.
+    fn install(&self, python: &str, pins: &[&ToolPin]) -> Result<(), ToolsError> {
         let requirements: Vec<String> = pins.iter().map(|p| p.requirement_line()).collect();
         let req_file = self.root.join("requirements.txt");
         std::fs::write(&req_file, requirements.join("\n") + "\n").map_err(io_err(&req_file))?;
@@ -157,20 +154,20 @@ impl ToolEnv {
             .join(", ");
 
         let venv_python = self.venv().join("bin").join("python");
-        let mut cmd = if venv_python.is_file() || self.create_venv(python) {
-            let mut c = Command::new(&venv_python);
-            c.args(["-m", "pip", "install"]);
-            c
+        let in_venv = venv_python.is_file() || self.create_venv(python);
+        let mut cmd = Command::new(if in_venv {
+            venv_python.as_os_str()
         } else {
+            OsStr::new(python)
+        });
+        cmd.args(["-m", "pip", "install"]);
+        if !in_venv {
             tracing::info!(
                 dir = %self.target().display(),
                 "`python3 -m venv` is unavailable; installing with `pip install --target`"
             );
-            let mut c = Command::new(python);
-            c.args(["-m", "pip", "install", "--upgrade", "--target"])
-                .arg(self.target());
-            c
-        };
+            cmd.args(["--upgrade", "--target"]).arg(self.target());
+        }
         cmd.args([
             "--no-deps",
             "--require-hashes",
@@ -182,21 +179,18 @@ impl ToolEnv {
         ])
         .arg(&req_file);
         tracing::debug!(?cmd, "installing build tools");
+        let failed = |detail: String| ToolsError::Install {
+            requirements: names.clone(),
+            dir: self.root.clone(),
+            detail,
+        };
         let out = super::runner::current()
             .output(cmd)
-            .map_err(|e| ToolsError::Install {
-                requirements: names.clone(),
-                dir: self.root.clone(),
-                detail: format!("cannot run {python}: {e}"),
-            })?;
+            .map_err(|e| failed(format!("cannot run {python}: {e}")))?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
-            return Err(ToolsError::Install {
-                requirements: names,
-                dir: self.root.clone(),
-                detail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-            });
+            let lines: Vec<&str> = stderr.lines().collect();
+            return Err(failed(lines[lines.len().saturating_sub(8)..].join("\n")));
         }
         Ok(())
     }
@@ -230,22 +224,13 @@ pub fn ensure(
     pins: &ToolsPin,
 ) -> Result<BuildTools, ToolsError> {
     let env = ToolEnv::new(cache, pins);
-    let mut found: Vec<(String, Tool)> = Vec::new();
+    let on_path = REQUIRED.map(|name| find_on_path(name, path));
     let mut missing: Vec<&ToolPin> = Vec::new();
-    for name in REQUIRED {
-        match find_on_path(name, path) {
-            Some(p) => found.push((
-                name.to_string(),
-                Tool {
-                    path: p,
-                    origin: Origin::Path,
-                },
-            )),
-            None => missing.push(
-                pins.get(name)
-                    .ok_or_else(|| ToolsError::Unpinned(name.into()))?,
-            ),
-        }
+    for (name, _) in REQUIRED.iter().zip(&on_path).filter(|(_, p)| p.is_none()) {
+        missing.push(
+            pins.get(name)
+                .ok_or_else(|| ToolsError::Unpinned(name.to_string()))?,
+        );
     }
     if !missing.iter().all(|pin| env.installed(pin).is_some()) {
         std::fs::create_dir_all(&env.root).map_err(io_err(&env.root))?;
@@ -269,30 +254,24 @@ pub fn ensure(
             step.finish(format!("installed {list} into {}", env.root.display()));
         }
     }
-    for pin in missing {
-        let p = env.installed(pin).ok_or_else(|| ToolsError::NotRunnable {
-            tool: pin.name.clone(),
-            package: pin.package.clone(),
-            dir: env.root.clone(),
-        })?;
-        found.push((
-            pin.name.clone(),
-            Tool {
-                path: p,
-                origin: Origin::Provisioned,
-            },
-        ));
-    }
-    let mut take = |name: &str| {
-        let i = found
-            .iter()
-            .position(|(n, _)| n == name)
-            .expect("every required tool is resolved");
-        found.swap_remove(i).1
+    let resolve = |name: &str, on_path: Option<PathBuf>| -> Result<Tool, ToolsError> {
+        let (path, origin) = if let Some(path) = on_path {
+            (path, Origin::Path)
+        } else {
+            let pin = pins.get(name).expect("a missing tool has a pin");
+            let path = env.installed(pin).ok_or_else(|| ToolsError::NotRunnable {
+                tool: pin.name.clone(),
+                package: pin.package.clone(),
+                dir: env.root.clone(),
+            })?;
+            (path, Origin::Provisioned)
+        };
+        Ok(Tool { path, origin })
     };
+    let [cmake, ninja] = on_path;
     Ok(BuildTools {
-        cmake: take("cmake"),
-        ninja: take("ninja"),
+        cmake: resolve("cmake", cmake)?,
+        ninja: resolve("ninja", ninja)?,
     })
 }
 

@@ -31,18 +31,13 @@ pub(crate) struct Verdict {
 impl Verdict {
     /// One line for `setup`: `passed (38.2 tokens/s, CPU variant icelake)` or `failed: why`.
     pub(crate) fn describe(&self) -> String {
-        if self.passed {
-            let mut s = format!(
-                "passed ({:.1} tokens/s",
-                self.tokens_per_second.unwrap_or(0.0)
-            );
-            if let Some(v) = &self.cpu_variant {
-                s.push_str(&format!(", CPU variant {v}"));
-            }
-            s.push(')');
-            s
-        } else {
-            format!("failed: {}", self.reason)
+        if !self.passed {
+            return format!("failed: {}", self.reason);
+        }
+        let tps = self.tokens_per_second.unwrap_or(0.0);
+        match &self.cpu_variant {
+            Some(v) => format!("passed ({tps:.1} tokens/s, CPU variant {v})"),
+            None => format!("passed ({tps:.1} tokens/s)"),
         }
     }
 }
@@ -64,14 +59,16 @@ impl VerdictKey {
             binary: binary_hash.chars().take(16).collect(),
             cpu: cpu.key(),
             rung: rung
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-                .collect::<String>()
-                .split('-')
+                .split(|c: char| !c.is_ascii_alphanumeric())
                 .filter(|p| !p.is_empty())
                 .collect::<Vec<_>>()
                 .join("-"),
         }
+    }
+
+    /// The key of `program` (hashed with [`binary_hash`]) tested as `rung` on `cpu`.
+    pub(crate) fn of(program: &Path, cpu: &CpuSignature, rung: &str) -> Result<Self, VerdictError> {
+        Ok(VerdictKey::new(&binary_hash(program)?, cpu, rung))
     }
 
     pub(crate) fn path(&self, cache: &Path) -> PathBuf {
@@ -98,13 +95,14 @@ pub(crate) enum VerdictError {
 /// The sha256 of `program` and of every shared library in its directory (`lib*.so*`,
 /// `*.dylib`), in name order.
 pub(crate) fn binary_hash(program: &Path) -> Result<String, VerdictError> {
+    let unreadable = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| VerdictError::Hash { path, source }
+    };
     let mut files = vec![program.to_path_buf()];
     if let Some(dir) = program.parent() {
         let mut libs: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|source| VerdictError::Hash {
-                path: dir.to_path_buf(),
-                source,
-            })?
+            .map_err(unreadable(dir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -116,18 +114,10 @@ pub(crate) fn binary_hash(program: &Path) -> Result<String, VerdictError> {
     }
     let mut h = Sha256::new();
     for file in &files {
-        let err = |source| VerdictError::Hash {
-            path: file.clone(),
-            source,
-        };
-        let mut f = std::fs::File::open(file).map_err(err)?;
-        h.update(
-            file.file_name()
-                .map(std::ffi::OsStr::as_encoded_bytes)
-                .unwrap_or(b""),
-        );
+        let mut f = std::fs::File::open(file).map_err(unreadable(file))?;
+        h.update(file.file_name().unwrap_or_default().as_encoded_bytes());
         h.update([0]);
-        std::io::copy(&mut f, &mut h).map_err(err)?;
+        std::io::copy(&mut f, &mut h).map_err(unreadable(file))?;
     }
     Ok(hex::encode(h.finalize()))
 }
@@ -136,13 +126,11 @@ pub(crate) fn binary_hash(program: &Path) -> Result<String, VerdictError> {
 pub(crate) fn load(cache: &Path, key: &VerdictKey) -> Option<Verdict> {
     let path = key.path(cache);
     let text = std::fs::read_to_string(&path).ok()?;
-    match toml::from_str(&text) {
-        Ok(v) => Some(v),
-        Err(e) => {
+    toml::from_str(&text)
+        .inspect_err(|e| {
             tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable smoke-test verdict; testing again");
-            None
-        }
-    }
+        })
+        .ok()
 }
 
 /// Records `verdict` under `key` (written whole, then renamed into place).

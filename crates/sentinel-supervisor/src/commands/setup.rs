@@ -14,12 +14,8 @@ use std::process::ExitCode;
 /// of the configuration; the smoke test launches the default profile as resolved on this host
 /// (`run` puts its own profile there).
 pub(crate) fn options(config: &Config, args: &SetupArgs) -> SetupOptions {
-    let profile = crate::profile::resolve(
-        config,
-        &config.default_profile,
-        &crate::host::Host::detect(),
-    )
-    .ok();
+    let host = crate::host::Host::detect();
+    let profile = crate::profile::resolve(config, &config.default_profile, &host).ok();
     SetupOptions {
         smoke: profile.map(|profile| SmokeLaunch {
             config: config.clone(),
@@ -36,6 +32,7 @@ pub(crate) fn options(config: &Config, args: &SetupArgs) -> SetupOptions {
             cpus: args.cpus.or(config.setup.cpus),
             jobs: args.jobs.or(config.setup.jobs),
         },
+        host,
     }
 }
 

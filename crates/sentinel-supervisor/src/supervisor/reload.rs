@@ -343,6 +343,7 @@ pub(super) mod tests {
                     smoke: None,
                     all_rungs: false,
                     limits: Default::default(),
+                    host,
                 },
                 profile,
                 host,

@@ -4,10 +4,11 @@
 
 use super::{BuildDir, BuildError};
 use crate::backend::fetch::io_err;
+use crate::backend::output::LogTail;
 use crate::backend::pin::SourcePin;
 use crate::backend::progress::{Step, Unit};
+use crate::backend::runner;
 use crate::backend::tools::BuildTools;
-use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -45,38 +46,24 @@ impl BuildLog {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut running = crate::backend::runner::current()
-            .spawn(cmd)
-            .map_err(io_err(&self.path))?;
+        let mut running = runner::current().spawn(cmd).map_err(io_err(&self.path))?;
         let child = running.child();
-        let stderr = child.stderr.take();
+        let stderr = child.stderr.take().map(|s| BufReader::new(s).lines());
         let err_thread = std::thread::spawn(move || {
-            stderr
-                .map(|s| {
-                    BufReader::new(s)
-                        .lines()
-                        .map_while(Result::ok)
-                        .collect::<Vec<String>>()
-                })
-                .unwrap_or_default()
+            let lines = stderr.into_iter().flatten();
+            lines.map_while(Result::ok).collect::<Vec<String>>()
         });
-        let mut tail = VecDeque::new();
-        let mut keep = |log: &mut BuildLog, line: String| {
-            log.note(&line);
-            tail.push_back(line);
-            if tail.len() > TAIL_LINES {
-                tail.pop_front();
-            }
-        };
-        if let Some(out) = child.stdout.take() {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                on_line(&line);
-                keep(self, line);
-            }
+        let tail = LogTail::default();
+        let stdout = child.stdout.take().map(|s| BufReader::new(s).lines());
+        for line in stdout.into_iter().flatten().map_while(Result::ok) {
+            on_line(&line);
+            self.note(&line);
+            tail.push(line);
         }
         let status = running.wait().map_err(io_err(&self.path))?;
         for line in err_thread.join().unwrap_or_default() {
-            keep(self, line);
+            self.note(&line);
+            tail.push(line);
         }
         if status.success() {
             return Ok(());
@@ -84,7 +71,7 @@ impl BuildLog {
         Err(BuildError::Cmake {
             step,
             code: status.code(),
-            tail: Vec::from(tail).join("\n"),
+            tail: tail.last(TAIL_LINES).join("\n"),
             log: self.path.clone(),
         })
     }
@@ -101,32 +88,22 @@ pub(super) fn configure_and_build(
     log: &mut BuildLog,
 ) -> Result<Step, BuildError> {
     let flavor = dir.flavor;
-    let mut configure = Command::new(&tools.cmake.path);
-    configure
-        .arg("-S")
-        .arg(src)
-        .arg("-B")
-        .arg(dir.build())
-        .args(["-G", "Ninja"])
-        .arg(format!(
-            "-DCMAKE_MAKE_PROGRAM={}",
-            tools.ninja.path.display()
-        ));
     let flags = flavor.cmake_flags(pin, std::env::consts::ARCH);
     log.note(format_args!("flavor {flavor}: {}", flags.join(" ")));
-    configure.args(&flags);
+    let ninja = format!("-DCMAKE_MAKE_PROGRAM={}", tools.ninja.path.display());
+    let mut configure = Command::new(&tools.cmake.path);
+    configure.arg("-S").arg(src).arg("-B").arg(dir.build());
+    configure.args(["-G", "Ninja", &ninja]).args(&flags);
     let step = Step::spinner("configure", format!("cmake ({flavor})"));
     log.run(configure, "configure", |line| {
         step.set_message(line.trim().to_string());
     })?;
     step.finish("cmake configured the build");
 
-    let jobs = crate::backend::runner::current().jobs();
+    let jobs = runner::current().jobs().to_string();
     let mut build = Command::new(&tools.cmake.path);
-    build
-        .arg("--build")
-        .arg(dir.build())
-        .args(["--target", &pin.target, "-j", &jobs.to_string()]);
+    build.arg("--build").arg(dir.build());
+    build.args(["--target", &pin.target, "-j", &jobs]);
     let step = Step::bar("build", 0, Unit::Count("objects"));
     log.run(build, "build", |line| {
         if let Some((done, total)) = parse_progress(line) {
@@ -140,8 +117,7 @@ pub(super) fn configure_and_build(
 /// Steps done and total from a build-tool line: ninja's `[93/206] ...`, or make's `[ 45%] ...`
 /// as a count out of 100.
 fn parse_progress(line: &str) -> Option<(u64, u64)> {
-    let inner = line.trim_start().strip_prefix('[')?;
-    let inner = &inner[..inner.find(']')?];
+    let (inner, _) = line.trim_start().strip_prefix('[')?.split_once(']')?;
     if let Some((done, total)) = inner.split_once('/') {
         let done: u64 = done.trim().parse().ok()?;
         let total: u64 = total.trim().parse().ok()?;

@@ -146,9 +146,8 @@ fn check_relative(path: &str) -> Result<(), BundleError> {
     let plain = !path.is_empty()
         && !path.contains('\\')
         && p.components().all(|c| matches!(c, Component::Normal(_)));
-    if plain {
-        Ok(())
-    } else {
-        Err(BundleError::UnsafePath(path.to_string()))
+    if !plain {
+        return Err(BundleError::UnsafePath(path.to_string()));
     }
+    Ok(())
 }

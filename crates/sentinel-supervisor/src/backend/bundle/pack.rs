@@ -10,7 +10,8 @@ use super::{
 use crate::backend::fetch::{self, io_err};
 use crate::backend::pin::SourcePin;
 use crate::backend::progress::{Step, Unit};
-use std::io::{Read, Write};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Text files shipped in every bundle: (path in the bundle, contents, executable).
@@ -74,10 +75,7 @@ struct Item {
 impl Item {
     /// Its size as it stands now, for the progress bars.
     fn len(&self) -> u64 {
-        match &self.source {
-            Source::File(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
-            Source::Text(t) => t.len() as u64,
-        }
+        self.open().map_or(0, |(size, _)| size)
     }
 
     /// Its size and its bytes, from the start.
@@ -104,11 +102,7 @@ impl Item {
 /// Writes `<out>/sentinel-supervisor-<version>-<arch>-<os>.tar.gz` (through a `.partial` file,
 /// renamed when complete).
 pub(crate) fn create(options: &BundleOptions, pin: &SourcePin) -> Result<Written, BundleError> {
-    let Contents {
-        items,
-        links,
-        model,
-    } = Contents::gather(options, &pin.target)?;
+    let (items, links, model) = gather(options, &pin.target)?;
     let total: u64 = items.iter().map(Item::len).sum();
     let manifest = Manifest {
         format: FORMAT,
@@ -138,48 +132,38 @@ pub(crate) fn create(options: &BundleOptions, pin: &SourcePin) -> Result<Written
 
 /// Everything [`create`] packs, in the manifest's order (the supervisor, the server's files,
 /// the model, the shipped texts), with the library links and the model's path in the bundle.
-struct Contents {
-    items: Vec<Item>,
-    links: Vec<LinkEntry>,
-    model: Option<String>,
-}
+type Contents = (Vec<Item>, Vec<LinkEntry>, Option<String>);
 
-impl Contents {
-    fn gather(options: &BundleOptions, target: &str) -> Result<Contents, BundleError> {
-        let (server, links) = server_items(&options.server_dir, target)?;
-        let mut items = vec![Item {
-            path: SUPERVISOR.to_string(),
-            source: Source::File(options.supervisor.clone()),
-            executable: true,
-        }];
-        items.extend(server);
-        let model = match &options.model {
-            Some(path) => {
-                let name = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .ok_or_else(|| BundleError::UnsafePath(path.display().to_string()))?;
-                let inner = format!("{MODEL_DIR}/{name}");
-                items.push(Item {
-                    path: inner.clone(),
-                    source: Source::File(path.clone()),
-                    executable: false,
-                });
-                Some(inner)
-            }
-            None => None,
-        };
-        items.extend(SHIPPED.map(|(path, text, executable)| Item {
-            path: path.to_string(),
-            source: Source::Text(text),
-            executable,
-        }));
-        Ok(Contents {
-            items,
-            links,
-            model,
-        })
-    }
+fn gather(options: &BundleOptions, target: &str) -> Result<Contents, BundleError> {
+    let (server, links) = server_items(&options.server_dir, target)?;
+    let mut items = vec![Item {
+        path: SUPERVISOR.to_string(),
+        source: Source::File(options.supervisor.clone()),
+        executable: true,
+    }];
+    items.extend(server);
+    let model = match &options.model {
+        Some(path) => {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| BundleError::UnsafePath(path.display().to_string()))?;
+            let inner = format!("{MODEL_DIR}/{name}");
+            items.push(Item {
+                path: inner.clone(),
+                source: Source::File(path.clone()),
+                executable: false,
+            });
+            Some(inner)
+        }
+        None => None,
+    };
+    items.extend(SHIPPED.map(|(path, text, executable)| Item {
+        path: path.to_string(),
+        source: Source::Text(text),
+        executable,
+    }));
+    Ok((items, links, model))
 }
 
 /// The manifest's entry of every item (a `hash` progress step over `total` bytes).
@@ -245,21 +229,10 @@ fn server_items(dir: &Path, target: &str) -> Result<(Vec<Item>, Vec<LinkEntry>),
         items.push(Item {
             path: inner,
             source: Source::File(path),
-            executable: is_executable(&meta),
+            executable: meta.permissions().mode() & 0o111 != 0,
         });
     }
     Ok((items, links))
-}
-
-#[cfg(unix)]
-fn is_executable(meta: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    meta.permissions().mode() & 0o111 != 0
-}
-
-#[cfg(not(unix))]
-fn is_executable(_meta: &std::fs::Metadata) -> bool {
-    false
 }
 
 fn write_archive(
@@ -279,46 +252,41 @@ fn write_archive(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let header = |size: u64, executable: bool| {
+    let header = |size: u64, mode: u32| {
         let mut h = tar::Header::new_gnu();
         h.set_size(size);
-        h.set_mode(if executable { 0o755 } else { 0o644 });
+        h.set_mode(mode);
         h.set_mtime(mtime);
         h
     };
     let w = |e: std::io::Error| BundleError::Io(io_err(path)(e));
     let json = serde_json::to_vec_pretty(manifest).expect("a manifest serializes");
     tar.append_data(
-        &mut header(json.len() as u64, false),
+        &mut header(json.len() as u64, 0o644),
         format!("{top}/{MANIFEST}"),
         json.as_slice(),
     )
     .map_err(w)?;
     for (item, entry) in items.iter().zip(&manifest.files) {
         let (_, reader) = item.open()?;
+        let mode = if item.executable { 0o755 } else { 0o644 };
         // The size hashed: a file that changed since would make a bad bundle.
         tar.append_data(
-            &mut header(entry.size, item.executable),
+            &mut header(entry.size, mode),
             format!("{top}/{}", item.path),
             step.wrap_read(reader.take(entry.size)),
         )
         .map_err(w)?;
     }
     for link in &manifest.links {
-        let mut h = tar::Header::new_gnu();
+        let mut h = header(0, 0o777);
         h.set_entry_type(tar::EntryType::Symlink);
-        h.set_size(0);
-        h.set_mode(0o777);
-        h.set_mtime(mtime);
         tar.append_link(&mut h, format!("{top}/{}", link.path), &link.target)
             .map_err(w)?;
     }
-    let gz = tar.into_inner().map_err(w)?;
-    let mut out = gz.finish().map_err(w)?;
-    out.flush().map_err(w)?;
-    out.into_inner()
-        .map_err(|e| w(e.into_error()))?
-        .sync_all()
-        .map_err(w)?;
+    let out = tar.into_inner().map_err(w)?.finish().map_err(w)?;
+    // `into_inner` writes out what is buffered.
+    let file = out.into_inner().map_err(|e| w(e.into_error()))?;
+    file.sync_all().map_err(w)?;
     Ok(())
 }

@@ -149,7 +149,10 @@ fn a_bundle_round_trips_and_installs_once() {
     let bin = portable_dir(&cache, &f.pin).join("build/bin");
     assert_eq!(first.server, bin.join("llama-server"));
     assert!(first.changed);
-    assert_eq!(existing_portable(&cache, &f.pin), Some(bin.clone()));
+    assert_eq!(
+        build::existing_build(&cache, &f.pin, Flavor::Portable),
+        Some(bin.clone())
+    );
     assert_eq!(
         std::fs::read(&first.server).unwrap(),
         b"#!/bin/sh\necho server\n"

@@ -3,11 +3,12 @@
 //! directory a rung without one CPU variant runs from.
 
 use crate::backend::build::Flavor;
+use crate::backend::setup::RungInUse;
 use std::path::Path;
 
 /// One configuration of the pinned llama-server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Rung {
+pub(crate) enum Rung {
     Native,
     /// The native binary with `--no-repack`.
     NativeNoRepack,
@@ -28,11 +29,16 @@ impl Rung {
         }
     }
 
-    /// llama-server flags this rung adds to every launch.
-    pub(super) fn args(&self) -> Vec<String> {
-        match self {
-            Rung::NativeNoRepack => vec!["--no-repack".into()],
-            _ => Vec::new(),
+    /// This rung as the backend in use, chosen for `why`, with the llama-server flags it adds
+    /// to every launch.
+    pub(crate) fn in_use(&self, why: impl Into<String>) -> RungInUse {
+        RungInUse {
+            name: self.name(),
+            args: match self {
+                Rung::NativeNoRepack => vec!["--no-repack".into()],
+                _ => Vec::new(),
+            },
+            why: why.into(),
         }
     }
 
@@ -71,10 +77,8 @@ pub(super) fn without_variant(src: &Path, dest: &Path, variant: &str) -> std::io
             continue;
         }
         let target = dest.join(&name);
-        if target.exists() {
-            continue;
-        }
-        if std::fs::hard_link(entry.path(), &target).is_err() {
+        // A file already there is left alone; a hard link that fails becomes a copy.
+        if !target.exists() && std::fs::hard_link(entry.path(), &target).is_err() {
             std::fs::copy(entry.path(), &target)?;
         }
     }
@@ -106,8 +110,8 @@ mod tests {
                 "baseline"
             ]
         );
-        assert_eq!(Rung::NativeNoRepack.args(), ["--no-repack"]);
-        assert!(Rung::Portable.args().is_empty());
+        assert_eq!(Rung::NativeNoRepack.in_use("").args, ["--no-repack"]);
+        assert!(Rung::Portable.in_use("").args.is_empty());
         assert_eq!(Rung::NativeNoRepack.flavor(), Flavor::Native);
         assert_eq!(
             Rung::PortableWithout("zen4".into()).flavor(),
