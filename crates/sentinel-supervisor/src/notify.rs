@@ -12,10 +12,10 @@
 
 use crate::config::SupervisorConfig;
 use crate::status::StatusReport;
-use crate::supervisor::state::{State, Status};
+use crate::supervisor::state::State;
 use sd_notify::NotifyState;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -43,12 +43,9 @@ pub(crate) fn ready(status: &str) {
 /// `RELOADING=1` (with the `MONOTONIC_USEC=` that `Type=notify-reload` asks for): a reload
 /// starts; call [`ready`] once it is done.
 pub(crate) fn reloading() {
-    let now = NotifyState::monotonic_usec_now();
-    let mut states = vec![NotifyState::Reloading, NotifyState::Status("reloading")];
-    if let Ok(now) = now {
-        states.push(now);
-    }
-    send(&states);
+    let now = NotifyState::monotonic_usec_now().ok();
+    let states = [NotifyState::Reloading, NotifyState::Status("reloading")];
+    send(&states.into_iter().chain(now).collect::<Vec<_>>());
 }
 
 /// `STOPPING=1`: shutdown has begun.
@@ -109,23 +106,16 @@ pub(crate) async fn while_setting_up<F: std::future::Future>(work: F) -> F::Outp
 
 /// One line for `systemctl status`: `ready - balanced, 1.00 cores (cgroup), restarts 0`.
 pub(crate) fn status_line(r: &StatusReport) -> String {
+    let cores = |c: Option<f64>| c.map_or_else(|| "unlimited".into(), |c| format!("{c:.2} cores"));
     let budget = match &r.governor {
-        Some(g) => match g.budget_cpus {
-            Some(b) => format!("{b:.2} cores ({})", g.method),
-            None => format!("unlimited ({})", g.method),
-        },
-        None => match r.resolved_profile.cpus {
-            Some(c) => format!("{:.2} cores", c.get()),
-            None => "unlimited".to_string(),
-        },
+        Some(g) => format!("{} ({})", cores(g.budget_cpus), g.method),
+        None => cores(r.resolved_profile.cpus.map(crate::units::Cores::get)),
     };
     let about = format!("{}, {budget}, restarts {}", r.profile, r.restarts);
     let line = match &r.state {
         State::Starting { attempt } if *attempt > 1 => {
             format!("starting (attempt {attempt}) - {about}")
         }
-        State::Starting { .. } => format!("starting - {about}"),
-        State::Ready => format!("ready - {about}"),
         State::Unhealthy { failed_probes } => {
             format!("unhealthy ({failed_probes} failed probes) - {about}")
         }
@@ -133,8 +123,9 @@ pub(crate) fn status_line(r: &StatusReport) -> String {
             format!("backoff {delay_ms} ms after: {reason} - {about}")
         }
         State::Failed { reason, .. } => format!("failed - {about}: {reason}"),
-        State::Stopping => format!("stopping - {about}"),
-        State::Stopped => format!("stopped - {about}"),
+        State::Starting { .. } | State::Ready | State::Stopping | State::Stopped => {
+            format!("{} - {about}", r.state.name())
+        }
     };
     match line.char_indices().nth(STATUS_MAX) {
         Some((cut, _)) => format!("{}...", &line[..cut]),
@@ -144,27 +135,21 @@ pub(crate) fn status_line(r: &StatusReport) -> String {
 
 /// When the lifecycle task last showed it runs: it beats at every readiness or liveness probe.
 #[derive(Debug, Clone)]
-pub(crate) struct Heartbeat(Arc<Mutex<Instant>>);
+pub(crate) struct Heartbeat(Arc<watch::Sender<Instant>>);
 
 impl Default for Heartbeat {
     fn default() -> Self {
-        Heartbeat(Arc::new(Mutex::new(Instant::now())))
+        Heartbeat(Arc::new(watch::Sender::new(Instant::now())))
     }
 }
 
 impl Heartbeat {
     pub(crate) fn beat(&self) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        self.0.send_replace(Instant::now());
     }
 
     fn last(&self) -> Instant {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self.0.borrow()
     }
 }
 
@@ -205,9 +190,8 @@ pub(crate) fn stalled(
 /// backend serves, and pings the watchdog while the supervisor is responsive. Runs until
 /// `cancel`.
 pub(crate) struct Service {
-    /// The `/status` report, built as the endpoint builds it.
-    pub report: Arc<dyn Fn() -> StatusReport + Send + Sync>,
-    pub status: watch::Receiver<Status>,
+    /// The endpoint's state: the `/status` report and the lifecycle's status.
+    pub shared: Arc<crate::proxy::Shared>,
     pub heartbeat: Heartbeat,
     /// The endpoint's own `/health`, asked before each ping.
     pub health_url: String,
@@ -216,7 +200,7 @@ pub(crate) struct Service {
 }
 
 impl Service {
-    pub(crate) async fn run(mut self) {
+    pub(crate) async fn run(self) {
         let ping_every = watchdog_interval();
         let period = ping_every.map_or(REFRESH, |w| w.min(REFRESH));
         tracing::debug!(
@@ -224,11 +208,7 @@ impl Service {
             ?ping_every,
             "service manager notifications"
         );
-        let client = reqwest::Client::builder()
-            .timeout(period.min(Duration::from_secs(5)))
-            .pool_max_idle_per_host(0)
-            .build()
-            .expect("a reqwest client with only a timeout always builds");
+        let client = crate::supervisor::lifecycle::probe_client(period.min(Duration::from_secs(5)));
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut state_since = Instant::now();
@@ -236,16 +216,17 @@ impl Service {
         let mut ready_sent = false;
         let mut stuck = false;
         let mut lifecycle_gone = false;
+        let mut lifecycle = self.shared.status.clone();
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
-                changed = self.status.changed(), if !lifecycle_gone => match changed {
+                changed = lifecycle.changed(), if !lifecycle_gone => match changed {
                     Ok(()) => state_since = Instant::now(),
                     Err(_) => lifecycle_gone = true,
                 },
                 _ = ticker.tick() => {}
             }
-            let report = (self.report)();
+            let report = self.shared.report();
             let line = status_line(&report);
             if !ready_sent && report.state == State::Ready {
                 ready(&line);
@@ -278,12 +259,12 @@ impl Service {
 
     /// Whether the lifecycle task and the endpoint both respond.
     async fn check(&self, client: &reqwest::Client, state_since: Instant) -> Result<(), String> {
-        if self.status.has_changed().is_err() {
+        if self.shared.status.has_changed().is_err() {
             return Err("the lifecycle task has ended".into());
         }
         let now = Instant::now();
         let quiet_since = self.heartbeat.last().max(state_since);
-        let state = self.status.borrow().state.clone();
+        let state = self.shared.status.borrow().state.clone();
         if let Some(why) = stalled(
             &state,
             now.saturating_duration_since(quiet_since),

@@ -80,8 +80,6 @@ pub(crate) struct Shared {
     pub client: std::sync::Mutex<forward::Upstream>,
     /// The running governor's last snapshot (`None` when none runs).
     pub governor: watch::Receiver<Option<GovernorSnapshot>>,
-    /// The lifecycle's watchdog's view of the requests (it reads `inflight`: see [`router`]).
-    pub liveness: std::sync::Arc<crate::supervisor::liveness::Liveness>,
     pub started: std::time::Instant,
     /// What `/metrics` shows; its layer counts every answer.
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -212,7 +210,7 @@ async fn status(State(s): State<AppState>) -> Response {
 /// the new backend did not start, 503 while shutting down. The old configuration stays on
 /// every error.
 async fn reload(State(s): State<AppState>) -> Response {
-    use crate::supervisor::lifecycle::Applied;
+    use crate::supervisor::lifecycle::{Applied, Refused};
     use crate::supervisor::reload::ReloadError;
     let Some(requests) = &s.reload else {
         return ApiError::not_found("reload is off").into_response();
@@ -223,8 +221,10 @@ async fn reload(State(s): State<AppState>) -> Response {
         reply: Some(tx),
     };
     let answer = match requests.send(request).await {
-        Ok(()) => rx.await.unwrap_or(Err(ReloadError::ShuttingDown)),
-        Err(_) => Err(ReloadError::ShuttingDown),
+        Ok(()) => rx
+            .await
+            .unwrap_or(Err(ReloadError::Refused(Refused::ShuttingDown))),
+        Err(_) => Err(ReloadError::Refused(Refused::ShuttingDown)),
     };
     match answer {
         Ok(applied) => {
@@ -242,9 +242,11 @@ async fn reload(State(s): State<AppState>) -> Response {
             .into_response()
         }
         Err(e @ ReloadError::Invalid(_)) => ApiError::bad_request(e.to_string()).into_response(),
-        Err(e @ ReloadError::ShuttingDown) => ApiError::unavailable(e.to_string())
-            .retry_after(5)
-            .into_response(),
+        Err(e @ ReloadError::Refused(Refused::ShuttingDown)) => {
+            ApiError::unavailable(e.to_string())
+                .retry_after(5)
+                .into_response()
+        }
         Err(e) => ApiError::internal(e.to_string()).into_response(),
     }
 }

@@ -26,11 +26,10 @@ mod ticket;
 pub(crate) use deaths::Death;
 pub(crate) use ticket::Ticket;
 
-use crate::governor::ActivityGuard;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// The registry of the requests in flight (cheap to clone: every clone is the same registry).
@@ -71,18 +70,6 @@ impl Tally {
 }
 
 impl Requests {
-    pub(crate) fn new() -> Requests {
-        Requests::default()
-    }
-
-    /// Issues the ticket of a request that holds `slot` (its admission permit) and `busy` (its
-    /// activity mark for the governor); both are let go with the ticket.
-    pub(crate) fn issue(&self, slot: OwnedSemaphorePermit, busy: ActivityGuard) -> Ticket {
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        self.inner.tally.send_modify(|t| t.issued += 1);
-        Ticket::new(self.clone(), id, slot, busy)
-    }
-
     /// Requests in flight now, on any backend or waiting for one: `/status` `in_flight`.
     pub(crate) fn total(&self) -> usize {
         self.inner.tally.borrow().issued

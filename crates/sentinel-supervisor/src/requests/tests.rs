@@ -13,7 +13,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         Fixture {
-            requests: Requests::new(),
+            requests: Requests::default(),
             activity: Activity::new(),
             slots: Arc::new(Semaphore::new(4)),
         }

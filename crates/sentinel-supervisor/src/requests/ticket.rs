@@ -2,6 +2,7 @@
 
 use super::Requests;
 use crate::governor::ActivityGuard;
+use std::sync::atomic::Ordering;
 use tokio::sync::OwnedSemaphorePermit;
 
 /// One request from its admission to the end of its answer's body. Dropping it (the body
@@ -19,22 +20,22 @@ pub(crate) struct Ticket {
     _busy: ActivityGuard,
 }
 
-impl Ticket {
-    pub(super) fn new(
-        requests: Requests,
-        id: u64,
-        slot: OwnedSemaphorePermit,
-        busy: ActivityGuard,
-    ) -> Ticket {
+impl Requests {
+    /// Issues the ticket of a request that holds `slot` (its admission permit) and `busy` (its
+    /// activity mark for the governor); both are let go with the ticket.
+    pub(crate) fn issue(&self, slot: OwnedSemaphorePermit, busy: ActivityGuard) -> Ticket {
+        self.inner.tally.send_modify(|t| t.issued += 1);
         Ticket {
-            requests,
-            id,
+            requests: self.clone(),
+            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             generation: None,
             _slot: slot,
             _busy: busy,
         }
     }
+}
 
+impl Ticket {
     /// Counts the request on the backend of `generation` (and no longer on the one before).
     /// Call it while the published backend is read, so a drain that starts after a switch
     /// sees the request. The request is not outstanding for the watchdog until [`Ticket::sent`].

@@ -122,6 +122,8 @@ struct Reading {
     power: PowerSource,
     /// Since the last input; `None`: not known (active).
     idle_for: Option<Duration>,
+    /// What tells the presence (the same in every reading).
+    presence_source: PresenceSource,
     /// What reports thermal pressure; `None`: none.
     thermal: Option<String>,
 }
@@ -162,25 +164,11 @@ impl Sensors {
     }
 
     #[cfg(target_os = "linux")]
-    fn presence_source(&self) -> PresenceSource {
-        self.presence.source()
-    }
-
-    #[cfg(target_os = "macos")]
-    fn presence_source(&self) -> PresenceSource {
-        PresenceSource::HidIdleTime
-    }
-
-    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
-    fn presence_source(&self) -> PresenceSource {
-        PresenceSource::AlwaysActive
-    }
-
-    #[cfg(target_os = "linux")]
     async fn read(&mut self) -> Reading {
         Reading {
             power: self.power.read(),
             idle_for: self.presence.idle_for().await,
+            presence_source: self.presence.source(),
             thermal: self.thermal.pressure(),
         }
     }
@@ -190,6 +178,7 @@ impl Sensors {
         Reading {
             power: power_macos::read(),
             idle_for: presence_macos::idle_for(),
+            presence_source: PresenceSource::HidIdleTime,
             thermal: thermal_macos::pressure(),
         }
     }
@@ -199,6 +188,7 @@ impl Sensors {
         Reading {
             power: PowerSource::Mains,
             idle_for: None,
+            presence_source: PresenceSource::AlwaysActive,
             thermal: None,
         }
     }
@@ -216,6 +206,12 @@ pub(crate) struct Follow {
 /// `None`: the plan's budget; `Some(None)`: no limit; `Some(Some(c))`: `c` cores.
 type Override = Option<Option<crate::units::Cores>>;
 
+fn lock(applied: &std::sync::Mutex<Override>) -> std::sync::MutexGuard<'_, Override> {
+    applied
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Follow {
     fn new(decision: watch::Receiver<Option<Decision>>) -> Follow {
         let applied = decision.borrow().and_then(|d| d.governor);
@@ -230,23 +226,16 @@ impl Follow {
         Follow::new(watch::Sender::new(None).subscribe())
     }
 
-    fn wanted(&self) -> Override {
-        self.decision.borrow().and_then(|d| d.governor)
-    }
-
     /// `settings` with the budget in force (remembered as the one applied).
     pub(crate) fn settings(
         &self,
         mut settings: crate::governor::GovernorSettings,
     ) -> crate::governor::GovernorSettings {
-        let wanted = self.wanted();
+        let wanted = self.decision.borrow().and_then(|d| d.governor);
         if let Some(cpus) = wanted {
             settings.cpus = cpus;
         }
-        *self
-            .applied
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = wanted;
+        *lock(&self.applied) = wanted;
         settings
     }
 
@@ -254,19 +243,11 @@ impl Follow {
     /// restarts the governor through [`Follow::settings`]); never while not following or once
     /// the situation task has ended. Cancel-safe: it compares values, not notifications.
     pub(crate) async fn changed(&mut self) {
-        loop {
-            self.decision.borrow_and_update();
-            if self.wanted()
-                != *self
-                    .applied
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-            {
-                return;
-            }
-            if self.decision.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
+        let applied = Arc::clone(&self.applied);
+        let differs = |d: &Option<Decision>| d.and_then(|d| d.governor) != *lock(&applied);
+        let closed = self.decision.wait_for(differs).await.is_err();
+        if closed {
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -303,7 +284,7 @@ impl Situation {
         let decision = policy.in_force();
         tracing::info!(
             power = ?reading.power,
-            presence_source = ?sensors.presence_source(),
+            presence_source = ?reading.presence_source,
             thermal = reading.thermal.as_deref().unwrap_or("normal"),
             budget = %decision.budget,
             reason = %decision.reason(),
@@ -344,7 +325,7 @@ impl Situation {
             } else {
                 Presence::Active
             },
-            presence_source: self.sensors.presence_source(),
+            presence_source: self.reading.presence_source,
             idle_for_s: self.reading.idle_for.map(|d| d.as_secs_f64().round()),
             thermal: if self.reading.thermal.is_some() {
                 Thermal::Pressure
@@ -411,7 +392,7 @@ impl Situation {
             tracing::info!(
                 idle = is,
                 idle_for = ?new.idle_for,
-                source = ?self.sensors.presence_source(),
+                source = ?new.presence_source,
                 "user presence changed"
             );
         }
@@ -422,7 +403,8 @@ impl Situation {
 }
 
 /// Writes fake sysfs files (`(name, text)`) into `dir`, for the Linux readers' tests.
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(test)]
+#[cfg(target_os = "linux")]
 fn write_fake_files(dir: &std::path::Path, files: &[(&str, &str)]) {
     std::fs::create_dir_all(dir).expect("a test's temp dir takes a directory");
     for (name, text) in files {
@@ -430,29 +412,15 @@ fn write_fake_files(dir: &std::path::Path, files: &[(&str, &str)]) {
     }
 }
 
-/// One device class of sysfs under a root (`<root>/sys/class/<name>`): the power supplies,
-/// the thermal zones and cooling devices. The root is `/` but for tests.
+/// The devices of one device class of sysfs under a root (`<root>/sys/class/<name>`: the power
+/// supplies, the thermal zones and cooling devices), sorted by path; none when the class is
+/// missing. The root is `/` but for tests.
 #[cfg(target_os = "linux")]
-#[derive(Debug, Clone)]
-struct SysClass {
-    dir: std::path::PathBuf,
-}
-
-#[cfg(target_os = "linux")]
-impl SysClass {
-    fn new(root: &std::path::Path, name: &str) -> SysClass {
-        SysClass {
-            dir: root.join("sys/class").join(name),
-        }
-    }
-
-    /// The class's devices, sorted by path; none when the class is missing.
-    fn devices(&self) -> Vec<std::path::PathBuf> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut dirs: Vec<std::path::PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        dirs.sort();
-        dirs
-    }
+fn sys_class(root: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(root.join("sys/class").join(name)) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<std::path::PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    dirs.sort();
+    dirs
 }

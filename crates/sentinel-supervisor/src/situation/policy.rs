@@ -68,10 +68,9 @@ impl Budgets {
     pub(crate) fn for_profile(profile: &Resolved, allowed_cores: f64) -> Budgets {
         Budgets {
             active: Budget::from_cores(profile.cpus),
-            on_battery: match profile.cpus_on_battery {
-                None => Budget::Unlimited,
-                Some(c) => Cores::new(c).map_or(Budget::Paused, Budget::Cores),
-            },
+            on_battery: profile.cpus_on_battery.map_or(Budget::Unlimited, |c| {
+                Cores::new(c).map_or(Budget::Paused, Budget::Cores)
+            }),
             when_idle: Budget::from_cores(profile.cpus_when_idle),
             allowed_cores,
         }

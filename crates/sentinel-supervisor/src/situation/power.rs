@@ -7,9 +7,9 @@
 //! Each supply's attributes come from its own files (`type`, `online`, `status`, `scope`), and
 //! from `uevent`'s `POWER_SUPPLY_*` lines for any file that is missing.
 
-use super::{PowerSource, SysClass};
+use super::PowerSource;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One entry of `/sys/class/power_supply`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -90,18 +90,16 @@ pub(crate) fn decide(supplies: &[Supply]) -> PowerSource {
 
 /// The power supplies under `root`.
 #[derive(Debug, Clone)]
-pub(crate) struct Sysfs(SysClass);
+pub(crate) struct Sysfs(PathBuf);
 
 impl Sysfs {
     pub(crate) fn new(root: &Path) -> Sysfs {
-        Sysfs(SysClass::new(root, "power_supply"))
+        Sysfs(root.to_path_buf())
     }
 
     /// Every supply now (none when the directory is missing: no battery, on mains).
     pub(crate) fn supplies(&self) -> Vec<Supply> {
-        let mut all: Vec<Supply> = self
-            .0
-            .devices()
+        let mut all: Vec<Supply> = super::sys_class(&self.0, "power_supply")
             .iter()
             .filter_map(|dir| Supply::read(dir))
             .collect();

@@ -22,25 +22,22 @@ const INPUT_DEVICES: [&str; 4] = ["i8042", "i2c_hid", "i2c-hid", "hid-"];
 pub(crate) fn input_interrupts(text: &str) -> Option<u64> {
     let mut lines = text.lines();
     let cpus = lines.next()?.split_whitespace().count();
-    let mut total = None;
-    for line in lines {
-        let Some((_, rest)) = line.split_once(':') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let counts = fields
-            .iter()
-            .take(cpus)
-            .map_while(|f| f.parse::<u64>().ok());
-        let sum: u64 = counts.clone().sum();
-        let taken = counts.count();
-        // The device names follow the counts, the chip and the trigger.
-        let names = fields.get(taken..).unwrap_or_default().join(" ");
-        if INPUT_DEVICES.iter().any(|d| names.contains(d)) {
-            *total.get_or_insert(0) += sum;
-        }
-    }
-    total
+    lines
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_once(':')?.1.split_whitespace().collect();
+            let counts: Vec<u64> = fields
+                .iter()
+                .take(cpus)
+                .map_while(|f| f.parse().ok())
+                .collect();
+            // The device names follow the counts, the chip and the trigger.
+            let names = fields[counts.len()..].join(" ");
+            INPUT_DEVICES
+                .iter()
+                .any(|d| names.contains(d))
+                .then(|| counts.iter().sum::<u64>())
+        })
+        .reduce(|a, b| a + b)
 }
 
 /// Follows the input devices' interrupt counts: the last time they moved is the last input.
@@ -70,11 +67,9 @@ impl Interrupts {
         let count = std::fs::read_to_string(&self.path)
             .ok()
             .and_then(|t| input_interrupts(&t));
-        if let Some(count) = count {
-            if count != self.last_count {
-                self.last_count = count;
-                self.last_input = now;
-            }
+        if let Some(count) = count.filter(|c| *c != self.last_count) {
+            self.last_count = count;
+            self.last_input = now;
         }
         now.saturating_duration_since(self.last_input)
     }
@@ -152,10 +147,7 @@ impl Presence {
                 return Presence::Logind(logind);
             }
         }
-        match Interrupts::open(root) {
-            Some(i) => Presence::Interrupts(i),
-            None => Presence::AlwaysActive,
-        }
+        Interrupts::open(root).map_or(Presence::AlwaysActive, Presence::Interrupts)
     }
 
     pub(crate) fn source(&self) -> PresenceSource {

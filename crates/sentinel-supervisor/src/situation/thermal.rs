@@ -4,8 +4,7 @@
 //! `intel_powerclamp`, `thermal-cpufreq-*`) is engaged. Fans (`active` trips, `Fan` devices) do
 //! not count: a fan turning at its first step is normal. No thermal zone: no pressure known.
 
-use super::SysClass;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What one zone says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,17 +21,11 @@ impl Zone {
         let text = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
         let number = |f: &str| text(f)?.trim().parse::<i64>().ok();
         let temp = number("temp")?;
-        let mut throttle_at: Option<i64> = None;
-        for k in 0.. {
-            let Some(kind) = text(&format!("trip_point_{k}_type")) else {
-                break;
-            };
-            if matches!(kind.trim(), "passive" | "hot" | "critical") {
-                if let Some(t) = number(&format!("trip_point_{k}_temp")).filter(|t| *t > 0) {
-                    throttle_at = Some(throttle_at.map_or(t, |m| m.min(t)));
-                }
-            }
-        }
+        let throttle_at = (0..)
+            .map_while(|k| Some((k, text(&format!("trip_point_{k}_type"))?)))
+            .filter(|(_, kind)| matches!(kind.trim(), "passive" | "hot" | "critical"))
+            .filter_map(|(k, _)| number(&format!("trip_point_{k}_temp")).filter(|t| *t > 0))
+            .min();
         Some(Zone {
             name: text("type").map_or_else(
                 || dir.file_name().unwrap_or_default().to_string_lossy().into(),
@@ -80,16 +73,16 @@ impl Cooling {
 
 /// The thermal class under a root.
 #[derive(Debug, Clone)]
-pub(crate) struct Sysfs(SysClass);
+pub(crate) struct Sysfs(PathBuf);
 
 impl Sysfs {
     pub(crate) fn new(root: &Path) -> Sysfs {
-        Sysfs(SysClass::new(root, "thermal"))
+        Sysfs(root.to_path_buf())
     }
 
     /// Whether any zone or CPU cooling device reports pressure, and which (`None`: none does).
     pub(crate) fn pressure(&self) -> Option<String> {
-        for dir in self.0.devices() {
+        for dir in super::sys_class(&self.0, "thermal") {
             let name = dir.file_name().unwrap_or_default().to_string_lossy();
             if name.starts_with("thermal_zone") {
                 if let Some(zone) = Zone::read(&dir).filter(Zone::hot) {

@@ -18,14 +18,13 @@
 //! computes little, yet is working. A hung backend sleeps or is stopped from outside: it does
 //! not wait for a CPU.
 //!
-//! It also keeps the OOM-kill counter of the backend's memory cgroup, so an exit by SIGKILL
-//! that the supervisor did not send can be told apart: [`describe_exit`].
+//! An exit by SIGKILL that the supervisor did not send is told apart by the OOM-kill counter of
+//! the backend's memory cgroup, which the lifecycle reads while the backend serves:
+//! [`describe_exit`].
 
 use crate::requests::Requests;
-use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -44,88 +43,25 @@ pub(crate) fn starved(held: Duration, window: Duration) -> bool {
     held >= window / 4
 }
 
-/// What the watchdog reads of a backend: the requests sent to it (from the registry of
-/// [`crate::requests`]) and its memory cgroup's OOM-kill counter.
-#[derive(Debug)]
-pub(crate) struct Liveness {
-    /// The registry the proxy's tickets report to.
-    requests: Requests,
-    /// The backend's memory cgroup OOM-kill counter, as last read, per generation.
-    oom: Mutex<HashMap<u64, crate::meter::OomCounter>>,
-}
-
-impl Liveness {
-    /// A watchdog's view of the requests of `requests` (the proxy's registry).
-    pub(crate) fn over(requests: Requests) -> Arc<Liveness> {
-        Arc::new(Liveness {
-            requests,
-            oom: Mutex::default(),
-        })
-    }
-
-    fn oom(&self) -> std::sync::MutexGuard<'_, HashMap<u64, crate::meter::OomCounter>> {
-        self.oom
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn silent_since(&self, generation: u64) -> Option<Instant> {
-        self.requests.silent_since(generation)
-    }
-
-    fn failures(&self, generation: u64) -> u32 {
-        self.requests.failures(generation)
-    }
-
-    /// Forgets a finished launch.
-    pub(crate) fn forget(&self, generation: u64) -> Option<crate::meter::OomCounter> {
-        self.requests.forget(generation);
-        self.oom().remove(&generation)
-    }
-
-    fn note_oom_counter(&self, generation: u64, pid: i32) {
-        if let Some(counter) = crate::meter::oom_counter(pid) {
-            self.oom().insert(generation, counter);
-        }
-    }
-}
-
 /// Why the watchdog gave up on a backend.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub(crate) enum Stall {
     /// Silent and idle with a request outstanding.
+    #[error("llama-server hung: a request got no byte for {:.1} s while it used {} ms of CPU (supervisor.first_token_timeout)", .silent_for.as_secs_f64(), .cpu_used.as_millis())]
     Silent {
         silent_for: Duration,
         cpu_used: Duration,
     },
     /// Completions answered with server errors, so many in a row.
+    #[error("llama-server answered {in_a_row} requests in a row with a server error (supervisor.liveness_failures)")]
     Failing { in_a_row: u32 },
 }
 
-impl std::fmt::Display for Stall {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Stall::Silent {
-                silent_for,
-                cpu_used,
-            } => write!(
-                f,
-                "llama-server hung: a request got no byte for {:.1} s while it used {} ms of CPU (supervisor.first_token_timeout)",
-                silent_for.as_secs_f64(),
-                cpu_used.as_millis()
-            ),
-            Stall::Failing { in_a_row } => write!(
-                f,
-                "llama-server answered {in_a_row} requests in a row with a server error (supervisor.liveness_failures)"
-            ),
-        }
-    }
-}
-
-/// Watches the backend `pid` of `generation` until it stalls; never returns otherwise (run it
-/// in a `select!` beside the child's exit and the probes).
+/// Watches the backend `pid` of `generation`, through what `requests` (the proxy's registry)
+/// heard back from it, until it stalls; never returns otherwise (run it in a `select!` beside
+/// the child's exit and the probes).
 pub(crate) async fn watchdog(
-    liveness: Arc<Liveness>,
+    requests: Requests,
     stopped: crate::governor::StoppedTime,
     pid: i32,
     generation: u64,
@@ -136,14 +72,9 @@ pub(crate) async fn watchdog(
     let min_cpu = timeout.mul_f64(MIN_CPU_SHARE);
     // CPU and held-back readings over the last window, oldest first.
     let mut samples: std::collections::VecDeque<(Instant, Duration, Duration)> = Default::default();
-    let mut ticks = 0u64;
     loop {
         tokio::time::sleep(tick).await;
-        if ticks % 10 == 0 {
-            liveness.note_oom_counter(generation, pid);
-        }
-        ticks += 1;
-        let failures = liveness.failures(generation);
+        let failures = requests.failures(generation);
         if failures >= max_failures {
             return Stall::Failing { in_a_row: failures };
         }
@@ -156,7 +87,7 @@ pub(crate) async fn watchdog(
         while samples.len() > 1 && now.duration_since(samples[1].0) >= timeout {
             samples.pop_front();
         }
-        let Some(since) = liveness.silent_since(generation) else {
+        let Some(since) = requests.silent_since(generation) else {
             continue;
         };
         let silent_for = now.duration_since(since);
@@ -192,16 +123,13 @@ pub(crate) fn describe_exit(
     if status.signal() != Some(libc::SIGKILL) {
         return format!("llama-server exited ({status})");
     }
-    if let Some(before) = before {
-        if let Some(now) = crate::meter::read_oom_kills(&before.file) {
-            if now > before.kills {
-                return format!(
-                    "llama-server was killed by the kernel's OOM killer (out of memory: {} oom_kill {} -> {now}); lower cache_ram_mib or ctx_size, or give it more memory",
-                    before.file.display(),
-                    before.kills
-                );
-            }
-        }
+    let oom_kills = before.and_then(|b| crate::meter::read_oom_kills(&b.file).map(|now| (b, now)));
+    if let Some((before, now)) = oom_kills.filter(|(before, now)| *now > before.kills) {
+        return format!(
+            "llama-server was killed by the kernel's OOM killer (out of memory: {} oom_kill {} -> {now}); lower cache_ram_mib or ctx_size, or give it more memory",
+            before.file.display(),
+            before.kills
+        );
     }
     "llama-server was killed by SIGKILL, not sent by the supervisor (possibly out of memory: see `dmesg` or the memory cgroup's events)".to_string()
 }
@@ -242,21 +170,19 @@ pub(crate) fn with_last_line(reason: String, last_lines: &[String]) -> String {
 mod tests {
     use super::*;
     use crate::requests::Ticket;
+    use std::sync::Arc;
 
-    /// The registry a proxy would report to, and the watchdog's view of it.
+    /// The registry a proxy would report to, which the watchdog reads.
     struct Proxy {
         requests: Requests,
-        liveness: Arc<Liveness>,
         activity: crate::governor::Activity,
         slots: Arc<tokio::sync::Semaphore>,
     }
 
     impl Proxy {
         fn new() -> Proxy {
-            let requests = Requests::new();
             Proxy {
-                liveness: Liveness::over(requests.clone()),
-                requests,
+                requests: Requests::default(),
                 activity: crate::governor::Activity::new(),
                 slots: Arc::new(tokio::sync::Semaphore::new(64)),
             }
@@ -276,18 +202,11 @@ mod tests {
     async fn an_outstanding_request_of_an_idle_process_is_a_stall() {
         // This test process is the "backend": it uses almost no CPU while the clock is paused.
         let p = Proxy::new();
-        let liveness = Arc::clone(&p.liveness);
+        let requests = p.requests.clone();
         let pid = std::process::id() as i32;
         let timeout = Duration::from_secs(10);
         let pending = p.sent(1);
-        let dog = watchdog(
-            Arc::clone(&liveness),
-            Default::default(),
-            pid,
-            1,
-            timeout,
-            3,
-        );
+        let dog = watchdog(requests.clone(), Default::default(), pid, 1, timeout, 3);
         let stall = tokio::time::timeout(Duration::from_secs(30), dog)
             .await
             .expect("a stall within the timeout and a tick");
@@ -296,26 +215,19 @@ mod tests {
         };
         assert!(silent_for >= timeout, "{silent_for:?}");
         drop(pending);
-        assert_eq!(liveness.silent_since(1), None);
+        assert_eq!(requests.silent_since(1), None);
     }
 
     #[tokio::test(start_paused = true)]
     async fn progress_and_other_generations_keep_it_alive() {
         let p = Proxy::new();
-        let liveness = Arc::clone(&p.liveness);
+        let requests = p.requests.clone();
         let pid = std::process::id() as i32;
         let timeout = Duration::from_secs(10);
         let pending = p.sent(1);
         // A request to another launch does not count for this one.
         let _other = p.sent(2);
-        let dog = watchdog(
-            Arc::clone(&liveness),
-            Default::default(),
-            pid,
-            1,
-            timeout,
-            3,
-        );
+        let dog = watchdog(requests.clone(), Default::default(), pid, 1, timeout, 3);
         tokio::pin!(dog);
         for _ in 0..10 {
             tokio::select! {
@@ -333,15 +245,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn server_errors_in_a_row_are_a_stall_and_a_success_resets_them() {
         let p = Proxy::new();
-        let liveness = Arc::clone(&p.liveness);
+        let requests = p.requests.clone();
         let pid = std::process::id() as i32;
         for status in [500, 500, 200, 503, 500, 502] {
             p.sent(7).answered(status);
         }
-        assert_eq!(liveness.failures(7), 2);
+        assert_eq!(requests.failures(7), 2);
         p.sent(7).answered(500);
         let stall = watchdog(
-            Arc::clone(&liveness),
+            requests.clone(),
             Default::default(),
             pid,
             7,
@@ -351,8 +263,8 @@ mod tests {
         .await;
         assert_eq!(stall, Stall::Failing { in_a_row: 3 });
         assert!(stall.to_string().contains("liveness_failures"));
-        liveness.forget(7);
-        assert_eq!(liveness.failures(7), 0);
+        requests.forget(7);
+        assert_eq!(requests.failures(7), 0);
     }
 
     #[test]

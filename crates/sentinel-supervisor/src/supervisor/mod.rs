@@ -4,7 +4,6 @@
 //! SIGTERM/SIGINT drains the requests in flight, then shuts everything down without leaving
 //! a child behind.
 
-pub(crate) mod inflight;
 pub(crate) mod lifecycle;
 pub(crate) mod liveness;
 pub(crate) mod policy;
@@ -113,8 +112,9 @@ async fn prepare(options: RunOptions) -> anyhow::Result<(Active, tokio::net::Tcp
 struct Tasks {
     lifecycle: tokio::task::JoinHandle<End>,
     reload_requests: mpsc::Sender<ReloadRequest>,
-    reloads: tokio::task::JoinHandle<()>,
-    watcher: tokio::task::JoinHandle<()>,
+    /// The reload task (one reload at a time) and the watcher that reloads or retries when a
+    /// file changes while the backend has failed.
+    reloads: tokio::task::JoinSet<()>,
     server: tokio::task::JoinHandle<()>,
     /// Stops the lifecycle (which drains first) and the background tasks.
     shutdown: CancellationToken,
@@ -136,7 +136,7 @@ async fn start(active: Active, listener: tokio::net::TcpListener) -> anyhow::Res
     // Where every governor adds the time it holds a backend stopped (the watchdog reads it).
     let stopped = crate::governor::StoppedTime::default();
     let metrics = metrics(&active, &stopped, &status_rx, &governor_rx, &shutdown);
-    let upstreams = upstreams(&active, &metrics)?;
+    let upstreams = upstreams(&in_force_rx.borrow(), &metrics)?;
     let (profile, host) = (&active.options.profile, active.options.host);
     let situation = crate::situation::Situation::start(&config.situation, profile, &host).await;
     let reloader = active.options.reloader.clone();
@@ -163,7 +163,6 @@ async fn start(active: Active, listener: tokio::net::TcpListener) -> anyhow::Res
         heartbeat: heartbeat.clone(),
         cancel: shutdown.clone(),
         metrics: Arc::clone(&shared.metrics),
-        liveness: shared.liveness.clone(),
         budget: situation.as_ref().map_or_else(
             crate::situation::Follow::off,
             crate::situation::Situation::follow,
@@ -180,42 +179,29 @@ async fn start(active: Active, listener: tokio::net::TcpListener) -> anyhow::Res
         shutdown.clone(),
     );
     let server_cancel = CancellationToken::new();
-    let server = serve_http(listener, &shared, &active, server_cancel.clone());
+    let server = serve_http(listener, local, &shared, &active, server_cancel.clone());
     let reloads = Reloads {
         reloader,
         in_force: in_force_rx,
         shared: Arc::clone(&shared),
         lifecycle: commands_tx,
     };
-    let (reloads, watcher) = spawn_reloads(reloads, reload_rx, reload_tx.clone(), &shutdown);
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(watch_files_while_failed(
+        reloads.clone(),
+        reload_tx.clone(),
+        shutdown.clone(),
+    ));
+    background.spawn(reloads.serve(reload_rx));
     Ok(Tasks {
         lifecycle,
         reload_requests: reload_tx,
-        reloads,
-        watcher,
+        reloads: background,
         server,
         shutdown,
         server_cancel,
         shared,
     })
-}
-
-/// The reload task (one reload at a time) and, beside it, the watcher that reloads or
-/// retries when a file changes while the backend has failed.
-fn spawn_reloads(
-    reloads: Reloads,
-    requests: mpsc::Receiver<ReloadRequest>,
-    requester: mpsc::Sender<ReloadRequest>,
-    shutdown: &CancellationToken,
-) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
-    let watcher = tokio::spawn(watch_files_while_failed(
-        reloads.in_force.clone(),
-        reloads.shared.status.clone(),
-        requester,
-        reloads.lifecycle.clone(),
-        shutdown.clone(),
-    ));
-    (tokio::spawn(reloads.serve(requests)), watcher)
 }
 
 /// What the proxy reads of the lifecycle, the reloads and the situation.
@@ -235,20 +221,18 @@ fn proxy_state(
     upstreams: crate::upstream::Upstreams,
 ) -> Arc<proxy::Shared> {
     let (profile, config) = (&active.options.profile, &active.options.config);
-    // The one registry of requests: the proxy issues the tickets, the drain and the watchdog
-    // read them.
-    let requests = inflight::InFlight::new();
     Arc::new(proxy::Shared {
         live: readers.in_force,
         admission: proxy::admission::Admission::new(profile.slots, config.proxy.queue_len),
         status: readers.status,
-        inflight: requests.clone(),
+        // The one registry of requests: the proxy issues the tickets, the drain and the
+        // watchdog read them.
+        inflight: crate::requests::Requests::default(),
         reload: readers.reload,
         activity: Activity::new(),
         keys: proxy::auth::Keys::new(active.options.api_keys.clone()),
         client: std::sync::Mutex::new(proxy::forward::upstream_client()),
         governor: readers.governor,
-        liveness: liveness::Liveness::over(requests),
         started: std::time::Instant::now(),
         metrics,
         poison: proxy::poison::PoisonList::new(),
@@ -282,12 +266,16 @@ fn metrics(
     metrics
 }
 
-/// The central tier (`[[upstreams]]`) and whether the running profile may spill to it.
+/// The central tier (`[[upstreams]]`) and whether the profile in force may spill to it.
 fn upstreams(
-    active: &Active,
+    in_force: &InForce,
     metrics: &crate::metrics::Metrics,
 ) -> anyhow::Result<crate::upstream::Upstreams> {
-    let (config, profile) = (&active.options.config, &active.options.profile);
+    let (config, profile) = (
+        &in_force.active.options.config,
+        &in_force.active.options.profile,
+    );
+    let spill = in_force.live.spill.mode;
     let upstreams = crate::upstream::Upstreams::build(
         &config.upstreams,
         &config.spill,
@@ -296,29 +284,23 @@ fn upstreams(
     for up in upstreams.iter() {
         tracing::info!(upstream = %up.settings.name, url = %up.settings.url, "central tier configured");
     }
-    let spill = config
-        .profiles
-        .get(&profile.name)
-        .map(|p| p.spill)
-        .unwrap_or_default();
     if spill != crate::upstream::SpillMode::Never && upstreams.is_empty() {
         tracing::warn!(profile = %profile.name, ?spill, "the profile may spill but no [[upstreams]] is configured: every request stays local");
     }
     Ok(upstreams)
 }
 
-/// Serves the router on `listener` until `cancel`; says where on stdout.
+/// Serves the router on `listener` (bound to `local`) until `cancel`; says where on stdout.
 fn serve_http(
     listener: tokio::net::TcpListener,
+    local: std::net::SocketAddr,
     shared: &Arc<proxy::Shared>,
     active: &Active,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let app = proxy::router(Arc::clone(shared));
-    if let Ok(local) = listener.local_addr() {
-        println!("{}http://{local}", crate::status::LISTENING_PREFIX);
-        tracing::info!(addr = %local, profile = %active.options.profile.name, model = %active.installed.model.display(), "listening");
-    }
+    println!("{}http://{local}", crate::status::LISTENING_PREFIX);
+    tracing::info!(addr = %local, profile = %active.options.profile.name, model = %active.installed.model.display(), "listening");
     let proxy_config = active.options.config.proxy.clone();
     tokio::spawn(proxy::server::serve(listener, app, proxy_config, cancel))
 }
@@ -331,11 +313,9 @@ fn spawn_notify(
     config: &Config,
     shutdown: &CancellationToken,
 ) {
-    let report_shared = Arc::clone(shared);
     tokio::spawn(
         crate::notify::Service {
-            report: Arc::new(move || report_shared.report()),
-            status: shared.status.clone(),
+            shared: Arc::clone(shared),
             heartbeat,
             health_url: crate::notify::health_url(local),
             config: config.supervisor.clone(),
@@ -376,8 +356,7 @@ impl Tasks {
                 tracing::error!("the backend did not stop in time");
             }
         }
-        self.reloads.abort();
-        self.watcher.abort();
+        self.reloads.abort_all();
         self.server_cancel.cancel();
         if tokio::time::timeout(SHUTDOWN_DEADLINE, self.server)
             .await
@@ -435,14 +414,12 @@ fn fingerprint(path: Option<&Path>) -> Fingerprint {
 /// While the backend has failed, polls the config file and the model file: a changed config
 /// is reloaded (which tries again with it), a changed model is tried again at once.
 async fn watch_files_while_failed(
-    in_force: watch::Receiver<Arc<InForce>>,
-    status: watch::Receiver<state::Status>,
-    reloads: mpsc::Sender<ReloadRequest>,
-    lifecycle: mpsc::Sender<Command>,
+    reloads: Reloads,
+    requests: mpsc::Sender<ReloadRequest>,
     cancel: CancellationToken,
 ) {
     let paths = || {
-        let now = Arc::clone(&in_force.borrow());
+        let now = Arc::clone(&reloads.in_force.borrow());
         let a = &now.active;
         (
             a.options.config_path.clone(),
@@ -459,10 +436,13 @@ async fn watch_files_while_failed(
             _ = cancel.cancelled() => return,
         }
         let now = (fingerprint(config.as_deref()), fingerprint(Some(&model)));
-        let failed = matches!(status.borrow().state, state::State::Failed { .. });
+        let failed = matches!(
+            reloads.shared.status.borrow().state,
+            state::State::Failed { .. }
+        );
         if failed && now.0 != seen.0 {
             tracing::info!(path = ?config, "the config file changed while failed; reloading");
-            let _ = reloads
+            let _ = requests
                 .send(ReloadRequest {
                     trigger: "config file changed",
                     reply: None,
@@ -470,7 +450,7 @@ async fn watch_files_while_failed(
                 .await;
         } else if failed && now.1 != seen.1 {
             let why = format!("the model file {} changed", model.display());
-            let _ = lifecycle.send(Command::Retry { why }).await;
+            let _ = reloads.lifecycle.send(Command::Retry { why }).await;
         }
         seen = now;
     }

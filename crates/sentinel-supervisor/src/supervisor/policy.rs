@@ -60,13 +60,8 @@ impl RestartPolicy {
             self.consecutive = 0;
         }
         self.failures.push_back(now);
-        while let Some(&first) = self.failures.front() {
-            if now.duration_since(first) > self.window {
-                self.failures.pop_front();
-            } else {
-                break;
-            }
-        }
+        self.failures
+            .retain(|&at| now.duration_since(at) <= self.window);
         if self.failures.len() > self.max_failures {
             return Decision::GiveUp {
                 failures: self.failures.len(),

@@ -27,11 +27,9 @@ impl std::fmt::Debug for Reloader {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ReloadError {
     #[error("the new configuration is invalid, keeping the old one: {0}")]
-    Invalid(#[source] Invalid),
+    Invalid(#[from] Invalid),
     #[error(transparent)]
-    BackendFailed(Refused),
-    #[error("the supervisor is shutting down; nothing was reloaded")]
-    ShuttingDown,
+    Refused(#[from] Refused),
     #[error("this supervisor was started without a way to re-read its configuration (restart it instead)")]
     Unsupported,
 }
@@ -45,15 +43,6 @@ pub(crate) enum Invalid {
     Setup(#[from] setup::SetupError),
     #[error("reading the configuration panicked: {0} (a bug: please report it with the log)")]
     Panicked(String),
-}
-
-impl From<Refused> for ReloadError {
-    fn from(refused: Refused) -> ReloadError {
-        match refused {
-            Refused::ShuttingDown => ReloadError::ShuttingDown,
-            other @ Refused::BackendFailed { .. } => ReloadError::BackendFailed(other),
-        }
-    }
 }
 
 /// One request for a reload.
@@ -157,32 +146,30 @@ pub(crate) fn plan(active: &Active) -> Plan {
             })
         }
     };
-    let ladder: Option<super::lifecycle::LadderStep> =
-        (active.installed.rung.is_ladder() && options.setup.smoke.is_some()).then(|| {
-            let current = Arc::new(Mutex::new(active.installed.clone()));
+    let ladder = (active.installed.rung.is_ladder() && options.setup.smoke.is_some()).then(
+        || -> super::lifecycle::LadderStep {
+            let current = Mutex::new(active.installed.clone());
             let setup_options = options.setup.clone();
             let factory = factory.clone();
-            let step: super::lifecycle::LadderStep = Arc::new(move |fault| {
-                let failed = current
+            Arc::new(move |fault| {
+                // The lifecycle climbs one step at a time: nothing else waits for this lock.
+                let mut current = current
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clone();
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 crate::backend::ladder::record_failure(
                     &setup_options.cache_dir,
-                    &failed,
+                    &current,
                     &fault.summary(),
                     fault.cpu_variant(),
                 )
                 .map_err(|e| e.to_string())?;
                 let next = setup::ensure(&setup_options).map_err(|e| e.to_string())?;
                 let rung = rung_report(&next);
-                *current
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = next.clone();
+                *current = next.clone();
                 Ok((factory(next), rung))
-            });
-            step
-        });
+            })
+        },
+    );
     Plan {
         config: options.config.supervisor.clone(),
         make_spec: factory(active.installed.clone()),
@@ -205,38 +192,33 @@ fn rung_report(installed: &setup::Installed) -> crate::status::BackendRung {
 
 /// The proxy's live settings for `active`, as configuration `generation`.
 pub(crate) fn live(active: &Active, generation: u64) -> proxy::Live {
-    let options = &active.options;
+    let (config, profile) = (&active.options.config, &active.options.profile);
+    let model = &active.installed.model;
+    let extra_args = config.backend.extra_args.iter().chain(&profile.extra_args);
+    let spill = config
+        .profiles
+        .get(&profile.name)
+        .map(|p| crate::upstream::SpillPolicy {
+            mode: p.spill,
+            deadline: p.deadline,
+        });
     proxy::Live {
         generation,
-        config: options.config.proxy.clone(),
+        config: config.proxy.clone(),
         info: proxy::Info {
-            model_id: launch::model_id(&options.config, &active.installed.model),
-            model: active.installed.model.display().to_string(),
-            profile: options.profile.clone(),
+            model_id: launch::model_id(config, model),
+            model: model.display().to_string(),
+            profile: profile.clone(),
             rung: rung_report(&active.installed),
-            vocab_size: crate::backend::gguf::vocab_size(&active.installed.model),
-            projector: launch::has_projector(
-                options
-                    .config
-                    .backend
-                    .extra_args
-                    .iter()
-                    .chain(&options.profile.extra_args),
-            ),
+            vocab_size: crate::backend::gguf::vocab_size(model),
+            projector: launch::has_projector(extra_args),
         },
-        spill: options
-            .config
-            .profiles
-            .get(&options.profile.name)
-            .map(|p| crate::upstream::SpillPolicy {
-                mode: p.spill,
-                deadline: p.deadline,
-            })
-            .unwrap_or_default(),
+        spill: spill.unwrap_or_default(),
     }
 }
 
 /// Performs reloads one at a time.
+#[derive(Clone)]
 pub(crate) struct Reloads {
     pub reloader: Option<Reloader>,
     /// The configuration in force, as the lifecycle publishes it.
@@ -284,8 +266,7 @@ impl Reloads {
             Ok(Active { options, installed })
         })
         .await
-        .map_err(|e| ReloadError::Invalid(Invalid::Panicked(e.to_string())))?
-        .map_err(ReloadError::Invalid)?;
+        .map_err(|e| Invalid::Panicked(e.to_string()))??;
         let old = self.in_force.borrow().active.clone();
         if active.options.listen != old.options.listen {
             tracing::warn!(old = %old.options.listen, new = %active.options.listen, "`listen` changes only with a restart; keeping the old address");
@@ -300,9 +281,8 @@ impl Reloads {
             active.options.config.proxy.queue_len,
         );
         let (done, answer) = oneshot::channel();
-        let plan = plan(&active);
         let reload = Reload {
-            plan,
+            plan: plan(&active),
             active,
             change,
             done,
@@ -310,8 +290,8 @@ impl Reloads {
         self.lifecycle
             .send(Command::Reload(Box::new(reload)))
             .await
-            .map_err(|_| ReloadError::ShuttingDown)?;
-        let applied = answer.await.map_err(|_| ReloadError::ShuttingDown)??;
+            .map_err(|_| Refused::ShuttingDown)?;
+        let applied = answer.await.map_err(|_| Refused::ShuttingDown)??;
         // The proxy's admission follows the configuration now in force; idle keep-alive
         // connections to an old backend would delay its exit.
         self.shared.admission.resize(slots, queue_len);

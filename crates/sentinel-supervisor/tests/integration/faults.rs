@@ -455,7 +455,7 @@ fn real_oom_kill_is_reported_as_out_of_memory() {
     std::fs::create_dir_all(&cg).unwrap();
     std::fs::write(cg.join("memory.limit_in_bytes"), "96M").unwrap();
     std::fs::write(cg.join("cgroup.procs"), pid.to_string()).unwrap();
-    // The watchdog reads the backend's cgroup every 10 ticks (10 s at the default timeout).
+    // The lifecycle reads the backend's cgroup at each liveness probe (`probe_interval`).
     std::thread::sleep(Duration::from_secs(12));
     let mut sent = 0;
     let started = Instant::now();

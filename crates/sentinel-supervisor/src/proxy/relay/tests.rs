@@ -16,7 +16,7 @@ fn relay_of(
 ) {
     let slots = Arc::new(Semaphore::new(1));
     let activity = Activity::new();
-    let requests = Requests::new();
+    let requests = Requests::default();
     let slot = Arc::clone(&slots).try_acquire_owned().unwrap();
     let mut ticket = requests.issue(slot, activity.begin());
     ticket.bind(1);

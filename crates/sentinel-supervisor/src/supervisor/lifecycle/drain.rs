@@ -1,11 +1,10 @@
 //! Before a backend stops, the requests in flight on it may finish, up to
 //! `supervisor.drain_timeout` (counted per backend generation by
-//! [`crate::supervisor::inflight::InFlight`]); then it is stopped: governor first (which
+//! [`crate::requests::Requests`]); then it is stopped: governor first (which
 //! continues the child), then SIGTERM, grace, SIGKILL.
 
 use super::{Backend, BackendChild, Current, Lifecycle, Running};
 use crate::backend::process::LogTail;
-use crate::supervisor::inflight::InFlight;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -39,41 +38,34 @@ impl<B: Backend> Lifecycle<B> {
         logs
     }
 
-    /// The old backend after a blue-green switch drains and stops in `drains`, beside the
-    /// serving one.
+    /// The old backend after a blue-green switch drains (up to `drain_timeout`) and stops in
+    /// `drains`, beside the serving one.
     pub(super) fn retire_later(
         &self,
-        old: Running<B::Child>,
+        mut old: Running<B::Child>,
         cur: &Current,
         drains: &mut JoinSet<()>,
     ) {
         let config = &cur.plan.config;
         let (drain, grace) = (config.drain_timeout, config.stop_grace);
-        drains.spawn(drain_and_stop(old, self.inflight.clone(), drain, grace));
+        let inflight = self.inflight.clone();
+        drains.spawn(async move {
+            let generation = old.info.generation;
+            let left = tokio::select! {
+                n = inflight.drained(Some(generation), Instant::now() + drain) => n,
+                status = old.child.wait() => {
+                    tracing::warn!(generation, %status, "the old backend exited while draining");
+                    0
+                }
+            };
+            if left > 0 {
+                tracing::warn!(generation, left, drain_timeout = ?drain, "requests still in flight on the old backend after supervisor.drain_timeout; cutting them");
+            }
+            if let Some(mut g) = old.governor.take() {
+                g.stop();
+            }
+            let status = old.child.stop(grace).await;
+            tracing::info!(pid = old.info.pid, generation, %status, "old backend drained and stopped");
+        });
     }
-}
-
-/// Waits for `old`'s requests (up to `drain`), then stops it.
-async fn drain_and_stop<C: BackendChild>(
-    mut old: Running<C>,
-    inflight: InFlight,
-    drain: std::time::Duration,
-    grace: Duration,
-) {
-    let generation = old.info.generation;
-    let left = tokio::select! {
-        n = inflight.drained(Some(generation), Instant::now() + drain) => n,
-        status = old.child.wait() => {
-            tracing::warn!(generation, %status, "the old backend exited while draining");
-            0
-        }
-    };
-    if left > 0 {
-        tracing::warn!(generation, left, drain_timeout = ?drain, "requests still in flight on the old backend after supervisor.drain_timeout; cutting them");
-    }
-    if let Some(mut g) = old.governor.take() {
-        g.stop();
-    }
-    let status = old.child.stop(grace).await;
-    tracing::info!(pid = old.info.pid, generation, %status, "old backend drained and stopped");
 }

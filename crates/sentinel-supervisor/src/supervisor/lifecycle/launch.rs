@@ -74,26 +74,26 @@ impl<B: Backend> Lifecycle<B> {
         interrupt: impl Future<Output = Outcome>,
     ) -> Option<Outcome> {
         let deadline = Instant::now() + config.startup_timeout;
+        let (child, info) = (&mut running.child, &running.info);
         tokio::pin!(interrupt);
         loop {
             self.heartbeat.beat();
-            tokio::select! {
-                status = running.child.wait() => return Some(Outcome::Exited(status)),
-                () = self.cancel.cancelled() => return Some(Outcome::Cancelled),
-                outcome = &mut interrupt => return Some(outcome),
-                () = tokio::time::sleep_until(deadline) => return Some(Outcome::StartTimeout),
-                probe = self.backend.health(client, &running.info) => {
-                    if probe == Probe::Ready {
-                        return None;
-                    }
+            // A probe, then the pause before the next one unless it found the backend ready.
+            let poll = async {
+                let ready = self.backend.health(client, info).await == Probe::Ready;
+                if !ready {
+                    tokio::time::sleep(config.ready_poll_interval).await;
                 }
-            }
+                ready
+            };
             tokio::select! {
-                status = running.child.wait() => return Some(Outcome::Exited(status)),
+                status = child.wait() => return Some(Outcome::Exited(status)),
                 () = self.cancel.cancelled() => return Some(Outcome::Cancelled),
                 outcome = &mut interrupt => return Some(outcome),
                 () = tokio::time::sleep_until(deadline) => return Some(Outcome::StartTimeout),
-                () = tokio::time::sleep(config.ready_poll_interval) => {}
+                ready = poll => if ready {
+                    return None;
+                },
             }
         }
     }

@@ -28,14 +28,13 @@ mod tests;
 pub(crate) use child::{Backend, BackendChild, Llama, Probe};
 pub(crate) use reload::{Applied, Change, Refused, Reload};
 
-use super::inflight::InFlight;
-use super::liveness::Liveness;
 use super::policy::RestartPolicy;
 use super::reload::Active;
 use super::state::{BackendInfo, State, Status};
 use crate::backend::launch::LaunchSpec;
 use crate::config::SupervisorConfig;
 use crate::governor::{Activity, GovernorConfig, GovernorHandle, GovernorSettings, SnapshotSender};
+use crate::requests::Requests;
 use restart::{Ended, Outcome};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -117,15 +116,14 @@ pub(crate) struct Lifecycle<B: Backend = Llama> {
     pub status: watch::Sender<Status>,
     /// The configuration in force; only this task sends on it.
     pub in_force: watch::Sender<Arc<InForce>>,
-    /// Requests in flight per backend generation (the proxy counts them).
-    pub inflight: InFlight,
+    /// Requests in flight per backend generation (the proxy counts them), and what they heard
+    /// back, for the per-launch watchdog.
+    pub inflight: Requests,
     /// Beaten at every probe: the watchdog's evidence that this task runs.
     pub heartbeat: crate::notify::Heartbeat,
     pub cancel: CancellationToken,
     /// Counts restarts by reason (`sentinel_backend_restarts_total`).
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// What the proxy sees of forwarded requests, for the per-launch watchdog.
-    pub liveness: Arc<Liveness>,
     /// Where the governors add the time they hold the backend stopped (the watchdog reads it).
     pub stopped: crate::governor::StoppedTime,
     /// The budget in force for the machine's situation (battery, presence, heat); a change
@@ -157,16 +155,18 @@ struct Counts {
 impl Current {
     fn new(plan: Plan) -> Current {
         Current {
-            probe: probe_client(&plan.config),
+            probe: probe_client(plan.config.probe_timeout),
             policy: RestartPolicy::new(&plan.config),
             plan,
         }
     }
 }
 
-fn probe_client(config: &SupervisorConfig) -> reqwest::Client {
+/// A client for `/health` probes: `timeout` each, and no kept-alive connection (one would make
+/// the server it probes wait for it at exit).
+pub(crate) fn probe_client(timeout: std::time::Duration) -> reqwest::Client {
     reqwest::Client::builder()
-        .timeout(config.probe_timeout)
+        .timeout(timeout)
         .pool_max_idle_per_host(0)
         .build()
         .expect("a reqwest client with only a timeout always builds")
@@ -220,13 +220,8 @@ impl<B: Backend> Lifecycle<B> {
         commands: &mut mpsc::Receiver<Command>,
         drains: &mut JoinSet<()>,
     ) -> Ended {
-        self.publish(
-            State::Starting {
-                attempt: counts.attempt,
-            },
-            None,
-            counts.restarts,
-        );
+        let attempt = counts.attempt;
+        self.publish(State::Starting { attempt }, None, counts.restarts);
         let interrupt = async {
             loop {
                 if let Command::Reload(r) = next_command(commands).await {
@@ -238,7 +233,7 @@ impl<B: Backend> Lifecycle<B> {
             .start(
                 &cur.probe,
                 &cur.plan,
-                counts.attempt,
+                attempt,
                 self.governor.clone(),
                 Some(counts.restarts),
                 interrupt,

@@ -78,7 +78,7 @@ impl<B: Backend> Lifecycle<B> {
             (Change::Live, _) => {
                 self.adopt(cur, reload, Applied::Live);
                 self.retune(&mut s.running, &cur.plan);
-                Self::reset_ticker(s, &cur.plan.config).await;
+                s.ticker = super::serve::liveness_ticker(&cur.plan.config).await;
                 None
             }
             (Change::Backend, ReloadStrategy::BlueGreen) => {
@@ -87,9 +87,8 @@ impl<B: Backend> Lifecycle<B> {
                     .blue_green(cur, &mut s.running, next, counts.restarts, reload)
                     .await;
                 let new = match started {
-                    Ok(Some(new)) => new,
-                    Ok(None) => return None,
-                    Err(outcome) => return Some(outcome),
+                    Ok(new) => new,
+                    Err(outcome) => return outcome,
                 };
                 counts.attempt = next;
                 let old = std::mem::replace(s, self.serving(new, &cur.plan.config).await);
@@ -118,7 +117,7 @@ impl<B: Backend> Lifecycle<B> {
 
     /// Starts the reload's backend beside `old`, and once it is ready makes it the serving
     /// one (its governor reports on `/status` from then on) and returns it. If it fails, the
-    /// old plan and backend stay (`Ok(None)`); `Err` only when cancelled meanwhile.
+    /// old plan and backend stay (`Err(None)`); `Err(Some)` when cancelled meanwhile.
     async fn blue_green(
         &self,
         cur: &mut Current,
@@ -126,41 +125,26 @@ impl<B: Backend> Lifecycle<B> {
         attempt: u32,
         restarts: u32,
         reload: Box<Reload>,
-    ) -> Result<Option<Running<B::Child>>, Outcome> {
+    ) -> Result<Running<B::Child>, Option<Outcome>> {
         tracing::info!(
             old_generation = old.info.generation,
             generation = attempt,
             "reload: starting the new backend beside the serving one (blue-green)"
         );
-        let probe = super::probe_client(&reload.plan.config);
+        let probe = super::probe_client(reload.plan.config.probe_timeout);
         let aside = watch::Sender::new(None);
-        let plan = &reload.plan;
+        // Only the end interrupts it (commands wait meanwhile).
+        let (plan, uninterrupted) = (&reload.plan, std::future::pending());
         let started = self
-            .start(
-                &probe,
-                plan,
-                attempt,
-                aside.clone(),
-                None,
-                std::future::pending(),
-            )
+            .start(&probe, plan, attempt, aside.clone(), None, uninterrupted)
             .await;
         let mut new = match started {
             Ok(new) => new,
-            Err(ended) => {
-                return match refuse(reload, ended, old.info.generation) {
-                    Some(outcome) => Err(outcome),
-                    None => Ok(None),
-                }
-            }
+            Err(ended) => return Err(refuse(reload, ended, old.info.generation)),
         };
         // The old backend keeps its governor while it drains, reporting aside.
-        if let Some(g) = old.governor.as_mut() {
-            report_to(g, aside);
-        }
-        if let Some(g) = new.governor.as_mut() {
-            report_to(g, self.governor.clone());
-        }
+        report_to(old.governor.as_mut(), aside);
+        report_to(new.governor.as_mut(), self.governor.clone());
         let generation = new.info.generation;
         self.adopt(cur, reload, Applied::Switched { generation });
         self.publish(State::Ready, Some(new.info.clone()), restarts);
@@ -170,7 +154,7 @@ impl<B: Backend> Lifecycle<B> {
             in_flight_on_old = self.inflight.count(old.info.generation),
             "reload: new backend serving; draining the old one"
         );
-        Ok(Some(new))
+        Ok(new)
     }
 }
 
@@ -190,11 +174,15 @@ fn refuse(reload: Box<Reload>, ended: Ended, serving: u64) -> Option<Outcome> {
     None
 }
 
-/// Moves a governor's reports; a governor that cannot report is left running unreported.
+/// Moves a governor's reports (when one runs); a governor that cannot report is left running
+/// unreported.
 fn report_to(
-    governor: &mut crate::governor::GovernorHandle,
+    governor: Option<&mut crate::governor::GovernorHandle>,
     report: crate::governor::SnapshotSender,
 ) {
+    let Some(governor) = governor else {
+        return;
+    };
     if let Err(e) = governor.report_to(report) {
         tracing::warn!(pid = governor.pid(), error = %e, "cannot move the CPU governor's reports; it keeps governing unreported");
     }

@@ -88,10 +88,14 @@ impl Ended {
     }
 }
 
-/// When the next launch is, and whether it is the slow retry of a failed backend.
-struct Wait {
-    deadline: Instant,
-    failed: bool,
+/// When the next launch is.
+enum Wait {
+    /// After a backoff, at this time.
+    Backoff(Instant),
+    /// The slow retry of a failed backend, at this time (or at once on a changed model file).
+    Failed(Instant),
+    /// Only a reload (a new binary, say) or the end can bring it.
+    Reload,
 }
 
 impl<B: Backend> Lifecycle<B> {
@@ -137,19 +141,11 @@ impl<B: Backend> Lifecycle<B> {
                     restarts = counts.restarts,
                     "restarting the backend after backoff"
                 );
-                Wait {
-                    deadline: Instant::now() + delay,
-                    failed: false,
-                }
+                Wait::Backoff(Instant::now() + delay)
             }
             Decision::GiveUp { failures, window } => {
-                let breaker = Breaker {
-                    failures,
-                    window,
-                    reason,
-                    last_lines,
-                };
-                match self.trip(cur, breaker, counts.restarts) {
+                let reason = format!("crash loop: the backend failed {failures} times within {window:?}; last failure: {reason}");
+                match self.trip(cur, reason, last_lines, counts.restarts) {
                     Ok(wait) => wait,
                     Err(end) => return Some(end),
                 }
@@ -158,18 +154,18 @@ impl<B: Backend> Lifecycle<B> {
         self.wait_to_retry(cur, wait, commands).await
     }
 
-    /// The crash-loop breaker tripped: the end of the run with `on_crash_loop = "exit"`
-    /// (`Err`), else `failed` until the next slow try.
-    fn trip(&self, cur: &Current, breaker: Breaker, restarts: u32) -> Result<Wait, End> {
-        let Breaker {
-            failures,
-            window,
-            reason,
-            last_lines,
-        } = breaker;
+    /// The crash-loop breaker tripped (`reason` says how): the end of the run with
+    /// `on_crash_loop = "exit"` (`Err`), else `failed` until the next slow try.
+    fn trip(
+        &self,
+        cur: &Current,
+        reason: String,
+        last_lines: Vec<String>,
+        restarts: u32,
+    ) -> Result<Wait, End> {
         if cur.plan.config.on_crash_loop == OnCrashLoop::Exit {
             let reason = format!(
-                "crash loop: the backend failed {failures} times within {window:?}; last failure: {reason}. Exiting (supervisor.on_crash_loop = \"exit\") so the service manager takes over"
+                "{reason}. Exiting (supervisor.on_crash_loop = \"exit\") so the service manager takes over"
             );
             tracing::error!(%reason, last_lines = ?last_lines, "giving up on the backend");
             self.publish(failed(reason.clone(), last_lines, None), None, restarts);
@@ -177,15 +173,12 @@ impl<B: Backend> Lifecycle<B> {
         }
         let interval = cur.plan.config.failed_retry_interval;
         let reason = format!(
-            "crash loop: the backend failed {failures} times within {window:?}; last failure: {reason}. Fix the cause (see last_lines and the log): the supervisor tries again every {} (supervisor.failed_retry_interval), and at once when the model file or the config file changes",
+            "{reason}. Fix the cause (see last_lines and the log): the supervisor tries again every {} (supervisor.failed_retry_interval), and at once when the model file or the config file changes",
             humantime::format_duration(interval)
         );
         tracing::error!(%reason, last_lines = ?last_lines, next_retry_in = ?interval, "giving up on the backend until the next try");
         self.publish(failed(reason, last_lines, Some(interval)), None, restarts);
-        Ok(Wait {
-            deadline: Instant::now() + interval,
-            failed: true,
-        })
+        Ok(Wait::Failed(Instant::now() + interval))
     }
 
     /// Waits for the next try: a reload, or (when failed) a changed model file, starts it at
@@ -196,10 +189,15 @@ impl<B: Backend> Lifecycle<B> {
         wait: Wait,
         commands: &mut mpsc::Receiver<Command>,
     ) -> Option<End> {
+        let (deadline, failed) = match wait {
+            Wait::Backoff(at) => (Some(at), false),
+            Wait::Failed(at) => (Some(at), true),
+            Wait::Reload => (None, false),
+        };
         loop {
             tokio::select! {
-                () = tokio::time::sleep_until(wait.deadline) => {
-                    if wait.failed {
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    if failed {
                         tracing::info!("trying the failed backend again (supervisor.failed_retry_interval)");
                     }
                     return None;
@@ -210,7 +208,7 @@ impl<B: Backend> Lifecycle<B> {
                         self.adopt(cur, reload, super::Applied::NextLaunch);
                         return None;
                     }
-                    Command::Retry { why } if wait.failed => {
+                    Command::Retry { why } if failed => {
                         tracing::info!(%why, "trying the failed backend again at once");
                         cur.policy = RestartPolicy::new(&cur.plan.config);
                         return None;
@@ -237,10 +235,9 @@ impl<B: Backend> Lifecycle<B> {
         let climbed = match cur.plan.ladder.clone() {
             Some(step) => {
                 tracing::error!(reason = %named, last_lines = ?last_lines, "the backend cannot run on this CPU; moving to the next rung of the backend ladder");
-                match tokio::task::spawn_blocking(move || step(&fault)).await {
-                    Ok(result) => result,
-                    Err(e) => Err(format!("the ladder panicked: {e}")),
-                }
+                tokio::task::spawn_blocking(move || step(&fault))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the ladder panicked: {e}")))
             }
             None => Err(format!(
                 "{named} (the llama-server of `backend.bin` is used as given: restarting cannot help; fix or rebuild it for this CPU, or leave `backend.bin` empty to let setup build one that runs here)"
@@ -257,27 +254,8 @@ impl<B: Backend> Lifecycle<B> {
         };
         tracing::error!(%reason, "giving up on the backend");
         self.publish(failed(reason, last_lines, None), None, restarts);
-        // Only a reload (a new binary, say) or the end can change this.
-        loop {
-            tokio::select! {
-                () = self.cancel.cancelled() => return Some(End::Stopped),
-                command = next_command(commands) => {
-                    if let Command::Reload(reload) = command {
-                        self.adopt(cur, reload, super::Applied::NextLaunch);
-                        return None;
-                    }
-                }
-            }
-        }
+        self.wait_to_retry(cur, Wait::Reload, commands).await
     }
-}
-
-/// What tripped the breaker.
-struct Breaker {
-    failures: usize,
-    window: Duration,
-    reason: String,
-    last_lines: Vec<String>,
 }
 
 /// The `failed` state, with its next try `retry_in` from now when one is planned.

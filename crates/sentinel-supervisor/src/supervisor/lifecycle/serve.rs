@@ -24,8 +24,11 @@ pub(super) struct Serving<C> {
     pub(super) ready_at: Instant,
     /// Liveness probes failed in a row.
     failed: u32,
-    ticker: Interval,
+    pub(super) ticker: Interval,
     dog: Pin<Box<dyn Future<Output = Stall> + Send>>,
+    /// Its memory cgroup's OOM-kill counter, as last read (at each probe), to explain a
+    /// SIGKILL nobody here sent.
+    oom: Option<crate::meter::OomCounter>,
 }
 
 impl<B: Backend> Lifecycle<B> {
@@ -77,23 +80,19 @@ impl<B: Backend> Lifecycle<B> {
     ) -> Serving<B::Child> {
         Serving {
             dog: Box::pin(liveness::watchdog(
-                self.liveness.clone(),
+                self.inflight.clone(),
                 self.stopped.clone(),
                 running.info.pid,
                 running.info.generation,
                 config.first_token_timeout,
                 config.liveness_failures,
             )),
+            oom: crate::meter::oom_counter(running.info.pid),
             running,
             ready_at: Instant::now(),
             failed: 0,
             ticker: liveness_ticker(config).await,
         }
-    }
-
-    /// Restarts the probe ticker with `config`'s interval (after a live reload).
-    pub(super) async fn reset_ticker(s: &mut Serving<B::Child>, config: &SupervisorConfig) {
-        s.ticker = liveness_ticker(config).await;
     }
 
     /// One liveness probe; `Some` when the backend ended meanwhile or has failed too many.
@@ -104,6 +103,7 @@ impl<B: Backend> Lifecycle<B> {
         restarts: u32,
     ) -> Option<Outcome> {
         let info = &s.running.info;
+        s.oom = crate::meter::oom_counter(info.pid).or(s.oom.take());
         let (probed_at, held_before) =
             (Instant::now(), liveness::held_back(info.pid, &self.stopped));
         let result = tokio::select! {
@@ -153,7 +153,10 @@ impl<B: Backend> Lifecycle<B> {
         restarts: u32,
     ) -> Ended {
         let Serving {
-            running, ready_at, ..
+            running,
+            ready_at,
+            oom,
+            ..
         } = s;
         let info: &BackendInfo = &running.info;
         // A crash with requests in flight is kept out of the crash-loop breaker.
@@ -164,11 +167,12 @@ impl<B: Backend> Lifecycle<B> {
             cur.policy.crashed_serving(serving);
         }
         // An exit by SIGKILL nobody here sent is read against the memory cgroup's OOM counter.
-        let outcome = match (outcome, self.liveness.forget(info.generation)) {
-            (Outcome::Exited(status), oom) => {
+        self.inflight.forget(info.generation);
+        let outcome = match outcome {
+            Outcome::Exited(status) => {
                 Outcome::ExitedBecause(status, liveness::describe_exit(status, oom.as_ref()))
             }
-            (other, _) => other,
+            other => other,
         };
         let healthy_for = Some(ready_at.elapsed());
         if matches!(outcome, Outcome::Cancelled) {
@@ -186,7 +190,7 @@ impl<B: Backend> Lifecycle<B> {
 }
 
 /// A liveness ticker whose first tick has passed.
-async fn liveness_ticker(config: &SupervisorConfig) -> Interval {
+pub(super) async fn liveness_ticker(config: &SupervisorConfig) -> Interval {
     let mut ticker = tokio::time::interval(config.probe_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;

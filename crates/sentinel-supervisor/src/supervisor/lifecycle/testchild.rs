@@ -2,7 +2,7 @@
 //! [`Script`] on tokio's clock (load, serve, crash, hang, die of SIGILL) and keeps a book of
 //! every spawn and stop, so the state machine's tests can say when each backend was stopped.
 
-use super::{Backend, BackendChild, InFlight, Plan, Probe};
+use super::{Backend, BackendChild, Plan, Probe, Requests};
 use crate::backend::launch::BackendKey;
 use crate::backend::launch::LaunchSpec;
 use crate::backend::output::OutputLimit;
@@ -233,7 +233,7 @@ pub(super) fn plan(config: SupervisorConfig) -> Plan {
 }
 
 /// A request taken as the proxy takes one, counted on the backend of `generation`.
-pub(super) fn ticket(requests: &InFlight, generation: u64) -> crate::requests::Ticket {
+pub(super) fn ticket(requests: &Requests, generation: u64) -> crate::requests::Ticket {
     let slot = Arc::new(tokio::sync::Semaphore::new(1))
         .try_acquire_owned()
         .expect("a free slot");

@@ -41,7 +41,7 @@ struct Harness {
     in_force: watch::Receiver<Arc<InForce>>,
     commands: mpsc::Sender<Command>,
     cancel: CancellationToken,
-    inflight: InFlight,
+    inflight: Requests,
     task: tokio::task::JoinHandle<End>,
 }
 
@@ -51,8 +51,8 @@ impl Harness {
         let (status_tx, status) = watch::channel(Status::initial());
         let (in_force_tx, in_force) = watch::channel(Arc::new(InForce::new(active, 1)));
         let (commands, commands_rx) = mpsc::channel(4);
-        let inflight = InFlight::new();
-        let (cancel, liveness) = (CancellationToken::new(), Liveness::over(inflight.clone()));
+        let inflight = Requests::default();
+        let cancel = CancellationToken::new();
         let lifecycle = Lifecycle {
             backend: fake.clone(),
             activity: Activity::new(),
@@ -67,7 +67,6 @@ impl Harness {
                 2,
                 Default::default(),
             )),
-            liveness,
             stopped: Default::default(),
             budget: crate::situation::Follow::off(),
         };

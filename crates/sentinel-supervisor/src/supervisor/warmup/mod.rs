@@ -144,12 +144,10 @@ impl Warmup {
     ) -> Option<Warmup> {
         let prefixes: Vec<Prefix> = paths
             .iter()
-            .filter_map(|p| match Prefix::read(p) {
-                Ok(prefix) => Some(prefix),
-                Err(e) => {
-                    tracing::error!(error = %e, "warm prefix left out");
-                    None
-                }
+            .filter_map(|p| {
+                Prefix::read(p)
+                    .map_err(|e| tracing::error!(error = %e, "warm prefix left out"))
+                    .ok()
             })
             .collect();
         if prefixes.is_empty() {
@@ -228,28 +226,27 @@ impl Warmup {
         first: bool,
     ) -> Result<Warmed, WarmupError> {
         let name = self.slots.file_name(prefix);
-        if first {
-            if let Some(mut record) = self
-                .slots
-                .record(prefix)
-                .filter(slots::SlotRecord::restore_pays)
-            {
-                let t = Instant::now();
-                match slot_action(client, backend, "restore", &name).await {
-                    Ok(()) => {
-                        let ms = t.elapsed().as_secs_f64() * 1e3;
-                        record.restore_ms = Some(ms);
-                        if !record.restore_pays() {
-                            tracing::info!(restore_ms = ms, prefill_ms = record.prefill_ms, "restoring the slot was slower than prefilling: prefilling from now on");
-                            self.slots.drop_slot(prefix);
-                        }
-                        let _ = self.slots.write_record(prefix, record);
-                        return Ok(Warmed::Restored { ms });
-                    }
-                    Err(e) => {
-                        tracing::warn!(file = %name, error = %e, "cannot restore the saved slot; prefilling");
+        let saved = first.then(|| self.slots.record(prefix)).flatten();
+        if let Some(mut record) = saved.filter(SlotRecord::restore_pays) {
+            let t = Instant::now();
+            match slot_action(client, backend, "restore", &name).await {
+                Ok(()) => {
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    record.restore_ms = Some(ms);
+                    if !record.restore_pays() {
+                        tracing::info!(
+                            restore_ms = ms,
+                            prefill_ms = record.prefill_ms,
+                            "restoring the slot was slower than prefilling: prefilling from now on"
+                        );
                         self.slots.drop_slot(prefix);
                     }
+                    let _ = self.slots.write_record(prefix, record);
+                    return Ok(Warmed::Restored { ms });
+                }
+                Err(e) => {
+                    tracing::warn!(file = %name, error = %e, "cannot restore the saved slot; prefilling");
+                    self.slots.drop_slot(prefix);
                 }
             }
         }
@@ -284,15 +281,9 @@ async fn prefill(
     backend: &BackendInfo,
     prefix: &Prefix,
 ) -> Result<(u64, u64), WarmupError> {
-    const WHAT: &str = "the warm-up request";
-    let response = client
-        .post(format!("{}/v1/chat/completions", backend.base_url))
-        .bearer_auth(backend.api_key.expose())
-        .json(&chat_request(&prefix.text))
-        .send()
-        .await
-        .map_err(|source| WarmupError::Request { what: WHAT, source })?;
-    let body = checked(response, WHAT).await?;
+    let request = chat_request(&prefix.text);
+    let path = "/v1/chat/completions";
+    let body = post(client, backend, path, &request, "the warm-up request").await?;
     let timings = &body["timings"];
     let prompt = timings["prompt_n"].as_u64().unwrap_or(0);
     let cached = timings["cache_n"].as_u64().unwrap_or(0);
@@ -306,23 +297,27 @@ async fn slot_action(
     action: &'static str,
     name: &str,
 ) -> Result<(), WarmupError> {
-    let response = client
-        .post(format!("{}/slots/0?action={action}", backend.base_url))
-        .bearer_auth(backend.api_key.expose())
-        .json(&serde_json::json!({ "filename": name }))
-        .send()
-        .await
-        .map_err(|source| WarmupError::Request {
-            what: action,
-            source,
-        })?;
-    checked(response, action).await.map(drop)
+    let path = format!("/slots/0?action={action}");
+    let body = serde_json::json!({ "filename": name });
+    post(client, backend, &path, &body, action).await.map(drop)
 }
 
-async fn checked(
-    response: reqwest::Response,
+/// `POST <path>` of `backend` with the JSON `body`; the answer's JSON (`what` names the request
+/// in errors).
+async fn post(
+    client: &reqwest::Client,
+    backend: &BackendInfo,
+    path: &str,
+    body: &serde_json::Value,
     what: &'static str,
 ) -> Result<serde_json::Value, WarmupError> {
+    let response = client
+        .post(format!("{}{path}", backend.base_url))
+        .bearer_auth(backend.api_key.expose())
+        .json(body)
+        .send()
+        .await
+        .map_err(|source| WarmupError::Request { what, source })?;
     let status = response.status();
     let text = response
         .text()

@@ -64,27 +64,16 @@ pub(crate) enum SlotDirError {
 /// not a symlink; an existing one with a looser mode is tightened to 0700.
 pub(crate) fn secure_slot_dir(dir: &Path) -> Result<(), SlotDirError> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let at = || dir.to_path_buf();
+    let create = |source| SlotDirError::Create { dir: at(), source };
     if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| SlotDirError::Create {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(parent).map_err(create)?;
     }
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(source) => {
-            return Err(SlotDirError::Create {
-                dir: dir.to_path_buf(),
-                source,
-            })
-        }
-    }
-    let meta = std::fs::symlink_metadata(dir).map_err(|source| SlotDirError::Create {
-        dir: dir.to_path_buf(),
-        source,
-    })?;
-    let at = || dir.to_path_buf();
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(create(e)),
+        _ => Ok(()),
+    }?;
+    let meta = std::fs::symlink_metadata(dir).map_err(create)?;
     if meta.file_type().is_symlink() {
         return Err(SlotDirError::Symlink { dir: at() });
     }
