@@ -58,10 +58,6 @@ impl Route {
             Route::Detokenize => "/detokenize",
         }
     }
-
-    fn generates(self) -> bool {
-        matches!(self, Route::Chat | Route::Completions)
-    }
 }
 
 /// The cap on generated tokens per request, and the profile it comes from (for the message).
@@ -208,36 +204,27 @@ pub fn check(route: Route, body: &[u8], rules: &Rules<'_>) -> Result<Checked, In
             check_messages(&obj, rules)?;
             check_tools(&obj, rules)?;
             check_functions(&obj, rules)?;
+            check_response_format(&obj, rules)?;
         }
+        Route::Completions => check_response_format(&obj, rules)?,
         // llama-server answers a missing or null `content` with a 500 (found by the fuzz run).
-        Route::Tokenize => match present(&obj, "content") {
-            None => {
-                return Err(Invalid::Missing {
-                    field: "content".into(),
-                })
-            }
-            Some(v) if !(v.is_string() || v.is_array()) => {
-                return Err(wrong("content", "a string or an array", v))
-            }
-            Some(_) => {}
-        },
-        Route::Detokenize => {
-            if let Some(v) = present(&obj, "tokens") {
-                let Some(tokens) = v.as_array() else {
-                    return Err(wrong("tokens", "an array of token ids", v));
-                };
-                for (i, t) in tokens.iter().enumerate() {
-                    token(&format!("tokens[{i}]"), t, rules.vocab_size)?;
-                }
+        Route::Tokenize => {
+            let v = required(&obj, "content", "content")?;
+            if !(v.is_string() || v.is_array()) {
+                return Err(wrong("content", "a string or an array", v));
             }
         }
-        Route::Completions | Route::Embeddings => {}
-    }
-    if route.generates() {
-        check_response_format(&obj, rules)?;
+        Route::Detokenize => {
+            let tokens = array(&obj, "tokens", "an array of token ids")?;
+            for (i, t) in tokens.into_iter().flatten().enumerate() {
+                token(&format!("tokens[{i}]"), t, rules.vocab_size)?;
+            }
+        }
+        Route::Embeddings => {}
     }
     let mut changed = None;
-    if route.generates() && cap_tokens(&mut obj, rules.cap)? {
+    let generates = matches!(route, Route::Chat | Route::Completions);
+    if generates && cap_tokens(&mut obj, rules.cap)? {
         let body = serde_json::to_vec(&obj).map_err(|e| Invalid::NotJson {
             detail: e.to_string(),
             line: 0,
@@ -304,6 +291,24 @@ fn cap_tokens(obj: &mut Map<String, Value>, cap: TokenCap<'_>) -> Result<bool, I
 /// The field's value unless it is absent or `null` (both mean "not given").
 fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     obj.get(key).filter(|v| !v.is_null())
+}
+
+/// `key` of `obj`, which must be given (`field` in the message).
+fn required<'a>(obj: &'a Map<String, Value>, key: &str, field: &str) -> Result<&'a Value, Invalid> {
+    present(obj, key).ok_or_else(|| Invalid::Missing {
+        field: field.to_string(),
+    })
+}
+
+/// `key` of `obj` as an array when given; `expected` names it otherwise.
+fn array<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    expected: &'static str,
+) -> Result<Option<&'a Vec<Value>>, Invalid> {
+    present(obj, key)
+        .map(|v| v.as_array().ok_or_else(|| wrong(key, expected, v)))
+        .transpose()
 }
 
 fn wrong(field: &str, expected: &'static str, found: &Value) -> Invalid {
