@@ -14,7 +14,7 @@ use super::serving::{refuse_while_stopping, wait_for_backend};
 use super::{relay, validate, AppState, Live};
 use crate::requests::Ticket;
 use crate::supervisor::state::BackendInfo;
-use crate::upstream::spill;
+use crate::upstream::{spill, SpillReason};
 use axum::body::Body;
 use axum::http::request::Parts;
 use axum::http::{header, Request, Response, StatusCode};
@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use tokio::time::Instant;
 
-pub(crate) use super::outbound::{strip_hop_by_hop, upstream_client, Upstream};
+pub(crate) use super::outbound::{is_sse, strip_hop_by_hop, upstream_client, Upstream};
 
 /// Forwards `req` (already authenticated) to the backend.
 pub(crate) async fn forward(
@@ -43,8 +43,11 @@ pub(crate) async fn forward(
     let slot = state.admission.admit(deadline).await?;
     let admitted = Instant::now();
     // The backend may have stopped serving while this request queued for its slot.
-    if let Some(resp) = spill::if_not_serving(state, live.spill, &parts, &body).await {
-        return Ok(resp);
+    if !state.status.borrow().state.serving() {
+        let reason = SpillReason::Unavailable;
+        if let Some(resp) = spill::instead(state, reason, live.spill, &parts, &body).await {
+            return Ok(resp);
+        }
     }
     let mut ticket = state.inflight.issue(slot, state.activity.begin());
     let backend = wait_for_backend(state, deadline, None, &mut ticket).await?;
@@ -81,9 +84,7 @@ async fn read_body(live: &Live, parts: &Parts, body: Body) -> Result<Bytes, ApiE
         .await
         .map_err(|_| ApiError::body_timeout(read_timeout))?
         .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
+            if e.is::<http_body_util::LengthLimitError>() {
                 ApiError::too_large(limit)
             } else {
                 ApiError::bad_request(format!("could not read the request body: {e}"))
@@ -176,9 +177,9 @@ async fn send(
         // Failed before its response head (not a kept-alive connection closed under us, which
         // is sent again at once): one remote try when `spill` allows it.
         if retry != Some(Retry::Again) {
-            if let Some(resp) =
-                spill::after_local_failure(state, out.live.spill, out.parts, out.body).await
-            {
+            let reason = SpillReason::LocalFailed;
+            let policy = out.live.spill;
+            if let Some(resp) = spill::instead(state, reason, policy, out.parts, out.body).await {
                 return Ok(Sent::Done(resp));
             }
         }

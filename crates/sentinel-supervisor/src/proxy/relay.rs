@@ -4,7 +4,8 @@
 //! body ends or is dropped; a backend failure in the middle of an SSE stream becomes a final
 //! error event and a clean end.
 
-use super::outbound::strip_hop_by_hop;
+use super::error::ApiError;
+use super::outbound::{is_sse, strip_hop_by_hop};
 use super::poison::{self, Fingerprint};
 use super::retry::CRASH_WORD_WAIT;
 use super::AppState;
@@ -28,11 +29,7 @@ pub(super) fn respond(
 ) -> Response<Body> {
     let (mut head, incoming) = answer.into_parts();
     strip_hop_by_hop(&mut head.headers);
-    let sse = head
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let sse = is_sse(&head.headers);
     if sse {
         head.headers.remove(header::CONTENT_LENGTH);
         head.headers
@@ -136,12 +133,7 @@ where
 
 /// The final event a streaming client gets when the backend dies mid-stream.
 fn sse_error_event(detail: &str) -> Bytes {
-    let body = serde_json::json!({"error": {
-        "message": format!("the model backend failed mid-stream: {detail}"),
-        "type": "server_error",
-        "code": "backend_error",
-    }});
-    Bytes::from(format!("data: {body}\n\n"))
+    ApiError::bad_gateway(format!("the model backend failed mid-stream: {detail}")).sse_event()
 }
 
 #[cfg(test)]

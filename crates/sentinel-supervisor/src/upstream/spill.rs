@@ -1,13 +1,13 @@
-//! Local first, the central tier second: whether a request goes to an upstream instead of the
-//! local backend, and serving it there. Decided before any byte went to the client, at three
-//! points of `proxy::forward`: before admission ([`before_local`]: the local backend is not
-//! serving, or the queue would make the request later than its deadline), after admission when
-//! the backend stopped serving while the request queued ([`if_not_serving`]), and when the local
-//! attempt failed before its response head ([`after_local_failure`], one remote try). Never on
-//! a request the proxy refused (validation runs first), never once a local answer began, never
-//! for a client that went away (its request is dropped, nothing is sent). With every upstream
-//! cooling down or full, the request stays local (and gets the local 503 when that cannot
-//! serve). `spill = "never"` (the default) sends nothing anywhere.
+//! Local first, the central tier second: whether a request goes to an upstream instead of the local
+//! backend, and serving it there. Decided before any byte went to the client, at three points of
+//! `proxy::forward`: before admission ([`before_local`]: the local backend is not serving, or the
+//! queue would make the request later than its deadline), and then ([`instead`], one remote try)
+//! after admission when the backend stopped serving while the request queued, and when the local
+//! attempt failed before its response head. Never on a request the proxy refused (validation runs
+//! first), never once a local answer began, never for a client that went away (its request is
+//! dropped, nothing is sent). With every upstream cooling down or full, the request stays local
+//! (and gets the local 503 when that cannot serve). `spill = "never"` (the default) sends nothing
+//! anywhere.
 
 use super::decision::{decide, parse_deadline, route_spills, LocalView, ServiceTimes};
 use super::remote::serve;
@@ -15,6 +15,7 @@ use super::{SpillMode, SpillPolicy, SpillReason};
 use crate::proxy::error::ApiError;
 use crate::proxy::AppState;
 use axum::body::Body;
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, Response};
 use bytes::Bytes;
 use std::pin::Pin;
@@ -67,7 +68,7 @@ impl Spill {
 pub(crate) async fn before_local(
     state: &AppState,
     policy: SpillPolicy,
-    parts: &axum::http::request::Parts,
+    parts: &Parts,
     body: &Bytes,
 ) -> Result<Option<Response<Body>>, ApiError> {
     if !may_spill(state, policy, parts) {
@@ -88,60 +89,32 @@ pub(crate) async fn before_local(
         waiting: state.admission.waiting(),
         slots,
     };
-    let Some(reason) = decide(
-        policy,
-        local,
-        deadline,
-        state.spill.service.mean(Instant::now()),
-    ) else {
+    let mean = state.spill.service.mean(Instant::now());
+    let Some(reason) = decide(policy, local, deadline, mean) else {
         return Ok(None);
     };
     Ok(serve(&state.spill, reason, parts.uri.path(), body).await)
 }
 
-/// After admission: the local backend stopped serving while the request queued for its slot
-/// (a restart began); it goes to an upstream instead of waiting for the next backend.
-pub(crate) async fn if_not_serving(
+/// After admission, when the local backend stopped serving while the request queued for its
+/// slot (`Unavailable`: a restart began), or when the local attempt failed before its response
+/// head (`LocalFailed`): one remote try when the profile allows it.
+pub(crate) async fn instead(
     state: &AppState,
+    reason: SpillReason,
     policy: SpillPolicy,
-    parts: &axum::http::request::Parts,
-    body: &Bytes,
-) -> Option<Response<Body>> {
-    if !may_spill(state, policy, parts) || state.status.borrow().state.serving() {
-        return None;
-    }
-    serve(
-        &state.spill,
-        SpillReason::Unavailable,
-        parts.uri.path(),
-        body,
-    )
-    .await
-}
-
-/// The second hook of `forward`: the local attempt failed before its response head; one
-/// remote try when the profile allows it.
-pub(crate) async fn after_local_failure(
-    state: &AppState,
-    policy: SpillPolicy,
-    parts: &axum::http::request::Parts,
+    parts: &Parts,
     body: &Bytes,
 ) -> Option<Response<Body>> {
     if !may_spill(state, policy, parts) {
         return None;
     }
-    serve(
-        &state.spill,
-        SpillReason::LocalFailed,
-        parts.uri.path(),
-        body,
-    )
-    .await
+    serve(&state.spill, reason, parts.uri.path(), body).await
 }
 
 /// Whether the request may leave the host at all: the profile spills, there is an upstream,
 /// and its route is a completion.
-fn may_spill(state: &AppState, policy: SpillPolicy, parts: &axum::http::request::Parts) -> bool {
+fn may_spill(state: &AppState, policy: SpillPolicy, parts: &Parts) -> bool {
     policy.mode != SpillMode::Never
         && !state.spill.upstreams.is_empty()
         && route_spills(parts.uri.path())
