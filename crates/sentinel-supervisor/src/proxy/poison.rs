@@ -41,10 +41,10 @@ impl Fingerprint {
         let mut hasher = Sha256::new();
         hasher.update(route.as_bytes());
         // `serde_json::Map` is ordered by key: the same object always serializes the same way.
-        let mut canonical = Map::new();
-        for (k, v) in obj {
-            canonical.insert(k.clone(), canonicalize(v));
-        }
+        let canonical: Map<String, Value> = obj
+            .iter()
+            .map(|(k, v)| (k.clone(), canonicalize(v)))
+            .collect();
         hasher.update(serde_json::to_vec(&Value::Object(canonical)).unwrap_or_default());
         Fingerprint {
             route,
@@ -108,10 +108,6 @@ pub(crate) struct PoisonList {
 }
 
 impl PoisonList {
-    pub(crate) fn new() -> PoisonList {
-        PoisonList::default()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Instant>> {
         self.entries
             .lock()
@@ -250,7 +246,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_fingerprint_is_refused_until_it_expires() {
-        let list = PoisonList::new();
+        let list = PoisonList::default();
         let f = fp(json!({"grammar": "x"}));
         assert_eq!(list.refused_for(&f), None);
         list.remember(&f, Duration::from_secs(10));
@@ -264,7 +260,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_list_is_bounded_and_lets_the_oldest_go() {
-        let list = PoisonList::new();
+        let list = PoisonList::default();
         let first = fp(json!({"n": 0}));
         list.remember(&first, Duration::from_secs(100));
         tokio::time::advance(Duration::from_millis(1)).await;

@@ -251,7 +251,7 @@ fn proxy_state(
         liveness: liveness::Liveness::over(requests),
         started: std::time::Instant::now(),
         metrics,
-        poison: proxy::poison::PoisonList::new(),
+        poison: proxy::poison::PoisonList::default(),
         situation: readers.situation,
         spill: Arc::new(crate::upstream::spill::Spill::new(upstreams)),
     })
