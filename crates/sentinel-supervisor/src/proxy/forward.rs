@@ -63,8 +63,8 @@ pub(crate) async fn forward(
         Sent::Done(resp) => return Ok(resp),
     };
     let poison = fingerprint.map(|fp| (std::sync::Arc::clone(state), fp));
-    let response = relay::respond(answer, ticket, backend.pid, poison);
-    Ok(state.spill.track_local(response, admitted))
+    let timed = (std::sync::Arc::clone(&state.spill), admitted);
+    Ok(relay::respond(answer, ticket, backend.pid, poison, timed))
 }
 
 /// Reads the whole body (within `proxy.body_read_timeout` and `max_body_bytes`) before the

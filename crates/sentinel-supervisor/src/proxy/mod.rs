@@ -242,9 +242,7 @@ async fn reload(State(s): State<AppState>) -> Response {
             .into_response()
         }
         Err(e @ ReloadError::Invalid(_)) => ApiError::bad_request(e.to_string()).into_response(),
-        Err(e @ ReloadError::ShuttingDown) => ApiError::unavailable(e.to_string())
-            .retry_after(5)
-            .into_response(),
+        Err(e @ ReloadError::ShuttingDown) => ApiError::unavailable(e.to_string()).into_response(),
         Err(e) => ApiError::internal(e.to_string()).into_response(),
     }
 }

@@ -125,9 +125,7 @@ pub(super) fn upstream_request(
         .body(Full::new(body))
         .map_err(|e| ApiError::bad_request(format!("cannot forward this request: {e}")))?;
     let headers = req.headers_mut();
-    for (name, value) in &parts.headers {
-        headers.append(name.clone(), value.clone());
-    }
+    headers.extend(parts.headers.clone());
     strip_hop_by_hop(headers);
     for name in [
         header::HOST,

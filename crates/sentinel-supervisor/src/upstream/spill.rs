@@ -18,9 +18,6 @@ use axum::body::Body;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Response};
 use bytes::Bytes;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 use tokio::time::Instant;
 
 /// Every response names who served it: `local` or the upstream's name.
@@ -32,8 +29,8 @@ pub(crate) const DEADLINE_HEADER: &str = "x-sentinel-deadline";
 #[derive(Debug)]
 pub(crate) struct Spill {
     pub upstreams: super::Upstreams,
-    /// Recent local service times, for `spill = "when_late"`.
-    service: ServiceTimes,
+    /// Recent local service times, for `spill = "when_late"` (`proxy::relay` records them).
+    pub service: ServiceTimes,
 }
 
 impl Spill {
@@ -42,24 +39,6 @@ impl Spill {
             upstreams,
             service: ServiceTimes::default(),
         }
-    }
-
-    /// Times a local answer from admission to the end of its body, for the estimate.
-    pub(crate) fn track_local(
-        self: &Arc<Self>,
-        resp: Response<Body>,
-        admitted: Instant,
-    ) -> Response<Body> {
-        let (parts, body) = resp.into_parts();
-        Response::from_parts(
-            parts,
-            Body::new(Timed {
-                inner: body,
-                admitted,
-                spill: Arc::clone(self),
-                done: false,
-            }),
-        )
     }
 }
 
@@ -118,57 +97,6 @@ fn may_spill(state: &AppState, policy: SpillPolicy, parts: &Parts) -> bool {
     policy.mode != SpillMode::Never
         && !state.spill.upstreams.is_empty()
         && route_spills(parts.uri.path())
-}
-
-/// A local answer's body, timed from admission to its end for the service-time estimate.
-struct Timed {
-    inner: Body,
-    admitted: Instant,
-    spill: Arc<Spill>,
-    done: bool,
-}
-
-impl http_body::Body for Timed {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) {
-            this.finish();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Timed {
-    fn finish(&mut self) {
-        if !self.done {
-            self.done = true;
-            self.spill.service.record(self.admitted.elapsed());
-        }
-    }
-}
-
-impl Drop for Timed {
-    fn drop(&mut self) {
-        // hyper stops polling a body that says it has ended.
-        if http_body::Body::is_end_stream(&self.inner) {
-            self.finish();
-        }
-    }
 }
 
 /// Marks a response the local side answered (the router's outermost layer; a spilled
