@@ -107,10 +107,8 @@ fn check(
     };
     let profile = &live.info.profile;
     let rules = validate::Rules {
-        cap: validate::TokenCap {
-            max_tokens: profile.max_tokens,
-            profile: &profile.name,
-        },
+        profile: &profile.name,
+        max_tokens: profile.max_tokens,
         slots: profile.slots,
         grammar: profile.grammar,
         extra_fields: &live.config.extra_fields,

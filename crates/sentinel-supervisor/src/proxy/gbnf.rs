@@ -220,17 +220,13 @@ fn find_ambiguous<'a>(alts: &'a [Vec<Item>], nullable: &HashMap<&str, bool>) -> 
 pub(super) fn empty_repetition(text: &str) -> Option<String> {
     let rules = parse(text);
     let mut nullable: HashMap<&str, bool> = rules.keys().map(|k| (k.as_str(), false)).collect();
-    loop {
-        let mut changed = false;
-        for (name, alts) in &rules {
-            if !nullable[name.as_str()] && alternatives_nullable(alts, &nullable) {
-                nullable.insert(name.as_str(), true);
-                changed = true;
-            }
-        }
-        if !changed {
-            break;
-        }
+    // To a fixpoint: a rule is nullable once one of its alternatives is.
+    while let Some(name) = rules
+        .iter()
+        .find(|(name, alts)| !nullable[name.as_str()] && alternatives_nullable(alts, &nullable))
+        .map(|(name, _)| name.as_str())
+    {
+        nullable.insert(name, true);
     }
     let mut names: Vec<&String> = rules.keys().collect();
     names.sort();

@@ -60,17 +60,13 @@ impl Route {
     }
 }
 
-/// The cap on generated tokens per request, and the profile it comes from (for the message).
-#[derive(Debug, Clone, Copy)]
-pub struct TokenCap<'a> {
-    pub max_tokens: u32,
-    pub profile: &'a str,
-}
-
 /// What a body is checked against: the profile, the model and the proxy's settings in force.
 #[derive(Debug, Clone, Copy)]
 pub struct Rules<'a> {
-    pub cap: TokenCap<'a>,
+    /// The profile's name (for the messages that name its keys).
+    pub profile: &'a str,
+    /// The profile's cap on generated tokens per request.
+    pub max_tokens: u32,
     /// The profile's slots (the most `n` may ask for).
     pub slots: usize,
     /// Whether the profile lets a GBNF `grammar` through.
@@ -224,7 +220,7 @@ pub fn check(route: Route, body: &[u8], rules: &Rules<'_>) -> Result<Checked, In
     }
     let mut changed = None;
     let generates = matches!(route, Route::Chat | Route::Completions);
-    if generates && cap_tokens(&mut obj, rules.cap)? {
+    if generates && cap_tokens(&mut obj, rules)? {
         let body = serde_json::to_vec(&obj).map_err(|e| Invalid::NotJson {
             detail: e.to_string(),
             line: 0,
@@ -261,7 +257,7 @@ fn check_fields(route: Route, obj: &Map<String, Value>, rules: &Rules<'_>) -> Re
 
 /// Refuses a request above the cap; inserts `max_tokens = cap` when none is given. Returns
 /// whether the body changed.
-fn cap_tokens(obj: &mut Map<String, Value>, cap: TokenCap<'_>) -> Result<bool, Invalid> {
+fn cap_tokens(obj: &mut Map<String, Value>, rules: &Rules<'_>) -> Result<bool, Invalid> {
     let mut given = false;
     for field in TOKEN_FIELDS {
         let Some(v) = present(obj, field) else {
@@ -271,19 +267,19 @@ fn cap_tokens(obj: &mut Map<String, Value>, cap: TokenCap<'_>) -> Result<bool, I
         let above = |asked: String| Invalid::AboveCap {
             field,
             asked,
-            cap: cap.max_tokens,
-            profile: cap.profile.to_string(),
+            cap: rules.max_tokens,
+            profile: rules.profile.to_string(),
         };
         match v.as_f64() {
             // llama-server reads -1 as "until the context is full".
             Some(n) if n < 0.0 => return Err(above(format!("{v} (no limit)"))),
-            Some(n) if n > f64::from(cap.max_tokens) => return Err(above(v.to_string())),
+            Some(n) if n > f64::from(rules.max_tokens) => return Err(above(v.to_string())),
             Some(_) => {}
             None => return Err(wrong(field, "a number of tokens", v)),
         }
     }
     if !given {
-        obj.insert("max_tokens".into(), Value::from(cap.max_tokens));
+        obj.insert("max_tokens".into(), Value::from(rules.max_tokens));
     }
     Ok(!given)
 }

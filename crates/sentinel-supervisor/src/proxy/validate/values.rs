@@ -61,7 +61,7 @@ fn check_slots(name: &str, v: &Value, rules: &Rules<'_>) -> Result<(), Invalid> 
             field: "n",
             asked: v.to_string(),
             slots: rules.slots,
-            profile: rules.cap.profile.to_string(),
+            profile: rules.profile.to_string(),
         }),
         Some(_) => Ok(()),
     }
@@ -94,7 +94,7 @@ fn check_stop(name: &str, v: &Value) -> Result<(), Invalid> {
 fn check_grammar(name: &str, v: &Value, rules: &Rules<'_>) -> Result<(), Invalid> {
     if !rules.grammar {
         return Err(Invalid::GrammarOff {
-            profile: rules.cap.profile.to_string(),
+            profile: rules.profile.to_string(),
         });
     }
     let Some(text) = v.as_str() else {
