@@ -147,12 +147,7 @@ async fn send(
     ticket: &mut Ticket,
     mut backend: BackendInfo,
 ) -> Result<Sent, ApiError> {
-    let path = out
-        .parts
-        .uri
-        .path_and_query()
-        .map(axum::http::uri::PathAndQuery::as_str)
-        .unwrap_or("/");
+    let path = out.parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let timeout = out.live.config.upstream_timeout;
     let client = state.upstream();
     let mut attempts = Attempts::default();

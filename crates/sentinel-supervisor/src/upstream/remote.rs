@@ -11,6 +11,7 @@ use crate::proxy::error::ApiError;
 use crate::proxy::forward::{is_sse, strip_hop_by_hop};
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Response};
+use axum::response::IntoResponse;
 use bytes::Bytes;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -136,10 +137,7 @@ fn respond(
         first: false,
         permit: attempt.permit.take(),
     };
-    let mut out = Response::new(Body::from_stream(body));
-    *out.status_mut() = status;
-    *out.headers_mut() = headers;
-    out
+    (status, headers, Body::from_stream(body)).into_response()
 }
 
 type ByteStream = Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>;
