@@ -192,7 +192,6 @@ async fn send(
                 None
             }
         };
-        attempts.retried();
         backend = wait_for_backend(state, out.deadline, not_generation, ticket).await?;
     }
 }
