@@ -33,14 +33,13 @@ pub(super) fn respond(
     timed: (Arc<Spill>, Instant),
 ) -> Response<Body> {
     let (mut head, incoming) = answer.into_parts();
-    strip_hop_by_hop(&mut head.headers);
-    let sse = is_sse(&head.headers);
+    let headers = &mut head.headers;
+    strip_hop_by_hop(headers);
+    let sse = is_sse(headers);
     if sse {
-        head.headers.remove(header::CONTENT_LENGTH);
-        head.headers
-            .insert("x-accel-buffering", HeaderValue::from_static("no"));
-        head.headers
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.remove(header::CONTENT_LENGTH);
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
     let relay = Relay {
         inner: incoming,
