@@ -390,13 +390,11 @@ mod tests {
     /// unchanged, under the balanced profile's rules (one slot, no grammar).
     #[test]
     fn every_request_the_bench_sends_passes_unchanged() {
-        use sentinel_supervisor::proxy::validate::{check, Route, Rules, TokenCap};
+        use sentinel_supervisor::proxy::validate::{check, Route, Rules};
         let config = sentinel_supervisor::config::Config::builtin().unwrap();
         let rules = Rules {
-            cap: TokenCap {
-                max_tokens: 100,
-                profile: "balanced",
-            },
+            profile: "balanced",
+            max_tokens: 100,
             slots: 1,
             grammar: false,
             extra_fields: &[],

@@ -109,9 +109,7 @@ impl Admission {
         }
         match tokio::time::timeout_at(deadline, Arc::clone(&self.slots).acquire_owned()).await {
             Ok(Ok(p)) => Ok(p),
-            Ok(Err(_closed)) => {
-                Err(ApiError::unavailable("the proxy is shutting down").retry_after(5))
-            }
+            Ok(Err(_closed)) => Err(ApiError::unavailable("the proxy is shutting down")),
             Err(_) => Err(ApiError::queue_timeout(started.elapsed())),
         }
     }

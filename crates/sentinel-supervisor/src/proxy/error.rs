@@ -17,12 +17,16 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(
-        status: StatusCode,
-        kind: &'static str,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
+    /// An error of `status`; its `type` follows from the status: `rate_limit_error` for a
+    /// 429, `server_error` for a 5xx, `invalid_request_error` for any other.
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        let kind = if status == StatusCode::TOO_MANY_REQUESTS {
+            "rate_limit_error"
+        } else if status.is_server_error() {
+            "server_error"
+        } else {
+            "invalid_request_error"
+        };
         ApiError {
             status,
             kind,
@@ -36,17 +40,11 @@ impl ApiError {
         self
     }
     pub(crate) fn not_found(what: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "not_found",
-            what,
-        )
+        Self::new(StatusCode::NOT_FOUND, "not_found", what)
     }
     pub(crate) fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
             "invalid_api_key",
             "Incorrect or missing API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY`.",
         )
@@ -54,7 +52,6 @@ impl ApiError {
     pub(crate) fn too_large(limit: u64) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request_error",
             "request_too_large",
             format!(
                 "Request body is larger than the limit of {limit} bytes (proxy.max_body_bytes)."
@@ -63,17 +60,11 @@ impl ApiError {
     }
     /// A 400 for a body the proxy refused (see `validate`), with a specific `code`.
     pub(crate) fn invalid_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            code,
-            message,
-        )
+        Self::new(StatusCode::BAD_REQUEST, code, message)
     }
     pub(crate) fn method_not_allowed(method: &str, path: &str) -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "invalid_request_error",
             "method_not_allowed",
             format!("{method} is not allowed on {path} (the OpenAI routes take POST; /v1/models, /props, /health and /status take GET)."),
         )
@@ -81,7 +72,6 @@ impl ApiError {
     pub(crate) fn body_timeout(limit: std::time::Duration) -> Self {
         Self::new(
             StatusCode::REQUEST_TIMEOUT,
-            "invalid_request_error",
             "request_timeout",
             format!("The request body did not arrive within {limit:?} (proxy.body_read_timeout)."),
         )
@@ -89,7 +79,6 @@ impl ApiError {
     pub(crate) fn headers_too_large(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "invalid_request_error",
             "headers_too_large",
             message,
         )
@@ -98,24 +87,17 @@ impl ApiError {
     pub(crate) fn too_many_connections(limit: usize) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
             "too_many_connections",
             format!("This server already has {limit} open connections (proxy.max_connections); retry shortly."),
         )
         .retry_after(1)
     }
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "bad_request",
-            message,
-        )
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
     pub(crate) fn queue_full() -> Self {
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
             "queue_full",
             "Too many requests are waiting for the model; retry later.",
         )
@@ -124,7 +106,6 @@ impl ApiError {
     pub(crate) fn queue_timeout(waited: std::time::Duration) -> Self {
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_error",
             "queue_timeout",
             format!("Waited {waited:?} for a free model slot; retry later."),
         )
@@ -134,35 +115,19 @@ impl ApiError {
     pub(crate) fn unavailable(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
             "backend_unavailable",
             message,
         )
         .retry_after(DEFAULT_RETRY_AFTER)
     }
     pub(crate) fn internal(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            "internal_error",
-            message,
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }
     pub(crate) fn bad_gateway(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_GATEWAY,
-            "server_error",
-            "backend_error",
-            message,
-        )
+        Self::new(StatusCode::BAD_GATEWAY, "backend_error", message)
     }
     pub(crate) fn gateway_timeout(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "server_error",
-            "backend_timeout",
-            message,
-        )
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "backend_timeout", message)
     }
 
     /// The JSON body.
@@ -170,6 +135,11 @@ impl ApiError {
         serde_json::json!({
             "error": {"message": self.message, "type": self.kind, "code": self.code}
         })
+    }
+
+    /// The body as the final event of a stream that failed after its head was sent.
+    pub(crate) fn sse_event(&self) -> bytes::Bytes {
+        bytes::Bytes::from(format!("data: {}\n\n", self.body()))
     }
 }
 
@@ -231,12 +201,7 @@ mod tests {
             ApiError::unavailable("x"),
             ApiError::too_many_connections(3),
             ApiError::gateway_timeout("x"),
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                "x",
-                "no retry given",
-            ),
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "x", "no retry given"),
         ];
         let mut seen = Vec::new();
         for e in all {

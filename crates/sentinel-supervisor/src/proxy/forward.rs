@@ -14,7 +14,7 @@ use super::serving::{refuse_while_stopping, wait_for_backend};
 use super::{relay, validate, AppState, Live};
 use crate::requests::Ticket;
 use crate::supervisor::state::BackendInfo;
-use crate::upstream::spill;
+use crate::upstream::{spill, SpillReason};
 use axum::body::Body;
 use axum::http::request::Parts;
 use axum::http::{header, Request, Response, StatusCode};
@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use tokio::time::Instant;
 
-pub(crate) use super::outbound::{strip_hop_by_hop, upstream_client, Upstream};
+pub(crate) use super::outbound::{is_sse, strip_hop_by_hop, upstream_client, Upstream};
 
 /// Forwards `req` (already authenticated) to the backend.
 pub(crate) async fn forward(
@@ -43,8 +43,11 @@ pub(crate) async fn forward(
     let slot = state.admission.admit(deadline).await?;
     let admitted = Instant::now();
     // The backend may have stopped serving while this request queued for its slot.
-    if let Some(resp) = spill::if_not_serving(state, live.spill, &parts, &body).await {
-        return Ok(resp);
+    if !state.status.borrow().state.serving() {
+        let reason = SpillReason::Unavailable;
+        if let Some(resp) = spill::instead(state, reason, live.spill, &parts, &body).await {
+            return Ok(resp);
+        }
     }
     let mut ticket = state.inflight.issue(slot, state.activity.begin());
     let backend = wait_for_backend(state, deadline, None, &mut ticket).await?;
@@ -60,8 +63,8 @@ pub(crate) async fn forward(
         Sent::Done(resp) => return Ok(resp),
     };
     let poison = fingerprint.map(|fp| (std::sync::Arc::clone(state), fp));
-    let response = relay::respond(answer, ticket, backend.pid, poison);
-    Ok(state.spill.track_local(response, admitted))
+    let timed = (std::sync::Arc::clone(&state.spill), admitted);
+    Ok(relay::respond(answer, ticket, backend.pid, poison, timed))
 }
 
 /// Reads the whole body (within `proxy.body_read_timeout` and `max_body_bytes`) before the
@@ -81,9 +84,7 @@ async fn read_body(live: &Live, parts: &Parts, body: Body) -> Result<Bytes, ApiE
         .await
         .map_err(|_| ApiError::body_timeout(read_timeout))?
         .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
+            if e.is::<http_body_util::LengthLimitError>() {
                 ApiError::too_large(limit)
             } else {
                 ApiError::bad_request(format!("could not read the request body: {e}"))
@@ -106,10 +107,8 @@ fn check(
     };
     let profile = &live.info.profile;
     let rules = validate::Rules {
-        cap: validate::TokenCap {
-            max_tokens: profile.max_tokens,
-            profile: &profile.name,
-        },
+        profile: &profile.name,
+        max_tokens: profile.max_tokens,
         slots: profile.slots,
         grammar: profile.grammar,
         extra_fields: &live.config.extra_fields,
@@ -148,12 +147,7 @@ async fn send(
     ticket: &mut Ticket,
     mut backend: BackendInfo,
 ) -> Result<Sent, ApiError> {
-    let path = out
-        .parts
-        .uri
-        .path_and_query()
-        .map(axum::http::uri::PathAndQuery::as_str)
-        .unwrap_or("/");
+    let path = out.parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let timeout = out.live.config.upstream_timeout;
     let client = state.upstream();
     let mut attempts = Attempts::default();
@@ -176,9 +170,9 @@ async fn send(
         // Failed before its response head (not a kept-alive connection closed under us, which
         // is sent again at once): one remote try when `spill` allows it.
         if retry != Some(Retry::Again) {
-            if let Some(resp) =
-                spill::after_local_failure(state, out.live.spill, out.parts, out.body).await
-            {
+            let reason = SpillReason::LocalFailed;
+            let policy = out.live.spill;
+            if let Some(resp) = spill::instead(state, reason, policy, out.parts, out.body).await {
                 return Ok(Sent::Done(resp));
             }
         }
@@ -198,7 +192,6 @@ async fn send(
                 None
             }
         };
-        attempts.retried();
         backend = wait_for_backend(state, out.deadline, not_generation, ticket).await?;
     }
 }

@@ -31,6 +31,7 @@ enum Atom {
     Group(Vec<Vec<Item>>),
 }
 
+#[derive(Clone)]
 struct Parser<'a> {
     text: &'a str,
     pos: usize,
@@ -69,12 +70,8 @@ impl Parser<'_> {
 
     /// Whether a rule definition (`name ::=`) starts here.
     fn at_definition(&self) -> bool {
-        let rest = &self.text[self.pos..];
-        let name_len = rest
-            .bytes()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
-            .count();
-        name_len > 0 && rest[name_len..].trim_start().starts_with("::=")
+        let mut ahead = self.clone();
+        ahead.name().is_some() && ahead.text[ahead.pos..].trim_start().starts_with("::=")
     }
 
     /// Skips a quoted literal or a character class, escapes included; whether it was `""`.
@@ -188,9 +185,13 @@ fn parse(text: &str) -> HashMap<String, Vec<Vec<Item>>> {
     rules
 }
 
+/// Whether one of `alts` can match the empty string: each of its items repeated from 0, or
+/// nullable itself.
 fn alternatives_nullable(alts: &[Vec<Item>], nullable: &HashMap<&str, bool>) -> bool {
-    alts.iter()
-        .any(|seq| seq.iter().all(|item| item_nullable(item, nullable)))
+    alts.iter().any(|seq| {
+        seq.iter()
+            .all(|item| item.repeat.0 == 0 || atom_nullable(&item.atom, nullable))
+    })
 }
 
 fn atom_nullable(atom: &Atom, nullable: &HashMap<&str, bool>) -> bool {
@@ -199,10 +200,6 @@ fn atom_nullable(atom: &Atom, nullable: &HashMap<&str, bool>) -> bool {
         Atom::Rule(name) => nullable.get(name.as_str()).copied().unwrap_or(false),
         Atom::Group(alts) => alternatives_nullable(alts, nullable),
     }
-}
-
-fn item_nullable(item: &Item, nullable: &HashMap<&str, bool>) -> bool {
-    item.repeat.0 == 0 || atom_nullable(&item.atom, nullable)
 }
 
 fn find_ambiguous<'a>(alts: &'a [Vec<Item>], nullable: &HashMap<&str, bool>) -> Option<&'a str> {
@@ -223,17 +220,13 @@ fn find_ambiguous<'a>(alts: &'a [Vec<Item>], nullable: &HashMap<&str, bool>) -> 
 pub(super) fn empty_repetition(text: &str) -> Option<String> {
     let rules = parse(text);
     let mut nullable: HashMap<&str, bool> = rules.keys().map(|k| (k.as_str(), false)).collect();
-    loop {
-        let mut changed = false;
-        for (name, alts) in &rules {
-            if !nullable[name.as_str()] && alternatives_nullable(alts, &nullable) {
-                nullable.insert(name.as_str(), true);
-                changed = true;
-            }
-        }
-        if !changed {
-            break;
-        }
+    // To a fixpoint: a rule is nullable once one of its alternatives is.
+    while let Some(name) = rules
+        .iter()
+        .find(|(name, alts)| !nullable[name.as_str()] && alternatives_nullable(alts, &nullable))
+        .map(|(name, _)| name.as_str())
+    {
+        nullable.insert(name, true);
     }
     let mut names: Vec<&String> = rules.keys().collect();
     names.sort();

@@ -57,27 +57,44 @@ impl Unbounded {
     }
 }
 
-fn over(field: &str, what: &'static str, key: &'static str, found: u64, limit: u64) -> Unbounded {
-    Unbounded::Over {
-        field: field.to_string(),
-        what,
-        key,
-        found,
-        limit,
-    }
+/// One bound of [`Limits`], named by what it measures.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    Bytes,
+    Depth,
+    Rules,
+    Subschemas,
+    Enum,
+    Repeat,
 }
 
-fn within(
-    field: &str,
-    what: &'static str,
-    key: &'static str,
-    found: u64,
-    limit: u64,
-) -> Result<(), Unbounded> {
-    if found > limit {
-        return Err(over(field, what, key, found, limit));
+impl Limits {
+    /// What `bound` measures (for the message), its key in `[proxy.grammar]` and its value.
+    fn of(&self, bound: Bound) -> (&'static str, &'static str, u64) {
+        match bound {
+            Bound::Bytes => ("size in bytes", "max_bytes", self.max_bytes as u64),
+            Bound::Depth => ("nesting depth", "max_depth", self.max_depth as u64),
+            Bound::Rules => ("number of rules", "max_rules", self.max_rules as u64),
+            Bound::Subschemas => ("number of subschemas", "max_rules", self.max_rules as u64),
+            Bound::Enum => ("number of `enum` values", "max_enum", self.max_enum as u64),
+            Bound::Repeat => ("largest repetition", "max_repeat", self.max_repeat),
+        }
     }
-    Ok(())
+
+    /// `found` of `field` within `bound`, or the error that names the bound and its key.
+    fn check(&self, field: &str, bound: Bound, found: u64) -> Result<(), Unbounded> {
+        let (what, key, limit) = self.of(bound);
+        if found > limit {
+            return Err(Unbounded::Over {
+                field: field.to_string(),
+                what,
+                key,
+                found,
+                limit,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// What a GBNF grammar measures.
@@ -146,35 +163,11 @@ fn largest_number(s: &str) -> u64 {
 
 /// Checks a GBNF grammar sent as `field`.
 pub(crate) fn check_grammar(field: &str, text: &str, l: &Limits) -> Result<(), Unbounded> {
-    within(
-        field,
-        "size in bytes",
-        "max_bytes",
-        text.len() as u64,
-        l.max_bytes as u64,
-    )?;
+    l.check(field, Bound::Bytes, text.len() as u64)?;
     let size = measure_grammar(text);
-    within(
-        field,
-        "nesting depth",
-        "max_depth",
-        size.depth,
-        l.max_depth as u64,
-    )?;
-    within(
-        field,
-        "number of rules",
-        "max_rules",
-        size.rules,
-        l.max_rules as u64,
-    )?;
-    within(
-        field,
-        "largest repetition",
-        "max_repeat",
-        size.repeat,
-        l.max_repeat,
-    )?;
+    l.check(field, Bound::Depth, size.depth)?;
+    l.check(field, Bound::Rules, size.rules)?;
+    l.check(field, Bound::Repeat, size.repeat)?;
     match super::gbnf::empty_repetition(text) {
         Some(part) => Err(Unbounded::EmptyRepetition {
             field: field.to_string(),
@@ -198,86 +191,45 @@ const REPEAT_KEYS: [&str; 6] = [
 /// bounds (also inside `pattern`s), and its `$ref`s (local, acyclic).
 pub(crate) fn check_schema(field: &str, schema: &Value, l: &Limits) -> Result<(), Unbounded> {
     let bytes = serde_json::to_vec(schema).map(|v| v.len()).unwrap_or(0);
-    within(
-        field,
-        "size in bytes",
-        "max_bytes",
-        bytes as u64,
-        l.max_bytes as u64,
-    )?;
+    l.check(field, Bound::Bytes, bytes as u64)?;
     let mut objects = 0u64;
-    let mut refs = Vec::new();
-    walk(field, schema, 1, l, &mut objects, &mut refs)?;
-    within(
-        field,
-        "number of subschemas",
-        "max_rules",
-        objects,
-        l.max_rules as u64,
-    )?;
-    check_refs(field, schema, &refs)
+    walk(field, schema, 1, l, &mut objects)?;
+    l.check(field, Bound::Subschemas, objects)?;
+    check_refs(field, schema)
 }
 
-fn walk<'a>(
+fn walk(
     field: &str,
-    v: &'a Value,
+    v: &Value,
     depth: u64,
     l: &Limits,
     objects: &mut u64,
-    refs: &mut Vec<&'a str>,
 ) -> Result<(), Unbounded> {
     if v.is_object() || v.is_array() {
-        within(
-            field,
-            "nesting depth",
-            "max_depth",
-            depth,
-            l.max_depth as u64,
-        )?;
+        l.check(field, Bound::Depth, depth)?;
     }
     match v {
         Value::Object(m) => {
             *objects += 1;
             if let Some(Value::Array(values)) = m.get("enum") {
-                within(
-                    field,
-                    "number of `enum` values",
-                    "max_enum",
-                    values.len() as u64,
-                    l.max_enum as u64,
-                )?;
+                l.check(field, Bound::Enum, values.len() as u64)?;
             }
             for key in REPEAT_KEYS {
                 if let Some(n) = m.get(key).and_then(Value::as_f64) {
-                    within(
-                        field,
-                        "largest repetition",
-                        "max_repeat",
-                        n.max(0.0) as u64,
-                        l.max_repeat,
-                    )?;
+                    l.check(field, Bound::Repeat, n.max(0.0) as u64)?;
                 }
             }
             if let Some(Value::String(p)) = m.get("pattern") {
                 let repeat = measure_grammar(&p.replace(['"', '[', ']', '#'], " ")).repeat;
-                within(
-                    field,
-                    "largest repetition",
-                    "max_repeat",
-                    repeat,
-                    l.max_repeat,
-                )?;
-            }
-            if let Some(Value::String(r)) = m.get("$ref") {
-                refs.push(r);
+                l.check(field, Bound::Repeat, repeat)?;
             }
             for child in m.values() {
-                walk(field, child, depth + 1, l, objects, refs)?;
+                walk(field, child, depth + 1, l, objects)?;
             }
         }
         Value::Array(items) => {
             for child in items {
-                walk(field, child, depth + 1, l, objects, refs)?;
+                walk(field, child, depth + 1, l, objects)?;
             }
         }
         _ => {}
@@ -287,18 +239,11 @@ fn walk<'a>(
 
 /// Every `$ref` must point inside the schema (`#` or a JSON pointer from it), and following
 /// references from any of them must never come back to one being followed.
-fn check_refs<'a>(field: &str, root: &'a Value, refs: &[&'a str]) -> Result<(), Unbounded> {
+fn check_refs(field: &str, root: &Value) -> Result<(), Unbounded> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         Open,
         Done,
-    }
-    fn target<'a>(root: &'a Value, r: &str) -> Option<&'a Value> {
-        let pointer = r.strip_prefix('#')?;
-        if pointer.is_empty() {
-            return Some(root);
-        }
-        root.pointer(pointer)
     }
     /// The `$ref`s reachable inside `v` without following one.
     fn inner<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
@@ -313,9 +258,12 @@ fn check_refs<'a>(field: &str, root: &'a Value, refs: &[&'a str]) -> Result<(), 
             _ => {}
         }
     }
-    /// The references inside the target of `r`.
+    /// The references inside the target of `r` (`#`: the root, `#/a/b`: a JSON pointer).
     fn refs_of<'a>(root: &'a Value, field: &str, r: &str) -> Result<Vec<&'a str>, Unbounded> {
-        let t = target(root, r).ok_or_else(|| Unbounded::Unresolved {
+        let target = r
+            .strip_prefix('#')
+            .and_then(|pointer| root.pointer(pointer));
+        let t = target.ok_or_else(|| Unbounded::Unresolved {
             field: field.to_string(),
             reference: r.to_string(),
         })?;
@@ -323,37 +271,34 @@ fn check_refs<'a>(field: &str, root: &'a Value, refs: &[&'a str]) -> Result<(), 
         inner(t, &mut out);
         Ok(out)
     }
-    let mut marks: HashMap<&'a str, Mark> = HashMap::new();
-    // Iterative depth-first search over references: (reference, its references, next index).
-    for &start in refs {
-        if marks.contains_key(start) {
+    let mut refs = Vec::new();
+    inner(root, &mut refs);
+    let mut marks: HashMap<&str, Mark> = HashMap::new();
+    // Iterative depth-first search over references from the schema's own (`None`):
+    // (reference, its references, next index).
+    let mut stack: Vec<(Option<&str>, Vec<&str>, usize)> = vec![(None, refs, 0)];
+    while let Some((r, next, i)) = stack.last_mut() {
+        if *i == next.len() {
+            if let Some(r) = *r {
+                marks.insert(r, Mark::Done);
+            }
+            stack.pop();
             continue;
         }
-        let mut stack: Vec<(&'a str, Vec<&'a str>, usize)> = Vec::new();
-        let first = refs_of(root, field, start)?;
-        marks.insert(start, Mark::Open);
-        stack.push((start, first, 0));
-        while let Some((r, next, i)) = stack.last_mut() {
-            if *i == next.len() {
-                marks.insert(r, Mark::Done);
-                stack.pop();
-                continue;
+        let n = next[*i];
+        *i += 1;
+        match marks.get(n) {
+            Some(Mark::Open) => {
+                return Err(Unbounded::Cycle {
+                    field: field.to_string(),
+                    reference: n.to_string(),
+                })
             }
-            let n = next[*i];
-            *i += 1;
-            match marks.get(n) {
-                Some(Mark::Open) => {
-                    return Err(Unbounded::Cycle {
-                        field: field.to_string(),
-                        reference: n.to_string(),
-                    })
-                }
-                Some(Mark::Done) => {}
-                None => {
-                    let children = refs_of(root, field, n)?;
-                    marks.insert(n, Mark::Open);
-                    stack.push((n, children, 0));
-                }
+            Some(Mark::Done) => {}
+            None => {
+                let children = refs_of(root, field, n)?;
+                marks.insert(n, Mark::Open);
+                stack.push((Some(n), children, 0));
             }
         }
     }

@@ -22,7 +22,7 @@ use crate::supervisor::state::Status;
 use admission::Admission;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{Request, StatusCode};
+use axum::http::{header, Request, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -243,9 +243,7 @@ async fn reload(State(s): State<AppState>) -> Response {
         }
         Err(e @ ReloadError::Invalid(_)) => ApiError::bad_request(e.to_string()).into_response(),
         Err(e @ ReloadError::Refused(Refused::ShuttingDown)) => {
-            ApiError::unavailable(e.to_string())
-                .retry_after(5)
-                .into_response()
+            ApiError::unavailable(e.to_string()).into_response()
         }
         Err(e) => ApiError::internal(e.to_string()).into_response(),
     }
@@ -254,14 +252,8 @@ async fn reload(State(s): State<AppState>) -> Response {
 async fn metrics(State(s): State<AppState>) -> Response {
     let backend = s.status.borrow().backend.clone();
     let text = s.metrics.render(&s.report(), backend.as_ref()).await;
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            crate::metrics::CONTENT_TYPE,
-        )],
-        text,
-    )
-        .into_response()
+    let content_type = [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)];
+    (content_type, text).into_response()
 }
 
 async fn models(State(s): State<AppState>) -> Response {
@@ -291,10 +283,9 @@ async fn embeddings(State(s): State<AppState>, req: Request<Body>) -> Response {
 }
 
 async fn proxied(State(s): State<AppState>, req: Request<Body>) -> Response {
-    match forward::forward(&s, req).await {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(),
-    }
+    forward::forward(&s, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn not_found(req: Request<Body>) -> Response {

@@ -53,6 +53,14 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether `headers` are those of a stream of server-sent events.
+pub(crate) fn is_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
 /// Largest 500 body read to tell a client's mistake from a backend failure.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
@@ -76,7 +84,7 @@ const CLIENT_MISTAKES: [&str; 10] = [
 pub(super) async fn backend_error(
     resp: Response<hyper::body::Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let (head, incoming) = resp.into_parts();
+    let (mut head, incoming) = resp.into_parts();
     let read = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         Limited::new(incoming, ERROR_BODY_LIMIT).collect(),
@@ -97,7 +105,6 @@ pub(super) async fn backend_error(
             format!("The model cannot take this request: {message}"),
         ));
     }
-    let mut head = head;
     strip_hop_by_hop(&mut head.headers);
     head.headers.remove(header::CONTENT_LENGTH);
     Ok(Response::from_parts(head, Body::from(bytes)))
@@ -118,9 +125,7 @@ pub(super) fn upstream_request(
         .body(Full::new(body))
         .map_err(|e| ApiError::bad_request(format!("cannot forward this request: {e}")))?;
     let headers = req.headers_mut();
-    for (name, value) in &parts.headers {
-        headers.append(name.clone(), value.clone());
-    }
+    headers.extend(parts.headers.clone());
     strip_hop_by_hop(headers);
     for name in [
         header::HOST,

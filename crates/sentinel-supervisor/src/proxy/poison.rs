@@ -21,7 +21,7 @@ use tokio::time::Instant;
 const MAX_ENTRIES: usize = 4096;
 
 /// What identifies a request without keeping its content.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Fingerprint {
     pub route: &'static str,
     /// Field names (sorted) and the size of each value as compact JSON.
@@ -41,10 +41,10 @@ impl Fingerprint {
         let mut hasher = Sha256::new();
         hasher.update(route.as_bytes());
         // `serde_json::Map` is ordered by key: the same object always serializes the same way.
-        let mut canonical = Map::new();
-        for (k, v) in obj {
-            canonical.insert(k.clone(), canonicalize(v));
-        }
+        let canonical: Map<String, Value> = obj
+            .iter()
+            .map(|(k, v)| (k.clone(), canonicalize(v)))
+            .collect();
         hasher.update(serde_json::to_vec(&Value::Object(canonical)).unwrap_or_default());
         Fingerprint {
             route,
@@ -65,17 +65,6 @@ impl Fingerprint {
     /// A short id for the log (the first 8 bytes of the hash, hex).
     pub(crate) fn short(&self) -> String {
         hex::encode(&self.hash[..8])
-    }
-
-    fn key(&self) -> [u8; 32] {
-        let mut hasher = Sha256::new();
-        hasher.update(self.route.as_bytes());
-        for (k, n) in &self.fields {
-            hasher.update(k.as_bytes());
-            hasher.update(n.to_le_bytes());
-        }
-        hasher.update(self.hash);
-        hasher.finalize().into()
     }
 }
 
@@ -100,7 +89,7 @@ fn canonicalize(v: &Value) -> Value {
 /// The fingerprints of requests that killed a backend, each until it expires.
 #[derive(Debug, Default)]
 pub(crate) struct PoisonList {
-    entries: Mutex<HashMap<[u8; 32], Instant>>,
+    entries: Mutex<HashMap<Fingerprint, Instant>>,
     /// Held by a request sent again after a crash it was in flight at, until its answer
     /// starts: suspects go one at a time, so the poison among them crashes the next backend
     /// alone and the bystanders are answered.
@@ -108,11 +97,7 @@ pub(crate) struct PoisonList {
 }
 
 impl PoisonList {
-    pub(crate) fn new() -> PoisonList {
-        PoisonList::default()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Instant>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Fingerprint, Instant>> {
         self.entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -124,22 +109,25 @@ impl PoisonList {
         let mut entries = self.lock();
         entries.retain(|_, until| *until > now);
         if entries.len() >= MAX_ENTRIES {
-            if let Some(oldest) = entries.iter().min_by_key(|(_, u)| **u).map(|(k, _)| *k) {
+            if let Some(oldest) = entries
+                .iter()
+                .min_by_key(|(_, u)| **u)
+                .map(|(k, _)| k.clone())
+            {
                 entries.remove(&oldest);
             }
         }
-        entries.insert(fp.key(), now + ttl);
+        entries.insert(fp.clone(), now + ttl);
     }
 
     /// How long `fp` is still refused (`None`: not poisoned, or expired).
     pub(crate) fn refused_for(&self, fp: &Fingerprint) -> Option<Duration> {
         let now = Instant::now();
         let mut entries = self.lock();
-        let key = fp.key();
-        match entries.get(&key) {
+        match entries.get(fp) {
             Some(until) if *until > now => Some(*until - now),
             Some(_) => {
-                entries.remove(&key);
+                entries.remove(fp);
                 None
             }
             None => None,
@@ -243,14 +231,14 @@ mod tests {
         assert_eq!(f.describe_fields(), "grammar(12 B), messages(2 B)");
         assert!(!f.describe_fields().contains("root"));
         assert_ne!(
-            Fingerprint::of("/v1/completions", json!({"a": 1}).as_object().unwrap()).key(),
-            fp(json!({"a": 1})).key()
+            Fingerprint::of("/v1/completions", json!({"a": 1}).as_object().unwrap()),
+            fp(json!({"a": 1}))
         );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_fingerprint_is_refused_until_it_expires() {
-        let list = PoisonList::new();
+        let list = PoisonList::default();
         let f = fp(json!({"grammar": "x"}));
         assert_eq!(list.refused_for(&f), None);
         list.remember(&f, Duration::from_secs(10));
@@ -264,7 +252,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_list_is_bounded_and_lets_the_oldest_go() {
-        let list = PoisonList::new();
+        let list = PoisonList::default();
         let first = fp(json!({"n": 0}));
         list.remember(&first, Duration::from_secs(100));
         tokio::time::advance(Duration::from_millis(1)).await;

@@ -2,43 +2,44 @@
 //! one progress on the request's ticket; the ticket (slot, activity mark, count on its
 //! backend's generation, which keeps that backend alive through a drain) is let go when the
 //! body ends or is dropped; a backend failure in the middle of an SSE stream becomes a final
-//! error event and a clean end.
+//! error event and a clean end. An answer that ended is timed from admission for the spill
+//! estimate (`crate::upstream::spill`).
 
-use super::outbound::strip_hop_by_hop;
+use super::error::ApiError;
+use super::outbound::{is_sse, strip_hop_by_hop};
 use super::poison::{self, Fingerprint};
 use super::retry::CRASH_WORD_WAIT;
 use super::AppState;
 use crate::requests::Ticket;
+use crate::upstream::spill::Spill;
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Response};
 use bytes::Bytes;
 use http_body::Frame;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::time::Instant;
 
 /// The client's response to the backend's `answer`, streaming its body while it holds `ticket`.
 /// `poison` is where to remember the request if the backend crashes with it alone in flight
-/// after the head was sent (llama-server sends a stream's head before it works).
+/// after the head was sent (llama-server sends a stream's head before it works); `timed`, the
+/// service times its end is recorded in, and when it was admitted.
 pub(super) fn respond(
     answer: Response<hyper::body::Incoming>,
     ticket: Ticket,
     backend_pid: i32,
     poison: Option<(AppState, Fingerprint)>,
+    timed: (Arc<Spill>, Instant),
 ) -> Response<Body> {
     let (mut head, incoming) = answer.into_parts();
-    strip_hop_by_hop(&mut head.headers);
-    let sse = head
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let headers = &mut head.headers;
+    strip_hop_by_hop(headers);
+    let sse = is_sse(headers);
     if sse {
-        head.headers.remove(header::CONTENT_LENGTH);
-        head.headers
-            .insert("x-accel-buffering", HeaderValue::from_static("no"));
-        head.headers
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.remove(header::CONTENT_LENGTH);
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
     let relay = Relay {
         inner: incoming,
@@ -46,12 +47,13 @@ pub(super) fn respond(
         ticket: Some(ticket),
         backend_pid,
         poison,
+        timed: Some(timed),
     };
     Response::from_parts(head, Body::new(relay))
 }
 
 /// The backend's response body with the request's ticket.
-struct Relay<B = hyper::body::Incoming> {
+struct Relay<B: http_body::Body = hyper::body::Incoming> {
     inner: B,
     sse: bool,
     /// Held until the body ends (`None` after).
@@ -60,9 +62,22 @@ struct Relay<B = hyper::body::Incoming> {
     /// this request in flight (`Requests::died`) before its ticket goes.
     backend_pid: i32,
     poison: Option<(AppState, Fingerprint)>,
+    /// Where the answer's service time goes once it ended (`None` after, or untimed).
+    timed: Option<(Arc<Spill>, Instant)>,
 }
 
-impl<B> Relay<B> {
+impl<B: http_body::Body> Drop for Relay<B> {
+    fn drop(&mut self) {
+        // Ended, failed or read to the end: hyper stops polling a body that says it has ended.
+        if self.ticket.is_none() || self.inner.is_end_stream() {
+            if let Some((spill, admitted)) = self.timed.take() {
+                spill.service.record(admitted.elapsed());
+            }
+        }
+    }
+}
+
+impl<B: http_body::Body> Relay<B> {
     /// The stream failed: when the backend is gone, its death is noted with this request in
     /// flight, and a request alone on a backend that crashed is remembered as poison.
     fn failed(&mut self) {
@@ -136,12 +151,7 @@ where
 
 /// The final event a streaming client gets when the backend dies mid-stream.
 fn sse_error_event(detail: &str) -> Bytes {
-    let body = serde_json::json!({"error": {
-        "message": format!("the model backend failed mid-stream: {detail}"),
-        "type": "server_error",
-        "code": "backend_error",
-    }});
-    Bytes::from(format!("data: {body}\n\n"))
+    ApiError::bad_gateway(format!("the model backend failed mid-stream: {detail}")).sse_event()
 }
 
 #[cfg(test)]

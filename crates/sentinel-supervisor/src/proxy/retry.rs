@@ -37,8 +37,9 @@ pub(super) struct Attempts<'a> {
 }
 
 impl<'a> Attempts<'a> {
-    /// Where to send the request again after `error` on `backend` (`None`: nowhere), or the
-    /// poison answer when the backend crashed with it.
+    /// Where to send the request again after `error` on `backend` (`None`: nowhere; each send
+    /// again counts towards [`MAX_RETRIES`]), or the poison answer when the backend crashed
+    /// with it.
     pub(super) async fn after_failure(
         &mut self,
         state: &'a AppState,
@@ -67,12 +68,9 @@ impl<'a> Attempts<'a> {
         } else {
             None
         };
-        Ok(retry.filter(|_| self.retries < MAX_RETRIES))
-    }
-
-    /// Counts one more send.
-    pub(super) fn retried(&mut self) {
-        self.retries += 1;
+        let retry = retry.filter(|_| self.retries < MAX_RETRIES);
+        self.retries += u32::from(retry.is_some());
+        Ok(retry)
     }
 }
 

@@ -34,13 +34,6 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// hyper's default read buffer (8 KiB + 100 x 4 KiB), kept unless the head limit needs more.
 const HYPER_DEFAULT_BUF: usize = 8192 + 4096 * 100;
 
-/// The head limits the middleware checks.
-#[derive(Debug, Clone, Copy)]
-struct HeadLimits {
-    max_bytes: usize,
-    max_headers: usize,
-}
-
 /// Serves `app` on `listener` until `shutdown`, then stops accepting and waits for the open
 /// connections to finish (the caller bounds that wait).
 pub(crate) async fn serve(
@@ -49,13 +42,11 @@ pub(crate) async fn serve(
     config: ProxyConfig,
     shutdown: CancellationToken,
 ) {
-    let limits = HeadLimits {
-        max_bytes: config.max_header_bytes,
-        max_headers: config.max_headers,
-    };
+    let config = Arc::new(config);
+    let head_limits = middleware::from_fn_with_state(Arc::clone(&config), check_head);
     let app = app
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(limits, check_head));
+        .layer(head_limits);
     let service = TowerToHyperService::new(app);
     let hard_head = config.max_header_bytes.saturating_mul(4);
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -125,20 +116,20 @@ async fn refuse(mut stream: TcpStream, limit: usize) {
 }
 
 /// 431 in the OpenAI shape for a head over `proxy.max_header_bytes` or `proxy.max_headers`.
-async fn check_head(State(limits): State<HeadLimits>, req: Request, next: Next) -> Response {
+async fn check_head(State(config): State<Arc<ProxyConfig>>, req: Request, next: Next) -> Response {
     let count = req.headers().len();
-    if count > limits.max_headers {
+    if count > config.max_headers {
         return ApiError::headers_too_large(format!(
             "The request has {count} headers, more than the limit of {} (proxy.max_headers).",
-            limits.max_headers
+            config.max_headers
         ))
         .into_response();
     }
     let size = head_size(&req);
-    if size > limits.max_bytes {
+    if size > config.max_header_bytes {
         return ApiError::headers_too_large(format!(
             "The request head is {size} bytes, more than the limit of {} bytes (proxy.max_header_bytes).",
-            limits.max_bytes
+            config.max_header_bytes
         ))
         .into_response();
     }

@@ -57,15 +57,14 @@ pub(super) async fn wait_for_backend(
         }
         match tokio::time::timeout_at(deadline, rx.changed()).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                return Err(ApiError::unavailable("the supervisor is shutting down").retry_after(5))
-            }
+            Ok(Err(_)) => return Err(ApiError::unavailable("the supervisor is shutting down")),
             Err(_) => return Err(not_ready(&rx.borrow())),
         }
     }
 }
 
-/// The 503 of a request whose wait for a backend ran out, with the last failure.
+/// The 503 of a request whose wait for a backend ran out, with the last failure (`Retry-After`
+/// the default 5 s).
 fn not_ready(status: &crate::supervisor::state::Status) -> ApiError {
     let why = match (&status.state, &status.last_exit) {
         (State::Backoff { reason, .. }, _) => format!("; last failure: {reason}"),
@@ -76,5 +75,4 @@ fn not_ready(status: &crate::supervisor::state::Status) -> ApiError {
         "the model backend is not ready (state: {}{why}); retry shortly",
         status.state.name()
     ))
-    .retry_after(5)
 }

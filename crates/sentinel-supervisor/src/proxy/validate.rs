@@ -58,23 +58,15 @@ impl Route {
             Route::Detokenize => "/detokenize",
         }
     }
-
-    fn generates(self) -> bool {
-        matches!(self, Route::Chat | Route::Completions)
-    }
-}
-
-/// The cap on generated tokens per request, and the profile it comes from (for the message).
-#[derive(Debug, Clone, Copy)]
-pub struct TokenCap<'a> {
-    pub max_tokens: u32,
-    pub profile: &'a str,
 }
 
 /// What a body is checked against: the profile, the model and the proxy's settings in force.
 #[derive(Debug, Clone, Copy)]
 pub struct Rules<'a> {
-    pub cap: TokenCap<'a>,
+    /// The profile's name (for the messages that name its keys).
+    pub profile: &'a str,
+    /// The profile's cap on generated tokens per request.
+    pub max_tokens: u32,
     /// The profile's slots (the most `n` may ask for).
     pub slots: usize,
     /// Whether the profile lets a GBNF `grammar` through.
@@ -208,36 +200,27 @@ pub fn check(route: Route, body: &[u8], rules: &Rules<'_>) -> Result<Checked, In
             check_messages(&obj, rules)?;
             check_tools(&obj, rules)?;
             check_functions(&obj, rules)?;
+            check_response_format(&obj, rules)?;
         }
+        Route::Completions => check_response_format(&obj, rules)?,
         // llama-server answers a missing or null `content` with a 500 (found by the fuzz run).
-        Route::Tokenize => match present(&obj, "content") {
-            None => {
-                return Err(Invalid::Missing {
-                    field: "content".into(),
-                })
-            }
-            Some(v) if !(v.is_string() || v.is_array()) => {
-                return Err(wrong("content", "a string or an array", v))
-            }
-            Some(_) => {}
-        },
-        Route::Detokenize => {
-            if let Some(v) = present(&obj, "tokens") {
-                let Some(tokens) = v.as_array() else {
-                    return Err(wrong("tokens", "an array of token ids", v));
-                };
-                for (i, t) in tokens.iter().enumerate() {
-                    token(&format!("tokens[{i}]"), t, rules.vocab_size)?;
-                }
+        Route::Tokenize => {
+            let v = required(&obj, "content", "content")?;
+            if !(v.is_string() || v.is_array()) {
+                return Err(wrong("content", "a string or an array", v));
             }
         }
-        Route::Completions | Route::Embeddings => {}
-    }
-    if route.generates() {
-        check_response_format(&obj, rules)?;
+        Route::Detokenize => {
+            let tokens = array(&obj, "tokens", "an array of token ids")?;
+            for (i, t) in tokens.into_iter().flatten().enumerate() {
+                token(&format!("tokens[{i}]"), t, rules.vocab_size)?;
+            }
+        }
+        Route::Embeddings => {}
     }
     let mut changed = None;
-    if route.generates() && cap_tokens(&mut obj, rules.cap)? {
+    let generates = matches!(route, Route::Chat | Route::Completions);
+    if generates && cap_tokens(&mut obj, rules)? {
         let body = serde_json::to_vec(&obj).map_err(|e| Invalid::NotJson {
             detail: e.to_string(),
             line: 0,
@@ -274,7 +257,7 @@ fn check_fields(route: Route, obj: &Map<String, Value>, rules: &Rules<'_>) -> Re
 
 /// Refuses a request above the cap; inserts `max_tokens = cap` when none is given. Returns
 /// whether the body changed.
-fn cap_tokens(obj: &mut Map<String, Value>, cap: TokenCap<'_>) -> Result<bool, Invalid> {
+fn cap_tokens(obj: &mut Map<String, Value>, rules: &Rules<'_>) -> Result<bool, Invalid> {
     let mut given = false;
     for field in TOKEN_FIELDS {
         let Some(v) = present(obj, field) else {
@@ -284,19 +267,19 @@ fn cap_tokens(obj: &mut Map<String, Value>, cap: TokenCap<'_>) -> Result<bool, I
         let above = |asked: String| Invalid::AboveCap {
             field,
             asked,
-            cap: cap.max_tokens,
-            profile: cap.profile.to_string(),
+            cap: rules.max_tokens,
+            profile: rules.profile.to_string(),
         };
         match v.as_f64() {
             // llama-server reads -1 as "until the context is full".
             Some(n) if n < 0.0 => return Err(above(format!("{v} (no limit)"))),
-            Some(n) if n > f64::from(cap.max_tokens) => return Err(above(v.to_string())),
+            Some(n) if n > f64::from(rules.max_tokens) => return Err(above(v.to_string())),
             Some(_) => {}
             None => return Err(wrong(field, "a number of tokens", v)),
         }
     }
     if !given {
-        obj.insert("max_tokens".into(), Value::from(cap.max_tokens));
+        obj.insert("max_tokens".into(), Value::from(rules.max_tokens));
     }
     Ok(!given)
 }
@@ -304,6 +287,24 @@ fn cap_tokens(obj: &mut Map<String, Value>, cap: TokenCap<'_>) -> Result<bool, I
 /// The field's value unless it is absent or `null` (both mean "not given").
 fn present<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     obj.get(key).filter(|v| !v.is_null())
+}
+
+/// `key` of `obj`, which must be given (`field` in the message).
+fn required<'a>(obj: &'a Map<String, Value>, key: &str, field: &str) -> Result<&'a Value, Invalid> {
+    present(obj, key).ok_or_else(|| Invalid::Missing {
+        field: field.to_string(),
+    })
+}
+
+/// `key` of `obj` as an array when given; `expected` names it otherwise.
+fn array<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+    expected: &'static str,
+) -> Result<Option<&'a Vec<Value>>, Invalid> {
+    present(obj, key)
+        .map(|v| v.as_array().ok_or_else(|| wrong(key, expected, v)))
+        .transpose()
 }
 
 fn wrong(field: &str, expected: &'static str, found: &Value) -> Invalid {

@@ -235,7 +235,7 @@ fn proxy_state(
         governor: readers.governor,
         started: std::time::Instant::now(),
         metrics,
-        poison: proxy::poison::PoisonList::new(),
+        poison: proxy::poison::PoisonList::default(),
         situation: readers.situation,
         spill: Arc::new(crate::upstream::spill::Spill::new(upstreams)),
     })

@@ -43,8 +43,11 @@ impl BreakerState {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    /// Counting failures in a row (`Breaker::failures`).
+    Closed,
+    Open {
+        until: Instant,
+    },
     HalfOpen,
 }
 
@@ -71,7 +74,7 @@ impl Breaker {
     pub(crate) fn new(settings: BreakerSettings) -> Breaker {
         Breaker {
             settings,
-            state: State::Closed { failures: 0 },
+            state: State::Closed,
             cool_down: settings.cool_down,
             failures: 0,
         }
@@ -81,7 +84,7 @@ impl Breaker {
     /// passed lets exactly one through as its probe.
     pub(crate) fn try_acquire(&mut self, now: Instant) -> Option<Pass> {
         match self.state {
-            State::Closed { .. } => Some(Pass::Normal),
+            State::Closed => Some(Pass::Normal),
             State::Open { until } if now >= until => {
                 self.state = State::HalfOpen;
                 Some(Pass::Probe)
@@ -92,7 +95,7 @@ impl Breaker {
 
     /// The upstream answered (any status but 429 and 5xx).
     pub(crate) fn success(&mut self) {
-        self.state = State::Closed { failures: 0 };
+        self.state = State::Closed;
         self.failures = 0;
         self.cool_down = self.settings.cool_down;
     }
@@ -102,10 +105,8 @@ impl Breaker {
     pub(crate) fn failure(&mut self, now: Instant, retry_after: Option<Duration>) {
         self.failures = self.failures.saturating_add(1);
         let open_for = match self.state {
-            State::Closed { failures } => {
-                let failures = failures + 1;
-                if failures < self.settings.failures_to_open && retry_after.is_none() {
-                    self.state = State::Closed { failures };
+            State::Closed => {
+                if self.failures < self.settings.failures_to_open && retry_after.is_none() {
                     return;
                 }
                 self.cool_down
@@ -133,7 +134,7 @@ impl Breaker {
 
     pub(crate) fn state_name(&self) -> BreakerState {
         match self.state {
-            State::Closed { .. } => BreakerState::Closed,
+            State::Closed => BreakerState::Closed,
             State::Open { .. } => BreakerState::Open,
             State::HalfOpen => BreakerState::HalfOpen,
         }

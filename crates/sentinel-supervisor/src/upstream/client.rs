@@ -16,17 +16,12 @@ pub(super) fn build(c: &UpstreamConfig, s: &Settings) -> Result<reqwest::Client,
         .pool_idle_timeout(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none());
     if let Some(path) = &c.ca_file {
-        let pem = read(c, path, "the CA file", "ca_file")?;
+        let (what, key) = ("the CA file", "ca_file");
+        let pem = read(c, path, what, key)?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| pem_error(c, path, "the CA file", "ca_file", e.to_string()))?;
+            .map_err(|e| pem_error(c, path, what, key, e.to_string()))?;
         if certs.is_empty() {
-            return Err(pem_error(
-                c,
-                path,
-                "the CA file",
-                "ca_file",
-                "no certificate in it".into(),
-            ));
+            return Err(pem_error(c, path, what, key, "no certificate in it".into()));
         }
         for cert in certs {
             builder = builder.add_root_certificate(cert);
@@ -34,18 +29,12 @@ pub(super) fn build(c: &UpstreamConfig, s: &Settings) -> Result<reqwest::Client,
     }
     match (&c.client_cert, &c.client_key) {
         (Some(cert), Some(key)) => {
-            let mut pem = read(c, cert, "the client certificate", "client_cert")?;
+            let (what, cert_key) = ("the client certificate", "client_cert");
+            let mut pem = read(c, cert, what, cert_key)?;
             pem.push(b'\n');
             pem.extend(read(c, key, "the client key", "client_key")?);
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                pem_error(
-                    c,
-                    cert,
-                    "the client certificate",
-                    "client_cert",
-                    e.to_string(),
-                )
-            })?;
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| pem_error(c, cert, what, cert_key, e.to_string()))?;
             builder = builder.identity(identity);
         }
         (None, None) => {}

@@ -76,54 +76,26 @@ pub struct UpstreamConfig {
     /// The remote model the local model id maps to; empty: the client's `model` as sent.
     #[serde(default)]
     pub model: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<ApiKey>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_file: Option<PathBuf>,
     /// The environment variable holding the key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
     /// A PEM file of CA certificates trusted beside the public roots.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
     /// A PEM client certificate (chain) and its PEM private key, for mutual TLS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key: Option<PathBuf>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "humantime_serde")]
     pub first_byte_timeout: Option<Duration>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "humantime_serde")]
     pub total_timeout: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failures_to_open: Option<u32>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "humantime_serde")]
     pub cool_down: Option<Duration>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "humantime_serde")]
     pub cool_down_max: Option<Duration>,
 }
 
@@ -280,23 +252,18 @@ fn settings(c: &UpstreamConfig, d: &SpillDefaults) -> Result<Settings, UpstreamE
         });
     }
     let url = c.url.trim_end_matches('/').to_string();
-    let parsed = reqwest::Url::parse(&url).map_err(|e| UpstreamError::Url {
+    let bad_url = |reason: String| UpstreamError::Url {
         name: name.clone(),
         url: c.url.clone(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    let parsed = reqwest::Url::parse(&url).map_err(|e| bad_url(e.to_string()))?;
     let host = parsed.host_str().unwrap_or_default().to_string();
     match parsed.scheme() {
         "https" => {}
         "http" if is_loopback(&host) => {}
         "http" => return Err(UpstreamError::Plaintext { name, host }),
-        other => {
-            return Err(UpstreamError::Url {
-                name,
-                url: c.url.clone(),
-                reason: format!("scheme `{other}`"),
-            })
-        }
+        other => return Err(bad_url(format!("scheme `{other}`"))),
     }
     let max_in_flight = c.max_in_flight.unwrap_or(d.max_in_flight);
     let failures_to_open = c.failures_to_open.unwrap_or(d.failures_to_open);
@@ -349,40 +316,30 @@ fn is_loopback(host: &str) -> bool {
 /// The key from `api_key`, `api_key_file` (first line, trimmed) or `api_key_env`; none is fine
 /// (an upstream on a trusted network may need none).
 fn read_key(c: &UpstreamConfig) -> Result<Option<ApiKey>, UpstreamError> {
-    let sources = [
-        c.api_key.is_some(),
-        c.api_key_file.is_some(),
-        c.api_key_env.is_some(),
-    ];
-    if sources.iter().filter(|s| **s).count() > 1 {
-        return Err(UpstreamError::KeySources {
-            name: c.name.clone(),
-        });
-    }
-    if let Some(k) = &c.api_key {
-        return Ok(Some(k.clone()));
-    }
-    if let Some(path) = &c.api_key_file {
-        let text = std::fs::read_to_string(path).map_err(|source| UpstreamError::Read {
-            name: c.name.clone(),
-            what: "the API key file",
-            key: "api_key_file",
-            path: path.clone(),
-            source,
-        })?;
-        let key = text.lines().next().unwrap_or_default().trim().to_string();
-        return Ok((!key.is_empty()).then_some(ApiKey(key)));
-    }
-    if let Some(var) = &c.api_key_env {
-        return match std::env::var(var) {
+    let name = c.name.clone();
+    match (&c.api_key, &c.api_key_file, &c.api_key_env) {
+        (None, None, None) => Ok(None),
+        (Some(k), None, None) => Ok(Some(k.clone())),
+        (None, Some(path), None) => {
+            let text = std::fs::read_to_string(path).map_err(|source| UpstreamError::Read {
+                name,
+                what: "the API key file",
+                key: "api_key_file",
+                path: path.clone(),
+                source,
+            })?;
+            let key = text.lines().next().unwrap_or_default().trim().to_string();
+            Ok((!key.is_empty()).then_some(ApiKey(key)))
+        }
+        (None, None, Some(var)) => match std::env::var(var) {
             Ok(k) if !k.trim().is_empty() => Ok(Some(ApiKey(k.trim().to_string()))),
             _ => Err(UpstreamError::KeyEnv {
-                name: c.name.clone(),
+                name,
                 var: var.clone(),
             }),
-        };
+        },
+        _ => Err(UpstreamError::KeySources { name }),
     }
-    Ok(None)
 }
 
 #[cfg(test)]

@@ -7,8 +7,11 @@ use super::breaker::{Breaker, Pass};
 use super::client::{self, Failure};
 use super::spill::{Spill, SERVED_BY};
 use super::{SpillReason, Upstream};
+use crate::proxy::error::ApiError;
+use crate::proxy::forward::{is_sse, strip_hop_by_hop};
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Response};
+use axum::response::IntoResponse;
 use bytes::Bytes;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -50,13 +53,10 @@ pub(super) async fn serve(
                 let retry_after = failure.retry_after();
                 attempt.settle(|b| b.failure(Instant::now(), retry_after));
                 spill.upstreams.metrics.failed(name, failure.kind());
-                match &failure {
-                    Failure::Tls(_) => {
-                        tracing::error!(upstream = name, url = %up.settings.url, error = %failure, "upstream TLS refused");
-                    }
-                    _ => {
-                        tracing::warn!(upstream = name, error = %failure, "upstream failed; trying the next tier");
-                    }
+                if matches!(failure, Failure::Tls(_)) {
+                    tracing::error!(upstream = name, url = %up.settings.url, error = %failure, "upstream TLS refused");
+                } else {
+                    tracing::warn!(upstream = name, error = %failure, "upstream failed; trying the next tier");
                 }
             }
         }
@@ -67,18 +67,13 @@ pub(super) async fn serve(
 /// The body with `model` replaced by the upstream's model (left as sent when the upstream names
 /// none, or the body is not a JSON object: validation saw it, so that is the client's own shape).
 fn with_model(body: &Bytes, model: Option<&str>) -> Bytes {
-    let Some(model) = model else {
-        return body.clone();
-    };
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(serde_json::Value::Object(mut map)) => {
-            map.insert("model".into(), serde_json::Value::String(model.into()));
-            serde_json::to_vec(&map)
-                .map(Bytes::from)
-                .unwrap_or_else(|_| body.clone())
-        }
-        _ => body.clone(),
-    }
+    let mapped = model.and_then(|model| {
+        let mut map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(body).ok()?;
+        map.insert("model".into(), model.into());
+        serde_json::to_vec(&map).ok()
+    });
+    mapped.map_or_else(|| body.clone(), Bytes::from)
 }
 
 /// One try at one upstream: its breaker's pass and an in-flight slot. A probe dropped before
@@ -127,12 +122,9 @@ fn respond(
 ) -> Response<Body> {
     let status = response.status();
     let mut headers = response.headers().clone();
-    crate::proxy::forward::strip_hop_by_hop(&mut headers);
+    strip_hop_by_hop(&mut headers);
     headers.remove(header::CONTENT_LENGTH);
-    let sse = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let sse = is_sse(&headers);
     if let Ok(v) = HeaderValue::from_str(&up.settings.name) {
         headers.insert(SERVED_BY, v);
     }
@@ -145,10 +137,7 @@ fn respond(
         first: false,
         permit: attempt.permit.take(),
     };
-    let mut out = Response::new(Body::from_stream(body));
-    *out.status_mut() = status;
-    *out.headers_mut() = headers;
-    out
+    (status, headers, Body::from_stream(body)).into_response()
 }
 
 type ByteStream = Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>;
@@ -193,23 +182,21 @@ impl futures_util::Stream for Remote {
                 let detail = client::chain(&e);
                 tracing::warn!(upstream = %this.upstream, error = %detail, "upstream failed mid-answer");
                 if this.sse {
-                    Poll::Ready(Some(Ok(error_event(&this.upstream, &detail))))
+                    let message = format!(
+                        "the central tier ({}) failed mid-stream: {detail}",
+                        this.upstream
+                    );
+                    let error = ApiError {
+                        code: "upstream_error",
+                        ..ApiError::bad_gateway(message)
+                    };
+                    Poll::Ready(Some(Ok(error.sse_event())))
                 } else {
                     Poll::Ready(Some(Err(std::io::Error::other(detail))))
                 }
             }
         }
     }
-}
-
-/// The final event a streaming client gets when an upstream fails mid-stream.
-fn error_event(upstream: &str, detail: &str) -> Bytes {
-    let body = serde_json::json!({"error": {
-        "message": format!("the central tier ({upstream}) failed mid-stream: {detail}"),
-        "type": "server_error",
-        "code": "upstream_error",
-    }});
-    Bytes::from(format!("data: {body}\n\n"))
 }
 
 #[cfg(test)]

@@ -1,13 +1,13 @@
-//! Local first, the central tier second: whether a request goes to an upstream instead of the
-//! local backend, and serving it there. Decided before any byte went to the client, at three
-//! points of `proxy::forward`: before admission ([`before_local`]: the local backend is not
-//! serving, or the queue would make the request later than its deadline), after admission when
-//! the backend stopped serving while the request queued ([`if_not_serving`]), and when the local
-//! attempt failed before its response head ([`after_local_failure`], one remote try). Never on
-//! a request the proxy refused (validation runs first), never once a local answer began, never
-//! for a client that went away (its request is dropped, nothing is sent). With every upstream
-//! cooling down or full, the request stays local (and gets the local 503 when that cannot
-//! serve). `spill = "never"` (the default) sends nothing anywhere.
+//! Local first, the central tier second: whether a request goes to an upstream instead of the local
+//! backend, and serving it there. Decided before any byte went to the client, at three points of
+//! `proxy::forward`: before admission ([`before_local`]: the local backend is not serving, or the
+//! queue would make the request later than its deadline), and then ([`instead`], one remote try)
+//! after admission when the backend stopped serving while the request queued, and when the local
+//! attempt failed before its response head. Never on a request the proxy refused (validation runs
+//! first), never once a local answer began, never for a client that went away (its request is
+//! dropped, nothing is sent). With every upstream cooling down or full, the request stays local
+//! (and gets the local 503 when that cannot serve). `spill = "never"` (the default) sends nothing
+//! anywhere.
 
 use super::decision::{decide, parse_deadline, route_spills, LocalView, ServiceTimes};
 use super::remote::serve;
@@ -15,11 +15,9 @@ use super::{SpillMode, SpillPolicy, SpillReason};
 use crate::proxy::error::ApiError;
 use crate::proxy::AppState;
 use axum::body::Body;
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, Response};
 use bytes::Bytes;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 use tokio::time::Instant;
 
 /// Every response names who served it: `local` or the upstream's name.
@@ -31,8 +29,8 @@ pub(crate) const DEADLINE_HEADER: &str = "x-sentinel-deadline";
 #[derive(Debug)]
 pub(crate) struct Spill {
     pub upstreams: super::Upstreams,
-    /// Recent local service times, for `spill = "when_late"`.
-    service: ServiceTimes,
+    /// Recent local service times, for `spill = "when_late"` (`proxy::relay` records them).
+    pub service: ServiceTimes,
 }
 
 impl Spill {
@@ -42,24 +40,6 @@ impl Spill {
             service: ServiceTimes::default(),
         }
     }
-
-    /// Times a local answer from admission to the end of its body, for the estimate.
-    pub(crate) fn track_local(
-        self: &Arc<Self>,
-        resp: Response<Body>,
-        admitted: Instant,
-    ) -> Response<Body> {
-        let (parts, body) = resp.into_parts();
-        Response::from_parts(
-            parts,
-            Body::new(Timed {
-                inner: body,
-                admitted,
-                spill: Arc::clone(self),
-                done: false,
-            }),
-        )
-    }
 }
 
 /// The first hook of `forward`: the request goes to an upstream when the profile allows it
@@ -67,7 +47,7 @@ impl Spill {
 pub(crate) async fn before_local(
     state: &AppState,
     policy: SpillPolicy,
-    parts: &axum::http::request::Parts,
+    parts: &Parts,
     body: &Bytes,
 ) -> Result<Option<Response<Body>>, ApiError> {
     if !may_spill(state, policy, parts) {
@@ -88,114 +68,35 @@ pub(crate) async fn before_local(
         waiting: state.admission.waiting(),
         slots,
     };
-    let Some(reason) = decide(
-        policy,
-        local,
-        deadline,
-        state.spill.service.mean(Instant::now()),
-    ) else {
+    let mean = state.spill.service.mean(Instant::now());
+    let Some(reason) = decide(policy, local, deadline, mean) else {
         return Ok(None);
     };
     Ok(serve(&state.spill, reason, parts.uri.path(), body).await)
 }
 
-/// After admission: the local backend stopped serving while the request queued for its slot
-/// (a restart began); it goes to an upstream instead of waiting for the next backend.
-pub(crate) async fn if_not_serving(
+/// After admission, when the local backend stopped serving while the request queued for its
+/// slot (`Unavailable`: a restart began), or when the local attempt failed before its response
+/// head (`LocalFailed`): one remote try when the profile allows it.
+pub(crate) async fn instead(
     state: &AppState,
+    reason: SpillReason,
     policy: SpillPolicy,
-    parts: &axum::http::request::Parts,
-    body: &Bytes,
-) -> Option<Response<Body>> {
-    if !may_spill(state, policy, parts) || state.status.borrow().state.serving() {
-        return None;
-    }
-    serve(
-        &state.spill,
-        SpillReason::Unavailable,
-        parts.uri.path(),
-        body,
-    )
-    .await
-}
-
-/// The second hook of `forward`: the local attempt failed before its response head; one
-/// remote try when the profile allows it.
-pub(crate) async fn after_local_failure(
-    state: &AppState,
-    policy: SpillPolicy,
-    parts: &axum::http::request::Parts,
+    parts: &Parts,
     body: &Bytes,
 ) -> Option<Response<Body>> {
     if !may_spill(state, policy, parts) {
         return None;
     }
-    serve(
-        &state.spill,
-        SpillReason::LocalFailed,
-        parts.uri.path(),
-        body,
-    )
-    .await
+    serve(&state.spill, reason, parts.uri.path(), body).await
 }
 
 /// Whether the request may leave the host at all: the profile spills, there is an upstream,
 /// and its route is a completion.
-fn may_spill(state: &AppState, policy: SpillPolicy, parts: &axum::http::request::Parts) -> bool {
+fn may_spill(state: &AppState, policy: SpillPolicy, parts: &Parts) -> bool {
     policy.mode != SpillMode::Never
         && !state.spill.upstreams.is_empty()
         && route_spills(parts.uri.path())
-}
-
-/// A local answer's body, timed from admission to its end for the service-time estimate.
-struct Timed {
-    inner: Body,
-    admitted: Instant,
-    spill: Arc<Spill>,
-    done: bool,
-}
-
-impl http_body::Body for Timed {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) {
-            this.finish();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Timed {
-    fn finish(&mut self) {
-        if !self.done {
-            self.done = true;
-            self.spill.service.record(self.admitted.elapsed());
-        }
-    }
-}
-
-impl Drop for Timed {
-    fn drop(&mut self) {
-        // hyper stops polling a body that says it has ended.
-        if http_body::Body::is_end_stream(&self.inner) {
-            self.finish();
-        }
-    }
 }
 
 /// Marks a response the local side answered (the router's outermost layer; a spilled

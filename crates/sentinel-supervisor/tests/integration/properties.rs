@@ -4,16 +4,14 @@
 use proptest::prelude::*;
 use sentinel_supervisor::config::Config;
 use sentinel_supervisor::proxy::error::ApiError;
-use sentinel_supervisor::proxy::validate::{check, Route, Rules, TokenCap};
+use sentinel_supervisor::proxy::validate::{check, Route, Rules};
 use std::path::Path;
 
 /// A profile with 16 tokens per request, two slots, grammars on.
 fn rules(limits: &sentinel_supervisor::proxy::grammar::Limits) -> Rules<'_> {
     Rules {
-        cap: TokenCap {
-            max_tokens: 16,
-            profile: "p",
-        },
+        profile: "p",
+        max_tokens: 16,
         slots: 2,
         grammar: true,
         extra_fields: &[],

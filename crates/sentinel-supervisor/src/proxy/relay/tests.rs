@@ -27,6 +27,7 @@ fn relay_of(
         ticket: Some(ticket),
         backend_pid: 0,
         poison: None,
+        timed: None,
     };
     (relay, requests, activity, slots)
 }

@@ -1,11 +1,6 @@
 use super::*;
 use serde_json::json;
 
-const CAP: TokenCap<'static> = TokenCap {
-    max_tokens: 100,
-    profile: "balanced",
-};
-
 fn limits() -> &'static Limits {
     static LIMITS: std::sync::OnceLock<Limits> = std::sync::OnceLock::new();
     LIMITS.get_or_init(|| crate::config::Config::builtin().unwrap().proxy.grammar)
@@ -14,7 +9,8 @@ fn limits() -> &'static Limits {
 /// The balanced profile's rules: one slot, no grammar, a 1000-token vocabulary, no projector.
 fn rules() -> Rules<'static> {
     Rules {
-        cap: CAP,
+        profile: "balanced",
+        max_tokens: 100,
         slots: 1,
         grammar: false,
         extra_fields: &[],

@@ -3,7 +3,7 @@
 //! and their content parts, tools and functions.
 
 use super::fields::{Spec, MAX_STOP, MEDIA_PARTS, PART_TYPES};
-use super::{grammar, present, wrong, Invalid, Rules};
+use super::{array, grammar, present, required, wrong, Invalid, Rules};
 use serde_json::{Map, Value};
 
 /// Checks one allow-listed field's value against its [`Spec`].
@@ -13,11 +13,7 @@ pub(super) fn check_value(
     v: &Value,
     rules: &Rules<'_>,
 ) -> Result<(), Invalid> {
-    let range = |range: String| Invalid::OutOfRange {
-        field: name.to_string(),
-        value: v.to_string(),
-        range,
-    };
+    let range = |range: String| Err(out_of_range(name, v, range));
     match spec {
         Spec::Own => {}
         Spec::Bool if !v.is_boolean() => return Err(wrong(name, "true or false", v)),
@@ -29,33 +25,23 @@ pub(super) fn check_value(
         }
         Spec::Num(lo, hi) => match v.as_f64() {
             None => return Err(wrong(name, "a number", v)),
-            Some(n) if !(lo..=hi).contains(&n) => {
-                return Err(range(format!("a number from {lo} to {hi}")))
-            }
-            Some(_) => {}
+            Some(n) if (lo..=hi).contains(&n) => {}
+            Some(_) => return range(format!("a number from {lo} to {hi}")),
         },
+        // A float or an integer beyond i64 is a number out of the range.
         Spec::Int(lo, hi) => match v.as_i64() {
-            None if v.is_u64() || v.is_f64() => {
-                return Err(range(format!("an integer from {lo} to {hi}")))
-            }
-            None => return Err(wrong(name, "an integer", v)),
-            Some(n) if !(lo..=hi).contains(&n) => {
-                return Err(range(format!("an integer from {lo} to {hi}")))
-            }
-            Some(_) => {}
+            None if !(v.is_u64() || v.is_f64()) => return Err(wrong(name, "an integer", v)),
+            Some(n) if (lo..=hi).contains(&n) => {}
+            _ => return range(format!("an integer from {lo} to {hi}")),
         },
         Spec::Slots => check_slots(name, v, rules)?,
         Spec::Stop => check_stop(name, v)?,
         Spec::LogitBias => check_logit_bias(name, v, rules)?,
         Spec::Prompt => check_prompt(name, v, rules)?,
-        Spec::Schema => match v {
-            Value::Object(_) => grammar::check_schema(name, v, rules.limits)?,
-            Value::Bool(_) => {}
-            _ => return Err(wrong(name, "a JSON schema (an object)", v)),
-        },
+        Spec::Schema => schema(name, v, rules)?,
         Spec::Grammar => check_grammar(name, v, rules)?,
         Spec::OneOf(options) if !v.as_str().is_some_and(|s| options.contains(&s)) => {
-            return Err(range(format!("one of {}", options.join(", "))));
+            return range(format!("one of {}", options.join(", ")));
         }
         _ => {}
     }
@@ -69,13 +55,13 @@ fn check_slots(name: &str, v: &Value, rules: &Rules<'_>) -> Result<(), Invalid> 
         Some(n) if n < 1.0 || n.fract() != 0.0 => Err(out_of_range(
             name,
             v,
-            "a whole number of choices, at least 1".into(),
+            "a whole number of choices, at least 1",
         )),
         Some(n) if n > rules.slots as f64 => Err(Invalid::AboveSlots {
             field: "n",
             asked: v.to_string(),
             slots: rules.slots,
-            profile: rules.cap.profile.to_string(),
+            profile: rules.profile.to_string(),
         }),
         Some(_) => Ok(()),
     }
@@ -108,7 +94,7 @@ fn check_stop(name: &str, v: &Value) -> Result<(), Invalid> {
 fn check_grammar(name: &str, v: &Value, rules: &Rules<'_>) -> Result<(), Invalid> {
     if !rules.grammar {
         return Err(Invalid::GrammarOff {
-            profile: rules.cap.profile.to_string(),
+            profile: rules.profile.to_string(),
         });
     }
     let Some(text) = v.as_str() else {
@@ -118,11 +104,11 @@ fn check_grammar(name: &str, v: &Value, rules: &Rules<'_>) -> Result<(), Invalid
 }
 
 /// `field`'s value `v` is outside `range`.
-fn out_of_range(field: &str, v: &Value, range: String) -> Invalid {
+fn out_of_range(field: &str, v: &Value, range: impl Into<String>) -> Invalid {
     Invalid::OutOfRange {
         field: field.to_string(),
         value: v.to_string(),
-        range,
+        range: range.into(),
     }
 }
 
@@ -174,11 +160,11 @@ fn check_logit_bias(name: &str, v: &Value, rules: &Rules<'_>) -> Result<(), Inva
         match b {
             Value::Bool(false) => Ok(()),
             Value::Number(n) if n.as_f64().is_some_and(|n| (-100.0..=100.0).contains(&n)) => Ok(()),
-            Value::Number(_) => Err(Invalid::OutOfRange {
-                field,
-                value: b.to_string(),
-                range: "a bias from -100 to 100 (or false)".into(),
-            }),
+            Value::Number(_) => Err(out_of_range(
+                &field,
+                b,
+                "a bias from -100 to 100 (or false)",
+            )),
             _ => Err(wrong(&field, "a number from -100 to 100 (or false)", b)),
         }
     };
@@ -224,21 +210,9 @@ pub(super) fn check_response_format(
     let Some(rf) = v.as_object() else {
         return Err(wrong("response_format", "an object", v));
     };
-    match present(rf, "type") {
-        Some(Value::String(t)) if ["text", "json_object", "json_schema"].contains(&t.as_str()) => {}
-        Some(t) => {
-            return Err(Invalid::OutOfRange {
-                field: "response_format.type".into(),
-                value: t.to_string(),
-                range: "one of text, json_object, json_schema".into(),
-            })
-        }
-        None => {
-            return Err(Invalid::Missing {
-                field: "response_format.type".into(),
-            })
-        }
-    }
+    let kind = required(rf, "type", "response_format.type")?;
+    let kinds = Spec::OneOf(&["text", "json_object", "json_schema"]);
+    check_value("response_format.type", kinds, kind, rules)?;
     if let Some(s) = present(rf, "schema") {
         schema("response_format.schema", s, rules)?;
     }
@@ -262,11 +236,7 @@ fn schema(field: &str, v: &Value, rules: &Rules<'_>) -> Result<(), Invalid> {
 }
 
 pub(super) fn check_messages(obj: &Map<String, Value>, rules: &Rules<'_>) -> Result<(), Invalid> {
-    let Some(v) = present(obj, "messages") else {
-        return Err(Invalid::Missing {
-            field: "messages".into(),
-        });
-    };
+    let v = required(obj, "messages", "messages")?;
     let Some(messages) = v.as_array() else {
         return Err(wrong("messages", "an array of messages", v));
     };
@@ -275,16 +245,8 @@ pub(super) fn check_messages(obj: &Map<String, Value>, rules: &Rules<'_>) -> Res
         let Some(m) = m.as_object() else {
             return Err(wrong(&format!("messages[{i}]"), "an object", m));
         };
-        match present(m, "role") {
-            None => return Err(Invalid::Missing { field: at("role") }),
-            Some(r) if !r.is_string() => return Err(wrong(&at("role"), "a string", r)),
-            Some(_) => {}
-        }
-        if let Some(n) = present(m, "name") {
-            if !n.is_string() {
-                return Err(wrong(&at("name"), "a string", n));
-            }
-        }
+        string(m, "role", &at("role"), true)?;
+        string(m, "name", &at("name"), false)?;
         match present(m, "content") {
             Some(Value::Array(parts)) => {
                 for (j, p) in parts.iter().enumerate() {
@@ -302,58 +264,38 @@ fn check_part(part: &str, p: &Value, rules: &Rules<'_>) -> Result<(), Invalid> {
     let Some(p) = p.as_object() else {
         return Err(wrong(part, "an object", p));
     };
-    match present(p, "type") {
-        Some(Value::String(t)) if t == "text" => match present(p, "text") {
-            None => Err(Invalid::Missing {
-                field: format!("{part}.text"),
-            }),
-            Some(t) if !t.is_string() => Err(wrong(&format!("{part}.text"), "a string", t)),
-            Some(_) => Ok(()),
-        },
-        Some(Value::String(t)) if MEDIA_PARTS.contains(&t.as_str()) && !rules.projector => {
+    match required(p, "type", &format!("{part}.type"))? {
+        Value::String(t) if t == "text" => string(p, "text", &format!("{part}.text"), true),
+        Value::String(t) if MEDIA_PARTS.contains(&t.as_str()) && !rules.projector => {
             Err(Invalid::NoProjector {
                 field: part.to_string(),
                 kind: t.clone(),
             })
         }
-        Some(Value::String(t)) if PART_TYPES.contains(&t.as_str()) => Ok(()),
-        Some(Value::String(t)) => Err(Invalid::UnknownPart {
+        Value::String(t) if PART_TYPES.contains(&t.as_str()) => Ok(()),
+        Value::String(t) => Err(Invalid::UnknownPart {
             field: part.to_string(),
             kind: t.clone(),
         }),
-        None => Err(Invalid::Missing {
-            field: format!("{part}.type"),
-        }),
-        Some(t) => Err(wrong(&format!("{part}.type"), "a string", t)),
+        t => Err(wrong(&format!("{part}.type"), "a string", t)),
     }
 }
 
 pub(super) fn check_tools(obj: &Map<String, Value>, rules: &Rules<'_>) -> Result<(), Invalid> {
-    let Some(v) = present(obj, "tools") else {
+    let Some(tools) = array(obj, "tools", "an array of tools")? else {
         return Ok(());
-    };
-    let Some(tools) = v.as_array() else {
-        return Err(wrong("tools", "an array of tools", v));
     };
     for (i, t) in tools.iter().enumerate() {
         let Some(t) = t.as_object() else {
             return Err(wrong(&format!("tools[{i}]"), "an object", t));
         };
-        match present(t, "type") {
-            None => {
-                return Err(Invalid::Missing {
-                    field: format!("tools[{i}].type"),
-                })
-            }
-            Some(Value::String(ty)) if ty == "function" => {
+        match required(t, "type", &format!("tools[{i}].type"))? {
+            Value::String(ty) if ty == "function" => {
                 let at = format!("tools[{i}].function");
-                let Some(f) = present(t, "function") else {
-                    return Err(Invalid::Missing { field: at });
-                };
-                check_function(&at, f, rules)?;
+                check_function(&at, required(t, "function", &at)?, rules)?;
             }
-            Some(Value::String(_)) => {}
-            Some(ty) => return Err(wrong(&format!("tools[{i}].type"), "a string", ty)),
+            Value::String(_) => {}
+            ty => return Err(wrong(&format!("tools[{i}].type"), "a string", ty)),
         }
     }
     Ok(())
@@ -361,11 +303,8 @@ pub(super) fn check_tools(obj: &Map<String, Value>, rules: &Rules<'_>) -> Result
 
 /// The deprecated `functions`: an array of functions, as in `tools`.
 pub(super) fn check_functions(obj: &Map<String, Value>, rules: &Rules<'_>) -> Result<(), Invalid> {
-    let Some(v) = present(obj, "functions") else {
+    let Some(functions) = array(obj, "functions", "an array of functions")? else {
         return Ok(());
-    };
-    let Some(functions) = v.as_array() else {
-        return Err(wrong("functions", "an array of functions", v));
     };
     for (i, f) in functions.iter().enumerate() {
         check_function(&format!("functions[{i}]"), f, rules)?;
@@ -378,17 +317,20 @@ fn check_function(at: &str, f: &Value, rules: &Rules<'_>) -> Result<(), Invalid>
     let Some(f) = f.as_object() else {
         return Err(wrong(at, "an object", f));
     };
-    match present(f, "name") {
-        None => {
-            return Err(Invalid::Missing {
-                field: format!("{at}.name"),
-            })
-        }
-        Some(n) if !n.is_string() => return Err(wrong(&format!("{at}.name"), "a string", n)),
-        Some(_) => {}
-    }
+    string(f, "name", &format!("{at}.name"), true)?;
     if let Some(p) = present(f, "parameters") {
         schema(&format!("{at}.parameters"), p, rules)?;
     }
     Ok(())
+}
+
+/// `key` of `obj` (`field` in the messages): a string, or absent unless `needed`.
+fn string(obj: &Map<String, Value>, key: &str, field: &str, needed: bool) -> Result<(), Invalid> {
+    match present(obj, key) {
+        None if needed => Err(Invalid::Missing {
+            field: field.to_string(),
+        }),
+        Some(v) if !v.is_string() => Err(wrong(field, "a string", v)),
+        _ => Ok(()),
+    }
 }
