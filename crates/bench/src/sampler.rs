@@ -68,7 +68,7 @@ impl Sampler {
                         .unwrap_or_else(|e| e.into_inner())
                         .push(point);
                     if let Some(usage) =
-                        backend_pid.and_then(sentinel_supervisor::meter::tree_usage)
+                        backend_pid.and_then(crate::tree::tree_usage)
                     {
                         worker
                             .max_tree_rss

@@ -46,11 +46,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub default_profile: String,
-    #[serde(
-        default,
-        deserialize_with = "empty_path_is_none",
-        serialize_with = "none_is_empty_path"
-    )]
+    #[serde(default, with = "empty_path")]
     pub model: Option<PathBuf>,
     #[serde(default)]
     pub model_alias: String,
@@ -87,17 +83,9 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    #[serde(
-        default,
-        deserialize_with = "empty_path_is_none",
-        serialize_with = "none_is_empty_path"
-    )]
+    #[serde(default, with = "empty_path")]
     pub bin: Option<PathBuf>,
-    #[serde(
-        default,
-        deserialize_with = "empty_path_is_none",
-        serialize_with = "none_is_empty_path"
-    )]
+    #[serde(default, with = "empty_path")]
     pub cache_dir: Option<PathBuf>,
     pub ctx_size: u32,
     #[serde(default)]
@@ -274,16 +262,27 @@ pub struct ProfileConfig {
     pub deadline: Option<Duration>,
 }
 
-fn empty_path_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
-    let s = String::deserialize(d)?;
-    Ok((!s.trim().is_empty()).then(|| PathBuf::from(s)))
-}
+/// An optional path written as a string, empty for none (`with = "empty_path"`).
+pub(crate) mod empty_path {
+    use serde::{Deserialize, Serialize};
+    use std::path::PathBuf;
 
-/// The other way round, so the effective configuration prints as it can be written.
-fn none_is_empty_path<S: serde::Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
-    match p {
-        Some(p) => p.serialize(s),
-        None => s.serialize_str(""),
+    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<PathBuf>, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok((!s.trim().is_empty()).then(|| PathBuf::from(s)))
+    }
+
+    /// The other way round, so the effective configuration prints as it can be written.
+    pub(crate) fn serialize<S: serde::Serializer>(
+        p: &Option<PathBuf>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match p {
+            Some(p) => p.serialize(s),
+            None => s.serialize_str(""),
+        }
     }
 }
 

@@ -92,20 +92,32 @@ impl Live {
     }
 }
 
-/// Writes one unlabelled gauge.
+/// Writes one unlabelled gauge; nothing for `None` (a reading that cannot be taken now).
 fn gauge<N: EncodeGaugeValue>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    value: N,
+    value: Option<N>,
 ) -> std::fmt::Result {
+    let Some(value) = value else {
+        return Ok(());
+    };
     let gauge = ConstGauge::new(value);
     gauge.encode(enc.encode_descriptor(name, help, None, gauge.metric_type())?)
 }
 
-/// Writes one unlabelled counter; `name` without `_total`, which the encoder adds.
-fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: f64) -> std::fmt::Result {
-    let counter = ConstCounter::new(value);
+/// Writes one unlabelled counter of seconds; `name` without `_total`, which the encoder adds;
+/// nothing for `None`.
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: Option<Duration>,
+) -> std::fmt::Result {
+    let Some(value) = value else {
+        return Ok(());
+    };
+    let counter = ConstCounter::new(value.as_secs_f64());
     counter.encode(enc.encode_descriptor(name, help, None, counter.metric_type())?)
 }
 
@@ -132,151 +144,128 @@ impl Live {
             enc,
             "sentinel_requests_in_flight",
             "Requests holding an admission slot (the number a drain waits for).",
-            self.in_flight as i64,
+            Some(self.in_flight as i64),
         )?;
         gauge(
             enc,
             "sentinel_requests_queued",
             "Requests waiting for an admission slot.",
-            self.queued as i64,
+            Some(self.queued as i64),
         )?;
-        if let Some(v) = self.budget_cores {
-            gauge(
-                enc,
-                "sentinel_governor_budget_cores",
-                "The CPU budget in force for the backend, in cores.",
-                v,
-            )?;
-        }
-        Ok(())
+        gauge(
+            enc,
+            "sentinel_governor_budget_cores",
+            "The CPU budget in force for the backend, in cores.",
+            self.budget_cores,
+        )
     }
 
     /// The laptop's situation, when it is followed.
     fn situation(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
-        if let Some(s) = &self.situation {
-            use crate::situation::{PowerSource, Presence, Thermal};
-            gauge(
-                enc,
-                "sentinel_power_on_battery",
-                "1 while the machine runs on battery, 0 on mains.",
-                i64::from(s.power == PowerSource::Battery),
-            )?;
-            gauge(
-                enc,
-                "sentinel_user_idle",
-                "1 while nobody has touched the keyboard or mouse for situation.idle_after.",
-                i64::from(s.presence == Presence::Idle),
-            )?;
-            gauge(
-                enc,
-                "sentinel_thermal_pressure",
-                "1 while the machine reports thermal pressure (the budget is halved).",
-                i64::from(s.thermal == Thermal::Pressure),
-            )?;
-            gauge(
-                enc,
-                "sentinel_budget_paused",
-                "1 while the budget in force is a pause (new requests wait in the queue).",
-                i64::from(s.paused),
-            )?;
-        }
-        Ok(())
+        use crate::situation::{PowerSource, Presence, Thermal};
+        let Some(s) = &self.situation else {
+            return Ok(());
+        };
+        gauge(
+            enc,
+            "sentinel_power_on_battery",
+            "1 while the machine runs on battery, 0 on mains.",
+            Some(i64::from(s.power == PowerSource::Battery)),
+        )?;
+        gauge(
+            enc,
+            "sentinel_user_idle",
+            "1 while nobody has touched the keyboard or mouse for situation.idle_after.",
+            Some(i64::from(s.presence == Presence::Idle)),
+        )?;
+        gauge(
+            enc,
+            "sentinel_thermal_pressure",
+            "1 while the machine reports thermal pressure (the budget is halved).",
+            Some(i64::from(s.thermal == Thermal::Pressure)),
+        )?;
+        gauge(
+            enc,
+            "sentinel_budget_paused",
+            "1 while the budget in force is a pause (new requests wait in the queue).",
+            Some(i64::from(s.paused)),
+        )
     }
 
     /// What the governor measured and allowed, and the time it held the backend stopped.
     fn governor(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
-        if let Some(v) = self.measured_cores {
-            gauge(
-                enc,
-                "sentinel_governor_measured_cores",
-                "The backend's CPU over the governor's last feedback window, in cores.",
-                v,
-            )?;
-        }
-        if let Some(v) = self.duty {
-            gauge(
-                enc,
-                "sentinel_governor_duty_ratio",
-                "Share of each duty-cycle period the backend may run.",
-                v,
-            )?;
-        }
+        gauge(
+            enc,
+            "sentinel_governor_measured_cores",
+            "The backend's CPU over the governor's last feedback window, in cores.",
+            self.measured_cores,
+        )?;
+        gauge(
+            enc,
+            "sentinel_governor_duty_ratio",
+            "Share of each duty-cycle period the backend may run.",
+            self.duty,
+        )?;
         counter(
             enc,
             "sentinel_governor_throttled_seconds",
             "Time the duty cycle held the backend stopped, SIGSTOP to SIGCONT (the signals method; a kernel cap throttles inside the cgroup, see its cpu.stat).",
-            self.throttled.as_secs_f64(),
-        )?;
-        Ok(())
+            Some(self.throttled),
+        )
     }
 
     /// The backend's CPU clock and memory.
     fn backend(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
-        if let Some(v) = self.backend_cpu {
-            counter(
-                enc,
-                "sentinel_backend_cpu_seconds",
-                "CPU time of the running backend process (its exact CPU clock); starts again at 0 with each launch.",
-                v.as_secs_f64(),
-            )?;
-        }
-        if let Some(v) = self.backend_rss {
-            gauge(
-                enc,
-                "sentinel_backend_resident_memory_bytes",
-                "Resident memory of the running backend process.",
-                v as i64,
-            )?;
-        }
-        Ok(())
+        counter(
+            enc,
+            "sentinel_backend_cpu_seconds",
+            "CPU time of the running backend process (its exact CPU clock); starts again at 0 with each launch.",
+            self.backend_cpu,
+        )?;
+        gauge(
+            enc,
+            "sentinel_backend_resident_memory_bytes",
+            "Resident memory of the running backend process.",
+            self.backend_rss.map(|v| v as i64),
+        )
     }
 
     /// The machine's busy time and CPUs (its busy share is their ratio).
     fn machine(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
-        if let Some(busy) = self.system_busy {
-            counter(
-                enc,
-                "sentinel_system_cpu_busy_seconds",
-                "CPU time the whole machine spent busy, summed over every CPU (cgroup v1 cpuacct root when mounted, else /proc/stat).",
-                busy.as_secs_f64(),
-            )?;
-        }
+        counter(
+            enc,
+            "sentinel_system_cpu_busy_seconds",
+            "CPU time the whole machine spent busy, summed over every CPU (cgroup v1 cpuacct root when mounted, else /proc/stat).",
+            self.system_busy,
+        )?;
         gauge(
             enc,
             "sentinel_system_cpus",
             "Online CPUs: the machine's busy share is rate(sentinel_system_cpu_busy_seconds_total) divided by this.",
-            self.system_cpus as i64,
-        )?;
-        Ok(())
+            Some(self.system_cpus as i64),
+        )
     }
 
     /// The supervisor's own CPU and memory, and whether llama-server's `/metrics` answered.
     fn supervisor(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
-        if let Some(v) = self.supervisor_cpu {
-            counter(
-                enc,
-                "sentinel_supervisor_cpu_seconds",
-                "CPU time of the supervisor process itself.",
-                v.as_secs_f64(),
-            )?;
-        }
-        if let Some(v) = self.supervisor_rss {
-            gauge(
-                enc,
-                "sentinel_supervisor_resident_memory_bytes",
-                "Resident memory of the supervisor process itself.",
-                v as i64,
-            )?;
-        }
-        if let Some(up) = self.llamacpp_up {
-            gauge(
-                enc,
-                "sentinel_llamacpp_scrape_success",
-                "Whether llama-server's own /metrics answered this scrape (its samples follow as sentinel_backend_llamacpp_*).",
-                i64::from(up),
-            )?;
-        }
-        Ok(())
+        counter(
+            enc,
+            "sentinel_supervisor_cpu_seconds",
+            "CPU time of the supervisor process itself.",
+            self.supervisor_cpu,
+        )?;
+        gauge(
+            enc,
+            "sentinel_supervisor_resident_memory_bytes",
+            "Resident memory of the supervisor process itself.",
+            self.supervisor_rss.map(|v| v as i64),
+        )?;
+        gauge(
+            enc,
+            "sentinel_llamacpp_scrape_success",
+            "Whether llama-server's own /metrics answered this scrape (its samples follow as sentinel_backend_llamacpp_*).",
+            self.llamacpp_up.map(i64::from),
+        )
     }
 }
 
