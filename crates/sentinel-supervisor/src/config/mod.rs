@@ -205,9 +205,8 @@ pub struct ProxyConfig {
 
 /// One `[profiles.NAME]` table, as written (see `profile` for the resolved values).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProfileConfig {
-    #[serde(default)]
     pub description: String,
     /// The budget in cores (above 0); `None` = unlimited.
     pub cpus: Option<Cores>,
@@ -217,48 +216,34 @@ pub struct ProfileConfig {
     pub cpus_when_idle: Option<Cores>,
     pub threads: Option<usize>,
     pub threads_batch: Option<usize>,
-    #[serde(default)]
     pub priority: Priority,
     pub slots: Option<usize>,
     pub ctx_size: Option<u32>,
     /// Prompt cache, MiB (overrides `backend.cache_ram_mib`).
     pub cache_ram_mib: Option<u32>,
-    #[serde(default)]
     pub embeddings: bool,
     /// Adaptive mode: keep total system CPU under this share of the machine.
     pub adaptive: Option<Share>,
     /// Cap on generated tokens per request (omit: `proxy.max_tokens`).
     pub max_tokens: Option<u32>,
-    #[serde(default)]
     pub extra_args: Vec<String>,
     /// How the budget is enforced for this profile (omit: `governor.method`).
     pub method: Option<crate::governor::Method>,
     /// The signal duty-cycle period for this profile (omit: `governor.period`).
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub period: Option<Duration>,
     /// Pin the backend to the last CPU of this process's affinity mask when it runs one
     /// thread (`threads` and `threads_batch` both 1).
-    #[serde(default)]
     pub pin: bool,
     /// Whether requests may carry a GBNF `grammar` (JSON schemas are always measured and let
     /// through within `proxy.grammar`). Default false.
-    #[serde(default)]
     pub grammar: bool,
     /// When a request may go to the central tier (`[[upstreams]]`); default `never`: no
     /// prompt leaves the host.
-    #[serde(default)]
     pub spill: crate::upstream::SpillMode,
     /// With `spill = "when_late"`: the latency a request should meet; one the queue would make
     /// later than this goes to the central tier (a client's `X-Sentinel-Deadline` wins).
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Duration>,
 }
 

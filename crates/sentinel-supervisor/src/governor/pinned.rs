@@ -88,16 +88,12 @@ impl PinnedPid {
         Ok(())
     }
 
-    #[cfg(target_os = "linux")]
+    /// Through the pidfd where there is one, else [`kill_checked`].
     fn signal_leader(&self, sig: i32) -> io::Result<()> {
-        match &self.pidfd {
-            Some(fd) => linux::pidfd_send_signal(fd, sig),
-            None => kill_checked(self.pid, sig),
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = &self.pidfd {
+            return linux::pidfd_send_signal(fd, sig);
         }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn signal_leader(&self, sig: i32) -> io::Result<()> {
         kill_checked(self.pid, sig)
     }
 }

@@ -22,14 +22,10 @@ pub enum Method {
     Off,
 }
 
+/// The serde name (`auto`, `signals`, ...).
 impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Method::Auto => "auto",
-            Method::Signals => "signals",
-            Method::Cgroup => "cgroup",
-            Method::Off => "off",
-        })
+        self.serialize(f)
     }
 }
 
