@@ -146,26 +146,23 @@ fn detect_in(
     v1_roots: &[PathBuf],
     own: Option<&Path>,
 ) -> Option<CgroupSupport> {
-    if let Some(found) = own.and_then(|own| delegated(v2_roots, own)) {
-        return Some(found);
-    }
-    let v2 = v2_roots
-        .iter()
-        .find(|root| lists_cpu(&root.join("cgroup.subtree_control")) && writable(root));
-    if let Some(root) = v2 {
-        return Some(CgroupSupport {
-            version: CgroupVersion::V2,
-            parent: root.clone(),
-            layout: Layout::Root,
-        });
-    }
-    v1_roots
-        .iter()
-        .find(|root| root.join("cpu.cfs_quota_us").exists() && writable(root))
-        .map(|root| CgroupSupport {
-            version: CgroupVersion::V1,
-            parent: root.clone(),
-            layout: Layout::Root,
+    let at_root = |version, parent: &PathBuf| CgroupSupport {
+        version,
+        parent: parent.clone(),
+        layout: Layout::Root,
+    };
+    own.and_then(|own| delegated(v2_roots, own))
+        .or_else(|| {
+            v2_roots
+                .iter()
+                .find(|root| lists_cpu(&root.join("cgroup.subtree_control")) && writable(root))
+                .map(|root| at_root(CgroupVersion::V2, root))
+        })
+        .or_else(|| {
+            v1_roots
+                .iter()
+                .find(|root| root.join("cpu.cfs_quota_us").exists() && writable(root))
+                .map(|root| at_root(CgroupVersion::V1, root))
         })
 }
 

@@ -303,10 +303,9 @@ impl Loop<'_> {
             self.window
         };
         // Wake for the adaptive window too: the budget may have to drop below usable.
-        let nap = match &self.adaptive {
-            Some((_, load)) => nap.min(load.until_due(Instant::now())),
-            None => nap,
-        };
+        let nap = self.adaptive.as_ref().map_or(nap, |(_, load)| {
+            nap.min(load.until_due(Instant::now()))
+        });
         let (activity, stop) = (&mut self.activity, &mut self.stop);
         rt.block_on(async {
             tokio::select! {

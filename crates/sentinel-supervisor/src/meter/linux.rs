@@ -71,17 +71,12 @@ fn cpuacct_times(online_cpus: usize) -> std::io::Result<SystemTimes> {
     })
 }
 
-/// A positive `sysconf` value, else `fallback`.
-fn sysconf_or(var: SysconfVar, fallback: u64) -> u64 {
-    match sysconf(var) {
-        Ok(Some(v)) if v > 0 => v as u64,
-        _ => fallback,
-    }
-}
-
-/// Clock ticks per second used by `/proc/stat` counters.
+/// Clock ticks per second used by `/proc/stat` counters (100 when `sysconf` does not say).
 fn ticks_per_second() -> u64 {
-    sysconf_or(SysconfVar::CLK_TCK, 100)
+    match sysconf(SysconfVar::CLK_TCK) {
+        Ok(Some(v)) if v > 0 => v as u64,
+        _ => 100,
+    }
 }
 
 /// CPU time of a whole process (every thread, live and exited) with nanosecond precision, in one

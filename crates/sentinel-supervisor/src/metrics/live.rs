@@ -3,6 +3,7 @@
 //! cycle's stopped time, CPU clocks and memory from [`crate::meter`]) and written as gauges and
 //! counters, a group of related metrics per step.
 
+use crate::governor::GovernorSnapshot;
 use crate::status::StatusReport;
 use crate::supervisor::state::StateName;
 use prometheus_client::collector::Collector;
@@ -36,24 +37,20 @@ const fn state_index(state: StateName) -> usize {
     }
 }
 
-/// The readings of one scrape, each from its one owner. `None` = cannot be read now (no
-/// backend, no governor, or the reading failed): the sample is left out, not faked as 0.
+/// What one scrape reads: the report's part (state, admission, the governor's snapshot, the
+/// situation), taken when the scrape starts; the CPU clocks and memory are read from
+/// [`crate::meter`] as they are written. `None` = cannot be read now (no backend, no governor,
+/// or the reading failed): the sample is left out, not faked as 0.
 #[derive(Debug)]
 pub(super) struct Live {
     state: StateName,
     in_flight: usize,
     queued: usize,
-    budget_cores: Option<f64>,
-    measured_cores: Option<f64>,
-    duty: Option<f64>,
+    governor: Option<GovernorSnapshot>,
+    /// The running backend's pid.
+    backend: Option<i32>,
     throttled: Duration,
-    backend_cpu: Option<Duration>,
-    backend_rss: Option<u64>,
-    /// The machine's busy time (the counter's own origin: boot for both sources).
-    system_busy: Option<Duration>,
-    system_cpus: usize,
-    supervisor_cpu: Option<Duration>,
-    supervisor_rss: Option<u64>,
+    online_cpus: usize,
     /// Whether llama-server's `/metrics` answered (`None` without a backend).
     llamacpp_up: Option<bool>,
     /// The machine's situation (`None`: not followed, `situation.enabled = false`).
@@ -67,25 +64,14 @@ impl Live {
         online_cpus: usize,
         throttled: Duration,
     ) -> Live {
-        let backend = report.backend.as_ref().map(|b| b.pid);
-        let me = std::process::id() as i32;
-        let governor = report.governor.as_ref();
         Live {
             state: report.state.name(),
             in_flight: report.in_flight,
             queued: report.queued,
-            budget_cores: governor.and_then(|g| g.budget_cpus),
-            measured_cores: governor.and_then(|g| g.measured_cpus),
-            duty: governor.and_then(|g| g.duty),
+            governor: report.governor.clone(),
+            backend: report.backend.as_ref().map(|b| b.pid),
             throttled,
-            backend_cpu: backend.and_then(crate::meter::process_cpu),
-            backend_rss: backend.and_then(crate::meter::rss_bytes),
-            system_busy: crate::meter::system_times(online_cpus)
-                .ok()
-                .map(|t| Duration::from_nanos(t.busy)),
-            system_cpus: online_cpus,
-            supervisor_cpu: crate::meter::process_cpu(me),
-            supervisor_rss: crate::meter::rss_bytes(me),
+            online_cpus,
             llamacpp_up,
             situation: report.situation.clone(),
         }
@@ -156,7 +142,7 @@ impl Live {
             enc,
             "sentinel_governor_budget_cores",
             "The CPU budget in force for the backend, in cores.",
-            self.budget_cores,
+            self.governor.as_ref().and_then(|g| g.budget_cpus),
         )
     }
 
@@ -198,13 +184,13 @@ impl Live {
             enc,
             "sentinel_governor_measured_cores",
             "The backend's CPU over the governor's last feedback window, in cores.",
-            self.measured_cores,
+            self.governor.as_ref().and_then(|g| g.measured_cpus),
         )?;
         gauge(
             enc,
             "sentinel_governor_duty_ratio",
             "Share of each duty-cycle period the backend may run.",
-            self.duty,
+            self.governor.as_ref().and_then(|g| g.duty),
         )?;
         counter(
             enc,
@@ -220,13 +206,13 @@ impl Live {
             enc,
             "sentinel_backend_cpu_seconds",
             "CPU time of the running backend process (its exact CPU clock); starts again at 0 with each launch.",
-            self.backend_cpu,
+            self.backend.and_then(crate::meter::process_cpu),
         )?;
         gauge(
             enc,
             "sentinel_backend_resident_memory_bytes",
             "Resident memory of the running backend process.",
-            self.backend_rss.map(|v| v as i64),
+            self.backend.and_then(crate::meter::rss_bytes).map(|v| v as i64),
         )
     }
 
@@ -236,13 +222,15 @@ impl Live {
             enc,
             "sentinel_system_cpu_busy_seconds",
             "CPU time the whole machine spent busy, summed over every CPU (cgroup v1 cpuacct root when mounted, else /proc/stat).",
-            self.system_busy,
+            crate::meter::system_times(self.online_cpus)
+                .ok()
+                .map(|t| Duration::from_nanos(t.busy)),
         )?;
         gauge(
             enc,
             "sentinel_system_cpus",
             "Online CPUs: the machine's busy share is rate(sentinel_system_cpu_busy_seconds_total) divided by this.",
-            Some(self.system_cpus as i64),
+            Some(self.online_cpus as i64),
         )
     }
 
@@ -252,13 +240,13 @@ impl Live {
             enc,
             "sentinel_supervisor_cpu_seconds",
             "CPU time of the supervisor process itself.",
-            self.supervisor_cpu,
+            crate::meter::process_cpu(std::process::id() as i32),
         )?;
         gauge(
             enc,
             "sentinel_supervisor_resident_memory_bytes",
             "Resident memory of the supervisor process itself.",
-            self.supervisor_rss.map(|v| v as i64),
+            crate::meter::rss_bytes(std::process::id() as i32).map(|v| v as i64),
         )?;
         gauge(
             enc,
