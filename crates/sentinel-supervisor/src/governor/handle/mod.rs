@@ -76,10 +76,7 @@ impl GovernorHandle {
 
     /// True when the duty-cycle thread has ended by itself (the child is gone).
     pub(crate) fn is_finished(&self) -> bool {
-        match &self.mechanism {
-            Mechanism::Signals(l, _) => l.snapshot().finished,
-            _ => false,
-        }
+        matches!(&self.mechanism, Mechanism::Signals(l, _) if l.snapshot().finished)
     }
 
     /// The cgroup the child was moved into (its cap, or only its priority), if any.
