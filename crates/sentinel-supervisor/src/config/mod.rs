@@ -288,12 +288,10 @@ impl Config {
         explicit: Option<&Path>,
         drop_in: &[PathBuf],
     ) -> Result<Config, ConfigError> {
-        let path = match explicit {
-            Some(p) => Some(p.to_path_buf()),
-            None => default_user_path().filter(|p| p.is_file()),
-        };
-        let mut files: Vec<PathBuf> = path.into_iter().collect();
-        files.extend(drop_in_files(drop_in)?);
+        let path = explicit
+            .map(Path::to_path_buf)
+            .or_else(|| default_user_path().filter(|p| p.is_file()));
+        let files: Vec<PathBuf> = path.into_iter().chain(drop_in_files(drop_in)?).collect();
         let mut layers = Vec::with_capacity(files.len());
         for path in files {
             let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
@@ -406,17 +404,15 @@ pub(crate) fn default_cache_dir() -> PathBuf {
 }
 
 fn cache_dir_from(systemd: Option<std::ffi::OsString>) -> PathBuf {
-    if let Some(first) = systemd
+    systemd
         .as_deref()
         .and_then(|v| std::env::split_paths(v).next())
-    {
-        if !first.as_os_str().is_empty() {
-            return first;
-        }
-    }
-    dirs::cache_dir()
-        .unwrap_or_else(std::env::temp_dir)
-        .join("sentinel-supervisor")
+        .filter(|first| !first.as_os_str().is_empty())
+        .unwrap_or_else(|| {
+            dirs::cache_dir()
+                .unwrap_or_else(std::env::temp_dir)
+                .join("sentinel-supervisor")
+        })
 }
 
 #[cfg(test)]
