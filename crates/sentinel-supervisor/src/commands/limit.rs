@@ -223,15 +223,12 @@ async fn limit_command(
     let governor = Governor::prepare(config, options.settings)?;
     let (pid, mut child) = spawn_command(command, options.settings.priority, &governor).await?;
     let _usage = follow_usage(pid, options, &activity);
-    let started = governor.start(pid, activity.clone(), StoppedTime::default(), unread());
-    let mut handle = match started {
+    let mut handle = match governor.start(pid, activity.clone(), StoppedTime::default(), unread()) {
         Ok(handle) => handle,
         Err(err) => {
             // A command that finished at once is gone before it could be governed: that is
             // its exit, not an error.
-            if let Ok(status) =
-                tokio::time::timeout(std::time::Duration::from_millis(200), child.wait()).await
-            {
+            if let Ok(status) = tokio::time::timeout(Duration::from_millis(200), child.wait()).await {
                 return Ok(exit_code(status));
             }
             kill_group(pid, Signal::SIGKILL);

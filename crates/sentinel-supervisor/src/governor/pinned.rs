@@ -43,10 +43,9 @@ impl PinnedPid {
                 _ => PinnedPidError::Open { pid, source: err },
             });
         }
-        let group = crate::os::process::group_of(pid) == Some(pid);
         Ok(Self {
             pid,
-            group,
+            group: crate::os::process::group_of(pid) == Some(pid),
             #[cfg(target_os = "linux")]
             pidfd: linux::pidfd_open(pid).map_err(|source| match source.raw_os_error() {
                 Some(libc::ESRCH) => PinnedPidError::NoSuchProcess { pid },

@@ -140,9 +140,9 @@ impl Publisher {
                 let mut window_start = Instant::now();
                 let mut measured = None;
                 loop {
-                    match stop_rx.recv_timeout(tick) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                    // A stop, or the handle gone.
+                    if stop_rx.recv_timeout(tick) != Err(RecvTimeoutError::Timeout) {
+                        return;
                     }
                     let now = Instant::now();
                     let closed = now.duration_since(window_start) + tick / 2 >= window;

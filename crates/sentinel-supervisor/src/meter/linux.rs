@@ -159,8 +159,7 @@ pub(crate) fn oom_counter(pid: i32) -> Option<super::OomCounter> {
 
 /// The `oom_kill` count in a `memory.events` or `memory.oom_control` file.
 pub(crate) fn read_oom_kills(file: &std::path::Path) -> Option<u64> {
-    let text = std::fs::read_to_string(file).ok()?;
-    super::parse_flat_key(&text, "oom_kill")
+    super::parse_flat_key(&std::fs::read_to_string(file).ok()?, "oom_kill")
 }
 
 /// The files holding the OOM-kill count of the memory cgroups a process is in: v1

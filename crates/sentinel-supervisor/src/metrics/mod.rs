@@ -112,18 +112,8 @@ struct RouteLabel {
     route: String,
 }
 
-/// One histogram per route, with fixed buckets.
-type RouteHistograms = Family<RouteLabel, Histogram, Buckets>;
-
-/// Builds one histogram per label set with fixed buckets.
-#[derive(Clone, Debug)]
-struct Buckets(&'static [f64]);
-
-impl prometheus_client::metrics::family::MetricConstructor<Histogram> for Buckets {
-    fn new_metric(&self) -> Histogram {
-        Histogram::new(self.0.iter().copied())
-    }
-}
+/// One histogram per route, each with the fixed buckets its constructor gives.
+type RouteHistograms = Family<RouteLabel, Histogram, fn() -> Histogram>;
 
 /// The supervisor's metrics: the registry of event counters, shared by the lifecycle, the HTTP
 /// layer and the SLO sampler, and what a scrape needs to read the rest.
@@ -175,13 +165,13 @@ impl Metrics {
             &mut registry,
             "sentinel_request_duration_seconds",
             "Time from a request's arrival to the end of its response body, by route",
-            Family::new_with_constructor(Buckets(&DURATION_BUCKETS)),
+            RouteHistograms::new_with_constructor(|| Histogram::new(DURATION_BUCKETS)),
         );
         let ttft = registered(
             &mut registry,
             "sentinel_time_to_first_token_seconds",
             "Time from a streamed completion's arrival to its first generated token, by route",
-            Family::new_with_constructor(Buckets(&TTFT_BUCKETS)),
+            RouteHistograms::new_with_constructor(|| Histogram::new(TTFT_BUCKETS)),
         );
         let rejections = registered(
             &mut registry,

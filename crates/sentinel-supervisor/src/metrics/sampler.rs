@@ -110,10 +110,7 @@ fn backend_cores(before: &Edge, after: &Edge) -> Option<f64> {
 
 /// The budget a governor enforces now, in cores.
 fn enforced_budget(snapshot: Option<&GovernorSnapshot>) -> Option<f64> {
-    let snapshot = snapshot?;
-    (snapshot.method != Method::Off)
-        .then_some(snapshot.budget_cpus)
-        .flatten()
+    snapshot.filter(|s| s.method != Method::Off)?.budget_cpus
 }
 
 /// Starts the sampler; it ends with `cancel`.
