@@ -203,24 +203,17 @@ impl CpuSignature {
                 (key.trim() == name).then(|| value.trim().to_string())
             })
         };
-        let (model, present) = if arch == "aarch64" {
+        let (model, present, wanted) = if arch == "aarch64" {
             let model = match (field("CPU implementer"), field("CPU part")) {
                 (Some(i), Some(p)) => format!("implementer {i} part {p}"),
                 _ => field("Hardware").unwrap_or_default(),
             };
-            (model, field("Features").unwrap_or_default())
+            (model, field("Features").unwrap_or_default(), ARM_FLAGS)
         } else {
-            (
-                field("model name").unwrap_or_default(),
-                field("flags").unwrap_or_default(),
-            )
+            let model = field("model name").unwrap_or_default();
+            (model, field("flags").unwrap_or_default(), X86_FLAGS)
         };
         let present: std::collections::HashSet<&str> = present.split_whitespace().collect();
-        let wanted = if arch == "aarch64" {
-            ARM_FLAGS
-        } else {
-            X86_FLAGS
-        };
         CpuSignature {
             arch: arch.to_string(),
             model,
@@ -243,10 +236,7 @@ impl CpuSignature {
     pub(crate) fn key(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
-        for part in std::iter::once(&self.arch)
-            .chain(std::iter::once(&self.model))
-            .chain(&self.flags)
-        {
+        for part in [&self.arch, &self.model].into_iter().chain(&self.flags) {
             h.update(part.as_bytes());
             h.update([0]);
         }

@@ -89,16 +89,11 @@ fn deep_merge(base: &mut toml::Table, top: toml::Table) {
 
 /// Whether a dotted key path (`profiles.balanced.cpus`) is present in `table`.
 fn has_key(table: &toml::Table, dotted: &str) -> bool {
-    let mut current = table;
-    let parts: Vec<&str> = dotted.split('.').filter(|p| !p.is_empty()).collect();
-    for (i, part) in parts.iter().enumerate() {
-        match current.get(*part) {
-            Some(toml::Value::Table(t)) if i + 1 < parts.len() => current = t,
-            Some(_) => return true,
-            None => return false,
-        }
+    let (first, rest) = dotted.split_once('.').unwrap_or((dotted, ""));
+    match table.get(first) {
+        Some(toml::Value::Table(t)) if !rest.is_empty() => has_key(t, rest),
+        found => found.is_some(),
     }
-    !parts.is_empty()
 }
 
 #[cfg(test)]
