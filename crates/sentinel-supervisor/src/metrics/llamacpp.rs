@@ -80,9 +80,12 @@ impl Families {
     pub(crate) fn exposed_names(&self) -> Vec<String> {
         self.0
             .iter()
-            .map(|f| match f.kind {
-                MetricType::Counter => format!("{}_total", f.name),
-                _ => f.name.clone(),
+            .map(|f| {
+                if f.kind == MetricType::Counter {
+                    format!("{}_total", f.name)
+                } else {
+                    f.name.clone()
+                }
             })
             .collect()
     }
@@ -244,9 +247,10 @@ impl Collector for Families {
                 enc.encode_descriptor(&family.name, &family.help, None, family.kind)?;
             for (labels, value) in &family.samples {
                 let sample = metric.encode_family(labels)?;
-                match family.kind {
-                    MetricType::Counter => ConstCounter::new(*value).encode(sample)?,
-                    _ => ConstGauge::new(*value).encode(sample)?,
+                if family.kind == MetricType::Counter {
+                    ConstCounter::new(*value).encode(sample)?;
+                } else {
+                    ConstGauge::new(*value).encode(sample)?;
                 }
             }
         }
