@@ -64,9 +64,10 @@ fn render(
 ) -> Result<String, CheckError> {
     let mut redacted = config.clone();
     redacted.api_keys = vec![REDACTED.to_string(); config.api_keys.len()];
-    let source = config.source.as_ref().map_or(BUILTIN_NAME.to_string(), |path| {
-        format!("{BUILTIN_NAME} + {}", path.display())
-    });
+    let source = match &config.source {
+        Some(path) => format!("{BUILTIN_NAME} + {}", path.display()),
+        None => BUILTIN_NAME.to_string(),
+    };
     let mut out = format!(
         "# Effective configuration (valid): {source}\n# api_keys: {} in the file{}, values redacted\n\n",
         config.api_keys.len(),

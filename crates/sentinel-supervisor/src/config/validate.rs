@@ -56,7 +56,8 @@ fn top_level(c: &Config) -> Result<(), Fault> {
             ),
         ));
     }
-    at_least("backend.ctx_size", c.backend.ctx_size as usize, 64, " tokens")?;
+    let ctx = c.backend.ctx_size as usize;
+    at_least("backend.ctx_size", ctx, 64, " tokens")?;
     if c.api_keys.iter().any(|k| k.trim().is_empty()) {
         return Err(fault(
             "api_keys",

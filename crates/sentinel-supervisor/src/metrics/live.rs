@@ -236,17 +236,18 @@ impl Live {
 
     /// The supervisor's own CPU and memory, and whether llama-server's `/metrics` answered.
     fn supervisor(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        let me = std::process::id() as i32;
         counter(
             enc,
             "sentinel_supervisor_cpu_seconds",
             "CPU time of the supervisor process itself.",
-            crate::meter::process_cpu(std::process::id() as i32),
+            crate::meter::process_cpu(me),
         )?;
         gauge(
             enc,
             "sentinel_supervisor_resident_memory_bytes",
             "Resident memory of the supervisor process itself.",
-            crate::meter::rss_bytes(std::process::id() as i32).map(|v| v as i64),
+            crate::meter::rss_bytes(me).map(|v| v as i64),
         )?;
         gauge(
             enc,
