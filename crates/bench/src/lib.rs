@@ -505,16 +505,11 @@ impl Session<'_> {
             "bench: {name}: measuring idle for {}",
             humantime::format_duration(options.idle)
         );
-        let idle_cpu_before = pid
-            .and_then(crate::tree::tree_usage)
-            .map(|u| u.cpu_time);
+        let idle_cpu_before = pid.and_then(crate::tree::tree_usage).map(|u| u.cpu_time);
         tokio::time::sleep(options.idle).await;
         let idle_end = sampler.now_s();
         let idle_backend = idle_cpu_before
-            .zip(
-                pid.and_then(crate::tree::tree_usage)
-                    .map(|u| u.cpu_time),
-            )
+            .zip(pid.and_then(crate::tree::tree_usage).map(|u| u.cpu_time))
             .map(|(b, a)| share_of_machine(a.saturating_sub(b), idle_end, &self.host));
         sampler.set_phase(Phase::Active);
         let probes = match self.foreground_alone {
@@ -582,9 +577,7 @@ impl Session<'_> {
             if schema_mode { " (schema)" } else { "" },
             plan.variant.suffix()
         );
-        let cpu_before = pid
-            .and_then(crate::tree::tree_usage)
-            .map(|u| u.cpu_time);
+        let cpu_before = pid.and_then(crate::tree::tree_usage).map(|u| u.cpu_time);
         let start_s = sampler.now_s();
         let started = Instant::now();
         let mut results = Vec::with_capacity(tasks.len());
@@ -639,9 +632,7 @@ impl Session<'_> {
                     .map_or("n/a".to_string(), |c| format!("{c:.0} %"))
             );
         }
-        let cpu_after = pid
-            .and_then(crate::tree::tree_usage)
-            .map(|u| u.cpu_time);
+        let cpu_after = pid.and_then(crate::tree::tree_usage).map(|u| u.cpu_time);
         PendingRun {
             schema_mode,
             variant: plan.variant,

@@ -20,8 +20,8 @@
 use crate::cli::LimitArgs;
 use crate::config::Config;
 use crate::governor::{
-    priority, usage, Activity, Governor, GovernorConfig, GovernorSettings, Prepared,
-    Priority, StoppedTime,
+    priority, usage, Activity, Governor, GovernorConfig, GovernorSettings, Prepared, Priority,
+    StoppedTime,
 };
 use crate::host::Host;
 use crate::os::process::{signal_group, spawn_in_group_async};
@@ -228,7 +228,8 @@ async fn limit_command(
         Err(err) => {
             // A command that finished at once is gone before it could be governed: that is
             // its exit, not an error.
-            if let Ok(status) = tokio::time::timeout(Duration::from_millis(200), child.wait()).await {
+            if let Ok(status) = tokio::time::timeout(Duration::from_millis(200), child.wait()).await
+            {
                 return Ok(exit_code(status));
             }
             kill_group(pid, Signal::SIGKILL);
@@ -313,7 +314,8 @@ async fn spawn_command(
     let pid = child
         .id()
         .and_then(|p| i32::try_from(p).ok())
-        .ok_or_else(|| failed(io::Error::other("the command exited before its pid was known")))?;
+        .ok_or_else(|| io::Error::other("the command exited before its pid was known"))
+        .map_err(failed)?;
     Ok((pid, child))
 }
 

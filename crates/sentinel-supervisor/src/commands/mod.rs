@@ -48,7 +48,6 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-
 /// The built-in defaults with the user's file (`--config`, or the usual place) over them.
 fn load_config(args: &ConfigArgs) -> Result<Config, ConfigError> {
     Config::load(args.config.as_deref())

@@ -16,7 +16,10 @@ fn fault(key: impl Into<String>, message: impl Into<String>) -> Fault {
 /// Whether `n` is at least `min` (`unit` after the minimum in the message: " tokens").
 fn at_least(key: impl Into<String>, n: usize, min: usize, unit: &str) -> Result<(), Fault> {
     if n < min {
-        return Err(fault(key, format!("{n} is too small; use at least {min}{unit}")));
+        return Err(fault(
+            key,
+            format!("{n} is too small; use at least {min}{unit}"),
+        ));
     }
     Ok(())
 }

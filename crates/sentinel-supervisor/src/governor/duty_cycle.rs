@@ -303,9 +303,10 @@ impl Loop<'_> {
             self.window
         };
         // Wake for the adaptive window too: the budget may have to drop below usable.
-        let nap = self.adaptive.as_ref().map_or(nap, |(_, load)| {
-            nap.min(load.until_due(Instant::now()))
-        });
+        let nap = self
+            .adaptive
+            .as_ref()
+            .map_or(nap, |(_, load)| nap.min(load.until_due(Instant::now())));
         let (activity, stop) = (&mut self.activity, &mut self.stop);
         rt.block_on(async {
             tokio::select! {
@@ -441,7 +442,9 @@ fn machine_since(
     online_cpus: usize,
 ) -> (Machine, Option<SystemTimes>) {
     let sys = crate::meter::system_times(online_cpus).ok();
-    let busy = sys.zip(before).map(|(now, before)| now.busy_fraction_since(&before));
+    let busy = sys
+        .zip(before)
+        .map(|(now, before)| now.busy_fraction_since(&before));
     let machine = if busy.is_some_and(|b| b >= SATURATED) {
         Machine::Saturated
     } else {

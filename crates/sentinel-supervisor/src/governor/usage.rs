@@ -79,7 +79,7 @@ impl UsageGate {
         self.since = (now, cpu);
         let flip = if self.active {
             // Scaled to the window, so a late reading does not make a busy target look idle.
-            used < self.idle_max.mul_f64(wall.as_secs_f64() / IDLE_WINDOW.as_secs_f64())
+            used < self.idle_max.mul_f64(wall.div_duration_f64(IDLE_WINDOW))
         } else {
             used.as_secs_f64() >= wall.max(self.poll).as_secs_f64() * WAKE_SHARE
         };

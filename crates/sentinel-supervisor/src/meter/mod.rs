@@ -8,7 +8,6 @@
 //! platform-neutral types and parsers; the count of online CPUs is the caller's
 //! ([`crate::host::Host::online_cpus`], detected once and passed down).
 
-
 /// The readings of this platform: `linux.rs` or `macos.rs`, one set of names.
 #[cfg_attr(target_os = "linux", path = "linux.rs")]
 #[cfg_attr(target_os = "macos", path = "macos.rs")]

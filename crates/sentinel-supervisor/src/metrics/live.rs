@@ -4,6 +4,7 @@
 //! counters, a group of related metrics per step.
 
 use crate::governor::GovernorSnapshot;
+use crate::meter;
 use crate::status::StatusReport;
 use crate::supervisor::state::StateName;
 use prometheus_client::collector::Collector;
@@ -206,13 +207,13 @@ impl Live {
             enc,
             "sentinel_backend_cpu_seconds",
             "CPU time of the running backend process (its exact CPU clock); starts again at 0 with each launch.",
-            self.backend.and_then(crate::meter::process_cpu),
+            self.backend.and_then(meter::process_cpu),
         )?;
         gauge(
             enc,
             "sentinel_backend_resident_memory_bytes",
             "Resident memory of the running backend process.",
-            self.backend.and_then(crate::meter::rss_bytes).map(|v| v as i64),
+            self.backend.and_then(meter::rss_bytes).map(|v| v as i64),
         )
     }
 
@@ -222,7 +223,7 @@ impl Live {
             enc,
             "sentinel_system_cpu_busy_seconds",
             "CPU time the whole machine spent busy, summed over every CPU (cgroup v1 cpuacct root when mounted, else /proc/stat).",
-            crate::meter::system_times(self.online_cpus)
+            meter::system_times(self.online_cpus)
                 .ok()
                 .map(|t| Duration::from_nanos(t.busy)),
         )?;
@@ -241,13 +242,13 @@ impl Live {
             enc,
             "sentinel_supervisor_cpu_seconds",
             "CPU time of the supervisor process itself.",
-            crate::meter::process_cpu(me),
+            meter::process_cpu(me),
         )?;
         gauge(
             enc,
             "sentinel_supervisor_resident_memory_bytes",
             "Resident memory of the supervisor process itself.",
-            crate::meter::rss_bytes(me).map(|v| v as i64),
+            meter::rss_bytes(me).map(|v| v as i64),
         )?;
         gauge(
             enc,

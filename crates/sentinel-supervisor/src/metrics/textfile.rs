@@ -18,7 +18,6 @@ pub struct TextfileConfig {
     pub textfile_interval: Duration,
 }
 
-
 /// Writes `text` to `path` atomically (temporary file beside it, then rename).
 pub(crate) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let name = path
