@@ -118,6 +118,7 @@ pub fn parse_cpuacct_mount(mountinfo: &str) -> Option<std::path::PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_os = "linux")]
     use std::time::Duration;
 
     #[test]
