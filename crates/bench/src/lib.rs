@@ -16,7 +16,7 @@
 //!
 //! Files: `cli` and `options` (the command line, turned into [`BenchOptions`] once), `task`
 //! (the task set), `score` (scorers), `prefix` (shared prefixes and solved examples), `stack`
-//! (the supervisor under test), `sampler` (CPU over time), `workload` (one streamed request, its token
+//! (the supervisor under test), `sampler` (CPU over time), `tree` (a process tree's CPU and memory), `workload` (one streamed request, its token
 //! usage read by the product's `metrics::tokens`), `foreground` (the probes), `stats`, `target`, `settings`
 //! (`bench.toml`), `report` and `chart`; `limiters` and `limiter_report` are the limiter
 //! comparison of the `bench_governor` driver (`src/bin/`), `wake` the stand-in scenarios of
@@ -40,6 +40,7 @@ pub mod stack;
 pub mod stats;
 pub mod target;
 pub mod task;
+pub mod tree;
 pub mod wake;
 pub mod workload;
 
@@ -332,7 +333,7 @@ fn probes_cpu(probes: &Probes) -> Option<Duration> {
     probes
         .pids()
         .into_iter()
-        .map(|p| sentinel_supervisor::meter::tree_usage(p).map(|u| u.cpu_time))
+        .map(|p| crate::tree::tree_usage(p).map(|u| u.cpu_time))
         .sum()
 }
 
@@ -504,16 +505,11 @@ impl Session<'_> {
             "bench: {name}: measuring idle for {}",
             humantime::format_duration(options.idle)
         );
-        let idle_cpu_before = pid
-            .and_then(sentinel_supervisor::meter::tree_usage)
-            .map(|u| u.cpu_time);
+        let idle_cpu_before = pid.and_then(crate::tree::tree_usage).map(|u| u.cpu_time);
         tokio::time::sleep(options.idle).await;
         let idle_end = sampler.now_s();
         let idle_backend = idle_cpu_before
-            .zip(
-                pid.and_then(sentinel_supervisor::meter::tree_usage)
-                    .map(|u| u.cpu_time),
-            )
+            .zip(pid.and_then(crate::tree::tree_usage).map(|u| u.cpu_time))
             .map(|(b, a)| share_of_machine(a.saturating_sub(b), idle_end, &self.host));
         sampler.set_phase(Phase::Active);
         let probes = match self.foreground_alone {
@@ -538,7 +534,7 @@ impl Session<'_> {
         let (timeline, max_tree_rss) = sampler.finish();
         let idle_cpu = Summary::of(&sampler::window(&timeline, 0.0, idle_end));
         let peak_rss = pid
-            .and_then(sentinel_supervisor::meter::peak_rss_bytes)
+            .and_then(crate::tree::peak_rss_bytes)
             .max((max_tree_rss > 0).then_some(max_tree_rss));
         let runs = runs
             .into_iter()
@@ -581,9 +577,7 @@ impl Session<'_> {
             if schema_mode { " (schema)" } else { "" },
             plan.variant.suffix()
         );
-        let cpu_before = pid
-            .and_then(sentinel_supervisor::meter::tree_usage)
-            .map(|u| u.cpu_time);
+        let cpu_before = pid.and_then(crate::tree::tree_usage).map(|u| u.cpu_time);
         let start_s = sampler.now_s();
         let started = Instant::now();
         let mut results = Vec::with_capacity(tasks.len());
@@ -638,9 +632,7 @@ impl Session<'_> {
                     .map_or("n/a".to_string(), |c| format!("{c:.0} %"))
             );
         }
-        let cpu_after = pid
-            .and_then(sentinel_supervisor::meter::tree_usage)
-            .map(|u| u.cpu_time);
+        let cpu_after = pid.and_then(crate::tree::tree_usage).map(|u| u.cpu_time);
         PendingRun {
             schema_mode,
             variant: plan.variant,

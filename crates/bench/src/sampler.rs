@@ -67,9 +67,7 @@ impl Sampler {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .push(point);
-                    if let Some(usage) =
-                        backend_pid.and_then(sentinel_supervisor::meter::tree_usage)
-                    {
+                    if let Some(usage) = backend_pid.and_then(crate::tree::tree_usage) {
                         worker
                             .max_tree_rss
                             .fetch_max(usage.rss_bytes, Ordering::Relaxed);

@@ -203,24 +203,17 @@ impl CpuSignature {
                 (key.trim() == name).then(|| value.trim().to_string())
             })
         };
-        let (model, present) = if arch == "aarch64" {
+        let (model, present, wanted) = if arch == "aarch64" {
             let model = match (field("CPU implementer"), field("CPU part")) {
                 (Some(i), Some(p)) => format!("implementer {i} part {p}"),
                 _ => field("Hardware").unwrap_or_default(),
             };
-            (model, field("Features").unwrap_or_default())
+            (model, field("Features").unwrap_or_default(), ARM_FLAGS)
         } else {
-            (
-                field("model name").unwrap_or_default(),
-                field("flags").unwrap_or_default(),
-            )
+            let model = field("model name").unwrap_or_default();
+            (model, field("flags").unwrap_or_default(), X86_FLAGS)
         };
         let present: std::collections::HashSet<&str> = present.split_whitespace().collect();
-        let wanted = if arch == "aarch64" {
-            ARM_FLAGS
-        } else {
-            X86_FLAGS
-        };
         CpuSignature {
             arch: arch.to_string(),
             model,
@@ -243,10 +236,7 @@ impl CpuSignature {
     pub(crate) fn key(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
-        for part in std::iter::once(&self.arch)
-            .chain(std::iter::once(&self.model))
-            .chain(&self.flags)
-        {
+        for part in [&self.arch, &self.model].into_iter().chain(&self.flags) {
             h.update(part.as_bytes());
             h.update([0]);
         }
@@ -273,72 +263,52 @@ fn detect_signature() -> CpuSignature {
     CpuSignature::from_cpuinfo(std::env::consts::ARCH, &text)
 }
 
-/// macOS has no `/proc/cpuinfo`: the brand string from `sysctl`, the flags from the standard
-/// library's run-time detection.
+/// macOS has no `/proc/cpuinfo`: the brand string (`machdep.cpu.brand_string`, read by
+/// `sysinfo`), the flags from the standard library's run-time detection.
 #[cfg(not(target_os = "linux"))]
 fn detect_signature() -> CpuSignature {
-    let mut sysctl = std::process::Command::new("sysctl");
-    sysctl
-        .args(["-n", "machdep.cpu.brand_string"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null());
-    let model = crate::os::process::spawn_in_group(sysctl, nix::sys::signal::Signal::SIGKILL)
-        .and_then(std::process::Child::wait_with_output)
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    use sysinfo::{CpuRefreshKind, RefreshKind, System};
+    let system =
+        System::new_with_specifics(RefreshKind::nothing().with_cpu(CpuRefreshKind::everything()));
     CpuSignature {
         arch: std::env::consts::ARCH.to_string(),
-        model,
+        model: system
+            .cpus()
+            .first()
+            .map(|cpu| cpu.brand().trim().to_string())
+            .unwrap_or_default(),
         flags: detected_flags(),
     }
 }
 
 #[cfg(all(not(target_os = "linux"), target_arch = "x86_64"))]
 fn detected_flags() -> Vec<String> {
-    let detected = [
-        ("sse4_2", std::arch::is_x86_feature_detected!("sse4.2")),
-        ("avx", std::arch::is_x86_feature_detected!("avx")),
-        ("avx2", std::arch::is_x86_feature_detected!("avx2")),
-        ("fma", std::arch::is_x86_feature_detected!("fma")),
-        ("f16c", std::arch::is_x86_feature_detected!("f16c")),
-        ("bmi2", std::arch::is_x86_feature_detected!("bmi2")),
-        ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
-        ("avx512bw", std::arch::is_x86_feature_detected!("avx512bw")),
-        ("avx512vl", std::arch::is_x86_feature_detected!("avx512vl")),
-        (
-            "avx512_vnni",
-            std::arch::is_x86_feature_detected!("avx512vnni"),
-        ),
-        (
-            "avx512vbmi",
-            std::arch::is_x86_feature_detected!("avx512vbmi"),
-        ),
-    ];
-    detected
-        .iter()
-        .filter(|(_, on)| *on)
-        .map(|(name, _)| name.to_string())
-        .collect()
+    use std::arch::is_x86_feature_detected;
+    present(&[
+        ("sse4_2", is_x86_feature_detected!("sse4.2")),
+        ("avx", is_x86_feature_detected!("avx")),
+        ("avx2", is_x86_feature_detected!("avx2")),
+        ("fma", is_x86_feature_detected!("fma")),
+        ("f16c", is_x86_feature_detected!("f16c")),
+        ("bmi2", is_x86_feature_detected!("bmi2")),
+        ("avx512f", is_x86_feature_detected!("avx512f")),
+        ("avx512bw", is_x86_feature_detected!("avx512bw")),
+        ("avx512vl", is_x86_feature_detected!("avx512vl")),
+        ("avx512_vnni", is_x86_feature_detected!("avx512vnni")),
+        ("avx512vbmi", is_x86_feature_detected!("avx512vbmi")),
+    ])
 }
 
 #[cfg(all(not(target_os = "linux"), target_arch = "aarch64"))]
 fn detected_flags() -> Vec<String> {
-    let detected = [
-        ("asimd", std::arch::is_aarch64_feature_detected!("neon")),
-        (
-            "asimddp",
-            std::arch::is_aarch64_feature_detected!("dotprod"),
-        ),
-        ("sve", std::arch::is_aarch64_feature_detected!("sve")),
-        ("sve2", std::arch::is_aarch64_feature_detected!("sve2")),
-        ("i8mm", std::arch::is_aarch64_feature_detected!("i8mm")),
-    ];
-    detected
-        .iter()
-        .filter(|(_, on)| *on)
-        .map(|(name, _)| name.to_string())
-        .collect()
+    use std::arch::is_aarch64_feature_detected;
+    present(&[
+        ("asimd", is_aarch64_feature_detected!("neon")),
+        ("asimddp", is_aarch64_feature_detected!("dotprod")),
+        ("sve", is_aarch64_feature_detected!("sve")),
+        ("sve2", is_aarch64_feature_detected!("sve2")),
+        ("i8mm", is_aarch64_feature_detected!("i8mm")),
+    ])
 }
 
 #[cfg(all(
@@ -347,6 +317,19 @@ fn detected_flags() -> Vec<String> {
 ))]
 fn detected_flags() -> Vec<String> {
     Vec::new()
+}
+
+/// The names `detected` marks as present, in its order.
+#[cfg(all(
+    not(target_os = "linux"),
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+fn present(detected: &[(&str, bool)]) -> Vec<String> {
+    detected
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| name.to_string())
+        .collect()
 }
 
 /// CPUs the machine has online, asked of the kernel by [`Host::detect`] (the one place: every

@@ -9,7 +9,6 @@ pub mod commands;
 pub mod config;
 pub mod governor;
 pub mod host;
-pub(crate) mod logging;
 pub mod meter;
 pub mod metrics;
 pub(crate) mod notify;

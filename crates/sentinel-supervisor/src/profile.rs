@@ -225,12 +225,8 @@ fn threads(
         (Some(c), _) => format!("follows the budget of {c:.2} cores"),
         (None, _) => format!("no budget: {}", host.limit_reason()),
     };
-    let threads = pick(
-        "threads",
-        p.threads,
-        threads_for_budget(largest, allowed),
-        &why,
-    );
+    let sized = threads_for_budget(largest, allowed);
+    let threads = pick("threads", p.threads, sized, &why);
     let threads_batch = pick("threads_batch", p.threads_batch, threads, "same as threads");
     (threads, threads_batch)
 }

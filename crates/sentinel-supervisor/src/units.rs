@@ -37,42 +37,10 @@ pub enum UnitError {
 #[serde(try_from = "f64", into = "f64")]
 pub struct Cores(f64);
 
-impl Cores {
-    /// `cores` when it is finite and above 0.
-    pub fn new(cores: f64) -> Result<Cores, UnitError> {
-        if cores.is_finite() && cores > 0.0 {
-            Ok(Cores(cores))
-        } else {
-            Err(UnitError::Cores(cores))
-        }
-    }
-
-    /// The number of cores.
-    pub fn get(self) -> f64 {
-        self.0
-    }
-}
-
 /// A share of the whole machine, above 0 and at most 1 (0.6 = 60 % of all CPUs).
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
 #[serde(try_from = "f64", into = "f64")]
 pub struct Share(f64);
-
-impl Share {
-    /// `share` when it is above 0 and at most 1.
-    pub fn new(share: f64) -> Result<Share, UnitError> {
-        if share > 0.0 && share <= 1.0 {
-            Ok(Share(share))
-        } else {
-            Err(UnitError::Share(share))
-        }
-    }
-
-    /// The share, in (0, 1].
-    pub fn get(self) -> f64 {
-        self.0
-    }
-}
 
 /// A CPU budget that may be 0, which pauses the backend (`cpus_on_battery`): finite, at least 0.
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
@@ -80,28 +48,33 @@ impl Share {
 pub struct CoresOrPause(f64);
 
 impl CoresOrPause {
-    /// `cores` when it is finite and at least 0.
-    pub fn new(cores: f64) -> Result<CoresOrPause, UnitError> {
-        if cores.is_finite() && cores >= 0.0 {
-            Ok(CoresOrPause(cores))
-        } else {
-            Err(UnitError::CoresOrPause(cores))
-        }
-    }
-
-    /// The number of cores (0: pause).
-    pub fn get(self) -> f64 {
-        self.0
-    }
-
     /// The budget: `None` for 0 (pause).
     pub fn cores(self) -> Option<Cores> {
         Cores::new(self.0).ok()
     }
 }
 
-macro_rules! conversions {
-    ($t:ident) => {
+/// `new` (the value when `valid` holds, else the [`UnitError`] variant of the type's name),
+/// `get`, and the conversions to and from `f64` and text.
+macro_rules! bounded {
+    ($t:ident, $valid:expr) => {
+        impl $t {
+            /// The value when it is in the type's range (see its doc).
+            pub fn new(value: f64) -> Result<$t, UnitError> {
+                let valid: fn(f64) -> bool = $valid;
+                if valid(value) {
+                    Ok($t(value))
+                } else {
+                    Err(UnitError::$t(value))
+                }
+            }
+
+            /// The value.
+            pub fn get(self) -> f64 {
+                self.0
+            }
+        }
+
         impl TryFrom<f64> for $t {
             type Error = UnitError;
             fn try_from(value: f64) -> Result<Self, UnitError> {
@@ -135,9 +108,9 @@ macro_rules! conversions {
     };
 }
 
-conversions!(Cores);
-conversions!(Share);
-conversions!(CoresOrPause);
+bounded!(Cores, |cores| cores.is_finite() && cores > 0.0);
+bounded!(Share, |share| share > 0.0 && share <= 1.0);
+bounded!(CoresOrPause, |cores| cores.is_finite() && cores >= 0.0);
 
 /// An amount of memory in bytes, written in a file as a whole number of bytes or a string with
 /// a binary or decimal unit (`"6GiB"`, `"512MiB"`, `"6GB"`, `"6000000000"`).

@@ -21,19 +21,11 @@ pub(crate) enum BenchCommand {
 }
 
 impl BenchCommand {
-    /// Its name on this program's command line.
-    fn cli_name(self) -> &'static str {
+    /// Its name on this program's command line, and on `sentinel-bench`'s.
+    fn names(self) -> (&'static str, &'static str) {
         match self {
-            BenchCommand::Bench => "bench",
-            BenchCommand::Probe => "bench-probe",
-        }
-    }
-
-    /// Its name on `sentinel-bench`'s.
-    fn name(self) -> &'static str {
-        match self {
-            BenchCommand::Bench => "bench",
-            BenchCommand::Probe => "probe",
+            BenchCommand::Bench => ("bench", "bench"),
+            BenchCommand::Probe => ("bench-probe", "probe"),
         }
     }
 }
@@ -90,8 +82,9 @@ pub(crate) fn exec(
 /// command.
 fn argv(command: BenchCommand, args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
     let mut argv: Vec<OsString> = args.into_iter().skip(1).collect();
-    if let Some(name) = argv.iter_mut().find(|a| *a == command.cli_name()) {
-        *name = command.name().into();
+    let (ours, theirs) = command.names();
+    if let Some(name) = argv.iter_mut().find(|a| *a == ours) {
+        *name = theirs.into();
     }
     argv
 }

@@ -14,21 +14,18 @@ pub(crate) async fn run(args: BundleArgs) -> anyhow::Result<ExitCode> {
     let supervisor = std::env::current_exe().context("cannot find this binary to bundle it")?;
     let written = tokio::task::spawn_blocking(move || {
         let pin = SourcePin::builtin();
-        let (server_dir, server_source) = match args.server_dir {
-            Some(dir) => {
-                let source = format!("--server-dir {}", dir.display());
-                (dir, source)
-            }
+        let (server_source, server_dir) = match args.server_dir {
+            Some(dir) => (format!("--server-dir {}", dir.display()), dir),
             None => (
+                "the portable build".to_string(),
                 // Built once here when missing (minutes), at idle priority like every build.
                 build::ensure_build(&cache, &pin, build::Flavor::Portable)?,
-                "the portable build".to_string(),
             ),
         };
-        let model = match args.with_model {
-            true => Some(model::ensure_default(&cache, &ModelPin::builtin())?),
-            false => None,
-        };
+        let model = args
+            .with_model
+            .then(|| model::ensure_default(&cache, &ModelPin::builtin()))
+            .transpose()?;
         let options = BundleOptions {
             out: args.out,
             supervisor,

@@ -64,14 +64,11 @@ fn render(
 ) -> Result<String, CheckError> {
     let mut redacted = config.clone();
     redacted.api_keys = vec![REDACTED.to_string(); config.api_keys.len()];
-    let body = toml::to_string(&redacted)?;
-
-    let mut out = String::new();
     let source = match &config.source {
         Some(path) => format!("{BUILTIN_NAME} + {}", path.display()),
         None => BUILTIN_NAME.to_string(),
     };
-    out.push_str(&format!(
+    let mut out = format!(
         "# Effective configuration (valid): {source}\n# api_keys: {} in the file{}, values redacted\n\n",
         config.api_keys.len(),
         if key_from_env {
@@ -79,8 +76,8 @@ fn render(
         } else {
             ""
         }
-    ));
-    out.push_str(&body);
+    );
+    out.push_str(&toml::to_string(&redacted)?);
     out.push_str(&format!(
         "\n# Profiles as resolved on this host ({}):\n",
         host.describe()

@@ -20,12 +20,12 @@
 use crate::cli::LimitArgs;
 use crate::config::Config;
 use crate::governor::{
-    priority, usage, Activity, Governor, GovernorConfig, GovernorSettings, Method, Prepared,
-    Priority, StoppedTime,
+    priority, usage, Activity, Governor, GovernorConfig, GovernorSettings, Prepared, Priority,
+    StoppedTime,
 };
 use crate::host::Host;
 use crate::os::process::{signal_group, spawn_in_group_async};
-use crate::units::{Cores, Share};
+use crate::units::Cores;
 use nix::sys::signal::Signal;
 use std::io;
 use std::process::{ExitCode, ExitStatus};
@@ -78,16 +78,10 @@ pub(crate) enum LimitTarget {
 pub(crate) struct LimitOptions {
     pub cpus: Cores,
     pub target: LimitTarget,
-    /// Duty-cycle period.
-    pub period: Duration,
-    /// Threads the target keeps busy; `None` follows its thread count.
-    pub threads: Option<usize>,
-    pub method: Method,
-    pub adaptive: Option<Share>,
-    /// The target's scheduling class (and its cgroup's weight).
-    pub priority: Priority,
-    /// The host this runs on (detected once by the command).
-    pub host: Host,
+    /// What the governor is told: the budget, the duty-cycle period, the threads the target
+    /// keeps busy (`None` follows its thread count), the method, the adaptive share, the
+    /// target's scheduling class (and its cgroup's weight) and the host (detected once).
+    pub settings: GovernorSettings,
 }
 
 impl LimitOptions {
@@ -109,33 +103,24 @@ impl LimitOptions {
         Ok(LimitOptions {
             cpus: args.cpus,
             target,
-            period: args.period,
-            threads: args.threads,
-            method: args.method.into(),
-            adaptive: args.adaptive,
-            priority: args.priority.into(),
-            host,
+            settings: GovernorSettings {
+                cpus: Some(args.cpus),
+                threads: args.threads,
+                priority: args.priority.into(),
+                adaptive: args.adaptive,
+                host,
+                method: args.method.into(),
+                period: args.period,
+            },
         })
     }
 
     /// The shipped `[governor]` section with the feedback window kept at least five of this
-    /// period long (the method and period themselves go in [`Self::governor_settings`]).
+    /// period long (the method and period themselves go in [`Self::settings`]).
     fn governor_config(&self, shipped: GovernorConfig) -> GovernorConfig {
         GovernorConfig {
-            feedback_window: shipped.feedback_window.max(self.period * 5),
+            feedback_window: shipped.feedback_window.max(self.settings.period * 5),
             ..shipped
-        }
-    }
-
-    fn governor_settings(&self) -> GovernorSettings {
-        GovernorSettings {
-            cpus: Some(self.cpus),
-            threads: self.threads,
-            priority: self.priority,
-            adaptive: self.adaptive,
-            host: self.host,
-            method: self.method,
-            period: self.period,
         }
     }
 }
@@ -188,23 +173,22 @@ async fn limit_pid(
     config: &GovernorConfig,
     mut interrupts: Interrupts,
 ) -> anyhow::Result<ExitCode> {
-    if options.priority != Priority::Normal {
-        priority::apply_to_process_threads(pid, options.priority).map_err(|source| {
+    if options.settings.priority != Priority::Normal {
+        priority::apply_to_process_threads(pid, options.settings.priority).map_err(|source| {
             LimitError::Priority {
                 pid,
-                priority: options.priority,
+                priority: options.settings.priority,
                 source,
             }
         })?;
     }
     let activity = Activity::new();
     let _usage = follow_usage(pid, options, &activity);
-    let settings = options.governor_settings();
     // `limit` serves no `/status` or `/metrics`: nothing reads the stopped time.
     let mut handle = Governor::start(
         pid,
         config,
-        settings,
+        options.settings,
         activity.clone(),
         StoppedTime::default(),
         unread(),
@@ -236,17 +220,15 @@ async fn limit_command(
 ) -> anyhow::Result<ExitCode> {
     let activity = Activity::new();
     // The cgroup exists before the command, so the command and all it starts are born inside.
-    let governor = Governor::prepare(config, options.governor_settings())?;
-    let (pid, mut child) = spawn_command(command, options.priority, &governor).await?;
+    let governor = Governor::prepare(config, options.settings)?;
+    let (pid, mut child) = spawn_command(command, options.settings.priority, &governor).await?;
     let _usage = follow_usage(pid, options, &activity);
-    let started = governor.start(pid, activity.clone(), StoppedTime::default(), unread());
-    let mut handle = match started {
+    let mut handle = match governor.start(pid, activity.clone(), StoppedTime::default(), unread()) {
         Ok(handle) => handle,
         Err(err) => {
             // A command that finished at once is gone before it could be governed: that is
             // its exit, not an error.
-            if let Ok(status) =
-                tokio::time::timeout(std::time::Duration::from_millis(200), child.wait()).await
+            if let Ok(status) = tokio::time::timeout(Duration::from_millis(200), child.wait()).await
             {
                 return Ok(exit_code(status));
             }
@@ -292,7 +274,7 @@ fn follow_usage(pid: i32, options: &LimitOptions, activity: &Activity) -> AbortO
     AbortOnDropHandle::new(tokio::spawn(usage::follow(
         pid,
         options.cpus.get(),
-        options.period,
+        options.settings.period,
         activity.clone(),
         activity.begin(),
     )))
@@ -312,7 +294,10 @@ async fn spawn_command(
     governor: &Prepared,
 ) -> Result<(i32, tokio::process::Child), LimitError> {
     use std::os::unix::process::CommandExt;
-    let shown = command.join(" ");
+    let failed = |source| LimitError::Spawn {
+        command: command.join(" "),
+        source,
+    };
     let mut cmd = tokio::process::Command::new(&command[0]);
     cmd.args(&command[1..]);
     // SAFETY: apply_to_current_process is async-signal-safe (plain system calls).
@@ -322,23 +307,15 @@ async fn spawn_command(
     }
     governor
         .enter_on_exec(cmd.as_std_mut())
-        .map_err(|err| LimitError::Spawn {
-            command: shown.clone(),
-            source: io::Error::other(err),
-        })?;
+        .map_err(|err| failed(io::Error::other(err)))?;
     let child = spawn_in_group_async(cmd, Signal::SIGKILL)
         .await
-        .map_err(|source| LimitError::Spawn {
-            command: shown.clone(),
-            source,
-        })?;
+        .map_err(failed)?;
     let pid = child
         .id()
         .and_then(|p| i32::try_from(p).ok())
-        .ok_or_else(|| LimitError::Spawn {
-            command: shown,
-            source: io::Error::other("the command exited before its pid was known"),
-        })?;
+        .ok_or_else(|| io::Error::other("the command exited before its pid was known"))
+        .map_err(failed)?;
     Ok((pid, child))
 }
 

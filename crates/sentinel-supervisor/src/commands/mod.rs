@@ -17,15 +17,16 @@ pub(crate) mod bench;
 pub(crate) mod bundle;
 pub(crate) mod check_config;
 pub(crate) mod limit;
+mod logging;
 pub(crate) mod profiles;
 pub(crate) mod run;
 pub(crate) mod setup;
 pub(crate) mod status;
 
-use crate::cli::{self, Cli, Command, ConfigArgs, LogArgs};
+use crate::cli::{self, Cli, Command, ConfigArgs};
 use crate::config::{Config, ConfigError};
-use crate::logging::{LogFormat, LogOptions};
 use bench::BenchCommand;
+pub use logging::init_logging;
 use std::process::ExitCode;
 
 /// Runs the command of `cli` (`run` when none is named) to its exit code.
@@ -44,21 +45,6 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Limit(args) => limit::run(args).await,
         Command::Bench(_) => Err(bench::exec(BenchCommand::Bench, std::env::args_os()).into()),
         Command::BenchProbe(_) => Err(bench::exec(BenchCommand::Probe, std::env::args_os()).into()),
-    }
-}
-
-/// Sets up logging from `-v`, `-q` and `--log-format`.
-pub fn init_logging(args: &LogArgs) {
-    crate::logging::init(&log_options(args));
-}
-
-fn log_options(args: &LogArgs) -> LogOptions {
-    LogOptions {
-        verbosity: i16::from(args.verbose) - i16::from(args.quiet),
-        format: match args.log_format {
-            cli::LogFormat::Text => LogFormat::Text,
-            cli::LogFormat::Json => LogFormat::Json,
-        },
     }
 }
 
@@ -91,19 +77,6 @@ impl From<cli::Priority> for crate::governor::Priority {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[test]
-    fn verbosity_is_verbose_minus_quiet() {
-        let cli = cli::Cli::try_parse_from(["s", "-vv", "-q", "--log-format", "json"]).unwrap();
-        assert_eq!(
-            log_options(&cli.log),
-            LogOptions {
-                verbosity: 1,
-                format: LogFormat::Json
-            }
-        );
-    }
 
     #[test]
     fn every_cli_method_maps_to_the_governor_method_of_the_same_name() {

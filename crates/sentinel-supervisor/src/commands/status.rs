@@ -77,13 +77,14 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
 /// `GET URL/status`, typed.
 pub(crate) async fn fetch(options: &StatusOptions) -> Result<StatusReport, StatusError> {
     let url = options.url.clone();
+    let failed = |e: reqwest::Error| StatusError::Request {
+        url: options.url.clone(),
+        message: e.to_string(),
+    };
     let client = reqwest::Client::builder()
         .timeout(TIMEOUT)
         .build()
-        .map_err(|e| StatusError::Request {
-            url: url.clone(),
-            message: e.to_string(),
-        })?;
+        .map_err(failed)?;
     let mut request = client.get(format!("{url}/status"));
     if let Some(key) = &options.api_key {
         request = request.bearer_auth(key);
@@ -94,10 +95,7 @@ pub(crate) async fn fetch(options: &StatusOptions) -> Result<StatusReport, Statu
         } else if e.is_timeout() {
             StatusError::Timeout { url: url.clone() }
         } else {
-            StatusError::Request {
-                url: url.clone(),
-                message: e.to_string(),
-            }
+            failed(e)
         }
     })?;
     let code = response.status().as_u16();
@@ -107,10 +105,7 @@ pub(crate) async fn fetch(options: &StatusOptions) -> Result<StatusReport, Statu
             None => StatusError::KeyNeeded { url },
         });
     }
-    let body = response.text().await.map_err(|e| StatusError::Request {
-        url: url.clone(),
-        message: e.to_string(),
-    })?;
+    let body = response.text().await.map_err(failed)?;
     serde_json::from_str(&body).map_err(|_| StatusError::NotAStatus {
         url,
         code,

@@ -43,15 +43,10 @@ impl<'a> Layers<'a> {
     /// The last file that set the dotted `key` (the built-in text when none did; the last file
     /// for the top level, `""`).
     pub(crate) fn file_of(&self, key: &str) -> String {
-        if key.is_empty() {
-            if let Some((path, _)) = self.files.last() {
-                return path.display().to_string();
-            }
-        }
         self.files
             .iter()
             .rev()
-            .find(|(_, table)| has_key(table, key))
+            .find(|(_, table)| key.is_empty() || has_key(table, key))
             .map_or_else(
                 || self.builtin_name.to_string(),
                 |(p, _)| p.display().to_string(),
@@ -61,15 +56,11 @@ impl<'a> Layers<'a> {
     /// The merged layers as `T`; an error names the key and the file that set it.
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
         serde_path_to_error::deserialize(toml::Value::Table(self.merged.clone())).map_err(|err| {
-            let key = err.path().to_string();
-            let key = if key == "." { String::new() } else { key };
+            let path = err.path().to_string();
+            let top = path == ".";
             ConfigError::Key {
-                file: self.file_of(&key),
-                key: if key.is_empty() {
-                    "(top level)".into()
-                } else {
-                    key
-                },
+                file: self.file_of(if top { "" } else { &path }),
+                key: if top { "(top level)".into() } else { path },
                 message: err.into_inner().to_string(),
             }
         })
@@ -98,16 +89,11 @@ fn deep_merge(base: &mut toml::Table, top: toml::Table) {
 
 /// Whether a dotted key path (`profiles.balanced.cpus`) is present in `table`.
 fn has_key(table: &toml::Table, dotted: &str) -> bool {
-    let mut current = table;
-    let parts: Vec<&str> = dotted.split('.').filter(|p| !p.is_empty()).collect();
-    for (i, part) in parts.iter().enumerate() {
-        match current.get(*part) {
-            Some(toml::Value::Table(t)) if i + 1 < parts.len() => current = t,
-            Some(_) => return true,
-            None => return false,
-        }
+    let (first, rest) = dotted.split_once('.').unwrap_or((dotted, ""));
+    match table.get(first) {
+        Some(toml::Value::Table(t)) if !rest.is_empty() => has_key(t, rest),
+        found => found.is_some(),
     }
-    !parts.is_empty()
 }
 
 #[cfg(test)]

@@ -46,11 +46,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub default_profile: String,
-    #[serde(
-        default,
-        deserialize_with = "empty_path_is_none",
-        serialize_with = "none_is_empty_path"
-    )]
+    #[serde(default, with = "empty_path")]
     pub model: Option<PathBuf>,
     #[serde(default)]
     pub model_alias: String,
@@ -87,17 +83,9 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    #[serde(
-        default,
-        deserialize_with = "empty_path_is_none",
-        serialize_with = "none_is_empty_path"
-    )]
+    #[serde(default, with = "empty_path")]
     pub bin: Option<PathBuf>,
-    #[serde(
-        default,
-        deserialize_with = "empty_path_is_none",
-        serialize_with = "none_is_empty_path"
-    )]
+    #[serde(default, with = "empty_path")]
     pub cache_dir: Option<PathBuf>,
     pub ctx_size: u32,
     #[serde(default)]
@@ -217,9 +205,8 @@ pub struct ProxyConfig {
 
 /// One `[profiles.NAME]` table, as written (see `profile` for the resolved values).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProfileConfig {
-    #[serde(default)]
     pub description: String,
     /// The budget in cores (above 0); `None` = unlimited.
     pub cpus: Option<Cores>,
@@ -229,61 +216,58 @@ pub struct ProfileConfig {
     pub cpus_when_idle: Option<Cores>,
     pub threads: Option<usize>,
     pub threads_batch: Option<usize>,
-    #[serde(default)]
     pub priority: Priority,
     pub slots: Option<usize>,
     pub ctx_size: Option<u32>,
     /// Prompt cache, MiB (overrides `backend.cache_ram_mib`).
     pub cache_ram_mib: Option<u32>,
-    #[serde(default)]
     pub embeddings: bool,
     /// Adaptive mode: keep total system CPU under this share of the machine.
     pub adaptive: Option<Share>,
     /// Cap on generated tokens per request (omit: `proxy.max_tokens`).
     pub max_tokens: Option<u32>,
-    #[serde(default)]
     pub extra_args: Vec<String>,
     /// How the budget is enforced for this profile (omit: `governor.method`).
     pub method: Option<crate::governor::Method>,
     /// The signal duty-cycle period for this profile (omit: `governor.period`).
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub period: Option<Duration>,
     /// Pin the backend to the last CPU of this process's affinity mask when it runs one
     /// thread (`threads` and `threads_batch` both 1).
-    #[serde(default)]
     pub pin: bool,
     /// Whether requests may carry a GBNF `grammar` (JSON schemas are always measured and let
     /// through within `proxy.grammar`). Default false.
-    #[serde(default)]
     pub grammar: bool,
     /// When a request may go to the central tier (`[[upstreams]]`); default `never`: no
     /// prompt leaves the host.
-    #[serde(default)]
     pub spill: crate::upstream::SpillMode,
     /// With `spill = "when_late"`: the latency a request should meet; one the queue would make
     /// later than this goes to the central tier (a client's `X-Sentinel-Deadline` wins).
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Duration>,
 }
 
-fn empty_path_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
-    let s = String::deserialize(d)?;
-    Ok((!s.trim().is_empty()).then(|| PathBuf::from(s)))
-}
+/// An optional path written as a string, empty for none (`with = "empty_path"`).
+pub(crate) mod empty_path {
+    use serde::{Deserialize, Serialize};
+    use std::path::PathBuf;
 
-/// The other way round, so the effective configuration prints as it can be written.
-fn none_is_empty_path<S: serde::Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
-    match p {
-        Some(p) => p.serialize(s),
-        None => s.serialize_str(""),
+    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<PathBuf>, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok((!s.trim().is_empty()).then(|| PathBuf::from(s)))
+    }
+
+    /// The other way round, so the effective configuration prints as it can be written.
+    pub(crate) fn serialize<S: serde::Serializer>(
+        p: &Option<PathBuf>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match p {
+            Some(p) => p.serialize(s),
+            None => s.serialize_str(""),
+        }
     }
 }
 
@@ -304,12 +288,10 @@ impl Config {
         explicit: Option<&Path>,
         drop_in: &[PathBuf],
     ) -> Result<Config, ConfigError> {
-        let path = match explicit {
-            Some(p) => Some(p.to_path_buf()),
-            None => default_user_path().filter(|p| p.is_file()),
-        };
-        let mut files: Vec<PathBuf> = path.into_iter().collect();
-        files.extend(drop_in_files(drop_in)?);
+        let path = explicit
+            .map(Path::to_path_buf)
+            .or_else(|| default_user_path().filter(|p| p.is_file()));
+        let files: Vec<PathBuf> = path.into_iter().chain(drop_in_files(drop_in)?).collect();
         let mut layers = Vec::with_capacity(files.len());
         for path in files {
             let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
@@ -422,17 +404,15 @@ pub(crate) fn default_cache_dir() -> PathBuf {
 }
 
 fn cache_dir_from(systemd: Option<std::ffi::OsString>) -> PathBuf {
-    if let Some(first) = systemd
+    systemd
         .as_deref()
         .and_then(|v| std::env::split_paths(v).next())
-    {
-        if !first.as_os_str().is_empty() {
-            return first;
-        }
-    }
-    dirs::cache_dir()
-        .unwrap_or_else(std::env::temp_dir)
-        .join("sentinel-supervisor")
+        .filter(|first| !first.as_os_str().is_empty())
+        .unwrap_or_else(|| {
+            dirs::cache_dir()
+                .unwrap_or_else(std::env::temp_dir)
+                .join("sentinel-supervisor")
+        })
 }
 
 #[cfg(test)]

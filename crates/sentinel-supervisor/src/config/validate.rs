@@ -13,6 +13,17 @@ fn fault(key: impl Into<String>, message: impl Into<String>) -> Fault {
     (key.into(), message.into())
 }
 
+/// Whether `n` is at least `min` (`unit` after the minimum in the message: " tokens").
+fn at_least(key: impl Into<String>, n: usize, min: usize, unit: &str) -> Result<(), Fault> {
+    if n < min {
+        return Err(fault(
+            key,
+            format!("{n} is too small; use at least {min}{unit}"),
+        ));
+    }
+    Ok(())
+}
+
 impl Config {
     /// Runs every step in order; `file_of` names the file that last set a key.
     pub(super) fn validate(&self, file_of: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
@@ -48,15 +59,8 @@ fn top_level(c: &Config) -> Result<(), Fault> {
             ),
         ));
     }
-    if c.backend.ctx_size < 64 {
-        return Err(fault(
-            "backend.ctx_size",
-            format!(
-                "{} is too small; use at least 64 tokens",
-                c.backend.ctx_size
-            ),
-        ));
-    }
+    let ctx = c.backend.ctx_size as usize;
+    at_least("backend.ctx_size", ctx, 64, " tokens")?;
     if c.api_keys.iter().any(|k| k.trim().is_empty()) {
         return Err(fault(
             "api_keys",
@@ -131,9 +135,7 @@ fn proxy(c: &Config) -> Result<(), Fault> {
         ("proxy.max_headers", p.max_headers, 8),
         ("proxy.max_connections", p.max_connections, 1),
     ] {
-        if n < min {
-            return Err(fault(key, format!("{n} is too small; use at least {min}")));
-        }
+        at_least(key, n, min, "")?;
     }
     Ok(())
 }
@@ -197,12 +199,7 @@ fn profiles(c: &Config) -> Result<(), Fault> {
             }
         }
         if let Some(ctx) = p.ctx_size {
-            if ctx < 64 {
-                return Err(fault(
-                    key("ctx_size"),
-                    format!("{ctx} is too small; use at least 64 tokens"),
-                ));
-            }
+            at_least(key("ctx_size"), ctx as usize, 64, " tokens")?;
         }
         if let Some(period) = p.period {
             c.governor

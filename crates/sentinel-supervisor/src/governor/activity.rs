@@ -8,21 +8,14 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 /// A cheap, cloneable handle on the in-flight counter.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Activity {
     tx: Arc<watch::Sender<usize>>,
 }
 
-impl Default for Activity {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Activity {
     pub(crate) fn new() -> Self {
-        let (tx, _rx) = watch::channel(0);
-        Self { tx: Arc::new(tx) }
+        Self::default()
     }
 
     /// Marks one unit of work (a request's ticket, a model load, a warm-up) as started; it ends

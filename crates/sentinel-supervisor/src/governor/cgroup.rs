@@ -129,9 +129,7 @@ fn delegated(v2_roots: &[PathBuf], own: &Path) -> Option<CgroupSupport> {
         _ => own,
     };
     v2_roots.iter().map(|root| root.join(own)).find_map(|dir| {
-        let cpu = std::fs::read_to_string(dir.join("cgroup.controllers"))
-            .is_ok_and(|c| c.split_whitespace().any(|w| w == "cpu"));
-        let ok = cpu
+        let ok = lists_cpu(&dir.join("cgroup.controllers"))
             && writable(&dir)
             && writable(&dir.join("cgroup.subtree_control"))
             && writable(&dir.join("cgroup.procs"));
@@ -148,28 +146,23 @@ fn detect_in(
     v1_roots: &[PathBuf],
     own: Option<&Path>,
 ) -> Option<CgroupSupport> {
-    if let Some(found) = own.and_then(|own| delegated(v2_roots, own)) {
-        return Some(found);
-    }
-    let v2 = v2_roots.iter().find(|root| {
-        std::fs::read_to_string(root.join("cgroup.subtree_control"))
-            .is_ok_and(|c| c.split_whitespace().any(|w| w == "cpu"))
-            && writable(root)
-    });
-    if let Some(root) = v2 {
-        return Some(CgroupSupport {
-            version: CgroupVersion::V2,
-            parent: root.clone(),
-            layout: Layout::Root,
-        });
-    }
-    v1_roots
-        .iter()
-        .find(|root| root.join("cpu.cfs_quota_us").exists() && writable(root))
-        .map(|root| CgroupSupport {
-            version: CgroupVersion::V1,
-            parent: root.clone(),
-            layout: Layout::Root,
+    let at_root = |version, parent: &PathBuf| CgroupSupport {
+        version,
+        parent: parent.clone(),
+        layout: Layout::Root,
+    };
+    own.and_then(|own| delegated(v2_roots, own))
+        .or_else(|| {
+            v2_roots
+                .iter()
+                .find(|root| lists_cpu(&root.join("cgroup.subtree_control")) && writable(root))
+                .map(|root| at_root(CgroupVersion::V2, root))
+        })
+        .or_else(|| {
+            v1_roots
+                .iter()
+                .find(|root| root.join("cpu.cfs_quota_us").exists() && writable(root))
+                .map(|root| at_root(CgroupVersion::V1, root))
         })
 }
 
@@ -197,21 +190,17 @@ fn enter_delegated(support: &CgroupSupport) -> Result<(), CgroupError> {
         }
     }
     let leaf = support.home();
-    match std::fs::create_dir(&leaf) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(source) => return Err(CgroupError::Create { path: leaf, source }),
-    }
+    create_dir(&leaf)?;
+    let leaf_procs = leaf.join("cgroup.procs");
     for pid in pids {
-        // Ours first (the list comes from the kernel: this process is in it unless moved).
-        match std::fs::write(leaf.join("cgroup.procs"), pid.to_string()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-            Err(source) => {
+        // Ours first (the list comes from the kernel: this process is in it unless moved); one
+        // that exited meanwhile fails with ESRCH: nothing to move.
+        if let Err(source) = std::fs::write(&leaf_procs, pid.to_string()) {
+            if source.raw_os_error() != Some(libc::ESRCH) {
                 return Err(CgroupError::Write {
-                    path: leaf.join("cgroup.procs"),
+                    path: leaf_procs,
                     source,
-                })
+                });
             }
         }
     }
@@ -285,11 +274,7 @@ impl CpuCgroup {
         }
         sweep_stale(support);
         let path = support.parent.join(support.group_name(key));
-        match std::fs::create_dir(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(source) => return Err(CgroupError::Create { path, source }),
-        }
+        create_dir(&path)?;
         let mut group = Self {
             path,
             support: support.clone(),
@@ -384,6 +369,17 @@ impl CpuCgroup {
         Ok(())
     }
 
+    /// [`CpuCgroup::remove`], with a warning when it fails.
+    pub(crate) fn remove_or_warn(&mut self) {
+        if let Err(err) = self.remove() {
+            tracing::warn!(
+                path = %self.path.display(),
+                error = %err,
+                "could not remove the cgroup; remove it with rmdir once its processes exit"
+            );
+        }
+    }
+
     /// Moves every process back to the parent group and deletes the cgroup. Idempotent.
     pub(crate) fn remove(&mut self) -> io::Result<()> {
         if self.removed {
@@ -413,13 +409,7 @@ impl CpuCgroup {
 
 impl Drop for CpuCgroup {
     fn drop(&mut self) {
-        if let Err(err) = self.remove() {
-            tracing::warn!(
-                path = %self.path.display(),
-                error = %err,
-                "could not remove the cgroup; remove it with rmdir once its processes exit"
-            );
-        }
+        self.remove_or_warn();
     }
 }
 
@@ -457,6 +447,23 @@ pub(crate) fn sweep_stale(support: &CgroupSupport) {
             tracing::info!(path = %entry.path().display(), "removed a stale cgroup");
         }
     }
+}
+
+/// Creates the group directory `path` (one left from an earlier launch will do).
+fn create_dir(path: &Path) -> Result<(), CgroupError> {
+    match std::fs::create_dir(path) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(CgroupError::Create {
+            path: path.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the controller list in `file` (`cgroup.controllers`, `cgroup.subtree_control`)
+/// names `cpu`.
+fn lists_cpu(file: &Path) -> bool {
+    std::fs::read_to_string(file).is_ok_and(|c| c.split_whitespace().any(|w| w == "cpu"))
 }
 
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {

@@ -303,10 +303,10 @@ impl Loop<'_> {
             self.window
         };
         // Wake for the adaptive window too: the budget may have to drop below usable.
-        let nap = match &self.adaptive {
-            Some((_, load)) => nap.min(load.until_due(Instant::now())),
-            None => nap,
-        };
+        let nap = self
+            .adaptive
+            .as_ref()
+            .map_or(nap, |(_, load)| nap.min(load.until_due(Instant::now())));
         let (activity, stop) = (&mut self.activity, &mut self.stop);
         rt.block_on(async {
             tokio::select! {
@@ -361,8 +361,7 @@ impl Loop<'_> {
                 }
             }
         }
-        store(&self.readings.budget, self.ctl.cpus());
-        store(&self.readings.fraction, self.ctl.fraction());
+        self.publish();
         tracing::trace!(
             pid,
             ?measured,
@@ -376,6 +375,12 @@ impl Loop<'_> {
             cpu,
             system,
         })
+    }
+
+    /// Publishes the budget and run fraction in force.
+    fn publish(&self) {
+        store(&self.readings.budget, self.ctl.cpus());
+        store(&self.readings.fraction, self.ctl.fraction());
     }
 
     /// Closes the adaptive load window when it has lasted its length and moves the budget.
@@ -398,8 +403,7 @@ impl Loop<'_> {
             sample.wall,
         );
         self.ctl.set_cpus(cpus);
-        store(&self.readings.budget, cpus);
-        store(&self.readings.fraction, self.ctl.fraction());
+        self.publish();
         tracing::trace!(
             pid,
             machine = sample.machine_busy,
@@ -438,10 +442,9 @@ fn machine_since(
     online_cpus: usize,
 ) -> (Machine, Option<SystemTimes>) {
     let sys = crate::meter::system_times(online_cpus).ok();
-    let busy = match (sys, before) {
-        (Some(now), Some(before)) => Some(now.busy_fraction_since(&before)),
-        _ => None,
-    };
+    let busy = sys
+        .zip(before)
+        .map(|(now, before)| now.busy_fraction_since(&before));
     let machine = if busy.is_some_and(|b| b >= SATURATED) {
         Machine::Saturated
     } else {

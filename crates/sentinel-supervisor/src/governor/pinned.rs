@@ -43,10 +43,9 @@ impl PinnedPid {
                 _ => PinnedPidError::Open { pid, source: err },
             });
         }
-        let group = crate::os::process::group_of(pid) == Some(pid);
         Ok(Self {
             pid,
-            group,
+            group: crate::os::process::group_of(pid) == Some(pid),
             #[cfg(target_os = "linux")]
             pidfd: linux::pidfd_open(pid).map_err(|source| match source.raw_os_error() {
                 Some(libc::ESRCH) => PinnedPidError::NoSuchProcess { pid },
@@ -88,16 +87,12 @@ impl PinnedPid {
         Ok(())
     }
 
-    #[cfg(target_os = "linux")]
+    /// Through the pidfd where there is one, else [`kill_checked`].
     fn signal_leader(&self, sig: i32) -> io::Result<()> {
-        match &self.pidfd {
-            Some(fd) => linux::pidfd_send_signal(fd, sig),
-            None => kill_checked(self.pid, sig),
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = &self.pidfd {
+            return linux::pidfd_send_signal(fd, sig);
         }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn signal_leader(&self, sig: i32) -> io::Result<()> {
         kill_checked(self.pid, sig)
     }
 }

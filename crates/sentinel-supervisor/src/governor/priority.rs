@@ -6,7 +6,6 @@
 //! `PRIO_DARWIN_BG` (background QoS: low CPU priority, throttled I/O).
 
 use serde::{Deserialize, Serialize};
-use std::io;
 
 /// The scheduling class of a profile.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,45 +20,24 @@ pub enum Priority {
     Idle,
 }
 
+/// The serde name (`normal`, `background`, `idle`).
 impl std::fmt::Display for Priority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Priority::Normal => "normal",
-            Priority::Background => "background",
-            Priority::Idle => "idle",
-        })
+        self.serialize(f)
     }
 }
 
-/// Applies `priority` to the calling process.
-///
-/// Async-signal-safe (plain syscalls, no allocation, no locks): meant for `pre_exec` of the
-/// child spawn, where the forked process is single-threaded, so the per-thread Linux calls
-/// cover the whole future program.
-pub(crate) fn apply_to_current_process(priority: Priority) -> io::Result<()> {
-    imp::apply(priority)
-}
-
-/// Applies `priority` to every thread of the running process `pid` (a reload's priority
-/// change). Lowering works unprivileged; raising (e.g. `background` -> `normal`) needs
-/// `CAP_SYS_NICE` and fails with `EPERM` otherwise.
-pub(crate) fn apply_to_process_threads(pid: i32, priority: Priority) -> io::Result<()> {
-    imp::apply_to_threads(pid, priority)
-}
-
-/// Gives the calling thread a real-time priority where allowed (else the highest nice it may
-/// take; on macOS the user-interactive QoS class). For a thread that sleeps between deadlines
-/// and must wake on time (the duty cycle's): it costs nothing while it sleeps.
-pub(crate) fn raise_current_thread() {
-    imp::raise_thread();
-}
+pub(crate) use imp::{apply_to_current_process, apply_to_process_threads, raise_current_thread};
 
 #[cfg(target_os = "linux")]
 mod imp {
     use super::Priority;
     use std::io;
 
-    pub(super) fn apply_to_threads(pid: i32, priority: Priority) -> io::Result<()> {
+    /// Applies `priority` to every thread of the running process `pid` (a reload's priority
+    /// change). Lowering works unprivileged; raising (e.g. `background` -> `normal`) needs
+    /// `CAP_SYS_NICE` and fails with `EPERM` otherwise.
+    pub(crate) fn apply_to_process_threads(pid: i32, priority: Priority) -> io::Result<()> {
         let threads = crate::meter::thread_run_times(pid).ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, format!("process {pid} is gone"))
         })?;
@@ -83,7 +61,12 @@ mod imp {
         Ok(())
     }
 
-    pub(super) fn apply(priority: Priority) -> io::Result<()> {
+    /// Applies `priority` to the calling process.
+    ///
+    /// Async-signal-safe (plain syscalls, no allocation, no locks): meant for `pre_exec` of the
+    /// child spawn, where the forked process is single-threaded, so the per-thread Linux calls
+    /// cover the whole future program.
+    pub(crate) fn apply_to_current_process(priority: Priority) -> io::Result<()> {
         match priority {
             Priority::Normal => Ok(()),
             Priority::Background => nice_19(),
@@ -99,7 +82,10 @@ mod imp {
         }
     }
 
-    pub(super) fn raise_thread() {
+    /// Gives the calling thread a real-time priority where allowed (else the highest nice it
+    /// may take; on macOS the user-interactive QoS class). For a thread that sleeps between
+    /// deadlines and must wake on time (the duty cycle's): it costs nothing while it sleeps.
+    pub(crate) fn raise_current_thread() {
         // nix wraps neither sched_setscheduler nor setpriority.
         let param = libc::sched_param { sched_priority: 10 };
         // SAFETY: `param` is a valid sched_param that outlives the call; pid 0 is this thread.
@@ -128,7 +114,7 @@ mod imp {
     use super::Priority;
     use std::io;
 
-    pub(super) fn apply_to_threads(pid: i32, priority: Priority) -> io::Result<()> {
+    pub(crate) fn apply_to_process_threads(pid: i32, priority: Priority) -> io::Result<()> {
         let value = if priority == Priority::Normal {
             0
         } else {
@@ -141,14 +127,14 @@ mod imp {
         Ok(())
     }
 
-    pub(super) fn raise_thread() {
+    pub(crate) fn raise_current_thread() {
         // SAFETY: sets the calling thread's QoS class from a constant; no pointers involved.
         unsafe {
             libc::pthread_set_qos_class_self_np(libc::qos_class_t::QOS_CLASS_USER_INTERACTIVE, 0);
         }
     }
 
-    pub(super) fn apply(priority: Priority) -> io::Result<()> {
+    pub(crate) fn apply_to_current_process(priority: Priority) -> io::Result<()> {
         if priority == Priority::Normal {
             return Ok(());
         }

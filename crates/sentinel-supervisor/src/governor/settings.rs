@@ -22,14 +22,10 @@ pub enum Method {
     Off,
 }
 
+/// The serde name (`auto`, `signals`, ...).
 impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Method::Auto => "auto",
-            Method::Signals => "signals",
-            Method::Cgroup => "cgroup",
-            Method::Off => "off",
-        })
+        self.serialize(f)
     }
 }
 
@@ -75,11 +71,10 @@ impl GovernorConfig {
 
     /// Checks ranges; the message names the key to fix.
     pub(crate) fn validate(&self) -> Result<(), String> {
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         if !period_in_range(self.period) {
             return Err("governor.period must be between 1ms and 1s (20ms is a good value)".into());
         }
-        if !(1.0..=1000.0).contains(&ms(self.cgroup_period)) {
+        if !period_in_range(self.cgroup_period) {
             return Err(
                 "governor.cgroup_period must be between 1ms and 1s (10ms is a good value)".into(),
             );
@@ -131,7 +126,7 @@ impl GovernorConfig {
     }
 }
 
-/// The range every duty-cycle period must be in: 1 ms..=1 s.
+/// The range every period (duty cycle, cgroup) must be in: 1 ms..=1 s.
 fn period_in_range(period: Duration) -> bool {
     (Duration::from_millis(1)..=Duration::from_secs(1)).contains(&period)
 }

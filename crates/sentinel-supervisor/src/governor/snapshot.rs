@@ -113,12 +113,7 @@ pub(crate) const TICKS_PER_WINDOW: u32 = 4;
 pub(super) struct Publisher {
     stop_tx: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
-    last: LastSnapshot,
-}
-
-/// What the thread needs to publish one more snapshot after it ended.
-#[derive(Debug, Clone)]
-struct LastSnapshot {
+    /// Where and what it publishes (the last snapshot too, after the thread ended).
     tx: SnapshotSender,
     source: Source,
     settings: GovernorSettings,
@@ -135,12 +130,8 @@ impl Publisher {
         tx: SnapshotSender,
     ) -> std::io::Result<Publisher> {
         tx.send_replace(Some(source.snapshot(&settings, None)));
-        let last = LastSnapshot {
-            tx: tx.clone(),
-            source: source.clone(),
-            settings,
-        };
         let (stop_tx, stop_rx) = mpsc::channel();
+        let (thread_tx, thread_source) = (tx.clone(), source.clone());
         let thread = std::thread::Builder::new()
             .name("governor-status".into())
             .spawn(move || {
@@ -149,9 +140,9 @@ impl Publisher {
                 let mut window_start = Instant::now();
                 let mut measured = None;
                 loop {
-                    match stop_rx.recv_timeout(tick) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                    // A stop, or the handle gone.
+                    if stop_rx.recv_timeout(tick) != Err(RecvTimeoutError::Timeout) {
+                        return;
                     }
                     let now = Instant::now();
                     let closed = now.duration_since(window_start) + tick / 2 >= window;
@@ -159,9 +150,9 @@ impl Publisher {
                         measured = meter.next(now);
                         window_start = now;
                     }
-                    let snap = source.snapshot(&settings, measured);
+                    let snap = thread_source.snapshot(&settings, measured);
                     let ended = snap.state == GovernorState::Stopped;
-                    tx.send_if_modified(|current| {
+                    thread_tx.send_if_modified(|current| {
                         let changed = closed || current.as_ref() != Some(&snap);
                         if changed {
                             *current = Some(snap);
@@ -176,7 +167,9 @@ impl Publisher {
         Ok(Publisher {
             stop_tx: Some(stop_tx),
             thread: Some(thread),
-            last,
+            tx,
+            source,
+            settings,
         })
     }
 
@@ -196,10 +189,10 @@ impl Publisher {
     /// Ends the thread and publishes the final snapshot (state `stopped`). Idempotent.
     pub(super) fn stop(&mut self) {
         if self.detach() {
-            let mut snap = self.last.source.snapshot(&self.last.settings, None);
-            snap.measured_cpus = self.last.tx.borrow().as_ref().and_then(|s| s.measured_cpus);
+            let mut snap = self.source.snapshot(&self.settings, None);
+            snap.measured_cpus = self.tx.borrow().as_ref().and_then(|s| s.measured_cpus);
             snap.state = GovernorState::Stopped;
-            self.last.tx.send_replace(Some(snap));
+            self.tx.send_replace(Some(snap));
         }
     }
 }

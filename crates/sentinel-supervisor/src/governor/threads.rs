@@ -106,13 +106,8 @@ impl ComputingThreads {
     /// was allowed ([`count_computing`]; `None` when per-thread times are not available), and
     /// starts the next interval.
     pub(super) fn count(&mut self, pid: i32, allowed: Duration) -> Option<usize> {
-        let now = crate::meter::thread_run_times(pid);
-        let counted = match (&self.last, &now) {
-            (Some(before), Some(now)) => Some(count_computing(before, now, allowed)),
-            _ => None,
-        };
-        self.last = now;
-        counted
+        let before = std::mem::replace(&mut self.last, crate::meter::thread_run_times(pid));
+        Some(count_computing(&before?, self.last.as_ref()?, allowed))
     }
 }
 

@@ -73,28 +73,18 @@ impl UsageGate {
         let (t0, cpu0) = self.since;
         let wall = now.saturating_duration_since(t0);
         let used = cpu.saturating_sub(cpu0);
-        if self.active {
-            if wall < IDLE_WINDOW {
-                return None;
-            }
-            self.since = (now, cpu);
-            // Scaled to the window, so a late reading does not make a busy target look idle.
-            let allowed = self
-                .idle_max
-                .mul_f64(wall.as_secs_f64() / IDLE_WINDOW.as_secs_f64());
-            if used < allowed {
-                self.active = false;
-                return Some(false);
-            }
-            None
-        } else {
-            self.since = (now, cpu);
-            if used.as_secs_f64() >= wall.max(self.poll).as_secs_f64() * WAKE_SHARE {
-                self.active = true;
-                return Some(true);
-            }
-            None
+        if self.active && wall < IDLE_WINDOW {
+            return None;
         }
+        self.since = (now, cpu);
+        let flip = if self.active {
+            // Scaled to the window, so a late reading does not make a busy target look idle.
+            used < self.idle_max.mul_f64(wall.div_duration_f64(IDLE_WINDOW))
+        } else {
+            used.as_secs_f64() >= wall.max(self.poll).as_secs_f64() * WAKE_SHARE
+        };
+        self.active ^= flip;
+        flip.then_some(self.active)
     }
 }
 

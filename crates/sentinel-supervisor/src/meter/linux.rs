@@ -2,8 +2,8 @@
 //! process's files through [`crate::os::procfs`], a process's CPU time from its POSIX CPU-time
 //! clock (exact, one system call).
 
-use super::{parse_proc_stat, SystemSource, SystemTimes, TreeUsage};
-use crate::os::procfs::{self, CgroupEntry, ProcStat};
+use super::{parse_proc_stat, SystemSource, SystemTimes};
+use crate::os::procfs::{self, CgroupEntry};
 use nix::time::{clock_getcpuclockid, ClockId};
 use nix::unistd::{sysconf, Pid, SysconfVar};
 use std::path::PathBuf;
@@ -71,60 +71,12 @@ fn cpuacct_times(online_cpus: usize) -> std::io::Result<SystemTimes> {
     })
 }
 
-/// A positive `sysconf` value, else `fallback`.
-fn sysconf_or(var: SysconfVar, fallback: u64) -> u64 {
-    match sysconf(var) {
-        Ok(Some(v)) if v > 0 => v as u64,
-        _ => fallback,
-    }
-}
-
-/// Clock ticks per second used by `/proc/stat` counters.
+/// Clock ticks per second used by `/proc/stat` counters (100 when `sysconf` does not say).
 fn ticks_per_second() -> u64 {
-    sysconf_or(SysconfVar::CLK_TCK, 100)
-}
-
-/// The pids of `root` and all its descendants.
-fn tree_pids_from(root: i32, procs: &[ProcStat]) -> Vec<i32> {
-    let mut out = vec![root];
-    let mut i = 0;
-    while i < out.len() {
-        let parent = out[i];
-        out.extend(
-            procs
-                .iter()
-                .filter(|p| p.ppid == parent && p.pid != parent)
-                .map(|p| p.pid),
-        );
-        i += 1;
+    match sysconf(SysconfVar::CLK_TCK) {
+        Ok(Some(v)) if v > 0 => v as u64,
+        _ => 100,
     }
-    out.retain(|pid| procs.iter().any(|p| p.pid == *pid));
-    out
-}
-
-/// CPU time and resident memory of `root` and its descendants. `None` when `root` is gone.
-pub fn tree_usage(root: i32) -> Option<TreeUsage> {
-    let root_stat = procfs::stat(root)?;
-    let procs = procfs::all_stats();
-    let mut pids = tree_pids_from(root, &procs);
-    let page = page_size();
-    let mut rss: u64 = procs
-        .iter()
-        .filter(|p| pids.contains(&p.pid))
-        .map(|p| p.rss_pages * page)
-        .sum();
-    // The root may have exited between the two reads of /proc: count what was read first.
-    if pids.is_empty() {
-        pids.push(root);
-        rss = root_stat.rss_pages * page;
-    }
-    // A descendant that exits meanwhile has no clock any more: it counts for nothing.
-    let cpu_time = pids.iter().filter_map(|&pid| process_cpu(pid)).sum();
-    Some(TreeUsage {
-        cpu_time,
-        rss_bytes: rss,
-        processes: pids.len(),
-    })
 }
 
 /// CPU time of a whole process (every thread, live and exited) with nanosecond precision, in one
@@ -175,13 +127,8 @@ fn thread_schedstats(pid: i32) -> Option<impl Iterator<Item = (i32, [u64; 2])>> 
     }))
 }
 
-/// Peak resident set size of one process (`VmHWM`), in bytes.
-pub fn peak_rss_bytes(pid: i32) -> Option<u64> {
-    procfs::status_number(&procfs::status(pid)?, "VmHWM:").map(|k| k * 1024)
-}
-
 /// Current resident set size of one process (`VmRSS`), in bytes.
-pub(crate) fn rss_bytes(pid: i32) -> Option<u64> {
+pub fn rss_bytes(pid: i32) -> Option<u64> {
     procfs::status_number(&procfs::status(pid)?, "VmRSS:").map(|k| k * 1024)
 }
 
@@ -212,8 +159,7 @@ pub(crate) fn oom_counter(pid: i32) -> Option<super::OomCounter> {
 
 /// The `oom_kill` count in a `memory.events` or `memory.oom_control` file.
 pub(crate) fn read_oom_kills(file: &std::path::Path) -> Option<u64> {
-    let text = std::fs::read_to_string(file).ok()?;
-    super::parse_flat_key(&text, "oom_kill")
+    super::parse_flat_key(&std::fs::read_to_string(file).ok()?, "oom_kill")
 }
 
 /// The files holding the OOM-kill count of the memory cgroups a process is in: v1
@@ -238,10 +184,6 @@ fn memory_event_files(cgroups: &[CgroupEntry]) -> Vec<PathBuf> {
         .collect()
 }
 
-fn page_size() -> u64 {
-    sysconf_or(SysconfVar::PAGE_SIZE, 4096)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,23 +204,7 @@ mod tests {
     }
 
     #[test]
-    fn finds_descendants() {
-        let p = |pid, ppid| ProcStat {
-            pid,
-            ppid,
-            state: 'S',
-            rss_pages: 0,
-        };
-        let procs = [p(1, 0), p(10, 1), p(11, 10), p(12, 10), p(20, 1), p(13, 11)];
-        let mut tree = tree_pids_from(10, &procs);
-        tree.sort();
-        assert_eq!(tree, vec![10, 11, 12, 13]);
-        assert!(tree_pids_from(99, &procs).is_empty());
-    }
-
-    #[test]
     fn system_constants_are_sane() {
         assert!(ticks_per_second() >= 100);
-        assert!(page_size() >= 4096 && page_size().is_power_of_two());
     }
 }

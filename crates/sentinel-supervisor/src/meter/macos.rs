@@ -2,7 +2,7 @@
 //! processes: a process's CPU time is libproc's, in milliseconds. Not compiled on the Linux CI:
 //! keep it small.
 
-use super::{SystemSource, SystemTimes, TreeUsage};
+use super::{SystemSource, SystemTimes};
 use std::sync::Mutex;
 use std::time::Duration;
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
@@ -72,16 +72,6 @@ fn refresh(pid: i32) -> Option<(Duration, u64, char)> {
     })
 }
 
-/// The root process only (descendants are not followed on macOS).
-pub fn tree_usage(root: i32) -> Option<TreeUsage> {
-    let (cpu_time, rss_bytes, _) = refresh(root)?;
-    Some(TreeUsage {
-        cpu_time,
-        rss_bytes,
-        processes: 1,
-    })
-}
-
 /// CPU time of a whole process (millisecond precision here).
 pub fn process_cpu(pid: i32) -> Option<Duration> {
     refresh(pid).map(|r| r.0)
@@ -91,13 +81,8 @@ pub fn process_state(pid: i32) -> Option<char> {
     refresh(pid).map(|r| r.2)
 }
 
-pub(crate) fn rss_bytes(pid: i32) -> Option<u64> {
+pub fn rss_bytes(pid: i32) -> Option<u64> {
     refresh(pid).map(|r| r.1)
-}
-
-/// macOS keeps no peak: the current resident size.
-pub fn peak_rss_bytes(pid: i32) -> Option<u64> {
-    rss_bytes(pid)
 }
 
 /// Not known on this platform.

@@ -1,34 +1,21 @@
-//! Precise CPU and memory readings: system-wide CPU, a process's and a process tree's CPU time
-//! and memory.
+//! Precise CPU and memory readings: system-wide CPU, a process's CPU time and memory.
 //!
 //! This is where CPU is measured: the governor, `/status`, the bench and the integration tests
-//! consume what it returns. On Linux (`linux.rs`) it reads the machine's counters itself and a
+//! consume what it returns (the bench adds up process trees with it, `sentinel_bench::tree`). On Linux (`linux.rs`) it reads the machine's counters itself and a
 //! process's files through [`crate::os::procfs`]; on macOS (`macos.rs`) it asks `sysinfo`. A
 //! process's CPU time has one reader, [`process_cpu`], exact on Linux (the process's CPU-time
 //! clock, nanoseconds), never the 10 ms tick counts of `/proc/<pid>/stat`. This module holds the
 //! platform-neutral types and parsers; the count of online CPUs is the caller's
 //! ([`crate::host::Host::online_cpus`], detected once and passed down).
 
-use std::time::Duration;
-
-#[cfg(target_os = "linux")]
-mod linux;
-#[cfg(target_os = "linux")]
-pub(crate) use linux::{kill_pending, oom_counter, read_oom_kills, rss_bytes, run_queue_wait};
-#[cfg(target_os = "linux")]
-pub use linux::{
-    peak_rss_bytes, process_cpu, process_state, system_source, system_times, system_times_from,
-    thread_count, thread_run_times, tree_usage,
-};
-
-#[cfg(target_os = "macos")]
-mod macos;
-#[cfg(target_os = "macos")]
-pub(crate) use macos::{kill_pending, oom_counter, read_oom_kills, rss_bytes, run_queue_wait};
-#[cfg(target_os = "macos")]
-pub use macos::{
-    peak_rss_bytes, process_cpu, process_state, system_source, system_times, system_times_from,
-    thread_count, thread_run_times, tree_usage,
+/// The readings of this platform: `linux.rs` or `macos.rs`, one set of names.
+#[cfg_attr(target_os = "linux", path = "linux.rs")]
+#[cfg_attr(target_os = "macos", path = "macos.rs")]
+mod platform;
+pub(crate) use platform::{kill_pending, oom_counter, read_oom_kills, run_queue_wait};
+pub use platform::{
+    process_cpu, process_state, rss_bytes, system_source, system_times, system_times_from,
+    thread_count, thread_run_times,
 };
 
 /// A memory cgroup's count of processes the kernel's OOM killer killed, and where it was read.
@@ -128,17 +115,11 @@ pub fn parse_cpuacct_mount(mountinfo: &str) -> Option<std::path::PathBuf> {
     })
 }
 
-/// A reading of one process tree: CPU time used so far and resident memory now.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct TreeUsage {
-    pub cpu_time: Duration,
-    pub rss_bytes: u64,
-    pub processes: usize,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(target_os = "linux")]
+    use std::time::Duration;
 
     #[test]
     fn parses_proc_stat_aggregate_line() {
@@ -258,9 +239,7 @@ mod tests {
     #[test]
     fn reads_own_process() {
         let me = std::process::id() as i32;
-        let usage = tree_usage(me).unwrap();
-        assert!(usage.rss_bytes > 0);
-        assert!(usage.cpu_time > Duration::ZERO && usage.processes >= 1);
+        assert!(rss_bytes(me).is_some_and(|b| b > 0));
         assert!(system_times(1).unwrap().total > 0);
         assert!(process_state(me).is_some());
     }

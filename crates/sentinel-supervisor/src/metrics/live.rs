@@ -3,6 +3,8 @@
 //! cycle's stopped time, CPU clocks and memory from [`crate::meter`]) and written as gauges and
 //! counters, a group of related metrics per step.
 
+use crate::governor::GovernorSnapshot;
+use crate::meter;
 use crate::status::StatusReport;
 use crate::supervisor::state::StateName;
 use prometheus_client::collector::Collector;
@@ -36,24 +38,20 @@ const fn state_index(state: StateName) -> usize {
     }
 }
 
-/// The readings of one scrape, each from its one owner. `None` = cannot be read now (no
-/// backend, no governor, or the reading failed): the sample is left out, not faked as 0.
+/// What one scrape reads: the report's part (state, admission, the governor's snapshot, the
+/// situation), taken when the scrape starts; the CPU clocks and memory are read from
+/// [`crate::meter`] as they are written. `None` = cannot be read now (no backend, no governor,
+/// or the reading failed): the sample is left out, not faked as 0.
 #[derive(Debug)]
 pub(super) struct Live {
     state: StateName,
     in_flight: usize,
     queued: usize,
-    budget_cores: Option<f64>,
-    measured_cores: Option<f64>,
-    duty: Option<f64>,
+    governor: Option<GovernorSnapshot>,
+    /// The running backend's pid.
+    backend: Option<i32>,
     throttled: Duration,
-    backend_cpu: Option<Duration>,
-    backend_rss: Option<u64>,
-    /// The machine's busy time (the counter's own origin: boot for both sources).
-    system_busy: Option<Duration>,
-    system_cpus: usize,
-    supervisor_cpu: Option<Duration>,
-    supervisor_rss: Option<u64>,
+    online_cpus: usize,
     /// Whether llama-server's `/metrics` answered (`None` without a backend).
     llamacpp_up: Option<bool>,
     /// The machine's situation (`None`: not followed, `situation.enabled = false`).
@@ -67,45 +65,46 @@ impl Live {
         online_cpus: usize,
         throttled: Duration,
     ) -> Live {
-        let backend = report.backend.as_ref().map(|b| b.pid);
-        let me = std::process::id() as i32;
-        let governor = report.governor.as_ref();
         Live {
             state: report.state.name(),
             in_flight: report.in_flight,
             queued: report.queued,
-            budget_cores: governor.and_then(|g| g.budget_cpus),
-            measured_cores: governor.and_then(|g| g.measured_cpus),
-            duty: governor.and_then(|g| g.duty),
+            governor: report.governor.clone(),
+            backend: report.backend.as_ref().map(|b| b.pid),
             throttled,
-            backend_cpu: backend.and_then(crate::meter::process_cpu),
-            backend_rss: backend.and_then(crate::meter::rss_bytes),
-            system_busy: crate::meter::system_times(online_cpus)
-                .ok()
-                .map(|t| Duration::from_nanos(t.busy)),
-            system_cpus: online_cpus,
-            supervisor_cpu: crate::meter::process_cpu(me),
-            supervisor_rss: crate::meter::rss_bytes(me),
+            online_cpus,
             llamacpp_up,
             situation: report.situation.clone(),
         }
     }
 }
 
-/// Writes one unlabelled gauge.
+/// Writes one unlabelled gauge; nothing for `None` (a reading that cannot be taken now).
 fn gauge<N: EncodeGaugeValue>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    value: N,
+    value: Option<N>,
 ) -> std::fmt::Result {
+    let Some(value) = value else {
+        return Ok(());
+    };
     let gauge = ConstGauge::new(value);
     gauge.encode(enc.encode_descriptor(name, help, None, gauge.metric_type())?)
 }
 
-/// Writes one unlabelled counter; `name` without `_total`, which the encoder adds.
-fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: f64) -> std::fmt::Result {
-    let counter = ConstCounter::new(value);
+/// Writes one unlabelled counter of seconds; `name` without `_total`, which the encoder adds;
+/// nothing for `None`.
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: Option<Duration>,
+) -> std::fmt::Result {
+    let Some(value) = value else {
+        return Ok(());
+    };
+    let counter = ConstCounter::new(value.as_secs_f64());
     counter.encode(enc.encode_descriptor(name, help, None, counter.metric_type())?)
 }
 
@@ -132,151 +131,131 @@ impl Live {
             enc,
             "sentinel_requests_in_flight",
             "Requests holding an admission slot (the number a drain waits for).",
-            self.in_flight as i64,
+            Some(self.in_flight as i64),
         )?;
         gauge(
             enc,
             "sentinel_requests_queued",
             "Requests waiting for an admission slot.",
-            self.queued as i64,
+            Some(self.queued as i64),
         )?;
-        if let Some(v) = self.budget_cores {
-            gauge(
-                enc,
-                "sentinel_governor_budget_cores",
-                "The CPU budget in force for the backend, in cores.",
-                v,
-            )?;
-        }
-        Ok(())
+        gauge(
+            enc,
+            "sentinel_governor_budget_cores",
+            "The CPU budget in force for the backend, in cores.",
+            self.governor.as_ref().and_then(|g| g.budget_cpus),
+        )
     }
 
     /// The laptop's situation, when it is followed.
     fn situation(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
-        if let Some(s) = &self.situation {
-            use crate::situation::{PowerSource, Presence, Thermal};
-            gauge(
-                enc,
-                "sentinel_power_on_battery",
-                "1 while the machine runs on battery, 0 on mains.",
-                i64::from(s.power == PowerSource::Battery),
-            )?;
-            gauge(
-                enc,
-                "sentinel_user_idle",
-                "1 while nobody has touched the keyboard or mouse for situation.idle_after.",
-                i64::from(s.presence == Presence::Idle),
-            )?;
-            gauge(
-                enc,
-                "sentinel_thermal_pressure",
-                "1 while the machine reports thermal pressure (the budget is halved).",
-                i64::from(s.thermal == Thermal::Pressure),
-            )?;
-            gauge(
-                enc,
-                "sentinel_budget_paused",
-                "1 while the budget in force is a pause (new requests wait in the queue).",
-                i64::from(s.paused),
-            )?;
-        }
-        Ok(())
+        use crate::situation::{PowerSource, Presence, Thermal};
+        let Some(s) = &self.situation else {
+            return Ok(());
+        };
+        gauge(
+            enc,
+            "sentinel_power_on_battery",
+            "1 while the machine runs on battery, 0 on mains.",
+            Some(i64::from(s.power == PowerSource::Battery)),
+        )?;
+        gauge(
+            enc,
+            "sentinel_user_idle",
+            "1 while nobody has touched the keyboard or mouse for situation.idle_after.",
+            Some(i64::from(s.presence == Presence::Idle)),
+        )?;
+        gauge(
+            enc,
+            "sentinel_thermal_pressure",
+            "1 while the machine reports thermal pressure (the budget is halved).",
+            Some(i64::from(s.thermal == Thermal::Pressure)),
+        )?;
+        gauge(
+            enc,
+            "sentinel_budget_paused",
+            "1 while the budget in force is a pause (new requests wait in the queue).",
+            Some(i64::from(s.paused)),
+        )
     }
 
     /// What the governor measured and allowed, and the time it held the backend stopped.
     fn governor(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
-        if let Some(v) = self.measured_cores {
-            gauge(
-                enc,
-                "sentinel_governor_measured_cores",
-                "The backend's CPU over the governor's last feedback window, in cores.",
-                v,
-            )?;
-        }
-        if let Some(v) = self.duty {
-            gauge(
-                enc,
-                "sentinel_governor_duty_ratio",
-                "Share of each duty-cycle period the backend may run.",
-                v,
-            )?;
-        }
+        gauge(
+            enc,
+            "sentinel_governor_measured_cores",
+            "The backend's CPU over the governor's last feedback window, in cores.",
+            self.governor.as_ref().and_then(|g| g.measured_cpus),
+        )?;
+        gauge(
+            enc,
+            "sentinel_governor_duty_ratio",
+            "Share of each duty-cycle period the backend may run.",
+            self.governor.as_ref().and_then(|g| g.duty),
+        )?;
         counter(
             enc,
             "sentinel_governor_throttled_seconds",
             "Time the duty cycle held the backend stopped, SIGSTOP to SIGCONT (the signals method; a kernel cap throttles inside the cgroup, see its cpu.stat).",
-            self.throttled.as_secs_f64(),
-        )?;
-        Ok(())
+            Some(self.throttled),
+        )
     }
 
     /// The backend's CPU clock and memory.
     fn backend(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
-        if let Some(v) = self.backend_cpu {
-            counter(
-                enc,
-                "sentinel_backend_cpu_seconds",
-                "CPU time of the running backend process (its exact CPU clock); starts again at 0 with each launch.",
-                v.as_secs_f64(),
-            )?;
-        }
-        if let Some(v) = self.backend_rss {
-            gauge(
-                enc,
-                "sentinel_backend_resident_memory_bytes",
-                "Resident memory of the running backend process.",
-                v as i64,
-            )?;
-        }
-        Ok(())
+        counter(
+            enc,
+            "sentinel_backend_cpu_seconds",
+            "CPU time of the running backend process (its exact CPU clock); starts again at 0 with each launch.",
+            self.backend.and_then(meter::process_cpu),
+        )?;
+        gauge(
+            enc,
+            "sentinel_backend_resident_memory_bytes",
+            "Resident memory of the running backend process.",
+            self.backend.and_then(meter::rss_bytes).map(|v| v as i64),
+        )
     }
 
     /// The machine's busy time and CPUs (its busy share is their ratio).
     fn machine(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
-        if let Some(busy) = self.system_busy {
-            counter(
-                enc,
-                "sentinel_system_cpu_busy_seconds",
-                "CPU time the whole machine spent busy, summed over every CPU (cgroup v1 cpuacct root when mounted, else /proc/stat).",
-                busy.as_secs_f64(),
-            )?;
-        }
+        counter(
+            enc,
+            "sentinel_system_cpu_busy_seconds",
+            "CPU time the whole machine spent busy, summed over every CPU (cgroup v1 cpuacct root when mounted, else /proc/stat).",
+            meter::system_times(self.online_cpus)
+                .ok()
+                .map(|t| Duration::from_nanos(t.busy)),
+        )?;
         gauge(
             enc,
             "sentinel_system_cpus",
             "Online CPUs: the machine's busy share is rate(sentinel_system_cpu_busy_seconds_total) divided by this.",
-            self.system_cpus as i64,
-        )?;
-        Ok(())
+            Some(self.online_cpus as i64),
+        )
     }
 
     /// The supervisor's own CPU and memory, and whether llama-server's `/metrics` answered.
     fn supervisor(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
-        if let Some(v) = self.supervisor_cpu {
-            counter(
-                enc,
-                "sentinel_supervisor_cpu_seconds",
-                "CPU time of the supervisor process itself.",
-                v.as_secs_f64(),
-            )?;
-        }
-        if let Some(v) = self.supervisor_rss {
-            gauge(
-                enc,
-                "sentinel_supervisor_resident_memory_bytes",
-                "Resident memory of the supervisor process itself.",
-                v as i64,
-            )?;
-        }
-        if let Some(up) = self.llamacpp_up {
-            gauge(
-                enc,
-                "sentinel_llamacpp_scrape_success",
-                "Whether llama-server's own /metrics answered this scrape (its samples follow as sentinel_backend_llamacpp_*).",
-                i64::from(up),
-            )?;
-        }
-        Ok(())
+        let me = std::process::id() as i32;
+        counter(
+            enc,
+            "sentinel_supervisor_cpu_seconds",
+            "CPU time of the supervisor process itself.",
+            meter::process_cpu(me),
+        )?;
+        gauge(
+            enc,
+            "sentinel_supervisor_resident_memory_bytes",
+            "Resident memory of the supervisor process itself.",
+            meter::rss_bytes(me).map(|v| v as i64),
+        )?;
+        gauge(
+            enc,
+            "sentinel_llamacpp_scrape_success",
+            "Whether llama-server's own /metrics answered this scrape (its samples follow as sentinel_backend_llamacpp_*).",
+            self.llamacpp_up.map(i64::from),
+        )
     }
 }
 

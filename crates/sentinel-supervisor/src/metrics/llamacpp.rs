@@ -60,18 +60,13 @@ pub(crate) async fn scrape(
 /// A sample's labels, as `(name, value)` pairs.
 type Labels = Vec<(String, String)>;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Counter,
-    Gauge,
-}
-
 /// One re-exported metric: the name as written before the encoder's `_total` of a counter.
 #[derive(Clone, Debug, PartialEq)]
 struct Family {
     name: String,
     help: String,
-    kind: Kind,
+    /// `Counter` or `Gauge`.
+    kind: MetricType,
     samples: Vec<(Labels, f64)>,
 }
 
@@ -85,16 +80,19 @@ impl Families {
     pub(crate) fn exposed_names(&self) -> Vec<String> {
         self.0
             .iter()
-            .map(|f| match f.kind {
-                Kind::Counter => format!("{}_total", f.name),
-                Kind::Gauge => f.name.clone(),
+            .map(|f| {
+                if f.kind == MetricType::Counter {
+                    format!("{}_total", f.name)
+                } else {
+                    f.name.clone()
+                }
             })
             .collect()
     }
 }
 
 /// The exposed name of llama-server's `name` and how it is re-exported (`None`: left out).
-fn rename(name: &str, declared: &str) -> Option<(String, Kind)> {
+fn rename(name: &str, declared: &str) -> Option<(String, MetricType)> {
     let base = name.rsplit(':').next().unwrap_or(name);
     let base: String = base
         .chars()
@@ -106,10 +104,10 @@ fn rename(name: &str, declared: &str) -> Option<(String, Kind)> {
     }
     match declared {
         "counter" => Some(match base.strip_suffix("_total") {
-            Some(stem) => (format!("{PREFIX}{stem}"), Kind::Counter),
-            None => (format!("{PREFIX}{base}"), Kind::Gauge),
+            Some(stem) => (format!("{PREFIX}{stem}"), MetricType::Counter),
+            None => (format!("{PREFIX}{base}"), MetricType::Gauge),
         }),
-        "gauge" | "untyped" => Some((format!("{PREFIX}{base}"), Kind::Gauge)),
+        "gauge" | "untyped" => Some((format!("{PREFIX}{base}"), MetricType::Gauge)),
         _ => None,
     }
 }
@@ -245,16 +243,14 @@ pub(crate) fn parse(text: &str) -> Families {
 impl Collector for Families {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         for family in &self.0 {
-            let kind = match family.kind {
-                Kind::Counter => MetricType::Counter,
-                Kind::Gauge => MetricType::Gauge,
-            };
-            let mut metric = enc.encode_descriptor(&family.name, &family.help, None, kind)?;
+            let mut metric =
+                enc.encode_descriptor(&family.name, &family.help, None, family.kind)?;
             for (labels, value) in &family.samples {
                 let sample = metric.encode_family(labels)?;
-                match family.kind {
-                    Kind::Counter => ConstCounter::new(*value).encode(sample)?,
-                    Kind::Gauge => ConstGauge::new(*value).encode(sample)?,
+                if family.kind == MetricType::Counter {
+                    ConstCounter::new(*value).encode(sample)?;
+                } else {
+                    ConstGauge::new(*value).encode(sample)?;
                 }
             }
         }

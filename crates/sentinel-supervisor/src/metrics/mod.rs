@@ -112,18 +112,8 @@ struct RouteLabel {
     route: String,
 }
 
-/// One histogram per route, with fixed buckets.
-type RouteHistograms = Family<RouteLabel, Histogram, Buckets>;
-
-/// Builds one histogram per label set with fixed buckets.
-#[derive(Clone, Debug)]
-struct Buckets(&'static [f64]);
-
-impl prometheus_client::metrics::family::MetricConstructor<Histogram> for Buckets {
-    fn new_metric(&self) -> Histogram {
-        Histogram::new(self.0.iter().copied())
-    }
-}
+/// One histogram per route, each with the fixed buckets its constructor gives.
+type RouteHistograms = Family<RouteLabel, Histogram, fn() -> Histogram>;
 
 /// The supervisor's metrics: the registry of event counters, shared by the lifecycle, the HTTP
 /// layer and the SLO sampler, and what a scrape needs to read the rest.
@@ -165,17 +155,33 @@ impl Metrics {
     ) -> Metrics {
         let mut registry = Registry::default();
         let restarts = register_restarts(&mut registry);
-        let (requests, duration, ttft, rejections) = register_requests(&mut registry);
+        let requests = registered(
+            &mut registry,
+            "sentinel_requests",
+            "HTTP requests answered, by route and status code",
+            Family::default(),
+        );
+        let duration = registered(
+            &mut registry,
+            "sentinel_request_duration_seconds",
+            "Time from a request's arrival to the end of its response body, by route",
+            RouteHistograms::new_with_constructor(|| Histogram::new(DURATION_BUCKETS)),
+        );
+        let ttft = registered(
+            &mut registry,
+            "sentinel_time_to_first_token_seconds",
+            "Time from a streamed completion's arrival to its first generated token, by route",
+            RouteHistograms::new_with_constructor(|| Histogram::new(TTFT_BUCKETS)),
+        );
+        let rejections = registered(
+            &mut registry,
+            "sentinel_rejections",
+            "Requests the proxy answered with an error itself, by error code (queue_full, queue_timeout, invalid_api_key, request_too_large, backend_unavailable, ...)",
+            Family::default(),
+        );
         let [prompt_tokens, cached_tokens, generated_tokens] = register_tokens(&mut registry);
         let [poisoned, poison_refusals] = register_poison(&mut registry);
-        let slo = sampler::Windows::register(&mut registry, slo);
-        let upstream = crate::upstream::metrics::UpstreamMetrics::register(&mut registry);
-        let client = reqwest::Client::builder()
-            .timeout(LLAMACPP_TIMEOUT)
-            .build()
-            .expect("a reqwest client with only a timeout always builds");
         Metrics {
-            registry,
             restarts,
             requests,
             duration,
@@ -186,9 +192,13 @@ impl Metrics {
             generated_tokens,
             poisoned,
             poison_refusals,
-            slo,
-            client,
-            upstream,
+            slo: sampler::Windows::register(&mut registry, slo),
+            upstream: crate::upstream::metrics::UpstreamMetrics::register(&mut registry),
+            client: reqwest::Client::builder()
+                .timeout(LLAMACPP_TIMEOUT)
+                .build()
+                .expect("a reqwest client with only a timeout always builds"),
+            registry,
             host_labels: Vec::new(),
             online_cpus,
             throttled,
@@ -310,42 +320,6 @@ fn register_restarts(registry: &mut Registry) -> Family<ReasonLabel, Counter> {
         }));
     }
     restarts
-}
-
-/// Requests answered, their durations and time to first token, and the proxy's own refusals.
-fn register_requests(
-    registry: &mut Registry,
-) -> (
-    Family<RequestLabels, Counter>,
-    RouteHistograms,
-    RouteHistograms,
-    Family<ReasonLabel, Counter>,
-) {
-    let requests = registered(
-        registry,
-        "sentinel_requests",
-        "HTTP requests answered, by route and status code",
-        Family::<RequestLabels, Counter>::default(),
-    );
-    let duration = registered(
-        registry,
-        "sentinel_request_duration_seconds",
-        "Time from a request's arrival to the end of its response body, by route",
-        Family::new_with_constructor(Buckets(&DURATION_BUCKETS)),
-    );
-    let ttft = registered(
-        registry,
-        "sentinel_time_to_first_token_seconds",
-        "Time from a streamed completion's arrival to its first generated token, by route",
-        Family::new_with_constructor(Buckets(&TTFT_BUCKETS)),
-    );
-    let rejections = registered(
-        registry,
-        "sentinel_rejections",
-        "Requests the proxy answered with an error itself, by error code (queue_full, queue_timeout, invalid_api_key, request_too_large, backend_unavailable, ...)",
-        Family::<ReasonLabel, Counter>::default(),
-    );
-    (requests, duration, ttft, rejections)
 }
 
 /// Prompt, cached and generated tokens.

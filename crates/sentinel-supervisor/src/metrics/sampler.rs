@@ -6,6 +6,7 @@
 //! over the same window). An alert on either says the model became visible, at once, not at the
 //! next benchmark.
 
+use super::registered;
 use super::slo::Slo;
 use crate::governor::{GovernorSnapshot, Method};
 use crate::meter::{SystemSource, SystemTimes};
@@ -31,15 +32,13 @@ pub(super) struct Windows {
 
 /// The band limits, as shares of the machine: the `[slo]` thresholds on system CPU, sorted, once.
 pub(crate) fn bands(slo: &Slo) -> Vec<f64> {
-    let mut bands: Vec<f64> = [
-        slo.idle_cpu_max_percent,
-        slo.active_cpu_mean_max_percent,
-        slo.active_cpu_p99_max_percent,
-    ]
-    .into_iter()
-    .filter(|p| p.is_finite() && *p > 0.0)
-    .map(|p| p / 100.0)
-    .collect();
+    let mut bands: Vec<f64> = slo
+        .thresholds()
+        .into_iter()
+        .map(|(_, percent)| percent)
+        .filter(|p| p.is_finite() && *p > 0.0)
+        .map(|p| p / 100.0)
+        .collect();
     bands.sort_by(f64::total_cmp);
     bands.dedup();
     bands
@@ -47,28 +46,25 @@ pub(crate) fn bands(slo: &Slo) -> Vec<f64> {
 
 impl Windows {
     pub(super) fn register(registry: &mut Registry, slo: &Slo) -> Windows {
-        let system = Histogram::new(bands(slo));
-        registry.register(
-            "sentinel_slo_system_cpu_window_ratio",
-            "Busy share of the whole machine in each 100 ms window; the buckets are the [slo] thresholds (idle, active mean, active p99)",
-            system.clone(),
-        );
-        let budgeted = Counter::default();
-        registry.register(
-            "sentinel_slo_budget_windows",
-            "100 ms windows during which a governor held the backend to a budget",
-            budgeted.clone(),
-        );
-        let over_budget = Counter::default();
-        registry.register(
-            "sentinel_slo_over_budget_windows",
-            "100 ms windows in which the backend used more CPU than the governor's budget",
-            over_budget.clone(),
-        );
         Windows {
-            system,
-            budgeted,
-            over_budget,
+            system: registered(
+                registry,
+                "sentinel_slo_system_cpu_window_ratio",
+                "Busy share of the whole machine in each 100 ms window; the buckets are the [slo] thresholds (idle, active mean, active p99)",
+                Histogram::new(bands(slo)),
+            ),
+            budgeted: registered(
+                registry,
+                "sentinel_slo_budget_windows",
+                "100 ms windows during which a governor held the backend to a budget",
+                Counter::default(),
+            ),
+            over_budget: registered(
+                registry,
+                "sentinel_slo_over_budget_windows",
+                "100 ms windows in which the backend used more CPU than the governor's budget",
+                Counter::default(),
+            ),
         }
     }
 
@@ -114,10 +110,7 @@ fn backend_cores(before: &Edge, after: &Edge) -> Option<f64> {
 
 /// The budget a governor enforces now, in cores.
 fn enforced_budget(snapshot: Option<&GovernorSnapshot>) -> Option<f64> {
-    let snapshot = snapshot?;
-    (snapshot.method != Method::Off)
-        .then_some(snapshot.budget_cpus)
-        .flatten()
+    snapshot.filter(|s| s.method != Method::Off)?.budget_cpus
 }
 
 /// Starts the sampler; it ends with `cancel`.

@@ -12,26 +12,10 @@ use tokio_util::sync::CancellationToken;
 #[serde(deny_unknown_fields)]
 pub struct TextfileConfig {
     /// The `.prom` file; empty: off.
-    #[serde(
-        default,
-        deserialize_with = "empty_is_none",
-        serialize_with = "none_is_empty"
-    )]
+    #[serde(default, with = "crate::config::empty_path")]
     pub textfile: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     pub textfile_interval: Duration,
-}
-
-fn empty_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
-    let s = String::deserialize(d)?;
-    Ok((!s.trim().is_empty()).then(|| PathBuf::from(s)))
-}
-
-fn none_is_empty<S: serde::Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
-    match p {
-        Some(p) => p.serialize(s),
-        None => s.serialize_str(""),
-    }
 }
 
 /// Writes `text` to `path` atomically (temporary file beside it, then rename).

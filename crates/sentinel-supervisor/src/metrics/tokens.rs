@@ -197,14 +197,9 @@ impl Reader {
     pub(crate) fn finish(self) -> Option<Tokens> {
         match self {
             Reader::Sse(sse) => sse.best.map(|(t, _)| t),
-            Reader::Json {
-                frames, overflow, ..
-            } => {
-                if overflow {
-                    return None;
-                }
-                let body: Vec<u8> = frames.concat();
-                let v: Value = serde_json::from_slice(&body).ok()?;
+            Reader::Json { overflow: true, .. } => None,
+            Reader::Json { frames, .. } => {
+                let v: Value = serde_json::from_slice(&frames.concat()).ok()?;
                 from_value(&v).map(|(t, _)| t)
             }
         }

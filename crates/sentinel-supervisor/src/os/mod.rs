@@ -6,4 +6,4 @@
 //! `host`, `/proc/interrupts` in `situation::presence`.
 
 pub mod process;
-pub(crate) mod procfs;
+pub mod procfs;

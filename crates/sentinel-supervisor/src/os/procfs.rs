@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// One process as seen in `/proc/<pid>/stat`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct ProcStat {
+pub struct ProcStat {
     pub pid: i32,
     pub ppid: i32,
     /// Process state letter (`R`, `S`, `T` for stopped, `Z` for zombie, ...).
@@ -34,31 +34,20 @@ pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
 }
 
 /// `/proc/<pid>/stat` of a live process (`None` once it is gone).
-pub(crate) fn stat(pid: i32) -> Option<ProcStat> {
+pub fn stat(pid: i32) -> Option<ProcStat> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-/// The `stat` of every live process.
-#[cfg(target_os = "linux")]
-pub(crate) fn all_stats() -> Vec<ProcStat> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(stat)
-        .collect()
 }
 
 /// `/proc/<pid>/status` of a live process, whole (`None` once it is gone).
 #[cfg(target_os = "linux")]
-pub(crate) fn status(pid: i32) -> Option<String> {
+pub fn status(pid: i32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
 }
 
 /// The number in a `Key:   1234 kB` (or `Threads:  4`) line of a `status` text; `key` ends
 /// with its colon.
 #[cfg(any(target_os = "linux", test))]
-pub(crate) fn status_number(status: &str, key: &str) -> Option<u64> {
+pub fn status_number(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
         .find(|l| l.starts_with(key))?
@@ -161,7 +150,6 @@ mod tests {
         let me = stat(std::process::id() as i32).unwrap();
         assert_eq!(me.pid, std::process::id() as i32);
         assert_eq!(me.ppid, std::os::unix::process::parent_id() as i32);
-        assert!(all_stats().iter().any(|p| p.pid == me.pid));
         let status = status(me.pid).unwrap();
         assert!(status_number(&status, "Threads:").is_some_and(|n| n >= 1));
         assert!(own_cgroups().is_some_and(|c| !c.is_empty()));

@@ -37,7 +37,7 @@ fn chat_body(text: &str, stream: bool) -> serde_json::Value {
 
 /// The processes under the supervisor, itself included (it must be 2 while a backend runs).
 fn tree_size(s: &Supervisor) -> usize {
-    sentinel_supervisor::meter::tree_usage(s.pid())
+    sentinel_bench::tree::tree_usage(s.pid())
         .map(|t| t.processes)
         .unwrap_or(0)
 }

@@ -76,10 +76,7 @@ impl GovernorHandle {
 
     /// True when the duty-cycle thread has ended by itself (the child is gone).
     pub(crate) fn is_finished(&self) -> bool {
-        match &self.mechanism {
-            Mechanism::Signals(l, _) => l.snapshot().finished,
-            _ => false,
-        }
+        matches!(&self.mechanism, Mechanism::Signals(l, _) if l.snapshot().finished)
     }
 
     /// The cgroup the child was moved into (its cap, or only its priority), if any.
@@ -107,13 +104,28 @@ impl GovernorHandle {
         settings: GovernorSettings,
     ) -> Result<(), GovernorError> {
         let old_priority = self.settings.priority;
-        if let Err(e) = self.retune_mechanism(config, settings) {
+        let retuned = match self.retune_in_place(config, settings) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.stop();
+                Governor::start(
+                    self.pid,
+                    config,
+                    settings,
+                    self.activity.clone(),
+                    self.held.clone(),
+                    self.report.clone(),
+                )
+                .map(|rebuilt| *self = rebuilt)
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = retuned {
             self.stop();
             return Err(e);
         }
-        if settings.priority != old_priority {
-            let pid = self.pid;
-            let priority = settings.priority;
+        let (pid, priority) = (self.pid, settings.priority);
+        if priority != old_priority {
             match super::priority::apply_to_process_threads(pid, priority) {
                 Ok(()) => tracing::info!(pid, %priority, "backend priority changed"),
                 Err(e) => {
@@ -121,27 +133,6 @@ impl GovernorHandle {
                 }
             }
         }
-        Ok(())
-    }
-
-    /// In place where it can be, else stopped and started again with `settings`.
-    fn retune_mechanism(
-        &mut self,
-        config: &GovernorConfig,
-        settings: GovernorSettings,
-    ) -> Result<(), GovernorError> {
-        if self.retune_in_place(config, settings)? {
-            return Ok(());
-        }
-        self.stop();
-        *self = Governor::start(
-            self.pid,
-            config,
-            settings,
-            self.activity.clone(),
-            self.held.clone(),
-            self.report.clone(),
-        )?;
         Ok(())
     }
 
@@ -217,13 +208,7 @@ impl GovernorHandle {
             Mechanism::Off(group) => group.as_mut(),
         };
         if let Some(group) = group {
-            if let Err(err) = group.remove() {
-                tracing::warn!(
-                    path = %group.path().display(),
-                    error = %err,
-                    "could not remove the cgroup; rmdir it once its processes exit"
-                );
-            }
+            group.remove_or_warn();
         }
         self.publisher.stop();
         tracing::debug!(pid = self.pid, "CPU governor stopped");
