@@ -170,24 +170,8 @@ pub(crate) fn run(installed: &Installed, launch: &SmokeLaunch) -> Result<Passed,
 async fn run_spec(spec: LaunchSpec, runner: &Runner) -> Result<Passed, Failure> {
     let started = Instant::now();
     let deadline = started + DEADLINE;
-    let spawn_error =
-        |e: std::io::Error| Failure::Spawn(format!("{}: {e}", spec.program.display()));
-    let mut confined = None;
-    let mut child = BackendProcess::spawn_with(&spec, |cmd| {
-        confined = Some(runner.confine(cmd)?);
-        Ok(())
-    })
-    .await
-    .map_err(spawn_error)?;
-    let pid = child.pid();
     // Held to the end of the test: every path below stops the child before it returns.
-    let _governed = match confined.map(|c| c.govern(pid, || child.try_exited().is_some())) {
-        Some(Err(e)) => {
-            child.stop(Duration::ZERO).await;
-            return Err(spawn_error(e));
-        }
-        governed => governed,
-    };
+    let (mut child, _governed) = spawn_confined(&spec, runner).await?;
     let result = exercise(&mut child, &spec, deadline).await;
     let logs = child.logs.clone();
     let lines = move || logs.kept();
@@ -248,6 +232,32 @@ async fn run_spec(spec: LaunchSpec, runner: &Runner) -> Result<Passed, Failure> 
         took: started.elapsed(),
         ..passed
     })
+}
+
+/// Starts the test's llama-server under the setup's limits ([`Runner::confine`]), handed to the
+/// governor.
+async fn spawn_confined(
+    spec: &LaunchSpec,
+    runner: &Runner,
+) -> Result<(BackendProcess, runner::Governed), Failure> {
+    let spawn_error =
+        |e: std::io::Error| Failure::Spawn(format!("{}: {e}", spec.program.display()));
+    let mut confined = None;
+    let mut child = BackendProcess::spawn_with(spec, |cmd| {
+        confined = Some(runner.confine(cmd)?);
+        Ok(())
+    })
+    .await
+    .map_err(spawn_error)?;
+    let pid = child.pid();
+    let confined = confined.expect("spawn_with confines the command before it spawns");
+    match confined.govern(pid, || child.try_exited().is_some()) {
+        Ok(governed) => Ok((child, governed)),
+        Err(e) => {
+            child.stop(Duration::ZERO).await;
+            Err(spawn_error(e))
+        }
+    }
 }
 
 enum Step {
