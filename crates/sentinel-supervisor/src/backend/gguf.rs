@@ -116,20 +116,33 @@ pub(crate) fn vocab_size(path: &Path) -> Option<u64> {
     }
 }
 
-/// GGUF metadata value types.
-const UINT8: u32 = 0;
-const INT8: u32 = 1;
-const UINT16: u32 = 2;
-const INT16: u32 = 3;
-const UINT32: u32 = 4;
-const INT32: u32 = 5;
-const FLOAT32: u32 = 6;
-const BOOL: u32 = 7;
-const STRING: u32 = 8;
-const ARRAY: u32 = 9;
-const UINT64: u32 = 10;
-const INT64: u32 = 11;
-const FLOAT64: u32 = 12;
+/// GGUF metadata value types, in the order of their codes (0 to 12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    U8,
+    I8,
+    U16,
+    I16,
+    U32,
+    I32,
+    F32,
+    Bool,
+    Str,
+    Array,
+    U64,
+    I64,
+    F64,
+}
+
+impl Kind {
+    fn of(code: u32) -> Option<Kind> {
+        use Kind::{Array, Bool, Str, F32, F64, I16, I32, I64, I8, U16, U32, U64, U8};
+        let all = [
+            U8, I8, U16, I16, U32, I32, F32, Bool, Str, Array, U64, I64, F64,
+        ];
+        all.get(usize::try_from(code).ok()?).copied()
+    }
+}
 
 /// Longest string accepted (a key or a value); real files stay far below.
 const MAX_STRING: u64 = 64 << 20;
@@ -199,31 +212,36 @@ impl<R: Read> Reader<'_, R> {
         Ok(())
     }
 
-    fn value(&mut self, kind: u32) -> Result<Value, GgufError> {
+    fn value(&mut self, code: u32) -> Result<Value, GgufError> {
+        let Some(kind) = Kind::of(code) else {
+            return Err(self.corrupt(format!(
+                "a metadata value of type {code}, which GGUF does not define"
+            )));
+        };
         Ok(match kind {
-            UINT8 => Value::Int(i64::from(self.array::<1>()?[0])),
-            INT8 => Value::Int(i64::from(self.array::<1>()?[0] as i8)),
-            UINT16 => Value::Int(i64::from(u16::from_le_bytes(self.array()?))),
-            INT16 => Value::Int(i64::from(i16::from_le_bytes(self.array()?))),
-            UINT32 => Value::Int(i64::from(self.u32()?)),
-            INT32 => Value::Int(i64::from(i32::from_le_bytes(self.array()?))),
-            UINT64 => Value::Int(i64::try_from(self.u64()?).unwrap_or(i64::MAX)),
-            INT64 => Value::Int(i64::from_le_bytes(self.array()?)),
-            FLOAT32 => Value::Float(f64::from(f32::from_le_bytes(self.array()?))),
-            FLOAT64 => Value::Float(f64::from_le_bytes(self.array()?)),
-            BOOL => Value::Bool(self.array::<1>()?[0] != 0),
-            STRING => Value::Str(self.string()?),
-            ARRAY => {
+            Kind::U8 => Value::Int(i64::from(self.array::<1>()?[0])),
+            Kind::I8 => Value::Int(i64::from(self.array::<1>()?[0] as i8)),
+            Kind::U16 => Value::Int(i64::from(u16::from_le_bytes(self.array()?))),
+            Kind::I16 => Value::Int(i64::from(i16::from_le_bytes(self.array()?))),
+            Kind::U32 => Value::Int(i64::from(self.u32()?)),
+            Kind::I32 => Value::Int(i64::from(i32::from_le_bytes(self.array()?))),
+            Kind::U64 => Value::Int(i64::try_from(self.u64()?).unwrap_or(i64::MAX)),
+            Kind::I64 => Value::Int(i64::from_le_bytes(self.array()?)),
+            Kind::F32 => Value::Float(f64::from(f32::from_le_bytes(self.array()?))),
+            Kind::F64 => Value::Float(f64::from_le_bytes(self.array()?)),
+            Kind::Bool => Value::Bool(self.array::<1>()?[0] != 0),
+            Kind::Str => Value::Str(self.string()?),
+            Kind::Array => {
                 let elem = self.u32()?;
                 let len = self.u64()?;
-                if elem == ARRAY || elem > FLOAT64 {
+                if matches!(Kind::of(elem), None | Some(Kind::Array)) {
                     return Err(self.corrupt(format!(
                         "an array of element type {elem}, which GGUF does not define"
                     )));
                 }
                 let mut max_int = None;
                 for _ in 0..len {
-                    if elem == STRING {
+                    if Kind::of(elem) == Some(Kind::Str) {
                         // The vocabulary's strings are read past, not kept.
                         let n = self.string_len()?;
                         self.skip(n)?;
@@ -236,11 +254,6 @@ impl<R: Read> Reader<'_, R> {
                 let max_int = max_int.filter(|_| len <= 4096);
                 Value::Array { len, max_int }
             }
-            other => {
-                return Err(self.corrupt(format!(
-                    "a metadata value of type {other}, which GGUF does not define"
-                )))
-            }
         })
     }
 }
@@ -248,6 +261,16 @@ impl<R: Read> Reader<'_, R> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn value_types_are_numbered_as_gguf_numbers_them() {
+        for code in 0..13 {
+            assert_eq!(Kind::of(code).map(|k| k as u32), Some(code));
+        }
+        assert_eq!(Kind::of(13), None);
+        assert_eq!(Kind::Str as u32, 8);
+        assert_eq!(Kind::F64 as u32, 12);
+    }
 
     /// Builds a GGUF v3 header with the given key/values (already encoded as type + bytes).
     pub(crate) fn header_bytes(kvs: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
@@ -271,32 +294,44 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn llama_like(layers: u32, kv_heads: u32, key_len: u32) -> Vec<u8> {
-        let mut vocab = STRING.to_le_bytes().to_vec();
+        let mut vocab = (Kind::Str as u32).to_le_bytes().to_vec();
         vocab.extend(3u64.to_le_bytes());
         for t in ["<s>", "a", "b"] {
             vocab.extend(string(t));
         }
-        let mut per_layer = INT32.to_le_bytes().to_vec();
+        let mut per_layer = (Kind::I32 as u32).to_le_bytes().to_vec();
         per_layer.extend(2u64.to_le_bytes());
         per_layer.extend(1i32.to_le_bytes());
         per_layer.extend((kv_heads as i32).to_le_bytes());
         header_bytes(&[
-            ("general.architecture", STRING, string("llama")),
-            ("general.alignment", UINT32, 32u32.to_le_bytes().to_vec()),
-            ("tokenizer.ggml.tokens", ARRAY, vocab),
-            ("llama.block_count", UINT32, layers.to_le_bytes().to_vec()),
-            ("llama.attention.head_count_kv", ARRAY, per_layer),
+            ("general.architecture", Kind::Str as u32, string("llama")),
+            (
+                "general.alignment",
+                Kind::U32 as u32,
+                32u32.to_le_bytes().to_vec(),
+            ),
+            ("tokenizer.ggml.tokens", Kind::Array as u32, vocab),
+            (
+                "llama.block_count",
+                Kind::U32 as u32,
+                layers.to_le_bytes().to_vec(),
+            ),
+            (
+                "llama.attention.head_count_kv",
+                Kind::Array as u32,
+                per_layer,
+            ),
             (
                 "llama.attention.key_length",
-                UINT64,
+                Kind::U64 as u32,
                 u64::from(key_len).to_le_bytes().to_vec(),
             ),
             (
                 "llama.rope.freq_base",
-                FLOAT32,
+                Kind::F32 as u32,
                 10000f32.to_le_bytes().to_vec(),
             ),
-            ("llama.use_parallel", BOOL, vec![1]),
+            ("llama.use_parallel", Kind::Bool as u32, vec![1]),
         ])
     }
 

@@ -77,16 +77,20 @@ impl UpstreamMetrics {
             "Tries at an upstream that failed before its answer (connect, tls, timeout, rate_limited, server_error, other), by upstream",
             m.failures.clone(),
         );
-        registry.register(
-            "sentinel_upstream_request_duration_seconds",
-            "Time from sending a request to an upstream to the end of its answer, by upstream",
-            m.duration.clone(),
-        );
-        registry.register(
-            "sentinel_upstream_time_to_first_token_seconds",
-            "Time from sending a streamed request to an upstream to its first body bytes, by upstream",
-            m.ttft.clone(),
-        );
+        for (name, help, family) in [
+            (
+                "sentinel_upstream_request_duration_seconds",
+                "Time from sending a request to an upstream to the end of its answer, by upstream",
+                &m.duration,
+            ),
+            (
+                "sentinel_upstream_time_to_first_token_seconds",
+                "Time from sending a streamed request to an upstream to its first body bytes, by upstream",
+                &m.ttft,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
         m
     }
 
