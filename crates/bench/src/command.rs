@@ -199,19 +199,27 @@ pub fn run(
     let path = out.join("command.json");
     let json = serde_json::to_string_pretty(&report).expect("the report serializes");
     std::fs::write(&path, json).map_err(|source| CommandBenchError::Write { path, source })?;
-    // Every window, to find where the high ones fall.
+    let path = out.join("command-windows.csv");
+    let csv = windows_csv(&readings, started, &system, own.as_deref());
+    std::fs::write(&path, csv).map_err(|source| CommandBenchError::Write { path, source })?;
+    Ok(report)
+}
+
+/// Every window (its end, in seconds from the start; system and command CPU, %), to find
+/// where the high ones fall.
+fn windows_csv(
+    readings: &[Reading],
+    started: Instant,
+    system: &[f64],
+    own: Option<&[f64]>,
+) -> String {
     let mut csv = String::from("t_s,system_pct,command_pct\n");
-    for (i, (w, system)) in readings.windows(2).zip(&system).enumerate() {
-        let command = own
-            .as_ref()
-            .map(|v| format!("{:.2}", v[i]))
-            .unwrap_or_default();
+    for (i, (w, system)) in readings.windows(2).zip(system).enumerate() {
+        let command = own.map(|v| format!("{:.2}", v[i])).unwrap_or_default();
         let t = (w[1].at - started).as_secs_f64();
         csv.push_str(&format!("{t:.2},{system:.2},{command}\n"));
     }
-    let path = out.join("command-windows.csv");
-    std::fs::write(&path, csv).map_err(|source| CommandBenchError::Write { path, source })?;
-    Ok(report)
+    csv
 }
 
 impl CommandReport {
