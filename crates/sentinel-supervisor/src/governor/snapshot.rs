@@ -276,14 +276,24 @@ mod tests {
 
     #[test]
     fn measures_a_burning_child_over_its_own_window() {
+        /// Killed and reaped on drop, so a failed assertion leaves no busy loop behind.
+        struct Burner(std::process::Child);
+        impl Drop for Burner {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
         // A child that burns one core; the publisher measures it over 100 ms windows.
-        let mut burner = std::process::Command::new("sh")
-            .args(["-c", "while :; do :; done"])
-            .spawn()
-            .unwrap();
+        let burner = Burner(
+            std::process::Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+                .unwrap(),
+        );
         let (tx, mut rx) = watch::channel(None);
         let mut publisher = Publisher::start(
-            burner.id() as i32,
+            burner.0.id() as i32,
             Duration::from_millis(100),
             Source::Off,
             settings(),
@@ -312,7 +322,5 @@ mod tests {
         publisher.stop();
         let last = rx.borrow().clone().unwrap();
         assert_eq!(last.state, GovernorState::Stopped);
-        burner.kill().unwrap();
-        burner.wait().unwrap();
     }
 }
