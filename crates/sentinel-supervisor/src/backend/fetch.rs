@@ -168,7 +168,7 @@ pub(crate) fn verify_sha256(path: &Path, expected: &str) -> Result<(), FetchErro
     let f = std::fs::File::open(path).map_err(io_err(path))?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let step = Step::bar("verify", len, Unit::Bytes);
-    let actual = sha256_reader(super::runner::current().paced(step.wrap_read(f)), path)?;
+    let actual = sha256_reader(step.wrap_read(f), path)?;
     if actual.eq_ignore_ascii_case(expected) {
         step.finish(format!("sha256 {}… matches the pin", &actual[..12]));
         return Ok(());

@@ -123,9 +123,11 @@ impl Step {
         self.bar.set_message(message.into());
     }
 
-    /// Wraps a reader so that every byte read advances the bar.
+    /// Wraps a reader so that every byte read advances the bar, read no faster than the
+    /// setup's CPU cap lets this thread work ([`super::runner::paced`]): a step's own work
+    /// (extracting, hashing) keeps to the cap as the programs setup starts do.
     pub(crate) fn wrap_read<R: std::io::Read>(&self, reader: R) -> impl std::io::Read {
-        self.bar.wrap_read(reader)
+        super::runner::paced(self.bar.wrap_read(reader))
     }
 
     /// Ends the step with a closing line: `extract: done in 3.2s`.

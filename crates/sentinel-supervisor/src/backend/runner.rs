@@ -171,16 +171,6 @@ impl Runner {
         })
     }
 
-    /// `reader`, read no faster than the setup's CPU cap lets the calling thread work: the
-    /// setup's own work (extracting, hashing) keeps to the cap as its programs do.
-    pub(crate) fn paced<R: io::Read>(&self, reader: R) -> Paced<R> {
-        Paced {
-            inner: reader,
-            cores: self.limits.cpus.map(Cores::get).filter(|c| *c < 1.0),
-            from: None,
-        }
-    }
-
     /// Runs `cmd` to its end (stdin closed) and returns its status.
     pub fn status(&self, mut cmd: Command) -> io::Result<ExitStatus> {
         cmd.stdin(Stdio::null());
@@ -357,7 +347,19 @@ impl Governed {
     }
 }
 
-/// A reader held to a CPU cap below one core ([`Runner::paced`]): before each read, when the
+/// `reader`, read no faster than the CPU cap of the runner entered on this thread lets the
+/// thread work (no pause where none was entered, or for a cap of a core or more: a thread uses
+/// at most one).
+pub(crate) fn paced<R: io::Read>(reader: R) -> Paced<R> {
+    let cpus = CURRENT.with(|c| c.borrow().as_ref().and_then(|r| r.limits.cpus));
+    Paced {
+        inner: reader,
+        cores: cpus.map(Cores::get).filter(|c| *c < 1.0),
+        from: None,
+    }
+}
+
+/// A reader held to a CPU cap below one core ([`paced`]): before each read, when the
 /// calling thread has used more CPU since the last pause than the cap allows for the time
 /// passed, it sleeps the difference. A pause, or a long wait in the read itself, starts the
 /// count again, so no credit builds up for a burst.

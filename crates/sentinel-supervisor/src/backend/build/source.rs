@@ -46,9 +46,7 @@ pub(super) fn extract_subdirectory(
     let file = std::fs::File::open(archive).map_err(ext)?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let step = Step::bar("extract", len, Unit::Bytes);
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(
-        crate::backend::runner::current().paced(step.wrap_read(file)),
-    ));
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(step.wrap_read(file)));
     let mut files = 0u64;
     let prefix = Path::new(subdirectory);
     let mut found = false;

@@ -85,9 +85,7 @@ pub(super) fn extract(archive: &Path, dest: &Path) -> Result<(), BundleError> {
     let file = std::fs::File::open(archive).map_err(ext)?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let step = Step::bar("extract", len, Unit::Bytes);
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(
-        crate::backend::runner::current().paced(step.wrap_read(file)),
-    ));
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(step.wrap_read(file)));
     // `unpack` refuses entries that would land outside `dest`.
     tar.unpack(dest).map_err(ext)?;
     step.finish(format!("{} into {}", archive.display(), dest.display()));
@@ -112,10 +110,7 @@ impl Bundle {
                     })
                 }
             };
-            let actual = fetch::sha256_reader(
-                crate::backend::runner::current().paced(step.wrap_read(file)),
-                &path,
-            )?;
+            let actual = fetch::sha256_reader(step.wrap_read(file), &path)?;
             if !actual.eq_ignore_ascii_case(&entry.sha256) {
                 return Err(BundleError::Corrupted {
                     file: entry.path.clone(),

@@ -218,11 +218,11 @@ fn the_setups_own_work_is_paced_to_its_cap() {
     let mut buf = [0u8; 1];
     // Capped at a quarter of a core: 200 ms of work take at least 800 ms less the slack,
     // however fast or loaded the machine (load only makes it slower).
-    let runner = Runner::new(limits(Some(0.25), None), Host::detect());
-    let mut paced = runner.paced(Burning);
+    let entered = Runner::new(limits(Some(0.25), None), Host::detect()).enter();
+    let mut reader = paced(Burning);
     let (cpu, wall) = (thread_cpu().unwrap(), std::time::Instant::now());
     for _ in 0..100 {
-        paced.read_exact(&mut buf).unwrap();
+        reader.read_exact(&mut buf).unwrap();
     }
     let used = thread_cpu().unwrap() - cpu;
     assert!(
@@ -230,9 +230,12 @@ fn the_setups_own_work_is_paced_to_its_cap() {
         "{used:?} of CPU in {:?}",
         wall.elapsed()
     );
-    // No cap, or one of a core or more (a thread uses at most one): no pause.
+    drop(entered);
+    // No runner entered, no cap, or one of a core or more (a thread uses at most one): no
+    // pause.
+    assert!(paced(Burning).cores.is_none());
     for cpus in [None, Some(1.0)] {
-        let runner = Runner::new(limits(cpus, None), Host::detect());
-        assert!(runner.paced(Burning).cores.is_none());
+        let _entered = Runner::new(limits(cpus, None), Host::detect()).enter();
+        assert!(paced(Burning).cores.is_none());
     }
 }
