@@ -234,14 +234,14 @@ impl<R: Read> Reader<'_, R> {
             Kind::Array => {
                 let elem = self.u32()?;
                 let len = self.u64()?;
-                if matches!(Kind::of(elem), None | Some(Kind::Array)) {
+                let Some(elem_kind) = Kind::of(elem).filter(|k| *k != Kind::Array) else {
                     return Err(self.corrupt(format!(
                         "an array of element type {elem}, which GGUF does not define"
                     )));
-                }
+                };
                 let mut max_int = None;
                 for _ in 0..len {
-                    if Kind::of(elem) == Some(Kind::Str) {
+                    if elem_kind == Kind::Str {
                         // The vocabulary's strings are read past, not kept.
                         let n = self.string_len()?;
                         self.skip(n)?;
